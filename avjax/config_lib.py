@@ -1,0 +1,194 @@
+"""Shared configuration: the base ConfigDict, variant parsing and validation.
+
+Every file under `configs/` builds on `get_base_config()` and accepts an `arg`
+string (`--config=configs/ravdess.py:w4_l1_ov,audio_lstm`) parsed by
+`apply_args()`. Tokens, comma-separated:
+
+* a windowing name, ``w{T}_l{L}_{ov|no}[_fit]`` (a row of the paper's Table I),
+  sets ``dataset.config``;
+* a model variant: ``gating`` (the paper), ``lstm``, ``global``, or a
+  single-modality one, ``audio_lstm``, ``audio_global``, ``video_lstm``,
+  ``video_global``;
+* ``runlocal``: tiny batches and few epochs, for a smoke run on a laptop;
+* ``no_mwtsm``: plain batch-hard mining (the paper's MWTSM ablation).
+
+Unknown tokens and impossible combinations raise ``ValueError`` naming the
+field, at start-up (`validate`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from avjax.data import windows
+
+# Dataset facts. `table1` lists the windowings of the paper's Table I; the
+# first is each dataset's default (its best row).
+DATASETS = {
+    "ravdess": dict(
+        class_names=("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"),
+        table1=("w8_l1_ov", "w2_l1_ov", "w2_l2_ov", "w4_l1_ov", "w6_l1_ov", "w2_l1_no", "w4_l1_no"),
+    ),
+    "crema_d_av": dict(
+        class_names=("anger", "disgust", "fear", "happy", "neutral", "sad"),
+        table1=("w6_l1_ov", "w2_l1_ov", "w4_l1_ov"),
+    ),
+    "synthetic_av": dict(
+        class_names=("class0", "class1", "class2", "class3"),
+        table1=("w4_l1_ov", "w2_l1_ov"),
+    ),
+}
+
+VARIANTS = ("gating", "lstm", "global")
+MODALITIES = ("av", "audio", "video")
+DTYPES = ("float32", "bfloat16")
+# The single window of the `global` variant: one L-second window at the clip's middle.
+GLOBAL_WINDOWING = "w1_l1_no_fit"
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """The paper's settings (DESIGN.md); dataset files override the dataset block."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0                      # one seed; init, data order and augmentation derive from it
+  # Test folds to run, each trained on the other nine and written to
+  # `workdir/fold_{k}`; results are aggregated over those run.
+  c.folds = tuple(range(10))
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "synthetic_av"   # TFDS builder: 'ravdess', 'crema_d_av' or 'synthetic_av'
+  c.dataset.config = "w4_l1_ov"     # builder config = windowing (see avjax/data/windows.py)
+  c.dataset.data_dir = ""           # TFDS data_dir; '' means $TFDS_DATA_DIR or ~/tensorflow_datasets
+  c.dataset.manual_dir = ""         # official files (real datasets only); '' means <data_dir>/downloads/manual
+  c.dataset.build = True            # build the dataset first if it is missing (needs manual_dir for real data)
+  c.dataset.num_folds = 10          # subject-independent folds, splits fold0 ... fold9
+  c.dataset.class_names = DATASETS["synthetic_av"]["class_names"]
+
+  c.input = ml_collections.ConfigDict()
+  c.input.clips_per_class = 5       # training batch = clips_per_class x num_classes, class-balanced
+  c.input.crop_size = 96            # random crop in training, centre crop at test (paper: 96x96 of 112x112)
+  c.input.random_flip = True        # one horizontal flip draw per batch
+  c.input.audio_noise_std = 0.005   # Gaussian noise std (audio in [-1, 1]), one draw per batch
+  c.input.pitch_shift_semitones = 1.0  # max |pitch shift|, drawn once per batch (0 disables)
+  c.input.speed_range = 0.1         # speed factor drawn from [1 - r, 1 + r] once per batch (0 disables)
+  c.input.eval_batch_size = 32      # clips per evaluation batch (last batch padded and masked)
+  c.input.num_workers = 0           # grain worker processes (0: in the main process)
+  c.input.prefetch = 2              # batches prepared ahead of the device
+  c.input.cache_on_device = False   # keep the whole training set in accelerator memory
+
+  c.model = ml_collections.ConfigDict()
+  c.model.variant = "gating"        # 'gating' (paper), 'lstm' (per-modality LSTMs), 'global' (one window)
+  c.model.modalities = "av"         # 'av', 'audio' or 'video'
+  c.model.embed_dim = 400           # encoder output size (Kinetics class space for I3D)
+  c.model.lstm_hidden = 400         # LSTM hidden units per modality
+  c.model.pretrained = True         # load Kinetics-400 I3D and SoundNet-8 weights
+  c.model.freeze_bn = True          # use stored BN statistics in training (small batches)
+  c.model.dtype = "float32"         # compute dtype, 'float32' or 'bfloat16' (parameters stay float32)
+  c.model.remat = False             # rematerialise I3D blocks in the backward pass
+  c.model.video_width = 1.0         # channel multiplier of I3D (1.0 for pretrained weights)
+  c.model.audio_width = 1.0         # channel multiplier of SoundNet-8 (1.0 for pretrained weights)
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.margin = 1.0               # triplet margin on squared Euclidean distances
+  c.loss.mse_weight = 1.0           # weight of the audio-video MSE term (gating only)
+  c.loss.triplet_weight = 1.0       # weight of the triplet term
+  c.loss.exclude_used = True        # MWTSM; False = plain batch-hard mining (ablation)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adam"             # 'adam' (torch.optim.Adam: L2 added to the gradient) or 'adamw'
+  c.optim.learning_rate = 1e-3
+  c.optim.weight_decay = 5e-4
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.trunk_lr_scale = 1.0      # learning-rate factor for the pretrained trunks (0 freezes them)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_epochs = 100
+  c.train.max_steps = 0             # stop after this many steps per fold (0: no limit)
+  c.train.log_every_steps = 10
+  c.train.checkpoint_every_steps = 200
+  c.train.keep_checkpoints = 3      # latest checkpoints kept (the best is kept as well)
+  c.train.eval_every_epochs = 10    # validation KNN accuracy every n epochs (0: only at the end)
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.k = 15                     # KNN neighbours
+  c.eval.chunk_size = 1024          # queries per distance block (bounds memory)
+  c.eval.figures = True             # write the paper's figures at the end
+  return c
+
+
+def set_dataset(config: ml_collections.ConfigDict, name: str) -> None:
+  info = DATASETS[name]
+  config.dataset.name = name
+  config.dataset.config = info["table1"][0]
+  config.dataset.class_names = info["class_names"]
+
+
+def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Applies the comma-separated tokens of `arg` (see module docstring)."""
+  tokens = [t.strip() for t in (arg or "").split(",") if t.strip()]
+  for tok in tokens:
+    if tok.startswith("w") and tok[1:2].isdigit():
+      windows.parse_name(tok)  # raises with the expected form
+      config.dataset.config = tok
+    elif tok in VARIANTS:
+      config.model.variant = tok
+    elif "_" in tok and tok.split("_", 1)[0] in ("audio", "video") and tok.split("_", 1)[1] in ("lstm", "global"):
+      modality, variant = tok.split("_", 1)
+      config.model.modalities, config.model.variant = modality, variant
+    elif tok == "runlocal":
+      config.input.clips_per_class = 2
+      config.train.num_epochs = 1
+      config.train.max_steps = 5
+      config.folds = (0,)
+    elif tok == "no_mwtsm":
+      config.loss.exclude_used = False
+    else:
+      raise ValueError(
+          f"Unknown config argument {tok!r}. Expected a windowing (e.g. "
+          f"{DATASETS[config.dataset.name]['table1'][0]}), a variant {VARIANTS}, "
+          "audio_lstm/audio_global/video_lstm/video_global, 'runlocal' or 'no_mwtsm'.")
+  if config.model.variant == "global":
+    config.dataset.config = GLOBAL_WINDOWING
+  if config.model.variant != "gating":
+    config.loss.mse_weight = 0.0
+  return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the field for unknown values or impossible combinations."""
+  def fail(field, msg):
+    raise ValueError(f"config.{field}: {msg}")
+
+  if config.dataset.name not in DATASETS:
+    fail("dataset.name", f"{config.dataset.name!r} is not one of {tuple(DATASETS)}")
+  try:
+    spec = windows.parse_name(config.dataset.config)
+  except ValueError as e:
+    fail("dataset.config", str(e))
+  if config.model.variant not in VARIANTS:
+    fail("model.variant", f"{config.model.variant!r} is not one of {VARIANTS}")
+  if config.model.modalities not in MODALITIES:
+    fail("model.modalities", f"{config.model.modalities!r} is not one of {MODALITIES}")
+  if config.model.variant == "gating" and config.model.modalities != "av":
+    fail("model.modalities", "the 'gating' variant needs both modalities ('av'); "
+         "use 'lstm' or 'global' for a single modality")
+  if config.model.variant == "global" and spec.num_windows != 1:
+    fail("dataset.config", f"the 'global' variant uses one window ({GLOBAL_WINDOWING}), got {config.dataset.config!r}")
+  if config.model.dtype not in DTYPES:
+    fail("model.dtype", f"{config.model.dtype!r} is not one of {DTYPES}")
+  if config.model.pretrained and (config.model.video_width != 1.0 or config.model.audio_width != 1.0):
+    fail("model.pretrained", "pretrained weights need video_width = audio_width = 1.0")
+  if config.optim.name not in ("adam", "adamw"):
+    fail("optim.name", f"{config.optim.name!r} is not 'adam' or 'adamw'")
+  if config.input.clips_per_class < 2:
+    fail("input.clips_per_class", "needs >= 2 so that every anchor has a positive")
+  if config.eval.k < 1:
+    fail("eval.k", "must be >= 1")
+  folds = tuple(config.folds)
+  if not folds or any(not 0 <= f < config.dataset.num_folds for f in folds):
+    fail("folds", f"{folds} must be a non-empty subset of 0..{config.dataset.num_folds - 1}")
+  if len(set(folds)) != len(folds):
+    fail("folds", f"{folds} repeats a fold")
+  if not 0 <= config.optim.trunk_lr_scale:
+    fail("optim.trunk_lr_scale", "must be >= 0")

@@ -1,0 +1,1 @@
+"""Media decoding, windowing, folds and synthetic data."""

@@ -1,0 +1,94 @@
+"""Window ("gate") arithmetic shared by the builders, the configs and inference.
+
+A clip is cut into `T` windows of `L` seconds. Two modes:
+
+* ``fixed`` (default): window k starts at ``k * (L - overlap)`` seconds. Where the
+  span ``L + (T - 1) * (L - overlap)`` passes the clip's end, the last frame is
+  repeated and the audio zero-padded; ``window_valid`` records the fraction of
+  each window that lies inside the clip.
+* ``fit``: the T windows are spread evenly from the clip's start to its end,
+  hop = (duration - L) / (T - 1), so nothing is padded when the clip lasts at
+  least L seconds.
+
+Builder-config names encode a windowing: ``w{T}_l{L}_{ov|no}[_fit]``, e.g.
+``w8_l1_ov`` is 8 windows of 1 s with 0.5 s overlap, fixed hop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+
+OVERLAP_SECONDS = 0.5
+_NAME_RE = re.compile(r"^w(?P<t>\d+)_l(?P<l>\d+(?:p\d+)?)_(?P<ov>ov|no)(?P<fit>_fit)?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowSpec:
+  """How a clip is cut into windows."""
+  num_windows: int          # T
+  length: float             # L, seconds
+  overlap: float            # seconds shared by consecutive windows (fixed mode)
+  mode: str = "fixed"       # "fixed" or "fit"
+
+  def __post_init__(self):
+    if self.num_windows < 1:
+      raise ValueError(f"num_windows must be >= 1, got {self.num_windows}")
+    if self.length <= 0:
+      raise ValueError(f"window length must be > 0 s, got {self.length}")
+    if not 0 <= self.overlap < self.length:
+      raise ValueError(f"overlap must be in [0, length), got {self.overlap} for length {self.length}")
+    if self.mode not in ("fixed", "fit"):
+      raise ValueError(f"window mode must be 'fixed' or 'fit', got {self.mode!r}")
+
+  @property
+  def hop(self) -> float:
+    """Seconds between window starts in fixed mode."""
+    return self.length - self.overlap
+
+  @property
+  def span(self) -> float:
+    """Seconds covered by all windows in fixed mode."""
+    return self.length + (self.num_windows - 1) * self.hop
+
+  @property
+  def name(self) -> str:
+    length = f"{self.length:g}".replace(".", "p")
+    ov = "ov" if self.overlap > 0 else "no"
+    return f"w{self.num_windows}_l{length}_{ov}" + ("_fit" if self.mode == "fit" else "")
+
+  def starts(self, duration: float) -> np.ndarray:
+    """Start time in seconds of each window for a clip of `duration` seconds. [T]."""
+    t = self.num_windows
+    if self.mode == "fixed" or t == 1:
+      if self.mode == "fit" and t == 1:
+        return np.array([max(0.0, (duration - self.length) / 2)])
+      return np.arange(t, dtype=np.float64) * self.hop
+    hop = max(0.0, (duration - self.length) / (t - 1))
+    return np.arange(t, dtype=np.float64) * hop
+
+  def valid_fraction(self, duration: float) -> np.ndarray:
+    """Fraction of each window that lies inside [0, duration]. [T] float32."""
+    starts = self.starts(duration)
+    inside = np.clip(duration - starts, 0.0, self.length) / self.length
+    return inside.astype(np.float32)
+
+
+def parse_name(name: str) -> WindowSpec:
+  """Parses ``w8_l1_ov``-style names (see module docstring)."""
+  m = _NAME_RE.match(name)
+  if not m:
+    raise ValueError(
+        f"Bad windowing name {name!r}: expected w{{T}}_l{{L}}_{{ov|no}}[_fit], e.g. 'w8_l1_ov'.")
+  length = float(m["l"].replace("p", "."))
+  return WindowSpec(
+      num_windows=int(m["t"]), length=length,
+      overlap=OVERLAP_SECONDS if m["ov"] == "ov" else 0.0,
+      mode="fit" if m["fit"] else "fixed")
+
+
+def middle_window_start(duration: float, length: float) -> float:
+  """Start of the single window centred in the clip (the `global` variant)."""
+  return max(0.0, (duration - length) / 2)

@@ -1,0 +1,29 @@
+r"""The demo behind `make demo`: the gating model on the embedded synthetic set.
+
+Small, randomly initialised encoders (same architecture, narrower) so that a
+few folds train, evaluate and report within minutes on 2 CPU cores.
+
+  python -m avjax.main --config=configs/demo.py --workdir=runs/demo
+"""
+
+from avjax import config_lib
+
+
+def get_config(arg=None):
+  config = config_lib.get_base_config()
+  config_lib.set_dataset(config, "synthetic_av")
+  config.folds = (0, 1)
+  config.input.crop_size = 32
+  config.input.eval_batch_size = 40
+  config.model.pretrained = False
+  config.model.freeze_bn = False
+  config.model.video_width = 0.125
+  config.model.audio_width = 0.25
+  config.model.embed_dim = 64
+  config.model.lstm_hidden = 64
+  config.train.num_epochs = 6
+  config.train.log_every_steps = 5
+  config.train.checkpoint_every_steps = 50
+  config.train.eval_every_epochs = 0
+  config.eval.k = 5
+  return config_lib.apply_args(config, arg)

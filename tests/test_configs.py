@@ -1,0 +1,87 @@
+"""Every config file loads, validates, and rejects what it should."""
+
+import importlib.util
+import pathlib
+
+from absl.testing import parameterized
+from absl.testing import absltest
+
+from avjax import config_lib
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def load_config_module(name):
+  spec = importlib.util.spec_from_file_location(name, CONFIG_DIR / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+class ConfigsTest(parameterized.TestCase):
+
+  @parameterized.parameters("demo", "ravdess", "crema_d")
+  def test_default_config_validates(self, name):
+    config = load_config_module(name).get_config()
+    config_lib.validate(config)
+    self.assertEqual(len(config.dataset.class_names),
+                     len(config_lib.DATASETS[config.dataset.name]["class_names"]))
+
+  def test_paper_defaults(self):
+    c = load_config_module("ravdess").get_config()
+    self.assertEqual(c.dataset.config, "w8_l1_ov")   # best row of Table I
+    self.assertEqual(c.optim.learning_rate, 1e-3)
+    self.assertEqual(c.optim.weight_decay, 5e-4)
+    self.assertEqual(c.loss.margin, 1.0)
+    self.assertEqual(c.eval.k, 15)
+    self.assertEqual(c.train.num_epochs, 100)
+    self.assertEqual(c.input.clips_per_class * len(c.dataset.class_names), 40)
+    self.assertEqual(load_config_module("crema_d").get_config().dataset.config, "w6_l1_ov")
+
+  @parameterized.parameters(*config_lib.DATASETS["ravdess"]["table1"])
+  def test_table1_rows(self, windowing):
+    c = load_config_module("ravdess").get_config(windowing)
+    config_lib.validate(c)
+    self.assertEqual(c.dataset.config, windowing)
+
+  def test_variants(self):
+    mod = load_config_module("ravdess")
+    c = mod.get_config("global")
+    config_lib.validate(c)
+    self.assertEqual(c.dataset.config, config_lib.GLOBAL_WINDOWING)
+    self.assertEqual(c.loss.mse_weight, 0.0)
+    c = mod.get_config("w4_l1_no,audio_lstm")
+    config_lib.validate(c)
+    self.assertEqual((c.model.modalities, c.model.variant, c.dataset.config), ("audio", "lstm", "w4_l1_no"))
+    c = mod.get_config("video_global")
+    self.assertEqual((c.model.modalities, c.model.variant), ("video", "global"))
+    self.assertFalse(mod.get_config("no_mwtsm").loss.exclude_used)
+    self.assertEqual(tuple(mod.get_config("runlocal").folds), (0,))
+
+  def test_unknown_argument_fails_naming_it(self):
+    with self.assertRaisesRegex(ValueError, "'bogus'"):
+      load_config_module("ravdess").get_config("bogus")
+    with self.assertRaisesRegex(ValueError, "w8_l1_x"):
+      load_config_module("ravdess").get_config("w8_l1_x")
+
+  @parameterized.named_parameters(
+      ("gating_audio", "model.modalities", lambda c: setattr(c.model, "modalities", "audio")),
+      ("bad_variant", "model.variant", lambda c: setattr(c.model, "variant", "transformer")),
+      ("bad_dtype", "model.dtype", lambda c: setattr(c.model, "dtype", "float16")),
+      ("narrow_pretrained", "model.pretrained", lambda c: setattr(c.model, "video_width", 0.5)),
+      ("one_clip", "input.clips_per_class", lambda c: setattr(c.input, "clips_per_class", 1)),
+      ("bad_fold", "folds", lambda c: setattr(c, "folds", (0, 10))),
+      ("bad_dataset", "dataset.name", lambda c: setattr(c.dataset, "name", "iemocap")),
+      ("bad_windowing", "dataset.config", lambda c: setattr(c.dataset, "config", "eight")),
+      ("global_many_windows", "dataset.config",
+       lambda c: (setattr(c.model, "variant", "global"), setattr(c.dataset, "config", "w8_l1_ov"))),
+  )
+  def test_impossible_combination_names_field(self, field, mutate):
+    c = load_config_module("ravdess").get_config()
+    mutate(c)
+    with self.assertRaisesRegex(ValueError, f"config.{field}"):
+      config_lib.validate(c)
+
+
+if __name__ == "__main__":
+  absltest.main()
