@@ -1,0 +1,214 @@
+r"""Per-gate KNN evaluation of a trained model.
+
+Legend: N clips, T windows (gates), H gate-embedding size, Q query clips.
+
+For a held-out fold: embed the training folds (references) and the held-out
+fold (queries) with centre crops and no audio augmentation, then at every gate
+t classify each query by KNN (k = config.eval.k) among the references, for
+  AO  the audio gate embedding h^a_t,
+  VO  the video gate embedding h^v_t,
+  AV  their concatenation [h^a_t, h^v_t],
+for the modalities the model has. Written per fold (see docs/results_schema.md):
+`predictions.npz` (labels, actor, clip_id, pred_{M} [T, Q], emb_{M} [Q, D] at
+the last gate) and `fold_info.json` (written last: its presence marks the fold
+done).
+
+Command line (re-evaluates the folds of a finished or interrupted run):
+  python -m avjax.evaluate --workdir=runs/ravdess [--folds=0,3] [--checkpoint=latest|best]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+from jax.experimental import multihost_utils
+
+from avjax import input_pipeline
+from avjax import knn
+
+MODALITY_KEYS = {"AO": ("audio_gate",), "VO": ("video_gate",), "AV": ("audio_gate", "video_gate")}
+
+
+def modalities_of(config) -> tuple[str, ...]:
+  return {"av": ("AO", "VO", "AV"), "audio": ("AO",), "video": ("VO",)}[config.model.modalities]
+
+
+def _eval_forward(state, batch, modalities: str):
+  from avjax import train  # local: train imports this module
+  video, audio = train.model_inputs(batch, modalities)
+  outputs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                           video, audio, train=False)
+  return {k: v for k, v in outputs.items() if k.endswith("_gate")}
+
+
+def embed(config, state, folds: list[int], mesh) -> dict[str, np.ndarray]:
+  """Gate embeddings of every clip of `folds`, in eval order.
+
+  Returns {'audio_gate'/'video_gate': [N, T, H] float32, 'label': [N], 'actor': [N]}.
+  """
+  from avjax import train
+  repl, data_sharding = train.shardings(mesh)
+  train.check_batch_divisible(config.input.eval_batch_size, "config.input.eval_batch_size")
+  forward = jax.jit(lambda s, b: _eval_forward(s, b, config.model.modalities),
+                    in_shardings=(repl, data_sharding), out_shardings=data_sharding)
+  chunks: dict[str, list[np.ndarray]] = {}
+  pid, nproc = jax.process_index(), jax.process_count()
+  for batch in input_pipeline.eval_batches(config, folds):
+    mask = np.asarray(batch["mask"], bool)
+    per_host = len(mask) // nproc
+    local = {k: np.asarray(v)[pid * per_host:(pid + 1) * per_host] for k, v in batch.items()}
+    out = forward(state, train.to_global(local, data_sharding))
+    out = multihost_utils.process_allgather(out, tiled=True) if nproc > 1 else jax.device_get(out)
+    for key, value in out.items():
+      chunks.setdefault(key, []).append(np.asarray(value, np.float32)[mask])
+    chunks.setdefault("label", []).append(np.asarray(batch["label"])[mask])
+    chunks.setdefault("actor", []).append(np.asarray(batch["actor"])[mask])
+  return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def modality_embedding(emb: dict[str, np.ndarray], modality: str) -> np.ndarray:
+  """[N, T, H*] embedding of AO, VO or AV from `embed`'s output."""
+  return np.concatenate([emb[k] for k in MODALITY_KEYS[modality]], axis=-1)
+
+
+def predict_per_gate(config, references: dict, queries: dict) -> dict[str, np.ndarray]:
+  """{'pred_M': [T, Q] int32, 'emb_M': [Q, D]} for each modality of the model."""
+  num_classes = len(config.dataset.class_names)
+  out = {}
+  for m in modalities_of(config):
+    ref, qry = modality_embedding(references, m), modality_embedding(queries, m)
+    preds = [np.asarray(knn.knn_predict(ref[:, t], references["label"], qry[:, t], k=config.eval.k,
+                                        num_classes=num_classes, chunk_size=config.eval.chunk_size))
+             for t in range(qry.shape[1])]
+    out[f"pred_{m}"] = np.stack(preds).astype(np.int32)
+    out[f"emb_{m}"] = qry[:, -1].astype(np.float32)
+  return out
+
+
+def validation_accuracy(config, state, model, test_fold: int, mesh) -> dict[str, float]:
+  """KNN accuracy at the last gate on `test_fold` for monitoring and the best checkpoint.
+
+  The model selected this way has seen the held-out fold's accuracy: final
+  results use the last checkpoint unless the user asks for the best.
+  """
+  del model
+  from avjax import train
+  refs = embed(config, state, train.train_folds(config)(test_fold), mesh)
+  qrys = embed(config, state, [test_fold], mesh)
+  preds = predict_per_gate(config, refs, qrys)
+  metrics = {f"val_accuracy_{m}": float(np.mean(preds[f"pred_{m}"][-1] == qrys["label"]))
+             for m in modalities_of(config)}
+  metrics["val_accuracy"] = metrics[f"val_accuracy_{modalities_of(config)[-1]}"]
+  return metrics
+
+
+def fold_is_done(fold_dir: str) -> bool:
+  return (os.path.isfile(os.path.join(fold_dir, "fold_info.json"))
+          and os.path.isfile(os.path.join(fold_dir, "predictions.npz")))
+
+
+def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh) -> dict[str, Any]:
+  """Writes predictions.npz and fold_info.json for `test_fold`; returns the arrays."""
+  del model
+  from avjax import train
+  from avjax import __version__
+  training_folds = train.train_folds(config)(test_fold)
+  refs = embed(config, state, training_folds, mesh)
+  qrys = embed(config, state, [test_fold], mesh)
+  arrays = predict_per_gate(config, refs, qrys)
+  arrays["labels"] = qrys["label"].astype(np.int32)
+  arrays["actor"] = qrys["actor"].astype(np.int32)
+  arrays["clip_id"] = np.asarray(input_pipeline.clip_ids(config, [test_fold]), dtype=str)
+  if len(arrays["clip_id"]) != len(arrays["labels"]):
+    raise RuntimeError(f"fold {test_fold}: {len(arrays['clip_id'])} clip ids for {len(arrays['labels'])} clips")
+  info = {
+      "dataset": config.dataset.name, "config": config.dataset.config,
+      "variant": config.model.variant, "modalities": config.model.modalities,
+      "fold": int(test_fold), "class_names": list(config.dataset.class_names),
+      "num_windows": int(arrays[f"pred_{modalities_of(config)[0]}"].shape[0]),
+      "k": int(config.eval.k), "num_train_clips": int(len(refs["label"])),
+      "exclude_used": bool(config.loss.exclude_used), "avjax_version": __version__,
+  }
+  if jax.process_index() == 0:
+    os.makedirs(fold_dir, exist_ok=True)
+    npz = os.path.join(fold_dir, "predictions.npz")
+    with open(npz + ".tmp", "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(npz + ".tmp", npz)
+    info_path = os.path.join(fold_dir, "fold_info.json")
+    with open(info_path + ".tmp", "w") as f:
+      json.dump(info, f, indent=2)
+    os.replace(info_path + ".tmp", info_path)
+    for m in modalities_of(config):
+      acc = np.mean(arrays[f"pred_{m}"] == arrays["labels"][None], axis=1)
+      logging.info("Fold %d %s accuracy per gate: %s", test_fold, m, np.round(acc, 4).tolist())
+      print(f"fold {test_fold} {m} accuracy per gate: " + " ".join(f"{a:.3f}" for a in acc), flush=True)
+  return arrays
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir} an avjax workdir (written by avjax.main)?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def restore_for_eval(config, fold_dir: str, test_fold: int, mesh, which: str = "latest"):
+  """Rebuilds the model and restores the fold's `latest` or `best` checkpoint."""
+  from avjax import train
+  from avjax.models import gating
+  repl, _ = train.shardings(mesh)
+  model = gating.create_model(config.model)
+  sample = next(iter(input_pipeline.eval_batches(config, [test_fold])))
+  sample = {k: v[: config.input.eval_batch_size] for k, v in sample.items()}
+  state = train.create_train_state(config, model, sample, jax.random.PRNGKey(0), repl)
+  manager = train.checkpoint_manager(fold_dir, config)
+  if manager.latest_step() is None:
+    raise FileNotFoundError(f"no checkpoint in {fold_dir}/checkpoints")
+  step = manager.best_step() if which == "best" else manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no {which} checkpoint in {fold_dir}/checkpoints")
+  state, _ = train.restore_checkpoint(manager, state, step)
+  logging.info("Fold %d: restored %s checkpoint, step %d", test_fold, which, step)
+  return state, model
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  from avjax import results
+  from avjax import train
+  workdir = os.path.abspath(FLAGS.workdir)
+  config = load_config(workdir)
+  folds = [int(f) for f in FLAGS.folds.split(",")] if FLAGS.folds else list(config.folds)
+  mesh = train.make_mesh()
+  for fold in folds:
+    fold_dir = train.fold_dir_of(workdir, fold)
+    state, model = restore_for_eval(config, fold_dir, fold, mesh, FLAGS.checkpoint)
+    evaluate_fold(config, state, model, fold, fold_dir, mesh)
+  if jax.process_index() == 0:
+    json_path, md_path = results.write_results(workdir)
+    print(f"results: {json_path}\n         {md_path}")
+    if config.eval.figures:
+      from avjax import figures
+      for path in figures.make_all(workdir):
+        print(f"figure:  {path}")
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("workdir", None, "A workdir written by avjax.main.")
+  flags.DEFINE_string("folds", "", "Comma-separated folds (default: the config's).")
+  flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Which checkpoint to evaluate.")
+  flags.mark_flag_as_required("workdir")
+  app.run(main)
