@@ -15,6 +15,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from avjax import testing
 from avjax.models import soundnet
 from avjax.models import weights
+from tests.test_i3d import random_variables
 
 # The original SoundNet-8 (cvondrick/soundnet main_train.lua): per layer
 # (name, kernel, stride, padding, max pool size/stride or None); Torch BN eps 1e-5.
@@ -50,20 +51,6 @@ def ravdess_wave(name: str = "03-01-03-01-02-01-20.wav") -> np.ndarray:
   data, rate = soundfile.read(path, dtype="float32", always_2d=True)
   mono = data.mean(axis=1)
   return soxr.resample(mono, rate, soundnet.SAMPLE_RATE).astype(np.float32)
-
-
-def random_variables(shapes, seed: int = 0):
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    name = jax.tree_util.keystr(path)
-    if "kernel" in name:
-      return jnp.asarray(rng.normal(0, 1 / np.sqrt(np.prod(s.shape[:-1])), s.shape), s.dtype)
-    if "var" in name:
-      return jnp.asarray(rng.uniform(0.5, 1.5, s.shape), s.dtype)
-    return jnp.asarray(rng.normal(0, 0.1, s.shape), s.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 class SoundNetParityTest(absltest.TestCase):

@@ -1,0 +1,222 @@
+"""The paper's audio-visual model: encoders per window, an LSTM per modality over windows.
+
+Shapes: B clips, T windows ("gates") per clip, F frames and S audio samples per
+window, H x W pixels, D encoder embedding size (`embed_dim`), G gate embedding
+size (`lstm_hidden`; `embed_dim` for the 'global' variant).
+
+    video [B, T, F, H, W, 3] uint8 --reshape--> [B*T, F, H, W, 3] --I3D-------> [B, T, D]
+    audio [B, T, S] float in [-1,1] --reshape--> [B*T, S]          --SoundNet8-> [B, T, D]
+    per modality: [B, T, D] --LSTM scanned over T (nn.scan)--> [B, T, G]
+
+The encoders run once on all B*T windows, outside the scan. Outputs (float32):
+'video_enc' / 'audio_enc' [B, T, D] (the MSE term) and 'video_gate' / 'audio_gate'
+[B, T, G] (the triplet term and the KNN evaluation), for the modalities in use.
+
+Variants (config.model.variant), DESIGN.md's Table II rows:
+* 'gating': both modalities, an LSTM each (the paper's method);
+* 'lstm': the same network; only the loss differs (each modality's LSTM trained on
+  its own, no MSE), so the model is identical to 'gating';
+* 'global': no LSTM; the gate embedding is the encoder embedding (G = D), used
+  with one window (T = 1) in the middle of the clip.
+`modalities` 'audio' or 'video' builds only that branch (the other input is ignored).
+
+LSTM: flax `OptimizedLSTMCell` (same parameters as `LSTMCell`), run in float32
+whatever `dtype` (it is tiny), from a zero state. Gates
+  i = sigmoid(x Wii + h Whi + bhi), f = sigmoid(x Wif + h Whf + bhf),
+  g = tanh(x Wig + h Whg + bhg),    o = sigmoid(x Wio + h Who + bho),
+  c' = f c + i g,  h' = o tanh(c');
+kernels 'ii' 'if' 'ig' 'io' [D, G] (LeCun normal, no bias), 'hi' 'hf' 'hg' 'ho'
+[G, G] (orthogonal) with biases (zeros; no forget-gate bias of 1). PyTorch's
+nn.LSTM uses the same equations and gate order (i, f, g, o) with weights [4G, D]
+and two biases: `lstm_to_torch` converts (bias_ih = 0, bias_hh = ours). PyTorch's
+own initialisation differs (uniform +-1/sqrt(G) everywhere).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from clu import parameter_overview
+
+from avjax.models import i3d
+from avjax.models import soundnet
+
+VARIANTS = ("gating", "lstm", "global")
+MODALITIES = ("av", "audio", "video")
+# Top-level modules holding the pretrained encoders, and the heads inside them that
+# project to D (new, or re-purposed Kinetics logits); used for per-group learning rates.
+TRUNK_MODULES = ("video_encoder", "audio_encoder")
+HEAD_MODULES = ("Logits", "Embedding")
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class TemporalLSTM(nn.Module):
+  """An LSTM scanned over windows: [B, T, D] -> hidden states [B, T, G]."""
+  hidden: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D]
+    x = x.astype(jnp.float32)
+    scanned = nn.scan(nn.OptimizedLSTMCell, variable_broadcast="params",
+                      split_rngs={"params": False}, in_axes=1, out_axes=1)
+    cell = scanned(self.hidden, dtype=jnp.float32, param_dtype=jnp.float32, name="cell")
+    carry = zero_carry(x.shape[0], self.hidden)
+    _, h = cell(carry, x)
+    return h  # [B, T, G]
+
+
+def zero_carry(batch: int, hidden: int) -> tuple[jax.Array, jax.Array]:
+  """The LSTM's initial (c, h), zeros [B, G] each."""
+  zeros = jnp.zeros((batch, hidden), jnp.float32)
+  return zeros, zeros
+
+
+def lstm_to_torch(cell_params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Our cell's params ({'ii': {'kernel'}, ..., 'hi': {'kernel', 'bias'}, ...}) as
+  torch.nn.LSTM's weight_ih_l0 [4G, D], weight_hh_l0 [4G, G], bias_ih_l0, bias_hh_l0."""
+  gates = ("i", "f", "g", "o")
+  w_ih = np.concatenate([np.asarray(cell_params[f"i{g}"]["kernel"]) for g in gates], axis=1).T
+  w_hh = np.concatenate([np.asarray(cell_params[f"h{g}"]["kernel"]) for g in gates], axis=1).T
+  b_hh = np.concatenate([np.asarray(cell_params[f"h{g}"]["bias"]) for g in gates])
+  return {"weight_ih_l0": w_ih, "weight_hh_l0": w_hh,
+          "bias_ih_l0": np.zeros_like(b_hh), "bias_hh_l0": b_hh}
+
+
+class AVModel(nn.Module):
+  """Encoders + per-modality temporal LSTMs; see the module docstring."""
+  variant: str = "gating"
+  modalities: str = "av"
+  embed_dim: int = 400
+  lstm_hidden: int = 400
+  video_width: float = 1.0
+  audio_width: float = 1.0
+  freeze_bn: bool = True
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  @property
+  def uses_video(self) -> bool:
+    return self.modalities in ("av", "video")
+
+  @property
+  def uses_audio(self) -> bool:
+    return self.modalities in ("av", "audio")
+
+  @nn.compact
+  def __call__(self, video: jax.Array | None, audio: jax.Array | None, *,
+               train: bool) -> dict[str, jax.Array]:
+    _check_choice(self.variant, self.modalities, "AVModel")
+    outputs: dict[str, jax.Array] = {}
+    bt = None
+    if self.uses_video:
+      if video is None or video.ndim != 6:
+        raise ValueError(f"AVModel({self.modalities!r}) needs video [B, T, F, H, W, 3], got "
+                         f"{None if video is None else video.shape}")
+      bt = video.shape[:2]
+      frames = video.reshape((bt[0] * bt[1],) + video.shape[2:])  # [B*T, F, H, W, 3]
+      emb, _ = i3d.I3D(embed_dim=self.embed_dim, width=self.video_width, freeze_bn=self.freeze_bn,
+                       dtype=self.dtype, remat=self.remat, name="video_encoder")(frames, train=train)
+      outputs["video_enc"] = emb.astype(jnp.float32).reshape(bt + (self.embed_dim,))  # [B, T, D]
+    if self.uses_audio:
+      if audio is None or audio.ndim != 3:
+        raise ValueError(f"AVModel({self.modalities!r}) needs audio [B, T, S], got "
+                         f"{None if audio is None else audio.shape}")
+      if bt is not None and tuple(audio.shape[:2]) != tuple(bt):
+        raise ValueError(f"AVModel: video has [B, T] = {bt} but audio {audio.shape[:2]}")
+      abt = audio.shape[:2]
+      wave = audio.reshape((abt[0] * abt[1], audio.shape[2]))  # [B*T, S]
+      emb, _ = soundnet.SoundNet8(embed_dim=self.embed_dim, width=self.audio_width,
+                                  freeze_bn=self.freeze_bn, dtype=self.dtype,
+                                  name="audio_encoder")(wave, train=train)
+      outputs["audio_enc"] = emb.astype(jnp.float32).reshape(tuple(abt) + (self.embed_dim,))
+    for m in ("video", "audio"):
+      if f"{m}_enc" not in outputs:
+        continue
+      enc = outputs[f"{m}_enc"]
+      if self.variant == "global":
+        outputs[f"{m}_gate"] = enc  # [B, T, D]
+      else:
+        outputs[f"{m}_gate"] = TemporalLSTM(self.lstm_hidden, name=f"{m}_lstm")(enc)  # [B, T, G]
+    return outputs
+
+
+def _check_choice(variant: str, modalities: str, where: str) -> None:
+  if variant not in VARIANTS:
+    raise ValueError(f"{where}.variant: {variant!r} is not one of {VARIANTS}")
+  if modalities not in MODALITIES:
+    raise ValueError(f"{where}.modalities: {modalities!r} is not one of {MODALITIES}")
+  if variant == "gating" and modalities != "av":
+    raise ValueError(f"{where}.modalities: the 'gating' variant needs both modalities ('av'), "
+                     f"got {modalities!r}; use 'lstm' or 'global' for one modality")
+
+
+def create_model(model_config: Any) -> AVModel:
+  """AVModel from `config.model` (see avjax/config_lib.py for the fields)."""
+  get = model_config.get
+  dtype_name = get("dtype", "float32")
+  if dtype_name not in _DTYPES:
+    raise ValueError(f"config.model.dtype: {dtype_name!r} is not one of {tuple(_DTYPES)}")
+  model = AVModel(
+      variant=get("variant", "gating"), modalities=get("modalities", "av"),
+      embed_dim=int(get("embed_dim", 400)), lstm_hidden=int(get("lstm_hidden", 400)),
+      video_width=float(get("video_width", 1.0)), audio_width=float(get("audio_width", 1.0)),
+      freeze_bn=bool(get("freeze_bn", True)), dtype=_DTYPES[dtype_name],
+      remat=bool(get("remat", False)))
+  _check_choice(model.variant, model.modalities, "config.model")
+  return model
+
+
+def _dummy(spec: Any, dtype: Any, rank: int, what: str) -> np.ndarray | None:
+  """A [1, 1, ...] zero input shaped like `spec` (an array, ShapeDtypeStruct or shape)."""
+  if spec is None:
+    return None
+  shape = tuple(spec.shape) if hasattr(spec, "shape") else tuple(spec)
+  if len(shape) != rank:
+    raise ValueError(f"init_variables: {what} must have {rank} dimensions, got shape {shape}")
+  return np.zeros((1, 1) + shape[2:], dtype)
+
+
+def init_variables(model: AVModel, rng: jax.Array, video: Any = None, audio: Any = None, *,
+                   pretrained: bool = False) -> dict:
+  """Initialises `model` ({'params', 'batch_stats'}) and, when `pretrained`, loads the
+  Kinetics-400 I3D and SoundNet-8 weights into the encoders in use.
+
+  `video` / `audio` give the input shapes ([B, T, F, H, W, 3] / [B, T, S]): arrays,
+  jax.ShapeDtypeStructs or plain shapes; B and T do not matter (one window is used).
+  """
+  video = _dummy(video, np.uint8, 6, "video") if model.uses_video else None
+  audio = _dummy(audio, np.float32, 3, "audio") if model.uses_audio else None
+  if model.uses_video and video is None:
+    raise ValueError(f"init_variables: modalities {model.modalities!r} needs a video shape")
+  if model.uses_audio and audio is None:
+    raise ValueError(f"init_variables: modalities {model.modalities!r} needs an audio shape")
+  variables = jax.jit(functools.partial(model.init, train=False))(rng, video, audio)
+  variables = jax.tree_util.tree_map(lambda x: x, dict(variables))  # plain nested dicts
+  if pretrained:
+    loaders = {"video_encoder": i3d.load_pretrained, "audio_encoder": soundnet.load_pretrained}
+    for name, load in loaders.items():
+      if name not in variables["params"]:
+        continue
+      sub = {c: variables[c][name] for c in ("params", "batch_stats")}
+      sub = load(sub)
+      for c in ("params", "batch_stats"):
+        variables[c][name] = sub[c]
+  return variables
+
+
+def log_parameter_overview(variables: Mapping[str, Any], msg: str | None = None) -> int:
+  """Logs clu's table of parameters (name, shape, size, mean, std) and the count per
+  top-level module; returns the total parameter count."""
+  params = variables["params"] if "params" in variables else variables
+  parameter_overview.log_parameter_overview(params, msg=msg or "Model parameters")
+  counts = {name: parameter_overview.count_parameters(sub) for name, sub in params.items()}
+  total = sum(counts.values())
+  logging.info("Parameters: %s; total %s", ", ".join(f"{k} {v:,}" for k, v in counts.items()),
+               f"{total:,}")
+  return total
