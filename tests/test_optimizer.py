@@ -1,0 +1,67 @@
+"""The optimiser equals torch.optim.Adam(weight_decay=...) / AdamW, written out by hand."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl.testing import absltest
+
+from avjax import config_lib
+from avjax import train
+
+
+def torch_adam_reference(p, grads, lr, wd, b1, b2, eps, decoupled):
+  """torch.optim.Adam / AdamW update rules (PyTorch docs), step by step."""
+  m = np.zeros_like(p)
+  v = np.zeros_like(p)
+  p = p.copy()
+  for t, g in enumerate(grads, start=1):
+    if decoupled:
+      p = p - lr * wd * p
+    else:
+      g = g + wd * p
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    m_hat = m / (1 - b1 ** t)
+    v_hat = v / (1 - b2 ** t)
+    p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
+  return p
+
+
+class OptimizerTest(absltest.TestCase):
+
+  def _run(self, name, trunk_lr_scale=1.0):
+    optim = config_lib.get_base_config().optim
+    optim.name = name
+    optim.learning_rate = 0.01
+    optim.weight_decay = 0.1   # large so that the two decay rules differ visibly
+    optim.trunk_lr_scale = trunk_lr_scale
+    rng = np.random.default_rng(0)
+    p0 = rng.normal(size=(3, 4)).astype(np.float64)
+    grads = [rng.normal(size=(3, 4)) for _ in range(4)]
+    params = {"head": {"kernel": jnp.asarray(p0, jnp.float32)}}
+    tx = train.make_optimizer(optim, params)
+    opt_state = tx.init(params)
+    for g in grads:
+      updates, opt_state = tx.update({"head": {"kernel": jnp.asarray(g, jnp.float32)}}, opt_state, params)
+      params = jax.tree.map(lambda a, b: a + b, params, updates)
+    expected = torch_adam_reference(p0, grads, 0.01, 0.1, optim.b1, optim.b2, optim.eps,
+                                    decoupled=(name == "adamw"))
+    return np.asarray(params["head"]["kernel"]), expected
+
+  def test_adam_matches_torch_adam_l2(self):
+    got, expected = self._run("adam")
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+  def test_adamw_matches_torch_adamw(self):
+    got, expected = self._run("adamw")
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+  def test_adam_and_adamw_differ(self):
+    a, _ = self._run("adam")
+    b, _ = self._run("adamw")
+    self.assertGreater(np.abs(a - b).max(), 1e-4)
+
+
+if __name__ == "__main__":
+  absltest.main()
