@@ -4,9 +4,9 @@ Shapes: B clips, T windows, F frames, H x W pixels, S audio samples per window.
 
 Presets:
   ravdess  B=40, T=8, F=25, 96x96, S=22050, full-width model (I3D + SoundNet-8 at
-           width 1.0, D = G = 400, the pretrained shapes), freeze_bn as in the config
-  demo     B=20, T=4, F=8, 32x32, S=22050, configs/demo.py's widths (video 0.125,
-           audio 0.25, D = G = 64)
+           width 1.0, D = G = 400, the pretrained shapes), frozen BN
+  demo     B=20, T=4, F=8, 32x32, S=22050, configs/demo.py's model (video width 0.125,
+           audio width 0.25, D = G = 64, BN not frozen)
 Any of --batch/--windows/--frames/--size/--samples/--dtype overrides the preset
 (e.g. a smaller --batch where the full batch does not fit a small machine).
 
@@ -46,9 +46,11 @@ from avjax.models import gating
 
 PRESETS = {
     "ravdess": dict(batch=40, windows=8, frames=25, size=96, samples=22050,
-                    model=dict(video_width=1.0, audio_width=1.0, embed_dim=400, lstm_hidden=400)),
+                    model=dict(video_width=1.0, audio_width=1.0, embed_dim=400, lstm_hidden=400,
+                               freeze_bn=True)),
     "demo": dict(batch=20, windows=4, frames=8, size=32, samples=22050,
-                 model=dict(video_width=0.125, audio_width=0.25, embed_dim=64, lstm_hidden=64)),
+                 model=dict(video_width=0.125, audio_width=0.25, embed_dim=64, lstm_hidden=64,
+                            freeze_bn=False)),
 }
 
 
@@ -118,7 +120,8 @@ def main(argv=None) -> dict:
     parser.add_argument(f"--{name}", type=int, default=None)
   parser.add_argument("--dtype", choices=config_lib.DTYPES, default="float32")
   parser.add_argument("--variant", choices=config_lib.VARIANTS, default="gating")
-  parser.add_argument("--freeze_bn", type=int, choices=(0, 1), default=1)
+  parser.add_argument("--freeze_bn", type=int, choices=(0, 1), default=None,
+                      help="default: the preset's (ravdess 1 as configs/ravdess.py, demo 0)")
   parser.add_argument("--remat", action="store_true")
   parser.add_argument("--repeats", type=int, default=2)
   parser.add_argument("--skip_backward", action="store_true")
@@ -132,7 +135,9 @@ def main(argv=None) -> dict:
   model_config = config_lib.get_base_config().model
   model_config.update(preset["model"])
   model_config.update(dict(variant=args.variant, dtype=args.dtype, remat=args.remat,
-                           freeze_bn=bool(args.freeze_bn), pretrained=False))
+                           pretrained=False))
+  if args.freeze_bn is not None:
+    model_config.freeze_bn = bool(args.freeze_bn)
   model = gating.create_model(model_config)
 
   rng = np.random.default_rng(0)
