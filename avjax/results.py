@@ -1,0 +1,513 @@
+r"""Per-fold metrics, aggregation over folds, results.json / results.md, the paper's numbers.
+
+Legend: T windows (gates), Q query clips of a fold (its held-out clips), C classes,
+D embedding size.
+
+Input (written by `avjax.evaluate` into every `<workdir>/fold_{k}/`):
+  predictions.npz   labels [Q] int32, actor [Q] int32, clip_id [Q] str, and per
+                    modality M in AO / VO / AV present: pred_M [T, Q] int32 (KNN
+                    prediction at each gate), emb_M [Q, D] float32 (last gate).
+  fold_info.json    dataset, config, variant, modalities, fold, class_names,
+                    num_windows, k, num_train_clips, exclude_used, avjax_version.
+
+Output of `write_results(workdir)`: `results.json` (schema in
+docs/results_schema.md) and `results.md`, our numbers beside the paper's.
+
+Conventions (stated in both outputs):
+* accuracy and UAR are fractions in [0, 1] in results.json, percent in results.md;
+* accuracy of a fold = correct / Q over exactly that fold's held-out clips;
+* UAR = mean recall over the classes present among the fold's true labels
+  (scikit-learn's `balanced_accuracy_score`);
+* mean ± std over folds, std the *sample* standard deviation (ddof = 1, as
+  `pandas.Series.std` / `torch.std` default); null (shown as "–") with one fold;
+* the paper's numbers are compared with our accuracy at the *last* gate (see
+  `PAPER_NOTE`).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+from absl import logging
+
+from avjax import config_lib
+
+SCHEMA_VERSION = 1
+MODALITIES = ("AO", "VO", "AV")
+_ROW_KEY = ("dataset", "config", "variant")
+
+# --------------------------------------------------------------------------------------
+# The paper's numbers (Ghaleb, Popa, Asteriadis, ACII 2019), accuracy in percent,
+# averaged over 10 subject-independent folds. Keys use our builder names
+# ('ravdess', 'crema_d_av') and windowing names (avjax/data/windows.py).
+#
+# Table I ("Tests for Various Configurations"): #windows / length (s) / overlap (0.5 s or
+# none) -> accuracy of the gating model. Its best rows equal Table II's AV-Gating
+# (RAVDESS 8/1/yes 67.7, CREMA-D 6/1/yes 74.0), so the column is the AV embedding.
+PAPER_TABLE1: dict[str, dict[str, float]] = {
+    "ravdess": {"w2_l1_ov": 64.1, "w2_l2_ov": 64.7, "w4_l1_ov": 66.2, "w6_l1_ov": 67.5,
+                "w8_l1_ov": 67.7, "w2_l1_no": 62.3, "w4_l1_no": 65.3},
+    "crema_d_av": {"w2_l1_ov": 73.7, "w4_l1_ov": 73.5, "w6_l1_ov": 74.0},
+}
+# Table II ("The recognition accuracy of unimodal and multimodal embeddings, with and
+# without the temporal and multimodal DML"), columns CREMA-D / RAVDESS. Each row:
+# (our name, the paper's row label, config argument of the run, modality column).
+# The gating rows come from one run: the dataset's default windowing (its best
+# Table I row, 8x1 s for RAVDESS, 6x1 s for CREMA-D). Human-perception and [32] rows
+# of the paper are not ours to reproduce and are left out.
+TABLE2_ROWS: tuple[tuple[str, str, str, str], ...] = (
+    ("AO-Global", "AO-Global", "audio_global", "AO"),
+    ("A-LSTM", "A-LSTM", "audio_lstm", "AO"),
+    ("AO-Gating", "AO-Gating Paradigm", "gating", "AO"),
+    ("VO-Global", "VO-Global", "video_global", "VO"),
+    ("VO-LSTM", "VO-LSTM", "video_lstm", "VO"),
+    ("VO-Gating", "VO-Gating Paradigm", "gating", "VO"),
+    ("AV-Global", "AV-Global", "global", "AV"),
+    ("A-LSTM+V-LSTM", "Concatenation of A-LSTM and V-LSTM", "lstm", "AV"),
+    ("AV-Gating", "AV-Gating Paradigm", "gating", "AV"),
+)
+PAPER_TABLE2: dict[str, dict[str, float]] = {
+    "crema_d_av": {"AO-Global": 56.4, "A-LSTM": 50.2, "AO-Gating": 57.0, "VO-Global": 63.1,
+                   "VO-LSTM": 66.8, "VO-Gating": 65.0, "AV-Global": 69.0,
+                   "A-LSTM+V-LSTM": 72.9, "AV-Gating": 74.0},
+    "ravdess": {"AO-Global": 50.1, "A-LSTM": 40.1, "AO-Gating": 45.3, "VO-Global": 60.2,
+                "VO-LSTM": 60.5, "VO-Gating": 60.1, "AV-Global": 65.7,
+                "A-LSTM+V-LSTM": 65.8, "AV-Gating": 67.7},
+}
+PAPER_NOTE = (
+    "The paper reports accuracy (%) averaged over its 10 subject-independent folds (Sec. V-A) "
+    "and does not say at which gate Tables I and II are measured. We read them as the last "
+    "gate (the whole clip): the gating paradigm accumulates the windows, Sec. V-D says the "
+    "rates over gates are 'gradually ascending', and the confusion matrices (Fig. 6) are "
+    "taken 'in the last segment'. We take Table I's column to be the AV embedding: its best rows equal "
+    "Table II's AV-Gating (67.7 RAVDESS, 74.0 CREMA-D). So every 'Paper' number here sits "
+    "beside our last-gate accuracy of the named modality. The paper gives no std and no UAR. "
+    "Its window placement (fixed 0.5 s hop or spread over the clip, DESIGN.md) is unknown: "
+    "the same paper number is shown for both window modes of a row.")
+
+PAPER_NUM_FOLDS = 10  # Sec. V-A: "The reported results are the average of these 10-folds."
+
+_DATASET_ALIASES = {"crema_d": "crema_d_av", "cremad": "crema_d_av"}
+_DATASET_TITLES = {"ravdess": "RAVDESS", "crema_d_av": "CREMA-D", "synthetic_av": "synthetic"}
+
+
+def canonical_dataset(name: str) -> str:
+  """'crema_d' -> 'crema_d_av'; other names unchanged."""
+  return _DATASET_ALIASES.get(name, name)
+
+
+def _base_windowing(config: str) -> str:
+  return config[:-len("_fit")] if config.endswith("_fit") else config
+
+
+def describe_windowing(config: str) -> str:
+  """'w8_l1_ov' -> '8 windows x 1 s, 0.5 s overlap (fixed hop)'."""
+  from avjax.data import windows
+  try:
+    spec = windows.parse_name(config)
+  except ValueError:
+    return config
+  ov = f"{spec.overlap:g} s overlap" if spec.overlap > 0 else "no overlap"
+  mode = "fixed hop" if spec.mode == "fixed" else "fit to clip"
+  return f"{spec.num_windows} windows x {spec.length:g} s, {ov} ({mode})"
+
+
+def paper_references(dataset: str, config: str, variant: str, modalities: str) -> list[dict[str, Any]]:
+  """The paper's numbers that a run of (dataset, windowing, variant, modalities) reproduces.
+
+  Returns [{'table': 'I'|'II', 'row': str, 'paper_label': str, 'modality': 'AO'|'VO'|'AV',
+  'accuracy': percent}], compared with our last-gate accuracy of that modality.
+  """
+  ds = canonical_dataset(dataset)
+  base = _base_windowing(config)
+  default = config_lib.DATASETS[ds]["table1"][0] if ds in config_lib.DATASETS else None
+  refs = []
+  if variant == "gating" and base in PAPER_TABLE1.get(ds, {}):
+    refs.append({"table": "I", "row": base, "paper_label": f"{_DATASET_TITLES.get(ds, ds)} "
+                 f"{describe_windowing(base).split(' (')[0]}", "modality": "AV",
+                 "accuracy": PAPER_TABLE1[ds][base]})
+  run_arg = {"gating": "gating", "lstm": "lstm", "global": "global"}.get(variant)
+  if run_arg is None or ds not in PAPER_TABLE2:
+    return refs
+  if modalities in ("audio", "video"):
+    run_arg = f"{modalities}_{variant}"
+  # The gating and LSTM rows of Table II use the default windowing; `global` has one window.
+  if variant != "global" and base != default:
+    return refs
+  for name, label, arg, modality in TABLE2_ROWS:
+    if arg == run_arg:
+      refs.append({"table": "II", "row": name, "paper_label": label, "modality": modality,
+                   "accuracy": PAPER_TABLE2[ds][name]})
+  return refs
+
+
+# --------------------------------------------------------------------------------------
+# Metrics (pure NumPy).
+
+def _check_pred_labels(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+  pred, labels = np.asarray(pred), np.asarray(labels)
+  if pred.shape != labels.shape or pred.ndim != 1:
+    raise ValueError(f"pred {pred.shape} and labels {labels.shape} must be equal 1-D shapes [Q]")
+  for name, a in (("pred", pred), ("labels", labels)):
+    if a.size and (a.min() < 0 or a.max() >= num_classes):
+      raise ValueError(f"{name} has values outside [0, {num_classes}): min {a.min()}, max {a.max()}")
+  return pred.astype(np.int64), labels.astype(np.int64)
+
+
+def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """Counts [C, C] int64: rows the true class, columns the predicted class."""
+  pred, labels = _check_pred_labels(pred, labels, num_classes)
+  cm = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(cm, (labels, pred), 1)
+  return cm
+
+
+def per_class_recall(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """Recall of each class [C] float64; NaN for classes absent from `labels`."""
+  cm = confusion_matrix(pred, labels, num_classes)
+  support = cm.sum(axis=1)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+
+
+def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+  pred, labels = np.asarray(pred), np.asarray(labels)
+  if pred.shape != labels.shape or labels.size == 0:
+    raise ValueError(f"accuracy needs equal non-empty shapes, got {pred.shape} and {labels.shape}")
+  return float(np.mean(pred == labels))
+
+
+def uar(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+  """Unweighted average recall: mean recall over the classes present in `labels`."""
+  return float(np.nanmean(per_class_recall(pred, labels, num_classes)))
+
+
+def fold_rows(predictions: Mapping[str, np.ndarray], info: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """One row per (modality, gate) of one fold: accuracy and UAR over its Q query clips.
+
+  Row: {dataset, config, variant, fold, gate (1-based), modality, accuracy, uar, n}.
+  """
+  labels = np.asarray(predictions["labels"])
+  num_classes = len(info["class_names"])
+  rows = []
+  for m in MODALITIES:
+    key = f"pred_{m}"
+    if key not in predictions:
+      continue
+    pred = np.asarray(predictions[key])  # [T, Q]
+    if pred.ndim != 2 or pred.shape[1] != labels.shape[0]:
+      raise ValueError(f"fold {info.get('fold')}: {key} has shape {pred.shape}, expected [T, {labels.shape[0]}]")
+    for t in range(pred.shape[0]):
+      _check_pred_labels(pred[t], labels, num_classes)
+      rows.append({
+          "dataset": info["dataset"], "config": info["config"], "variant": info["variant"],
+          "fold": int(info["fold"]), "gate": t + 1, "modality": m,
+          "accuracy": accuracy(pred[t], labels), "uar": uar(pred[t], labels, num_classes),
+          "n": int(labels.shape[0]),
+      })
+  if not rows:
+    raise ValueError(f"fold {info.get('fold')}: no pred_AO / pred_VO / pred_AV array")
+  return rows
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+  a = np.asarray(values, np.float64)
+  return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else None)
+
+
+def aggregate(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """Mean and sample std (ddof=1; None with one fold) over folds per (gate, modality).
+
+  Rows are grouped by (dataset, config, variant, modality, gate). Returns
+  {dataset, config, variant, gate, modality, num_folds, folds, accuracy_mean,
+  accuracy_std, uar_mean, uar_std, n} with n the total number of queries.
+  """
+  groups: dict[tuple, list[Mapping[str, Any]]] = {}
+  for r in rows:
+    key = tuple(r[k] for k in _ROW_KEY) + (r["modality"], int(r["gate"]))
+    groups.setdefault(key, []).append(r)
+  out = []
+  for key, members in groups.items():
+    folds = [int(r["fold"]) for r in members]
+    if len(set(folds)) != len(folds):
+      raise ValueError(f"{key}: fold repeated among {sorted(folds)}")
+    acc_mean, acc_std = _mean_std([r["accuracy"] for r in members])
+    uar_mean, uar_std = _mean_std([r["uar"] for r in members])
+    out.append({
+        "dataset": key[0], "config": key[1], "variant": key[2], "gate": key[4], "modality": key[3],
+        "num_folds": len(folds), "folds": sorted(folds),
+        "accuracy_mean": acc_mean, "accuracy_std": acc_std,
+        "uar_mean": uar_mean, "uar_std": uar_std, "n": int(sum(r["n"] for r in members)),
+    })
+  order = {m: i for i, m in enumerate(MODALITIES)}
+  out.sort(key=lambda r: (r["dataset"], r["config"], r["variant"], order[r["modality"]], r["gate"]))
+  return out
+
+
+# --------------------------------------------------------------------------------------
+# Reading fold directories.
+
+_INFO_FIELDS = ("dataset", "config", "variant", "modalities", "fold", "class_names", "num_windows", "k")
+# Fields every fold of one results table must share.
+_SHARED_FIELDS = ("dataset", "config", "variant", "modalities", "class_names", "num_windows", "k",
+                  "exclude_used")
+
+
+def load_fold(fold_dir: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """Reads and checks `fold_dir/predictions.npz` and `fold_info.json` (no pickle)."""
+  info_path = os.path.join(fold_dir, "fold_info.json")
+  npz_path = os.path.join(fold_dir, "predictions.npz")
+  with open(info_path) as f:
+    info = json.load(f)
+  missing = [k for k in _INFO_FIELDS if k not in info]
+  if missing:
+    raise ValueError(f"{info_path}: missing fields {missing}")
+  with np.load(npz_path, allow_pickle=False) as z:
+    preds = {k: z[k] for k in z.files}
+  for key in ("labels", "clip_id"):
+    if key not in preds:
+      raise ValueError(f"{npz_path}: no '{key}' array (has {sorted(preds)})")
+  q = preds["labels"].shape[0]
+  if preds["labels"].ndim != 1 or preds["clip_id"].shape != (q,):
+    raise ValueError(f"{npz_path}: labels {preds['labels'].shape} and clip_id "
+                     f"{preds['clip_id'].shape} must both be [Q]")
+  present = [m for m in MODALITIES if f"pred_{m}" in preds]
+  if not present:
+    raise ValueError(f"{npz_path}: no pred_AO / pred_VO / pred_AV array (has {sorted(preds)})")
+  t = int(info["num_windows"])
+  for m in present:
+    shape = preds[f"pred_{m}"].shape
+    if shape != (t, q):
+      raise ValueError(f"{npz_path}: pred_{m} has shape {shape}, expected [T={t}, Q={q}] "
+                       f"(num_windows from {info_path})")
+    emb = preds.get(f"emb_{m}")
+    if emb is not None and (emb.ndim != 2 or emb.shape[0] != q):
+      raise ValueError(f"{npz_path}: emb_{m} has shape {emb.shape}, expected [Q={q}, D]")
+  return preds, info
+
+
+def fold_dirs(workdir: str) -> list[str]:
+  """`workdir/fold_{k}` directories with a finished evaluation, sorted by k."""
+  found = []
+  for path in glob.glob(os.path.join(workdir, "fold_*")):
+    m = re.fullmatch(r"fold_(\d+)", os.path.basename(path))
+    if not (m and os.path.isdir(path)):
+      continue
+    if not (os.path.isfile(os.path.join(path, "fold_info.json"))
+            and os.path.isfile(os.path.join(path, "predictions.npz"))):
+      logging.info("%s: no finished evaluation (fold_info.json + predictions.npz), skipped", path)
+      continue
+    found.append((int(m.group(1)), path))
+  return [p for _, p in sorted(found)]
+
+
+def load_folds(workdir: str) -> list[tuple[dict[str, np.ndarray], dict[str, Any]]]:
+  """All finished folds of `workdir`, checked to belong to one run. Raises if none."""
+  dirs = fold_dirs(workdir)
+  if not dirs:
+    raise FileNotFoundError(f"{workdir}: no fold_k/ directory with fold_info.json and predictions.npz")
+  folds = []
+  for d in dirs:
+    preds, info = load_fold(d)
+    dir_fold = int(os.path.basename(d).split("_")[1])
+    if int(info["fold"]) != dir_fold:
+      raise ValueError(f"{d}/fold_info.json says fold {info['fold']}, the directory says {dir_fold}")
+    if folds:
+      first_dir, first = dirs[0], folds[0][1]
+      for k in _SHARED_FIELDS:
+        if info.get(k) != first.get(k):
+          raise ValueError(f"{d}/fold_info.json: {k} = {info.get(k)!r} but {first_dir} has "
+                           f"{first.get(k)!r}; one workdir must hold one configuration")
+    folds.append((preds, info))
+  return folds
+
+
+# --------------------------------------------------------------------------------------
+# results.json and results.md.
+
+def _pct(x: float | None, digits: int = 1) -> str:
+  return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
+
+
+def _pm(mean: float, std: float | None) -> str:
+  return f"{_pct(mean)} ± {_pct(std)}" if std is not None else f"{_pct(mean)}"
+
+
+def summary_row(summary: list[Mapping[str, Any]], modality: str, gate: int | None = None) -> Mapping[str, Any] | None:
+  """The summary row of `modality` at `gate` (default: the last gate), or None."""
+  rows = [r for r in summary if r["modality"] == modality]
+  if not rows:
+    return None
+  gate = max(r["gate"] for r in rows) if gate is None else gate
+  return next((r for r in rows if r["gate"] == gate), None)
+
+
+def build_results(folds: list[tuple[dict[str, np.ndarray], dict[str, Any]]]) -> dict[str, Any]:
+  """The results.json document (docs/results_schema.md) from loaded folds."""
+  first = folds[0][1]
+  num_classes = len(first["class_names"])
+  rows, fold_meta = [], []
+  confusion: dict[str, np.ndarray] = {}
+  for preds, info in folds:
+    rows.extend(fold_rows(preds, info))
+    labels = preds["labels"]
+    fold_meta.append({
+        "fold": int(info["fold"]), "n": int(labels.shape[0]),
+        "num_train_clips": info.get("num_train_clips"),
+        "class_counts": np.bincount(labels, minlength=num_classes).astype(int).tolist(),
+        "avjax_version": info.get("avjax_version"),
+    })
+    for m in MODALITIES:
+      if f"pred_{m}" in preds:
+        cm = confusion_matrix(preds[f"pred_{m}"][-1], labels, num_classes)
+        confusion[m] = confusion.get(m, 0) + cm
+  summary = aggregate(rows)
+  refs = paper_references(first["dataset"], first["config"], first["variant"], first["modalities"])
+  for ref in refs:
+    ours = summary_row(summary, ref["modality"])
+    ref["ours_accuracy_mean"] = None if ours is None else ours["accuracy_mean"]
+    ref["ours_accuracy_std"] = None if ours is None else ours["accuracy_std"]
+    ref["ours_gate"] = None if ours is None else ours["gate"]
+  from avjax import __version__
+  return {
+      "schema_version": SCHEMA_VERSION,
+      "dataset": first["dataset"], "config": first["config"], "variant": first["variant"],
+      "modalities": first["modalities"], "class_names": list(first["class_names"]),
+      "num_windows": int(first["num_windows"]), "k": int(first["k"]),
+      "exclude_used": first.get("exclude_used"),
+      "conventions": {
+          "metrics": "accuracy and uar are fractions in [0, 1]; paper numbers are percent",
+          "accuracy": "correct / n over exactly the fold's held-out clips",
+          "uar": "mean recall over the classes present among the fold's true labels",
+          "std": "sample standard deviation over folds (ddof=1); null with one fold",
+          "gate": "1-based; gate t sees windows 1..t",
+          "confusion_last_gate": "counts summed over folds, rows true class, columns predicted",
+          "paper": PAPER_NOTE,
+      },
+      "folds": fold_meta,
+      "rows": rows,
+      "summary": summary,
+      "confusion_last_gate": {m: cm.tolist() for m, cm in confusion.items()},
+      "paper": refs,
+      "generated_by": f"avjax {__version__}",
+  }
+
+
+def format_markdown(doc: Mapping[str, Any]) -> str:
+  """results.md text from a results.json document."""
+  ds = canonical_dataset(doc["dataset"])
+  folds = [f["fold"] for f in doc["folds"]]
+  n_total = sum(f["n"] for f in doc["folds"])
+  mining = {True: "MWTSM", False: "batch-hard (MWTSM off)"}.get(doc.get("exclude_used"), "unknown")
+  lines = [
+      f"# Results: {_DATASET_TITLES.get(ds, ds)}, `{doc['config']}`, variant `{doc['variant']}`",
+      "",
+      f"- windowing: {describe_windowing(doc['config'])}; gates: {doc['num_windows']}",
+      f"- modalities: {doc['modalities']}; KNN k = {doc['k']}; triplet mining: {mining}",
+      f"- folds evaluated: {len(folds)} of {PAPER_NUM_FOLDS} ({', '.join(map(str, folds))}); "
+      f"{n_total} held-out clips in all",
+      "- accuracy and UAR in %, mean ± sample std (ddof = 1) over folds; each fold's accuracy is "
+      "over exactly its held-out clips; UAR = mean recall over the classes present in the fold.",
+  ]
+  if len(folds) < PAPER_NUM_FOLDS:
+    lines.append(f"- **partial**: the paper averages 10 folds; these numbers average {len(folds)}.")
+  refs_by_modality: dict[str, list[Mapping[str, Any]]] = {}
+  for ref in doc["paper"]:
+    refs_by_modality.setdefault(ref["modality"], []).append(ref)
+  summary = doc["summary"]
+  for m in MODALITIES:
+    rows = [r for r in summary if r["modality"] == m]
+    if not rows:
+      continue
+    last = max(r["gate"] for r in rows)
+    refs = refs_by_modality.get(m, [])
+    lines += ["", f"## {m}", ""]
+    header = "| Gate | Accuracy % | UAR % | Folds |"
+    sep = "|---:|---:|---:|---:|"
+    if refs:
+      header += " Paper accuracy % (last gate) |"
+      sep += "---|"
+    lines += [header, sep]
+    for r in rows:
+      cells = [f"{r['gate']}{' (last)' if r['gate'] == last else ''}",
+               _pm(r["accuracy_mean"], r["accuracy_std"]), _pm(r["uar_mean"], r["uar_std"]),
+               str(r["num_folds"])]
+      if refs:
+        cells.append("; ".join(f"{ref['accuracy']:.1f} (Table {ref['table']}, {ref['paper_label']})"
+                               for ref in refs) if r["gate"] == last else "")
+      lines.append("| " + " | ".join(cells) + " |")
+  if doc["paper"]:
+    lines += ["", "## Next to the paper (last gate)", "",
+              "| Table | Paper row | Modality | Ours % | Paper % | Ours − paper |",
+              "|---|---|---|---:|---:|---:|"]
+    for ref in doc["paper"]:
+      ours = ref.get("ours_accuracy_mean")
+      diff = "–" if ours is None else f"{100 * ours - ref['accuracy']:+.1f}"
+      lines.append(f"| {ref['table']} | {ref['paper_label']} | {ref['modality']} | "
+                   f"{_pm(ours, ref.get('ours_accuracy_std')) if ours is not None else '–'} | "
+                   f"{ref['accuracy']:.1f} | {diff} |")
+    lines += ["", PAPER_NOTE]
+  else:
+    lines += ["", "No number in the paper's Tables I and II corresponds to this configuration."]
+  # Per-fold last-gate accuracy: the raw material of the means above.
+  present = [m for m in MODALITIES if any(r["modality"] == m for r in summary)]
+  by_fold: dict[int, dict[str, float]] = {}
+  last_gate = {m: max(r["gate"] for r in summary if r["modality"] == m) for m in present}
+  for r in doc["rows"]:
+    if r["gate"] == last_gate[r["modality"]]:
+      by_fold.setdefault(r["fold"], {})[r["modality"]] = r["accuracy"]
+  lines += ["", "## Per fold (last gate accuracy %)", "",
+            "| Fold | Clips | " + " | ".join(present) + " |",
+            "|---:|---:|" + "---:|" * len(present)]
+  for f in doc["folds"]:
+    accs = by_fold.get(f["fold"], {})
+    lines.append(f"| {f['fold']} | {f['n']} | " + " | ".join(_pct(accs.get(m)) for m in present) + " |")
+  lines.append("")
+  return "\n".join(lines)
+
+
+def _jsonable(x: Any) -> Any:
+  if isinstance(x, Mapping):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.generic):
+    return x.item()
+  if isinstance(x, float) and math.isnan(x):
+    return None
+  return x
+
+
+def _write_atomic(path: str, text: str) -> None:
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
+def write_results(workdir: str) -> tuple[str, str]:
+  """Aggregates every finished `workdir/fold_k/` into results.json and results.md.
+
+  Returns (results_json_path, results_md_path).
+  """
+  doc = build_results(load_folds(workdir))
+  json_path = os.path.join(workdir, "results.json")
+  md_path = os.path.join(workdir, "results.md")
+  _write_atomic(json_path, json.dumps(_jsonable(doc), indent=1, allow_nan=False) + "\n")
+  _write_atomic(md_path, format_markdown(doc))
+  return json_path, md_path
+
+
+def load_results(path: str) -> dict[str, Any]:
+  """Reads a results.json, checking its schema version."""
+  with open(path) as f:
+    doc = json.load(f)
+  version = doc.get("schema_version")
+  if version != SCHEMA_VERSION:
+    raise ValueError(f"{path}: schema_version {version!r}, this avjax reads {SCHEMA_VERSION}")
+  return doc

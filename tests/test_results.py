@@ -1,0 +1,254 @@
+"""results.py: per-fold metrics, aggregation over folds, results.json / results.md.
+
+Fake fold directories follow the evaluation contract (docs/results_schema.md):
+predictions are built with a known number of correct answers per gate, so the
+expected accuracies, means and stds are known by hand.
+"""
+
+import json
+import math
+import os
+import tempfile
+import warnings
+
+import numpy as np
+from absl.testing import absltest
+from absl.testing import parameterized
+from sklearn import metrics as skm
+
+from avjax import results
+
+RAVDESS_CLASSES = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+
+
+def predictions_with_correct(labels, num_correct, num_classes):
+  """[T, Q] predictions whose gate t has exactly num_correct[t] right answers (the last ones)."""
+  labels = np.asarray(labels)
+  pred = np.tile(labels, (len(num_correct), 1))
+  for t, c in enumerate(num_correct):
+    wrong = len(labels) - c
+    pred[t, :wrong] = (labels[:wrong] + 1) % num_classes
+  return pred.astype(np.int32)
+
+
+def write_fake_fold(workdir, fold, labels, correct, *, dataset="synthetic_av", config="w3_l1_ov",
+                    variant="gating", modalities="av", class_names=("a", "b", "c", "d"), dim=6,
+                    seed=0, **info_overrides):
+  """Writes workdir/fold_{fold}/predictions.npz + fold_info.json.
+
+  `correct` maps modality -> number of correct queries per gate (its length is T).
+  Embeddings are class means plus noise, so t-SNE has clusters to show.
+  """
+  rng = np.random.default_rng(seed + fold)
+  labels = np.asarray(labels, np.int32)
+  q, c = len(labels), len(class_names)
+  centres = rng.normal(size=(c, dim)) * 4
+  arrays = {"labels": labels, "actor": np.full(q, 100 + fold, np.int32),
+            "clip_id": np.array([f"f{fold}_clip{i:03d}" for i in range(q)])}
+  num_windows = None
+  for m, per_gate in correct.items():
+    arrays[f"pred_{m}"] = predictions_with_correct(labels, per_gate, c)
+    d = 2 * dim if m == "AV" else dim
+    arrays[f"emb_{m}"] = (np.tile(centres[labels], (1, d // dim)) + rng.normal(size=(q, d))).astype(np.float32)
+    num_windows = len(per_gate)
+  fold_dir = os.path.join(workdir, f"fold_{fold}")
+  os.makedirs(fold_dir, exist_ok=True)
+  np.savez(os.path.join(fold_dir, "predictions.npz"), **arrays)
+  info = {"dataset": dataset, "config": config, "variant": variant, "modalities": modalities,
+          "fold": fold, "class_names": list(class_names), "num_windows": num_windows, "k": 15,
+          "num_train_clips": 100, "exclude_used": True, "avjax_version": "test"}
+  info.update(info_overrides)
+  with open(os.path.join(fold_dir, "fold_info.json"), "w") as f:
+    json.dump(info, f)
+  return fold_dir
+
+
+# Two folds, 3 gates, 4 classes. Fold 0: 8 clips (2 per class); fold 1: 4 clips, class 3
+# absent. AV correct per gate 4,6,8 of 8 and 2,2,3 of 4: accuracies .5,.75,1 and .5,.5,.75.
+LABELS0 = [0, 0, 1, 1, 2, 2, 3, 3]
+LABELS1 = [0, 1, 2, 2]
+CORRECT0 = {"AO": [2, 3, 4], "VO": [4, 4, 6], "AV": [4, 6, 8]}
+CORRECT1 = {"AO": [1, 1, 2], "VO": [2, 3, 3], "AV": [2, 2, 3]}
+
+
+def two_fold_workdir(root, **kwargs):
+  write_fake_fold(root, 0, LABELS0, CORRECT0, **kwargs)
+  write_fake_fold(root, 1, LABELS1, CORRECT1, **kwargs)
+  return root
+
+
+class MetricsTest(parameterized.TestCase):
+
+  @parameterized.parameters(0, 1, 2)
+  def test_confusion_and_uar_match_sklearn(self, seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 5, size=40)
+    labels[labels == 4] = 3  # class 4 absent from the true labels...
+    pred = rng.integers(0, 5, size=40)  # ...but predicted
+    np.testing.assert_array_equal(results.confusion_matrix(pred, labels, 5),
+                                  skm.confusion_matrix(labels, pred, labels=range(5)))
+    with self.assertWarns(UserWarning):  # sklearn warns about the class absent from y_true
+      expected = skm.balanced_accuracy_score(labels, pred)
+    self.assertAlmostEqual(results.uar(pred, labels, 5), expected, places=12)
+    recall = results.per_class_recall(pred, labels, 5)
+    self.assertTrue(np.isnan(recall[4]))
+    np.testing.assert_allclose(recall[:4], skm.recall_score(labels, pred, labels=range(4), average=None))
+
+  def test_out_of_range_prediction_raises(self):
+    with self.assertRaisesRegex(ValueError, "outside"):
+      results.confusion_matrix(np.array([0, 4]), np.array([0, 1]), 4)
+
+
+class FoldRowsTest(absltest.TestCase):
+
+  def test_rows_of_one_fold(self):
+    with tempfile.TemporaryDirectory() as d:
+      fold_dir = write_fake_fold(d, 1, LABELS1, CORRECT1)
+      preds, info = results.load_fold(fold_dir)
+    rows = results.fold_rows(preds, info)
+    self.assertLen(rows, 9)  # 3 modalities x 3 gates
+    av = [r for r in rows if r["modality"] == "AV"]
+    self.assertEqual([r["gate"] for r in av], [1, 2, 3])
+    self.assertEqual([r["accuracy"] for r in av], [0.5, 0.5, 0.75])
+    self.assertTrue(all(r["n"] == 4 for r in rows))  # exactly the fold's clips
+    self.assertEqual({r["fold"] for r in rows}, {1})
+    # Gate 1, AV: the first 2 clips (classes 0 and 1) are wrong; class 3 is absent:
+    # recalls 0, 0, 1 over the three classes present.
+    self.assertAlmostEqual(av[0]["uar"], 1 / 3)
+    for r in rows:
+      pred = preds[f"pred_{r['modality']}"][r["gate"] - 1]
+      with warnings.catch_warnings():  # "y_pred contains classes not in y_true": class 3
+        warnings.simplefilter("ignore", UserWarning)
+        expected = skm.balanced_accuracy_score(preds["labels"], pred)
+      self.assertAlmostEqual(r["uar"], expected)
+    self.assertEqual(set(rows[0]), {"dataset", "config", "variant", "fold", "gate", "modality",
+                                    "accuracy", "uar", "n"})
+
+  def test_shape_mismatch_names_the_file(self):
+    with tempfile.TemporaryDirectory() as d:
+      fold_dir = write_fake_fold(d, 0, LABELS0, CORRECT0, num_windows=4)
+      with self.assertRaisesRegex(ValueError, r"predictions.npz: pred_AO has shape \(3, 8\)"):
+        results.load_fold(fold_dir)
+
+
+class AggregateTest(absltest.TestCase):
+
+  def test_mean_and_sample_std_by_hand(self):
+    with tempfile.TemporaryDirectory() as d:
+      folds = results.load_folds(two_fold_workdir(d))
+    rows = [r for preds, info in folds for r in results.fold_rows(preds, info)]
+    summary = results.aggregate(rows)
+    self.assertLen(summary, 9)
+    av = [s for s in summary if s["modality"] == "AV"]
+    np.testing.assert_allclose([s["accuracy_mean"] for s in av], [0.5, 0.625, 0.875])
+    # Sample std of two values a, b is |a - b| / sqrt(2).
+    np.testing.assert_allclose([s["accuracy_std"] for s in av], [0.0, 0.25 / math.sqrt(2), 0.25 / math.sqrt(2)])
+    self.assertTrue(all(s["num_folds"] == 2 and s["folds"] == [0, 1] and s["n"] == 12 for s in summary))
+    ao_last = results.summary_row(summary, "AO")
+    self.assertEqual(ao_last["gate"], 3)
+    self.assertAlmostEqual(ao_last["accuracy_mean"], (4 / 8 + 2 / 4) / 2)
+    # UAR mean over folds, from sklearn per fold.
+    vo1 = results.summary_row(summary, "VO", gate=1)
+    expected = np.mean([skm.balanced_accuracy_score(p["labels"], p["pred_VO"][0]) for p, _ in folds])
+    self.assertAlmostEqual(vo1["uar_mean"], expected)
+
+  def test_single_fold_std_is_none(self):
+    with tempfile.TemporaryDirectory() as d:
+      write_fake_fold(d, 3, LABELS0, CORRECT0)
+      preds, info = results.load_folds(d)[0]
+    summary = results.aggregate(results.fold_rows(preds, info))
+    self.assertTrue(all(s["accuracy_std"] is None and s["uar_std"] is None for s in summary))
+
+  def test_repeated_fold_raises(self):
+    with tempfile.TemporaryDirectory() as d:
+      preds, info = results.load_fold(write_fake_fold(d, 0, LABELS0, CORRECT0))
+    rows = results.fold_rows(preds, info)
+    with self.assertRaisesRegex(ValueError, "repeated"):
+      results.aggregate(rows + rows)
+
+
+class WriteResultsTest(absltest.TestCase):
+
+  def test_json_schema_and_markdown(self):
+    with tempfile.TemporaryDirectory() as d:
+      two_fold_workdir(d)
+      os.makedirs(os.path.join(d, "fold_2"))  # an unfinished fold: ignored
+      json_path, md_path = results.write_results(d)
+      doc = results.load_results(json_path)
+      md = open(md_path).read()
+    for key in ("schema_version", "dataset", "config", "variant", "folds", "rows", "summary",
+                "class_names", "num_windows", "confusion_last_gate", "paper", "conventions"):
+      self.assertIn(key, doc)
+    self.assertEqual([f["fold"] for f in doc["folds"]], [0, 1])
+    self.assertEqual([f["n"] for f in doc["folds"]], [8, 4])
+    self.assertEqual(doc["folds"][1]["class_counts"], [1, 1, 2, 0])
+    self.assertLen(doc["rows"], 18)
+    self.assertLen(doc["summary"], 9)
+    # Last-gate AV confusion summed over folds: every clip once, diagonal = correct ones.
+    cm = np.array(doc["confusion_last_gate"]["AV"])
+    self.assertEqual(cm.sum(), 12)
+    self.assertEqual(np.trace(cm), 8 + 3)
+    self.assertEqual(doc["paper"], [])  # synthetic data: nothing in the paper
+    self.assertIn("## AV", md)
+    self.assertIn("| 3 (last) | 87.5 ± 17.7 |", md)  # mean .875, std .1768
+    self.assertIn("2 of 10", md)
+
+  def test_mixed_configurations_raise(self):
+    with tempfile.TemporaryDirectory() as d:
+      write_fake_fold(d, 0, LABELS0, CORRECT0)
+      write_fake_fold(d, 1, LABELS1, CORRECT1, config="w3_l1_no")
+      with self.assertRaisesRegex(ValueError, "config"):
+        results.write_results(d)
+
+  def test_no_folds_raises(self):
+    with tempfile.TemporaryDirectory() as d:
+      with self.assertRaises(FileNotFoundError):
+        results.write_results(d)
+
+  def test_paper_numbers_beside_ours(self):
+    correct = {m: [4, 5, 6, 7, 7, 7, 8, 6] for m in ("AO", "VO", "AV")}
+    with tempfile.TemporaryDirectory() as d:
+      write_fake_fold(d, 0, [0, 1, 2, 3, 4, 5, 6, 7], correct, dataset="ravdess", config="w8_l1_ov",
+                      class_names=RAVDESS_CLASSES)
+      json_path, md_path = results.write_results(d)
+      doc = results.load_results(json_path)
+      md = open(md_path).read()
+    refs = {(r["table"], r["row"], r["modality"]): r for r in doc["paper"]}
+    self.assertEqual(set(refs), {("I", "w8_l1_ov", "AV"), ("II", "AO-Gating", "AO"),
+                                 ("II", "VO-Gating", "VO"), ("II", "AV-Gating", "AV")})
+    self.assertEqual(refs[("I", "w8_l1_ov", "AV")]["accuracy"], 67.7)
+    self.assertEqual(refs[("II", "AO-Gating", "AO")]["accuracy"], 45.3)
+    self.assertEqual(refs[("II", "AV-Gating", "AV")]["ours_accuracy_mean"], 6 / 8)  # the last gate
+    self.assertIn("67.7", md)
+    self.assertIn("45.3", md)
+    self.assertIn("| I | RAVDESS 8 windows x 1 s, 0.5 s overlap | AV | 75.0 | 67.7 | +7.3 |", md)
+    self.assertIn("last gate", md)
+
+
+class PaperReferencesTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      ("ravdess", "w4_l1_no", "gating", "av", {("I", "w4_l1_no")}),
+      ("ravdess", "w4_l1_no_fit", "gating", "av", {("I", "w4_l1_no")}),
+      ("crema_d_av", "w6_l1_ov", "gating", "av",
+       {("I", "w6_l1_ov"), ("II", "AO-Gating"), ("II", "VO-Gating"), ("II", "AV-Gating")}),
+      ("crema_d", "w6_l1_ov", "lstm", "av", {("II", "A-LSTM+V-LSTM")}),
+      ("ravdess", "w8_l1_ov", "lstm", "audio", {("II", "A-LSTM")}),
+      ("ravdess", "w4_l1_ov", "lstm", "audio", set()),  # Table II's LSTM rows use 8 windows
+      ("ravdess", "w1_l1_no_fit", "global", "video", {("II", "VO-Global")}),
+      ("crema_d_av", "w1_l1_no_fit", "global", "av", {("II", "AV-Global")}),
+      ("synthetic_av", "w4_l1_ov", "gating", "av", set()),
+  )
+  def test_rows_matched(self, dataset, config, variant, modalities, expected):
+    refs = results.paper_references(dataset, config, variant, modalities)
+    self.assertEqual({(r["table"], r["row"]) for r in refs}, expected)
+
+  def test_tables_complete(self):
+    self.assertEqual(len(results.PAPER_TABLE1["ravdess"]) + len(results.PAPER_TABLE1["crema_d_av"]), 10)
+    for ds in ("ravdess", "crema_d_av"):
+      self.assertEqual(set(results.PAPER_TABLE2[ds]), {r[0] for r in results.TABLE2_ROWS})
+    self.assertEqual(results.PAPER_TABLE2["crema_d_av"]["AV-Gating"], results.PAPER_TABLE1["crema_d_av"]["w6_l1_ov"])
+
+
+if __name__ == "__main__":
+  absltest.main()
