@@ -1,0 +1,705 @@
+"""Input pipeline: TFDS array_record data sources read with grain, class-balanced
+training batches, batch-consistent augmentation, ordered evaluation batches.
+
+Legend: B batch (global), b host slice of it (B / hosts), T windows, F frames
+per window, H = W stored frame size, C crop size, S audio samples per window.
+
+Batches are dicts of NumPy arrays (no strings):
+
+  video         [b, T, F, C, C, 3] uint8   absent when the data set has no video
+                                           or the model uses audio only
+  audio         [b, T, S] float32
+  label         [b] int32
+  window_valid  [b, T] float32
+  actor         [b] int32
+  mask, index   [B] bool, [B] int32        evaluation only (index -1 on padding)
+
+Training (`create_train_iterator`): a batch holds exactly
+`config.input.clips_per_class` clips of every class, drawn from the training
+folds; `steps_per_epoch = floor(N_train / B)`. Each epoch every class's clips are
+dealt from fresh random permutations (seed, epoch) until the class has its
+`steps_per_epoch * clips_per_class` draws: a class with at least that many clips
+uses each at most once (the rest wait for the next epoch), a smaller class is
+sampled with replacement as evenly as possible (each clip ceil or floor of
+need / count times) and never twice in one batch while it has at least
+`clips_per_class` clips. The clips of a batch are then shuffled.
+
+Multi-host: every host computes the same global batch of indices and reads only
+its slice, clips [i * B / P, (i + 1) * B / P) for host i of P (grain
+`ShardOptions(jax.process_index(), jax.process_count())` semantics): the
+global batch stays class-balanced, and the stream does not depend on P.
+
+Augmentation, drawn once per batch from (seed, step) and applied to every clip
+and window of the batch (so a resumed or resharded run sees the same
+augmentation):
+
+* video: one crop offset (C x C out of H x H) and, when `input.random_flip`, one
+  horizontal-flip decision (probability 1/2);
+* speed (`input.speed_range` r): factor s ~ U[1 - r, 1 + r]; each window is
+  resampled (soxr) as if played s times faster, so tempo AND pitch scale by s
+  (Kaldi-style speed perturbation); its first S samples are kept, or it is
+  zero-padded at its end when s > 1;
+* pitch (`input.pitch_shift_semitones` p): k ~ U[-p, p] semitones; every
+  frequency is multiplied by q = 2**(k/12) and the timing kept: a phase-vocoder
+  time stretch (Hann 1024 / hop 256) to S * q samples, then soxr resampling back
+  to S samples (librosa's `pitch_shift` method); k = 0 is exactly the identity;
+* noise (`input.audio_noise_std` sigma): one Gaussian noise array [T, S] of std
+  sigma, the same realisation added to every clip of the batch.
+
+Order: speed, pitch, noise. Audio is not clipped afterwards. `window_valid`
+is not changed by the speed change. Evaluation uses the centre crop and no
+audio augmentation, every clip of the folds once in the data source's order
+(folds in the order given), the last batch padded with copies of its first
+clip and `mask` False.
+
+Iterator state (`TrainIterator.get_state()`) is a small JSON dict
+{step, seed, num_clips, batch_size}; the batch at step k is a pure function of
+(data, seed, k), so `set_state` reproduces exactly the batches the
+uninterrupted iterator would have produced, on any number of hosts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import math
+import os
+import threading
+import weakref
+from typing import Any, Iterator, Sequence
+
+import grain.python as grain
+import jax
+import numpy as np
+import soxr
+import tensorflow_datasets as tfds
+
+from avjax.data import windows
+
+_EPOCH_CACHE = 4           # epochs of batch tables kept per iterator
+_STFT_SIZE = 1024          # phase vocoder of the pitch shift: window (46 ms at 22050 Hz)
+_STFT_HOP = 256            # and hop
+_PITCH_CHUNK = 64          # rows pitch-shifted at a time (bounds memory)
+_NO_END = 2 ** 62          # "infinite" step range of the training dataset
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def _builder_class(name: str):
+  module = f"tfds_builders.{name}.{name}_dataset_builder"
+  try:
+    return importlib.import_module(module).Builder
+  except ModuleNotFoundError as e:
+    raise ValueError(f"config.dataset.name: no TFDS builder {module}.Builder ({e})") from e
+
+
+_BUILDERS: dict[tuple[str, str, str], tfds.core.DatasetBuilder] = {}
+_BUILD_LOCK = threading.Lock()
+
+
+def get_builder(config) -> tfds.core.DatasetBuilder:
+  """The prepared TFDS builder of `config.dataset`, built first when allowed.
+
+  With several hosts, process 0 builds and the others wait (data_dir must then
+  be shared, or built beforehand on every host).
+  """
+  ds = config.dataset
+  key = (ds.name, ds.config, ds.data_dir or os.environ.get("TFDS_DATA_DIR", ""))
+  with _BUILD_LOCK:
+    if key in _BUILDERS:
+      return _BUILDERS[key]
+    cls = _builder_class(ds.name)
+    try:
+      builder = cls(config=ds.config, data_dir=ds.data_dir or None)
+    except ValueError as e:
+      raise ValueError(f"config.dataset.config: {ds.config!r} is not a builder config of "
+                       f"{ds.name!r}: {e}") from e
+    if not builder.is_prepared():
+      if not ds.build:
+        raise FileNotFoundError(
+            f"Dataset {ds.name}/{ds.config} is not prepared in {builder.data_dir}. Build it with\n"
+            f"  python scripts/build_datasets.py {ds.name}/{ds.config} "
+            f"--data_dir={ds.data_dir or '<data_dir>'}"
+            + (f" --manual_dir={ds.manual_dir}" if ds.manual_dir else "")
+            + "\nor set config.dataset.build=True.")
+      download_config = tfds.download.DownloadConfig(manual_dir=ds.manual_dir or None)
+      if jax.process_count() == 1:
+        builder.download_and_prepare(download_config=download_config)
+      else:
+        from jax.experimental import multihost_utils
+        if jax.process_index() == 0:
+          builder.download_and_prepare(download_config=download_config)
+        multihost_utils.sync_global_devices(f"avjax_build_{ds.name}_{ds.config}")
+        builder = cls(config=ds.config, data_dir=ds.data_dir or None)
+        if not builder.is_prepared():
+          raise FileNotFoundError(
+              f"process {jax.process_index()}: {ds.name}/{ds.config} built by process 0 is not "
+              f"visible in {builder.data_dir}; use a data_dir shared by all hosts or build it on "
+              "each host with scripts/build_datasets.py")
+    _BUILDERS[key] = builder
+    return builder
+
+
+def num_classes(config) -> int:
+  """Number of classes of the data set (checked against config.dataset.class_names)."""
+  n = get_builder(config).info.features["label"].num_classes
+  if len(config.dataset.class_names) != n:
+    raise ValueError(f"config.dataset.class_names has {len(config.dataset.class_names)} names, "
+                     f"the dataset {config.dataset.name} has {n} classes")
+  return n
+
+
+def _split(folds: Sequence[int]) -> str:
+  folds = [int(f) for f in folds]
+  if not folds:
+    raise ValueError("no folds given")
+  if len(set(folds)) != len(folds):
+    raise ValueError(f"folds {folds} repeat a fold")
+  return "+".join(f"fold{f}" for f in folds)
+
+
+def _has_video(builder) -> bool:
+  return "video" in builder.info.features
+
+
+def _read_video(config, builder) -> bool:
+  """Video is read unless the data set has none or the model uses audio only."""
+  return _has_video(builder) and config.model.get("modalities", "av") != "audio"
+
+
+def dataset_info(config) -> dict[str, Any]:
+  """Shapes and sizes of the data set: num_windows T, frames_per_window F,
+  frame_size H, crop_size, samples_per_window S, fps, audio_rate, has_video,
+  class_names, num_clips_per_fold {fold: n}, num_clips."""
+  builder = get_builder(config)
+  feats = builder.info.features
+  spec = windows.parse_name(config.dataset.config)
+  t, s = feats["audio"].shape
+  meta = dict(builder.info.metadata or {})
+  out = dict(num_windows=int(t), samples_per_window=int(s),
+             audio_rate=float(meta.get("audio_rate", s / spec.length)),
+             has_video=_has_video(builder), class_names=tuple(feats["label"].names),
+             crop_size=int(config.input.crop_size), window=spec.name)
+  if out["has_video"]:
+    _, f, h, w, _ = feats["video"].shape
+    out.update(frames_per_window=int(f), frame_size=int(h),
+               fps=float(meta.get("fps", f / spec.length)))
+  counts = {int(k[4:]): int(v.num_examples) for k, v in builder.info.splits.items()
+            if k.startswith("fold")}
+  out["num_clips_per_fold"] = dict(sorted(counts.items()))
+  out["num_clips"] = sum(counts.values())
+  return out
+
+
+def _num_clips(builder, folds: Sequence[int]) -> int:
+  splits = builder.info.splits
+  missing = [f for f in folds if f"fold{f}" not in splits]
+  if missing:
+    raise ValueError(f"{builder.name}/{builder.builder_config.name} has no split(s) "
+                     f"{['fold%d' % f for f in missing]}")
+  return sum(splits[f"fold{f}"].num_examples for f in folds)
+
+
+def steps_per_epoch(config, train_folds: Sequence[int]) -> int:
+  """floor(N_train / B) with B = clips_per_class x num_classes."""
+  batch = config.input.clips_per_class * num_classes(config)
+  n = _num_clips(get_builder(config), train_folds)
+  if n < batch:
+    raise ValueError(f"training folds {list(train_folds)} hold {n} clips, fewer than one "
+                     f"batch of {batch} (config.input.clips_per_class x classes)")
+  return n // batch
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+_FOLD_METADATA: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+
+
+def _fold_metadata(builder, fold: int) -> dict[str, np.ndarray]:
+  """label, actor [N] int32 and clip_id [N] str of one fold, in its stored order.
+
+  Reads the records without decoding video or audio; cached per process.
+  """
+  key = (str(builder.data_dir), int(fold))
+  n = builder.info.splits[f"fold{fold}"].num_examples
+  if key in _FOLD_METADATA and len(_FOLD_METADATA[key]["label"]) == n:
+    return _FOLD_METADATA[key]
+  skip = {"audio": tfds.decode.SkipDecoding()}
+  if _has_video(builder):
+    skip["video"] = tfds.decode.SkipDecoding()
+  source = builder.as_data_source(f"fold{fold}", decoders=skip)
+  records = source.__getitems__(list(range(len(source))))
+  ids = [r["clip_id"].decode() if isinstance(r["clip_id"], bytes) else str(r["clip_id"])
+         for r in records]
+  meta = dict(label=np.asarray([r["label"] for r in records], np.int32),
+              actor=np.asarray([r["actor"] for r in records], np.int32),
+              clip_id=np.asarray(ids, dtype=str))
+  _FOLD_METADATA[key] = meta
+  return meta
+
+
+def _metadata(builder, folds: Sequence[int]) -> dict[str, np.ndarray]:
+  """Fold metadata concatenated in the order of the data source `fold_a+fold_b+...`."""
+  _num_clips(builder, folds)
+  parts = [_fold_metadata(builder, int(f)) for f in folds]
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def clip_ids(config, folds: Sequence[int]) -> list[str]:
+  """Clip ids of `folds` in evaluation order (the order of `eval_batches`)."""
+  _split(folds)
+  return _metadata(get_builder(config), folds)["clip_id"].tolist()
+
+
+# --------------------------------------------------------------------------- sampler
+
+
+def class_balanced_epoch(labels: np.ndarray, clips_per_class: int, num_classes: int,
+                         seed: int, epoch: int) -> np.ndarray:
+  """Global batches of one epoch: [steps, clips_per_class * num_classes] indices
+  into `labels`, each row holding exactly `clips_per_class` of every class
+  (see the module docstring for classes with too few clips)."""
+  labels = np.asarray(labels)
+  k, c = int(clips_per_class), int(num_classes)
+  batch = k * c
+  steps = len(labels) // batch
+  if steps == 0:
+    raise ValueError(f"{len(labels)} clips: fewer than one batch of {batch}")
+  rng = np.random.default_rng([int(seed), int(epoch), 1])
+  need = steps * k
+  per_class = []
+  for cls in range(c):
+    pool = np.flatnonzero(labels == cls)
+    if len(pool) == 0:
+      raise ValueError(f"class {cls} has no clip in the training folds")
+    drawn: list[int] = []
+    while len(drawn) < need:
+      perm = rng.permutation(pool)
+      # Clips already in the batch being filled go last, so that a batch holds
+      # k distinct clips of the class whenever the class has at least k.
+      in_batch = set(drawn[len(drawn) - len(drawn) % k:])
+      if in_batch:
+        perm = np.concatenate([perm[~np.isin(perm, list(in_batch))],
+                               perm[np.isin(perm, list(in_batch))]])
+      drawn.extend(perm[: need - len(drawn)].tolist())
+    per_class.append(np.asarray(drawn, np.int64).reshape(steps, k))
+  table = np.concatenate(per_class, axis=1)                           # [steps, B]
+  order = np.argsort(rng.random(table.shape), axis=1)                 # shuffle within batches
+  return np.take_along_axis(table, order, axis=1)
+
+
+def host_slice(global_batch: np.ndarray, shard_index: int, shard_count: int) -> np.ndarray:
+  """Host `shard_index`'s part of a global batch: [i * B / P, (i + 1) * B / P)."""
+  b = len(global_batch)
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
+  if b % shard_count:
+    raise ValueError(f"global batch {b} is not divisible by {shard_count} hosts; "
+                     "change config.input.clips_per_class")
+  per = b // shard_count
+  return global_batch[shard_index * per:(shard_index + 1) * per]
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """One batch's augmentation (applied to every clip and window)."""
+  crop_y: int
+  crop_x: int
+  flip: bool
+  speed: float                     # tempo and pitch factor (1: none)
+  semitones: float                 # pitch shift (0: none)
+  noise: np.ndarray | None         # [T, S] added to every clip, or None
+
+
+def draw_augmentation(seed: int, step: int, *, frame_size: int | None, crop_size: int,
+                      input_config, num_windows: int, samples_per_window: int) -> Augmentation:
+  """The augmentation of batch `step`: a pure function of (seed, step, config).
+
+  Every draw is made whether or not its augmentation is enabled, so enabling
+  one does not change the others."""
+  rng = np.random.default_rng([int(seed), int(step), 2])
+  margin = (frame_size - crop_size) if frame_size else 0
+  crop_y, crop_x = (int(v) for v in rng.integers(0, margin + 1, size=2))
+  flip_u, speed_u, pitch_u = rng.random(3)
+  noise = rng.standard_normal((num_windows, samples_per_window), dtype=np.float32)
+  std = float(input_config.audio_noise_std)
+  return Augmentation(
+      crop_y=crop_y, crop_x=crop_x,
+      flip=bool(input_config.random_flip) and bool(flip_u < 0.5),
+      speed=1.0 + float(input_config.speed_range) * (2.0 * float(speed_u) - 1.0),
+      semitones=float(input_config.pitch_shift_semitones) * (2.0 * float(pitch_u) - 1.0),
+      noise=noise * np.float32(std) if std > 0 else None)
+
+
+def crop_flip(video: np.ndarray, crop_y: int, crop_x: int, size: int, flip: bool) -> np.ndarray:
+  """[..., H, W, 3] -> [..., size, size, 3] at (crop_y, crop_x), mirrored left-right if `flip`."""
+  h, w = video.shape[-3:-1]
+  if not (0 <= crop_y <= h - size and 0 <= crop_x <= w - size):
+    raise ValueError(f"crop {size} at ({crop_y}, {crop_x}) does not fit frames of {h}x{w}")
+  out = video[..., crop_y:crop_y + size, crop_x:crop_x + size, :]
+  if flip:
+    out = out[..., :, ::-1, :]
+  return np.ascontiguousarray(out)
+
+
+def change_speed(audio: np.ndarray, factor: float, rate: float = 22050.0) -> np.ndarray:
+  """Plays each row of [..., S] `factor` times faster (tempo and pitch x factor).
+
+  Resampled with soxr; the result keeps its first S samples, zero-padded at
+  the end when factor > 1."""
+  if factor == 1.0:
+    return audio
+  shape = audio.shape
+  s = shape[-1]
+  flat = np.ascontiguousarray(audio.reshape(-1, s).T, dtype=np.float32)   # [S, C]
+  out = soxr.resample(flat, rate * factor, rate)                          # [~S / factor, C]
+  out = out.reshape(len(out), -1).T                                       # [C, ~S / factor]
+  return _fit_length(out, s).reshape(shape).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _hann(n: int) -> np.ndarray:
+  return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)  # periodic
+
+
+def _stft(x: np.ndarray) -> np.ndarray:
+  """[C, S] -> [C, N, K] complex64 (Hann, centred: the signal is zero-padded by half a window)."""
+  pad = _STFT_SIZE // 2
+  xp = np.pad(x, ((0, 0), (pad, pad)))
+  frames = np.lib.stride_tricks.sliding_window_view(xp, _STFT_SIZE, axis=-1)[:, ::_STFT_HOP]
+  return np.fft.rfft(frames * _hann(_STFT_SIZE), axis=-1).astype(np.complex64)
+
+
+def _istft(spec: np.ndarray, length: int) -> np.ndarray:
+  """Inverse of `_stft` (windowed overlap-add, normalised by the summed squared window)."""
+  c, n, _ = spec.shape
+  win = _hann(_STFT_SIZE)
+  frames = np.fft.irfft(spec, n=_STFT_SIZE, axis=-1).astype(np.float32) * win   # [C, N, G]
+  parts = _STFT_SIZE // _STFT_HOP
+  out = np.zeros((c, n + parts - 1, _STFT_HOP), np.float32)
+  norm = np.zeros((n + parts - 1, _STFT_HOP), np.float32)
+  for p in range(parts):
+    out[:, p:p + n] += frames[:, :, p * _STFT_HOP:(p + 1) * _STFT_HOP]
+    norm[p:p + n] += (win[p * _STFT_HOP:(p + 1) * _STFT_HOP] ** 2)[None]
+  out = out.reshape(c, -1) / np.maximum(norm.reshape(-1), 1e-6)
+  pad = _STFT_SIZE // 2
+  out = out[:, pad:pad + length]
+  return np.pad(out, ((0, 0), (0, length - out.shape[1])))
+
+
+def _time_stretch(x: np.ndarray, rate: float) -> np.ndarray:
+  """Phase-vocoder time stretch of each row of [C, S]: `rate` times faster
+  (length round(S / rate)), frequencies unchanged (librosa's algorithm)."""
+  spec = _stft(x)                                                        # [C, N, K]
+  n, k = spec.shape[1:]
+  spec = np.concatenate([spec, np.zeros_like(spec[:, :2])], axis=1)
+  mag_in = np.abs(spec)
+  phase_in = np.angle(spec)                                              # float32
+  steps = np.arange(0, n, rate)                                          # output frame positions
+  i = np.floor(steps).astype(np.int64)
+  a = (steps - i).astype(np.float32)[None, :, None]
+  mag = (1 - a) * mag_in[:, i] + a * mag_in[:, i + 1]                    # [C, N_out, K]
+  advance = 2 * np.pi * _STFT_HOP * np.arange(k) / _STFT_SIZE            # [K] rad per hop
+  adv32 = np.mod(advance, 2 * np.pi).astype(np.float32)                 # same after wrapping
+  dphi = phase_in[:, i + 1] - phase_in[:, i] - adv32
+  dphi -= np.float32(2 * np.pi) * np.round(dphi / np.float32(2 * np.pi))   # in [-pi, pi]
+  # phase_t = phase_0 + t * advance + sum_{u<t} dphi_u; t * advance taken mod 2 pi
+  # in float64 (it grows large), the small deviations summed in float32.
+  steady = np.mod(np.arange(len(steps))[:, None] * advance[None], 2 * np.pi).astype(np.float32)
+  drift = np.concatenate([np.zeros_like(dphi[:, :1]), np.cumsum(dphi[:, :-1], axis=1)], axis=1)
+  phase = phase_in[:, :1] + steady[None] + drift
+  out = (mag * np.cos(phase)) + 1j * (mag * np.sin(phase))
+  return _istft(out.astype(np.complex64), int(round(x.shape[1] / rate)))
+
+
+def shift_pitch(audio: np.ndarray, semitones: float, rate: float = 22050.0) -> np.ndarray:
+  """Multiplies every frequency of each row of [..., S] by q = 2**(semitones/12)
+  and keeps the timing: a phase-vocoder time stretch to S * q samples, then a
+  soxr resampling back to S (librosa's `pitch_shift` method)."""
+  if semitones == 0.0:
+    return audio
+  q = 2.0 ** (semitones / 12.0)
+  shape = audio.shape
+  s = shape[-1]
+  x = audio.reshape(-1, s).astype(np.float32)                            # [C, S]
+  out = np.empty_like(x)
+  for lo in range(0, len(x), _PITCH_CHUNK):                              # bounds the memory
+    stretched = _time_stretch(x[lo:lo + _PITCH_CHUNK], 1.0 / q)          # [c, ~S * q]
+    y = soxr.resample(np.ascontiguousarray(stretched.T), rate * q, rate)
+    y = y.reshape(len(y), -1).T
+    out[lo:lo + _PITCH_CHUNK] = _fit_length(y, s)
+  return out.reshape(shape)
+
+
+def _fit_length(y: np.ndarray, s: int) -> np.ndarray:
+  """Crops or zero-pads the last axis of [C, n] to s."""
+  if y.shape[-1] >= s:
+    return y[..., :s]
+  return np.pad(y, ((0, 0), (0, s - y.shape[-1])))
+
+
+def augment_audio(audio: np.ndarray, aug: Augmentation, rate: float) -> np.ndarray:
+  """[b, T, S] -> [b, T, S]: speed, pitch, then the batch's noise."""
+  audio = change_speed(audio, aug.speed, rate)
+  audio = shift_pitch(audio, aug.semitones, rate)
+  if aug.noise is not None:
+    audio = audio + aug.noise[None]
+  return audio.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Reader:
+  """Reads and stacks records of `folds` (picklable: the data source opens lazily)."""
+
+  def __init__(self, builder, folds: Sequence[int], read_video: bool):
+    self.builder = builder                 # TFDS builders pickle as their constructor args
+    self.split = _split(folds)
+    self.read_video = read_video
+    self._source = None
+    self._lock = threading.Lock()
+
+  def __getstate__(self):
+    return dict(builder=self.builder, split=self.split, read_video=self.read_video)
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, _source=None, _lock=threading.Lock())
+
+  @property
+  def source(self):
+    with self._lock:
+      if self._source is None:
+        decoders = None
+        if not self.read_video and _has_video(self.builder):
+          decoders = {"video": tfds.decode.SkipDecoding()}
+        self._source = self.builder.as_data_source(self.split, decoders=decoders)
+      return self._source
+
+  def read(self, indices: Sequence[int], crop: tuple[int, int, int, bool] | None) -> dict:
+    """Stacked batch of `indices`; video cropped with crop = (y, x, size, flip)."""
+    records = self.source.__getitems__([int(i) for i in indices])
+    batch = {
+        "audio": np.stack([r["audio"] for r in records]).astype(np.float32),          # [b, T, S]
+        "label": np.asarray([r["label"] for r in records], np.int32),                 # [b]
+        "window_valid": np.stack([r["window_valid"] for r in records]).astype(np.float32),  # [b, T]
+        "actor": np.asarray([r["actor"] for r in records], np.int32),                 # [b]
+    }
+    if self.read_video:
+      y, x, size, flip = crop
+      batch["video"] = np.stack([crop_flip(r["video"], y, x, size, flip)             # [b, T, F, C, C, 3]
+                                 for r in records])
+    return batch
+
+
+def _check_crop(config, frame_size: int | None) -> None:
+  if frame_size is not None and config.input.crop_size > frame_size:
+    raise ValueError(f"config.input.crop_size = {config.input.crop_size} is larger than the "
+                     f"stored frames ({frame_size}x{frame_size}) of {config.dataset.name}/"
+                     f"{config.dataset.config}")
+
+
+class _TrainBatches:
+  """step -> host batch; a pure function of (data, seed, step)."""
+
+  def __init__(self, reader: _Reader, labels: np.ndarray, *, clips_per_class: int,
+               num_classes: int, seed: int, shard_index: int, shard_count: int,
+               crop_size: int, frame_size: int | None, input_config: dict,
+               num_windows: int, samples_per_window: int, audio_rate: float):
+    self.reader = reader
+    self.labels = labels
+    self.clips_per_class = clips_per_class
+    self.num_classes = num_classes
+    self.seed = seed
+    self.shard_index, self.shard_count = shard_index, shard_count
+    self.crop_size, self.frame_size = crop_size, frame_size
+    self.input_config = _Attrs(input_config)
+    self.num_windows, self.samples_per_window = num_windows, samples_per_window
+    self.audio_rate = audio_rate
+    self.batch_size = clips_per_class * num_classes
+    self.steps_per_epoch = len(labels) // self.batch_size
+    host_slice(np.zeros(self.batch_size), shard_index, shard_count)    # checks divisibility
+
+  @functools.lru_cache(maxsize=_EPOCH_CACHE)
+  def epoch_table(self, epoch: int) -> np.ndarray:
+    return class_balanced_epoch(self.labels, self.clips_per_class, self.num_classes,
+                                self.seed, epoch)
+
+  def global_indices(self, step: int) -> np.ndarray:
+    epoch, i = divmod(int(step), self.steps_per_epoch)
+    return self.epoch_table(epoch)[i]
+
+  def __call__(self, step: int) -> dict:
+    indices = host_slice(self.global_indices(step), self.shard_index, self.shard_count)
+    aug = draw_augmentation(self.seed, step, frame_size=self.frame_size, crop_size=self.crop_size,
+                            input_config=self.input_config, num_windows=self.num_windows,
+                            samples_per_window=self.samples_per_window)
+    batch = self.reader.read(indices, (aug.crop_y, aug.crop_x, self.crop_size, aug.flip))
+    batch["audio"] = augment_audio(batch["audio"], aug, self.audio_rate)
+    return batch
+
+
+class _Attrs(dict):
+  """A plain (picklable) dict with attribute access, for the input config."""
+  __getattr__ = dict.__getitem__
+
+
+def _close(box: list) -> None:
+  """Closes and drops the grain iterator in `box` (while the interpreter is still whole)."""
+  while box:
+    close = getattr(box.pop(), "close", None)
+    if close is not None:
+      close()
+
+
+class TrainIterator:
+  """Infinite iterator of host batches with a JSON state (see module docstring)."""
+
+  def __init__(self, batches: _TrainBatches, *, num_workers: int = 0, prefetch: int = 2):
+    self._batches = batches
+    self._num_workers = int(num_workers)
+    self._prefetch = int(prefetch)
+    self._step = 0
+    self._box: list = []
+
+  @property
+  def step(self) -> int:
+    return self._step
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self._batches.steps_per_epoch
+
+  def _start(self) -> None:
+    ds = grain.MapDataset.range(self._step, _NO_END).map(self._batches)
+    if self._num_workers > 0:
+      ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=self._num_workers, per_worker_buffer_size=max(1, self._prefetch)))
+    else:
+      threads = max(1, self._prefetch)
+      ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                                prefetch_buffer_size=max(1, self._prefetch)))
+    # Stops prefetch threads / worker processes when this object goes or at
+    # exit (grain's own cleanup during interpreter teardown prints errors).
+    self._box = [iter(ds)]
+    self._finalizer = weakref.finalize(self, _close, self._box)
+
+  def close(self) -> None:
+    """Stops the prefetch threads or worker processes (the iterator restarts on next())."""
+    if self._box:
+      self._finalizer()
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if not self._box:
+      self._start()
+    batch = next(self._box[0])
+    if self._num_workers > 0:  # plain arrays, releasing grain's shared-memory buffers now
+      batch = {k: np.array(v) for k, v in batch.items()}
+    self._step += 1
+    return batch
+
+  def get_state(self) -> dict[str, int]:
+    b = self._batches
+    return {"step": int(self._step), "seed": int(b.seed), "num_clips": int(len(b.labels)),
+            "batch_size": int(b.batch_size)}
+
+  def set_state(self, state: dict) -> None:
+    b = self._batches
+    expected = {"seed": b.seed, "num_clips": len(b.labels), "batch_size": b.batch_size}
+    for key, value in expected.items():
+      if int(state[key]) != int(value):
+        raise ValueError(
+            f"data iterator state has {key}={int(state[key])}, this pipeline {key}={value}: the "
+            "checkpoint was written with another seed, dataset or batch size")
+    self.close()  # restarts (with prefetch) at the new step on the next call
+    self._step = int(state["step"])
+
+  def global_indices(self, step: int) -> np.ndarray:
+    """Indices (into the training folds' data source) of the global batch at `step`."""
+    return self._batches.global_indices(step)
+
+
+def create_train_iterator(config, train_folds: Sequence[int], seed: int, *,
+                          shard_options: grain.ShardOptions | None = None) -> TrainIterator:
+  """Class-balanced, augmented training batches of this host (see module docstring).
+
+  `shard_options` defaults to `ShardOptions(jax.process_index(), jax.process_count())`.
+  """
+  builder = get_builder(config)
+  if shard_options is None:
+    shard_options = grain.ShardOptions(jax.process_index(), jax.process_count())
+  info = dataset_info(config)
+  read_video = _read_video(config, builder)
+  frame_size = info.get("frame_size") if read_video else None
+  _check_crop(config, frame_size)
+  meta = _metadata(builder, train_folds)
+  batches = _TrainBatches(
+      _Reader(builder, train_folds, read_video), meta["label"],
+      clips_per_class=int(config.input.clips_per_class), num_classes=num_classes(config),
+      seed=int(seed), shard_index=int(shard_options.shard_index),
+      shard_count=int(shard_options.shard_count), crop_size=int(config.input.crop_size),
+      frame_size=frame_size,
+      input_config={k: config.input[k] for k in (
+          "random_flip", "speed_range", "pitch_shift_semitones", "audio_noise_std")},
+      num_windows=info["num_windows"], samples_per_window=info["samples_per_window"],
+      audio_rate=info["audio_rate"])
+  return TrainIterator(batches, num_workers=config.input.get("num_workers", 0),
+                       prefetch=config.input.get("prefetch", 2))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def eval_batches(config, folds: Sequence[int]) -> Iterator[dict]:
+  """Every clip of `folds` once, in order, in global batches of
+  `config.input.eval_batch_size`: centre crop, no audio augmentation; the last
+  batch padded ('mask' False, 'index' -1)."""
+  builder = get_builder(config)
+  info = dataset_info(config)
+  read_video = _read_video(config, builder)
+  frame_size = info.get("frame_size") if read_video else None
+  _check_crop(config, frame_size)
+  n = _num_clips(builder, folds)
+  size = int(config.input.eval_batch_size)
+  if size < 1:
+    raise ValueError(f"config.input.eval_batch_size must be >= 1, got {size}")
+  reader = _Reader(builder, folds, read_video)
+  crop = None
+  if read_video:
+    c = int(config.input.crop_size)
+    off = (frame_size - c) // 2
+    crop = (off, off, c, False)
+
+  def read(i: int) -> dict:
+    index = np.arange(i * size, min((i + 1) * size, n))
+    batch = reader.read(index, crop)
+    pad = size - len(index)
+    if pad:
+      batch = {k: np.concatenate([v, np.repeat(v[:1], pad, axis=0)]) for k, v in batch.items()}
+    batch["mask"] = np.arange(size) < len(index)
+    batch["index"] = np.concatenate([index, -np.ones(pad, np.int64)]).astype(np.int32)
+    return batch
+
+  num_batches = math.ceil(n / size)
+  prefetch = max(1, int(config.input.get("prefetch", 2)))
+  ds = grain.MapDataset.range(num_batches).map(read).to_iter_dataset(
+      grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch))
+  return _closing(iter(ds))
+
+
+def _closing(it) -> Iterator[dict]:
+  """Yields from a grain iterator and stops its prefetch threads when dropped."""
+  try:
+    yield from it
+  finally:
+    _close([it])
