@@ -56,6 +56,16 @@ Iterator state (`TrainIterator.get_state()`) is a small JSON dict
 {step, seed, num_clips, batch_size}; the batch at step k is a pure function of
 (data, seed, k), so `set_state` reproduces exactly the batches the
 uninterrupted iterator would have produced, on any number of hosts.
+
+Reading: a grain `MapDataset` over step numbers, each element one host batch.
+`input.prefetch` batches are prepared ahead in as many threads (NumPy, zlib
+and soxr release the GIL); `input.num_workers` > 0 uses grain worker processes
+instead (`mp_prefetch`; grain reads absl flags, so run under `avjax.main` or
+parse flags first). Clip labels, actors and ids come from a first pass over
+the folds that skips video and audio decoding, cached per process. Cost on 2
+busy CPU cores, synthetic set, batch 20 x 4 windows of 1 s: about 200 clips/s
+with prefetch 2, of which the pitch shift takes most (about 800 clips/s
+without it, 1500 without any audio augmentation).
 """
 
 from __future__ import annotations
@@ -661,9 +671,13 @@ def create_train_iterator(config, train_folds: Sequence[int], seed: int, *,
 
 
 def eval_batches(config, folds: Sequence[int]) -> Iterator[dict]:
-  """Every clip of `folds` once, in order, in global batches of
+  """Every clip of `folds` once, in order, in batches of
   `config.input.eval_batch_size`: centre crop, no audio augmentation; the last
-  batch padded ('mask' False, 'index' -1)."""
+  batch padded with copies of its first clip ('mask' False, 'index' -1).
+
+  The batches are global: every host reads the whole batch (the caller keeps
+  its slice, as `evaluate.embed` does); 'index' is the position in the order of
+  `clip_ids(config, folds)`."""
   builder = get_builder(config)
   info = dataset_info(config)
   read_video = _read_video(config, builder)
