@@ -85,8 +85,8 @@ PAPER_NOTE = (
     "and does not say at which gate Tables I and II are measured. We read them as the last "
     "gate (the whole clip): the gating paradigm accumulates the windows, Sec. V-D says the "
     "rates over gates are 'gradually ascending', and the confusion matrices (Fig. 6) are "
-    "taken 'in the last segment'. We take Table I's column to be the AV embedding: its best rows equal "
-    "Table II's AV-Gating (67.7 RAVDESS, 74.0 CREMA-D). So every 'Paper' number here sits "
+    "taken 'in the last segment'. We take Table I's column to be the AV embedding: its best "
+    "rows equal Table II's AV-Gating (67.7 RAVDESS, 74.0 CREMA-D). So every 'Paper' number here sits "
     "beside our last-gate accuracy of the named modality. The paper gives no std and no UAR. "
     "Its window placement (fixed 0.5 s hop or spread over the clip, DESIGN.md) is unknown: "
     "the same paper number is shown for both window modes of a row.")
@@ -115,7 +115,8 @@ def describe_windowing(config: str) -> str:
     return config
   ov = f"{spec.overlap:g} s overlap" if spec.overlap > 0 else "no overlap"
   mode = "fixed hop" if spec.mode == "fixed" else "fit to clip"
-  return f"{spec.num_windows} windows x {spec.length:g} s, {ov} ({mode})"
+  plural = "s" if spec.num_windows != 1 else ""
+  return f"{spec.num_windows} window{plural} x {spec.length:g} s, {ov} ({mode})"
 
 
 def paper_references(dataset: str, config: str, variant: str, modalities: str) -> list[dict[str, Any]]:
