@@ -8,6 +8,10 @@ expected accuracies, means and stds are known by hand.
 import json
 import math
 import os
+import shlex
+import shutil
+import subprocess
+import sys
 import tempfile
 import warnings
 
@@ -248,6 +252,98 @@ class PaperReferencesTest(parameterized.TestCase):
     for ds in ("ravdess", "crema_d_av"):
       self.assertEqual(set(results.PAPER_TABLE2[ds]), {r[0] for r in results.TABLE2_ROWS})
     self.assertEqual(results.PAPER_TABLE2["crema_d_av"]["AV-Gating"], results.PAPER_TABLE1["crema_d_av"]["w6_l1_ov"])
+
+
+REPRODUCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "reproduce.py")
+
+
+def run_reproduce(*args):
+  return subprocess.run([sys.executable, REPRODUCE, *args], capture_output=True, text=True, timeout=120)
+
+
+def commands_of(stdout):
+  """(config argument, run directory) of each printed cross_validate command."""
+  out = []
+  for line in stdout.splitlines():
+    if line.startswith("#") or not line.strip():
+      continue
+    argv = shlex.split(line)
+    if not argv[1].endswith(os.path.join("scripts", "cross_validate.py")):
+      raise AssertionError(f"not a cross_validate command: {line}")
+    flags = dict(a[2:].split("=", 1) for a in argv[2:])
+    out.append((flags["config"], flags["workdir"], flags.get("folds")))
+  return out
+
+
+class ReproduceTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      ("ravdess", "1", "ravdess.py", [w + s for w in ("w2_l1_ov", "w2_l2_ov", "w4_l1_ov", "w6_l1_ov",
+                                                       "w8_l1_ov", "w2_l1_no", "w4_l1_no")
+                                      for s in ("", "_fit")]),
+      ("crema_d", "1", "crema_d.py", [w + s for w in ("w2_l1_ov", "w4_l1_ov", "w6_l1_ov") for s in ("", "_fit")]),
+      ("ravdess", "2", "ravdess.py", ["audio_global", "audio_lstm", "w8_l1_ov", "video_global",
+                                      "video_lstm", "global", "lstm"]),
+      ("crema_d", "2", "crema_d.py", ["audio_global", "audio_lstm", "w6_l1_ov", "video_global",
+                                      "video_lstm", "global", "lstm"]),
+  )
+  def test_dry_run_lists_the_commands(self, dataset, table, config_file, runs):
+    with tempfile.TemporaryDirectory() as d:
+      proc = run_reproduce(f"--dataset={dataset}", f"--table={table}", f"--workdir={d}", "--dry_run",
+                           "--folds=0,3")
+      self.assertEqual(proc.returncode, 0, proc.stderr)
+      cmds = commands_of(proc.stdout)
+      self.assertEqual([c[0].rsplit("/", 2)[-1] for c in cmds], [f"{config_file}:{r}" for r in runs])
+      self.assertEqual([c[1] for c in cmds], [os.path.join(d, r) for r in runs])
+      self.assertTrue(all(c[2] == "0,3" for c in cmds))
+      self.assertEqual(os.listdir(d), [])  # nothing run, nothing written
+
+  def test_reuses_finished_runs_and_writes_table(self):
+    from avjax.data import windows
+    from configs import ravdess
+    names = RAVDESS_CLASSES
+    labels = np.repeat(np.arange(8), 2)  # 16 clips per fold
+    modality_keys = {"av": ("AO", "VO", "AV"), "audio": ("AO",), "video": ("VO",)}
+    with tempfile.TemporaryDirectory() as d:
+      for run in ("audio_global", "audio_lstm", "w8_l1_ov", "video_global", "video_lstm", "global", "lstm"):
+        c = ravdess.get_config(run)
+        t = windows.parse_name(c.dataset.config).num_windows
+        for fold in (0, 1):
+          # AV right on 12 + fold of 16 at the last gate: mean 12.5/16 = 78.125%.
+          correct = {m: [8] * (t - 1) + [12 + fold] for m in modality_keys[c.model.modalities]}
+          write_fake_fold(os.path.join(d, run), fold, labels, correct, dataset=c.dataset.name,
+                          config=c.dataset.config, variant=c.model.variant,
+                          modalities=c.model.modalities, class_names=names)
+        results.write_results(os.path.join(d, run))
+      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0,1")
+      self.assertEqual(proc.returncode, 0, proc.stderr)
+      self.assertEqual(commands_of(proc.stdout), [])  # every run reused
+      self.assertEqual(proc.stdout.count("# reuse"), 7)
+      md = open(os.path.join(d, "table2.md")).read()
+      table = json.load(open(os.path.join(d, "table2.json")))
+      # A 3rd fold requested: the runs do not cover it, so they would be started.
+      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0,1,2", "--dry_run")
+      self.assertLen(commands_of(proc.stdout), 7)
+      # no_mwtsm asks for another configuration than the one on disk: refused.
+      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0,1",
+                           "--config_args=no_mwtsm", "--dry_run")
+      self.assertNotEqual(proc.returncode, 0)
+      self.assertIn("exclude_used", proc.stderr)
+      # --collect_only starts nothing and marks what is not on disk.
+      shutil.rmtree(os.path.join(d, "lstm"))
+      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0,1", "--collect_only")
+      self.assertEqual(proc.returncode, 0, proc.stderr)
+      self.assertEqual(commands_of(proc.stdout), [])
+      self.assertIn("| A-LSTM+V-LSTM | Concatenation of A-LSTM and V-LSTM | AV | – | 65.8 | – | – | missing |",
+                    open(os.path.join(d, "table2.md")).read())
+    self.assertLen(table["rows"], 9)
+    for row in table["rows"]:
+      self.assertEqual(row["status"], "ok")
+      self.assertAlmostEqual(row["accuracy_mean"], 12.5 / 16)
+      self.assertEqual(row["num_folds"], 2)
+    self.assertIn("| AV-Gating | AV-Gating Paradigm | AV | 78.1 ± 4.4 | 67.7 | +10.4 |", md)
+    self.assertIn("| A-LSTM | A-LSTM | AO | 78.1 ± 4.4 | 40.1 | +38.0 |", md)
+    self.assertIn("last gate", md)
 
 
 if __name__ == "__main__":

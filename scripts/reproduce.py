@@ -1,0 +1,233 @@
+r"""Reproduces the paper's Table I or II: runs (or reuses) every row, then writes our numbers beside the paper's.
+
+  python scripts/reproduce.py --dataset=ravdess --table=1 --workdir=runs/table1
+  python scripts/reproduce.py --dataset=crema_d --table=2 --workdir=runs/crema --folds=0,1
+  python scripts/reproduce.py --dataset=ravdess --table=2 --workdir=runs/rav --dry_run
+
+Each run is `scripts/cross_validate.py --config=configs/<dataset>.py:<arg>
+--workdir=<workdir>/<run>` in a subprocess, in turn. A run is reused, not started,
+when `<workdir>/<run>/results.json` exists and covers the requested folds (--folds, else
+the config's, all 10); otherwise cross_validate is started, which itself skips the folds
+already evaluated, so an interrupted reproduction continues where it stopped.
+`--dry_run` prints the commands and runs nothing: to spread the runs over machines,
+start the printed commands yourself on a shared workdir, then collect the table with
+`--collect_only` (starts nothing; rows without results are marked missing).
+
+Rows and runs:
+* Table I: every windowing of `avjax.config_lib.DATASETS[<name>]['table1']` with the
+  gating model (run `<windowing>`), and its `_fit` twin (windows spread over the clip,
+  DESIGN.md), AV accuracy at the last gate.
+* Table II: AO-Global (`audio_global`), A-LSTM (`audio_lstm`), AO-/VO-/AV-Gating (the
+  gating run of the dataset's default windowing, the same run as its Table I row, so
+  both tables share it in one workdir), VO-Global (`video_global`), VO-LSTM
+  (`video_lstm`), AV-Global (`global`), A-LSTM+V-LSTM (`lstm`), each at its last gate.
+
+Output: `<workdir>/table{1,2}.md` (ours beside the paper, with the conventions) and
+`<workdir>/table{1,2}.json` (the same rows, machine-readable).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from avjax import config_lib  # noqa: E402
+from avjax import results  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("dataset", None, ["ravdess", "crema_d"], "Dataset (config file configs/<dataset>.py).")
+flags.DEFINE_enum("table", None, ["1", "2"], "The paper's table to reproduce.")
+flags.DEFINE_string("workdir", None, "Root directory: one sub-directory per run.")
+flags.DEFINE_string("folds", "", "Comma-separated test folds for every run (default: the config's, all 10).")
+flags.DEFINE_list("config_args", [], "Extra config tokens appended to every run, e.g. no_mwtsm or runlocal.")
+flags.DEFINE_multi_string("override", [], "Config field override passed to every run, e.g. "
+                          "--override=train.num_epochs=50 (becomes --config.train.num_epochs=50).")
+flags.DEFINE_bool("dry_run", False, "Print the commands, run nothing, write no table.")
+flags.DEFINE_bool("collect_only", False, "Start no run: write the table from the runs on disk "
+                  "(rows without results.json are marked missing).")
+flags.mark_flags_as_required(["dataset", "table", "workdir"])
+
+_BUILDER = {"ravdess": "ravdess", "crema_d": "crema_d_av"}
+
+
+def table_rows(dataset: str, table: int) -> list[dict]:
+  """The rows of `table` for `dataset`: name, run (sub-directory), arg (config), modality, paper."""
+  builder = _BUILDER[dataset]
+  rows = []
+  if table == 1:
+    paper = results.PAPER_TABLE1[builder]
+    windowings = list(config_lib.DATASETS[builder]["table1"])
+    # In the paper's order where it has the row, the others after.
+    windowings.sort(key=lambda w: list(paper).index(w) if w in paper else len(paper))
+    for w in windowings:
+      for run in (w, f"{w}_fit"):
+        rows.append({"name": run, "run": run, "arg": run, "modality": "AV", "paper": paper.get(w),
+                     "describe": results.describe_windowing(run)})
+  elif table == 2:
+    default = config_lib.DATASETS[builder]["table1"][0]
+    for name, label, arg, modality in results.TABLE2_ROWS:
+      run = default if arg == "gating" else arg
+      rows.append({"name": name, "run": run, "arg": run, "modality": modality,
+                   "paper": results.PAPER_TABLE2[builder][name], "describe": label})
+  else:
+    raise ValueError(f"table must be 1 or 2, got {table}")
+  return rows
+
+
+def config_arg(arg: str, extra: list[str]) -> str:
+  return ",".join([arg] + [t for t in extra if t])
+
+
+def load_config(dataset: str, arg: str):
+  module = importlib.import_module(f"configs.{dataset}")
+  return module.get_config(arg)
+
+
+def command(dataset: str, arg: str, run_dir: str, folds: str, extra: list[str],
+            overrides: list[str]) -> list[str]:
+  """The cross_validate.py argument list of one run (no shell)."""
+  cmd = [sys.executable, os.path.join(REPO, "scripts", "cross_validate.py"),
+         f"--config={os.path.join(REPO, 'configs', dataset + '.py')}:{config_arg(arg, extra)}",
+         f"--workdir={run_dir}"]
+  if folds:
+    cmd.append(f"--folds={folds}")
+  for o in overrides:
+    o = o[2:] if o.startswith("--") else o
+    cmd.append(f"--{o}" if o.startswith("config.") else f"--config.{o}")
+  return cmd
+
+
+def reusable(run_dir: str, config, folds: tuple[int, ...]) -> bool:
+  """True when run_dir/results.json covers `folds` of this configuration; raises on a mismatch."""
+  path = os.path.join(run_dir, "results.json")
+  if not os.path.isfile(path):
+    return False
+  doc = results.load_results(path)
+  expected = {"dataset": config.dataset.name, "config": config.dataset.config,
+              "variant": config.model.variant, "modalities": config.model.modalities,
+              "exclude_used": config.loss.exclude_used}
+  wrong = {k: (doc.get(k), v) for k, v in expected.items() if doc.get(k) != v}
+  if wrong:
+    raise ValueError(f"{path} belongs to another configuration: " +
+                     ", ".join(f"{k} is {a!r}, this row needs {b!r}" for k, (a, b) in wrong.items()) +
+                     "; use another --workdir for each setting")
+  done = {f["fold"] for f in doc["folds"]}
+  return set(folds) <= done
+
+
+def row_result(row: dict, run_dir: str) -> dict:
+  """Our last-gate numbers for `row` from run_dir/results.json (None fields when absent)."""
+  out = dict(row, accuracy_mean=None, accuracy_std=None, uar_mean=None, uar_std=None,
+             num_folds=0, folds=[], gate=None, status="missing")
+  path = os.path.join(run_dir, "results.json")
+  if not os.path.isfile(path):
+    return out
+  doc = results.load_results(path)
+  last = results.summary_row(doc["summary"], row["modality"])
+  if last is None:
+    out["status"] = f"no {row['modality']} in results"
+    return out
+  out.update({k: last[k] for k in ("accuracy_mean", "accuracy_std", "uar_mean", "uar_std",
+                                   "num_folds", "folds", "gate")}, status="ok")
+  return out
+
+
+def _pm(mean, std) -> str:
+  if mean is None:
+    return "–"
+  return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+
+
+def format_table(dataset: str, table: int, rows: list[dict]) -> str:
+  title = {"ravdess": "RAVDESS", "crema_d": "CREMA-D"}[dataset]
+  lines = [f"# Table {'I' * table}, {title}: ours beside the paper", "",
+           "Ours: accuracy % at the last gate, mean ± sample std (ddof = 1) over the folds run; "
+           "UAR likewise. Paper: accuracy % over 10 subject-independent folds. "
+           "A run with fewer than 10 folds is not yet comparable.", ""]
+  if table == 1:
+    lines += ["| #Windows | Length s | Overlap | Window mode | Ours AV % | Paper % | Ours − paper "
+              "| UAR % | Folds | Run |",
+              "|---:|---:|---|---|---:|---:|---:|---:|---:|---|"]
+  else:
+    lines += ["| Embeddings | Paper row | Modality | Ours % | Paper % | Ours − paper | UAR % "
+              "| Folds | Run |",
+              "|---|---|---|---:|---:|---:|---:|---:|---|"]
+  from avjax.data import windows
+  for r in rows:
+    paper = "–" if r["paper"] is None else f"{r['paper']:.1f}"
+    diff = ("–" if r["paper"] is None or r["accuracy_mean"] is None
+            else f"{100 * r['accuracy_mean'] - r['paper']:+.1f}")
+    folds = str(r["num_folds"]) if r["status"] == "ok" else r["status"]
+    if table == 1:
+      spec = windows.parse_name(r["run"])
+      lines.append(f"| {spec.num_windows} | {spec.length:g} | "
+                   f"{f'{spec.overlap:g} s' if spec.overlap else 'no'} | {spec.mode} | "
+                   f"{_pm(r['accuracy_mean'], r['accuracy_std'])} | {paper} | {diff} | "
+                   f"{_pm(r['uar_mean'], r['uar_std'])} | {folds} | `{r['run']}` |")
+    else:
+      lines.append(f"| {r['name']} | {r['describe']} | {r['modality']} | "
+                   f"{_pm(r['accuracy_mean'], r['accuracy_std'])} | {paper} | {diff} | "
+                   f"{_pm(r['uar_mean'], r['uar_std'])} | {folds} | `{r['run']}` |")
+  lines += ["", results.PAPER_NOTE, ""]
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  table = int(FLAGS.table)
+  workdir = os.path.abspath(FLAGS.workdir)
+  folds_flag = FLAGS.folds.strip()
+  if folds_flag:
+    try:
+      requested = tuple(int(f) for f in folds_flag.split(","))
+    except ValueError:
+      raise app.UsageError(f"--folds must be comma-separated integers, got {folds_flag!r}") from None
+  rows = table_rows(FLAGS.dataset, table)
+  runs = {}
+  for r in rows:
+    runs.setdefault(r["run"], r["arg"])
+  failed = []
+  for run, arg in runs.items():
+    run_dir = os.path.join(workdir, run)
+    cmd = command(FLAGS.dataset, arg, run_dir, folds_flag, FLAGS.config_args, FLAGS.override)
+    config = load_config(FLAGS.dataset, config_arg(arg, FLAGS.config_args))
+    folds = requested if folds_flag else tuple(config.folds)
+    if reusable(run_dir, config, folds):
+      print(f"# reuse {os.path.join(run_dir, 'results.json')} (folds {list(folds)} done)", flush=True)
+      continue
+    if FLAGS.collect_only:
+      print(f"# not run (--collect_only): {shlex.join(cmd)}", flush=True)
+      continue
+    print(shlex.join(cmd), flush=True)
+    if FLAGS.dry_run:
+      continue
+    proc = subprocess.run(cmd, cwd=REPO, check=False)
+    if proc.returncode != 0:
+      print(f"# run {run} failed with exit status {proc.returncode}", file=sys.stderr, flush=True)
+      failed.append(run)
+  if FLAGS.dry_run:
+    return
+  done = [row_result(r, os.path.join(workdir, r["run"])) for r in rows]
+  os.makedirs(workdir, exist_ok=True)
+  md_path = os.path.join(workdir, f"table{table}.md")
+  with open(md_path, "w") as f:
+    f.write(format_table(FLAGS.dataset, table, done))
+  with open(os.path.join(workdir, f"table{table}.json"), "w") as f:
+    json.dump({"dataset": FLAGS.dataset, "table": table, "rows": done}, f, indent=1)
+  print(f"# table: {md_path}")
+  if failed:
+    raise SystemExit(f"runs failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+  app.run(main)
