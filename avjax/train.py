@@ -50,13 +50,9 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = None
 
 
-@flax.struct.dataclass
-class TrainMetrics(clu_metrics.Collection):
-  loss: clu_metrics.Average.from_output("loss")
-  mse: clu_metrics.Average.from_output("mse")
-  triplet: clu_metrics.Average.from_output("triplet")
-  active_triplets: clu_metrics.Average.from_output("active_triplets")
-  no_triplet_anchors: clu_metrics.Average.from_output("no_triplet_anchors")
+# Averages over the steps between two log lines (clu merges them on the host).
+TrainMetrics = clu_metrics.Collection.create(
+    **{k: clu_metrics.Average.from_output(k) for k in _METRIC_KEYS})
 
 
 # --------------------------------------------------------------------------- optimiser
