@@ -1,24 +1,53 @@
-"""MWTSM: multimodal, window-wise triplet set mining, in-graph.
+"""MWTSM: multi-window triplet set mining (paper Sect. III-D), in-graph.
 
 Legend: T windows (gates), N clips in the (global) batch, D embedding size.
 
-At window t, for anchor i, MWTSM picks the positive p and negative n with
+Definition (DESIGN.md). At window t, for anchor i, MWTSM picks the positive p
+and the negative n with
+
   label(p) == label(i), p != i, label(n) != label(i),
   (i, p, n) not picked at an earlier window (of this modality),
+
 that maximise d(i, p) - d(i, n), d the squared Euclidean distance: the hardest
 triplet not used yet. Ties go to the lowest flat index p * N + n. An anchor
-with no such triplet left is marked invalid (its p and n are 0).
+with no such triplet left is invalid at that window (`valid` False, p = n = 0).
+Only picks of valid anchors are marked as used. The function is called once
+per modality, so each modality has its own record of used triplets.
 
-With `exclude_used=False` nothing is excluded and every window is mined
-independently: since max_{p,n} [d(i,p) - d(i,n)] = max_p d(i,p) - min_n d(i,n),
-that is plain batch-hard mining (hardest positive, hardest negative).
+Batch-hard equivalence (`exclude_used=False`). Without the used mask every
+window is mined on its own, and since
 
-Implementation: per window a masked [N, N, N] score tensor and one argmax per
-anchor; the [N, N, N] bool mask of used triplets is carried through
-`jax.lax.scan` over windows. Memory: N^3 floats per window (N = 40 for
-RAVDESS's batch: 256 KB), so the global batch of a data-parallel run is mined
-as a whole. Distances are computed on stop-gradient'ed embeddings: mining only
-selects indices; the loss recomputes distances with gradients.
+  max_{p, n} [d(i, p) - d(i, n)] = max_p d(i, p) - min_n d(i, n)
+
+the maximisers are exactly {hardest positives} x {hardest negatives}; the
+lowest flat index p * N + n among them is (lowest hardest positive, lowest
+hardest negative). So the joint argmax without a mask IS batch-hard mining
+(Hermans et al. 2017) with first-index tie breaking, and `exclude_used=False`
+is implemented that way: an argmax over positives and an argmin over negatives,
+O(N^2) per window instead of O(N^3). (In floating point the joint score
+fl(d_p - d_n) can merge two nearly equal scores into one value, so a joint
+argmax could in principle differ from batch-hard on such rounding ties; the
+separate form is batch-hard exactly. tests/test_mining.py checks both forms
+against a brute-force joint argmax.) MWTSM's first window equals batch-hard.
+
+Implementation of MWTSM: `jax.lax.scan` over windows carrying the [N, N, N]
+bool mask `used[i, p, n]`; per window a masked [N, N, N] score tensor and one
+argmax per anchor over the flattened (p, n) axis (`jnp.argmax` returns the
+first maximum, i.e. the lowest flat index). No Python loop over anchors, no
+host callback; jit-able (`exclude_used` is a static Python bool).
+
+Distances are computed from `stop_gradient`'ed embeddings by explicit
+differences (exact float32, no matmul, so no TF32 / bf16 matmul passes on
+GPU / TPU): mining only selects indices, and the loss recomputes d(i, p) and
+d(i, n) of the picked triplets with gradients, with the same formula.
+
+Memory (per call, i.e. per modality): the carried mask is N^3 bytes; one
+window's body holds the [N, N, D] differences (4 N^2 D bytes, usually fused
+into the reduction) and the [N, N, N] scores and mask (about 5 N^3 bytes).
+RAVDESS's global batch N = 40 (5 x 8 classes): 64 KB mask, 320 KB scores;
+CREMA-D N = 30: 27 KB / 135 KB. N = 320 would need 33 MB / 164 MB, N = 1000
+about 1 GB / 5 GB: beyond a few hundred clips mine per device (shard_map).
+Under jit the global batch is one array, so the whole global batch is mined.
 """
 
 from __future__ import annotations
@@ -28,53 +57,103 @@ import jax.numpy as jnp
 
 
 def pairwise_sq_distances(x: jax.Array) -> jax.Array:
-  """[N, D] -> [N, N] squared Euclidean distances (clamped at 0)."""
+  """[N, D] -> [N, N] squared Euclidean distances, float32, by differences."""
   x = x.astype(jnp.float32)
-  sq = jnp.sum(x * x, axis=-1)
-  d = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)
-  return jnp.maximum(d, 0.0)
+  diff = x[:, None, :] - x[None, :, :]                   # [N, N, D]
+  return jnp.sum(diff * diff, axis=-1)
 
 
-def triplet_mask(labels: jax.Array) -> jax.Array:
-  """[N] labels -> [N, N, N] bool: (i, p, n) is a valid triplet."""
+def _pair_masks(labels: jax.Array, mask: jax.Array | None
+                ) -> tuple[jax.Array, jax.Array]:
+  """[N] labels (and clip mask) -> ([i, p] positive ok, [i, n] negative ok), bool."""
   labels = jnp.asarray(labels)
+  if labels.ndim != 1:
+    raise ValueError(f"mining: labels must be [N], got shape {labels.shape}")
   n = labels.shape[0]
   same = labels[:, None] == labels[None, :]
-  positive = same & ~jnp.eye(n, dtype=bool)           # [i, p]
-  negative = ~same                                     # [i, n]
-  return positive[:, :, None] & negative[:, None, :]   # [i, p, n]
+  positive = same & ~jnp.eye(n, dtype=bool)              # [i, p]
+  negative = ~same                                       # [i, n]
+  if mask is not None:
+    mask = jnp.asarray(mask, bool)
+    both = mask[:, None] & mask[None, :]
+    positive, negative = positive & both, negative & both
+  return positive, negative
 
 
-def mwtsm(embeddings: jax.Array, labels: jax.Array, exclude_used: bool = True
-          ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Mines one triplet per anchor and window.
+def triplet_mask(labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """[N] labels -> [N, N, N] bool: (i, p, n) is a valid triplet (ignoring use)."""
+  positive, negative = _pair_masks(labels, mask)
+  return positive[:, :, None] & negative[:, None, :]     # [i, p, n]
+
+
+def _check(embeddings: jax.Array, labels: jax.Array) -> None:
+  if embeddings.ndim != 3:
+    raise ValueError(f"mining: embeddings must be [T, N, D], got shape {embeddings.shape}")
+  if jnp.shape(labels) != (embeddings.shape[1],):
+    raise ValueError(f"mining: labels must be [N] = [{embeddings.shape[1]}], "
+                     f"got shape {jnp.shape(labels)}")
+
+
+def batch_hard(embeddings: jax.Array, labels: jax.Array, mask: jax.Array | None = None
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Batch-hard mining per window: hardest positive and hardest negative.
+
+  Args:
+    embeddings: [T, N, D]; labels: [N] int; mask: optional [N] bool, False for
+      padding clips (never anchors, positives or negatives).
+
+  Returns:
+    (positives, negatives, valid), each [T, N] (int32, int32, bool); ties go to
+    the lowest index; p = n = 0 where invalid.
+  """
+  embeddings = jax.lax.stop_gradient(jnp.asarray(embeddings))
+  _check(embeddings, labels)
+  t = embeddings.shape[0]
+  positive, negative = _pair_masks(labels, mask)         # [N, N] each
+  d = jax.vmap(pairwise_sq_distances)(embeddings)        # [T, N, N]
+  p = jnp.argmax(jnp.where(positive, d, -jnp.inf), axis=-1)  # first max: lowest index
+  q = jnp.argmin(jnp.where(negative, d, jnp.inf), axis=-1)   # first min: lowest index
+  valid = jnp.any(positive, axis=-1) & jnp.any(negative, axis=-1)  # [N]
+  valid = jnp.broadcast_to(valid, (t,) + valid.shape)
+  zero = jnp.zeros_like(p)
+  return (jnp.where(valid, p, zero).astype(jnp.int32),
+          jnp.where(valid, q, zero).astype(jnp.int32), valid)
+
+
+def mwtsm(embeddings: jax.Array, labels: jax.Array, exclude_used: bool = True,
+          mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Mines one triplet per anchor and window (one modality).
 
   Args:
     embeddings: [T, N, D] embeddings of one modality at every window.
     labels: [N] int class labels.
-    exclude_used: exclude triplets picked at earlier windows (MWTSM); False
-      gives batch-hard mining.
+    exclude_used: exclude triplets picked at earlier windows (MWTSM). False
+      gives plain batch-hard mining (see the module docstring). Static.
+    mask: optional [N] bool, False for padding clips: they are never anchors
+      (valid False), positives or negatives.
 
   Returns:
     (positives, negatives, valid), each [T, N]: int32, int32, bool.
   """
+  if not exclude_used:
+    return batch_hard(embeddings, labels, mask)
   embeddings = jax.lax.stop_gradient(jnp.asarray(embeddings))
-  t, n, _ = embeddings.shape
-  valid_triplets = triplet_mask(labels)  # [N, N, N]
+  _check(embeddings, labels)
+  n = embeddings.shape[1]
+  allowed0 = triplet_mask(labels, mask)                  # [N, N, N]
+  anchors = jnp.arange(n)
 
   def step(used, emb):  # used [N, N, N] bool, emb [N, D]
-    d = pairwise_sq_distances(emb)                         # [N, N]
-    score = d[:, :, None] - d[:, None, :]                  # [i, p, n] = d(i,p) - d(i,n)
-    allowed = valid_triplets & ~used if exclude_used else valid_triplets
-    flat_allowed = allowed.reshape(n, n * n)
-    flat_score = jnp.where(flat_allowed, score.reshape(n, n * n), -jnp.inf)
-    best = jnp.argmax(flat_score, axis=1)                  # first maximum: lowest p*N+n
-    valid = jnp.any(flat_allowed, axis=1)
+    d = pairwise_sq_distances(emb)                       # [N, N]
+    score = d[:, :, None] - d[:, None, :]                # [i, p, n] = d(i,p) - d(i,n)
+    allowed = (allowed0 & ~used).reshape(n, n * n)       # [i, p*N + n]
+    flat = jnp.where(allowed, score.reshape(n, n * n), -jnp.inf)
+    best = jnp.argmax(flat, axis=1)                      # first maximum: lowest p*N + n
+    valid = jnp.any(allowed, axis=1)                     # [N]
     best = jnp.where(valid, best, 0)
-    picked = (jax.nn.one_hot(best, n * n, dtype=jnp.bool_) & valid[:, None]).reshape(n, n, n)
-    positives = (best // n).astype(jnp.int32)
-    negatives = (best % n).astype(jnp.int32)
-    return used | picked, (positives, negatives, valid)
+    p, q = best // n, best % n
+    used = used.at[anchors, p, q].set(used[anchors, p, q] | valid)  # distinct i: no clash
+    return used, (p.astype(jnp.int32), q.astype(jnp.int32), valid)
 
   used0 = jnp.zeros((n, n, n), dtype=bool)
   _, (positives, negatives, valid) = jax.lax.scan(step, used0, embeddings)

@@ -1,4 +1,4 @@
-"""MWTSM against a brute-force NumPy reference; batch-hard equivalence; jit."""
+"""MWTSM against a brute-force NumPy reference; batch-hard equivalence; masks; jit."""
 
 import itertools
 
@@ -11,9 +11,14 @@ from absl.testing import parameterized
 from avjax import mining
 
 
-def brute_force(emb, labels, exclude_used=True):
-  """Loops over windows, anchors, positives and negatives (DESIGN.md's definition)."""
+def brute_force(emb, labels, exclude_used=True, mask=None):
+  """DESIGN.md's definition with explicit loops over windows, anchors, p and n.
+
+  float64 distances; the joint argmax over (p, n) in flat order p*N + n with a
+  strict '>' so the first maximum (lowest flat index) wins.
+  """
   t_count, n, _ = emb.shape
+  mask = np.ones(n, bool) if mask is None else np.asarray(mask, bool)
   pos = np.zeros((t_count, n), np.int32)
   neg = np.zeros((t_count, n), np.int32)
   valid = np.zeros((t_count, n), bool)
@@ -23,8 +28,12 @@ def brute_force(emb, labels, exclude_used=True):
     d = ((e[:, None, :] - e[None, :, :]) ** 2).sum(-1)
     picked_now = []
     for i in range(n):
+      if not mask[i]:
+        continue
       best, best_score = None, -np.inf
-      for p, q in itertools.product(range(n), range(n)):   # flat order p*N+q: first max wins
+      for p, q in itertools.product(range(n), range(n)):   # flat order p*N + q
+        if not (mask[p] and mask[q]):
+          continue
         if p == i or labels[p] != labels[i] or labels[q] == labels[i]:
           continue
         if exclude_used and (i, p, q) in used:
@@ -39,73 +48,161 @@ def brute_force(emb, labels, exclude_used=True):
   return pos, neg, valid
 
 
-def integer_embeddings(rng, t, n, d, high=4):
+def separate_batch_hard(emb, labels):
+  """Hardest positive (largest d, lowest index) and hardest negative (smallest d,
+  lowest index), each found on its own."""
+  t_count, n, _ = emb.shape
+  pos = np.zeros((t_count, n), np.int32)
+  neg = np.zeros((t_count, n), np.int32)
+  valid = np.zeros((t_count, n), bool)
+  for t in range(t_count):
+    e = emb[t].astype(np.float64)
+    d = ((e[:, None] - e[None]) ** 2).sum(-1)
+    for i in range(n):
+      positives = [j for j in range(n) if j != i and labels[j] == labels[i]]
+      negatives = [j for j in range(n) if labels[j] != labels[i]]
+      if positives and negatives:
+        pos[t, i] = positives[int(np.argmax(d[i, positives]))]   # np.argmax: first max
+        neg[t, i] = negatives[int(np.argmin(d[i, negatives]))]
+        valid[t, i] = True
+  return pos, neg, valid
+
+
+def integer_embeddings(rng, t, n, d, high=2):
   # Small integers: distances are exact in float32, and ties are frequent.
   return rng.integers(-high, high + 1, size=(t, n, d)).astype(np.float32)
+
+
+def assert_same(testcase, got, want, what=""):
+  got = [np.asarray(x) for x in jax.device_get(got)]
+  np.testing.assert_array_equal(got[2], want[2], err_msg=f"valid {what}")
+  np.testing.assert_array_equal(got[0], want[0], err_msg=f"positives {what}")
+  np.testing.assert_array_equal(got[1], want[1], err_msg=f"negatives {what}")
+  testcase.assertEqual((got[0].dtype, got[1].dtype, got[2].dtype),
+                       (np.int32, np.int32, np.bool_))
 
 
 class MiningTest(parameterized.TestCase):
 
   @parameterized.parameters(
       dict(seed=0, t=3, labels=[0, 0, 1, 1, 2, 2]),
-      dict(seed=1, t=4, labels=[0, 0, 0, 1, 1, 2, 3, 3]),        # classes 2: one member
-      dict(seed=2, t=8, labels=[0, 0, 1, 1]),                     # triplets run out
+      dict(seed=1, t=4, labels=[0, 0, 0, 1, 1, 2, 3, 3]),        # class 2: one member
+      dict(seed=2, t=8, labels=[0, 0, 1, 1]),                     # triplets run out at t=2
       dict(seed=3, t=2, labels=[1, 1, 1, 1]),                     # no negatives at all
-      dict(seed=4, t=5, labels=[0, 1, 2, 3, 0, 1, 2, 3, 0, 1]),
+      dict(seed=4, t=5, labels=[0, 1, 2, 3, 0, 1, 2, 3, 0, 1]),   # 2 and 3: one positive
+      dict(seed=5, t=6, labels=[0, 1, 0, 2, 1, 2]),
   )
   def test_matches_brute_force(self, seed, t, labels):
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels)
-    emb = integer_embeddings(rng, t, len(labels), 3)
+    emb = integer_embeddings(rng, t, len(labels), 2)
     for exclude in (True, False):
-      got = jax.device_get(mining.mwtsm(jnp.asarray(emb), jnp.asarray(labels), exclude_used=exclude))
-      want = brute_force(emb, labels, exclude)
-      np.testing.assert_array_equal(got[2], want[2], err_msg=f"valid, exclude={exclude}")
-      np.testing.assert_array_equal(np.where(want[2], got[0], 0), want[0], err_msg="positives")
-      np.testing.assert_array_equal(np.where(want[2], got[1], 0), want[1], err_msg="negatives")
+      got = mining.mwtsm(jnp.asarray(emb), jnp.asarray(labels), exclude_used=exclude)
+      assert_same(self, got, brute_force(emb, labels, exclude), f"exclude_used={exclude}")
+
+  def test_ties_are_frequent_in_the_integer_cases(self):
+    # Guards the test above: its data really exercise the tie rule.
+    rng = np.random.default_rng(0)
+    emb = integer_embeddings(rng, 3, 6, 2)
+    d = ((emb[:, :, None] - emb[:, None]) ** 2).sum(-1)
+    ties = sum(len(np.unique(row)) < len(row) for row in d.reshape(-1, 6))
+    self.assertGreater(ties, 6)
 
   def test_float_embeddings_match(self):
     rng = np.random.default_rng(7)
     labels = rng.integers(0, 3, size=12)
     emb = rng.normal(size=(4, 12, 5)).astype(np.float32)
-    got = jax.device_get(mining.mwtsm(emb, labels))
-    want = brute_force(emb, labels)
-    for g, w in zip(got, want):
-      np.testing.assert_array_equal(g, w)
+    assert_same(self, mining.mwtsm(emb, labels), brute_force(emb, labels))
 
   def test_runs_out_and_never_repeats(self):
-    labels = np.array([0, 0, 1, 1])   # each anchor has 1 positive x 2 negatives = 2 triplets
-    emb = np.random.default_rng(0).normal(size=(5, 4, 2)).astype(np.float32)
+    labels = np.array([0, 0, 1, 1, 1])
+    # Triplets per anchor: class 0: 1 positive x 3 negatives = 3; class 1: 2 x 2 = 4.
+    t = 6
+    emb = np.random.default_rng(0).normal(size=(t, 5, 3)).astype(np.float32)
     p, n, v = jax.device_get(mining.mwtsm(emb, labels))
-    np.testing.assert_array_equal(v.sum(axis=0), [2, 2, 2, 2])
-    np.testing.assert_array_equal(v[:2], True)
-    np.testing.assert_array_equal(v[2:], False)
-    for i in range(4):
-      picks = [(p[t, i], n[t, i]) for t in range(5) if v[t, i]]
-      self.assertLen(set(picks), len(picks))
+    np.testing.assert_array_equal(v.sum(axis=0), [3, 3, 4, 4, 4])
+    np.testing.assert_array_equal(v[:3, :2], True)
+    np.testing.assert_array_equal(v[3:, :2], False)
+    np.testing.assert_array_equal(v[:4, 2:], True)
+    np.testing.assert_array_equal(v[4:, 2:], False)
+    for i in range(5):
+      picks = [(p[s, i], n[s, i]) for s in range(t) if v[s, i]]
+      self.assertLen(set(picks), len(picks), f"anchor {i} repeats a triplet: {picks}")
+      for pp, nn in picks:
+        self.assertNotEqual(pp, i)
+        self.assertEqual(labels[pp], labels[i])
+        self.assertNotEqual(labels[nn], labels[i])
+    np.testing.assert_array_equal(np.where(v, 0, p), 0)   # invalid anchors: p = n = 0
+    np.testing.assert_array_equal(np.where(v, 0, n), 0)
 
   def test_without_exclusion_is_batch_hard(self):
     rng = np.random.default_rng(3)
-    labels = rng.integers(0, 4, size=16)
-    emb = rng.normal(size=(3, 16, 8)).astype(np.float32)
-    p, n, v = jax.device_get(mining.mwtsm(emb, labels, exclude_used=False))
-    for t in range(3):
-      d = ((emb[t][:, None] - emb[t][None]) ** 2).sum(-1)
-      for i in range(16):
-        positives = [j for j in range(16) if j != i and labels[j] == labels[i]]
-        negatives = [j for j in range(16) if labels[j] != labels[i]]
-        if not positives or not negatives:
-          self.assertFalse(v[t, i])
-          continue
-        self.assertEqual(p[t, i], positives[int(np.argmax(d[i, positives]))])
-        self.assertEqual(n[t, i], negatives[int(np.argmin(d[i, negatives]))])
+    labels = rng.integers(0, 4, size=12)
+    for emb in (rng.normal(size=(3, 12, 8)).astype(np.float32),
+                integer_embeddings(rng, 3, 12, 2)):             # ties: lowest index on each side
+      want = separate_batch_hard(emb, labels)
+      assert_same(self, mining.mwtsm(emb, labels, exclude_used=False), want, "mwtsm")
+      assert_same(self, mining.batch_hard(emb, labels), want, "batch_hard")
+      # The joint argmax over (p, n) without the used mask is the same thing.
+      assert_same(self, jax.device_get(mining.mwtsm(emb, labels, exclude_used=False)),
+                  brute_force(emb, labels, exclude_used=False), "joint argmax")
 
-  def test_jit_and_shapes(self):
-    emb = jnp.ones((3, 6, 4))
+  def test_first_window_of_mwtsm_is_batch_hard(self):
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, size=9)
+    emb = integer_embeddings(rng, 3, 9, 2)
+    mw = jax.device_get(mining.mwtsm(emb, labels))
+    bh = jax.device_get(mining.batch_hard(emb, labels))
+    for a, b in zip(mw, bh):
+      np.testing.assert_array_equal(a[0], b[0])
+    self.assertFalse(np.array_equal(mw[1][1:], bh[1][1:]))   # later windows differ
+
+  def test_single_member_class_and_single_class_batch(self):
+    emb = np.random.default_rng(1).normal(size=(2, 5, 3)).astype(np.float32)
+    _, _, v = jax.device_get(mining.mwtsm(emb, np.array([0, 0, 1, 2, 2])))
+    np.testing.assert_array_equal(v, [[True, True, False, True, True]] * 2)
+    for exclude in (True, False):
+      _, _, v = jax.device_get(mining.mwtsm(emb, np.zeros(5, np.int32), exclude_used=exclude))
+      self.assertFalse(v.any())
+
+  def test_mask_equals_mining_the_real_clips(self):
+    rng = np.random.default_rng(2)
+    labels = np.array([0, 1, 0, 2, 1, 0, 2, 1])
+    mask = np.array([1, 1, 0, 1, 1, 1, 0, 1], bool)
+    emb = integer_embeddings(rng, 4, 8, 2)
+    keep = np.flatnonzero(mask)
+    for exclude in (True, False):
+      p, n, v = jax.device_get(mining.mwtsm(emb, labels, exclude_used=exclude, mask=mask))
+      sp, sn, sv = brute_force(emb[:, keep], labels[keep], exclude)
+      self.assertFalse(v[:, ~mask].any())
+      np.testing.assert_array_equal(v[:, keep], sv)
+      np.testing.assert_array_equal(np.where(sv, p[:, keep], -1), np.where(sv, keep[sp], -1))
+      np.testing.assert_array_equal(np.where(sv, n[:, keep], -1), np.where(sv, keep[sn], -1))
+      assert_same(self, (p, n, v), brute_force(emb, labels, exclude, mask), "masked")
+
+  def test_jit_matches_eager_and_no_gradient_leaks(self):
+    rng = np.random.default_rng(6)
+    emb = jnp.asarray(rng.normal(size=(3, 6, 4)).astype(np.float32))
     labels = jnp.array([0, 0, 1, 1, 2, 2])
-    p, n, v = jax.jit(mining.mwtsm, static_argnames="exclude_used")(emb, labels)
-    self.assertEqual((p.shape, n.shape, v.shape), ((3, 6),) * 3)
-    self.assertEqual((p.dtype, n.dtype, v.dtype), (jnp.int32, jnp.int32, jnp.bool_))
+    jitted = jax.jit(mining.mwtsm, static_argnames="exclude_used")
+    for exclude in (True, False):
+      for a, b in zip(jitted(emb, labels, exclude_used=exclude),
+                      mining.mwtsm(emb, labels, exclude_used=exclude)):
+        np.testing.assert_array_equal(a, b)
+    # The picks are integers chosen on stop_gradient'ed inputs: differentiating
+    # through a use of them (d(i, p) with p mined) gives only the direct path.
+    def f(e):
+      p, _, _ = mining.mwtsm(e, labels)
+      return jnp.sum(e[0] * e[0, p[0]])
+    g = jax.jit(jax.grad(f))(emb)
+    self.assertEqual(g.shape, emb.shape)
+    self.assertTrue(np.isfinite(np.asarray(g)).all())
+
+  def test_bad_shapes(self):
+    with self.assertRaisesRegex(ValueError, r"\[T, N, D\]"):
+      mining.mwtsm(jnp.zeros((4, 3)), jnp.zeros(4, jnp.int32))
+    with self.assertRaisesRegex(ValueError, "labels"):
+      mining.mwtsm(jnp.zeros((2, 4, 3)), jnp.zeros(5, jnp.int32))
 
 
 if __name__ == "__main__":
