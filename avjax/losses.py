@@ -1,28 +1,46 @@
 """The paper's per-gate loss: audio-video MSE plus MWTSM-mined triplet hinges.
 
-Legend: N clips (batch), T windows (gates), D encoder embedding, G gate embedding.
+Legend: N clips (batch, batch-major inputs), T windows (gates), D encoder
+embedding size, G gate (LSTM) embedding size, M number of modalities in use.
 
-Gating (the paper, DESIGN.md):
-  L = (1/T) sum_t [ mse_w * MSE_t + trip_w * (1/(M N)) sum_{m} sum_i hinge_{m,t,i} ]
-  MSE_t = (1/N) sum_i || f^v_{it} - f^a_{it} ||^2          (encoder embeddings)
-  hinge_{m,t,i} = max(d(i, p) - d(i, n) + margin, 0)       (gate embeddings h^m_t)
-with d the squared Euclidean distance, (p, n) mined by MWTSM per modality m, and
-M = 2 modalities, i.e. the paper's 1/(2N). We average over gates with 1/T; the
-paper writes 1/(2T) overall, a constant factor 2 on the whole loss.
+'gating' (the paper's Eq. 2, DESIGN.md):
 
-Variants:
-* 'lstm': each modality's LSTM on its own: the triplet term at the LAST gate
-  only, no MSE. With one window MWTSM has no earlier window, so it is batch-hard
-  mining.
-* 'global': one window; triplets on the gate embedding (= the encoder
-  embedding), no MSE.
-Single modality ('audio' or 'video'): only that modality's hinges, M = 1 (so
-divided by N instead of 2N). The MSE term needs both modalities.
+  L = (1/T) sum_t [ w_mse MSE_t + w_tr (1/(2N)) sum_{m in {a, v}} sum_i h_{m,t,i} ]
+  MSE_t     = (1/N) sum_i || f^v_{it} - f^a_{it} ||^2          encoder embeddings
+  h_{m,t,i} = max(d(i, p) - d(i, n) + margin, 0)               gate embeddings h^m_t
 
-An anchor with no valid triplet left contributes 0 to the sum (the divisor stays
-M N). Metrics: 'loss', 'mse', 'triplet', 'triplet_audio' / 'triplet_video',
-'active_triplets' (fraction of mined triplets with a positive hinge) and
-'no_triplet_anchors' (fraction of anchor-windows with no valid triplet).
+d the squared Euclidean distance, (p, n) mined by MWTSM (`avjax.mining.mwtsm`)
+separately for each modality m on that modality's gate embeddings. We average
+over gates with 1/T; the paper writes 1/(2T) in front of the whole sum, a
+constant factor 1/2 on the loss: Adam's update is invariant to it up to its
+epsilon, but the L2 weight decay added to the gradient (torch.optim.Adam
+semantics) then weighs twice as much relative to the loss as with ours. w_mse = loss.mse_weight, w_tr = loss.triplet_weight, margin =
+loss.margin, MWTSM on/off = loss.exclude_used.
+
+Variants (config.model.variant):
+* 'lstm': each modality's LSTM trained on its own: the triplet term at the LAST
+  gate only, no MSE. With a single window MWTSM has no earlier window to
+  exclude triplets from, so it reduces to batch-hard mining.
+* 'global': one window at the clip's middle, no LSTM: the triplet term on the
+  gate embedding (= the encoder embedding), no MSE. If given several windows
+  they are averaged as above (MWTSM across them); with one it is batch-hard.
+* Single modality ('audio' or 'video', only with 'lstm' / 'global'): only that
+  modality's hinges, divided by N instead of 2N (generally by M N).
+
+Anchors with no valid triplet left (a class alone in the batch, or all its
+triplets used at earlier windows) contribute 0 to the sum and stay in the
+divisor M N; they are counted in the metrics.
+
+Padding: `mask` [N] bool (optional) drops clips entirely: they are neither
+anchors, positives nor negatives, and N becomes the number of real clips.
+
+Metrics (float32 scalars): 'loss'; 'mse' (the mean above, computed for
+'gating' even when w_mse = 0, 0 otherwise); 'triplet' (the unweighted triplet
+term, = mean of the per-modality terms); 'triplet_audio' / 'triplet_video'
+((1/(T N)) sum_{t,i} h_{m,t,i} for the modalities in use); 'active_triplets'
+(fraction of the mined, valid triplets with a positive hinge);
+'no_triplet_anchors' (FRACTION of anchor slots, over modalities, gates and
+real clips, that had no valid triplet).
 """
 
 from __future__ import annotations
@@ -34,62 +52,113 @@ import jax.numpy as jnp
 
 from avjax import mining
 
-_MODALITIES = {"av": ("audio", "video"), "audio": ("audio",), "video": ("video",)}
+VARIANTS = ("gating", "lstm", "global")
+MODALITIES = {"av": ("audio", "video"), "audio": ("audio",), "video": ("video",)}
 
 
 def triplet_hinges(embeddings: jax.Array, positives: jax.Array, negatives: jax.Array,
                    valid: jax.Array, margin: float) -> jax.Array:
-  """[T, N, G] embeddings and [T, N] picks -> [T, N] hinges (0 where invalid)."""
+  """Hinges of mined triplets, with gradients.
+
+  Args:
+    embeddings: [T, N, G]; positives, negatives: [T, N] int; valid: [T, N] bool.
+    margin: triplet margin (on squared distances).
+
+  Returns:
+    [T, N] float32 max(d(i, p) - d(i, n) + margin, 0), 0 where not valid.
+  """
   emb = embeddings.astype(jnp.float32)
-  pos = jnp.take_along_axis(emb, positives[..., None], axis=1)
-  neg = jnp.take_along_axis(emb, negatives[..., None], axis=1)
-  d_ap = jnp.sum((emb - pos) ** 2, axis=-1)
+  pos = jnp.take_along_axis(emb, positives[..., None], axis=1)   # [T, N, G]
+  neg = jnp.take_along_axis(emb, negatives[..., None], axis=1)   # [T, N, G]
+  d_ap = jnp.sum((emb - pos) ** 2, axis=-1)                       # [T, N]
   d_an = jnp.sum((emb - neg) ** 2, axis=-1)
   return jnp.where(valid, jax.nn.relu(d_ap - d_an + margin), 0.0)
 
 
+def _get(loss_config, name: str, default):
+  get = getattr(loss_config, "get", None)
+  return get(name, default) if get is not None else getattr(loss_config, name, default)
+
+
 def compute_loss(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_config,
-                 variant: str, modalities: str) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Loss and metrics for one batch.
+                 variant: str, modalities: str, mask: jax.Array | None = None
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Loss and metrics for one (global) batch. Pure and jit-able.
 
   Args:
-    outputs: model outputs, '{audio,video}_enc' [N, T, D] and '{audio,video}_gate'
-      [N, T, G] for the modalities in use.
-    labels: [N] int.
+    outputs: model outputs, batch-major: '{audio,video}_enc' [N, T, D] and
+      '{audio,video}_gate' [N, T, G] for the modalities in use ('*_enc' only
+      needed by 'gating').
+    labels: [N] int class labels.
     loss_config: config.loss (margin, mse_weight, triplet_weight, exclude_used).
     variant: 'gating', 'lstm' or 'global'.
     modalities: 'av', 'audio' or 'video'.
+    mask: optional [N] bool, False for padding clips.
+
+  Returns:
+    (loss scalar, metrics dict of scalars; see the module docstring).
   """
-  if variant not in ("gating", "lstm", "global"):
-    raise ValueError(f"unknown variant {variant!r}")
-  mods = _MODALITIES[modalities]
-  metrics: dict[str, jax.Array] = {}
-  hinge_sums, mined, active, empty = [], 0, 0.0, 0.0
+  if variant not in VARIANTS:
+    raise ValueError(f"losses.compute_loss: variant {variant!r} is not one of {VARIANTS}")
+  if modalities not in MODALITIES:
+    raise ValueError(f"losses.compute_loss: modalities {modalities!r} is not one of "
+                     f"{tuple(MODALITIES)}")
+  if variant == "gating" and modalities != "av":
+    raise ValueError(f"losses.compute_loss: the 'gating' variant needs modalities 'av', got "
+                     f"{modalities!r} (use 'lstm' or 'global' for one modality)")
+  mods = MODALITIES[modalities]
+  needed = [f"{m}_gate" for m in mods] + (["audio_enc", "video_enc"] if variant == "gating" else [])
+  missing = [k for k in needed if k not in outputs]
+  if missing:
+    raise ValueError(f"losses.compute_loss: outputs lack {missing} (have {sorted(outputs)}) "
+                     f"for variant {variant!r}, modalities {modalities!r}")
+  labels = jnp.asarray(labels)
   n = labels.shape[0]
-  windows = None
+  if mask is None:
+    clip = jnp.ones((n,), jnp.float32)
+  else:
+    clip = jnp.asarray(mask, bool).astype(jnp.float32)             # [N]
+  num_clips = jnp.maximum(jnp.sum(clip), 1.0)
+
+  margin = loss_config.margin
+  exclude_used = bool(_get(loss_config, "exclude_used", True))
+  metrics: dict[str, jax.Array] = {}
+  per_modality, mined, active, empty, slots = [], 0.0, 0.0, 0.0, 0.0
   for m in mods:
-    gate = outputs[f"{m}_gate"]                      # [N, T, G]
+    gate = outputs[f"{m}_gate"]                                    # [N, T, G]
+    if gate.ndim != 3 or gate.shape[0] != n:
+      raise ValueError(f"losses.compute_loss: outputs['{m}_gate'] must be [N={n}, T, G], "
+                       f"got {gate.shape}")
     if variant == "lstm":
-      gate = gate[:, -1:]
-    emb = jnp.swapaxes(gate, 0, 1)                   # [T, N, G]
+      gate = gate[:, -1:]                                          # last gate only
+    emb = jnp.swapaxes(gate, 0, 1)                                 # [T, N, G]
     windows = emb.shape[0]
-    p, neg, valid = mining.mwtsm(emb, labels, exclude_used=loss_config.exclude_used)
-    hinge = triplet_hinges(emb, p, neg, valid, loss_config.margin)   # [T, N]
-    metrics[f"triplet_{m}"] = jnp.sum(hinge) / (windows * n)
-    hinge_sums.append(jnp.sum(hinge))
+    p, q, valid = mining.mwtsm(emb, labels, exclude_used=exclude_used, mask=mask)
+    hinge = triplet_hinges(emb, p, q, valid, margin)               # [T, N]
+    term = jnp.sum(hinge) / (windows * num_clips)                  # (1/T)(1/N) sum
+    metrics[f"triplet_{m}"] = term
+    per_modality.append(term)
     mined = mined + jnp.sum(valid)
     active = active + jnp.sum((hinge > 0) & valid)
-    empty = empty + jnp.sum(~valid)
-  triplet = sum(hinge_sums) / (windows * len(mods) * n)
+    empty = empty + jnp.sum(~valid * clip[None, :])
+    slots = slots + windows * num_clips
+  triplet = sum(per_modality) / len(mods)                          # (1/(M N)) sum_m
   metrics["triplet"] = triplet
   metrics["active_triplets"] = active / jnp.maximum(mined, 1)
-  metrics["no_triplet_anchors"] = empty / (windows * len(mods) * n)
+  metrics["no_triplet_anchors"] = empty / slots
 
+  loss = loss_config.triplet_weight * triplet
   mse = jnp.zeros((), jnp.float32)
-  if variant == "gating" and modalities == "av" and loss_config.mse_weight:
-    diff = outputs["video_enc"].astype(jnp.float32) - outputs["audio_enc"].astype(jnp.float32)
-    mse = jnp.mean(jnp.sum(diff ** 2, axis=-1))     # (1/T) sum_t (1/N) sum_i ||.||^2
+  if variant == "gating":
+    video_enc, audio_enc = outputs["video_enc"], outputs["audio_enc"]
+    if video_enc.shape != audio_enc.shape or video_enc.shape[0] != n:
+      raise ValueError(f"losses.compute_loss: 'video_enc' {video_enc.shape} and 'audio_enc' "
+                       f"{audio_enc.shape} must both be [N={n}, T, D]")
+    diff = video_enc.astype(jnp.float32) - audio_enc.astype(jnp.float32)   # [N, T, D]
+    sq = jnp.sum(diff * diff, axis=-1)                                      # [N, T]
+    mse = jnp.sum(sq * clip[:, None]) / (sq.shape[1] * num_clips)           # (1/T) sum_t MSE_t
+    if loss_config.mse_weight:
+      loss = loss + loss_config.mse_weight * mse
   metrics["mse"] = mse
-  loss = loss_config.mse_weight * mse + loss_config.triplet_weight * triplet
   metrics["loss"] = loss
   return loss, metrics

@@ -1,4 +1,4 @@
-"""The per-gate loss at hand-computed values; variants; gradients."""
+"""The per-gate loss at hand-computed values; variants; masks; gradients; jit."""
 
 import jax
 import jax.numpy as jnp
@@ -9,77 +9,176 @@ from absl.testing import absltest
 from avjax import losses
 
 
-def loss_config(margin=1.0, mse_weight=1.0, exclude_used=True):
-  return ml_collections.ConfigDict(dict(margin=margin, mse_weight=mse_weight, triplet_weight=1.0,
-                                        exclude_used=exclude_used))
+def loss_config(margin=1.0, mse_weight=1.0, triplet_weight=1.0, exclude_used=True):
+  return ml_collections.ConfigDict(dict(margin=margin, mse_weight=mse_weight,
+                                        triplet_weight=triplet_weight, exclude_used=exclude_used))
+
+
+# Hand-computed example: N = 4 clips, labels (0, 0, 1, 1), T = 2 windows, D = G = 2,
+# margin 1. Each anchor has 1 positive and 2 negatives, so at the second window
+# MWTSM must avoid the negative it used at the first.
+LABELS = np.array([0, 0, 1, 1])
+# audio gate, t=0: (0,0) (1,0) (0,2) (3,0)
+#   d01=1 d02=4 d03=9 d12=5 d13=4 d23=13
+#   anchor 0: p=1 (1), n=2 (4 < 9)   -> max(1-4+1, 0)  = 0    picks (0,1,2)
+#   anchor 1: p=0 (1), n=3 (4 < 5)   -> max(1-4+1, 0)  = 0    picks (1,0,3)
+#   anchor 2: p=3 (13), n=0 (4 < 5)  -> 13-4+1         = 10   picks (2,3,0)
+#   anchor 3: p=2 (13), n=1 (4 < 9)  -> 13-4+1         = 10   picks (3,2,1)
+# audio gate, t=1: (0,0) (2,0) (1,0) (1,1)
+#   d01=4 d02=1 d03=2 d12=1 d13=2 d23=1
+#   anchor 0: hardest n=2 (1) was used -> n=3 (2): 4-2+1 = 3   (batch-hard: n=2, 4)
+#   anchor 1: n=2 (1), not used        -> 4-1+1 = 4
+#   anchor 2: negatives 0 and 1 tie at 1, n=0 used -> n=1: 1-1+1 = 1  (batch-hard: n=0, 1)
+#   anchor 3: negatives 0 and 1 tie at 2 -> n=0 (lowest, not used): 1-2+1 = 0
+#   MWTSM audio: 20 + 8 = 28; batch-hard: 20 + 9 = 29.
+# video gate, t=0: (0,0) (0,2) (0,3) (0,5)
+#   d01=4 d02=9 d03=25 d12=1 d13=9 d23=4
+#   anchor 0: p=1 (4), n=2 (9)  -> 0         anchor 1: p=0 (4), n=2 (1) -> 4
+#   anchor 2: p=3 (4), n=1 (1)  -> 4         anchor 3: p=2 (4), n=1 (9) -> 0
+# video gate, t=1: (0,0) (1,0) (1,0) (0,0)
+#   d01=1 d02=1 d03=0 d12=0 d13=1 d23=1
+#   anchor 0: n=3 (0), not used             -> 1-0+1 = 2
+#   anchor 1: hardest n=2 (0) used -> n=3 (1): 1-1+1 = 1   (batch-hard: 2)
+#   anchor 2: hardest n=1 (0) used -> n=0 (1): 1-1+1 = 1   (batch-hard: 2)
+#   anchor 3: n=0 (0), not used             -> 2
+#   MWTSM video: 8 + 6 = 14; batch-hard: 8 + 8 = 16.
+# triplet_audio = 28 / (T N) = 3.5, triplet_video = 14 / 8 = 1.75,
+# triplet = (28 + 14) / (2 N T) = 2.625; active hinges 5 (audio) + 6 (video) of 16.
+# Encoders: audio all zeros; video t=0: (1,0) (0,0) (0,2) (0,0) -> MSE_0 = (1+4)/4 = 1.25,
+#   t=1: (1,1) (0,0) (0,0) (0,0) -> MSE_1 = 2/4 = 0.5; MSE = (1.25 + 0.5)/2 = 0.875.
+# Loss = 0.875 + 2.625 = 3.5.
+AUDIO_GATE = [[[0, 0], [0, 0]], [[1, 0], [2, 0]], [[0, 2], [1, 0]], [[3, 0], [1, 1]]]
+VIDEO_GATE = [[[0, 0], [0, 0]], [[0, 2], [1, 0]], [[0, 3], [1, 0]], [[0, 5], [0, 0]]]
+VIDEO_ENC = [[[1, 0], [1, 1]], [[0, 0], [0, 0]], [[0, 2], [0, 0]], [[0, 0], [0, 0]]]
+
+
+def hand_outputs():
+  out = {"audio_gate": AUDIO_GATE, "video_gate": VIDEO_GATE, "video_enc": VIDEO_ENC,
+         "audio_enc": np.zeros((4, 2, 2))}
+  return {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}   # [N=4, T=2, 2]
+
+
+def random_outputs(seed, n=6, t=3, d=4):
+  rng = np.random.default_rng(seed)
+  return {k: jnp.asarray(rng.normal(size=(n, t, d)).astype(np.float32))
+          for k in ("audio_gate", "video_gate", "audio_enc", "video_enc")}
 
 
 class LossTest(absltest.TestCase):
 
-  def test_hand_computed_example(self):
-    # N=4 clips (labels 0,0,1,1), T=1 window, D=1 so that distances are easy.
-    # Audio gate: 0, 1, 3, 5. Video gate: 0, 2, 2, 6. Margin 1.
-    # Audio, anchor 0: p=1 (d=1), negatives 2 (d=9), 3 (d=25): hardest n=2 -> max(1-9+1,0)=0
-    #        anchor 1: p=0 (d=1), n=2 (d=4)  -> max(1-4+1,0)=0
-    #        anchor 2: p=3 (d=4), n=1 (d=4)  -> max(4-4+1,0)=1
-    #        anchor 3: p=2 (d=4), n=1 (d=16) -> 0
-    # Video, anchor 0: p=1 (d=4), n=2 (d=4)  -> 1
-    #        anchor 1: p=0 (d=4), n=2 (d=0)  -> 5
-    #        anchor 2: p=3 (d=16), n=1 (d=0) -> 17
-    #        anchor 3: p=2 (d=16), n=1 (d=16) -> 1
-    # triplet = (1 + 1 + 5 + 17 + 1) / (2 * 4) = 25 / 8
-    # Encoders: audio_enc = (0,0),(1,1),(0,0),(2,0); video_enc = (0,0),(1,0),(0,2),(2,0)
-    # MSE = (0 + 1 + 4 + 0) / 4 = 1.25
-    out = {
-        "audio_gate": jnp.array([[[0.]], [[1.]], [[3.]], [[5.]]]),
-        "video_gate": jnp.array([[[0.]], [[2.]], [[2.]], [[6.]]]),
-        "audio_enc": jnp.array([[[0., 0.]], [[1., 1.]], [[0., 0.]], [[2., 0.]]]),
-        "video_enc": jnp.array([[[0., 0.]], [[1., 0.]], [[0., 2.]], [[2., 0.]]]),
-    }
-    labels = jnp.array([0, 0, 1, 1])
-    loss, m = losses.compute_loss(out, labels, loss_config(), "gating", "av")
-    self.assertAlmostEqual(float(m["triplet"]), 25 / 8, places=5)
-    self.assertAlmostEqual(float(m["mse"]), 1.25, places=5)
-    self.assertAlmostEqual(float(loss), 25 / 8 + 1.25, places=5)
-    self.assertAlmostEqual(float(m["triplet_audio"]), 1 / 4, places=5)
-    self.assertAlmostEqual(float(m["triplet_video"]), 24 / 4, places=5)
-    self.assertAlmostEqual(float(m["active_triplets"]), 5 / 8, places=5)
-    self.assertAlmostEqual(float(m["no_triplet_anchors"]), 0.0)
-    # Single modality: divided by N, no MSE.
-    loss_a, m_a = losses.compute_loss(out, labels, loss_config(mse_weight=0.0), "lstm", "audio")
-    self.assertAlmostEqual(float(loss_a), 1 / 4, places=5)
-    self.assertAlmostEqual(float(m_a["mse"]), 0.0)
+  def assertMetrics(self, metrics, **want):
+    for k, v in want.items():
+      self.assertAlmostEqual(float(metrics[k]), v, places=5, msg=k)
 
-  def test_averages_over_gates_and_lstm_uses_last(self):
-    rng = np.random.default_rng(0)
-    n, t = 6, 3
-    out = {k: jnp.asarray(rng.normal(size=(n, t, 4)).astype(np.float32))
-           for k in ("audio_gate", "video_gate", "audio_enc", "video_enc")}
-    labels = jnp.array([0, 0, 1, 1, 2, 2])
-    _, m = losses.compute_loss(out, labels, loss_config(), "gating", "av")
-    diff = np.asarray(out["video_enc"] - out["audio_enc"])
+  def test_hand_computed_gating(self):
+    loss, m = losses.compute_loss(hand_outputs(), LABELS, loss_config(), "gating", "av")
+    self.assertAlmostEqual(float(loss), 3.5, places=5)
+    self.assertMetrics(m, loss=3.5, mse=0.875, triplet=2.625, triplet_audio=3.5,
+                       triplet_video=1.75, active_triplets=11 / 16, no_triplet_anchors=0.0)
+
+  def test_hand_computed_weights_and_margin(self):
+    loss, _ = losses.compute_loss(hand_outputs(), LABELS,
+                                  loss_config(mse_weight=0.5, triplet_weight=2.0), "gating", "av")
+    self.assertAlmostEqual(float(loss), 0.5 * 0.875 + 2.0 * 2.625, places=5)
+    # Margin 2 (same picks): audio t0 0+0+11+11, t1 4+5+2+1; video t0 0+5+5+0, t1 3+2+2+3.
+    _, m = losses.compute_loss(hand_outputs(), LABELS, loss_config(margin=2.0), "gating", "av")
+    self.assertMetrics(m, triplet=(34 + 20) / 16, triplet_audio=34 / 8, triplet_video=20 / 8)
+
+  def test_hand_computed_batch_hard(self):
+    _, m = losses.compute_loss(hand_outputs(), LABELS, loss_config(exclude_used=False),
+                               "gating", "av")
+    self.assertMetrics(m, triplet=(29 + 16) / 16, triplet_audio=29 / 8, triplet_video=16 / 8,
+                       mse=0.875)
+
+  def test_hand_computed_variants(self):
+    out = hand_outputs()
+    # 'lstm': last gate only (batch-hard there): audio 4+4+1+0 = 9, video 2+2+2+2 = 8; no MSE.
+    loss, m = losses.compute_loss(out, LABELS, loss_config(), "lstm", "av")
+    self.assertMetrics(m, loss=17 / 8, triplet=17 / 8, triplet_audio=9 / 4, triplet_video=2.0,
+                       mse=0.0)
+    self.assertAlmostEqual(float(loss), 17 / 8, places=5)
+    # Single modality: divided by N, not 2N.
+    loss, m = losses.compute_loss(out, LABELS, loss_config(), "lstm", "audio")
+    self.assertMetrics(m, loss=9 / 4, triplet=9 / 4, triplet_audio=9 / 4)
+    self.assertNotIn("triplet_video", m)
+    loss, _ = losses.compute_loss({"video_gate": out["video_gate"]}, LABELS, loss_config(),
+                                  "lstm", "video")
+    self.assertAlmostEqual(float(loss), 2.0, places=5)
+    # 'global': one window (t=0 here), triplets on the gate (= encoder) embedding, no MSE:
+    # audio 20 / 4, video 8 / 4.
+    first = {k: v[:, :1] for k, v in out.items()}
+    loss, m = losses.compute_loss(first, LABELS, loss_config(), "global", "av")
+    self.assertMetrics(m, loss=3.5, triplet_audio=5.0, triplet_video=2.0, mse=0.0)
+    loss, _ = losses.compute_loss(first, LABELS, loss_config(), "global", "video")
+    self.assertAlmostEqual(float(loss), 2.0, places=5)
+
+  def test_mse_is_mean_over_gates_and_clips(self):
+    out = random_outputs(0)
+    _, m = losses.compute_loss(out, LABELS.tolist() + [2, 2], loss_config(), "gating", "av")
+    diff = np.asarray(out["video_enc"]) - np.asarray(out["audio_enc"])
     self.assertAlmostEqual(float(m["mse"]), float((diff ** 2).sum(-1).mean()), places=5)
-    last = {k: v[:, -1:] for k, v in out.items()}
-    _, m_last = losses.compute_loss(last, labels, loss_config(), "gating", "av")
-    _, m_lstm = losses.compute_loss(out, labels, loss_config(), "lstm", "av")
-    self.assertAlmostEqual(float(m_lstm["triplet"]), float(m_last["triplet"]), places=5)
-    self.assertAlmostEqual(float(m_lstm["mse"]), 0.0)
 
-  def test_no_valid_triplet_counts_anchor(self):
-    out = {"audio_gate": jnp.zeros((4, 2, 3))}
+  def test_no_valid_triplet_anchors_are_counted(self):
+    out = {"audio_gate": jnp.ones((4, 2, 3))}
     loss, m = losses.compute_loss(out, jnp.zeros(4, jnp.int32), loss_config(), "global", "audio")
-    self.assertEqual(float(loss), 0.0)
-    self.assertEqual(float(m["no_triplet_anchors"]), 1.0)
+    self.assertMetrics(m, loss=0.0, no_triplet_anchors=1.0, active_triplets=0.0)
+    # Class 2 has one clip: its anchor (1 of 5) has no positive at either gate and
+    # modality; every hinge is the margin (all embeddings equal).
+    out = {k: jnp.zeros((5, 2, 3)) for k in ("audio_gate", "video_gate", "audio_enc", "video_enc")}
+    _, m = losses.compute_loss(out, jnp.array([0, 0, 1, 1, 2]), loss_config(), "gating", "av")
+    self.assertMetrics(m, no_triplet_anchors=1 / 5, triplet=4 / 5, active_triplets=1.0)
 
-  def test_gradient_flows_to_gate_and_encoder_embeddings(self):
-    rng = np.random.default_rng(1)
-    out = {k: jnp.asarray(rng.normal(size=(6, 2, 3)).astype(np.float32))
-           for k in ("audio_gate", "video_gate", "audio_enc", "video_enc")}
+  def test_mask_equals_loss_on_real_clips(self):
+    out = random_outputs(3, n=8)
+    labels = jnp.array([0, 1, 2, 0, 1, 2, 0, 1])
+    mask = jnp.array([1, 1, 1, 0, 1, 1, 1, 0], bool)
+    keep = np.flatnonzero(np.asarray(mask))
+    for variant in ("gating", "lstm"):
+      loss_m, m_m = losses.compute_loss(out, labels, loss_config(), variant, "av", mask=mask)
+      sub = {k: v[keep] for k, v in out.items()}
+      loss_s, m_s = losses.compute_loss(sub, labels[keep], loss_config(), variant, "av")
+      for k in m_s:
+        self.assertAlmostEqual(float(m_m[k]), float(m_s[k]), places=5, msg=f"{variant} {k}")
+      self.assertAlmostEqual(float(loss_m), float(loss_s), places=5)
+
+  def test_gradients(self):
+    out = random_outputs(1)
     labels = jnp.array([0, 0, 1, 1, 2, 2])
-    grads = jax.jit(jax.grad(lambda o: losses.compute_loss(o, labels, loss_config(margin=10.0),
-                                                           "gating", "av")[0]))(out)
+    cfg = loss_config(margin=10.0)   # every hinge active
+    fn = lambda o: losses.compute_loss(o, labels, cfg, "gating", "av")[0]
+    grads = jax.jit(jax.grad(fn))(out)
     for k, g in grads.items():
       self.assertGreater(float(jnp.abs(g).sum()), 0.0, k)
+    # MSE part, analytically: d/d audio_enc of (1/(N T)) sum ||v - a||^2 = -2 (v - a) / (N T).
+    want = -2.0 * (out["video_enc"] - out["audio_enc"]) / (6 * 3)
+    np.testing.assert_allclose(grads["audio_enc"], want, rtol=1e-5, atol=1e-6)
+    # Triplet part: a directional finite difference (the picks do not change for a
+    # small step on these tie-free random embeddings).
+    direction = {k: jnp.asarray(np.random.default_rng(2).normal(size=v.shape), jnp.float32)
+                 for k, v in out.items()}
+    eps = 1e-2
+    plus = fn({k: out[k] + eps * direction[k] for k in out})
+    minus = fn({k: out[k] - eps * direction[k] for k in out})
+    numeric = (plus - minus) / (2 * eps)
+    analytic = sum(jnp.sum(grads[k] * direction[k]) for k in out)
+    np.testing.assert_allclose(float(analytic), float(numeric), rtol=2e-3)
+
+  def test_jit_matches_eager(self):
+    out, labels = random_outputs(4), jnp.array([0, 1, 2, 0, 1, 2])
+    eager = losses.compute_loss(out, labels, loss_config(), "gating", "av")[1]
+    jitted = jax.jit(lambda o, l: losses.compute_loss(o, l, loss_config(), "gating", "av"))(
+        out, labels)[1]
+    for k in eager:
+      self.assertAlmostEqual(float(eager[k]), float(jitted[k]), places=5, msg=k)
+
+  def test_errors(self):
+    out = hand_outputs()
+    with self.assertRaisesRegex(ValueError, "variant"):
+      losses.compute_loss(out, LABELS, loss_config(), "transformer", "av")
+    with self.assertRaisesRegex(ValueError, "gating.*needs modalities 'av'"):
+      losses.compute_loss(out, LABELS, loss_config(), "gating", "audio")
+    with self.assertRaisesRegex(ValueError, "lack"):
+      losses.compute_loss({"audio_gate": out["audio_gate"]}, LABELS, loss_config(), "lstm", "av")
 
 
 if __name__ == "__main__":
