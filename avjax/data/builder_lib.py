@@ -1,0 +1,304 @@
+"""Shared logic of the real-data TFDS builders (`ravdess`, `crema_d_av`).
+
+Legend: T windows, F frames per window, S audio samples per window.
+
+A builder subclasses `AVBuilder` and supplies three things: the dataset's
+key in `config_lib.DATASETS`, the actor -> gender table (folds come from it, so
+they are the same whichever files are present), and `find_clips(manual_dir)`,
+which lists the clips and the files it had to reject. Everything else is here:
+
+* Builder configs named by windowing: each Table I row of the dataset, its
+  `_fit` twin, and `config_lib.GLOBAL_WINDOWING`; the default is the first
+  (best) row.
+* The manual_dir is checked before TFDS creates anything: a missing or
+  wrongly laid-out one raises `ManualDirError` saying what was expected and
+  where the official files are.
+* Clips are decoded in a process pool (`num_workers`, default
+  `os.cpu_count()`; 1 decodes in-process) with a progress bar. A clip that
+  cannot be used is skipped, never silently: its file and reason go into the
+  dataset's metadata (`info.metadata['skipped']`, a list of {file, reason})
+  and a summary is printed at the end.
+* Splits `fold0` ... `fold9`, array_record files, no TensorFlow. TFDS writes
+  into an `incomplete.*` directory and renames it only when everything is
+  written, so an interrupted build never looks prepared.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import os
+import pathlib
+import sys
+from typing import Any, Iterator, Mapping, Sequence
+
+import tensorflow_datasets as tfds
+import tqdm
+from etils import epath
+
+from avjax import config_lib
+from avjax.data import features
+from avjax.data import folds as folds_lib
+from avjax.data import media
+from avjax.data import windows
+
+VERSION = "1.0.0"
+
+
+class ManualDirError(FileNotFoundError):
+  """The manual_dir is missing or does not hold the official files as expected."""
+
+
+def config_names(dataset: str) -> list[str]:
+  """Table I windowings of `dataset`, each followed by its `_fit` twin, then the global one."""
+  names = []
+  for name in config_lib.DATASETS[dataset]["table1"]:
+    names += [name, name + "_fit"]
+  names.append(config_lib.GLOBAL_WINDOWING)
+  return names
+
+
+def describe(name: str, options: media.DecodeOptions = media.DecodeOptions()) -> str:
+  spec = windows.parse_name(name)
+  mode = ("spread evenly over the clip" if spec.mode == "fit"
+          else f"starting every {spec.hop:g} s, padded past the clip's end")
+  return (f"{spec.num_windows} windows of {spec.length:g} s, {mode}; {options.fps:g} fps, "
+          f"{options.frame_size}x{options.frame_size} frames, {options.audio_rate} Hz mono audio")
+
+
+def builder_configs(dataset: str) -> list[tfds.core.BuilderConfig]:
+  return [tfds.core.BuilderConfig(name=n, description=describe(n)) for n in config_names(dataset)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipEntry:
+  """One clip found in the manual_dir."""
+  clip_id: str                     # file stem, the record key
+  src: media.Source                # the video (or audio-visual) file
+  actor: int
+  fields: Mapping[str, Any]        # label, intensity, statement (fold, gender, actor added here)
+  audio_path: str | None = None    # separate audio file (CREMA-D's AudioWAV)
+
+
+def skipped(file: str, reason: str) -> dict[str, str]:
+  return {"file": file, "reason": reason}
+
+
+def listing(path: pathlib.Path, limit: int = 8) -> str:
+  """A short listing of a directory for error messages."""
+  try:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+  except OSError:
+    return "(unreadable)"
+  if not names:
+    return "(empty)"
+  more = f", ... ({len(names)} entries)" if len(names) > limit else ""
+  return ", ".join(names[:limit]) + more
+
+
+class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base of the real-data builders (see module docstring)."""
+
+  DATASET: str = ""                 # key of config_lib.DATASETS
+  HOMEPAGE: str = ""
+  VERSION = tfds.core.Version(VERSION)
+  RELEASE_NOTES = {str(VERSION): "Initial release."}
+
+  # TFDS locates the builder's folder (README.md, CITATIONS.bib) through
+  # `importlib_resources`, a package this project does not install.
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    return epath.Path(pathlib.Path(sys.modules[cls.__module__].__file__).resolve())
+
+  def __init__(self, *, num_workers: int | None = None,
+               decode_options: media.DecodeOptions | None = None, **kwargs: Any):
+    kwargs.setdefault("file_format", "array_record")
+    self._num_workers = int(num_workers) if num_workers is not None else (os.cpu_count() or 1)
+    if self._num_workers < 1:
+      raise ValueError(f"num_workers must be >= 1, got {self._num_workers}")
+    self._options = decode_options or media.DecodeOptions()
+    self._clips: list[ClipEntry] | None = None
+    self._skipped: list[dict[str, str]] = []
+    self._missing_actors: list[int] = []
+    self._progress = None
+    self._pool: concurrent.futures.Executor | None = None
+    super().__init__(**kwargs)
+
+  # -- to be provided by the dataset -------------------------------------------------------
+
+  def genders(self) -> dict[int, str]:
+    """Every actor of the dataset -> 'male' / 'female' (decides the folds)."""
+    raise NotImplementedError
+
+  def find_clips(self, manual_dir: pathlib.Path) -> tuple[list[ClipEntry], list[dict[str, str]]]:
+    """Clips in manual_dir and the files rejected on the way ({file, reason});
+    raises ManualDirError when manual_dir is not laid out as expected."""
+    raise NotImplementedError
+
+  # -- TFDS ------------------------------------------------------------------------------
+
+  @property
+  def spec(self) -> windows.WindowSpec:
+    return windows.parse_name(self.builder_config.name)
+
+  @property
+  def actor_folds(self) -> dict[int, int]:
+    return folds_lib.assign_folds(self.genders())
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    spec, o = self.spec, self._options
+    return self.dataset_info_from_configs(
+        features=features.features_dict(
+            num_windows=spec.num_windows,
+            frames_per_window=o.frames_per_window(spec.length),
+            frame_size=o.frame_size,
+            samples_per_window=o.samples_per_window(spec.length),
+            class_names=config_lib.DATASETS[self.DATASET]["class_names"]),
+        homepage=self.HOMEPAGE,
+        metadata=tfds.core.MetadataDict(
+            fps=o.fps, frame_size=o.frame_size, audio_rate=o.audio_rate,
+            window=spec.name, window_mode=spec.mode, num_windows=spec.num_windows,
+            window_length=spec.length, window_overlap=spec.overlap,
+            center_crop=o.center_crop, interpolation=o.interpolation,
+            max_av_mismatch=o.max_av_mismatch, skipped=[], missing_actors=[]),
+    )
+
+  def _manual_dir(self, download_dir, download_config) -> pathlib.Path:
+    """The manual_dir as TFDS resolves it (DownloadConfig.manual_dir or <downloads>/manual)."""
+    if download_config is not None and download_config.manual_dir:
+      return pathlib.Path(os.fspath(download_config.manual_dir)).expanduser()
+    base = pathlib.Path(os.fspath(download_dir)) if download_dir else pathlib.Path(
+        os.fspath(self.data_dir_root)) / "downloads"
+    return base / "manual"
+
+  def scan(self, manual_dir: pathlib.Path) -> list[ClipEntry]:
+    """Lists and checks the clips of manual_dir (fails at once when unusable)."""
+    manual_dir = pathlib.Path(manual_dir)
+    if not manual_dir.is_dir():
+      raise ManualDirError(
+          f"manual_dir {manual_dir} does not exist.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    clips, rejected = self.find_clips(manual_dir)
+    genders = self.genders()
+    known = []
+    for c in clips:
+      if c.actor not in genders:
+        rejected.append(skipped(pathlib.Path(str(c.src)).name, f"unknown actor {c.actor}"))
+      else:
+        known.append(c)
+    if not known:
+      raise ManualDirError(
+          f"No {self.DATASET} clips found in manual_dir {manual_dir} (it holds: "
+          f"{listing(manual_dir)}).\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    folds = self.actor_folds
+    present = {c.actor for c in known}
+    empty = [f for f in range(folds_lib.NUM_FOLDS) if not any(folds[a] == f for a in present)]
+    if empty:
+      detail = "; ".join(
+          f"fold{f}: actors {sorted(a for a, k in folds.items() if k == f)}" for f in empty)
+      raise ManualDirError(
+          f"manual_dir {manual_dir} has no clips for {detail}: every fold needs its actors' "
+          f"files. Present actors: {sorted(present)}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    self._skipped = list(rejected)
+    self._missing_actors = sorted(set(genders) - present)
+    return sorted(known, key=lambda c: c.clip_id)
+
+  def download_and_prepare(self, *, download_dir=None, download_config=None, **kwargs):
+    # Check the manual_dir before TFDS creates any directory (fail at once).
+    if self.is_prepared():
+      return super().download_and_prepare(
+          download_dir=download_dir, download_config=download_config, **kwargs)
+    self._clips = self.scan(self._manual_dir(download_dir, download_config))
+    super().download_and_prepare(
+        download_dir=download_dir, download_config=download_config, **kwargs)
+    print(self.summary(), flush=True)
+
+  def _download_and_prepare(self, dl_manager, download_config):
+    try:
+      super()._download_and_prepare(dl_manager, download_config)
+    finally:
+      if self._progress is not None:
+        self._progress.close()
+        self._progress = None
+      if self._pool is not None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = None
+    meta = self.info.metadata
+    meta["skipped"] = sorted(self._skipped, key=lambda s: (s["file"], s["reason"]))
+    meta["missing_actors"] = list(self._missing_actors)
+
+  def summary(self) -> str:
+    """The end-of-build summary: clips written per split, files skipped and why."""
+    splits = self.info.splits
+    total = sum(splits[s].num_examples for s in splits.keys()) if splits else 0
+    lines = [f"{self.name}/{self.builder_config.name}: {total} clips written to {self.data_dir}"]
+    skipped_list = self.info.metadata.get("skipped", [])
+    lines.append(f"{len(skipped_list)} file(s) skipped" + (":" if skipped_list else "."))
+    lines += [f"  {s['file']}: {s['reason']}" for s in skipped_list]
+    missing = self.info.metadata.get("missing_actors", [])
+    if missing:
+      lines.append(f"actors with no files in manual_dir: {missing}")
+    return "\n".join(lines)
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    if self._clips is None:  # called without our download_and_prepare (e.g. a TFDS tool)
+      self._clips = self.scan(pathlib.Path(os.fspath(dl_manager.manual_dir)))
+    folds = self.actor_folds
+    genders = self.genders()
+    jobs: dict[int, list[media.ClipJob]] = {f: [] for f in range(folds_lib.NUM_FOLDS)}
+    for c in self._clips:
+      fields = dict(c.fields)
+      fields.update(actor=c.actor, fold=folds[c.actor], gender=genders[c.actor],
+                    clip_id=c.clip_id)
+      jobs[folds[c.actor]].append(media.ClipJob(
+          key=c.clip_id, src=c.src, spec=self.spec, options=self._options, fields=fields,
+          audio_path=c.audio_path))
+    self._progress = tqdm.tqdm(total=len(self._clips), unit="clip", dynamic_ncols=True,
+                               desc=f"Decoding {self.name}/{self.builder_config.name}")
+    return {f"fold{f}": self._generate_examples(f, jobs[f]) for f in range(folds_lib.NUM_FOLDS)}
+
+  def _executor(self) -> concurrent.futures.Executor:
+    if self._pool is None:
+      # spawn: safe when the caller has threads (JAX, grain); workers import only media.py.
+      self._pool = concurrent.futures.ProcessPoolExecutor(
+          max_workers=self._num_workers, mp_context=multiprocessing.get_context("spawn"))
+    return self._pool
+
+  def _results(self, jobs: Sequence[media.ClipJob]) -> Iterator[tuple[str, Any, str | None]]:
+    if self._num_workers == 1:
+      for job in jobs:
+        yield media.run_job(job)
+      return
+    pool = self._executor()
+    window = 2 * self._num_workers  # bounds the decoded clips held in memory
+    pending: list[concurrent.futures.Future] = []
+    it = iter(jobs)
+    try:
+      for job in it:
+        pending.append(pool.submit(media.run_job, job))
+        if len(pending) >= window:
+          yield pending.pop(0).result()
+      while pending:
+        yield pending.pop(0).result()
+    finally:
+      for fut in pending:
+        fut.cancel()
+
+  def _generate_examples(self, fold: int, jobs: Sequence[media.ClipJob]):
+    files = {job.key: job.file for job in jobs}
+    written = 0
+    for key, record, reason in self._results(jobs):
+      if self._progress is not None:
+        self._progress.update(1)
+      if record is None:
+        self._skipped.append(skipped(files[key], reason))
+        tqdm.tqdm.write(f"skipped {files[key]}: {reason}")
+        continue
+      written += 1
+      yield key, record
+    if not written:
+      raise RuntimeError(
+          f"fold{fold}: none of its {len(jobs)} clips could be used (" + "; ".join(
+              f"{s['file']}: {s['reason']}" for s in self._skipped if s["file"] in files.values())
+          + ")")

@@ -1,0 +1,417 @@
+"""Decoding clips into windowed records: PyAV for video, soundfile for WAVs, soxr.
+
+Legend: N frames of a whole clip, T windows, F frames per window, H = W frame
+size, S audio samples per window, M audio samples of a whole clip.
+
+Video is decoded with PyAV, resampled to a fixed frame rate (output frame n
+shows the source frame on screen at n / fps) and resized by the decoder's
+scaler (`VideoFrame.reformat`, or a `crop,scale` filter graph when a centre
+square is cropped first): no Python pixel loops, and only the source frames
+that are shown get converted. Audio comes from the container or a separate
+WAV, is downmixed to mono (channel mean), and resampled with soxr to 22050 Hz
+(SoundNet's rate), float32 in [-1, 1].
+
+Each stream is cut by its own clock: video time 0 is the first frame's
+timestamp, audio time 0 the first audio sample. FLV audio decodes about 40 ms
+longer than the container says (DESIGN.md, "Quirks"), so audio is never
+stretched or trimmed to the video's length; windows past a stream's end are
+padded (last frame repeated, audio zeros). The clip's `duration` is the video
+stream's span (first frame to the end of the last one).
+
+Every problem with a file raises `MediaError(path, reason)`; the builders
+record the reason and skip the clip.
+
+  rec = make_record("01-01-03-01-02-01-05.mp4", windows.parse_name("w8_l1_ov"))
+  rec["video"]  # [T, F, H, W, 3] uint8
+  rec["audio"]  # [T, S] float32
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import os
+import zipfile
+from typing import Any, Mapping, NamedTuple, Union
+
+import av
+import numpy as np
+import soundfile
+import soxr
+
+from avjax.data import windows as windows_lib
+
+# SoundNet's rate; equal to avjax.data.features.AUDIO_RATE (not imported here
+# so that decoding workers do not import tensorflow_datasets).
+AUDIO_RATE = 22050
+DEFAULT_FPS = 25.0
+DEFAULT_FRAME_SIZE = 112
+_TIME_EPS = 1e-3  # seconds; timestamps in FLV are whole milliseconds
+
+
+class MediaError(Exception):
+  """A clip that cannot be used: `path` is the file, `reason` says why."""
+
+  def __init__(self, path: Any, reason: str):
+    super().__init__(str(path), reason)
+    self.path = str(path)
+    self.reason = reason
+
+  def __str__(self) -> str:
+    return f"{self.path}: {self.reason}"
+
+
+class ZipMember(NamedTuple):
+  """A file inside a zip archive, read into memory when decoded."""
+  archive: str
+  name: str
+
+  def __str__(self) -> str:
+    return f"{self.archive}::{self.name}"
+
+  def read(self) -> bytes:
+    with zipfile.ZipFile(self.archive) as z:
+      return z.read(self.name)
+
+
+Source = Union[str, os.PathLike, ZipMember]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+  """How clips are decoded; recorded in each dataset's metadata."""
+  fps: float = DEFAULT_FPS               # output video frame rate
+  frame_size: int = DEFAULT_FRAME_SIZE   # output frames are frame_size x frame_size
+  center_crop: bool = False              # crop the centre square before resizing (default: whole frame)
+  audio_rate: int = AUDIO_RATE           # output audio rate (Hz)
+  interpolation: str = "AREA"            # swscale filter for resizing (AREA averages when shrinking)
+  decoder_threads: int = 1               # FFmpeg decoding threads per clip (0: FFmpeg's choice)
+  # A clip whose audio and video lengths differ by more than this many seconds
+  # is rejected (e.g. CREMA-D's 1064_IEO_DIS_MD: a minute of video, 4 s of
+  # audio). None disables the check.
+  max_av_mismatch: float | None = 1.0
+
+  def __post_init__(self):
+    if not self.fps > 0:
+      raise ValueError(f"fps must be > 0, got {self.fps}")
+    if self.frame_size < 1:
+      raise ValueError(f"frame_size must be >= 1, got {self.frame_size}")
+    if self.audio_rate < 1:
+      raise ValueError(f"audio_rate must be >= 1, got {self.audio_rate}")
+
+  def frames_per_window(self, length: float) -> int:
+    return int(round(length * self.fps))
+
+  def samples_per_window(self, length: float) -> int:
+    return int(round(length * self.audio_rate))
+
+
+@dataclasses.dataclass
+class Clip:
+  """A decoded clip before windowing."""
+  video: np.ndarray | None   # [N, H, W, 3] uint8, frame n at n / fps
+  audio: np.ndarray          # [M] float32, sample m at m / audio_rate
+  duration: float            # seconds (video span; audio length when there is no video)
+  video_duration: float | None
+  audio_duration: float
+
+
+# ----------------------------------------------------------------------------- opening
+
+
+def _open(src: Source) -> av.container.InputContainer:
+  try:
+    if isinstance(src, ZipMember):
+      return av.open(io.BytesIO(src.read()), mode="r")
+    return av.open(os.fspath(src), mode="r")
+  except FileNotFoundError:
+    raise MediaError(src, "file not found") from None
+  except KeyError as e:  # a name missing from the zip
+    raise MediaError(src, f"not in the archive ({e})") from None
+  except (zipfile.BadZipFile, OSError, av.FFmpegError) as e:
+    raise MediaError(src, f"cannot open: {e}") from None
+
+
+def _stream_time(frame, stream) -> float | None:
+  if frame.pts is None:
+    return None
+  return float(frame.pts * (frame.time_base or stream.time_base))
+
+
+# ----------------------------------------------------------------------------- video
+
+
+class _Resizer:
+  """Source frame -> [H, W, 3] uint8 at the output size, done by FFmpeg."""
+
+  def __init__(self, size: int, center_crop: bool, interpolation: str):
+    self.size, self.center_crop, self.interpolation = size, center_crop, interpolation
+    self._graph = None
+
+  def __call__(self, frame: av.VideoFrame, stream) -> np.ndarray:
+    if not self.center_crop:
+      out = frame.reformat(width=self.size, height=self.size, format="rgb24",
+                           interpolation=self.interpolation)
+      return out.to_ndarray()
+    if self._graph is None:
+      g = av.filter.Graph()
+      src = g.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
+                         time_base=stream.time_base)
+      crop = g.add("crop", "w=min(iw\\,ih):h=min(iw\\,ih)")
+      scale = g.add("scale", f"{self.size}:{self.size}:flags={self.interpolation.lower()}")
+      fmt = g.add("format", "rgb24")
+      sink = g.add("buffersink")
+      src.link_to(crop)
+      crop.link_to(scale)
+      scale.link_to(fmt)
+      fmt.link_to(sink)
+      g.configure()
+      self._graph = g
+    self._graph.push(frame)
+    return self._graph.pull().to_ndarray()
+
+
+class _FpsSampler:
+  """Fixed-rate resampling by timestamps: output n shows the last source frame
+  whose time (relative to the first frame) is <= n / fps."""
+
+  def __init__(self, fps: float, convert):
+    self.fps, self.convert = fps, convert
+    self.frames: list[np.ndarray] = []   # output frames, [H, W, 3] each
+    self.first: float | None = None
+    self.last_time: float | None = None
+    self.count = 0                       # source frames seen
+    self._pending = None                 # last source frame, not yet assigned past its time
+    self._pending_time = 0.0
+    self._total = 0                      # output frames in all, known at finish()
+
+  def _emit_until(self, t_next: float | None):
+    """Assigns the pending frame to every output time before `t_next` (None: all left)."""
+    if self._pending is None:
+      return
+    image = None
+    while True:
+      n = len(self.frames)
+      t_n = n / self.fps
+      if t_next is not None and t_n + _TIME_EPS >= t_next:
+        break
+      if t_next is None and n >= self._total:
+        break
+      if image is None:
+        image = self.convert(self._pending)
+      self.frames.append(image)
+
+  def add(self, frame, time: float | None):
+    if time is None:  # no timestamp: assume a constant rate after the previous frame
+      time = (self.last_time if self.last_time is not None else 0.0) + 1e-9
+    if self.first is None:
+      self.first = time
+    rel = time - self.first
+    if self.last_time is not None and rel < self.last_time - self.first:
+      rel = self.last_time - self.first  # out-of-order timestamp: keep time monotonic
+    self._emit_until(rel)
+    self._pending, self._pending_time = frame, rel
+    self.last_time = rel + self.first
+    self.count += 1
+
+  def finish(self, period: float) -> float:
+    """Emits the last frame up to the end; returns the video duration."""
+    duration = (self._pending_time + period) if self._pending is not None else 0.0
+    self._total = max(int(math.ceil(duration * self.fps - 1e-6)), len(self.frames))
+    self._emit_until(None)
+    self._pending = None
+    return duration
+
+
+def _frame_period(stream, times: list[float]) -> float:
+  rate = stream.average_rate or stream.guessed_rate
+  if rate:
+    return float(1 / rate)
+  diffs = np.diff(times)
+  diffs = diffs[diffs > 0]
+  return float(np.median(diffs)) if len(diffs) else 0.0
+
+
+def _to_float_mono(frame: av.AudioFrame, resampler: av.AudioResampler) -> np.ndarray:
+  chunks = [f.to_ndarray() for f in resampler.resample(frame)]  # [C, n] float32 (fltp)
+  if not chunks:
+    return np.zeros(0, np.float32)
+  return np.concatenate(chunks, axis=1).mean(axis=0, dtype=np.float32)
+
+
+def decode(src: Source, *, audio_path: str | os.PathLike | None = None,
+           options: DecodeOptions = DecodeOptions(), with_video: bool = True) -> Clip:
+  """Decodes a clip: video at options.fps and frame size, mono audio at options.audio_rate.
+
+  With `audio_path` the audio comes from that WAV (CREMA-D's AudioWAV) and the
+  container's own audio is ignored; otherwise from the container's first audio
+  stream. Raises MediaError for files that cannot be opened or decoded, have no
+  audio stream, no video frames, or zero duration.
+  """
+  container = _open(src)
+  try:
+    vstream = None
+    if with_video:
+      if not container.streams.video:
+        raise MediaError(src, "no video stream")
+      vstream = container.streams.video[0]
+      vstream.thread_type = "AUTO" if options.decoder_threads != 1 else "SLICE"
+      vstream.codec_context.thread_count = options.decoder_threads
+    astream = None
+    if audio_path is None:
+      if not container.streams.audio:
+        raise MediaError(src, "no audio stream")
+      astream = container.streams.audio[0]
+    if container.duration is not None and container.duration == 0:
+      raise MediaError(src, "zero duration (the container says 0 s)")
+
+    resizer = _Resizer(options.frame_size, options.center_crop, options.interpolation)
+    sampler = _FpsSampler(options.fps, lambda f: resizer(f, vstream))
+    resampler = av.AudioResampler(format="fltp")
+    audio_chunks: list[np.ndarray] = []
+    native_rate = None
+    video_times: list[float] = []
+    streams = [s for s in (vstream, astream) if s is not None]
+    try:
+      for packet in container.demux(*streams):
+        for frame in packet.decode():
+          if packet.stream is vstream:
+            t = _stream_time(frame, vstream)
+            if t is not None:
+              video_times.append(t)
+            sampler.add(frame, t)
+          else:
+            native_rate = frame.sample_rate
+            audio_chunks.append(_to_float_mono(frame, resampler))
+    except av.FFmpegError as e:
+      raise MediaError(src, f"cannot decode: {e}") from None
+  finally:
+    container.close()
+
+  video = video_duration = None
+  if with_video:
+    if sampler.count == 0:
+      raise MediaError(src, "no video frames")
+    video_duration = sampler.finish(_frame_period(vstream, video_times))
+    if sampler.count > 1 and video_times and max(video_times) - min(video_times) <= 0:
+      raise MediaError(src, f"zero duration (all {sampler.count} frames have the same timestamp)")
+    video = np.stack(sampler.frames)  # [N, H, W, 3]
+
+  if audio_path is not None:
+    audio, native_rate = read_wav(audio_path)
+  else:
+    if not audio_chunks or native_rate is None:
+      raise MediaError(src, "no audio (the audio stream has no decodable frames)")
+    audio = np.concatenate(audio_chunks)
+  if audio.size == 0:
+    raise MediaError(audio_path or src, "no audio samples")
+  if not np.any(audio):
+    raise MediaError(audio_path or src, f"no audio (all {audio.size} samples are 0)")
+  audio_duration = audio.size / native_rate
+  audio = resample(audio, native_rate, options.audio_rate)
+
+  duration = video_duration if with_video else audio_duration
+  if duration <= 0:
+    raise MediaError(src, "zero duration")
+  if (with_video and options.max_av_mismatch is not None
+      and abs(video_duration - audio_duration) > options.max_av_mismatch):
+    raise MediaError(src, f"video lasts {video_duration:.2f} s but audio {audio_duration:.2f} s "
+                          f"(differ by more than {options.max_av_mismatch:g} s)")
+  return Clip(video=video, audio=audio, duration=float(duration),
+              video_duration=video_duration, audio_duration=float(audio_duration))
+
+
+# ----------------------------------------------------------------------------- audio
+
+
+def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+  """Reads a WAV (any extra RIFF chunks skipped) as mono float32 [M] and its rate."""
+  try:
+    data, rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)  # [M, C]
+  except FileNotFoundError:
+    raise MediaError(path, "file not found") from None
+  except (soundfile.LibsndfileError, RuntimeError, OSError) as e:
+    if not os.path.exists(path):
+      raise MediaError(path, "file not found") from None
+    raise MediaError(path, f"cannot read audio: {e}") from None
+  if data.shape[0] == 0:
+    raise MediaError(path, "no audio samples (empty WAV)")
+  return data.mean(axis=1, dtype=np.float32), int(rate)
+
+
+def resample(audio: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
+  """Resamples mono float32 audio [M] with soxr (high quality)."""
+  if rate == new_rate:
+    return audio.astype(np.float32, copy=False)
+  return soxr.resample(audio, rate, new_rate, quality="HQ").astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def cut_windows(clip: Clip, spec: windows_lib.WindowSpec, options: DecodeOptions) -> dict[str, np.ndarray]:
+  """Cuts a decoded clip into T windows of spec.length seconds.
+
+  Window k starts at spec.starts(duration)[k]; video frame j of it is frame
+  round(start * fps) + j (the last frame when past the end), audio sample i is
+  sample round(start * rate) + i (zero past the end).
+  """
+  starts = spec.starts(clip.duration)   # [T]
+  out: dict[str, np.ndarray] = {}
+  if clip.video is not None:
+    f = options.frames_per_window(spec.length)
+    first = np.round(starts * options.fps).astype(np.int64)               # [T]
+    idx = np.minimum(first[:, None] + np.arange(f)[None], len(clip.video) - 1)  # [T, F]
+    out["video"] = clip.video[idx]                                        # [T, F, H, W, 3]
+  s = options.samples_per_window(spec.length)
+  first = np.round(starts * options.audio_rate).astype(np.int64)
+  idx = first[:, None] + np.arange(s)[None]                               # [T, S]
+  inside = idx < len(clip.audio)
+  out["audio"] = np.where(inside, clip.audio[np.minimum(idx, len(clip.audio) - 1)], 0.0).astype(np.float32)
+  out["window_valid"] = spec.valid_fraction(clip.duration)
+  out["duration"] = np.float32(clip.duration)
+  return out
+
+
+def make_record(src: Source, spec: windows_lib.WindowSpec, *,
+                audio_path: str | os.PathLike | None = None,
+                options: DecodeOptions = DecodeOptions(),
+                fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """One record of avjax/data/features.py: the windowed media plus `fields`
+  (label, actor, fold, gender, intensity, statement, clip_id)."""
+  clip = decode(src, audio_path=audio_path, options=options)
+  record = dict(fields or {})
+  record.update(cut_windows(clip, spec, options))
+  return record
+
+
+# ----------------------------------------------------------------------------- parallel jobs
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipJob:
+  """Everything a worker process needs to make one record."""
+  key: str
+  src: Source
+  spec: windows_lib.WindowSpec
+  options: DecodeOptions
+  fields: Mapping[str, Any]
+  audio_path: str | None = None
+
+  @property
+  def file(self) -> str:
+    """The file name reported when the clip is skipped."""
+    name = self.src.name if isinstance(self.src, ZipMember) else os.fspath(self.src)
+    return os.path.basename(name)
+
+
+def run_job(job: ClipJob) -> tuple[str, dict[str, Any] | None, str | None]:
+  """(key, record, None), or (key, None, reason) when the clip is unusable."""
+  try:
+    return job.key, make_record(job.src, job.spec, audio_path=job.audio_path,
+                                options=job.options, fields=job.fields), None
+  except MediaError as e:
+    path = os.path.basename(e.path.split("::")[-1])
+    reason = e.reason if path == job.file else f"{path}: {e.reason}"
+    return job.key, None, reason

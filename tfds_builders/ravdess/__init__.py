@@ -1,0 +1,1 @@
+"""`ravdess`: RAVDESS audio-visual speech clips, windowed (see README.md)."""
