@@ -171,6 +171,23 @@ class LossTest(absltest.TestCase):
     for k in eager:
       self.assertAlmostEqual(float(eager[k]), float(jitted[k]), places=5, msg=k)
 
+  def test_sharded_batch_is_mined_globally(self):
+    # Data parallelism: the batch sharded over 4 (host CPU) devices gives the loss
+    # and gradients of the unsharded batch (mining sees the whole global batch).
+    if jax.device_count() < 4:
+      self.skipTest("needs 4 devices (conftest.py sets XLA_FLAGS)")
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:4]), ("data",))
+    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    out, labels = random_outputs(5, n=8), jnp.array([0, 1, 2, 3, 0, 1, 2, 3])
+    fn = jax.jit(jax.value_and_grad(
+        lambda o, l: losses.compute_loss(o, l, loss_config(), "gating", "av")[0]))
+    loss, grads = fn(out, labels)
+    loss_s, grads_s = fn({k: jax.device_put(v, data) for k, v in out.items()},
+                         jax.device_put(labels, data))
+    self.assertAlmostEqual(float(loss_s), float(loss), places=4)
+    for k in grads:
+      np.testing.assert_allclose(grads_s[k], grads[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
   def test_errors(self):
     out = hand_outputs()
     with self.assertRaisesRegex(ValueError, "variant"):
