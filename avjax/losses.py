@@ -12,10 +12,11 @@ embedding size, G gate (LSTM) embedding size, M number of modalities in use.
 d the squared Euclidean distance, (p, n) mined by MWTSM (`avjax.mining.mwtsm`)
 separately for each modality m on that modality's gate embeddings. We average
 over gates with 1/T; the paper writes 1/(2T) in front of the whole sum, a
-constant factor 1/2 on the loss: Adam's update is invariant to it up to its
-epsilon, but the L2 weight decay added to the gradient (torch.optim.Adam
-semantics) then weighs twice as much relative to the loss as with ours. w_mse = loss.mse_weight, w_tr = loss.triplet_weight, margin =
-loss.margin, MWTSM on/off = loss.exclude_used.
+constant factor 1/2 on the loss. Adam's update is invariant to it up to its
+epsilon, but with the L2 weight decay added to the gradient (torch.optim.Adam
+semantics) the decay weighs twice as much, relative to the loss, under the
+paper's factor as under ours. w_mse = loss.mse_weight, w_tr =
+loss.triplet_weight, margin = loss.margin, MWTSM on/off = loss.exclude_used.
 
 Variants (config.model.variant):
 * 'lstm': each modality's LSTM trained on its own: the triplet term at the LAST
@@ -33,6 +34,8 @@ divisor M N; they are counted in the metrics.
 
 Padding: `mask` [N] bool (optional) drops clips entirely: they are neither
 anchors, positives nor negatives, and N becomes the number of real clips.
+Windows are not masked: a padded window (`window_valid` < 1 in the batch) is
+mined and weighted like the others.
 
 Metrics (float32 scalars): 'loss'; 'mse' (the mean above, computed for
 'gating' even when w_mse = 0, 0 otherwise); 'triplet' (the unweighted triplet
