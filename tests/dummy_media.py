@@ -28,8 +28,8 @@ RAVDESS_FPS = fractions.Fraction(30000, 1001)
 
 
 def level(i: int) -> int:
-  """Grey level of frame i: 4 apart for neighbours, wrapping within [16, 236]."""
-  return 16 + (4 * i) % 220
+  """Grey level of frame i: 6 apart for neighbours, wrapping within [16, 238)."""
+  return 16 + (6 * i) % 222
 
 
 def grey_frame(i: int, height: int, width: int) -> np.ndarray:
@@ -44,7 +44,7 @@ def sine(seconds: float, rate: int, hz: float = 440.0, amplitude: float = 0.5) -
 def write_av(path: str | os.PathLike, *, container_format: str, video_codec: str, audio_codec: str,
              seconds: float = 2.5, fps: fractions.Fraction = RAVDESS_FPS, size: tuple[int, int] = (64, 48),
              num_frames: int | None = None, audio_rate: int = 48000, channels: int = 1,
-             with_audio: bool = True, tone_hz: float = 440.0,
+             with_audio: bool = True, tone_hz: float | tuple[float, ...] = 440.0,
              frame_fn: Callable[[int, int, int], np.ndarray] = grey_frame,
              video_options: dict[str, str] | None = None) -> pathlib.Path:
   """Writes a clip; `num_frames=0` writes a video stream without frames."""
@@ -69,10 +69,11 @@ def write_av(path: str | os.PathLike, *, container_format: str, video_codec: str
     for p in vs.encode():
       c.mux(p)
     if a is not None:
-      x = sine(seconds, audio_rate, tone_hz)
+      tones = tone_hz if isinstance(tone_hz, tuple) else (tone_hz,) * channels
+      x = np.stack([sine(seconds, audio_rate, hz) for hz in tones])   # [C, M], a tone per channel
       layout = a.layout.name
-      for s in range(0, len(x), 1024):
-        chunk = np.ascontiguousarray(np.tile(x[None, s:s + 1024], (channels, 1)))
+      for s in range(0, x.shape[1], 1024):
+        chunk = np.ascontiguousarray(x[:, s:s + 1024])
         frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
         frame.sample_rate, frame.pts = audio_rate, s
         for p in a.encode(frame):

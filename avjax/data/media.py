@@ -3,11 +3,12 @@
 Legend: N frames of a whole clip, T windows, F frames per window, H = W frame
 size, S audio samples per window, M audio samples of a whole clip.
 
-Video is decoded with PyAV, resampled to a fixed frame rate (output frame n
-shows the source frame on screen at n / fps) and resized by the decoder's
+Video is decoded with PyAV, resampled to a fixed frame rate and resized by the decoder's
 scaler (`VideoFrame.reformat`, or a `crop,scale` filter graph when a centre
 square is cropped first): no Python pixel loops, and only the source frames
-that are shown get converted. Audio comes from the container or a separate
+that are shown get converted. Output frame n shows the last source frame
+starting at or before n / fps + 1 ms (the tolerance absorbs FLV's
+millisecond timestamps). Audio comes from the container or a separate
 WAV, is downmixed to mono (channel mean), and resampled with soxr to 22050 Hz
 (SoundNet's rate), float32 in [-1, 1].
 
