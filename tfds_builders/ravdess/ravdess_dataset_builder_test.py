@@ -1,0 +1,232 @@
+"""ravdess builder: built from generated MP4s named like RAVDESS (zipped and extracted)."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import textwrap
+from unittest import mock
+
+import numpy as np
+import tensorflow_datasets as tfds
+from absl.testing import absltest
+
+from avjax.data import builder_lib
+from avjax.data import folds as folds_lib
+from avjax.data import media
+from avjax.data import windows
+from tests import dummy_media
+from tfds_builders.ravdess import ravdess_dataset_builder as lib
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SIZE = (32, 24)   # tiny frames: decoding cost is not what is tested
+
+
+def _clip(emotion, actor, **kw):
+  return dummy_media.ravdess_name(emotion=emotion, actor=actor, **kw)
+
+
+# (file name, seconds): the ten male actors 1-19 cover the ten folds; actor 2 is female.
+GOOD = [(_clip(e, a, intensity=1 + a % 2, statement=1 + (a // 2) % 2), 2.0)
+        for a, e in zip(range(1, 21, 2), (1, 2, 3, 4, 5, 6, 7, 8, 1, 2))]
+GOOD += [(_clip(8, 2, intensity=2, statement=2, repetition=2), 1.2)]   # short: windows past its end
+ZIPPED_ACTORS = (1, 2, 3)   # as Video_Speech_Actor_XX.zip, the others extracted
+
+
+def _make_manual_dir(root: pathlib.Path) -> pathlib.Path:
+  manual = root / "manual"
+  staging = root / "staging"
+  for name, seconds in GOOD:
+    actor = int(name[-6:-4])
+    dummy_media.write_mp4(staging / f"Actor_{actor:02d}" / name, seconds=seconds, size=SIZE)
+  # video-only twin (modality 02): ignored
+  dummy_media.write_mp4(staging / "Actor_01" / _clip(1, 1, modality=2), seconds=1.0, size=SIZE,
+                        with_audio=False)
+  # defective files
+  dummy_media.write_mp4(staging / "Actor_02" / _clip(3, 2), seconds=1.0, size=SIZE, with_audio=False)
+  (staging / "Actor_05" / _clip(4, 5, repetition=2)).write_bytes(b"not an mp4" * 100)
+  dummy_media.write_mp4(staging / "Actor_03" / "01-01-09-01-01-01-03.mp4", seconds=1.0, size=SIZE)
+  manual.mkdir(parents=True)
+  for folder in sorted(staging.iterdir()):
+    actor = int(folder.name[-2:])
+    if actor in ZIPPED_ACTORS:
+      dummy_media.zip_dir(folder, manual / f"Video_Speech_Actor_{actor:02d}.zip", folder.name)
+    else:
+      folder.rename(manual / folder.name)
+  return manual
+
+
+EXPECTED_SKIPPED = [
+    {"file": "01-01-03-01-01-01-02.mp4", "reason": "no audio stream"},
+    {"file": "01-01-04-01-01-02-05.mp4", "reason": "cannot open"},
+    {"file": "01-01-09-01-01-01-03.mp4", "reason": "unexpected file name: emotion 09 is outside 01-08"},
+]
+
+
+class RavdessBuilderTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = pathlib.Path(tempfile.mkdtemp())
+    cls.manual = _make_manual_dir(cls.root)
+    cls.data_dir = cls.root / "data"
+    cls.builder = lib.Builder(config="w4_l1_ov", data_dir=cls.data_dir, num_workers=2)
+    cls.builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=cls.manual))
+    cls.records = {}
+    for k in range(10):
+      src = cls.builder.as_data_source(f"fold{k}")
+      for i in range(len(src)):
+        r = src[i]
+        cls.records[r["clip_id"].decode()] = r
+
+  def test_configs(self):
+    names = [c.name for c in lib.Builder.BUILDER_CONFIGS]
+    self.assertEqual(names[:4], ["w8_l1_ov", "w8_l1_ov_fit", "w2_l1_ov", "w2_l1_ov_fit"])
+    self.assertLen(names, 15)   # 7 Table I rows, their fit twins, the global window
+    self.assertEqual(names[-1], "w1_l1_no_fit")
+    self.assertEqual(lib.Builder.DEFAULT_CONFIG_NAME, "w8_l1_ov")
+    self.assertIn("Livingstone", self.builder.info.citation)
+    self.assertIn("CC BY-NC-SA 4.0", self.builder.info.description)
+
+  def test_clips_labels_actors_folds(self):
+    self.assertEqual(sorted(self.records), sorted(n[:-4] for n, _ in GOOD))
+    folds = folds_lib.assign_folds(lib.genders())
+    gender_names = self.builder.info.features["gender"].names
+    for clip_id, r in self.records.items():
+      m, ch, e, inten, st, rep, a = map(int, clip_id.split("-"))
+      self.assertEqual((r["label"], r["intensity"], r["statement"], r["actor"]), (e - 1, inten, st, a))
+      self.assertEqual(gender_names[r["gender"]], "male" if a % 2 else "female")
+      self.assertEqual(r["fold"], folds[a])
+    counts = [self.builder.info.splits[f"fold{k}"].num_examples for k in range(10)]
+    expected = [sum(folds[int(n[-6:-4])] == k for n, _ in GOOD) for k in range(10)]
+    self.assertEqual(counts, expected)
+    self.assertEqual(self.builder.info.features["label"].names[7], "surprised")
+
+  def test_shapes_and_record_matches_direct_decoding(self):
+    name = _clip(5, 9, intensity=2, statement=1)
+    r = self.records[name[:-4]]
+    self.assertEqual(r["video"].shape, (4, 25, 112, 112, 3))
+    self.assertEqual(r["video"].dtype, np.uint8)
+    self.assertEqual(r["audio"].shape, (4, 22050))
+    self.assertEqual(r["audio"].dtype, np.float32)
+    direct = media.make_record(self.manual / "Actor_09" / name, windows.parse_name("w4_l1_ov"))
+    np.testing.assert_array_equal(r["video"], direct["video"])
+    np.testing.assert_array_equal(r["audio"], direct["audio"])
+    np.testing.assert_allclose(r["window_valid"], direct["window_valid"])
+
+  def test_zipped_clip_and_padding_past_the_end(self):
+    r = self.records[_clip(8, 2, intensity=2, statement=2, repetition=2)[:-4]]   # 1.2 s, from a zip
+    duration = 36 * 1001 / 30000
+    self.assertAlmostEqual(float(r["duration"]), duration, places=4)
+    # windows start at 0, 0.5, 1.0, 1.5 s
+    np.testing.assert_allclose(r["window_valid"], [1, (duration - 0.5), duration - 1.0, 0], atol=1e-4)
+    last = r["video"][2, 5]   # frame index 25 + 5 = 30 = ceil(1.2012 * 25) - 1: the clip's last
+    for k, j in [(2, 6), (2, 24), (3, 0), (3, 24)]:
+      np.testing.assert_array_equal(r["video"][k, j], last)
+    self.assertFalse(np.array_equal(r["video"][2, 4], last))
+    self.assertTrue(np.all(r["audio"][3] == 0))   # audio past the end is zero
+    self.assertGreater(np.abs(r["audio"][2, :2000]).max(), 0.1)
+    self.assertTrue(np.all(r["audio"][2, 6000:] == 0))
+
+  def test_skipped_files_with_reasons(self):
+    skipped = self.builder.info.metadata["skipped"]
+    self.assertLen(skipped, len(EXPECTED_SKIPPED))
+    for got, want in zip(skipped, EXPECTED_SKIPPED):
+      self.assertEqual(got["file"], want["file"])
+      self.assertIn(want["reason"], got["reason"])
+    self.assertNotIn("02-01-01-01-01-01-01", self.records)   # video-only twin ignored
+    self.assertIn("01-01-03-01-01-01-02.mp4: no audio stream", self.builder.summary())
+
+  def test_metadata_survives_reload(self):
+    reloaded = lib.Builder(config="w4_l1_ov", data_dir=self.data_dir)
+    self.assertTrue(reloaded.is_prepared())
+    meta = reloaded.info.metadata
+    self.assertEqual((meta["fps"], meta["frame_size"], meta["audio_rate"], meta["window"]),
+                     (25.0, 112, 22050, "w4_l1_ov"))
+    self.assertEqual(meta["skipped"], self.builder.info.metadata["skipped"])
+    self.assertIn(24, meta["missing_actors"])
+    source = tfds.data_source("ravdess/w4_l1_ov", data_dir=self.data_dir, split="fold0")
+    self.assertEqual(len(source), self.builder.info.splits["fold0"].num_examples)
+
+  def test_readme_fold_table(self):
+    readme = (REPO / "tfds_builders/ravdess/README.md").read_text()
+    self.assertIn(folds_lib.fold_table(lib.genders()), readme)
+
+  def test_bad_manual_dir_fails_at_once(self):
+    root = pathlib.Path(tempfile.mkdtemp())
+    audio_only = root / "audio_only" / "Actor_01"
+    audio_only.mkdir(parents=True)
+    (audio_only / "03-01-01-01-01-01-01.wav").write_bytes(b"RIFF")
+    few = root / "few" / "Actor_01"
+    dummy_media.write_mp4(few / _clip(1, 1), seconds=0.5, size=SIZE)
+    (root / "empty").mkdir()
+    bad_zip = root / "bad_zip"
+    bad_zip.mkdir()
+    (bad_zip / "Video_Speech_Actor_01.zip").write_bytes(b"PK not really")
+    cases = [(root / "missing", "does not exist"), (root / "empty", "No ravdess clips"),
+             (root / "audio_only", "no audio-visual speech MP4s"),
+             (root / "few", "has no clips for fold1: actors [3, 20, 23]"),
+             (bad_zip, "not a readable zip archive")]
+    for manual, message in cases:
+      data_dir = root / ("data_" + manual.name)
+      builder = lib.Builder(config="w2_l1_ov", data_dir=data_dir, num_workers=1)
+      with self.assertRaises(builder_lib.ManualDirError) as cm:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
+      self.assertIn(message, str(cm.exception))
+      self.assertIn("zenodo.org/record/1188976", str(cm.exception))
+      self.assertFalse(data_dir.exists(), "nothing is written before the manual_dir is checked")
+
+  def test_interrupted_build_is_not_prepared(self):
+    data_dir = self.root / "interrupted"
+    real = media.run_job
+    calls = []
+
+    def flaky(job):
+      calls.append(job.key)
+      if len(calls) == 4:
+        raise KeyboardInterrupt
+      return real(job)
+
+    builder = lib.Builder(config="w2_l1_ov", data_dir=data_dir, num_workers=1)
+    with mock.patch.object(builder_lib.media, "run_job", flaky):
+      with self.assertRaises(KeyboardInterrupt):
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=self.manual))
+    self.assertFalse(lib.Builder(config="w2_l1_ov", data_dir=data_dir).is_prepared())
+    self.assertEqual([p.name for p in (data_dir / "ravdess" / "w2_l1_ov").iterdir()], [])
+
+  def test_killed_build_leaves_only_an_incomplete_dir(self):
+    data_dir = self.root / "killed"
+    script = textwrap.dedent(f"""
+        import os, tensorflow_datasets as tfds
+        from avjax.data import builder_lib, media
+        from tfds_builders.ravdess import ravdess_dataset_builder as lib
+        real, n = media.run_job, []
+        def dying(job):
+          n.append(1)
+          if len(n) == 5:
+            os._exit(3)   # like SIGKILL: no cleanup runs
+          return real(job)
+        builder_lib.media.run_job = dying
+        lib.Builder(config="w2_l1_ov", data_dir={str(data_dir)!r}, num_workers=1).download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir={str(self.manual)!r}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    self.assertEqual(proc.returncode, 3, proc.stderr[-2000:])
+    left = [p.name for p in (data_dir / "ravdess" / "w2_l1_ov").iterdir()]
+    self.assertLen(left, 1)
+    self.assertTrue(left[0].startswith("incomplete."), left)
+    builder = lib.Builder(config="w2_l1_ov", data_dir=data_dir, num_workers=1)
+    self.assertFalse(builder.is_prepared())
+    with self.assertRaises(Exception):
+      builder.as_data_source("fold0")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=self.manual))
+    self.assertTrue(builder.is_prepared())
+    self.assertEqual(sum(builder.info.splits[f"fold{k}"].num_examples for k in range(10)), len(GOOD))
+
+
+if __name__ == "__main__":
+  absltest.main()
