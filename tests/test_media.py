@@ -275,6 +275,19 @@ class GeneratedFilesTest(parameterized.TestCase):
     e = pickle.loads(pickle.dumps(media.MediaError("a.flv", "no video frames")))
     self.assertEqual((e.path, e.reason), ("a.flv", "no video frames"))
 
+  def test_worker_compression_equals_tfds_encoding(self):
+    spec = windows.parse_name("w2_l1_ov")
+    job = media.ClipJob(key="k", src=self.mp4, spec=spec, options=media.DecodeOptions(), fields={},
+                        compress_video=True)
+    _, record, reason = media.run_job(job)
+    self.assertIsNone(reason)
+    self.assertIsInstance(record["video"], media.ZlibVideo)
+    video = media.make_record(self.mp4, spec)["video"]
+    feature = features.features_dict(num_windows=2, frames_per_window=25, frame_size=112,
+                                      samples_per_window=22050, class_names=("a", "b"))["video"]
+    self.assertEqual(bytes(record["video"]), feature.encode_example(video))
+    np.testing.assert_array_equal(feature.decode_example_np(bytes(record["video"])), video)
+
   def test_run_job_reports_instead_of_raising(self):
     job = media.ClipJob(key="k", src=str(self.dir / "nothing.mp4"), spec=windows.parse_name("w2_l1_ov"),
                         options=media.DecodeOptions(), fields={})
