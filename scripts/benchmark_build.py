@@ -7,10 +7,12 @@ about 3.5 s named like RAVDESS speech clips (one actor after another, so every
 fold gets clips), once, into `--clips_dir` (reused when present). Then, for each
 worker count, it times
 
-* decode: `media.make_record` on every clip in a process pool, results dropped
-  (decoding, frame-rate conversion, resizing, audio resampling and windowing);
+* decode: the builder's worker task on every clip in a process pool, results
+  dropped (decoding, frame-rate conversion, resizing, audio resampling,
+  windowing and the video's zlib encoding);
 * build: the whole `ravdess` builder into a fresh data_dir (decode as above,
-  plus TFDS's zlib encoding and array_record writing in the main process),
+  plus TFDS's serialisation, shuffling and array_record writing in the main
+  process),
 
 and prints clips/s and clips/s per worker. The numbers depend on the machine:
 report its core count with them.
@@ -116,8 +118,8 @@ def make_clips(folder: pathlib.Path, num_clips: int, seconds: float) -> list[pat
 
 def time_decode(paths, spec, workers: int) -> float:
   from avjax.data import media
-  jobs = [media.ClipJob(key=p.stem, src=str(p), spec=spec, options=media.DecodeOptions(), fields={})
-          for p in paths]
+  jobs = [media.ClipJob(key=p.stem, src=str(p), spec=spec, options=media.DecodeOptions(), fields={},
+                        compress_video=True) for p in paths]
   start = time.perf_counter()
   if workers == 1:
     for job in jobs:

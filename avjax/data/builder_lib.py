@@ -25,6 +25,7 @@ which lists the clips and the files it had to reject. Everything else is here:
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import multiprocessing
@@ -123,7 +124,8 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._skipped: list[dict[str, str]] = []
     self._missing_actors: list[int] = []
     self._progress = None
-    self._pool: concurrent.futures.Executor | None = None
+    self._jobs: dict[int, list[media.ClipJob]] = {}
+    self._scheduler: _Scheduler | None = None
     super().__init__(**kwargs)
 
   # -- to be provided by the dataset -------------------------------------------------------
@@ -223,9 +225,9 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       if self._progress is not None:
         self._progress.close()
         self._progress = None
-      if self._pool is not None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._pool = None
+      if self._scheduler is not None:
+        self._scheduler.close()
+        self._scheduler = None
     meta = self.info.metadata
     meta["skipped"] = sorted(self._skipped, key=lambda s: (s["file"], s["reason"]))
     meta["missing_actors"] = list(self._missing_actors)
@@ -256,6 +258,7 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       jobs[folds[c.actor]].append(media.ClipJob(
           key=c.clip_id, src=c.src, spec=self.spec, options=self._options, fields=fields,
           audio_path=c.audio_path, compress_video=True))
+    self._jobs = jobs
     self._accept_precompressed_video()
     self._progress = tqdm.tqdm(total=len(self._clips), unit="clip", dynamic_ncols=True,
                                desc=f"Decoding {self.name}/{self.builder_config.name}")
@@ -279,37 +282,19 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     feature.encode_example = encode_example
 
-  def _executor(self) -> concurrent.futures.Executor:
-    if self._pool is None:
-      # spawn: safe when the caller has threads (JAX, grain); workers import only media.py.
-      self._pool = concurrent.futures.ProcessPoolExecutor(
-          max_workers=self._num_workers, mp_context=multiprocessing.get_context("spawn"))
-    return self._pool
-
-  def _results(self, jobs: Sequence[media.ClipJob]) -> Iterator[tuple[str, Any, str | None]]:
+  def _results(self, fold: int, jobs: Sequence[media.ClipJob]) -> Iterator[tuple[str, Any, str | None]]:
     if self._num_workers == 1:
       for job in jobs:
         yield media.run_job(job)
       return
-    pool = self._executor()
-    window = 2 * self._num_workers  # bounds the decoded clips held in memory
-    pending: list[concurrent.futures.Future] = []
-    it = iter(jobs)
-    try:
-      for job in it:
-        pending.append(pool.submit(media.run_job, job))
-        if len(pending) >= window:
-          yield pending.pop(0).result()
-      while pending:
-        yield pending.pop(0).result()
-    finally:
-      for fut in pending:
-        fut.cancel()
+    if self._scheduler is None:
+      self._scheduler = _Scheduler(self._jobs, self._num_workers)
+    yield from self._scheduler.results(fold)
 
   def _generate_examples(self, fold: int, jobs: Sequence[media.ClipJob]):
     files = {job.key: job.file for job in jobs}
     written = 0
-    for key, record, reason in self._results(jobs):
+    for key, record, reason in self._results(fold, jobs):
       if self._progress is not None:
         self._progress.update(1)
       if record is None:
@@ -323,3 +308,63 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           f"fold{fold}: none of its {len(jobs)} clips could be used (" + "; ".join(
               f"{s['file']}: {s['reason']}" for s in self._skipped if s["file"] in files.values())
           + ")")
+
+
+class _Scheduler:
+  """Decodes every fold's clips in one process pool, in fold order.
+
+  Jobs are submitted in the order the splits are generated (fold0's, then
+  fold1's, ...), at most `2 * num_workers` ahead of the writer, so the pool
+  stays busy across fold boundaries while memory stays bounded. A result that
+  arrives for a later fold waits in a buffer; an abandoned fold (TFDS's
+  max_examples_per_split) drops its results and unsubmitted jobs.
+  """
+
+  def __init__(self, jobs: Mapping[int, Sequence[media.ClipJob]], num_workers: int):
+    self._order = [(f, job) for f in sorted(jobs) for job in jobs[f]]
+    self._count = {f: len(jobs[f]) for f in jobs}
+    self._window = 2 * num_workers
+    self._next = 0
+    self._inflight: collections.deque = collections.deque()   # (fold, future)
+    self._buffer: dict[int, collections.deque] = collections.defaultdict(collections.deque)
+    self._abandoned: set[int] = set()
+    # spawn: safe when the caller has threads (JAX, grain); workers import only media.py.
+    self._pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=num_workers, mp_context=multiprocessing.get_context("spawn"))
+
+  def _fill(self) -> None:
+    while len(self._inflight) < self._window and self._next < len(self._order):
+      fold, job = self._order[self._next]
+      self._next += 1
+      if fold not in self._abandoned:
+        self._inflight.append((fold, self._pool.submit(media.run_job, job)))
+
+  def results(self, fold: int) -> Iterator[tuple[str, Any, str | None]]:
+    remaining = self._count.get(fold, 0)
+    try:
+      while remaining:
+        if self._buffer[fold]:
+          result = self._buffer[fold].popleft()
+        else:
+          self._fill()
+          if not self._inflight:
+            raise RuntimeError(f"fold{fold}: {remaining} clips were never scheduled")
+          other, future = self._inflight.popleft()
+          result = future.result()
+          self._fill()
+          if other != fold:
+            if other not in self._abandoned:
+              self._buffer[other].append(result)
+            continue
+        remaining -= 1
+        yield result
+    finally:
+      if remaining:
+        self._abandoned.add(fold)
+        self._buffer.pop(fold, None)
+
+  def close(self) -> None:
+    for _, future in self._inflight:
+      future.cancel()
+    self._inflight.clear()
+    self._pool.shutdown(wait=True, cancel_futures=True)

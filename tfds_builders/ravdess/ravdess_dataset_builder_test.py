@@ -179,6 +179,33 @@ class RavdessBuilderTest(absltest.TestCase):
       self.assertIn("zenodo.org/record/1188976", str(cm.exception))
       self.assertFalse(data_dir.exists(), "nothing is written before the manual_dir is checked")
 
+  def test_max_examples_per_split_with_a_pool(self):
+    # TFDS stops reading a split early: the pool's other results are dropped, later folds still come
+    data_dir = self.root / "capped"
+    builder = lib.Builder(config="w2_l1_ov", data_dir=data_dir, num_workers=2)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=self.manual, max_examples_per_split=1))
+    counts = [builder.info.splits[f"fold{k}"].num_examples for k in range(10)]
+    self.assertEqual(counts, [1] * 10)
+    folds = folds_lib.assign_folds(lib.genders())
+    for k in range(10):
+      r = builder.as_data_source(f"fold{k}")[0]
+      self.assertEqual(folds[int(r["actor"])], k)
+
+  def test_build_script(self):
+    data_dir = self.root / "script"
+    cmd = [sys.executable, str(REPO / "scripts/build_datasets.py"), "ravdess/w2_l1_no",
+           f"--manual_dir={self.manual}", f"--data_dir={data_dir}", "--num_workers=1"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+    self.assertIn(f"ravdess/w2_l1_no: {len(GOOD)} clips", proc.stdout)
+    self.assertIn("3 file(s) skipped", proc.stdout)
+    self.assertTrue(lib.Builder(config="w2_l1_no", data_dir=data_dir).is_prepared())
+    proc = subprocess.run(cmd[:3] + [f"--manual_dir={self.root / 'nowhere'}", f"--data_dir={self.root / 'x'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    self.assertEqual(proc.returncode, 1)
+    self.assertIn("does not exist", proc.stderr)
+
   def test_interrupted_build_is_not_prepared(self):
     data_dir = self.root / "interrupted"
     real = media.run_job
