@@ -176,10 +176,11 @@ class _Resizer:
 
 class _FpsSampler:
   """Fixed-rate resampling by timestamps: output n shows the last source frame
-  whose time (relative to the first frame) is <= n / fps."""
+  whose time (relative to the first frame) is <= n / fps + _TIME_EPS. Source
+  frames that no output shows are never converted."""
 
-  def __init__(self, fps: float, convert):
-    self.fps, self.convert = fps, convert
+  def __init__(self, fps: float, convert, nominal_period: float):
+    self.fps, self.convert, self.nominal_period = fps, convert, nominal_period
     self.frames: list[np.ndarray] = []   # output frames, [H, W, 3] each
     self.first: float | None = None
     self.last_time: float | None = None
@@ -205,8 +206,8 @@ class _FpsSampler:
       self.frames.append(image)
 
   def add(self, frame, time: float | None):
-    if time is None:  # no timestamp: assume a constant rate after the previous frame
-      time = (self.last_time if self.last_time is not None else 0.0) + 1e-9
+    if time is None:  # no timestamp: one nominal frame period after the previous frame
+      time = self.last_time + self.nominal_period if self.last_time is not None else 0.0
     if self.first is None:
       self.first = time
     rel = time - self.first
@@ -269,7 +270,9 @@ def decode(src: Source, *, audio_path: str | os.PathLike | None = None,
       raise MediaError(src, "zero duration (the container says 0 s)")
 
     resizer = _Resizer(options.frame_size, options.center_crop, options.interpolation)
-    sampler = _FpsSampler(options.fps, lambda f: resizer(f, vstream))
+    rate = (vstream.average_rate or vstream.guessed_rate) if vstream is not None else None
+    sampler = _FpsSampler(options.fps, lambda f: resizer(f, vstream),
+                          nominal_period=float(1 / rate) if rate else 1 / options.fps)
     resampler = av.AudioResampler(format="fltp")
     audio_chunks: list[np.ndarray] = []
     native_rate = None

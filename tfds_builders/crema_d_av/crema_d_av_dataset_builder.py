@@ -100,8 +100,9 @@ class Builder(builder_lib.AVBuilder):
       raise builder_lib.ManualDirError(
           f"manual_dir {manual_dir} has no {' and no '.join(missing)} (it holds: "
           f"{builder_lib.listing(manual_dir)}).\n{MANUAL_DOWNLOAD_INSTRUCTIONS}")
-    videos = {p.stem: p for p in sorted(video_dir.glob("*.flv"))}
-    audios = {p.stem: p for p in sorted(audio_dir.glob("*.wav"))}
+    # ('._*' files are macOS metadata, not media)
+    videos = {p.stem: p for p in sorted(video_dir.glob("*.flv")) if not p.name.startswith("._")}
+    audios = {p.stem: p for p in sorted(audio_dir.glob("*.wav")) if not p.name.startswith("._")}
     if not videos or not audios:
       empty = video_dir if not videos else audio_dir
       raise builder_lib.ManualDirError(

@@ -59,14 +59,21 @@ def parse_name(stem: str) -> dict[str, int]:
   return fields
 
 
+def _is_metadata(name: str) -> bool:
+  """macOS AppleDouble files ('__MACOSX/', '._x.mp4'): not media."""
+  parts = pathlib.PurePosixPath(name.replace("\\", "/")).parts
+  return "__MACOSX" in parts or parts[-1].startswith("._")
+
+
 def _candidates(manual_dir: pathlib.Path):
   """(stem, source) of every MP4 in manual_dir, extracted files first, then zip members."""
   for path in sorted(manual_dir.rglob("*.mp4")):
-    yield path.stem, str(path)
+    if not _is_metadata(path.relative_to(manual_dir).as_posix()):
+      yield path.stem, str(path)
   for archive in sorted(manual_dir.rglob("*.zip")):
     try:
       with zipfile.ZipFile(archive) as z:
-        names = [n for n in z.namelist() if n.lower().endswith(".mp4")]
+        names = [n for n in z.namelist() if n.lower().endswith(".mp4") and not _is_metadata(n)]
     except (zipfile.BadZipFile, OSError) as e:
       raise builder_lib.ManualDirError(
           f"{archive} is not a readable zip archive ({e}): download it again.\n"

@@ -47,6 +47,7 @@ def _make_manual_dir(root: pathlib.Path) -> pathlib.Path:
   dummy_media.write_mp4(staging / "Actor_02" / _clip(3, 2), seconds=1.0, size=SIZE, with_audio=False)
   (staging / "Actor_05" / _clip(4, 5, repetition=2)).write_bytes(b"not an mp4" * 100)
   dummy_media.write_mp4(staging / "Actor_03" / "01-01-09-01-01-01-03.mp4", seconds=1.0, size=SIZE)
+  (staging / "Actor_03" / ("._" + _clip(1, 3))).write_bytes(b"\x00\x05\x16\x07")   # macOS metadata: ignored
   manual.mkdir(parents=True)
   for folder in sorted(staging.iterdir()):
     actor = int(folder.name[-2:])
