@@ -27,14 +27,17 @@ from avjax.data import windows
 DATASETS = {
     "ravdess": dict(
         class_names=("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"),
+        fig5=(("calm", "happy"), ("sad", "angry", "fearful")),  # the paper's Fig. 5
         table1=("w8_l1_ov", "w2_l1_ov", "w2_l2_ov", "w4_l1_ov", "w6_l1_ov", "w2_l1_no", "w4_l1_no"),
     ),
     "crema_d_av": dict(
         class_names=("anger", "disgust", "fear", "happy", "neutral", "sad"),
+        fig5=(("happy",), ("sad", "anger", "fear")),
         table1=("w6_l1_ov", "w2_l1_ov", "w4_l1_ov"),
     ),
     "synthetic_av": dict(
         class_names=("class0", "class1", "class2", "class3"),
+        fig5=(("class0", "class1"), ("class2", "class3")),
         table1=("w4_l1_ov", "w2_l1_ov"),
     ),
 }
@@ -114,6 +117,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.k = 15                     # KNN neighbours
   c.eval.chunk_size = 1024          # queries per distance block (bounds memory)
   c.eval.figures = True             # write the paper's figures at the end
+  c.eval.positive_classes = DATASETS["synthetic_av"]["fig5"][0]  # Fig. 5 groups (class names)
+  c.eval.negative_classes = DATASETS["synthetic_av"]["fig5"][1]
   return c
 
 
@@ -122,6 +127,7 @@ def set_dataset(config: ml_collections.ConfigDict, name: str) -> None:
   config.dataset.name = name
   config.dataset.config = info["table1"][0]
   config.dataset.class_names = info["class_names"]
+  config.eval.positive_classes, config.eval.negative_classes = info["fig5"]
 
 
 def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:

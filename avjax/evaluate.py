@@ -202,7 +202,7 @@ def main(argv):
     print(f"results: {json_path}\n         {md_path}")
     if config.eval.figures:
       from avjax import figures
-      for path in figures.make_all(workdir):
+      for path in figures.make_all(workdir, groups=train.fig5_groups(config)):
         print(f"figure:  {path}")
 
 

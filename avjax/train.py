@@ -43,7 +43,8 @@ from avjax import losses
 from avjax import writers
 from avjax.models import gating
 
-_METRIC_KEYS = ("loss", "mse", "triplet", "active_triplets", "no_triplet_anchors")
+_LOSS_KEYS = ("loss", "mse", "triplet", "active_triplets", "no_triplet_anchors")
+_METRIC_KEYS = _LOSS_KEYS + ("grad_norm", "nonfinite")
 
 
 class TrainState(train_state.TrainState):
@@ -125,9 +126,13 @@ def train_step(state: TrainState, batch: dict, *, config: ml_collections.ConfigD
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (metrics, new_model_state)), grads = grad_fn(state.params)
   new_state = state.apply_gradients(grads=grads, batch_stats=new_model_state.get("batch_stats", {}))
-  metrics = {k: jnp.asarray(metrics.get(k, 0.0), jnp.float32) for k in _METRIC_KEYS}
+  metrics = {k: jnp.asarray(metrics.get(k, 0.0), jnp.float32) for k in _LOSS_KEYS}
   metrics["loss"] = loss
   metrics["grad_norm"] = optax.global_norm(grads)
+  # 1.0 when this step's loss or gradients are not finite. (The loss alone is not
+  # enough: XLA's max, and so relu, can turn NaN activations into finite values
+  # while the gradients are NaN.)
+  metrics["nonfinite"] = 1.0 - jnp.isfinite(loss + metrics["grad_norm"]).astype(jnp.float32)
   return new_state, metrics
 
 
@@ -215,6 +220,16 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
+def _check_finite(summary: dict, test_fold: int, step: int, fold_dir: str, last_good: dict) -> None:
+  """Raises when any step averaged into `summary` had a non-finite loss or gradient."""
+  if summary["nonfinite"] > 0 or not np.isfinite(summary["loss"]):
+    raise NonFiniteLossError(
+        f"Fold {test_fold}: the training loss or its gradients became non-finite by step {step} "
+        f"(mean loss {summary['loss']}, gradient norm {summary['grad_norm']}); stopping. The last "
+        f"good checkpoint (step {last_good['step']}) is kept in "
+        f"{os.path.join(fold_dir, 'checkpoints')}; try a lower config.optim.learning_rate.")
+
+
 def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None) -> TrainState:
   """Trains on every fold but `test_fold`; resumes from `fold_dir` when possible."""
   mesh = mesh or make_mesh()
@@ -256,8 +271,8 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None) 
     writer.write_hparams(config.to_dict())
   step_fn = make_train_step(config, mesh)
   eval_every = config.train.eval_every_epochs * steps_per_epoch
-  logging.info("Fold %d: %d training clips' folds %s, %d steps (%d per epoch), batch %d",
-               test_fold, len(training_folds), training_folds, total_steps, steps_per_epoch, batch_size)
+  logging.info("Fold %d: training folds %s, %d steps (%d per epoch), batch %d",
+               test_fold, training_folds, total_steps, steps_per_epoch, batch_size)
 
   acc = None
   last_good = {"step": start_step}
@@ -272,11 +287,8 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None) 
     if step % config.train.log_every_steps == 0 or is_last:
       summary = {k: float(v) for k, v in acc.compute().items()}
       acc = None
-      if not np.isfinite(summary["loss"]):
-        raise NonFiniteLossError(
-            f"Fold {test_fold}: the training loss became {summary['loss']} by step {step}; "
-            f"stopping. The last good checkpoint (step {last_good['step']}) is kept in "
-            f"{os.path.join(fold_dir, 'checkpoints')}. Try a lower config.optim.learning_rate.")
+      _check_finite(summary, test_fold, step, fold_dir, last_good)
+      del summary["nonfinite"]
       elapsed = time.time() - t_start
       rate = steps_done / max(elapsed, 1e-9)
       summary["steps_per_sec"] = rate
@@ -291,17 +303,20 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None) 
       val_metrics = evaluate.validation_accuracy(config, state, model, test_fold, mesh)
       writer.write_scalars(step, val_metrics)
     if step % config.train.checkpoint_every_steps == 0 or is_last or val_metrics:
-      loss_now = float(metrics["loss"])
-      if not np.isfinite(loss_now):
-        raise NonFiniteLossError(
-            f"Fold {test_fold}: non-finite loss {loss_now} at step {step}; not saving. "
-            f"The last good checkpoint (step {last_good['step']}) is kept.")
+      if acc is not None:  # the steps since the last log line must be finite too
+        _check_finite({k: float(v) for k, v in acc.compute().items()}, test_fold, step,
+                      fold_dir, last_good)
       save_checkpoint(manager, step, state, train_iter.get_state(), val_metrics)
       last_good["step"] = step
   writer.flush()
   writer.close()
   manager.close()
   return state, model
+
+
+def fig5_groups(config) -> dict[str, tuple[str, ...]]:
+  return {"positive": tuple(config.eval.positive_classes),
+          "negative": tuple(config.eval.negative_classes)}
 
 
 def fold_dir_of(workdir: str, fold: int) -> str:
@@ -342,7 +357,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   outputs = {"results_json": json_path, "results_md": md_path}
   if config.eval.figures:
     from avjax import figures
-    outputs["figures"] = figures.make_all(workdir)
+    outputs["figures"] = figures.make_all(workdir, groups=fig5_groups(config))
   print("\nResults:")
   for key, value in outputs.items():
     print(f"  {key}: {value}")

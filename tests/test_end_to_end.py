@@ -1,0 +1,129 @@
+"""The whole job on the synthetic set: resume, NaN handling, cross-validation outputs.
+
+Builds the synthetic dataset once (a few seconds) and trains a tiny model for
+a few steps per case.
+"""
+
+import json
+import os
+import pathlib
+import tempfile
+
+import jax
+import numpy as np
+from absl.testing import absltest
+
+from avjax import config_lib
+from avjax import evaluate
+from avjax import input_pipeline
+from avjax import train
+
+_DATA_DIR = None
+
+
+def setUpModule():
+  global _DATA_DIR
+  _DATA_DIR = tempfile.mkdtemp(prefix="avjax_e2e_tfds_")
+
+
+def tiny_synthetic_config(**train_overrides):
+  c = config_lib.get_base_config()
+  config_lib.set_dataset(c, "synthetic_av")
+  c.dataset.data_dir = _DATA_DIR
+  c.input.clips_per_class = 2
+  c.input.crop_size = 32
+  c.input.eval_batch_size = 32
+  c.model.pretrained = False
+  c.model.freeze_bn = False
+  c.model.video_width = 0.125
+  c.model.audio_width = 0.25
+  c.model.embed_dim = 16
+  c.model.lstm_hidden = 16
+  c.eval.k = 3
+  c.train.num_epochs = 1
+  c.train.log_every_steps = 1
+  c.train.checkpoint_every_steps = 2
+  c.train.eval_every_epochs = 0
+  for k, v in train_overrides.items():
+    setattr(c.train, k, v)
+  return c
+
+
+class ResumeAndNanTest(absltest.TestCase):
+
+  def test_interrupted_run_resumes_to_the_same_parameters(self):
+    straight, resumed = tempfile.mkdtemp(), tempfile.mkdtemp()
+    state_a, _ = train.train_fold(tiny_synthetic_config(max_steps=4), straight, test_fold=0)
+    # "Interrupted" after 2 steps (a checkpoint is written at step 2), then resumed.
+    train.train_fold(tiny_synthetic_config(max_steps=2), resumed, test_fold=0)
+    state_b, _ = train.train_fold(tiny_synthetic_config(max_steps=4), resumed, test_fold=0)
+    self.assertEqual(int(state_a.step), 4)
+    self.assertEqual(int(state_b.step), 4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 jax.device_get(state_a.params), jax.device_get(state_b.params))
+    # And the resumed run did not start over: its metrics log holds steps 1-2 then 3-4.
+    steps = [json.loads(line)["step"] for line in open(os.path.join(resumed, "metrics.jsonl"))]
+    self.assertEqual(steps, [1, 2, 3, 4])
+
+  def test_nan_loss_stops_and_keeps_last_good_checkpoint(self):
+    workdir = tempfile.mkdtemp()
+    original = input_pipeline.create_train_iterator
+
+    class PoisonAfter:
+      def __init__(self, inner, good_steps):
+        self.inner, self.count, self.good = inner, 0, good_steps
+      def __next__(self):
+        batch = next(self.inner)
+        self.count += 1
+        if self.count > self.good + 1:  # +1: the first batch only initialises the model
+          batch = dict(batch, audio=np.full_like(batch["audio"], np.nan))
+        return batch
+      def get_state(self):
+        return self.inner.get_state()
+      def set_state(self, state):
+        self.inner.set_state(state)
+
+    config = tiny_synthetic_config(max_steps=6, checkpoint_every_steps=1)
+    try:
+      input_pipeline.create_train_iterator = lambda *a, **k: PoisonAfter(original(*a, **k), 2)
+      with self.assertRaisesRegex(train.NonFiniteLossError, "last good checkpoint"):
+        train.train_fold(config, workdir, test_fold=0)
+    finally:
+      input_pipeline.create_train_iterator = original
+    manager = train.checkpoint_manager(workdir, config)
+    self.assertEqual(manager.latest_step(), 2)
+
+
+class CrossValidationTest(absltest.TestCase):
+
+  def test_two_folds_give_results_and_figures(self):
+    workdir = tempfile.mkdtemp()
+    config = tiny_synthetic_config(max_steps=2)
+    config.folds = (0, 1)
+    outputs = train.train_and_evaluate(config, workdir)
+    self.assertTrue(os.path.isfile(outputs["results_json"]))
+    self.assertTrue(os.path.isfile(outputs["results_md"]))
+    names = sorted(pathlib.Path(p).name for p in outputs["figures"])
+    self.assertLen(names, 4, names)
+    for p in outputs["figures"]:
+      self.assertEqual(pathlib.Path(p).read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
+    doc = json.load(open(outputs["results_json"]))
+    for fold in (0, 1):
+      with np.load(os.path.join(workdir, f"fold_{fold}", "predictions.npz")) as preds:
+        clip_ids = input_pipeline.clip_ids(config, [fold])
+        self.assertEqual(list(preds["clip_id"]), clip_ids)          # exactly the fold's clips
+        self.assertEqual(preds["pred_AV"].shape, (4, len(clip_ids)))  # T gates x clips
+        rows = [r for r in doc["rows"] if r["fold"] == fold and r["modality"] == "AV"]
+        self.assertEqual({r["n"] for r in rows}, {len(clip_ids)})
+        acc = np.mean(preds["pred_AV"][-1] == preds["labels"])
+        last = max(rows, key=lambda r: r["gate"])
+        self.assertAlmostEqual(last["accuracy"], acc, places=6)
+    # Finished folds are skipped when the same command runs again.
+    self.assertTrue(evaluate.fold_is_done(os.path.join(workdir, "fold_0")))
+    mtime = os.path.getmtime(os.path.join(workdir, "fold_0", "predictions.npz"))
+    train.train_and_evaluate(config, workdir)
+    self.assertEqual(mtime, os.path.getmtime(os.path.join(workdir, "fold_0", "predictions.npz")))
+
+
+if __name__ == "__main__":
+  absltest.main()
