@@ -17,6 +17,7 @@ from avjax import config_lib
 from avjax import evaluate
 from avjax import input_pipeline
 from avjax import train
+from tests import test_train
 
 _DATA_DIR = None
 
@@ -27,18 +28,11 @@ def setUpModule():
 
 
 def tiny_synthetic_config(**train_overrides):
-  c = config_lib.get_base_config()
+  c = test_train.tiny_config(clips_per_class=2, crop=32)
   config_lib.set_dataset(c, "synthetic_av")
+  del c.tiny
   c.dataset.data_dir = _DATA_DIR
-  c.input.clips_per_class = 2
-  c.input.crop_size = 32
   c.input.eval_batch_size = 32
-  c.model.pretrained = False
-  c.model.freeze_bn = False
-  c.model.video_width = 0.125
-  c.model.audio_width = 0.25
-  c.model.embed_dim = 16
-  c.model.lstm_hidden = 16
   c.eval.k = 3
   c.train.num_epochs = 1
   c.train.log_every_steps = 1
@@ -118,6 +112,16 @@ class CrossValidationTest(absltest.TestCase):
         acc = np.mean(preds["pred_AV"][-1] == preds["labels"])
         last = max(rows, key=lambda r: r["gate"])
         self.assertAlmostEqual(last["accuracy"], acc, places=6)
+    # `python -m avjax.evaluate` restores the last checkpoint and reproduces the predictions.
+    with np.load(os.path.join(workdir, "fold_1", "predictions.npz")) as saved:
+      saved = {k: saved[k] for k in saved.files}
+    saved_config = evaluate.load_config(workdir)
+    mesh = train.make_mesh()
+    state, model = evaluate.restore_for_eval(saved_config, os.path.join(workdir, "fold_1"), 1, mesh)
+    again = evaluate.evaluate_fold(saved_config, state, model, 1, tempfile.mkdtemp(), mesh)
+    for key in ("pred_AO", "pred_VO", "pred_AV", "labels"):
+      np.testing.assert_array_equal(again[key], saved[key], err_msg=key)
+    np.testing.assert_allclose(again["emb_AV"], saved["emb_AV"], rtol=1e-5, atol=1e-6)
     # Finished folds are skipped when the same command runs again.
     self.assertTrue(evaluate.fold_is_done(os.path.join(workdir, "fold_0")))
     mtime = os.path.getmtime(os.path.join(workdir, "fold_0", "predictions.npz"))
