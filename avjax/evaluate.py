@@ -101,7 +101,7 @@ def validation_accuracy(config, state, model, test_fold: int, mesh) -> dict[str,
   """
   del model
   from avjax import train
-  refs = embed(config, state, train.train_folds(config)(test_fold), mesh)
+  refs = embed(config, state, train.training_folds(config, test_fold), mesh)
   qrys = embed(config, state, [test_fold], mesh)
   preds = predict_per_gate(config, refs, qrys)
   metrics = {f"val_accuracy_{m}": float(np.mean(preds[f"pred_{m}"][-1] == qrys["label"]))
@@ -120,8 +120,7 @@ def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh) -> 
   del model
   from avjax import train
   from avjax import __version__
-  training_folds = train.train_folds(config)(test_fold)
-  refs = embed(config, state, training_folds, mesh)
+  refs = embed(config, state, train.training_folds(config, test_fold), mesh)
   qrys = embed(config, state, [test_fold], mesh)
   arrays = predict_per_gate(config, refs, qrys)
   arrays["labels"] = qrys["label"].astype(np.int32)

@@ -20,7 +20,6 @@ global, with no explicit collectives.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from typing import Any, Callable
@@ -205,8 +204,9 @@ def restore_checkpoint(manager, state: TrainState, step: int | None = None):
 # --------------------------------------------------------------------------- fold loop
 
 
-def train_folds(config) -> Callable[[int], list[int]]:
-  return lambda test_fold: [f for f in range(config.dataset.num_folds) if f != test_fold]
+def training_folds(config, test_fold: int) -> list[int]:
+  """Every fold but the held-out `test_fold`."""
+  return [f for f in range(config.dataset.num_folds) if f != test_fold]
 
 
 def _format_eta(seconds: float) -> str:
@@ -234,11 +234,11 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None) 
   """Trains on every fold but `test_fold`; resumes from `fold_dir` when possible."""
   mesh = mesh or make_mesh()
   repl, data_sharding = shardings(mesh)
-  training_folds = train_folds(config)(test_fold)
+  train_on = training_folds(config, test_fold)
   num_classes = len(config.dataset.class_names)
   batch_size = config.input.clips_per_class * num_classes
   check_batch_divisible(batch_size, "training batch (clips_per_class x classes)")
-  steps_per_epoch = input_pipeline.steps_per_epoch(config, training_folds)
+  steps_per_epoch = input_pipeline.steps_per_epoch(config, train_on)
   total_steps = config.train.num_epochs * steps_per_epoch
   if config.train.max_steps:
     total_steps = min(total_steps, config.train.max_steps)
@@ -248,7 +248,7 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None) 
   del rng
   data_seed = int(jax.random.randint(data_seed, (), 0, 2**31 - 1))
 
-  train_iter = input_pipeline.create_train_iterator(config, training_folds, seed=data_seed)
+  train_iter = input_pipeline.create_train_iterator(config, train_on, seed=data_seed)
   initial_data_state = train_iter.get_state()
   first = next(train_iter)  # shapes for initialisation
   model = gating.create_model(config.model)
@@ -272,7 +272,7 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None) 
   step_fn = make_train_step(config, mesh)
   eval_every = config.train.eval_every_epochs * steps_per_epoch
   logging.info("Fold %d: training folds %s, %d steps (%d per epoch), batch %d",
-               test_fold, training_folds, total_steps, steps_per_epoch, batch_size)
+               test_fold, train_on, total_steps, steps_per_epoch, batch_size)
 
   acc = None
   last_good = {"step": start_step}

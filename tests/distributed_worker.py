@@ -25,7 +25,6 @@ def main(argv):
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={per_process}"
   os.environ["JAX_PLATFORMS"] = "cpu"
   import jax
-  import numpy as np
   if FLAGS.num_processes > 1:
     jax.distributed.initialize(coordinator_address=f"localhost:{FLAGS.port}",
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)

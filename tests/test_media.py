@@ -1,6 +1,5 @@
 """avjax.data.media: real RAVDESS / CREMA-D samples, generated files, window arithmetic."""
 
-import fractions
 import math
 import pathlib
 import pickle
