@@ -9,6 +9,10 @@ string (`--config=configs/ravdess.py:w4_l1_ov,audio_lstm`) parsed by
 * a model variant: ``gating`` (the paper), ``lstm``, ``global``, or a
   single-modality one, ``audio_lstm``, ``audio_global``, ``video_lstm``,
   ``video_global``;
+  Audio-only models (``audio_lstm``, ``audio_global``) read the dataset's
+  audio-only records (builder config ``audio_<windowing>``, built from the
+  audio archives alone) unless ``dataset.records`` says otherwise
+  (`builder_config_name`);
 * ``runlocal``: tiny batches and few epochs, for a smoke run on a laptop;
 * ``no_mwtsm``: plain batch-hard mining (the paper's MWTSM ablation).
 
@@ -29,16 +33,19 @@ DATASETS = {
         class_names=("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"),
         fig5=(("calm", "happy"), ("sad", "angry", "fearful")),  # the paper's Fig. 5
         table1=("w8_l1_ov", "w2_l1_ov", "w2_l2_ov", "w4_l1_ov", "w6_l1_ov", "w2_l1_no", "w4_l1_no"),
+        audio_records=True,  # `audio_<windowing>` configs from Audio_Speech_Actors_01-24.zip
     ),
     "crema_d_av": dict(
         class_names=("anger", "disgust", "fear", "happy", "neutral", "sad"),
         fig5=(("happy",), ("sad", "anger", "fear")),
         table1=("w6_l1_ov", "w2_l1_ov", "w4_l1_ov"),
+        audio_records=True,  # `audio_<windowing>` configs from AudioWAV/
     ),
     "synthetic_av": dict(
         class_names=("class0", "class1", "class2", "class3"),
         fig5=(("class0", "class1"), ("class2", "class3")),
         table1=("w4_l1_ov", "w2_l1_ov"),
+        audio_records=False,
     ),
 }
 
@@ -62,6 +69,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.dataset.config = "w4_l1_ov"     # builder config = windowing (see avjax/data/windows.py)
   c.dataset.data_dir = ""           # TFDS data_dir; '' means $TFDS_DATA_DIR or ~/tensorflow_datasets
   c.dataset.manual_dir = ""         # official files (real datasets only); '' means <data_dir>/downloads/manual
+  # Which records to read: 'av' (the audio-visual builder configs), 'audio' (the
+  # audio-only `audio_<windowing>` configs, built from the audio archives alone),
+  # or 'auto': audio-only records for audio-only models where the dataset has them.
+  c.dataset.records = "auto"
   c.dataset.build = True            # build the dataset first if it is missing (needs manual_dir for real data)
   c.dataset.num_folds = 10          # subject-independent folds, splits fold0 ... fold9
   c.dataset.class_names = DATASETS["synthetic_av"]["class_names"]
@@ -161,6 +172,25 @@ def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collect
   return config
 
 
+RECORDS = ("auto", "av", "audio")
+AUDIO_CONFIG_PREFIX = "audio_"
+
+
+def reads_audio_records(config: ml_collections.ConfigDict) -> bool:
+  """Whether `config` reads the audio-only builder configs (see `dataset.records`)."""
+  records = config.dataset.get("records", "auto")
+  if records == "auto":
+    return (config.model.modalities == "audio"
+            and DATASETS.get(config.dataset.name, {}).get("audio_records", False))
+  return records == "audio"
+
+
+def builder_config_name(config: ml_collections.ConfigDict) -> str:
+  """The TFDS builder config to read: the windowing, prefixed `audio_` for audio-only records."""
+  prefix = AUDIO_CONFIG_PREFIX if reads_audio_records(config) else ""
+  return prefix + config.dataset.config
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the field for unknown values or impossible combinations."""
   def fail(field, msg):
@@ -172,6 +202,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     spec = windows.parse_name(config.dataset.config)
   except ValueError as e:
     fail("dataset.config", str(e))
+  records = config.dataset.get("records", "auto")
+  if records not in RECORDS:
+    fail("dataset.records", f"{records!r} is not one of {RECORDS}")
+  if records == "audio" and config.model.modalities != "audio":
+    fail("dataset.records", f"audio-only records have no video; model.modalities is "
+         f"{config.model.modalities!r} (use 'audio', or dataset.records='av')")
+  if records == "audio" and not DATASETS.get(config.dataset.name, {}).get("audio_records", False):
+    fail("dataset.records", f"{config.dataset.name} has no audio-only builder configs")
   if config.model.variant not in VARIANTS:
     fail("model.variant", f"{config.model.variant!r} is not one of {VARIANTS}")
   if config.model.modalities not in MODALITIES:

@@ -58,6 +58,24 @@ class ConfigsTest(parameterized.TestCase):
     self.assertFalse(mod.get_config("no_mwtsm").loss.exclude_used)
     self.assertEqual(tuple(mod.get_config("runlocal").folds), (0,))
 
+  @parameterized.parameters(
+      # (config file, arg, records, expected builder config)
+      ("ravdess", "audio_lstm", "auto", "audio_w8_l1_ov"),
+      ("ravdess", "audio_global", "auto", "audio_w1_l1_no_fit"),
+      ("ravdess", "w4_l1_no,audio_lstm", "auto", "audio_w4_l1_no"),
+      ("ravdess", "audio_lstm", "av", "w8_l1_ov"),          # audio model on the AV records
+      ("ravdess", "video_lstm", "auto", "w8_l1_ov"),
+      ("ravdess", None, "auto", "w8_l1_ov"),
+      ("crema_d", "audio_lstm", "auto", "audio_w6_l1_ov"),
+      ("crema_d", "audio_global", "audio", "audio_w1_l1_no_fit"),
+      ("demo", "audio_lstm", "auto", "w4_l1_ov"),           # the synthetic set has no audio-only configs
+  )
+  def test_builder_config_name(self, name, arg, records, expected):
+    c = load_config_module(name).get_config(arg)
+    c.dataset.records = records
+    config_lib.validate(c)
+    self.assertEqual(config_lib.builder_config_name(c), expected)
+
   def test_unknown_argument_fails_naming_it(self):
     with self.assertRaisesRegex(ValueError, "'bogus'"):
       load_config_module("ravdess").get_config("bogus")
@@ -73,6 +91,9 @@ class ConfigsTest(parameterized.TestCase):
       ("bad_fold", "folds", lambda c: setattr(c, "folds", (0, 10))),
       ("bad_dataset", "dataset.name", lambda c: setattr(c.dataset, "name", "iemocap")),
       ("bad_windowing", "dataset.config", lambda c: setattr(c.dataset, "config", "eight")),
+      ("bad_records", "dataset.records", lambda c: setattr(c.dataset, "records", "wav")),
+      ("audio_records_with_video", "dataset.records",
+       lambda c: setattr(c.dataset, "records", "audio")),
       ("global_many_windows", "dataset.config",
        lambda c: (setattr(c.model, "variant", "global"), setattr(c.dataset, "config", "w8_l1_ov"))),
   )
