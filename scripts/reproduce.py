@@ -52,6 +52,8 @@ flags.DEFINE_string("folds", "", "Comma-separated test folds for every run (defa
 flags.DEFINE_list("config_args", [], "Extra config tokens appended to every run, e.g. no_mwtsm or runlocal.")
 flags.DEFINE_multi_string("override", [], "Config field override passed to every run, e.g. "
                           "--override=train.num_epochs=50 (becomes --config.train.num_epochs=50).")
+flags.DEFINE_list("rows", [], "Only these rows (names as in the table, e.g. AO-Global,A-LSTM: the "
+                  "audio-only rows, which need only the audio archives). Default: all.")
 flags.DEFINE_bool("dry_run", False, "Print the commands, run nothing, write no table.")
 flags.DEFINE_bool("collect_only", False, "Start no run: write the table from the runs on disk "
                   "(rows without results.json are marked missing).")
@@ -193,6 +195,12 @@ def main(argv):
     except ValueError:
       raise app.UsageError(f"--folds must be comma-separated integers, got {folds_flag!r}") from None
   rows = table_rows(FLAGS.dataset, table)
+  if FLAGS.rows:
+    unknown = sorted(set(FLAGS.rows) - {r["name"] for r in rows})
+    if unknown:
+      raise app.UsageError(f"--rows: no row {', '.join(unknown)} in Table {'I' * table}; rows: "
+                           + ", ".join(r["name"] for r in rows))
+    rows = [r for r in rows if r["name"] in FLAGS.rows]
   runs = {}
   for r in rows:
     runs.setdefault(r["run"], r["arg"])
@@ -208,6 +216,7 @@ def main(argv):
     if FLAGS.collect_only:
       print(f"# not run (--collect_only): {shlex.join(cmd)}", flush=True)
       continue
+    print(f"# reads {config.dataset.name}/{config_lib.builder_config_name(config)}", flush=True)
     print(shlex.join(cmd), flush=True)
     if FLAGS.dry_run:
       continue

@@ -298,6 +298,23 @@ class ReproduceTest(parameterized.TestCase):
       self.assertTrue(all(c[2] == "0,3" for c in cmds))
       self.assertEqual(os.listdir(d), [])  # nothing run, nothing written
 
+  def test_audio_rows_read_audio_only_records(self):
+    with tempfile.TemporaryDirectory() as d:
+      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--dry_run",
+                           "--rows=AO-Global,A-LSTM")
+      self.assertEqual(proc.returncode, 0, proc.stderr)
+      self.assertEqual([c[0].rsplit(":", 1)[-1] for c in commands_of(proc.stdout)],
+                       ["audio_global", "audio_lstm"])
+      reads = [l for l in proc.stdout.splitlines() if l.startswith("# reads")]
+      self.assertEqual(reads, ["# reads ravdess/audio_w1_l1_no_fit", "# reads ravdess/audio_w8_l1_ov"])
+      proc = run_reproduce("--dataset=crema_d", "--table=2", f"--workdir={d}", "--dry_run",
+                           "--rows=VO-LSTM")
+      self.assertIn("# reads crema_d_av/w6_l1_ov", proc.stdout)
+      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--dry_run",
+                           "--rows=AO-Lstm")
+      self.assertNotEqual(proc.returncode, 0)
+      self.assertIn("no row AO-Lstm", proc.stderr)
+
   def test_reuses_finished_runs_and_writes_table(self):
     from avjax.data import windows
     from configs import ravdess
