@@ -1,0 +1,974 @@
+r"""avjax benchmarks: the real train step, its options, scaling, MWTSM, input and build.
+
+Legend: B clips per (global) batch, T windows, F frames per window, H = W crop
+size, S audio samples per window, N clips mined together, D embedding size.
+
+  .venv/bin/python scripts/benchmark.py --preset=cpu_quick --out=bench_cpu.json --update_md
+  .venv/bin/python scripts/benchmark.py --preset=gpu --out=bench_gpu.json --update_md
+
+Sections (`--sections`, comma-separated; a preset picks them and their sizes):
+
+* train_step: `train.make_train_step` (the jitted step with its shardings and
+  donated state) on synthetic batches of a given shape: compile time, step time
+  (median of `repeats` after a warm-up step), clips/s, peak memory (the device's
+  `peak_bytes_in_use` where the backend reports it, else XLA's compiled memory
+  analysis), FLOPs per step from XLA's `cost_analysis()` of the compiled step,
+  achieved FLOP/s, utilisation against the device's peak (PEAK_FLOPS; "n/a" on
+  CPUs), and the ratio of XLA's FLOPs to DESIGN.md's cost model
+  (0.37 TFLOP per RAVDESS clip per step, full widths, scaled by T F H W).
+  A case with `compile_only` compiles without running (FLOPs and memory of a
+  shape that does not fit the machine, e.g. B = 40 on a 24 GB CPU box).
+* options: the same step with one option changed (bf16 compute, remat, no
+  donation), each against its baseline.
+* scaling: step time against T (1, 2, 4, 8) and against B; the growth ratio
+  time(x_max) / time(x_min) against x_max / x_min ("linear" when no larger
+  than the size ratio times `--linear_tolerance`).
+* data_parallel: the same global batch on 1, 2, 4 devices; on a CPU host the
+  devices are XLA's host-platform devices (XLA_FLAGS=
+  --xla_force_host_platform_device_count=N), each count in its own process.
+* mwtsm: `avjax.mining.mwtsm` (jitted) against `mwtsm_reference`, a per-anchor
+  NumPy loop written from the definition; agreement of the picks.
+* input: clips/s of `input_pipeline.create_train_iterator` on the synthetic
+  set (built into a temporary data_dir) against the clips/s the train step
+  consumes at the demo shape.
+* loop: steady seconds per step of the real training loop (`train.train_fold`,
+  demo config, synthetic set): the host pipeline, and the device-resident
+  dataset (`config.input.cache_on_device`) where avjax implements it.
+* build: decoding clips/s per core of the RAVDESS builder's worker task on
+  generated 1280x720 H.264 clips (scripts/benchmark_build.py's functions).
+
+Every train-step case, and every device count, runs in a fresh subprocess
+(`--worker`), so that the device's peak memory belongs to that case alone and a
+case that runs out of memory does not end the run. The JSON records the
+machine (CPU model, cores, device kind and count), jax's version, the command,
+the date and the load average at the start. `--update_md` rewrites this
+preset's generated section of BENCHMARKS.md (between `<!-- benchmark.py:PRESET
+begin -->` and `<!-- ... end -->`, appended when missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import functools
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Sequence
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+# Dense peak FLOP/s by device kind (substring of jax's device_kind) and compute
+# dtype. H100 SXM: 989 TFLOP/s bf16 dense on tensor cores, 67 TFLOP/s fp32 on
+# the CUDA cores (XLA may use TF32 tensor cores for fp32 convolutions, up to
+# 495: fp32 utilisation against 67 can then exceed 1). H200: the H100's
+# compute. The PCIe H100 is listed first (its kind also contains "H100").
+PEAK_FLOPS = (
+    ("H100 PCIe", {"bfloat16": 756e12, "float32": 51e12}),
+    ("H100", {"bfloat16": 989e12, "float32": 67e12}),
+    ("H200", {"bfloat16": 989e12, "float32": 67e12}),
+)
+# DESIGN.md's cost model: 0.37 TFLOP per RAVDESS clip per training step (I3D
+# forward + backward at 8 windows x 25 frames x 96 x 96, full width).
+COST_MODEL_FLOPS_PER_CLIP = 0.37e12
+COST_MODEL_SHAPE = dict(T=8, F=25, H=96)
+
+SHAPES = {
+    # configs/ravdess.py: B = 5 clips x 8 classes, w8_l1_ov (25 fps, 112x112 stored, 96 crop).
+    "ravdess": dict(config="ravdess", batch=40, windows=8, frames=25, size=96, samples=22050),
+    # configs/demo.py: B = 5 x 4 classes, w4_l1_ov on the synthetic set (8 fps, 32 crop).
+    "demo": dict(config="demo", batch=20, windows=4, frames=8, size=32, samples=22050),
+    # Test-sized: tests/test_benchmark.py.
+    "tiny": dict(config="demo", batch=4, windows=2, frames=4, size=16, samples=5000),
+}
+
+
+def _case(shape: str, label: str = "", **kw) -> dict:
+  out = dict(SHAPES[shape], shape=shape, dtype="float32", remat=False, donate=True,
+             compile_only=False, devices=0)
+  out.update(kw)
+  out["label"] = label or f"{shape} B={out['batch']}"
+  return out
+
+
+PRESETS = {
+    # 2-core CPU box, 24 GB: B = 40 at RAVDESS shape does not fit forward + backward
+    # (about 70 GB), so it is compiled only; B = 1, 2 run. About 10-15 minutes.
+    "cpu_quick": dict(
+        sections=("train_step", "options", "scaling", "data_parallel", "mwtsm", "input", "loop",
+                  "build"),
+        train_step=[_case("ravdess", compile_only=True, label="ravdess B=40 (compile only)"),
+                    _case("ravdess", batch=1), _case("ravdess", batch=2),
+                    _case("demo")],
+        options=[("demo", {}), ("demo", dict(dtype="bfloat16")), ("demo", dict(remat=True)),
+                 ("demo", dict(donate=False)),
+                 ("ravdess_b1", {}), ("ravdess_b1", dict(dtype="bfloat16"))],
+        scaling_windows=dict(shape="demo", batch=4, values=(1, 2, 4, 8)),
+        scaling_batch=dict(shape="demo", windows=2, values=(2, 4, 8, 16)),
+        data_parallel=dict(shape="demo", batch=8, windows=2, devices=(1, 2, 4)),
+        mwtsm=dict(sizes=(40, 160), windows=8, dim=400, repeats=5),
+        input=dict(batches=12, prefetch=(1, 2)),
+        loop=dict(steps=12, log_every=4),
+        build=dict(num_clips=4, workers=(1,)),
+        repeats=2,
+    ),
+    # One accelerator (H100 / H200): the full RAVDESS shape and its options.
+    "gpu": dict(
+        sections=("train_step", "options", "scaling", "data_parallel", "mwtsm", "input", "loop",
+                  "build"),
+        train_step=[_case("ravdess"), _case("ravdess", dtype="bfloat16"),
+                    _case("ravdess", batch=80, dtype="bfloat16"), _case("demo")],
+        options=[("ravdess_bf16", {}), ("ravdess_bf16", dict(remat=True)),
+                 ("ravdess_bf16", dict(donate=False)), ("ravdess_bf16", dict(dtype="float32"))],
+        scaling_windows=dict(shape="ravdess", batch=40, dtype="bfloat16", values=(1, 2, 4, 8)),
+        scaling_batch=dict(shape="ravdess", windows=8, dtype="bfloat16", values=(10, 20, 40, 80)),
+        data_parallel=dict(shape="ravdess", batch=40, dtype="bfloat16", devices=None),
+        mwtsm=dict(sizes=(40, 160, 320), windows=8, dim=400, repeats=20),
+        input=dict(batches=30, prefetch=(2, 8)),
+        loop=dict(steps=40, log_every=10),
+        build=dict(num_clips=32, workers=(1, 8, 16)),
+        repeats=10,
+    ),
+    # The test's sizes (seconds).
+    "tiny": dict(
+        sections=("train_step", "mwtsm"),
+        train_step=[_case("tiny")],
+        options=[], mwtsm=dict(sizes=(12,), windows=3, dim=8, repeats=2),
+        repeats=1,
+    ),
+}
+_OPTION_BASES = {
+    "demo": lambda: _case("demo"),
+    "ravdess_b1": lambda: _case("ravdess", batch=1),
+    "ravdess_bf16": lambda: _case("ravdess", dtype="bfloat16"),
+}
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def cpu_model() -> str:
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+  """The machine, software, date and load of a measurement."""
+  devices = jax.devices()
+  return dict(
+      cpu_model=cpu_model(), cpu_cores=os.cpu_count(),
+      memory_gib=round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+      backend=jax.default_backend(), device_kind=devices[0].device_kind,
+      device_count=len(devices), process_count=jax.process_count(),
+      jax_version=jax.__version__, python=sys.version.split()[0],
+      xla_flags=os.environ.get("XLA_FLAGS", ""),
+      date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+      loadavg=[round(x, 2) for x in os.getloadavg()],
+      command=" ".join([os.path.relpath(sys.executable, os.getcwd())
+                        if sys.executable.startswith(os.getcwd()) else "python"] + sys.argv))
+
+
+def peak_flops(device_kind: str, dtype: str) -> float | None:
+  """Dense peak FLOP/s of one device of `device_kind` at `dtype`, or None (unknown, CPUs)."""
+  for key, peaks in PEAK_FLOPS:
+    if key.lower() in device_kind.lower():
+      return peaks.get(dtype)
+  return None
+
+
+def cost_model_flops(batch: int, windows: int, frames: int, size: int,
+                     widths: tuple[float, float]) -> float | None:
+  """DESIGN.md's FLOPs per training step, scaled linearly in T, F and H x W; None
+  for narrowed models (the model is for the full-width I3D)."""
+  if widths != (1.0, 1.0):
+    return None
+  s = COST_MODEL_SHAPE
+  return (COST_MODEL_FLOPS_PER_CLIP * batch * (windows / s["T"]) * (frames / s["F"])
+          * (size / s["H"]) ** 2)
+
+
+# --------------------------------------------------------------------------- train step
+
+
+def bench_config(case: dict):
+  """The ConfigDict of a case: configs/ravdess.py or configs/demo.py, not pretrained
+  (random weights cost the same), with the case's dtype and remat."""
+  from configs import demo, ravdess
+  config = {"ravdess": ravdess, "demo": demo}[case["config"]].get_config()
+  config.model.pretrained = False
+  config.model.dtype = case["dtype"]
+  config.model.remat = bool(case["remat"])
+  if case["shape"] == "tiny":
+    config.model.video_width, config.model.audio_width = 0.125, 0.25
+    config.model.embed_dim = config.model.lstm_hidden = 16
+  return config
+
+
+def synthetic_batch(batch: int, windows: int, frames: int, size: int, samples: int,
+                    num_classes: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """A host batch as the input pipeline makes it; labels in pairs (2 clips a class
+  where the batch allows, so that anchors have positives)."""
+  rng = np.random.default_rng(seed)
+  return {
+      "video": rng.integers(0, 256, (batch, windows, frames, size, size, 3), dtype=np.uint8),
+      "audio": rng.uniform(-0.5, 0.5, (batch, windows, samples)).astype(np.float32),
+      "label": ((np.arange(batch) // 2) % num_classes).astype(np.int32),
+      "window_valid": np.ones((batch, windows), np.float32),
+  }
+
+
+def random_variables(shapes, seed: int = 0):
+  """Variables shaped like `shapes` (eval_shape of init), filled from NumPy: same cost
+  as trained weights without compiling flax's initialisers."""
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    name = jax.tree_util.keystr(path)
+    if "kernel" in name:
+      fan_in = max(1, int(np.prod(s.shape[:-1])))
+      return rng.normal(0, 1 / np.sqrt(fan_in), s.shape).astype(s.dtype)
+    if "var" in name or "scale" in name:
+      return np.ones(s.shape, s.dtype)
+    return np.zeros(s.shape, s.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def make_state(config, model, host_batch: dict, replicated):
+  """A replicated train.TrainState as train.create_train_state builds it, with random weights."""
+  from avjax import train
+  video, audio = train.model_inputs(host_batch, config.model.modalities)
+  one = lambda x: None if x is None else x[:1, :1]  # noqa: E731
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                          one(video), one(audio))
+  variables = random_variables(shapes)
+  tx = train.make_optimizer(config.optim, variables["params"])
+
+  def create(params, batch_stats):
+    return train.TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                                   batch_stats=batch_stats)
+
+  return jax.jit(create, out_shardings=replicated)(variables["params"],
+                                                   variables.get("batch_stats", {}))
+
+
+def xla_cost(compiled) -> dict:
+  """FLOPs and bytes accessed of a compiled program (XLA's cost analysis)."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception as e:  # not every backend implements it
+    return {"cost_analysis_error": str(e)[:200]}
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  cost = cost or {}
+  return {"xla_flops": float(cost.get("flops", 0.0)) or None,
+          "xla_bytes_accessed": float(cost.get("bytes accessed", 0.0)) or None}
+
+
+def xla_memory(compiled) -> dict:
+  """XLA's compiled memory analysis in MiB (what the program needs at its peak)."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:
+    m = None
+  if m is None:
+    return {}
+  args, outs, temp = m.argument_size_in_bytes, m.output_size_in_bytes, m.temp_size_in_bytes
+  alias = getattr(m, "alias_size_in_bytes", 0)
+  return dict(xla_arguments_mib=args / 2**20, xla_outputs_mib=outs / 2**20,
+              xla_temporaries_mib=temp / 2**20,
+              xla_peak_estimate_mib=(args + outs + temp - alias) / 2**20)
+
+
+def device_peak_mib() -> float | None:
+  """Peak bytes in use on the first local device (GPU/TPU); None where not reported (CPU)."""
+  try:
+    stats = jax.local_devices()[0].memory_stats()
+  except Exception:
+    stats = None
+  if stats and "peak_bytes_in_use" in stats:
+    return stats["peak_bytes_in_use"] / 2**20
+  return None
+
+
+def max_rss_mib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def measure_train_step(case: dict, repeats: int = 3) -> dict:
+  """Compiles and times the real jitted train step on a synthetic batch of `case`.
+
+  `case`: a dict from `_case` (shape, batch, windows, frames, size, samples,
+  dtype, remat, donate, compile_only). With donate=False the step is jitted
+  like train.make_train_step but without donate_argnums."""
+  from avjax import train
+  from avjax.models import gating
+  config = bench_config(case)
+  b, t, f, hw, s = (case[k] for k in ("batch", "windows", "frames", "size", "samples"))
+  mesh = train.make_mesh()
+  repl, data = train.shardings(mesh)
+  model = gating.create_model(config.model)
+  host = synthetic_batch(b, t, f, hw, s, len(config.dataset.class_names))
+  batch = train.to_global(host, data)
+  state = make_state(config, model, host, repl)
+  num_params = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(state.params))
+  if case["donate"]:
+    step_fn = train.make_train_step(config, mesh)
+  else:
+    step_fn = jax.jit(functools.partial(train.train_step, config=config),
+                      in_shardings=(repl, data), out_shardings=(repl, repl))
+  t0 = time.perf_counter()
+  lowered = step_fn.lower(state, batch)
+  compiled = lowered.compile()
+  out = dict(case=case, num_params=num_params, compile_s=time.perf_counter() - t0,
+             device_count=jax.device_count(), device_kind=jax.devices()[0].device_kind)
+  out.update(xla_cost(compiled))
+  out.update(xla_memory(compiled))
+  widths = (float(config.model.video_width), float(config.model.audio_width))
+  model_flops = cost_model_flops(b, t, f, hw, widths)
+  # XLA's cost analysis covers one device's partitioned program: the global step
+  # does device_count times as much (checked by the data_parallel section).
+  if out.get("xla_flops"):
+    out["xla_flops_per_step"] = out["xla_flops"] * jax.device_count()
+    out["xla_flops_per_clip"] = out["xla_flops_per_step"] / b
+    if model_flops:
+      out["cost_model_flops_per_step"] = model_flops
+      out["xla_over_cost_model"] = out["xla_flops_per_step"] / model_flops
+  if not case["compile_only"]:
+    state, metrics = compiled(state, batch)               # warm-up
+    jax.block_until_ready((state, metrics))
+    times = []
+    for _ in range(max(1, repeats)):
+      t0 = time.perf_counter()
+      state, metrics = compiled(state, batch)
+      jax.block_until_ready((state, metrics))
+      times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    out.update(times_s=times, step_s=med, min_s=min(times), clips_per_s=b / med,
+               loss=float(metrics["loss"]))
+    if out.get("xla_flops_per_step"):
+      out["achieved_flops_per_s"] = out["xla_flops_per_step"] / med
+      peak = peak_flops(out["device_kind"], case["dtype"])
+      out["peak_flops_per_s"] = peak * jax.device_count() if peak else None
+      out["utilisation"] = out["achieved_flops_per_s"] / out["peak_flops_per_s"] if peak else None
+  out["device_peak_mib"] = device_peak_mib()
+  out["peak_memory_mib"] = out["device_peak_mib"] or out.get("xla_peak_estimate_mib")
+  out["peak_memory_source"] = ("device peak_bytes_in_use" if out["device_peak_mib"]
+                               else "XLA memory_analysis (arguments + outputs + temporaries)")
+  out["process_max_rss_mib"] = max_rss_mib()
+  return out
+
+
+def run_case_subprocess(case: dict, repeats: int, devices: int = 0, timeout: float = 1800) -> dict:
+  """`measure_train_step` in a fresh process (own device peak, survives running out
+  of memory). `devices` > 0: that many devices (XLA's host-platform device count on
+  CPU, CUDA_VISIBLE_DEVICES on GPU)."""
+  env = dict(os.environ)
+  if devices and jax.default_backend() == "gpu":
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(devices))
+  elif devices:
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
+    env["XLA_FLAGS"] = (flags + f" --xla_force_host_platform_device_count={devices}").strip()
+  with tempfile.NamedTemporaryFile("r", suffix=".json") as fh:
+    cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", json.dumps(case),
+           "--worker_out", fh.name, "--repeats", str(repeats)]
+    t0 = time.perf_counter()
+    try:
+      proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+      return dict(case=case, error=f"timed out after {timeout:.0f} s")
+    text = pathlib.Path(fh.name).read_text()
+  if proc.returncode != 0 or not text:
+    why = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"exit {proc.returncode}"
+    errors = [x for x in proc.stderr.splitlines() if re.match(r"^\w*(Error|Exception)\b", x)]
+    return dict(case=case, error=f"{why}: {(errors or [proc.stderr.strip()[-300:]])[-1]}",
+                stderr_tail=proc.stderr[-2000:], wall_s=time.perf_counter() - t0)
+  out = json.loads(text)
+  out["wall_s"] = time.perf_counter() - t0
+  return out
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _log(msg: str) -> None:
+  print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def section_train_step(preset: dict, repeats: int) -> list[dict]:
+  rows = []
+  for case in preset["train_step"]:
+    _log(f"train_step {case['label']}")
+    rows.append(run_case_subprocess(case, repeats))
+    _log(f"  -> {_brief(rows[-1])}")
+  return rows
+
+
+def _brief(r: dict) -> str:
+  if "error" in r:
+    return "error: " + r["error"][:200]
+  s = f"compile {r['compile_s']:.1f} s"
+  if "step_s" in r:
+    s += f", step {r['step_s']:.3f} s, {r['clips_per_s']:.2f} clips/s"
+  if r.get("xla_flops_per_step"):
+    s += f", {r['xla_flops_per_step'] / 1e12:.3f} TFLOP/step"
+  return s
+
+
+def section_options(preset: dict, repeats: int, known: list[dict]) -> list[dict]:
+  """Each option against its baseline case (reused from train_step when measured there)."""
+  rows = []
+  cache = {json.dumps(r["case"], sort_keys=True): r for r in known if "case" in r}
+  for base_name, change in preset["options"]:
+    case = _OPTION_BASES[base_name]()
+    case.update(change)
+    if change:
+      case["label"] += " " + ",".join(f"{k}={v}" for k, v in change.items())
+    key = json.dumps(case, sort_keys=True)
+    if key not in cache:
+      _log(f"options {case['label']}")
+      cache[key] = run_case_subprocess(case, repeats)
+      _log(f"  -> {_brief(cache[key])}")
+    rows.append(dict(base=base_name, change=change, result=cache[key]))
+  for row in rows:  # speed-up against the unchanged baseline
+    base = next((r["result"] for r in rows if r["base"] == row["base"] and not r["change"]), None)
+    if base and "step_s" in base and "step_s" in row["result"]:
+      row["speedup_vs_base"] = base["step_s"] / row["result"]["step_s"]
+      if base.get("peak_memory_mib") and row["result"].get("peak_memory_mib"):
+        row["memory_vs_base"] = row["result"]["peak_memory_mib"] / base["peak_memory_mib"]
+  return rows
+
+
+def growth(values: Sequence[int], times: Sequence[float], tolerance: float) -> dict:
+  """time(x_max) / time(x_min) against x_max / x_min, and whether it is at most linear."""
+  ratio = times[-1] / times[0]
+  size = values[-1] / values[0]
+  return dict(size_ratio=size, time_ratio=ratio, at_most_linear=bool(ratio <= size * tolerance),
+              per_unit_s=[t / v for v, t in zip(values, times)])
+
+
+def section_scaling(preset: dict, repeats: int, tolerance: float) -> dict:
+  out = {}
+  for name, key in (("windows", "scaling_windows"), ("batch", "scaling_batch")):
+    spec = dict(preset[key])
+    values = spec.pop("values")
+    shape = spec.pop("shape")
+    rows = []
+    for v in values:
+      case = _case(shape, **spec, **{name: v})
+      case["label"] = f"{shape} {name}={v}"
+      _log(f"scaling {case['label']}")
+      rows.append(run_case_subprocess(case, repeats))
+      _log(f"  -> {_brief(rows[-1])}")
+    ok = [(v, r) for v, r in zip(values, rows) if "step_s" in r]
+    res = dict(values=list(values), rows=rows)
+    if len(ok) >= 2:
+      res.update(growth([v for v, _ in ok], [r["step_s"] for _, r in ok], tolerance))
+      flops = [r.get("xla_flops_per_step") for _, r in ok]
+      if all(flops):
+        res["flops_ratio"] = flops[-1] / flops[0]
+    out[name] = res
+  return out
+
+
+def section_data_parallel(preset: dict, repeats: int) -> dict:
+  spec = dict(preset["data_parallel"])
+  counts = spec.pop("devices")
+  shape = spec.pop("shape")
+  on_cpu = jax.default_backend() == "cpu"
+  if counts is None:  # accelerators: 1 .. all local devices, powers of two
+    n = jax.local_device_count()
+    counts = [c for c in (1, 2, 4, 8, 16) if c <= n]
+  rows = []
+  for n in counts:
+    case = _case(shape, **spec)
+    case["label"] = f"{shape} B={case['batch']} on {n} device(s)"
+    _log(f"data_parallel {case['label']}")
+    r = run_case_subprocess(case, repeats, devices=n)
+    rows.append(r)
+    _log(f"  -> {_brief(r)}")
+  base = rows[0].get("step_s") if rows else None
+  for n, r in zip(counts, rows):
+    if base and "step_s" in r:
+      r["speedup_vs_1"] = base / r["step_s"]
+      r["efficiency"] = r["speedup_vs_1"] / n
+  return dict(devices=list(counts), host_platform_devices=on_cpu, rows=rows,
+              note=("host-platform devices share the machine's cores: no speed-up is possible "
+                    "beyond the core count" if on_cpu else ""))
+
+
+# MWTSM ------------------------------------------------------------------------
+
+
+def mwtsm_reference(embeddings: np.ndarray, labels: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """MWTSM from its definition, one anchor at a time (NumPy): at window t, anchor i
+  takes the (p, n) with label(p) = label(i), p != i, label(n) != label(i), (i, p, n)
+  unused, maximising d(i, p) - d(i, n) (first maximum in p * N + n order); d the
+  squared Euclidean distance. embeddings [T, N, D] -> positives, negatives, valid [T, N]."""
+  x = np.asarray(embeddings, np.float32)
+  labels = np.asarray(labels)
+  t, n, _ = x.shape
+  used = np.zeros((n, n, n), bool)
+  pos = np.zeros((t, n), np.int32)
+  neg = np.zeros((t, n), np.int32)
+  valid = np.zeros((t, n), bool)
+  for w in range(t):
+    for i in range(n):
+      d = np.sum((x[w, i][None, :] - x[w]) ** 2, axis=-1, dtype=np.float32)  # [N] d(i, .)
+      ok_p = (labels == labels[i]) & (np.arange(n) != i)
+      ok_n = labels != labels[i]
+      allowed = ok_p[:, None] & ok_n[None, :] & ~used[i]                      # [p, n]
+      if not allowed.any():
+        continue
+      score = np.where(allowed, d[:, None] - d[None, :], -np.inf)
+      best = int(np.argmax(score.reshape(-1)))
+      pos[w, i], neg[w, i], valid[w, i] = best // n, best % n, True
+      used[i, best // n, best % n] = True
+  return pos, neg, valid
+
+
+def _time(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def measure_mwtsm(n: int, windows: int, dim: int, num_classes: int = 8, repeats: int = 5,
+                  seed: int = 0) -> dict:
+  """Jitted mining.mwtsm (and batch-hard) against mwtsm_reference at N clips."""
+  from avjax import mining
+  rng = np.random.default_rng(seed)
+  emb = rng.standard_normal((windows, n, dim)).astype(np.float32)
+  labels = (np.arange(n) % num_classes).astype(np.int32)
+  emb_j, labels_j = jnp.asarray(emb), jnp.asarray(labels)
+  fn = jax.jit(mining.mwtsm, static_argnames="exclude_used")
+  t0 = time.perf_counter()
+  compiled = fn.lower(emb_j, labels_j).compile()
+  compile_s = time.perf_counter() - t0
+  hard = jax.jit(functools.partial(mining.mwtsm, exclude_used=False)).lower(emb_j, labels_j).compile()
+  jax.block_until_ready(compiled(emb_j, labels_j))
+  jax.block_until_ready(hard(emb_j, labels_j))
+  mwtsm_s = _time(lambda: compiled(emb_j, labels_j), repeats)
+  hard_s = _time(lambda: hard(emb_j, labels_j), repeats)
+  t0 = time.perf_counter()
+  ref = mwtsm_reference(emb, labels)
+  ref_s = time.perf_counter() - t0
+  got = [np.asarray(a) for a in compiled(emb_j, labels_j)]
+  agree = np.mean([np.array_equal(g, r) for g, r in zip(got, ref)])
+  picks_agree = float(np.mean((got[0] == ref[0]) & (got[1] == ref[1]) & (got[2] == ref[2])))
+  out = dict(N=n, T=windows, D=dim, classes=num_classes, compile_s=compile_s, mwtsm_s=mwtsm_s,
+             batch_hard_s=hard_s, reference_s=ref_s, speedup_vs_reference=ref_s / mwtsm_s,
+             picks_agree=picks_agree, all_equal=bool(agree == 1.0))
+  out.update({f"mwtsm_{k}": v for k, v in xla_memory(compiled).items()})
+  return out
+
+
+def section_mwtsm(preset: dict) -> list[dict]:
+  spec = preset["mwtsm"]
+  rows = []
+  for n in spec["sizes"]:
+    _log(f"mwtsm N={n}")
+    rows.append(measure_mwtsm(n, spec["windows"], spec["dim"], repeats=spec["repeats"]))
+    _log(f"  -> {rows[-1]['mwtsm_s'] * 1e3:.2f} ms vs reference {rows[-1]['reference_s'] * 1e3:.0f} ms,"
+         f" agree {rows[-1]['picks_agree']:.3f}")
+  return rows
+
+
+# Input pipeline and loop ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def synthetic_data_dir(windowing: str = "w4_l1_ov"):
+  """A temporary data_dir holding the synthetic set (the demo's data), removed afterwards."""
+  from tfds_builders.synthetic_av import synthetic_av_dataset_builder as synthetic_builder
+  path = tempfile.mkdtemp(prefix="avjax_bench_synth_")
+  try:
+    t0 = time.perf_counter()
+    synthetic_builder.Builder(config=windowing, data_dir=path).download_and_prepare()
+    _log(f"synthetic set built in {time.perf_counter() - t0:.1f} s")
+    yield path
+  finally:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def demo_config(data_dir: str, **input_overrides):
+  from configs import demo
+  config = demo.get_config()
+  config.dataset.data_dir = data_dir
+  config.dataset.build = False
+  for k, v in input_overrides.items():
+    config.input[k] = v
+  return config
+
+
+def measure_input(data_dir: str, batches: int, **input_overrides) -> dict:
+  """clips/s of the training iterator (after its first batch) on the synthetic set."""
+  from avjax import input_pipeline
+  config = demo_config(data_dir, **input_overrides)
+  folds = list(range(1, config.dataset.num_folds))
+  it = input_pipeline.create_train_iterator(config, folds, seed=0)
+  try:
+    first = next(it)
+    b = len(first["label"])
+    t0 = time.perf_counter()
+    for _ in range(batches):
+      next(it)
+    seconds = time.perf_counter() - t0
+  finally:
+    it.close()
+  return dict(overrides=input_overrides, batch=b, batches=batches, seconds=seconds,
+              clips_per_s=batches * b / seconds, ms_per_batch=1e3 * seconds / batches,
+              shapes={k: list(v.shape) for k, v in first.items()})
+
+
+def section_input(preset: dict, data_dir: str, step_rows: list[dict]) -> dict:
+  spec = preset["input"]
+  rows = []
+  for p in spec["prefetch"]:
+    _log(f"input prefetch={p}")
+    rows.append(measure_input(data_dir, spec["batches"], prefetch=p))
+    _log(f"  -> {rows[-1]['clips_per_s']:.1f} clips/s")
+  rows.append(measure_input(data_dir, spec["batches"], pitch_shift_semitones=0.0))
+  demo = next((r for r in step_rows if r.get("case", {}).get("shape") == "demo"
+               and r["case"]["batch"] == 20 and "clips_per_s" in r), None)
+  out = dict(rows=rows)
+  if demo:
+    out["train_step_clips_per_s"] = demo["clips_per_s"]
+    out["pipeline_over_step"] = max(r["clips_per_s"] for r in rows[:len(spec["prefetch"])]) / demo["clips_per_s"]
+  return out
+
+
+def device_cache_available() -> bool:
+  """Whether avjax reads config.input.cache_on_device anywhere besides its definition."""
+  for path in (ROOT / "avjax").rglob("*.py"):
+    if path.name == "config_lib.py":
+      continue
+    if "cache_on_device" in path.read_text():
+      return True
+  return False
+
+
+def measure_loop(data_dir: str, steps: int, log_every: int, **input_overrides) -> dict:
+  """Steady seconds per step of train.train_fold (demo config) from metrics.jsonl's
+  times between the first log line and the last (compilation excluded)."""
+  from avjax import train
+  config = demo_config(data_dir, **input_overrides)
+  config.train.max_steps = steps
+  config.train.log_every_steps = log_every
+  config.train.checkpoint_every_steps = 10 ** 6
+  workdir = tempfile.mkdtemp(prefix="avjax_bench_loop_")
+  try:
+    t0 = time.perf_counter()
+    train.train_fold(config, os.path.join(workdir, "fold_0"), 0)
+    total = time.perf_counter() - t0
+    lines = [json.loads(x) for x in
+             pathlib.Path(workdir, "fold_0", "metrics.jsonl").read_text().splitlines() if x.strip()]
+  finally:
+    shutil.rmtree(workdir, ignore_errors=True)
+  logs = [r for r in lines if "loss" in r and "time" in r]
+  first, last = logs[0], logs[-1]
+  per_step = (last["time"] - first["time"]) / (last["step"] - first["step"])
+  b = config.input.clips_per_class * len(config.dataset.class_names)
+  return dict(overrides=input_overrides, steps=steps, total_s=total, step_s=per_step,
+              clips_per_s=b / per_step)
+
+
+def section_loop(preset: dict, data_dir: str) -> dict:
+  spec = preset["loop"]
+  out = {"host": None, "device": None, "device_cache_implemented": device_cache_available()}
+  _log("loop: host pipeline")
+  out["host"] = measure_loop(data_dir, spec["steps"], spec["log_every"])
+  _log(f"  -> {out['host']['step_s']:.3f} s/step")
+  if out["device_cache_implemented"]:
+    _log("loop: device-resident dataset")
+    try:
+      out["device"] = measure_loop(data_dir, spec["steps"], spec["log_every"], cache_on_device=True)
+      out["device_speedup"] = out["host"]["step_s"] / out["device"]["step_s"]
+      _log(f"  -> {out['device']['step_s']:.3f} s/step")
+    except Exception as e:  # report, keep the other sections
+      out["device_error"] = f"{type(e).__name__}: {e}"[:400]
+  return out
+
+
+# Build ------------------------------------------------------------------------------
+
+
+def _benchmark_build_module():
+  spec = importlib.util.spec_from_file_location("avjax_benchmark_build",
+                                                ROOT / "scripts" / "benchmark_build.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def section_build(preset: dict) -> list[dict]:
+  """Decoding throughput of the RAVDESS builder's worker task (per core)."""
+  from avjax.data import windows
+  bb = _benchmark_build_module()
+  spec = preset["build"]
+  folder = pathlib.Path(tempfile.gettempdir()) / "avjax_bench_ravdess"
+  t0 = time.perf_counter()
+  paths = bb.make_clips(folder, spec["num_clips"], 3.5)
+  _log(f"build: {len(paths)} clips ready in {time.perf_counter() - t0:.1f} s")
+  rows = []
+  for w in spec["workers"]:
+    s = bb.time_decode(paths, windows.parse_name("w8_l1_ov"), w)
+    rows.append(dict(workers=w, clips=len(paths), decode_s=s, clips_per_s=len(paths) / s,
+                     clips_per_s_per_core=len(paths) / s / w, config="w8_l1_ov"))
+    _log(f"  -> {w} worker(s): {rows[-1]['clips_per_s']:.2f} clips/s")
+  return rows
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _f(x, fmt="{:.3g}", none="–"):
+  return none if x is None else fmt.format(x)
+
+
+def _one_line(text: str, n: int = 120) -> str:
+  return " ".join(text.split())[:n].replace("|", "/")
+
+
+def _mib(x):
+  return "–" if x is None else f"{x:,.0f} MiB"
+
+
+def _step_row(r: dict) -> str:
+  c = r["case"]
+  what = (f"{c['shape']} B={c['batch']} T={c['windows']} F={c['frames']} {c['size']}x{c['size']}"
+          f" {c['dtype']}" + (" remat" if c["remat"] else "") + ("" if c["donate"] else " no-donate"))
+  if "error" in r:
+    return f"| {what} | {_one_line(r['error'])} | | | | | | |"
+  util = "n/a" if r.get("utilisation") is None else f"{100 * r['utilisation']:.1f}%"
+  if c["compile_only"]:
+    util = "(not run)"
+  return (f"| {what} | {_f(r.get('step_s'), '{:.3f} s')} | {_f(r.get('clips_per_s'), '{:.2f}')} | "
+          f"{r['compile_s']:.1f} s | {_mib(r.get('peak_memory_mib'))} | "
+          f"{_f(r.get('xla_flops_per_step') and r['xla_flops_per_step'] / 1e12, '{:.4g}')} | "
+          f"{_f(r.get('achieved_flops_per_s') and r['achieved_flops_per_s'] / 1e9, '{:.1f}')} / {util} | "
+          f"{_f(r.get('xla_over_cost_model'), '{:.2f}')} |")
+
+
+_STEP_HEADER = ("| case | step | clips/s | compile | peak memory | TFLOP/step (XLA) | GFLOP/s / util. | "
+                "XLA / cost model |\n|---|---|---|---|---|---|---|---|")
+
+
+def render_markdown(report: dict) -> str:
+  m = report["machine"]
+  lines = [f"Generated by `scripts/benchmark.py` on {m['date']}: `{m['command']}`.",
+           f"Machine: {m['cpu_model']}, {m['cpu_cores']} cores, {m['memory_gib']} GiB; "
+           f"{m['device_count']} x {m['device_kind']} ({m['backend']}); jax {m['jax_version']}, "
+           f"Python {m['python']}. Load average at start: {' / '.join(map(str, m['loadavg']))} "
+           f"(1/5/15 min); at the end: {' / '.join(map(str, report.get('loadavg_end', [])))}. "
+           f"Total {report.get('total_s', 0) / 60:.1f} min.", ""]
+  s = report["sections"]
+  if "train_step" in s:
+    lines += ["### Train step (`train.make_train_step`, donated state, synthetic batch)", "",
+              "Step: median of the timed steps after one warm-up step. Peak memory: "
+              + ("the device's peak_bytes_in_use." if any(r.get("device_peak_mib") for r in s["train_step"])
+                 else "XLA's compiled-memory estimate (arguments + outputs + temporaries; "
+                      "the CPU reports no device peak).")
+              + " Utilisation against the device's dense peak (n/a: no peak known for this device).",
+              "", _STEP_HEADER]
+    lines += [_step_row(r) for r in s["train_step"]]
+    lines.append("")
+  if "options" in s:
+    lines += ["### Options (each against its baseline, same shape)", "",
+              "| case | step | speed-up | peak memory | memory ratio |", "|---|---|---|---|---|"]
+    for row in s["options"]:
+      r = row["result"]
+      if "error" in r:
+        lines.append(f"| {r['case']['label']} | {_one_line(r['error'])} | | | |")
+        continue
+      lines.append(f"| {r['case']['label']} | {_f(r.get('step_s'), '{:.3f} s')} | "
+                   f"{_f(row.get('speedup_vs_base'), '{:.2f}x')} | {_mib(r.get('peak_memory_mib'))} | "
+                   f"{_f(row.get('memory_vs_base'), '{:.2f}')} |")
+    lines.append("")
+  if "scaling" in s:
+    lines += ["### Scaling", "", "| against | values | step times | time ratio | size ratio | "
+              "FLOP ratio | at most linear |", "|---|---|---|---|---|---|---|"]
+    for name, res in s["scaling"].items():
+      times = ", ".join(_f(r.get("step_s"), "{:.3f}") for r in res["rows"])
+      lines.append(f"| {name} ({res['rows'][0]['case']['shape']}) | {res['values']} | {times} s | "
+                   f"{_f(res.get('time_ratio'), '{:.2f}')} | {_f(res.get('size_ratio'), '{:.0f}')} | "
+                   f"{_f(res.get('flops_ratio'), '{:.2f}')} | {res.get('at_most_linear', '–')} |")
+    lines.append("")
+  if "data_parallel" in s:
+    dp = s["data_parallel"]
+    lines += ["### Data parallel (same global batch)", "",
+              ("Host-platform CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=N, "
+               "one process each); they share the cores." if dp["host_platform_devices"] else ""),
+              "", "| devices | step | clips/s | speed-up | efficiency | XLA TFLOP/step |",
+              "|---|---|---|---|---|---|"]
+    for n, r in zip(dp["devices"], dp["rows"]):
+      lines.append(f"| {n} | {_f(r.get('step_s'), '{:.3f} s')} | {_f(r.get('clips_per_s'), '{:.2f}')} | "
+                   f"{_f(r.get('speedup_vs_1'), '{:.2f}x')} | {_f(r.get('efficiency'), '{:.2f}')} | "
+                   f"{_f(r.get('xla_flops_per_step') and r['xla_flops_per_step'] / 1e12, '{:.4g}')} |")
+    lines.append("")
+  if "mwtsm" in s:
+    lines += ["### MWTSM miner (jitted) against a per-anchor NumPy reference", "",
+              "| N | T | D | mwtsm | batch-hard | reference | speed-up | picks agree | compile |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in s["mwtsm"]:
+      lines.append(f"| {r['N']} | {r['T']} | {r['D']} | {r['mwtsm_s'] * 1e3:.2f} ms | "
+                   f"{r['batch_hard_s'] * 1e3:.2f} ms | {r['reference_s'] * 1e3:.0f} ms | "
+                   f"{r['speedup_vs_reference']:.0f}x | {100 * r['picks_agree']:.1f}% | "
+                   f"{r['compile_s']:.1f} s |")
+    lines.append("")
+  if "input" in s:
+    inp = s["input"]
+    lines += ["### Input pipeline (synthetic set, demo config, training iterator)", "",
+              "| setting | clips/s | ms per batch |", "|---|---|---|"]
+    for r in inp["rows"]:
+      lines.append(f"| {r['overrides']} (batch {r['batch']}) | {r['clips_per_s']:.0f} | "
+                   f"{r['ms_per_batch']:.0f} |")
+    if "train_step_clips_per_s" in inp:
+      lines += ["", f"The demo train step consumes {inp['train_step_clips_per_s']:.1f} clips/s: the "
+                f"pipeline delivers {inp['pipeline_over_step']:.1f}x that."]
+    lines.append("")
+  if "loop" in s:
+    lp = s["loop"]
+    lines += ["### Training loop (`train.train_fold`, demo config, steady steps)", ""]
+    for key in ("host", "device"):
+      r = lp.get(key)
+      if r:
+        lines.append(f"- {key} pipeline: {r['step_s']:.3f} s/step, {r['clips_per_s']:.1f} clips/s "
+                     f"({r['steps']} steps, {r['total_s']:.0f} s with compilation)")
+    if not lp["device_cache_implemented"]:
+      lines.append("- device-resident dataset: `config.input.cache_on_device` is not read by avjax "
+                   "yet; not measured")
+    if lp.get("device_error"):
+      lines.append(f"- device-resident dataset failed: {lp['device_error']}")
+    if lp.get("device_speedup"):
+      lines.append(f"- device-resident speed-up: {lp['device_speedup']:.2f}x")
+    lines.append("")
+  if "build" in s:
+    lines += ["### Dataset build (RAVDESS worker task: decode, resample, window, zlib)", "",
+              "| workers | clips | clips/s | per core |", "|---|---|---|---|"]
+    for r in s["build"]:
+      lines.append(f"| {r['workers']} | {r['clips']} | {r['clips_per_s']:.2f} | "
+                   f"{r['clips_per_s_per_core']:.2f} |")
+    lines.append("")
+  return "\n".join(lines).rstrip() + "\n"
+
+
+def update_markdown(path: pathlib.Path, preset: str, body: str) -> None:
+  """Replaces (or appends) the generated section of `preset` in `path`."""
+  begin = f"<!-- benchmark.py:{preset} begin -->"
+  end = f"<!-- benchmark.py:{preset} end -->"
+  block = f"{begin}\n{body}{end}"
+  text = path.read_text() if path.exists() else "# Benchmarks\n"
+  if begin in text and end in text:
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    text = head + block + tail
+  else:
+    text = text.rstrip() + f"\n\n## Generated: preset `{preset}`\n\n{block}\n"
+  path.write_text(text)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run(preset_name: str, sections: Sequence[str] | None = None, repeats: int | None = None,
+        batch: int | None = None, linear_tolerance: float = 1.25) -> dict:
+  """Runs the sections of a preset and returns the report (see the module docstring).
+  `batch` overrides the batch of every RAVDESS-shape train-step case that runs."""
+  preset = PRESETS[preset_name]
+  if batch:
+    preset = dict(preset)
+    preset["train_step"] = [dict(c, batch=batch, label=f"{c['shape']} B={batch}")
+                            if c["shape"] == "ravdess" and not c["compile_only"] else c
+                            for c in preset["train_step"]]
+  sections = list(sections or preset["sections"])
+  repeats = repeats or preset["repeats"]
+  t_start = time.perf_counter()
+  report: dict[str, Any] = dict(preset=preset_name, machine=machine_info(), sections={})
+  s = report["sections"]
+  if "train_step" in sections:
+    s["train_step"] = section_train_step(preset, repeats)
+  if "options" in sections:
+    s["options"] = section_options(preset, repeats, s.get("train_step", []))
+  if "scaling" in sections:
+    s["scaling"] = section_scaling(preset, repeats, linear_tolerance)
+  if "data_parallel" in sections:
+    s["data_parallel"] = section_data_parallel(preset, repeats)
+  if "mwtsm" in sections:
+    s["mwtsm"] = section_mwtsm(preset)
+  if "build" in sections:
+    s["build"] = section_build(preset)
+  if "input" in sections or "loop" in sections:
+    with synthetic_data_dir() as data_dir:
+      if "input" in sections:
+        s["input"] = section_input(preset, data_dir, s.get("train_step", []))
+      if "loop" in sections:
+        s["loop"] = section_loop(preset, data_dir)
+  report["total_s"] = time.perf_counter() - t_start
+  report["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+  return report
+
+
+def main(argv: Sequence[str] | None = None) -> dict | None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu_quick")
+  parser.add_argument("--sections", default="", help="comma-separated subset of the preset's")
+  parser.add_argument("--repeats", type=int, default=0, help="timed steps per case (0: preset's)")
+  parser.add_argument("--batch", type=int, default=0,
+                      help="batch of the RAVDESS-shape train-step cases (0: preset's)")
+  parser.add_argument("--linear_tolerance", type=float, default=1.25)
+  parser.add_argument("--out", default="", help="write the JSON report here")
+  parser.add_argument("--update_md", action="store_true",
+                      help="rewrite this preset's generated section of --md")
+  parser.add_argument("--md", default=str(ROOT / "BENCHMARKS.md"))
+  parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+  parser.add_argument("--worker_out", default="", help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.worker:  # one train-step case in this process
+    result = measure_train_step(json.loads(args.worker), repeats=args.repeats or 3)
+    pathlib.Path(args.worker_out).write_text(json.dumps(result))
+    return None
+  sections = [x for x in args.sections.split(",") if x]
+  unknown = set(sections) - set(PRESETS[args.preset]["sections"])
+  if unknown:
+    parser.error(f"--sections {sorted(unknown)} not in preset {args.preset}'s "
+                 f"{PRESETS[args.preset]['sections']}")
+  report = run(args.preset, sections, args.repeats or None, args.batch or None,
+               args.linear_tolerance)
+  text = json.dumps(report, indent=1, default=str)
+  if args.out:
+    pathlib.Path(args.out).write_text(text + "\n")
+  md = render_markdown(report)
+  print(md)
+  if args.update_md:
+    update_markdown(pathlib.Path(args.md), args.preset, md)
+  return report
+
+
+if __name__ == "__main__":
+  main()
