@@ -1,0 +1,137 @@
+"""scripts/benchmark.py at tiny shapes: report fields, XLA FLOPs against batch size,
+the per-anchor MWTSM reference against avjax.mining, peaks, growth and markdown."""
+
+import importlib.util
+import json
+import math
+import pathlib
+import tempfile
+
+import jax
+import numpy as np
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from avjax import mining
+
+_PATH = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
+_spec = importlib.util.spec_from_file_location("avjax_benchmark", _PATH)
+benchmark = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(benchmark)
+
+
+class TrainStepTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    # Batches divisible by the 4 host devices of conftest.py; B = 8 compiled only.
+    cls.small = benchmark.measure_train_step(benchmark._case("tiny", batch=4), repeats=1)
+    cls.large = benchmark.measure_train_step(
+        benchmark._case("tiny", batch=8, compile_only=True), repeats=1)
+
+  def test_fields(self):
+    r = self.small
+    for key in ("compile_s", "step_s", "clips_per_s", "xla_flops_per_step", "peak_memory_mib",
+                "achieved_flops_per_s", "num_params", "loss"):
+      self.assertIn(key, r)
+    self.assertGreater(r["step_s"], 0)
+    self.assertAlmostEqual(r["clips_per_s"], 4 / r["step_s"], places=6)
+    self.assertTrue(math.isfinite(r["loss"]))
+    self.assertEqual(r["device_count"], jax.device_count())
+    self.assertIsNone(r["utilisation"])  # no known peak for a CPU
+    self.assertNotIn("step_s", self.large)  # compile only
+    json.dumps(r)  # serialisable
+
+  def test_flops_positive_and_about_linear_in_batch(self):
+    f4, f8 = self.small["xla_flops_per_step"], self.large["xla_flops_per_step"]
+    self.assertGreater(f4, 1e6)
+    # f(B) = a B + c: the encoders scale with B, the optimiser update (done on every
+    # one of the 4 devices, counted 4 times) does not; at these tiny widths c is
+    # about a fifth of f(4).
+    self.assertBetween(f8 / f4, 1.5, 2.0 + 1e-6)
+
+  def test_no_cost_model_for_narrow_model(self):
+    self.assertNotIn("xla_over_cost_model", self.small)
+
+
+class MwtsmReferenceTest(parameterized.TestCase):
+
+  @parameterized.parameters((0, 12, 3, 3), (1, 10, 4, 2), (2, 16, 5, 4))
+  def test_agrees_with_mining_on_ties(self, seed, n, t, classes):
+    # Small integer embeddings: exact float32 distances and many ties, so the
+    # lowest-flat-index rule and the used-triplet exclusion are both exercised.
+    rng = np.random.default_rng(seed)
+    emb = rng.integers(0, 3, (t, n, 3)).astype(np.float32)
+    labels = rng.integers(0, classes, n).astype(np.int32)
+    ref = benchmark.mwtsm_reference(emb, labels)
+    got = [np.asarray(a) for a in jax.jit(mining.mwtsm)(emb, labels)]
+    for g, r in zip(got, ref):
+      np.testing.assert_array_equal(g, r)
+    # Picks are triplets of the right labels and never repeat for an anchor.
+    p, q, v = ref
+    for w in range(t):
+      for i in np.flatnonzero(v[w]):
+        self.assertEqual(labels[p[w, i]], labels[i])
+        self.assertNotEqual(p[w, i], i)
+        self.assertNotEqual(labels[q[w, i]], labels[i])
+    seen = {(i, p[w, i], q[w, i]) for w in range(t) for i in range(n) if v[w, i]}
+    self.assertLen(seen, int(v.sum()))
+
+  def test_reference_runs_out_of_triplets(self):
+    # 2 clips of class 0, 1 of class 1: anchor 0 has one triplet (1, 2): valid at
+    # the first window only.
+    emb = np.zeros((3, 3, 2), np.float32)
+    p, q, v = benchmark.mwtsm_reference(emb, np.array([0, 0, 1]))
+    np.testing.assert_array_equal(v[:, 0], [True, False, False])
+    self.assertEqual((p[0, 0], q[0, 0]), (1, 2))
+    self.assertFalse(v[:, 2].any())  # no positive for the lone class-1 clip
+
+  def test_measure_mwtsm(self):
+    r = benchmark.measure_mwtsm(n=16, windows=3, dim=8, repeats=1)
+    self.assertTrue(r["all_equal"])
+    self.assertEqual(r["picks_agree"], 1.0)
+    self.assertGreater(r["mwtsm_s"], 0)
+
+
+class HelpersTest(absltest.TestCase):
+
+  def test_peak_flops(self):
+    self.assertEqual(benchmark.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16"), 989e12)
+    self.assertEqual(benchmark.peak_flops("NVIDIA H100 PCIe", "bfloat16"), 756e12)
+    self.assertEqual(benchmark.peak_flops("NVIDIA H200", "float32"), 67e12)
+    self.assertIsNone(benchmark.peak_flops("cpu", "float32"))
+
+  def test_cost_model(self):
+    self.assertAlmostEqual(benchmark.cost_model_flops(40, 8, 25, 96, (1.0, 1.0)), 40 * 0.37e12)
+    self.assertAlmostEqual(benchmark.cost_model_flops(1, 4, 25, 48, (1.0, 1.0)), 0.37e12 / 8)
+    self.assertIsNone(benchmark.cost_model_flops(40, 8, 25, 96, (0.125, 1.0)))
+
+  def test_growth(self):
+    g = benchmark.growth([1, 2, 4, 8], [1.0, 1.5, 2.5, 4.0], tolerance=1.0)
+    self.assertEqual((g["size_ratio"], g["time_ratio"]), (8, 4.0))
+    self.assertTrue(g["at_most_linear"])
+    self.assertFalse(benchmark.growth([1, 2], [1.0, 2.6], tolerance=1.25)["at_most_linear"])
+
+  def test_main_json_and_markdown_section(self):
+    with tempfile.TemporaryDirectory() as d:
+      out, md = pathlib.Path(d, "b.json"), pathlib.Path(d, "B.md")
+      md.write_text("# Benchmarks\n\nhand-written text\n")
+      for _ in range(2):  # the second run replaces the section
+        benchmark.main(["--preset=tiny", "--sections=mwtsm", f"--out={out}", "--update_md",
+                        f"--md={md}"])
+      report = json.loads(out.read_text())
+      machine = report["machine"]
+      for key in ("cpu_model", "cpu_cores", "device_kind", "device_count", "jax_version",
+                  "command", "date", "loadavg"):
+        self.assertIn(key, machine)
+      self.assertLen(machine["loadavg"], 3)
+      self.assertTrue(report["sections"]["mwtsm"][0]["all_equal"])
+      text = md.read_text()
+      self.assertIn("hand-written text", text)
+      self.assertEqual(text.count("<!-- benchmark.py:tiny begin -->"), 1)
+      self.assertIn("| 12 | 3 | 8 |", text)
+
+
+if __name__ == "__main__":
+  absltest.main()
