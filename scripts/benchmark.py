@@ -99,11 +99,20 @@ SHAPES = {
 }
 
 
-def _case(shape: str, label: str = "", **kw) -> dict:
+def describe(case: dict) -> str:
+  """'ravdess B=40 T=8 F=25 96x96 bfloat16 remat no-donate'."""
+  return (f"{case['shape']} B={case['batch']} T={case['windows']} F={case['frames']} "
+          f"{case['size']}x{case['size']} {case['dtype']}" + (" remat" if case["remat"] else "")
+          + ("" if case["donate"] else " no-donate")
+          + (" (compile only)" if case["compile_only"] else ""))
+
+
+def _case(shape: str, **kw) -> dict:
+  kw.pop("label", None)
   out = dict(SHAPES[shape], shape=shape, dtype="float32", remat=False, donate=True,
-             compile_only=False, devices=0)
+             compile_only=False)
   out.update(kw)
-  out["label"] = label or f"{shape} B={out['batch']}"
+  out["label"] = describe(out)
   return out
 
 
@@ -113,7 +122,7 @@ PRESETS = {
     "cpu_quick": dict(
         sections=("train_step", "options", "scaling", "data_parallel", "mwtsm", "input", "loop",
                   "build"),
-        train_step=[_case("ravdess", compile_only=True, label="ravdess B=40 (compile only)"),
+        train_step=[_case("ravdess", compile_only=True),
                     _case("ravdess", batch=1), _case("ravdess", batch=2),
                     _case("demo")],
         options=[("demo", {}), ("demo", dict(dtype="bfloat16")), ("demo", dict(remat=True)),
@@ -380,11 +389,18 @@ def measure_train_step(case: dict, repeats: int = 3) -> dict:
   return out
 
 
+_USER_PREALLOCATE = os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")
+
+
 def run_case_subprocess(case: dict, repeats: int, devices: int = 0, timeout: float = 1800) -> dict:
   """`measure_train_step` in a fresh process (own device peak, survives running out
   of memory). `devices` > 0: that many devices (XLA's host-platform device count on
   CPU, CUDA_VISIBLE_DEVICES on GPU)."""
   env = dict(os.environ)
+  # The driver does not preallocate accelerator memory (main); the cases run as the user set.
+  env.pop("XLA_PYTHON_CLIENT_PREALLOCATE", None)
+  if _USER_PREALLOCATE is not None:
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = _USER_PREALLOCATE
   if devices and jax.default_backend() == "gpu":
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(devices))
   elif devices:
@@ -443,8 +459,7 @@ def section_options(preset: dict, repeats: int, known: list[dict]) -> list[dict]
   for base_name, change in preset["options"]:
     case = _OPTION_BASES[base_name]()
     case.update(change)
-    if change:
-      case["label"] += " " + ",".join(f"{k}={v}" for k, v in change.items())
+    case["label"] = describe(case)
     key = json.dumps(case, sort_keys=True)
     if key not in cache:
       _log(f"options {case['label']}")
@@ -477,7 +492,6 @@ def section_scaling(preset: dict, repeats: int, tolerance: float) -> dict:
     rows = []
     for v in values:
       case = _case(shape, **spec, **{name: v})
-      case["label"] = f"{shape} {name}={v}"
       _log(f"scaling {case['label']}")
       rows.append(run_case_subprocess(case, repeats))
       _log(f"  -> {_brief(rows[-1])}")
@@ -503,8 +517,7 @@ def section_data_parallel(preset: dict, repeats: int) -> dict:
   rows = []
   for n in counts:
     case = _case(shape, **spec)
-    case["label"] = f"{shape} B={case['batch']} on {n} device(s)"
-    _log(f"data_parallel {case['label']}")
+    _log(f"data_parallel {case['label']} on {n} device(s)")
     r = run_case_subprocess(case, repeats, devices=n)
     rows.append(r)
     _log(f"  -> {_brief(r)}")
@@ -761,8 +774,7 @@ def _mib(x):
 
 def _step_row(r: dict) -> str:
   c = r["case"]
-  what = (f"{c['shape']} B={c['batch']} T={c['windows']} F={c['frames']} {c['size']}x{c['size']}"
-          f" {c['dtype']}" + (" remat" if c["remat"] else "") + ("" if c["donate"] else " no-donate"))
+  what = describe(c)
   if "error" in r:
     return f"| {what} | {_one_line(r['error'])} | | | | | | |"
   util = "n/a" if r.get("utilisation") is None else f"{100 * r['utilisation']:.1f}%"
@@ -903,9 +915,11 @@ def run(preset_name: str, sections: Sequence[str] | None = None, repeats: int | 
   preset = PRESETS[preset_name]
   if batch:
     preset = dict(preset)
-    preset["train_step"] = [dict(c, batch=batch, label=f"{c['shape']} B={batch}")
+    preset["train_step"] = [_case(**dict(c, batch=batch))
                             if c["shape"] == "ravdess" and not c["compile_only"] else c
                             for c in preset["train_step"]]
+    unique = {json.dumps(c, sort_keys=True): c for c in preset["train_step"]}
+    preset["train_step"] = list(unique.values())
   sections = list(sections or preset["sections"])
   repeats = repeats or preset["repeats"]
   t_start = time.perf_counter()
@@ -953,6 +967,8 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     result = measure_train_step(json.loads(args.worker), repeats=args.repeats or 3)
     pathlib.Path(args.worker_out).write_text(json.dumps(result))
     return None
+  # The driver's own work is small; leave the accelerator's memory to the case processes.
+  os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
   sections = [x for x in args.sections.split(",") if x]
   unknown = set(sections) - set(PRESETS[args.preset]["sections"])
   if unknown:
