@@ -803,6 +803,10 @@ def render_markdown(report: dict) -> str:
            f"Python {m['python']}. Load average at start: {' / '.join(map(str, m['loadavg']))} "
            f"(1/5/15 min); at the end: {' / '.join(map(str, report.get('loadavg_end', [])))}. "
            f"Total {report.get('total_s', 0) / 60:.1f} min.", ""]
+  if len(report.get("runs", [])) > 1:
+    lines += ["Merged from several runs:"] + [
+        f"- {r['date']}, load {' / '.join(map(str, r['loadavg']))}: {', '.join(r['sections'])} "
+        f"(`{r['command']}`)" for r in report["runs"]] + [""]
   s = report["sections"]
   if "train_step" in s:
     lines += ["### Train step (`train.make_train_step`, donated state, synthetic batch)", "",
@@ -970,6 +974,9 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
                       help="batch of the RAVDESS-shape train-step cases (0: preset's)")
   parser.add_argument("--linear_tolerance", type=float, default=1.25)
   parser.add_argument("--out", default="", help="write the JSON report here")
+  parser.add_argument("--merge", action="store_true",
+                      help="keep the sections of an existing --out report that this run does not "
+                           "measure (to split a preset over several shorter commands)")
   parser.add_argument("--update_md", action="store_true",
                       help="rewrite this preset's generated section of --md")
   parser.add_argument("--md", default=str(ROOT / "BENCHMARKS.md"))
@@ -989,6 +996,16 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
                  f"{PRESETS[args.preset]['sections']}")
   report = run(args.preset, sections, args.repeats or None, args.batch or None,
                args.linear_tolerance)
+  if args.merge and args.out and pathlib.Path(args.out).exists():
+    old = json.loads(pathlib.Path(args.out).read_text())
+    if old.get("preset") != args.preset:
+      parser.error(f"--merge: {args.out} holds preset {old.get('preset')!r}, not {args.preset!r}")
+    report["runs"] = old.get("runs", [dict(old["machine"], sections=sorted(old["sections"]),
+                                           total_s=old.get("total_s"))])
+    report["sections"] = {**old["sections"], **report["sections"]}
+  report.setdefault("runs", [])
+  report["runs"].append(dict(report["machine"], sections=sorted(sections or PRESETS[args.preset]["sections"]),
+                             total_s=report["total_s"]))
   text = json.dumps(report, indent=1, default=str)
   if args.out:
     pathlib.Path(args.out).write_text(text + "\n")
