@@ -10,8 +10,10 @@ t classify each query by KNN (k = config.eval.k) among the references, for
   AV  their concatenation [h^a_t, h^v_t],
 for the modalities the model has. Written per fold (see docs/results_schema.md):
 `predictions.npz` (labels, actor, clip_id, pred_{M} [T, Q], emb_{M} [Q, D] at
-the last gate) and `fold_info.json` (written last: its presence marks the fold
-done).
+the last gate), `reference_bank.npz` (the references' gate embeddings [N, T, H]
+and labels, and the preprocessing `avjax.predict` needs; unless
+config.eval.reference_bank is False) and `fold_info.json` (written last: its
+presence marks the fold done).
 
 Command line (re-evaluates the folds of a finished or interrupted run):
   python -m avjax.evaluate --workdir=runs/ravdess [--folds=0,3] [--checkpoint=latest|best]
@@ -136,12 +138,18 @@ def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh) -> 
       "k": int(config.eval.k), "num_train_clips": int(len(refs["label"])),
       "exclude_used": bool(config.loss.exclude_used), "avjax_version": __version__,
   }
+  bank = None
+  if config.eval.get("reference_bank", True):
+    bank = reference_bank_arrays(config, state, refs, train.training_folds(config, test_fold),
+                                 test_fold)
   if jax.process_index() == 0:
     os.makedirs(fold_dir, exist_ok=True)
     npz = os.path.join(fold_dir, "predictions.npz")
     with open(npz + ".tmp", "wb") as f:
       np.savez(f, **arrays)
     os.replace(npz + ".tmp", npz)
+    if bank is not None:
+      write_reference_bank(os.path.join(fold_dir, REFERENCE_BANK), bank)
     info_path = os.path.join(fold_dir, "fold_info.json")
     with open(info_path + ".tmp", "w") as f:
       json.dump(info, f, indent=2)
@@ -151,6 +159,62 @@ def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh) -> 
       logging.info("Fold %d %s accuracy per gate: %s", test_fold, m, np.round(acc, 4).tolist())
       print(f"fold {test_fold} {m} accuracy per gate: " + " ".join(f"{a:.3f}" for a in acc), flush=True)
   return arrays
+
+
+REFERENCE_BANK = "reference_bank.npz"
+BANK_SCHEMA_VERSION = 1
+
+
+def reference_bank_arrays(config, state, refs: dict, train_folds: list[int],
+                          test_fold: int) -> dict[str, np.ndarray]:
+  """The arrays of `fold_k/reference_bank.npz` (docs/results_schema.md): the training
+  folds' gate embeddings [N, T, H] and labels, plus, as a JSON string `meta`,
+  everything `avjax.predict` needs to preprocess a new clip without the dataset."""
+  from avjax import __version__
+  from avjax.data import windows
+  info = input_pipeline.dataset_info(config)
+  builder_meta = dict(input_pipeline.get_builder(config).info.metadata or {})
+  spec = windows.parse_name(config.dataset.config)
+  step = int(jax.device_get(state.step))
+  video = None
+  if "video_gate" in refs:
+    video = {"fps": float(info["fps"]), "frame_size": int(info["frame_size"]),
+             "frames_per_window": int(info["frames_per_window"]),
+             "crop_size": int(config.input.crop_size),
+             "center_crop": bool(builder_meta.get("center_crop", False)),
+             "interpolation": str(builder_meta.get("interpolation", "AREA"))}
+  audio = None
+  if "audio_gate" in refs:
+    audio = {"rate": float(info["audio_rate"]),
+             "samples_per_window": int(info["samples_per_window"])}
+  meta = {
+      "schema_version": BANK_SCHEMA_VERSION, "dataset": config.dataset.name,
+      "config": config.dataset.config, "variant": config.model.variant,
+      "modalities": config.model.modalities, "gate_modalities": list(modalities_of(config)),
+      "fold": int(test_fold), "train_folds": [int(f) for f in train_folds],
+      "class_names": list(config.dataset.class_names), "k": int(config.eval.k),
+      "step": step,
+      "window": {"name": spec.name, "num_windows": spec.num_windows, "length": spec.length,
+                 "overlap": spec.overlap, "mode": spec.mode},
+      "video": video, "audio": audio, "avjax_version": __version__,
+  }
+  arrays = {k: np.asarray(refs[k], np.float32) for k in ("audio_gate", "video_gate") if k in refs}
+  arrays["labels"] = np.asarray(refs["label"], np.int32)
+  arrays["actor"] = np.asarray(refs["actor"], np.int32)
+  arrays["clip_id"] = np.asarray(input_pipeline.clip_ids(config, train_folds), dtype=str)
+  if len(arrays["clip_id"]) != len(arrays["labels"]):
+    raise RuntimeError(f"fold {test_fold}: {len(arrays['clip_id'])} reference clip ids for "
+                       f"{len(arrays['labels'])} embeddings")
+  arrays["step"] = np.asarray(step, np.int64)
+  arrays["meta"] = np.asarray(json.dumps(meta, sort_keys=True))   # 0-d unicode, no pickle
+  return arrays
+
+
+def write_reference_bank(path: str, arrays: dict[str, np.ndarray]) -> None:
+  """Writes the bank atomically (a temporary file, then os.replace)."""
+  with open(path + ".tmp", "wb") as f:
+    np.savez(f, **arrays)
+  os.replace(path + ".tmp", path)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

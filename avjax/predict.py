@@ -1,0 +1,615 @@
+r"""Inference on new videos: per-gate emotion predictions of a trained model.
+
+Legend: T windows (gates), F frames per window, H = W stored frame size, C crop
+size, S audio samples per window, N reference clips, G gate-embedding size,
+K classes.
+
+  python -m avjax.predict --workdir=runs/ravdess clip.mp4 other.flv [--json]
+      [--fold=K] [--checkpoint=latest|best] [--face_crop]
+
+For each file: decode it with PyAV (any container and codecs FFmpeg reads, any
+frame rate, size, sample rate and channel count), preprocess it exactly as the
+model's data set was built (video resampled to the data set's fps and resized
+to its stored H x H frames, whole frame or centre square as the builder did;
+audio downmixed to mono and resampled to its rate with soxr; the clip cut into
+the model's T windows with `media.cut_windows`), take the evaluation centre
+crop (C x C), run the model, and at every gate classify the gate embeddings of
+AO (h^a_t), VO (h^v_t) and AV ([h^a_t, h^v_t]) with KNN (k from the config)
+among the training embeddings of `fold_k/reference_bank.npz`, written by
+`avjax.evaluate` (see docs/results_schema.md). Scores are the fractions of the
+k neighbours voting for each class; the prediction is their first maximum
+(`avjax.knn`, as in evaluation).
+
+Details, JSON keys and exit codes: docs/predict.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+FACE_EXTRA = 'pip install "opencv-python-headless>=4.8,<5"'
+_GATE_KEYS = {"AO": ("audio_gate",), "VO": ("video_gate",), "AV": ("audio_gate", "video_gate")}
+
+
+class UsageError(Exception):
+  """Bad command line or workdir: nothing can be predicted (exit status 2)."""
+
+
+# --------------------------------------------------------------------------- bank
+
+
+@dataclasses.dataclass
+class Bank:
+  """A fold's reference bank: training gate embeddings, labels and preprocessing."""
+  path: str
+  meta: dict[str, Any]
+  gates: dict[str, np.ndarray]     # 'audio_gate' / 'video_gate' [N, T, G] float32
+  labels: np.ndarray               # [N] int32
+
+  @property
+  def step(self) -> int:
+    return int(self.meta["step"])
+
+  @property
+  def class_names(self) -> list[str]:
+    return list(self.meta["class_names"])
+
+  def modality_refs(self, modality: str) -> np.ndarray:
+    """[N, T, G*] references of AO, VO or AV."""
+    return np.concatenate([self.gates[k] for k in _GATE_KEYS[modality]], axis=-1)
+
+
+def load_bank(path: str) -> Bank:
+  """Reads `reference_bank.npz` (no pickle) and checks its arrays against its metadata."""
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      arrays = {k: z[k] for k in z.files}
+  except (OSError, ValueError) as e:
+    raise UsageError(f"{path}: cannot read the reference bank ({e})") from None
+  try:
+    meta = json.loads(str(arrays["meta"]))
+  except (KeyError, json.JSONDecodeError) as e:
+    raise UsageError(f"{path}: no readable 'meta' entry ({e}); rewrite it with "
+                     "python -m avjax.evaluate") from None
+  gates = {k: arrays[k] for k in ("audio_gate", "video_gate") if k in arrays}
+  labels = arrays.get("labels")
+  if labels is None or not gates:
+    raise UsageError(f"{path}: a reference bank needs 'labels' and 'audio_gate' or 'video_gate'")
+  for key, value in gates.items():
+    if value.ndim != 3 or len(value) != len(labels) or value.shape[1] != meta["window"]["num_windows"]:
+      raise UsageError(f"{path}: {key} has shape {value.shape}, expected "
+                       f"[{len(labels)}, {meta['window']['num_windows']}, G]")
+  if int(arrays["step"]) != int(meta["step"]):
+    raise UsageError(f"{path}: 'step' {int(arrays['step'])} differs from meta step {meta['step']}")
+  return Bank(path=path, meta=meta, gates=gates, labels=labels.astype(np.int32))
+
+
+def choose_fold(workdir: str, config, fold: int | None) -> int:
+  """`fold`, or else the first of config.folds whose fold directory holds a bank."""
+  from avjax import evaluate
+  from avjax import train
+  if fold is not None:
+    path = os.path.join(train.fold_dir_of(workdir, fold), evaluate.REFERENCE_BANK)
+    if not os.path.isfile(path):
+      raise UsageError(f"{path} not found: fold {fold} has no reference bank (evaluate it with "
+                       f"python -m avjax.evaluate --workdir={workdir} --folds={fold})")
+    return fold
+  for f in config.folds:
+    if os.path.isfile(os.path.join(train.fold_dir_of(workdir, f), evaluate.REFERENCE_BANK)):
+      return int(f)
+  raise UsageError(
+      f"{workdir}: no fold of config.folds {list(config.folds)} has a {evaluate.REFERENCE_BANK} "
+      f"(written when a fold is evaluated; run python -m avjax.evaluate --workdir={workdir})")
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _media():
+  from avjax.data import media
+  return media
+
+
+class _BoxResizer:
+  """Source frame -> [H, W, 3] uint8: crop a fixed box (x, y, w, h), then scale."""
+
+  def __init__(self, box: tuple[int, int, int, int], size: int, interpolation: str):
+    self.box, self.size, self.interpolation = box, size, interpolation
+    self._graph = None
+
+  def __call__(self, frame, stream) -> np.ndarray:
+    import av
+    if self._graph is None:
+      x, y, w, h = self.box
+      g = av.filter.Graph()
+      src = g.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
+                         time_base=stream.time_base)
+      crop = g.add("crop", f"w={w}:h={h}:x={x}:y={y}:exact=1")
+      scale = g.add("scale", f"{self.size}:{self.size}:flags={self.interpolation.lower()}")
+      fmt = g.add("format", "rgb24")
+      sink = g.add("buffersink")
+      src.link_to(crop)
+      crop.link_to(scale)
+      scale.link_to(fmt)
+      fmt.link_to(sink)
+      g.configure()
+      self._graph = g
+    self._graph.push(frame)
+    return self._graph.pull().to_ndarray()
+
+
+def decode_video(path: str, options, box: tuple[int, int, int, int] | None = None
+                 ) -> tuple[np.ndarray, float]:
+  """Video only, as `media.decode` decodes it: ([N, H, H, 3] uint8, duration in s).
+
+  `box` (x, y, w, h in source pixels) is cropped before resizing (--face_crop).
+  """
+  import av
+  media = _media()
+  container = media._open(path)
+  try:
+    if not container.streams.video:
+      raise media.MediaError(path, "no video stream")
+    vstream = container.streams.video[0]
+    vstream.thread_type = "SLICE"
+    if box is None:
+      resizer = media._Resizer(options.frame_size, options.center_crop, options.interpolation)
+    else:
+      resizer = _BoxResizer(box, options.frame_size, options.interpolation)
+    rate = vstream.average_rate or vstream.guessed_rate
+    sampler = media._FpsSampler(options.fps, lambda f: resizer(f, vstream),
+                                nominal_period=float(1 / rate) if rate else 1 / options.fps)
+    times: list[float] = []
+    try:
+      for packet in container.demux(vstream):
+        for frame in packet.decode():
+          t = media._stream_time(frame, vstream)
+          if t is not None:
+            times.append(t)
+          sampler.add(frame, t)
+    except av.FFmpegError as e:
+      raise media.MediaError(path, f"cannot decode: {e}") from None
+  finally:
+    container.close()
+  if sampler.count == 0:
+    raise media.MediaError(path, "no video frames")
+  duration = sampler.finish(media._frame_period(vstream, times))
+  if duration <= 0:
+    raise media.MediaError(path, "zero duration")
+  return np.stack(sampler.frames), float(duration)
+
+
+def _streams(path: str) -> tuple[bool, bool]:
+  """(has a video stream, has an audio stream); MediaError when unreadable."""
+  media = _media()
+  container = media._open(path)
+  try:
+    return bool(container.streams.video), bool(container.streams.audio)
+  finally:
+    container.close()
+
+
+def face_box(path: str, max_checked: int = 40, wanted: int = 12) -> tuple[int, int, int, int] | None:
+  """A square box (x, y, side, side) in source pixels around the largest face, or None.
+
+  OpenCV's bundled frontal-face Haar cascade runs on about two frames per second
+  of the clip's start (at most `max_checked` frames, stopping after `wanted`
+  detections); the median of the per-frame largest faces, widened 1.6x to keep
+  the whole head, gives one box for the whole clip (a fixed crop keeps the
+  motion the model sees).
+  """
+  cv2 = require_cv2()
+  media = _media()
+  cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades,
+                                               "haarcascade_frontalface_default.xml"))
+  container = media._open(path)
+  boxes, checked, width, height = [], 0, 0, 0
+  try:
+    if not container.streams.video:
+      raise media.MediaError(path, "no video stream")
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate
+    stride = max(1, int(round(float(rate) / 2))) if rate else 5
+    for i, frame in enumerate(container.decode(stream)):
+      if i % stride:
+        continue
+      gray = frame.to_ndarray(format="gray")
+      height, width = gray.shape
+      minimum = max(20, min(width, height) // 10)
+      faces = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
+                                       minSize=(minimum, minimum))
+      if len(faces):
+        boxes.append(max(faces.tolist(), key=lambda b: b[2] * b[3]))
+      checked += 1
+      if checked >= max_checked or len(boxes) >= wanted:
+        break
+  except Exception as e:  # noqa: BLE001  (av.FFmpegError and friends: report, do not crash)
+    if isinstance(e, media.MediaError):
+      raise
+    raise media.MediaError(path, f"cannot decode for face detection: {e}") from None
+  finally:
+    container.close()
+  if not boxes:
+    return None
+  x, y, w, h = np.median(np.asarray(boxes, np.float64), axis=0)
+  side = min(1.6 * max(w, h), width, height)
+  x0 = min(max(0.0, x + w / 2 - side / 2), width - side)
+  y0 = min(max(0.0, y + h / 2 - side / 2), height - side)
+  side_i = int(side) // 2 * 2
+  return int(x0) // 2 * 2, int(y0) // 2 * 2, side_i, side_i
+
+
+def require_cv2():
+  """OpenCV 4 (its bundled Haar cascades), or UsageError with the pip command."""
+  try:
+    import cv2
+  except ImportError:
+    raise UsageError(f"--face_crop needs OpenCV, which is not installed: {FACE_EXTRA} "
+                     "(or pip install 'avjax[face]')") from None
+  cascade = os.path.join(getattr(getattr(cv2, "data", None), "haarcascades", ""),
+                         "haarcascade_frontalface_default.xml")
+  if not os.path.isfile(cascade) or not hasattr(cv2, "CascadeClassifier"):
+    raise UsageError(f"--face_crop needs OpenCV 4's bundled Haar cascades; OpenCV "
+                     f"{cv2.__version__} has none: {FACE_EXTRA}")
+  return cv2
+
+
+# --------------------------------------------------------------------------- model
+
+
+class Predictor:
+  """A fold's restored model and reference bank; `predict(path)` runs one file."""
+
+  def __init__(self, workdir: str, fold: int | None = None, checkpoint: str = "latest",
+               face_crop: bool = False):
+    from avjax import evaluate
+    from avjax import train
+    self.workdir = os.path.abspath(workdir)
+    if not os.path.isdir(self.workdir):
+      raise UsageError(f"--workdir {workdir}: no such directory")
+    try:
+      self.config = evaluate.load_config(self.workdir)
+    except FileNotFoundError as e:
+      raise UsageError(str(e)) from None
+    self.fold = choose_fold(self.workdir, self.config, fold)
+    self.fold_dir = train.fold_dir_of(self.workdir, self.fold)
+    self.bank = load_bank(os.path.join(self.fold_dir, evaluate.REFERENCE_BANK))
+    self.meta = self.bank.meta
+    self.face_crop = face_crop
+    if face_crop:
+      require_cv2()
+      if self.meta["video"] is None:
+        raise UsageError("--face_crop: this model uses audio only")
+    self.checkpoint = checkpoint
+    self.state, self.step = self._restore(checkpoint)
+    self._forward = None
+
+  # ---- model
+  def _sample_batch(self) -> dict[str, np.ndarray]:
+    w, v, a = self.meta["window"], self.meta["video"], self.meta["audio"]
+    t = int(w["num_windows"])
+    batch = {}
+    if v is not None:
+      c = int(v["crop_size"])
+      batch["video"] = np.zeros((1, t, int(v["frames_per_window"]), c, c, 3), np.uint8)
+    if a is not None:
+      batch["audio"] = np.zeros((1, t, int(a["samples_per_window"])), np.float32)
+    return batch
+
+  def _restore(self, which: str):
+    import jax
+    import orbax.checkpoint as ocp
+    from jax.sharding import Mesh
+    from avjax import train
+    from avjax.models import gating
+    config = self.config
+    config.model.pretrained = False  # the checkpoint replaces every weight
+    mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
+    repl, _ = train.shardings(mesh)
+    model = gating.create_model(config.model)
+    sample = self._sample_batch()
+    abstract = jax.eval_shape(
+        lambda: train.create_train_state(config, model, sample, jax.random.PRNGKey(0), repl))
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl)
+        if isinstance(x, jax.ShapeDtypeStruct) else x, abstract)
+    manager = train.checkpoint_manager(self.fold_dir, config)
+    try:
+      step = manager.best_step() if which == "best" else manager.latest_step()
+      if manager.latest_step() is None:
+        raise UsageError(f"no checkpoint in {self.fold_dir}/checkpoints")
+      if step is None:
+        raise UsageError(f"no {which} checkpoint in {self.fold_dir}/checkpoints")
+      if step != self.bank.step:
+        raise UsageError(
+            f"{self.bank.path} holds embeddings of step {self.bank.step}, but the {which} "
+            f"checkpoint of fold {self.fold} is step {step}: the KNN references would come from "
+            f"another model. Rewrite the bank with: python -m avjax.evaluate "
+            f"--workdir={self.workdir} --folds={self.fold} --checkpoint={which}")
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract)))
+    finally:
+      manager.close()
+    state = restored["state"]
+    if int(jax.device_get(state.step)) != step:
+      raise UsageError(f"checkpoint {step} of {self.fold_dir} holds state.step "
+                       f"{int(jax.device_get(state.step))}")
+    return state, int(step)
+
+  def embed(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Gate embeddings of one clip: {'audio_gate'/'video_gate': [T, G] float32}."""
+    import jax
+    from avjax import train
+    if self._forward is None:
+      modalities = self.config.model.modalities
+
+      def forward(params, batch_stats, batch):
+        video, audio = train.model_inputs(batch, modalities)
+        out = self.state.apply_fn({"params": params, "batch_stats": batch_stats}, video, audio,
+                                  train=False)
+        return {k: v for k, v in out.items() if k.endswith("_gate")}
+
+      self._forward = jax.jit(forward)
+    batch = {k: inputs[k][None] for k in ("video", "audio") if inputs.get(k) is not None}
+    out = self._forward(self.state.params, self.state.batch_stats, batch)
+    return {k: np.asarray(v[0], np.float32) for k, v in jax.device_get(out).items()}
+
+  # ---- preprocessing
+  def decode_options(self):
+    media = _media()
+    v, a = self.meta["video"] or {}, self.meta["audio"] or {}
+    return media.DecodeOptions(
+        fps=float(v.get("fps", media.DEFAULT_FPS)),
+        frame_size=int(v.get("frame_size", media.DEFAULT_FRAME_SIZE)),
+        center_crop=bool(v.get("center_crop", False)),
+        audio_rate=int(round(a.get("rate", media.AUDIO_RATE))),
+        interpolation=str(v.get("interpolation", "AREA")),
+        max_av_mismatch=None)
+
+  def window_spec(self):
+    from avjax.data import windows
+    w = self.meta["window"]
+    return windows.WindowSpec(num_windows=int(w["num_windows"]), length=float(w["length"]),
+                              overlap=float(w["overlap"]), mode=str(w["mode"]))
+
+  def preprocess(self, path: str) -> dict[str, Any]:
+    """Decodes and windows one file as the model's inputs.
+
+    Returns video [T, F, C, C, 3] uint8 or None, audio [T, S] float32 or None,
+    window_valid [T], starts [T], duration, has_audio, has_video, notes [str].
+    Raises media.MediaError when the file cannot be used.
+    """
+    media = _media()
+    options, spec = self.decode_options(), self.window_spec()
+    wants_video, wants_audio = self.meta["video"] is not None, self.meta["audio"] is not None
+    has_video, has_audio = _streams(path)
+    notes: list[str] = []
+    if wants_video and not has_video and not (wants_audio and has_audio):
+      raise media.MediaError(path, "no video stream")
+    if wants_audio and not has_audio and not (wants_video and has_video):
+      raise media.MediaError(path, "no audio stream")
+    use_video, use_audio = wants_video and has_video, wants_audio and has_audio
+    if wants_audio and not has_audio:
+      notes.append("no audio stream: VO results only")
+    if wants_video and not has_video:
+      notes.append("no video stream: AO results only")
+
+    video = audio = None
+    duration = None
+    box = None
+    if use_video and self.face_crop:
+      box = face_box(path)
+      if box is None:
+        notes.append("no face found: the whole frame is used")
+      else:
+        notes.append("face crop x={} y={} size={}".format(*box[:3]))
+    if use_video and use_audio and box is None:
+      try:
+        clip = media.decode(path, options=options)
+        video, audio, duration = clip.video, clip.audio, clip.duration
+      except media.MediaError as e:
+        if not e.reason.startswith("no audio"):
+          raise
+        use_audio = False
+        notes.append(f"{e.reason}: VO results only")
+    if video is None and use_video:
+      video, duration = decode_video(path, options, box)
+    if audio is None and use_audio:
+      try:
+        clip = media.decode(path, options=options, with_video=False)
+      except media.MediaError as e:
+        if not (use_video and e.reason.startswith("no audio")):
+          raise
+        use_audio = False
+        notes.append(f"{e.reason}: VO results only")
+      else:
+        audio = clip.audio
+        if duration is None:
+          duration = clip.duration
+    clip = media.Clip(video=video, audio=audio if audio is not None else np.zeros(1, np.float32),
+                      duration=float(duration), video_duration=None, audio_duration=0.0)
+    cut = media.cut_windows(clip, spec, options)
+    out: dict[str, Any] = {"window_valid": np.asarray(cut["window_valid"], np.float32),
+                           "starts": spec.starts(float(duration)), "duration": float(duration),
+                           "has_video": use_video, "has_audio": use_audio, "notes": notes,
+                           "video": None, "audio": None}
+    t = spec.num_windows
+    if wants_video:
+      v = self.meta["video"]
+      f, c, h = int(v["frames_per_window"]), int(v["crop_size"]), int(v["frame_size"])
+      if use_video:
+        frames = cut["video"]                                           # [T, F, H, H, 3]
+        if frames.shape != (t, f, h, h, 3):
+          raise RuntimeError(f"{path}: windows {frames.shape}, the model expects {(t, f, h, h, 3)}")
+        off = (h - c) // 2
+        out["video"] = np.ascontiguousarray(frames[:, :, off:off + c, off:off + c])  # [T, F, C, C, 3]
+      else:
+        out["video"] = np.zeros((t, f, c, c, 3), np.uint8)
+    if wants_audio:
+      s = int(self.meta["audio"]["samples_per_window"])
+      out["audio"] = cut["audio"] if use_audio else np.zeros((t, s), np.float32)   # [T, S]
+      if out["audio"].shape != (t, s):
+        raise RuntimeError(f"{path}: audio windows {out['audio'].shape}, the model expects {(t, s)}")
+    return out
+
+  # ---- classification
+  def modalities(self, has_audio: bool, has_video: bool) -> list[str]:
+    keep = {"AO": has_audio, "VO": has_video, "AV": has_audio and has_video}
+    return [m for m in self.meta["gate_modalities"] if keep[m]]
+
+  def classify(self, gates: dict[str, np.ndarray], modalities: Sequence[str]) -> dict[str, np.ndarray]:
+    """{M: [T, K] float32 vote fractions} for each modality."""
+    from avjax import knn
+    num_classes, k = len(self.bank.class_names), int(self.meta["k"])
+    out = {}
+    for m in modalities:
+      refs = self.bank.modality_refs(m)                                  # [N, T, G*]
+      query = np.concatenate([gates[key] for key in _GATE_KEYS[m]], axis=-1)  # [T, G*]
+      out[m] = np.stack([knn.knn_scores(refs[:, t], self.bank.labels, query[t:t + 1], k=k,
+                                        num_classes=num_classes)[0]
+                         for t in range(query.shape[0])])
+    return out
+
+  def predict(self, path: str) -> dict[str, Any]:
+    """The result object of one file (docs/predict.md); raises media.MediaError."""
+    inputs = self.preprocess(path)
+    gates = self.embed(inputs)
+    modalities = self.modalities(inputs["has_audio"], inputs["has_video"])
+    scores = self.classify(gates, modalities)
+    names = self.bank.class_names
+    gate_rows = []
+    for t, (start, valid) in enumerate(zip(inputs["starts"], inputs["window_valid"])):
+      row = {"gate": t + 1, "start": round(float(start), 4),
+             "valid_fraction": round(float(valid), 4), "valid": bool(valid > 0)}
+      for m in modalities:
+        if row["valid"]:
+          s = scores[m][t]
+          row[m] = {"emotion": names[int(np.argmax(s))],
+                    "scores": {n: round(float(x), 6) for n, x in zip(names, s)}}
+        else:
+          row[m] = None
+      gate_rows.append(row)
+    valid = [r for r in gate_rows if r["valid"]]
+    final = {}
+    if valid:
+      last = valid[-1]
+      final = {m: dict(last[m], gate=last["gate"]) for m in modalities}
+    return {
+        "file": path, "ok": True, "duration": round(inputs["duration"], 4),
+        "has_audio": inputs["has_audio"], "has_video": inputs["has_video"],
+        "modalities": modalities, "notes": inputs["notes"],
+        "num_valid_gates": len(valid), "gates": gate_rows, "prediction": final,
+        "model": {"workdir": self.workdir, "fold": self.fold, "checkpoint": self.checkpoint,
+                  "step": self.step, "k": int(self.meta["k"]), "dataset": self.meta["dataset"],
+                  "config": self.meta["config"], "variant": self.meta["variant"]},
+        "class_names": names,
+    }
+
+
+# --------------------------------------------------------------------------- output
+
+
+def format_table(result: dict[str, Any]) -> str:
+  """A readable table: one row per gate and modality, the class scores as columns."""
+  names = result["class_names"]
+  width = max(6, *(len(n) for n in names))
+  model = result["model"]
+  streams = " and ".join(s for s, h in (("audio", result["has_audio"]),
+                                         ("video", result["has_video"])) if h)
+  lines = [f"{result['file']}: {result['duration']:.2f} s, {streams}; "
+           f"{result['num_valid_gates']} of {len(result['gates'])} gates valid; "
+           f"model fold {model['fold']} step {model['step']} ({model['checkpoint']}), "
+           f"k = {model['k']}"]
+  lines += [f"  note: {n}" for n in result["notes"]]
+  pred_w = max(10, width)
+  header = (f"  {'gate':>4} {'start':>6} {'valid':>5}  {'mod':<3} {'prediction':<{pred_w}}"
+            + "".join(f" {n:>{width}}" for n in names))
+  lines.append(header)
+  for row in result["gates"]:
+    first = True
+    for m in result["modalities"]:
+      lead = (f"  {row['gate']:>4} {row['start']:>5.2f}s {row['valid_fraction']:>5.2f}" if first
+              else " " * 19)
+      first = False
+      if row[m] is None:
+        lines.append(f"{lead}  {m:<3} {'invalid (window starts after the clip ends)'}")
+        continue
+      scores = "".join(f" {row[m]['scores'][n]:>{width}.2f}" for n in names)
+      lines.append(f"{lead}  {m:<3} {row[m]['emotion']:<{pred_w}}{scores}")
+  if result["prediction"]:
+    final = ", ".join(f"{m} {p['emotion']}" for m, p in result["prediction"].items())
+    gate = next(iter(result["prediction"].values()))["gate"]
+    lines.append(f"  prediction (gate {gate}, the last valid one): {final}")
+  return "\n".join(lines)
+
+
+def _error_line(path: str, reason: str) -> str:
+  return f"avjax.predict: {path}: {reason}"
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="python -m avjax.predict",
+      description="Per-gate emotion predictions (AO, VO, AV) of a trained avjax model on video "
+                  "files. Exit status: 0 all files ok, 1 some failed, 2 usage error.")
+  p.add_argument("videos", nargs="*", metavar="VIDEO", help="video (or audio) files")
+  p.add_argument("--workdir", required=True, help="a workdir written by avjax.main")
+  p.add_argument("--json", action="store_true", help="one JSON object per line per file")
+  p.add_argument("--fold", type=int, default=None,
+                 help="whose model and bank (default: the first of config.folds with a bank)")
+  p.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
+                 help="which checkpoint (its step must equal the bank's)")
+  p.add_argument("--face_crop", "--face-crop", action="store_true",
+                 help="crop the largest face before resizing (needs opencv-python-headless<5)")
+  return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the command line; returns the exit status (see docs/predict.md)."""
+  try:
+    args = _parser().parse_args(argv)
+  except SystemExit as e:  # argparse: usage errors exit 2, --help exits 0
+    return int(e.code or 0)
+  if not args.videos:
+    print("avjax.predict: error: no VIDEO files given", file=sys.stderr)
+    return EXIT_USAGE
+  try:
+    predictor = Predictor(args.workdir, fold=args.fold, checkpoint=args.checkpoint,
+                          face_crop=args.face_crop)
+  except UsageError as e:
+    print(f"avjax.predict: error: {e}", file=sys.stderr)
+    return EXIT_USAGE
+  media = _media()
+  failed = 0
+  for path in args.videos:
+    try:
+      if not os.path.isfile(path):
+        raise media.MediaError(path, "file not found" if not os.path.exists(path) else "not a file")
+      result = predictor.predict(path)
+    except media.MediaError as e:
+      reason = e.reason
+    except Exception as e:  # noqa: BLE001  (one bad file must not stop the others)
+      reason = f"unexpected error: {type(e).__name__}: {e}"
+    else:
+      print(json.dumps(result) if args.json else format_table(result) + "\n", flush=True)
+      continue
+    failed += 1
+    print(_error_line(path, reason), file=sys.stderr, flush=True)
+    if args.json:
+      print(json.dumps({"file": path, "ok": False, "error": reason}), flush=True)
+  return EXIT_FAILED if failed else EXIT_OK
+
+
+if __name__ == "__main__":
+  sys.exit(main())
