@@ -1,0 +1,397 @@
+"""`python -m avjax.predict` on a tiny model trained on the synthetic set.
+
+Trains one fold for two steps once (setUpClass, about a minute with the dataset
+build), then runs inference on real CREMA-D FLVs, generated MP4 / MKV / WebM /
+AVI clips (various fps, sizes, sample rates, channel counts), a truncated
+file, a file without audio and a clip shorter than the windows, and checks
+that a synthetic clip written losslessly to a file gives exactly what
+evaluation gave for that clip.
+"""
+
+import contextlib
+import fractions
+import io
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import av
+import numpy as np
+from absl.testing import absltest
+
+from avjax import config_lib
+from avjax import evaluate
+from avjax import input_pipeline
+from avjax import knn
+from avjax import predict
+from avjax import testing
+from avjax import train
+from avjax.data import media
+from avjax.data import synthetic
+from tests import dummy_media
+from tests import test_train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+F = fractions.Fraction
+JSON_KEYS = {"file", "ok", "duration", "has_audio", "has_video", "modalities", "notes",
+             "num_valid_gates", "gates", "prediction", "model", "class_names"}
+
+
+def tiny_config(data_dir: str):
+  c = test_train.tiny_config(clips_per_class=2, crop=32)
+  config_lib.set_dataset(c, "synthetic_av")
+  del c.tiny
+  c.dataset.data_dir = data_dir
+  c.input.eval_batch_size = 32
+  c.eval.k = 3
+  c.eval.figures = False
+  c.train.num_epochs = 1
+  c.train.max_steps = 2
+  c.train.log_every_steps = 1
+  c.train.checkpoint_every_steps = 2
+  c.train.eval_every_epochs = 0
+  c.folds = (0,)
+  return c
+
+
+def run_main(argv):
+  """(exit status, stdout, stderr) of predict.main(argv) in this process."""
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = predict.main(argv)
+  return code, out.getvalue(), err.getvalue()
+
+
+def ramp_frame(i: int, height: int, width: int, n: int) -> np.ndarray:
+  """Grey level rising with time (i / n); left half red-tinted, right half blue-tinted."""
+  g = int(20 + 200 * i / max(1, n - 1))
+  frame = np.full((height, width, 3), g, np.uint8)
+  frame[:, : width // 2, 0] = 250
+  frame[:, width // 2:, 2] = 250
+  return frame
+
+
+def write_lossless(path, frames: np.ndarray, fps: int, audio: np.ndarray | None, rate: int):
+  """MKV with FFV1 (bgr0, lossless RGB) video and float32 PCM audio."""
+  with av.open(str(path), "w", format="matroska") as c:
+    vs = c.add_stream("ffv1", rate=fps)
+    vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "bgr0"
+    a = None
+    if audio is not None:
+      a = c.add_stream("pcm_f32le", rate=rate)
+      a.layout = "mono"
+    for i, image in enumerate(frames):
+      frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+      frame.pts = i
+      for p in vs.encode(frame):
+        c.mux(p)
+    for p in vs.encode():
+      c.mux(p)
+    if a is not None:
+      for s in range(0, len(audio), 1024):
+        frame = av.AudioFrame.from_ndarray(audio[None, s:s + 1024].copy(), format="flt",
+                                           layout="mono")
+        frame.sample_rate, frame.pts = rate, s
+        for p in a.encode(frame):
+          c.mux(p)
+      for p in a.encode():
+        c.mux(p)
+
+
+def dominant_hz(x: np.ndarray, rate: float) -> float:
+  spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+  return float(np.argmax(spectrum) * rate / len(x))
+
+
+class PredictTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = tempfile.mkdtemp(prefix="avjax_predict_")
+    cls.workdir = os.path.join(cls.tmp, "run")
+    cls.config = tiny_config(os.path.join(cls.tmp, "tfds"))
+    with contextlib.redirect_stdout(io.StringIO()):
+      train.train_and_evaluate(cls.config, cls.workdir)
+    cls.fold_dir = train.fold_dir_of(cls.workdir, 0)
+    cls.predictor = predict.Predictor(cls.workdir)
+    cls.media_dir = pathlib.Path(cls.tmp) / "media"
+    cls.media_dir.mkdir()
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.tmp, ignore_errors=True)
+    super().tearDownClass()
+
+  def clip(self, name, *, seconds=2.2, fps=F(25), size=(96, 64), audio_rate=44100, channels=1,
+           container_format="mp4", video_codec="libx264", audio_codec="aac", with_audio=True,
+           tone_hz=440.0, video_options=None):
+    n = int(round(seconds * fps))
+    path = self.media_dir / name
+    if video_options is None and video_codec == "libx264":
+      video_options = {"crf": "0", "preset": "ultrafast"}
+    return str(dummy_media.write_av(
+        path, container_format=container_format, video_codec=video_codec, audio_codec=audio_codec,
+        seconds=seconds, fps=fps, size=size, audio_rate=audio_rate, channels=channels,
+        with_audio=with_audio, tone_hz=tone_hz, video_options=video_options,
+        frame_fn=lambda i, h, w: ramp_frame(i, h, w, n)))
+
+  # ------------------------------------------------------------------ the bank
+
+  def test_reference_bank_is_what_evaluation_used(self):
+    bank = predict.load_bank(os.path.join(self.fold_dir, evaluate.REFERENCE_BANK))
+    train_folds = train.training_folds(self.config, 0)
+    with np.load(os.path.join(self.fold_dir, evaluate.REFERENCE_BANK), allow_pickle=False) as z:
+      self.assertEqual(list(z["clip_id"]), input_pipeline.clip_ids(self.config, train_folds))
+      self.assertEqual(z["meta"].dtype.kind, "U")           # JSON text, nothing pickled
+    self.assertEqual(bank.step, train.checkpoint_manager(self.fold_dir, self.config).latest_step())
+    self.assertEqual(bank.meta["window"], {"name": "w4_l1_ov", "num_windows": 4, "length": 1.0,
+                                           "overlap": 0.5, "mode": "fixed"})
+    self.assertEqual(bank.meta["video"]["frame_size"], synthetic.FRAME_SIZE)
+    self.assertEqual(bank.meta["video"]["fps"], synthetic.FPS)
+    self.assertEqual(bank.meta["audio"]["rate"], synthetic.AUDIO_RATE)
+    self.assertEqual(bank.gates["audio_gate"].shape, (len(bank.labels), 4, 16))
+    # The held-out fold's saved last-gate predictions follow from the bank's references.
+    with np.load(os.path.join(self.fold_dir, "predictions.npz")) as preds:
+      for m in ("AO", "VO", "AV"):
+        again = knn.knn_predict(bank.modality_refs(m)[:, -1], bank.labels, preds[f"emb_{m}"],
+                                k=3, num_classes=4)
+        np.testing.assert_array_equal(again, preds[f"pred_{m}"][-1], err_msg=m)
+
+  # ------------------------------------------------------------------ parity with evaluation
+
+  def test_synthetic_clip_in_a_file_gives_the_evaluation_results(self):
+    with np.load(os.path.join(self.fold_dir, "predictions.npz")) as z:
+      saved = {k: z[k] for k in z.files}
+    spec = self.predictor.window_spec()
+    for q in (0, 5):
+      actor, label, rep = map(int, re.match(r"synth-a(\d+)-c(\d)-r(\d+)", saved["clip_id"][q]).groups())
+      # The clip's whole frames and waveform, as the builder generated them.
+      params = synthetic.actor_params(actor, 0)
+      rng = np.random.default_rng([0, actor, label, rep])
+      duration = float(np.float32(synthetic.DURATION_S + rng.uniform(
+          -synthetic.DURATION_JITTER_S, synthetic.DURATION_JITTER_S)))
+      frames = synthetic.render_video(label, params, duration, rng)
+      audio = synthetic.render_audio(label, params, duration, rng)
+      path = self.media_dir / f"synthetic_{q}.mkv"
+      write_lossless(path, frames, synthetic.FPS, audio, synthetic.AUDIO_RATE)
+
+      inputs = self.predictor.preprocess(str(path))
+      record = synthetic.generate_clip(label, actor, rep, spec)
+      np.testing.assert_array_equal(inputs["video"], record["video"][:, :, 4:36, 4:36])
+      np.testing.assert_array_equal(inputs["audio"], record["audio"])
+      result = self.predictor.predict(str(path))
+      gates = self.predictor.embed(inputs)
+      np.testing.assert_allclose(np.concatenate([gates["audio_gate"][-1], gates["video_gate"][-1]]),
+                                 saved["emb_AV"][q], rtol=1e-4, atol=1e-5)
+      names = self.predictor.bank.class_names
+      for m in ("AO", "VO", "AV"):
+        got = [names.index(g[m]["emotion"]) for g in result["gates"]]
+        self.assertEqual(got, saved[f"pred_{m}"][:, q].tolist(), f"clip {q} {m}")
+
+  def test_video_only_decoder_matches_media_decode(self):
+    path = self.clip("both.mp4", fps=F(30000, 1001), size=(120, 90))
+    options = self.predictor.decode_options()
+    video, duration = predict.decode_video(path, options)
+    clip = media.decode(path, options=options)
+    np.testing.assert_array_equal(video, clip.video)
+    self.assertAlmostEqual(duration, clip.duration)
+
+  # ------------------------------------------------------------------ containers and codecs
+
+  def test_containers_rates_sizes_and_channels(self):
+    cases = [
+        ("c.mp4", dict(container_format="mp4", video_codec="libx264", audio_codec="aac",
+                       fps=F(30000, 1001), size=(128, 72), audio_rate=44100, channels=2)),
+        ("c.mkv", dict(container_format="matroska", video_codec="libvpx-vp9", audio_codec="flac",
+                       fps=F(15), size=(80, 60), audio_rate=32000, channels=1)),
+        ("c.webm", dict(container_format="webm", video_codec="libvpx", audio_codec="libopus",
+                        fps=F(24), size=(96, 64), audio_rate=48000, channels=2)),
+        ("c.avi", dict(container_format="avi", video_codec="mpeg4", audio_codec="libmp3lame",
+                       fps=F(50), size=(64, 64), audio_rate=16000, channels=2,
+                       video_options={"qscale": "1"})),
+    ]
+    for name, kwargs in cases:
+      with self.subTest(name):
+        path = self.clip(name, seconds=2.2, tone_hz=660.0, **kwargs)
+        inputs = self.predictor.preprocess(path)
+        self.assertAlmostEqual(inputs["duration"], 2.2, delta=0.1)
+        self.assertEqual(inputs["video"].shape, (4, 8, 32, 32, 3))
+        self.assertEqual(inputs["audio"].shape, (4, 22050))
+        # Audio at the model's rate: the 660 Hz tone stays at 660 Hz.
+        self.assertAlmostEqual(dominant_hz(inputs["audio"][0], 22050), 660.0, delta=3.0)
+        # Video at the model's fps: window k's first frame shows time k * 0.5 s.
+        for k, start in enumerate(inputs["starts"][:3]):
+          expected = 20 + 200 * start / 2.2
+          self.assertAlmostEqual(float(inputs["video"][k, 0, :, :, 1].mean()), expected, delta=12)
+        # Whole frame resized, then the centre crop: red left, blue right.
+        first = inputs["video"][0, 0].astype(int)
+        self.assertGreater(first[:, 2, 0].mean() - first[:, 2, 2].mean(), 100)
+        self.assertGreater(first[:, -3, 2].mean() - first[:, -3, 0].mean(), 100)
+        result = self.predictor.predict(path)
+        self.assertEqual(result["modalities"], ["AO", "VO", "AV"])
+        self.assertEqual(result["num_valid_gates"], 4)
+        for m in ("AO", "VO", "AV"):
+          scores = result["prediction"][m]["scores"]
+          self.assertAlmostEqual(sum(scores.values()), 1.0, places=5)
+          self.assertEqual(max(scores, key=scores.get), result["prediction"][m]["emotion"])
+
+  def test_real_crema_d_flvs(self):
+    folder = testing.require_samples("crema_d") / "VideoFlash"
+    files = sorted(str(p) for p in folder.glob("*.flv"))
+    self.assertNotEmpty(files)
+    code, out, err = run_main(["--workdir", self.workdir, "--json", *files])
+    self.assertEqual(code, predict.EXIT_OK, err)
+    results = [json.loads(line) for line in out.splitlines()]
+    self.assertLen(results, len(files))
+    for path, result in zip(files, results):
+      clip = media.decode(path, options=self.predictor.decode_options())
+      self.assertEqual(result["file"], path)
+      self.assertTrue(result["ok"] and result["has_audio"] and result["has_video"])
+      self.assertAlmostEqual(result["duration"], clip.duration, places=3)
+      expected_valid = int(np.sum(self.predictor.window_spec().valid_fraction(clip.duration) > 0))
+      self.assertEqual(result["num_valid_gates"], expected_valid)
+
+  # ------------------------------------------------------------------ degraded input
+
+  def test_file_without_audio_gives_vo_only(self):
+    path = self.clip("silent.mp4", with_audio=False)
+    code, out, err = run_main(["--workdir", self.workdir, path])
+    self.assertEqual(code, predict.EXIT_OK, err)
+    self.assertIn("no audio stream: VO results only", out)
+    self.assertNotRegex(out, r"\bAO\b|\bAV\b")
+    result = self.predictor.predict(path)
+    self.assertEqual(result["modalities"], ["VO"])
+    self.assertFalse(result["has_audio"])
+    self.assertEqual(set(result["prediction"]), {"VO"})
+    # VO does not depend on the (absent) audio: the same video with a tone gives the same VO.
+    with_audio = self.predictor.predict(self.clip("loud.mp4", with_audio=True))
+    self.assertEqual([g["VO"] for g in result["gates"]], [g["VO"] for g in with_audio["gates"]])
+
+  def test_clip_shorter_than_the_windows(self):
+    path = self.clip("short.webm", seconds=0.6, container_format="webm", video_codec="libvpx",
+                     audio_codec="libopus", audio_rate=48000, fps=F(24))
+    result = self.predictor.predict(path)
+    valid = [g["valid"] for g in result["gates"]]
+    self.assertEqual(valid, [True, True, False, False])      # windows start at 0, 0.5, 1, 1.5 s
+    self.assertEqual(result["num_valid_gates"], 2)
+    self.assertIsNone(result["gates"][2]["AV"])
+    self.assertEqual(result["prediction"]["AV"]["gate"], 2)
+    self.assertLess(result["gates"][1]["valid_fraction"], 0.2)
+    self.assertIn("invalid", predict.format_table(result))
+
+  def test_bad_files_fail_alone_with_one_line(self):
+    good = self.clip("good.mp4")
+    truncated = self.media_dir / "truncated.mp4"
+    data = pathlib.Path(good).read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    text = self.media_dir / "notes.mkv"
+    text.write_text("not a video\n")
+    missing = str(self.media_dir / "missing.flv")
+    code, out, err = run_main(["--workdir", self.workdir, "--json", str(truncated), good, str(text),
+                               missing])
+    self.assertEqual(code, predict.EXIT_FAILED)
+    lines = err.strip().splitlines()
+    self.assertLen(lines, 3, err)
+    for line, name in zip(lines, (truncated, text, missing)):
+      self.assertTrue(line.startswith(f"avjax.predict: {name}: "), line)
+    self.assertNotIn("Traceback", err)
+    results = [json.loads(line) for line in out.splitlines()]
+    self.assertEqual([r["ok"] for r in results], [False, True, False, False])
+    self.assertEqual(set(results[1]), JSON_KEYS)
+    self.assertEqual(set(results[0]), {"file", "ok", "error"})
+
+  # ------------------------------------------------------------------ command line
+
+  def test_json_and_table_output(self):
+    path = self.clip("table.mkv", container_format="matroska", video_codec="libvpx-vp9",
+                     audio_codec="flac", audio_rate=22050)
+    code, out, err = run_main(["--workdir", self.workdir, "--json", "--checkpoint=latest", path])
+    self.assertEqual(code, predict.EXIT_OK, err)
+    (result,) = [json.loads(line) for line in out.splitlines()]
+    self.assertEqual(set(result), JSON_KEYS)
+    self.assertEqual(result["model"]["fold"], 0)
+    self.assertEqual(result["model"]["step"], 2)
+    self.assertEqual(result["class_names"], list(self.config.dataset.class_names))
+    self.assertEqual(set(result["gates"][0]), {"gate", "start", "valid_fraction", "valid",
+                                               "AO", "VO", "AV"})
+    self.assertEqual(set(result["gates"][0]["AV"]), {"emotion", "scores"})
+    table = predict.format_table(result)
+    self.assertEqual(len(table.splitlines()), 1 + 1 + 4 * 3 + 1)  # title, header, rows, verdict
+    self.assertIn(result["prediction"]["AV"]["emotion"], table.splitlines()[-1])
+
+  def test_usage_errors_exit_2(self):
+    good = self.clip("usage.mp4")
+    no_bank = os.path.join(self.tmp, "no_bank")
+    os.makedirs(no_bank, exist_ok=True)
+    shutil.copy(os.path.join(self.workdir, "config.json"), no_bank)
+    cases = {
+        "no files": ["--workdir", self.workdir],
+        "bad flag": ["--workdir", self.workdir, "--frobnicate", good],
+        "bad checkpoint": ["--workdir", self.workdir, "--checkpoint=oldest", good],
+        "missing workdir": ["--workdir", os.path.join(self.tmp, "nowhere"), good],
+        "no workdir flag": [good],
+        "not a workdir": ["--workdir", self.media_dir.as_posix(), good],
+        "no bank": ["--workdir", no_bank, good],
+        "fold without bank": ["--workdir", self.workdir, "--fold=3", good],
+    }
+    for name, argv in cases.items():
+      with self.subTest(name):
+        code, out, err = run_main(argv)
+        self.assertEqual(code, predict.EXIT_USAGE, err)
+        self.assertEqual(out, "")
+        self.assertNotIn("Traceback", err)
+        self.assertTrue(err.strip(), name)
+
+  def test_bank_from_another_step_is_refused(self):
+    workdir = os.path.join(self.tmp, "stale")
+    shutil.copytree(self.workdir, workdir)
+    bank_path = os.path.join(train.fold_dir_of(workdir, 0), evaluate.REFERENCE_BANK)
+    with np.load(bank_path, allow_pickle=False) as z:
+      arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    meta["step"] = 1
+    arrays["step"], arrays["meta"] = np.asarray(1, np.int64), np.asarray(json.dumps(meta))
+    evaluate.write_reference_bank(bank_path, arrays)
+    code, out, err = run_main(["--workdir", workdir, self.clip("stale.mp4")])
+    self.assertEqual(code, predict.EXIT_USAGE)
+    self.assertIn("step 1", err)
+    self.assertIn("python -m avjax.evaluate", err)
+
+  def test_face_crop(self):
+    try:
+      predict.require_cv2()
+    except predict.UsageError:
+      code, _, err = run_main(["--workdir", self.workdir, "--face-crop", self.clip("face.mp4")])
+      self.assertEqual(code, predict.EXIT_USAGE)
+      self.assertIn("pip install", err)
+      return
+    folder = testing.require_samples("crema_d") / "VideoFlash"
+    path = str(sorted(folder.glob("*.flv"))[0])
+    box = predict.face_box(path)
+    self.assertIsNotNone(box)
+    x, y, w, h = box
+    self.assertEqual(w, h)
+    self.assertLess(w, 360)                                      # a face, not the whole frame
+    result = predict.Predictor(self.workdir, face_crop=True).predict(path)
+    self.assertTrue(any(n.startswith("face crop") for n in result["notes"]))
+
+  def test_command_line_exit_status(self):
+    good = self.clip("cli.mp4")
+    proc = subprocess.run(
+        [sys.executable, "-m", "avjax.predict", f"--workdir={self.workdir}", good,
+         str(self.media_dir / "absent.mp4")],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    self.assertEqual(proc.returncode, predict.EXIT_FAILED, proc.stderr)
+    self.assertIn(f"avjax.predict: {self.media_dir / 'absent.mp4'}: file not found", proc.stderr)
+    self.assertNotIn("Traceback", proc.stderr)
+    self.assertIn("prediction (gate 4", proc.stdout)
+
+
+if __name__ == "__main__":
+  absltest.main()
