@@ -334,8 +334,12 @@ class Predictor:
             f"checkpoint of fold {self.fold} is step {step}: the KNN references would come from "
             f"another model. Rewrite the bank with: python -m avjax.evaluate "
             f"--workdir={self.workdir} --folds={self.fold} --checkpoint={which}")
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract)))
+      try:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract)))
+      except Exception as e:  # noqa: BLE001  (orbax raises many types; name the checkpoint)
+        raise UsageError(f"cannot restore checkpoint {step} of {self.fold_dir}/checkpoints: "
+                         f"{type(e).__name__}: {e}") from None
     finally:
       manager.close()
     state = restored["state"]
@@ -437,6 +441,9 @@ class Predictor:
     clip = media.Clip(video=video, audio=audio if audio is not None else np.zeros(1, np.float32),
                       duration=float(duration), video_duration=None, audio_duration=0.0)
     cut = media.cut_windows(clip, spec, options)
+    if spec.mode == "fixed" and spec.num_windows > 1 and duration > spec.span + 1e-3:
+      notes.append(f"the clip lasts {duration:.2f} s; the windows cover its first "
+                   f"{spec.span:g} s only")
     out: dict[str, Any] = {"window_valid": np.asarray(cut["window_valid"], np.float32),
                            "starts": spec.starts(float(duration)), "duration": float(duration),
                            "has_video": use_video, "has_audio": use_audio, "notes": notes,
