@@ -265,6 +265,19 @@ def require_cv2():
 # --------------------------------------------------------------------------- model
 
 
+def best_step(manager) -> int | None:
+  """The kept step with the highest `val_accuracy` in its saved metrics (the later on a
+  tie), or None when none has one. (`CheckpointManager.best_step()` returns the latest
+  step when the manager's options have no `best_fn`, as train.checkpoint_manager's.)"""
+  best = None
+  for step in manager.all_steps():
+    metrics = manager.metrics(step) or {}
+    acc = metrics.get("val_accuracy") if isinstance(metrics, dict) else None
+    if acc is not None and (best is None or float(acc) >= best[0]):
+      best = (float(acc), int(step))
+  return None if best is None else best[1]
+
+
 class Predictor:
   """A fold's restored model and reference bank; `predict(path)` runs one file."""
 
@@ -323,11 +336,13 @@ class Predictor:
         if isinstance(x, jax.ShapeDtypeStruct) else x, abstract)
     manager = train.checkpoint_manager(self.fold_dir, config)
     try:
-      step = manager.best_step() if which == "best" else manager.latest_step()
       if manager.latest_step() is None:
         raise UsageError(f"no checkpoint in {self.fold_dir}/checkpoints")
+      step = best_step(manager) if which == "best" else manager.latest_step()
       if step is None:
-        raise UsageError(f"no {which} checkpoint in {self.fold_dir}/checkpoints")
+        raise UsageError(
+            f"no best checkpoint in {self.fold_dir}/checkpoints: no checkpoint has a validation "
+            "accuracy (the run had config.train.eval_every_epochs = 0); use --checkpoint=latest")
       if step != self.bank.step:
         raise UsageError(
             f"{self.bank.path} holds embeddings of step {self.bank.step}, but the {which} "

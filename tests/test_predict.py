@@ -339,6 +339,7 @@ class PredictTest(absltest.TestCase):
         "not a workdir": ["--workdir", self.media_dir.as_posix(), good],
         "no bank": ["--workdir", no_bank, good],
         "fold without bank": ["--workdir", self.workdir, "--fold=3", good],
+        "best without validation metrics": ["--workdir", self.workdir, "--checkpoint=best", good],
     }
     for name, argv in cases.items():
       with self.subTest(name):
@@ -347,6 +348,20 @@ class PredictTest(absltest.TestCase):
         self.assertEqual(out, "")
         self.assertNotIn("Traceback", err)
         self.assertTrue(err.strip(), name)
+
+  def test_best_step_reads_the_saved_validation_accuracy(self):
+    class Manager:
+      def __init__(self, metrics):
+        self._metrics = metrics
+      def all_steps(self):
+        return sorted(self._metrics)
+      def metrics(self, step):
+        return self._metrics[step]
+    self.assertEqual(predict.best_step(Manager({10: None, 20: {"val_accuracy": 0.5},
+                                                30: {"val_accuracy": 0.7}, 40: None})), 30)
+    self.assertEqual(predict.best_step(Manager({20: {"val_accuracy": 0.7},
+                                                30: {"val_accuracy": 0.7}})), 30)
+    self.assertIsNone(predict.best_step(Manager({10: None, 20: {}})))
 
   def test_bank_from_another_step_is_refused(self):
     workdir = os.path.join(self.tmp, "stale")
