@@ -57,6 +57,10 @@ Iterator state (`TrainIterator.get_state()`) is a small JSON dict
 (data, seed, k), so `set_state` reproduces exactly the batches the
 uninterrupted iterator would have produced, on any number of hosts.
 
+With `config.input.cache_on_device` the same sampler and augmentation draws
+drive `avjax.device_data`, which keeps the training folds in accelerator
+memory and gathers, crops and augments in-graph.
+
 Reading: a grain `MapDataset` over step numbers, each element one host batch.
 `input.prefetch` batches are prepared ahead in as many threads (NumPy, zlib
 and soxr release the GIL); `input.num_workers` > 0 uses grain worker processes
@@ -493,7 +497,8 @@ class _Reader:
       return self._source
 
   def read(self, indices: Sequence[int], crop: tuple[int, int, int, bool] | None) -> dict:
-    """Stacked batch of `indices`; video cropped with crop = (y, x, size, flip)."""
+    """Stacked batch of `indices`; video cropped with crop = (y, x, size, flip),
+    or whole frames [b, T, F, H, W, 3] when crop is None."""
     records = self.source.__getitems__([int(i) for i in indices])
     batch = {
         "audio": np.stack([r["audio"] for r in records]).astype(np.float32),          # [b, T, S]
@@ -501,7 +506,9 @@ class _Reader:
         "window_valid": np.stack([r["window_valid"] for r in records]).astype(np.float32),  # [b, T]
         "actor": np.asarray([r["actor"] for r in records], np.int32),                 # [b]
     }
-    if self.read_video:
+    if self.read_video and crop is None:
+      batch["video"] = np.stack([np.asarray(r["video"], np.uint8) for r in records])
+    elif self.read_video:
       y, x, size, flip = crop
       batch["video"] = np.stack([crop_flip(r["video"], y, x, size, flip)             # [b, T, F, C, C, 3]
                                  for r in records])

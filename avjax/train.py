@@ -14,11 +14,29 @@ data iterator included.
 Sharding: one `Mesh` with a `data` axis over all devices (all hosts). Batches
 are global arrays sharded on `data`; the train state is replicated. Under jit
 the miner therefore mines across the whole global batch and every mean is
-global, with no explicit collectives.
+global, with no explicit collectives. A batch that does not divide the device
+count (CREMA-D's 30 clips on 4 devices) is padded with masked copies of its
+first clip (`pad_batch`): the loss, its gradients and the metrics ignore them
+(`losses.compute_loss(mask=...)`), so the step equals the unpadded one. (BatchNorm
+batch statistics would see the copies: padding needs model.freeze_bn=True.)
+
+Input: with `config.input.cache_on_device` the training folds live in
+accelerator memory and the step gathers and augments in-graph
+(`avjax.device_data`); otherwise host batches from `avjax.input_pipeline` are
+transferred `_DEVICE_PREFETCH` steps ahead of the step that uses them. The
+loop never waits for a step's results before dispatching the next: the
+metrics stay on the device until the next log line (at most `_MAX_IN_FLIGHT`
+steps run ahead), where they are averaged and checked for non-finite values;
+a checkpoint is only written after the steps before it are checked.
+
+Precision: parameters, optimiser state, encoder outputs, the LSTMs and the
+loss are float32 whatever `config.model.dtype` (bfloat16 runs the encoders'
+convolutions in bf16); `config.model.remat` rematerialises I3D blocks.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import time
@@ -32,10 +50,10 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import metrics as clu_metrics
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from avjax import device_data
 from avjax import evaluate
 from avjax import input_pipeline
 from avjax import losses
@@ -44,15 +62,12 @@ from avjax.models import gating
 
 _LOSS_KEYS = ("loss", "mse", "triplet", "active_triplets", "no_triplet_anchors")
 _METRIC_KEYS = _LOSS_KEYS + ("grad_norm", "nonfinite")
+_DEVICE_PREFETCH = 2       # host batches transferred ahead of the step using them
+_MAX_IN_FLIGHT = 2         # steps dispatched but not finished before the loop waits
 
 
 class TrainState(train_state.TrainState):
   batch_stats: Any = None
-
-
-# Averages over the steps between two log lines (clu merges them on the host).
-TrainMetrics = clu_metrics.Collection.create(
-    **{k: clu_metrics.Average.from_output(k) for k in _METRIC_KEYS})
 
 
 # --------------------------------------------------------------------------- optimiser
@@ -114,12 +129,15 @@ def train_step(state: TrainState, batch: dict, *, config: ml_collections.ConfigD
   """One optimisation step on a global batch. Returns (state, metric outputs)."""
   video, audio = model_inputs(batch, config.model.modalities)
 
+  mask = batch.get("mask")                                # [B] bool, False on padding
+
   def loss_fn(params):
     outputs, new_model_state = state.apply_fn(
         {"params": params, "batch_stats": state.batch_stats}, video, audio, train=True,
         mutable=["batch_stats"])
     loss, metrics = losses.compute_loss(
-        outputs, batch["label"], config.loss, config.model.variant, config.model.modalities)
+        outputs, batch["label"], config.loss, config.model.variant, config.model.modalities,
+        mask=mask)
     return loss, (metrics, new_model_state)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -149,13 +167,40 @@ def make_train_step(config, mesh: Mesh) -> Callable:
                  in_shardings=(repl, data), out_shardings=(repl, repl))
 
 
-_DEVICE_KEYS = ("video", "audio", "label", "window_valid")
+_DEVICE_KEYS = ("video", "audio", "label", "window_valid", "mask")
 
 
 def to_global(batch: dict, data_sharding: NamedSharding) -> dict:
   """Host-local numpy batch -> global jax arrays sharded on `data` (multi-host safe)."""
   return {k: jax.make_array_from_process_local_data(data_sharding, np.asarray(v))
           for k, v in batch.items() if k in _DEVICE_KEYS}
+
+
+def pad_batch(batch: dict, multiple: int) -> dict:
+  """Pads a host batch (every array batch-major) with copies of its first clip up
+  to a multiple of `multiple` rows, and sets 'mask' [b'] bool (False on padding,
+  and wherever the batch's own 'mask' was False). Unchanged, without a 'mask'
+  key, when no padding is needed."""
+  b = len(next(iter(batch.values())))
+  pad = -b % int(multiple)
+  if not pad:
+    return batch
+  out = {k: np.concatenate([np.asarray(v), np.repeat(np.asarray(v)[:1], pad, axis=0)])
+         for k, v in batch.items()}
+  mask = np.asarray(batch.get("mask", np.ones(b, bool)), bool)
+  out["mask"] = np.concatenate([mask, np.zeros(pad, bool)])
+  return out
+
+
+def check_padding(config, batch_size: int) -> None:
+  """Padding a batch of `batch_size` for this host's devices needs frozen BatchNorm."""
+  local = batch_size // jax.process_count()
+  if local % jax.local_device_count() and not config.model.freeze_bn:
+    raise ValueError(
+        f"the training batch ({batch_size} = clips_per_class x classes, {local} per host) is padded "
+        f"to a multiple of the {jax.local_device_count()} local devices, but "
+        "config.model.freeze_bn=False: BatchNorm batch statistics would include the padding. "
+        "Set model.freeze_bn=True, or change clips_per_class or the device count.")
 
 
 def check_batch_divisible(batch_size: int, what: str) -> None:
@@ -230,6 +275,21 @@ def _check_finite(summary: dict, test_fold: int, step: int, fold_dir: str, last_
         f"{os.path.join(fold_dir, 'checkpoints')}; try a lower config.optim.learning_rate.")
 
 
+def _device_prefetch(iterator, put: Callable, size: int):
+  """Yields put(next(iterator)), transferring `size` batches ahead."""
+  queue: collections.deque = collections.deque()
+  while True:
+    while len(queue) < max(1, size):
+      queue.append(put(next(iterator)))
+    yield queue.popleft()
+
+
+def _summarise(pending: list[dict]) -> dict[str, float]:
+  """Means over steps of the per-step metrics (device arrays: this waits for them)."""
+  host = jax.device_get(pending)
+  return {k: float(np.mean([m[k] for m in host])) for k in _METRIC_KEYS}
+
+
 def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None) -> TrainState:
   """Trains on every fold but `test_fold`; resumes from `fold_dir` when possible."""
   mesh = mesh or make_mesh()
@@ -237,7 +297,8 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None) 
   train_on = training_folds(config, test_fold)
   num_classes = len(config.dataset.class_names)
   batch_size = config.input.clips_per_class * num_classes
-  check_batch_divisible(batch_size, "training batch (clips_per_class x classes)")
+  on_device = bool(config.input.get("cache_on_device", False))
+  check_padding(config, batch_size)
   steps_per_epoch = input_pipeline.steps_per_epoch(config, train_on)
   total_steps = config.train.num_epochs * steps_per_epoch
   if config.train.max_steps:
@@ -248,9 +309,14 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None) 
   del rng
   data_seed = int(jax.random.randint(data_seed, (), 0, 2**31 - 1))
 
-  train_iter = input_pipeline.create_train_iterator(config, train_on, seed=data_seed)
-  initial_data_state = train_iter.get_state()
-  first = next(train_iter)  # shapes for initialisation
+  if on_device:
+    train_iter = device_data.create_device_iterator(config, train_on, seed=data_seed, mesh=mesh)
+    initial_data_state = train_iter.get_state()
+    first = train_iter.sample_batch()  # shapes for initialisation
+  else:
+    train_iter = input_pipeline.create_train_iterator(config, train_on, seed=data_seed)
+    initial_data_state = train_iter.get_state()
+    first = next(train_iter)  # shapes for initialisation
   model = gating.create_model(config.model)
   state = create_train_state(config, model, first, init_rng, repl)
   if jax.process_index() == 0:
@@ -269,24 +335,33 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None) 
   writer = writers.create_writer(fold_dir, just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams(config.to_dict())
-  step_fn = make_train_step(config, mesh)
+  if on_device:
+    step_fn = device_data.make_device_train_step(config, mesh, train_iter.dataset)
+    put = functools.partial(device_data.to_global_step_input, data_sharding=data_sharding,
+                            replicated=repl)
+  else:
+    step_fn = make_train_step(config, mesh)
+    local_devices = jax.local_device_count()
+    put = lambda b: to_global(pad_batch(b, local_devices), data_sharding)  # noqa: E731
+  batches = _device_prefetch(train_iter, put, _DEVICE_PREFETCH)
   eval_every = config.train.eval_every_epochs * steps_per_epoch
-  logging.info("Fold %d: training folds %s, %d steps (%d per epoch), batch %d",
-               test_fold, train_on, total_steps, steps_per_epoch, batch_size)
+  logging.info("Fold %d: training folds %s, %d steps (%d per epoch), batch %d%s",
+               test_fold, train_on, total_steps, steps_per_epoch, batch_size,
+               ", dataset on the device" if on_device else "")
 
-  acc = None
+  pending: list[dict] = []      # this log period's metrics, still on the device
   last_good = {"step": start_step}
   t_start, steps_done = time.time(), 0
   for step in range(start_step + 1, total_steps + 1):
-    batch = to_global(next(train_iter), data_sharding)
-    state, metrics = step_fn(state, batch)
-    update = TrainMetrics.single_from_model_output(**{k: metrics[k] for k in _METRIC_KEYS})
-    acc = update if acc is None else acc.merge(update)
+    state, metrics = step_fn(state, next(batches))
+    pending.append({k: metrics[k] for k in _METRIC_KEYS})
+    if len(pending) > _MAX_IN_FLIGHT:  # bounds how far the host runs ahead
+      jax.block_until_ready(pending[-1 - _MAX_IN_FLIGHT])
     steps_done += 1
     is_last = step == total_steps
     if step % config.train.log_every_steps == 0 or is_last:
-      summary = {k: float(v) for k, v in acc.compute().items()}
-      acc = None
+      summary = _summarise(pending)
+      pending = []
       _check_finite(summary, test_fold, step, fold_dir, last_good)
       del summary["nonfinite"]
       elapsed = time.time() - t_start
@@ -303,11 +378,15 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None) 
       val_metrics = evaluate.validation_accuracy(config, state, model, test_fold, mesh)
       writer.write_scalars(step, val_metrics)
     if step % config.train.checkpoint_every_steps == 0 or is_last or val_metrics:
-      if acc is not None:  # the steps since the last log line must be finite too
-        _check_finite({k: float(v) for k, v in acc.compute().items()}, test_fold, step,
-                      fold_dir, last_good)
-      save_checkpoint(manager, step, state, train_iter.get_state(), val_metrics)
+      if pending:  # the steps since the last log line must be finite too
+        _check_finite(_summarise(pending), test_fold, step, fold_dir, last_good)
+      # The iterator runs ahead (prefetch): the state is that of `step` batches consumed.
+      save_checkpoint(manager, step, state, dict(train_iter.get_state(), step=step), val_metrics)
       last_good["step"] = step
+  batches.close()
+  close = getattr(train_iter, "close", None)
+  if close is not None:
+    close()
   writer.flush()
   writer.close()
   manager.close()
