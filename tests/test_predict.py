@@ -116,6 +116,10 @@ class PredictTest(absltest.TestCase):
     cls.tmp = tempfile.mkdtemp(prefix="avjax_predict_")
     cls.workdir = os.path.join(cls.tmp, "run")
     cls.config = tiny_config(os.path.join(cls.tmp, "tfds"))
+    # One clip per actor and class (80 clips, 8 held out): train_and_evaluate finds it built.
+    from tfds_builders.synthetic_av import synthetic_av_dataset_builder as synthetic_builder
+    synthetic_builder.Builder(config=cls.config.dataset.config, data_dir=cls.config.dataset.data_dir,
+                              clips_per_actor_class=1).download_and_prepare()
     with contextlib.redirect_stdout(io.StringIO()):
       train.train_and_evaluate(cls.config, cls.workdir)
     cls.fold_dir = train.fold_dir_of(cls.workdir, 0)
