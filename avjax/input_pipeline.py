@@ -89,6 +89,7 @@ import numpy as np
 import soxr
 import tensorflow_datasets as tfds
 
+from avjax import config_lib
 from avjax.data import windows
 
 _EPOCH_CACHE = 4           # epochs of batch tables kept per iterator
@@ -120,21 +121,22 @@ def get_builder(config) -> tfds.core.DatasetBuilder:
   be shared, or built beforehand on every host).
   """
   ds = config.dataset
-  key = (ds.name, ds.config, ds.data_dir or os.environ.get("TFDS_DATA_DIR", ""))
+  name = config_lib.builder_config_name(config)   # the windowing, `audio_`-prefixed for audio-only records
+  key = (ds.name, name, ds.data_dir or os.environ.get("TFDS_DATA_DIR", ""))
   with _BUILD_LOCK:
     if key in _BUILDERS:
       return _BUILDERS[key]
     cls = _builder_class(ds.name)
     try:
-      builder = cls(config=ds.config, data_dir=ds.data_dir or None)
+      builder = cls(config=name, data_dir=ds.data_dir or None)
     except ValueError as e:
-      raise ValueError(f"config.dataset.config: {ds.config!r} is not a builder config of "
+      raise ValueError(f"config.dataset.config: {name!r} is not a builder config of "
                        f"{ds.name!r}: {e}") from e
     if not builder.is_prepared():
       if not ds.build:
         raise FileNotFoundError(
-            f"Dataset {ds.name}/{ds.config} is not prepared in {builder.data_dir}. Build it with\n"
-            f"  python scripts/build_datasets.py {ds.name}/{ds.config} "
+            f"Dataset {ds.name}/{name} is not prepared in {builder.data_dir}. Build it with\n"
+            f"  python scripts/build_datasets.py {ds.name}/{name} "
             f"--data_dir={ds.data_dir or '<data_dir>'}"
             + (f" --manual_dir={ds.manual_dir}" if ds.manual_dir else "")
             + "\nor set config.dataset.build=True.")
@@ -145,11 +147,11 @@ def get_builder(config) -> tfds.core.DatasetBuilder:
         from jax.experimental import multihost_utils
         if jax.process_index() == 0:
           builder.download_and_prepare(download_config=download_config)
-        multihost_utils.sync_global_devices(f"avjax_build_{ds.name}_{ds.config}")
-        builder = cls(config=ds.config, data_dir=ds.data_dir or None)
+        multihost_utils.sync_global_devices(f"avjax_build_{ds.name}_{name}")
+        builder = cls(config=name, data_dir=ds.data_dir or None)
         if not builder.is_prepared():
           raise FileNotFoundError(
-              f"process {jax.process_index()}: {ds.name}/{ds.config} built by process 0 is not "
+              f"process {jax.process_index()}: {ds.name}/{name} built by process 0 is not "
               f"visible in {builder.data_dir}; use a data_dir shared by all hosts or build it on "
               "each host with scripts/build_datasets.py")
     _BUILDERS[key] = builder

@@ -9,7 +9,10 @@ which lists the clips and the files it had to reject. Everything else is here:
 
 * Builder configs named by windowing: each Table I row of the dataset, its
   `_fit` twin, and `config_lib.GLOBAL_WINDOWING`; the default is the first
-  (best) row.
+  (best) row. Datasets with `audio_records` in `config_lib.DATASETS` also get
+  an audio-only twin of each, `audio_<windowing>`: the same records without
+  the `video` feature, built from the audio files alone (`find_clips` is
+  told which family it lists through `self.audio_only`).
 * The manual_dir is checked before TFDS creates anything: a missing or
   wrongly laid-out one raises `ManualDirError` saying what was expected and
   where the official files are.
@@ -51,19 +54,34 @@ class ManualDirError(FileNotFoundError):
   """The manual_dir is missing or does not hold the official files as expected."""
 
 
+AUDIO_PREFIX = config_lib.AUDIO_CONFIG_PREFIX   # 'audio_': audio-only builder configs
+
+
 def config_names(dataset: str) -> list[str]:
-  """Table I windowings of `dataset`, each followed by its `_fit` twin, then the global one."""
+  """Table I windowings of `dataset`, each followed by its `_fit` twin, then the global one;
+  then the same with the `audio_` prefix when the dataset has audio-only records."""
   names = []
   for name in config_lib.DATASETS[dataset]["table1"]:
     names += [name, name + "_fit"]
   names.append(config_lib.GLOBAL_WINDOWING)
+  if config_lib.DATASETS[dataset].get("audio_records", False):
+    names += [AUDIO_PREFIX + n for n in names]
   return names
 
 
+def split_name(name: str) -> tuple[bool, windows.WindowSpec]:
+  """(audio_only, window spec) of a builder config name ('audio_w8_l1_ov' -> True, w8_l1_ov)."""
+  audio_only = name.startswith(AUDIO_PREFIX)
+  return audio_only, windows.parse_name(name[len(AUDIO_PREFIX):] if audio_only else name)
+
+
 def describe(name: str, options: media.DecodeOptions = media.DecodeOptions()) -> str:
-  spec = windows.parse_name(name)
+  audio_only, spec = split_name(name)
   mode = ("spread evenly over the clip" if spec.mode == "fit"
           else f"starting every {spec.hop:g} s, padded past the clip's end")
+  if audio_only:
+    return (f"audio only: {spec.num_windows} windows of {spec.length:g} s, {mode}; "
+            f"{options.audio_rate} Hz mono audio")
   return (f"{spec.num_windows} windows of {spec.length:g} s, {mode}; {options.fps:g} fps, "
           f"{options.frame_size}x{options.frame_size} frames, {options.audio_rate} Hz mono audio")
 
@@ -143,7 +161,12 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   @property
   def spec(self) -> windows.WindowSpec:
-    return windows.parse_name(self.builder_config.name)
+    return split_name(self.builder_config.name)[1]
+
+  @property
+  def audio_only(self) -> bool:
+    """True for the `audio_<windowing>` configs: no video, read from the audio files."""
+    return split_name(self.builder_config.name)[0]
 
   @property
   def actor_folds(self) -> dict[int, int]:
@@ -157,14 +180,16 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             frames_per_window=o.frames_per_window(spec.length),
             frame_size=o.frame_size,
             samples_per_window=o.samples_per_window(spec.length),
-            class_names=config_lib.DATASETS[self.DATASET]["class_names"]),
+            class_names=config_lib.DATASETS[self.DATASET]["class_names"],
+            with_video=not self.audio_only),
         homepage=self.HOMEPAGE,
         metadata=tfds.core.MetadataDict(
             fps=o.fps, frame_size=o.frame_size, audio_rate=o.audio_rate,
             window=spec.name, window_mode=spec.mode, num_windows=spec.num_windows,
             window_length=spec.length, window_overlap=spec.overlap,
             center_crop=o.center_crop, interpolation=o.interpolation,
-            max_av_mismatch=o.max_av_mismatch, skipped=[], missing_actors=[]),
+            max_av_mismatch=o.max_av_mismatch, audio_only=self.audio_only,
+            skipped=[], missing_actors=[]),
     )
 
   def _manual_dir(self, download_dir, download_config) -> pathlib.Path:
@@ -257,9 +282,11 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     clip_id=c.clip_id)
       jobs[folds[c.actor]].append(media.ClipJob(
           key=c.clip_id, src=c.src, spec=self.spec, options=self._options, fields=fields,
-          audio_path=c.audio_path, compress_video=True))
+          audio_path=c.audio_path, compress_video=not self.audio_only,
+          with_video=not self.audio_only))
     self._jobs = jobs
-    self._accept_precompressed_video()
+    if not self.audio_only:
+      self._accept_precompressed_video()
     self._progress = tqdm.tqdm(total=len(self._clips), unit="clip", dynamic_ncols=True,
                                desc=f"Decoding {self.name}/{self.builder_config.name}")
     return {f"fold{f}": self._generate_examples(f, jobs[f]) for f in range(folds_lib.NUM_FOLDS)}

@@ -19,6 +19,11 @@ stretched or trimmed to the video's length; windows past a stream's end are
 padded (last frame repeated, audio zeros). The clip's `duration` is the video
 stream's span (first frame to the end of the last one).
 
+Audio-only records (`decode_audio`, `make_record(..., with_video=False)`) read
+a WAV alone (RAVDESS's modality-03 files, CREMA-D's AudioWAV) and are cut by
+the same `cut_windows`, so their audio windows equal those of the
+audio-visual records when the two sources hold the same audio.
+
 Every problem with a file raises `MediaError(path, reason)`; the builders
 record the reason and skip the clip.
 
@@ -330,19 +335,50 @@ def decode(src: Source, *, audio_path: str | os.PathLike | None = None,
 # ----------------------------------------------------------------------------- audio
 
 
-def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-  """Reads a WAV (any extra RIFF chunks skipped) as mono float32 [M] and its rate."""
+def read_wav(path: Source) -> tuple[np.ndarray, int]:
+  """Reads a WAV (any extra RIFF chunks skipped) as mono float32 [M] and its rate.
+
+  `path` is a file or a `ZipMember`. Channels are averaged (RAVDESS has a few
+  stereo WAVs); 16-bit samples map to [-1, 1) exactly, full scale (-32768)
+  included, with no normalisation or clipping.
+  """
   try:
-    data, rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)  # [M, C]
+    if isinstance(path, ZipMember):
+      data, rate = soundfile.read(io.BytesIO(path.read()), dtype="float32", always_2d=True)
+    else:
+      data, rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)  # [M, C]
   except FileNotFoundError:
     raise MediaError(path, "file not found") from None
-  except (soundfile.LibsndfileError, RuntimeError, OSError) as e:
-    if not os.path.exists(path):
+  except KeyError as e:  # a name missing from the zip
+    raise MediaError(path, f"not in the archive ({e})") from None
+  except (soundfile.LibsndfileError, RuntimeError, OSError, zipfile.BadZipFile) as e:
+    if not isinstance(path, ZipMember) and not os.path.exists(path):
       raise MediaError(path, "file not found") from None
     raise MediaError(path, f"cannot read audio: {e}") from None
   if data.shape[0] == 0:
     raise MediaError(path, "no audio samples (empty WAV)")
   return data.mean(axis=1, dtype=np.float32), int(rate)
+
+
+def _is_wav(src: Source) -> bool:
+  name = src.name if isinstance(src, ZipMember) else os.fspath(src)
+  return name.lower().endswith(".wav")
+
+
+def decode_audio(src: Source, *, options: DecodeOptions = DecodeOptions()) -> Clip:
+  """Decodes the audio of a clip alone (audio-only records): mono at options.audio_rate.
+
+  A WAV (file or zip member) is read with soundfile, anything else through
+  PyAV. The clip's duration is the audio's. Raises MediaError like `decode`.
+  """
+  if not _is_wav(src):
+    return decode(src, options=options, with_video=False)
+  audio, native_rate = read_wav(src)
+  if not np.any(audio):
+    raise MediaError(src, f"no audio (all {audio.size} samples are 0)")
+  duration = audio.size / native_rate
+  return Clip(video=None, audio=resample(audio, native_rate, options.audio_rate),
+              duration=float(duration), video_duration=None, audio_duration=float(duration))
 
 
 def resample(audio: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
@@ -382,10 +418,15 @@ def cut_windows(clip: Clip, spec: windows_lib.WindowSpec, options: DecodeOptions
 def make_record(src: Source, spec: windows_lib.WindowSpec, *,
                 audio_path: str | os.PathLike | None = None,
                 options: DecodeOptions = DecodeOptions(),
-                fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                fields: Mapping[str, Any] | None = None,
+                with_video: bool = True) -> dict[str, Any]:
   """One record of avjax/data/features.py: the windowed media plus `fields`
-  (label, actor, fold, gender, intensity, statement, clip_id)."""
-  clip = decode(src, audio_path=audio_path, options=options)
+  (label, actor, fold, gender, intensity, statement, clip_id). Without video
+  (audio-only records) the audio comes from `audio_path` when given, else `src`."""
+  if with_video:
+    clip = decode(src, audio_path=audio_path, options=options)
+  else:
+    clip = decode_audio(audio_path if audio_path is not None else src, options=options)
   record = dict(fields or {})
   record.update(cut_windows(clip, spec, options))
   return record
@@ -414,6 +455,7 @@ class ClipJob:
   fields: Mapping[str, Any]
   audio_path: str | None = None
   compress_video: bool = False   # return record["video"] as ZlibVideo
+  with_video: bool = True        # False: audio-only record
 
   @property
   def video_shape(self) -> tuple[int, ...]:
@@ -432,12 +474,12 @@ def run_job(job: ClipJob) -> tuple[str, dict[str, Any] | None, str | None]:
   """(key, record, None), or (key, None, reason) when the clip is unusable."""
   try:
     record = make_record(job.src, job.spec, audio_path=job.audio_path, options=job.options,
-                         fields=job.fields)
+                         fields=job.fields, with_video=job.with_video)
   except MediaError as e:
     path = os.path.basename(e.path.split("::")[-1])
     reason = e.reason if path == job.file else f"{path}: {e.reason}"
     return job.key, None, reason
-  if job.compress_video:
+  if job.compress_video and job.with_video:
     video = record["video"]
     if video.shape != job.video_shape or video.dtype != np.uint8:   # a bug, not a bad file
       raise ValueError(f"{job.file}: video {video.shape} {video.dtype}, expected {job.video_shape} uint8")

@@ -1,4 +1,4 @@
-"""`crema_d_av`: the CREMA-D clips, video and audio, as windowed records.
+"""`crema_d_av`: the CREMA-D clips, video and audio (or audio only), as windowed records.
 
 Legend: T windows, F = L * 25 frames per window, S = L * 22050 audio samples.
 
@@ -15,6 +15,11 @@ LO 0, MD 1, HI 2, XX 3, statement = index in CREMA_D_SENTENCES.
   builder = Builder(config="w6_l1_ov", data_dir="~/tensorflow_datasets")
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir="/data/CREMA-D"))
+
+Audio-only configs (`audio_w6_l1_ov`, ...: every windowing with the `audio_`
+prefix) read `AudioWAV/` alone (no `VideoFlash/` needed): the same fields,
+labels, folds and clip ids, no `video`. WAVs with no samples or only zeros
+(1076_MTI_NEU_XX, 1076_MTI_SAD_XX, 1064_TIE_SAD_XX) are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ Expected the official CREMA-D files in manual_dir, laid out like the official
 repository:
   VideoFlash/1001_DFA_ANG_XX.flv ...   (7442 FLV files, video)
   AudioWAV/1001_DFA_ANG_XX.wav ...     (7442 WAV files, 16 kHz audio)
+The audio-only configs (audio_w6_l1_ov, ...) need AudioWAV/ only.
 Get them from {HOMEPAGE} (a git-lfs repository: clone it and run `git lfs pull`;
 pointer files of ~130 bytes are not media). Licence: Open Database License.
 """
@@ -94,6 +100,8 @@ class Builder(builder_lib.AVBuilder):
     return genders()
 
   def find_clips(self, manual_dir: pathlib.Path):
+    if self.audio_only:
+      return self._find_audio_clips(manual_dir)
     video_dir, audio_dir = manual_dir / "VideoFlash", manual_dir / "AudioWAV"
     missing = [d.name + "/" for d in (video_dir, audio_dir) if not d.is_dir()]
     if missing:
@@ -130,3 +138,32 @@ class Builder(builder_lib.AVBuilder):
       rejected.append(builder_lib.skipped(audios[stem].name, f"no VideoFlash/{stem}.flv"))
     return clips, rejected
 
+
+  def _find_audio_clips(self, manual_dir: pathlib.Path):
+    """Audio-only configs: every AudioWAV/*.wav (the record's audio source is the WAV)."""
+    audio_dir = manual_dir / "AudioWAV"
+    if not audio_dir.is_dir():
+      raise builder_lib.ManualDirError(
+          f"manual_dir {manual_dir} has no AudioWAV/, which the audio-only config "
+          f"{self.builder_config.name} reads (it holds: {builder_lib.listing(manual_dir)}).\n"
+          f"{MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    audios = {p.stem: p for p in sorted(audio_dir.glob("*.wav")) if not p.name.startswith("._")}
+    if not audios:
+      raise builder_lib.ManualDirError(
+          f"{audio_dir} holds no .wav files (it holds: {builder_lib.listing(audio_dir)}).\n"
+          f"{MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    pointers = [p for p in list(audios.values())[:20] if _is_lfs_pointer(p)]
+    if pointers:
+      raise builder_lib.ManualDirError(
+          f"{pointers[0]} is a git-lfs pointer, not media: run `git lfs pull` in the CREMA-D "
+          f"clone.\n{MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    clips, rejected = [], []
+    for stem, wav in audios.items():
+      try:
+        f = parse_name(stem)
+      except ValueError as e:
+        rejected.append(builder_lib.skipped(wav.name, f"unexpected file name: {e}"))
+        continue
+      actor = f.pop("actor")
+      clips.append(builder_lib.ClipEntry(clip_id=stem, src=str(wav), actor=actor, fields=f))
+    return clips, rejected

@@ -97,8 +97,9 @@ class CremaDBuilderTest(absltest.TestCase):
 
   def test_configs_and_info(self):
     names = [c.name for c in lib.Builder.BUILDER_CONFIGS]
-    self.assertEqual(names, ["w6_l1_ov", "w6_l1_ov_fit", "w2_l1_ov", "w2_l1_ov_fit", "w4_l1_ov",
-                             "w4_l1_ov_fit", "w1_l1_no_fit"])
+    av = ["w6_l1_ov", "w6_l1_ov_fit", "w2_l1_ov", "w2_l1_ov_fit", "w4_l1_ov", "w4_l1_ov_fit",
+          "w1_l1_no_fit"]
+    self.assertEqual(names, av + ["audio_" + n for n in av])
     self.assertEqual(lib.Builder.DEFAULT_CONFIG_NAME, "w6_l1_ov")
     self.assertIn("Cao", self.builder.info.citation)
     self.assertIn("Open Database License", self.builder.info.description)

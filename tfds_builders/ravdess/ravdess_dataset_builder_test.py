@@ -86,8 +86,9 @@ class RavdessBuilderTest(absltest.TestCase):
   def test_configs(self):
     names = [c.name for c in lib.Builder.BUILDER_CONFIGS]
     self.assertEqual(names[:4], ["w8_l1_ov", "w8_l1_ov_fit", "w2_l1_ov", "w2_l1_ov_fit"])
-    self.assertLen(names, 15)   # 7 Table I rows, their fit twins, the global window
-    self.assertEqual(names[-1], "w1_l1_no_fit")
+    self.assertLen(names, 30)   # 7 Table I rows, their fit twins, the global window; audio-only twins
+    self.assertEqual(names[14], "w1_l1_no_fit")
+    self.assertEqual(names[15:], ["audio_" + n for n in names[:15]])
     self.assertEqual(lib.Builder.DEFAULT_CONFIG_NAME, "w8_l1_ov")
     self.assertIn("Livingstone", self.builder.info.citation)
     self.assertIn("CC BY-NC-SA 4.0", self.builder.info.description)
