@@ -17,6 +17,7 @@ from __future__ import annotations
 import fractions
 import os
 import pathlib
+import struct
 import zipfile
 from typing import Callable, Sequence
 
@@ -128,3 +129,32 @@ def zip_dir(folder: str | os.PathLike, archive: str | os.PathLike, arc_root: str
 
 def write_files(paths: Sequence[str | os.PathLike], writer, **kwargs) -> list[pathlib.Path]:
   return [writer(p, **kwargs) for p in paths]
+
+
+def write_riff_wav(path, samples: np.ndarray, rate: int, *,
+                   chunks_before: Sequence[tuple[bytes, bytes]] = ((b"FLLR", b"\x00" * 498),),
+                   chunks_after: Sequence[tuple[bytes, bytes]] = (
+                       (b"LIST", b"INFOISFT\x0e\x00\x00\x00Lavf58.29.100\x00"),
+                       (b"bext", b"\x00" * 602), (b"_PMX", b"<x:xmpmeta/>\x00"))) -> pathlib.Path:
+  """A 16-bit PCM WAV written byte by byte with extra RIFF chunks around `data`, like
+  RAVDESS's audio-only files (`fmt `, FLLR, data, LIST, bext, _PMX).
+
+  samples: [M] or [M, C] int16.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  x = np.asarray(samples, np.int16)
+  x = x[:, None] if x.ndim == 1 else x
+  channels = x.shape[1]
+
+  def chunk(tag: bytes, body: bytes) -> bytes:
+    pad = b"\x00" if len(body) % 2 else b""
+    return tag + struct.pack("<I", len(body)) + body + pad
+
+  fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * channels * 2, channels * 2, 16)
+  body = b"WAVE" + chunk(b"fmt ", fmt)
+  body += b"".join(chunk(t, b) for t, b in chunks_before)
+  body += chunk(b"data", x.astype("<i2").tobytes())
+  body += b"".join(chunk(t, b) for t, b in chunks_after)
+  path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+  return path

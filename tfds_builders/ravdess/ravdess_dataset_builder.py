@@ -137,7 +137,7 @@ class Builder(builder_lib.AVBuilder):
             f"manual_dir {manual_dir} holds RAVDESS files but no audio-only speech WAVs "
             f"(modality 03) for the audio-only config {self.builder_config.name}.\n"
             f"{MANUAL_DOWNLOAD_INSTRUCTIONS}")
-      if not self.audio_only and (other_modality or any(manual_dir.rglob("03-01-*.wav"))):
+      if not self.audio_only and (other_modality or any(_candidates(manual_dir, ".wav"))):
         raise builder_lib.ManualDirError(
             f"manual_dir {manual_dir} holds RAVDESS files but no audio-visual speech MP4s "
             f"(modality 01): video-only (02) MP4s and audio-only WAVs are not enough for "
