@@ -821,12 +821,11 @@ def render_markdown(report: dict) -> str:
               + " Utilisation against the device's dense peak (n/a: no peak known for this device).",
               "", _STEP_HEADER]
     lines += [_step_row(r) for r in s["train_step"]]
-    lines.append("")
     for r in s["train_step"]:
       c = r["case"]
       if c["shape"] == "ravdess" and c["batch"] == 40 and "step_s" in r:
         hours = RAVDESS_RUN_STEPS * r["step_s"] / 3600
-        lines.append(f"At {c['dtype']}, a RAVDESS 10-fold x 100-epoch run "
+        lines.append(f"\nAt {c['dtype']}, a RAVDESS 10-fold x 100-epoch run "
                      f"({RAVDESS_RUN_STEPS:,} steps of 40 clips) would take {hours:.2f} h of "
                      "train steps on this machine.")
     lines.append("")
