@@ -118,73 +118,13 @@ def _media():
   return media
 
 
-class _BoxResizer:
-  """Source frame -> [H, W, 3] uint8: crop a fixed box (x, y, w, h), then scale."""
-
-  def __init__(self, box: tuple[int, int, int, int], size: int, interpolation: str):
-    self.box, self.size, self.interpolation = box, size, interpolation
-    self._graph = None
-
-  def __call__(self, frame, stream) -> np.ndarray:
-    import av
-    if self._graph is None:
-      x, y, w, h = self.box
-      g = av.filter.Graph()
-      src = g.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
-                         time_base=stream.time_base)
-      crop = g.add("crop", f"w={w}:h={h}:x={x}:y={y}:exact=1")
-      scale = g.add("scale", f"{self.size}:{self.size}:flags={self.interpolation.lower()}")
-      fmt = g.add("format", "rgb24")
-      sink = g.add("buffersink")
-      src.link_to(crop)
-      crop.link_to(scale)
-      scale.link_to(fmt)
-      fmt.link_to(sink)
-      g.configure()
-      self._graph = g
-    self._graph.push(frame)
-    return self._graph.pull().to_ndarray()
-
-
 def decode_video(path: str, options, box: tuple[int, int, int, int] | None = None
                  ) -> tuple[np.ndarray, float]:
   """Video only, as `media.decode` decodes it: ([N, H, H, 3] uint8, duration in s).
 
   `box` (x, y, w, h in source pixels) is cropped before resizing (--face_crop).
   """
-  import av
-  media = _media()
-  container = media._open(path)
-  try:
-    if not container.streams.video:
-      raise media.MediaError(path, "no video stream")
-    vstream = container.streams.video[0]
-    vstream.thread_type = "SLICE"
-    if box is None:
-      resizer = media._Resizer(options.frame_size, options.center_crop, options.interpolation)
-    else:
-      resizer = _BoxResizer(box, options.frame_size, options.interpolation)
-    rate = vstream.average_rate or vstream.guessed_rate
-    sampler = media._FpsSampler(options.fps, lambda f: resizer(f, vstream),
-                                nominal_period=float(1 / rate) if rate else 1 / options.fps)
-    times: list[float] = []
-    try:
-      for packet in container.demux(vstream):
-        for frame in packet.decode():
-          t = media._stream_time(frame, vstream)
-          if t is not None:
-            times.append(t)
-          sampler.add(frame, t)
-    except av.FFmpegError as e:
-      raise media.MediaError(path, f"cannot decode: {e}") from None
-  finally:
-    container.close()
-  if sampler.count == 0:
-    raise media.MediaError(path, "no video frames")
-  duration = sampler.finish(media._frame_period(vstream, times))
-  if duration <= 0:
-    raise media.MediaError(path, "zero duration")
-  return np.stack(sampler.frames), float(duration)
+  return _media().decode_video(path, options=options, box=box)
 
 
 def _streams(path: str) -> tuple[bool, bool]:

@@ -150,22 +150,32 @@ def _stream_time(frame, stream) -> float | None:
 
 
 class _Resizer:
-  """Source frame -> [H, W, 3] uint8 at the output size, done by FFmpeg."""
+  """Source frame -> [H, W, 3] uint8 at the output size, done by FFmpeg.
 
-  def __init__(self, size: int, center_crop: bool, interpolation: str):
-    self.size, self.center_crop, self.interpolation = size, center_crop, interpolation
+  The whole frame is scaled, or first cropped to its centre square
+  (`center_crop`) or to a fixed `box` (x, y, w, h in source pixels).
+  """
+
+  def __init__(self, size: int, center_crop: bool, interpolation: str,
+               box: tuple[int, int, int, int] | None = None):
+    self.size, self.center_crop, self.interpolation, self.box = size, center_crop, interpolation, box
     self._graph = None
 
   def __call__(self, frame: av.VideoFrame, stream) -> np.ndarray:
-    if not self.center_crop:
+    if not self.center_crop and self.box is None:
       out = frame.reformat(width=self.size, height=self.size, format="rgb24",
                            interpolation=self.interpolation)
       return out.to_ndarray()
     if self._graph is None:
+      if self.box is not None:
+        x, y, w, h = self.box
+        crop_args = f"w={w}:h={h}:x={x}:y={y}:exact=1"
+      else:
+        crop_args = "w=min(iw\\,ih):h=min(iw\\,ih)"
       g = av.filter.Graph()
       src = g.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
                          time_base=stream.time_base)
-      crop = g.add("crop", "w=min(iw\\,ih):h=min(iw\\,ih)")
+      crop = g.add("crop", crop_args)
       scale = g.add("scale", f"{self.size}:{self.size}:flags={self.interpolation.lower()}")
       fmt = g.add("format", "rgb24")
       sink = g.add("buffersink")
@@ -330,6 +340,44 @@ def decode(src: Source, *, audio_path: str | os.PathLike | None = None,
                           f"(differ by more than {options.max_av_mismatch:g} s)")
   return Clip(video=video, audio=audio, duration=float(duration),
               video_duration=video_duration, audio_duration=float(audio_duration))
+
+
+def decode_video(src: Source, *, options: DecodeOptions = DecodeOptions(),
+                 box: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, float]:
+  """Video alone, decoded exactly as `decode` decodes it: ([N, H, W, 3] uint8, duration s).
+
+  `box` (x, y, w, h in source pixels) is cropped before resizing instead of
+  `options.center_crop` (avjax.predict's --face_crop). Raises MediaError.
+  """
+  container = _open(src)
+  try:
+    if not container.streams.video:
+      raise MediaError(src, "no video stream")
+    vstream = container.streams.video[0]
+    vstream.thread_type = "AUTO" if options.decoder_threads != 1 else "SLICE"
+    vstream.codec_context.thread_count = options.decoder_threads
+    resizer = _Resizer(options.frame_size, options.center_crop, options.interpolation, box)
+    rate = vstream.average_rate or vstream.guessed_rate
+    sampler = _FpsSampler(options.fps, lambda f: resizer(f, vstream),
+                          nominal_period=float(1 / rate) if rate else 1 / options.fps)
+    times: list[float] = []
+    try:
+      for packet in container.demux(vstream):
+        for frame in packet.decode():
+          t = _stream_time(frame, vstream)
+          if t is not None:
+            times.append(t)
+          sampler.add(frame, t)
+    except av.FFmpegError as e:
+      raise MediaError(src, f"cannot decode: {e}") from None
+  finally:
+    container.close()
+  if sampler.count == 0:
+    raise MediaError(src, "no video frames")
+  duration = sampler.finish(_frame_period(vstream, times))
+  if duration <= 0:
+    raise MediaError(src, "zero duration")
+  return np.stack(sampler.frames), float(duration)
 
 
 # ----------------------------------------------------------------------------- audio
