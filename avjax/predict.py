@@ -207,8 +207,9 @@ def require_cv2():
 
 def best_step(manager) -> int | None:
   """The kept step with the highest `val_accuracy` in its saved metrics (the later on a
-  tie), or None when none has one. (`CheckpointManager.best_step()` returns the latest
-  step when the manager's options have no `best_fn`, as train.checkpoint_manager's.)"""
+  tie), or None when none has one. Read from the saved metrics rather than
+  `CheckpointManager.best_step()`, which only knows the best when the manager was
+  created with a `best_fn` (workdirs written before it was added have none)."""
   best = None
   for step in manager.all_steps():
     metrics = manager.metrics(step) or {}

@@ -221,7 +221,9 @@ def checkpoint_manager(fold_dir: str, config) -> ocp.CheckpointManager:
       ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m["val_accuracy"], n=1,
                                     keep_checkpoints_without_metrics=False),
   ])
+  # best_fn makes `manager.best_step()` the best, not the latest (evaluate --checkpoint=best).
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                         best_fn=lambda m: m["val_accuracy"], best_mode="max",
                                          enable_async_checkpointing=False)
   return ocp.CheckpointManager(os.path.abspath(os.path.join(fold_dir, "checkpoints")),
                                options=options, item_names=("state", "data"))
