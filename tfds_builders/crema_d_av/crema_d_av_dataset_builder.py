@@ -105,9 +105,13 @@ class Builder(builder_lib.AVBuilder):
     video_dir, audio_dir = manual_dir / "VideoFlash", manual_dir / "AudioWAV"
     missing = [d.name + "/" for d in (video_dir, audio_dir) if not d.is_dir()]
     if missing:
+      hint = ""
+      if not video_dir.is_dir() and audio_dir.is_dir():
+        hint = (f" AudioWAV/ alone is not enough for {self.builder_config.name} (the "
+                f"audio_{self.builder_config.name} config reads it).")
       raise builder_lib.ManualDirError(
           f"manual_dir {manual_dir} has no {' and no '.join(missing)} (it holds: "
-          f"{builder_lib.listing(manual_dir)}).\n{MANUAL_DOWNLOAD_INSTRUCTIONS}")
+          f"{builder_lib.listing(manual_dir)}).{hint}\n{MANUAL_DOWNLOAD_INSTRUCTIONS}")
     # ('._*' files are macOS metadata, not media)
     videos = {p.stem: p for p in sorted(video_dir.glob("*.flv")) if not p.name.startswith("._")}
     audios = {p.stem: p for p in sorted(audio_dir.glob("*.wav")) if not p.name.startswith("._")}

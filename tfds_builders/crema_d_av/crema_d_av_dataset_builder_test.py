@@ -190,7 +190,10 @@ class CremaDBuilderTest(absltest.TestCase):
       (lfs / sub).mkdir(parents=True)
       (lfs / sub / f"1001_DFA_ANG_XX.{ext}").write_text(
           "version https://git-lfs.github.com/spec/v1\noid sha256:10dc3f\nsize 350341\n")
+    (root / "no_flv" / "AudioWAV").mkdir(parents=True)
+    (root / "no_flv" / "AudioWAV" / "1001_DFA_ANG_XX.wav").write_bytes(b"RIFF")
     cases = [(root / "missing", "does not exist"), (root / "no_wav", "has no AudioWAV/"),
+             (root / "no_flv", "AudioWAV/ alone is not enough for w2_l1_ov (the audio_w2_l1_ov"),
              (root / "empty_flv", "holds no .flv files"), (lfs, "git-lfs pointer")]
     for manual, message in cases:
       data_dir = root / ("data_" + manual.name)
