@@ -161,19 +161,10 @@ class DeviceTrainIterator:
     return out
 
   def get_state(self) -> dict[str, int]:
-    b = self._batches
-    return {"step": int(self._step), "seed": int(b.seed), "num_clips": int(len(b.labels)),
-            "batch_size": int(b.batch_size)}
+    return self._batches.iterator_state(self._step)
 
   def set_state(self, state: dict) -> None:
-    b = self._batches
-    expected = {"seed": b.seed, "num_clips": len(b.labels), "batch_size": b.batch_size}
-    for key, value in expected.items():
-      if int(state[key]) != int(value):
-        raise ValueError(
-            f"data iterator state has {key}={int(state[key])}, this pipeline {key}={value}: the "
-            "checkpoint was written with another seed, dataset or batch size")
-    self._step = int(state["step"])
+    self._step = self._batches.step_of(state)
 
   def sample_batch(self) -> dict[str, np.ndarray]:
     """A zero host batch of one step's shapes (for model initialisation)."""

@@ -550,6 +550,21 @@ class _TrainBatches:
     return class_balanced_epoch(self.labels, self.clips_per_class, self.num_classes,
                                 self.seed, epoch)
 
+  def iterator_state(self, step: int) -> dict[str, int]:
+    """The JSON state of an iterator at `step` (saved with each checkpoint)."""
+    return {"step": int(step), "seed": int(self.seed), "num_clips": int(len(self.labels)),
+            "batch_size": int(self.batch_size)}
+
+  def step_of(self, state: dict) -> int:
+    """The step of a saved iterator state; ValueError when it belongs to another pipeline."""
+    expected = {"seed": self.seed, "num_clips": len(self.labels), "batch_size": self.batch_size}
+    for key, value in expected.items():
+      if int(state[key]) != int(value):
+        raise ValueError(
+            f"data iterator state has {key}={int(state[key])}, this pipeline {key}={value}: the "
+            "checkpoint was written with another seed, dataset or batch size")
+    return int(state["step"])
+
   def global_indices(self, step: int) -> np.ndarray:
     epoch, i = divmod(int(step), self.steps_per_epoch)
     return self.epoch_table(epoch)[i]
@@ -628,20 +643,12 @@ class TrainIterator:
     return batch
 
   def get_state(self) -> dict[str, int]:
-    b = self._batches
-    return {"step": int(self._step), "seed": int(b.seed), "num_clips": int(len(b.labels)),
-            "batch_size": int(b.batch_size)}
+    return self._batches.iterator_state(self._step)
 
   def set_state(self, state: dict) -> None:
-    b = self._batches
-    expected = {"seed": b.seed, "num_clips": len(b.labels), "batch_size": b.batch_size}
-    for key, value in expected.items():
-      if int(state[key]) != int(value):
-        raise ValueError(
-            f"data iterator state has {key}={int(state[key])}, this pipeline {key}={value}: the "
-            "checkpoint was written with another seed, dataset or batch size")
+    step = self._batches.step_of(state)
     self.close()  # restarts (with prefetch) at the new step on the next call
-    self._step = int(state["step"])
+    self._step = step
 
   def global_indices(self, step: int) -> np.ndarray:
     """Indices (into the training folds' data source) of the global batch at `step`."""
