@@ -84,7 +84,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.input.audio_noise_std = 0.005   # Gaussian noise std (audio in [-1, 1]), one draw per batch
   c.input.pitch_shift_semitones = 1.0  # max |pitch shift|, drawn once per batch (0 disables)
   c.input.speed_range = 0.1         # speed factor drawn from [1 - r, 1 + r] once per batch (0 disables)
-  c.input.eval_batch_size = 32      # clips per evaluation batch (last batch padded and masked)
+  c.input.eval_batch_size = 32      # clips per evaluation batch (any size: padded and masked to the device count)
   c.input.num_workers = 0           # grain worker processes (0: in the main process)
   c.input.prefetch = 2              # batches prepared ahead of the device
   c.input.cache_on_device = False   # keep the whole training set in accelerator memory

@@ -55,15 +55,18 @@ def embed(config, state, folds: list[int], mesh) -> dict[str, np.ndarray]:
   """Gate embeddings of every clip of `folds`, in eval order.
 
   Returns {'audio_gate'/'video_gate': [N, T, H] float32, 'label': [N], 'actor': [N]}.
+  Any `config.input.eval_batch_size` works: each batch is padded with masked
+  copies to a multiple of the mesh's devices (evaluation uses BatchNorm's running
+  statistics, so the copies change nothing and are dropped from the output).
   """
   from avjax import train
   repl, data_sharding = train.shardings(mesh)
-  train.check_batch_divisible(config.input.eval_batch_size, "config.input.eval_batch_size")
   forward = jax.jit(lambda s, b: _eval_forward(s, b, config.model.modalities),
                     in_shardings=(repl, data_sharding), out_shardings=data_sharding)
   chunks: dict[str, list[np.ndarray]] = {}
   pid, nproc = jax.process_index(), jax.process_count()
   for batch in input_pipeline.eval_batches(config, folds):
+    batch = train.pad_batch(batch, mesh.devices.size)
     mask = np.asarray(batch["mask"], bool)
     per_host = len(mask) // nproc
     local = {k: np.asarray(v)[pid * per_host:(pid + 1) * per_host] for k, v in batch.items()}

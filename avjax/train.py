@@ -203,14 +203,6 @@ def check_padding(config, batch_size: int) -> None:
         "Set model.freeze_bn=True, or change clips_per_class or the device count.")
 
 
-def check_batch_divisible(batch_size: int, what: str) -> None:
-  n = jax.device_count()
-  if batch_size % n:
-    raise ValueError(
-        f"{what} = {batch_size} is not divisible by the {n} devices of the data mesh; "
-        "change config.input.clips_per_class / eval_batch_size or the device count")
-
-
 # --------------------------------------------------------------------------- checkpoints
 
 

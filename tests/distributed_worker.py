@@ -32,7 +32,7 @@ def main(argv):
   from avjax import train
   from tests import test_train
 
-  config = test_train.tiny_config()
+  config = test_train.parity_config()
   batches = [test_train.tiny_batch(config, seed) for seed in range(2)]
   n = len(batches[0]["label"])
   pid, nproc = jax.process_index(), jax.process_count()

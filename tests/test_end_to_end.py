@@ -122,6 +122,13 @@ class CrossValidationTest(absltest.TestCase):
     for key in ("pred_AO", "pred_VO", "pred_AV", "labels"):
       np.testing.assert_array_equal(again[key], saved[key], err_msg=key)
     np.testing.assert_allclose(again["emb_AV"], saved["emb_AV"], rtol=1e-5, atol=1e-6)
+    # An eval batch that does not divide the 4 devices is padded and masked: same result.
+    self.assertEqual(mesh.devices.size, 4)
+    saved_config.input.eval_batch_size = 7
+    odd = evaluate.evaluate_fold(saved_config, state, model, 1, tempfile.mkdtemp(), mesh)
+    for key in ("pred_AO", "pred_VO", "pred_AV", "labels"):
+      np.testing.assert_array_equal(odd[key], saved[key], err_msg=key)
+    np.testing.assert_allclose(odd["emb_AV"], saved["emb_AV"], rtol=1e-5, atol=1e-6)
     # Finished folds are skipped when the same command runs again.
     self.assertTrue(evaluate.fold_is_done(os.path.join(workdir, "fold_0")))
     mtime = os.path.getmtime(os.path.join(workdir, "fold_0", "predictions.npz"))
