@@ -121,7 +121,7 @@ class TrainStepTest(absltest.TestCase):
     self.assertGreater(abs(unmasked[0]["loss"] - m1[0]["loss"]), 1e-4)
 
   def test_bfloat16_step_close_to_float32(self):
-    config = parity_config()   # the same step as the sharded test's: compiled once
+    config = tiny_config()
     batch = tiny_batch(config)
     mesh = train.make_mesh()
     _, m32 = run_steps(config, mesh, [batch])
@@ -134,7 +134,7 @@ class TrainStepTest(absltest.TestCase):
     np.testing.assert_allclose(m16[0]["grad_norm"], m32[0]["grad_norm"], rtol=0.2)
 
   def test_step_changes_every_trainable_collection(self):
-    config = parity_config()   # the same step as the sharded test's: compiled once
+    config = tiny_config()
     batch = tiny_batch(config)
     mesh = train.make_mesh()
     repl, data = train.shardings(mesh)
