@@ -49,9 +49,40 @@ DATASETS = {
     ),
 }
 
+# The one owner of the model's choices (models, losses and evaluation read them here).
 VARIANTS = ("gating", "lstm", "global")
 MODALITIES = ("av", "audio", "video")
 DTYPES = ("float32", "bfloat16")
+# What evaluation reports per `model.modalities`, and the gate embeddings of each.
+GATE_MODALITIES = {"av": ("AO", "VO", "AV"), "audio": ("AO",), "video": ("VO",)}
+MODALITY_KEYS = {"AO": ("audio_gate",), "VO": ("video_gate",), "AV": ("audio_gate", "video_gate")}
+
+
+def check_model_choice(variant: str, modalities: str, where: str = "config.model") -> None:
+  """Raises ValueError for an unknown variant or modalities, or `gating` without both."""
+  if variant not in VARIANTS:
+    raise ValueError(f"{where}.variant: {variant!r} is not one of {VARIANTS}")
+  if modalities not in MODALITIES:
+    raise ValueError(f"{where}.modalities: {modalities!r} is not one of {MODALITIES}")
+  if variant == "gating" and modalities != "av":
+    raise ValueError(f"{where}.modalities: the 'gating' variant needs both modalities ('av'), "
+                     f"got {modalities!r}; use 'lstm' or 'global' for one modality")
+
+
+def gate_modalities(config) -> tuple[str, ...]:
+  """AO / VO / AV: the embeddings evaluation reports for this model."""
+  return GATE_MODALITIES[config.model.modalities]
+
+
+def training_folds(config, test_fold: int) -> list[int]:
+  """Every fold but the held-out `test_fold`."""
+  return [f for f in range(config.dataset.num_folds) if f != test_fold]
+
+
+def fig5_groups(config) -> dict[str, tuple[str, ...]]:
+  """The class-name groups of the paper's Fig. 5 (positive / negative emotions)."""
+  return {"positive": tuple(config.eval.positive_classes),
+          "negative": tuple(config.eval.negative_classes)}
 # The single window of the `global` variant: one L-second window at the clip's middle.
 GLOBAL_WINDOWING = "w1_l1_no_fit"
 
@@ -136,6 +167,26 @@ def get_base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def _merge(base: dict, over: dict) -> dict:
+  out = dict(base)
+  for key, value in over.items():
+    if isinstance(value, dict) and isinstance(out.get(key), dict):
+      out[key] = _merge(out[key], value)
+    else:
+      out[key] = value
+  return out
+
+
+def complete(config) -> ml_collections.ConfigDict:
+  """`config` (a ConfigDict or dict, possibly partial: a test's, or a config.json
+  written by an older avjax) with every field it lacks taken from
+  `get_base_config()`. Its own values, and fields the base does not know, are kept.
+  The library reads fields directly (no `.get(field, default)`): run a partial
+  config through here first."""
+  over = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+  return ml_collections.ConfigDict(_merge(get_base_config().to_dict(), over))
+
+
 def set_dataset(config: ml_collections.ConfigDict, name: str) -> None:
   info = DATASETS[name]
   config.dataset.name = name
@@ -181,7 +232,7 @@ AUDIO_CONFIG_PREFIX = "audio_"
 
 def reads_audio_records(config: ml_collections.ConfigDict) -> bool:
   """Whether `config` reads the audio-only builder configs (see `dataset.records`)."""
-  records = config.dataset.get("records", "auto")
+  records = config.dataset.records
   if records == "auto":
     return (config.model.modalities == "audio"
             and DATASETS.get(config.dataset.name, {}).get("audio_records", False))
@@ -205,7 +256,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     spec = windows.parse_name(config.dataset.config)
   except ValueError as e:
     fail("dataset.config", str(e))
-  records = config.dataset.get("records", "auto")
+  records = config.dataset.records
   if records not in RECORDS:
     fail("dataset.records", f"{records!r} is not one of {RECORDS}")
   if records == "audio" and config.model.modalities != "audio":
@@ -213,13 +264,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{config.model.modalities!r} (use 'audio', or dataset.records='av')")
   if records == "audio" and not DATASETS.get(config.dataset.name, {}).get("audio_records", False):
     fail("dataset.records", f"{config.dataset.name} has no audio-only builder configs")
-  if config.model.variant not in VARIANTS:
-    fail("model.variant", f"{config.model.variant!r} is not one of {VARIANTS}")
-  if config.model.modalities not in MODALITIES:
-    fail("model.modalities", f"{config.model.modalities!r} is not one of {MODALITIES}")
-  if config.model.variant == "gating" and config.model.modalities != "av":
-    fail("model.modalities", "the 'gating' variant needs both modalities ('av'); "
-         "use 'lstm' or 'global' for a single modality")
+  check_model_choice(config.model.variant, config.model.modalities)
   if config.model.variant == "global" and spec.num_windows != 1:
     fail("dataset.config", f"the 'global' variant uses one window ({GLOBAL_WINDOWING}), got {config.dataset.config!r}")
   if config.model.dtype not in DTYPES:

@@ -21,34 +21,44 @@ Command line (re-evaluates the folds of a finished or interrupted run):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from absl import app
 from absl import flags
 from absl import logging
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
+from avjax import __version__
+from avjax import config_lib
 from avjax import input_pipeline
 from avjax import knn
+from avjax import parallel
+from avjax import results
+from avjax import steps
+from avjax import train_state as train_state_lib
+from avjax import workdir as workdir_lib
+from avjax.data import windows
+from avjax.models import gating
 
-MODALITY_KEYS = {"AO": ("audio_gate",), "VO": ("video_gate",), "AV": ("audio_gate", "video_gate")}
 
+@functools.lru_cache(maxsize=8)
+def _forward_fn(modalities: str, mesh: Mesh):
+  """The jitted evaluation forward, built once per (modalities, mesh): every fold,
+  validation and evaluation reuse its compilation (one per batch shape)."""
+  repl, data = parallel.shardings(mesh)
 
-def modalities_of(config) -> tuple[str, ...]:
-  return {"av": ("AO", "VO", "AV"), "audio": ("AO",), "video": ("VO",)}[config.model.modalities]
+  def forward(state, batch):
+    steps.TRACES["eval_forward"] += 1
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return gating.gate_embeddings(state.apply_fn, variables, batch, modalities)
 
-
-def _eval_forward(state, batch, modalities: str):
-  from avjax import train  # local: train imports this module
-  video, audio = train.model_inputs(batch, modalities)
-  outputs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                           video, audio, train=False)
-  return {k: v for k, v in outputs.items() if k.endswith("_gate")}
+  return jax.jit(forward, in_shardings=(repl, data), out_shardings=data)
 
 
 def embed(config, state, folds: list[int], mesh) -> dict[str, np.ndarray]:
@@ -59,18 +69,16 @@ def embed(config, state, folds: list[int], mesh) -> dict[str, np.ndarray]:
   copies to a multiple of the mesh's devices (evaluation uses BatchNorm's running
   statistics, so the copies change nothing and are dropped from the output).
   """
-  from avjax import train
-  repl, data_sharding = train.shardings(mesh)
-  forward = jax.jit(lambda s, b: _eval_forward(s, b, config.model.modalities),
-                    in_shardings=(repl, data_sharding), out_shardings=data_sharding)
+  _, data_sharding = parallel.shardings(mesh)
+  forward = _forward_fn(config.model.modalities, mesh)
   chunks: dict[str, list[np.ndarray]] = {}
   pid, nproc = jax.process_index(), jax.process_count()
   for batch in input_pipeline.eval_batches(config, folds):
-    batch = train.pad_batch(batch, mesh.devices.size)
+    batch = parallel.pad_batch(batch, mesh.devices.size)
     mask = np.asarray(batch["mask"], bool)
     per_host = len(mask) // nproc
     local = {k: np.asarray(v)[pid * per_host:(pid + 1) * per_host] for k, v in batch.items()}
-    out = forward(state, train.to_global(local, data_sharding))
+    out = forward(state, parallel.to_global(local, data_sharding))
     out = multihost_utils.process_allgather(out, tiled=True) if nproc > 1 else jax.device_get(out)
     for key, value in out.items():
       chunks.setdefault(key, []).append(np.asarray(value, np.float32)[mask])
@@ -81,14 +89,14 @@ def embed(config, state, folds: list[int], mesh) -> dict[str, np.ndarray]:
 
 def modality_embedding(emb: dict[str, np.ndarray], modality: str) -> np.ndarray:
   """[N, T, H*] embedding of AO, VO or AV from `embed`'s output."""
-  return np.concatenate([emb[k] for k in MODALITY_KEYS[modality]], axis=-1)
+  return np.concatenate([emb[k] for k in config_lib.MODALITY_KEYS[modality]], axis=-1)
 
 
 def predict_per_gate(config, references: dict, queries: dict) -> dict[str, np.ndarray]:
   """{'pred_M': [T, Q] int32, 'emb_M': [Q, D]} for each modality of the model."""
   num_classes = len(config.dataset.class_names)
   out = {}
-  for m in modalities_of(config):
+  for m in config_lib.gate_modalities(config):
     ref, qry = modality_embedding(references, m), modality_embedding(queries, m)
     preds = [np.asarray(knn.knn_predict(ref[:, t], references["label"], qry[:, t], k=config.eval.k,
                                         num_classes=num_classes, chunk_size=config.eval.chunk_size))
@@ -105,27 +113,20 @@ def validation_accuracy(config, state, model, test_fold: int, mesh) -> dict[str,
   results use the last checkpoint unless the user asks for the best.
   """
   del model
-  from avjax import train
-  refs = embed(config, state, train.training_folds(config, test_fold), mesh)
+  refs = embed(config, state, config_lib.training_folds(config, test_fold), mesh)
   qrys = embed(config, state, [test_fold], mesh)
   preds = predict_per_gate(config, refs, qrys)
   metrics = {f"val_accuracy_{m}": float(np.mean(preds[f"pred_{m}"][-1] == qrys["label"]))
-             for m in modalities_of(config)}
-  metrics["val_accuracy"] = metrics[f"val_accuracy_{modalities_of(config)[-1]}"]
+             for m in config_lib.gate_modalities(config)}
+  metrics["val_accuracy"] = metrics[f"val_accuracy_{config_lib.gate_modalities(config)[-1]}"]
   return metrics
-
-
-def fold_is_done(fold_dir: str) -> bool:
-  return (os.path.isfile(os.path.join(fold_dir, "fold_info.json"))
-          and os.path.isfile(os.path.join(fold_dir, "predictions.npz")))
 
 
 def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh) -> dict[str, Any]:
   """Writes predictions.npz and fold_info.json for `test_fold`; returns the arrays."""
   del model
-  from avjax import train
-  from avjax import __version__
-  refs = embed(config, state, train.training_folds(config, test_fold), mesh)
+  train_folds = config_lib.training_folds(config, test_fold)
+  refs = embed(config, state, train_folds, mesh)
   qrys = embed(config, state, [test_fold], mesh)
   arrays = predict_per_gate(config, refs, qrys)
   arrays["labels"] = qrys["label"].astype(np.int32)
@@ -137,34 +138,27 @@ def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh) -> 
       "dataset": config.dataset.name, "config": config.dataset.config,
       "variant": config.model.variant, "modalities": config.model.modalities,
       "fold": int(test_fold), "class_names": list(config.dataset.class_names),
-      "num_windows": int(arrays[f"pred_{modalities_of(config)[0]}"].shape[0]),
+      "num_windows": int(arrays[f"pred_{config_lib.gate_modalities(config)[0]}"].shape[0]),
       "k": int(config.eval.k), "num_train_clips": int(len(refs["label"])),
       "exclude_used": bool(config.loss.exclude_used), "avjax_version": __version__,
   }
   bank = None
-  if config.eval.get("reference_bank", True):
-    bank = reference_bank_arrays(config, state, refs, train.training_folds(config, test_fold),
-                                 test_fold)
+  if config.eval.reference_bank:
+    bank = reference_bank_arrays(config, state, refs, train_folds, test_fold)
   if jax.process_index() == 0:
     os.makedirs(fold_dir, exist_ok=True)
-    npz = os.path.join(fold_dir, "predictions.npz")
-    with open(npz + ".tmp", "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(npz + ".tmp", npz)
+    workdir_lib.write_npz(os.path.join(fold_dir, workdir_lib.PREDICTIONS), arrays)
     if bank is not None:
-      write_reference_bank(os.path.join(fold_dir, REFERENCE_BANK), bank)
-    info_path = os.path.join(fold_dir, "fold_info.json")
-    with open(info_path + ".tmp", "w") as f:
-      json.dump(info, f, indent=2)
-    os.replace(info_path + ".tmp", info_path)
-    for m in modalities_of(config):
+      workdir_lib.write_npz(os.path.join(fold_dir, workdir_lib.REFERENCE_BANK), bank)
+    # Written last: its presence marks the fold done (workdir.fold_is_done).
+    workdir_lib.write_json(os.path.join(fold_dir, workdir_lib.FOLD_INFO), info, indent=2)
+    for m in config_lib.gate_modalities(config):
       acc = np.mean(arrays[f"pred_{m}"] == arrays["labels"][None], axis=1)
       logging.info("Fold %d %s accuracy per gate: %s", test_fold, m, np.round(acc, 4).tolist())
       print(f"fold {test_fold} {m} accuracy per gate: " + " ".join(f"{a:.3f}" for a in acc), flush=True)
   return arrays
 
 
-REFERENCE_BANK = "reference_bank.npz"
 BANK_SCHEMA_VERSION = 1
 
 
@@ -173,8 +167,6 @@ def reference_bank_arrays(config, state, refs: dict, train_folds: list[int],
   """The arrays of `fold_k/reference_bank.npz` (docs/results_schema.md): the training
   folds' gate embeddings [N, T, H] and labels, plus, as a JSON string `meta`,
   everything `avjax.predict` needs to preprocess a new clip without the dataset."""
-  from avjax import __version__
-  from avjax.data import windows
   info = input_pipeline.dataset_info(config)
   builder_meta = dict(input_pipeline.get_builder(config).info.metadata or {})
   spec = windows.parse_name(config.dataset.config)
@@ -193,7 +185,7 @@ def reference_bank_arrays(config, state, refs: dict, train_folds: list[int],
   meta = {
       "schema_version": BANK_SCHEMA_VERSION, "dataset": config.dataset.name,
       "config": config.dataset.config, "variant": config.model.variant,
-      "modalities": config.model.modalities, "gate_modalities": list(modalities_of(config)),
+      "modalities": config.model.modalities, "gate_modalities": list(config_lib.gate_modalities(config)),
       "fold": int(test_fold), "train_folds": [int(f) for f in train_folds],
       "class_names": list(config.dataset.class_names), "k": int(config.eval.k),
       "step": step,
@@ -213,37 +205,22 @@ def reference_bank_arrays(config, state, refs: dict, train_folds: list[int],
   return arrays
 
 
-def write_reference_bank(path: str, arrays: dict[str, np.ndarray]) -> None:
-  """Writes the bank atomically (a temporary file, then os.replace)."""
-  with open(path + ".tmp", "wb") as f:
-    np.savez(f, **arrays)
-  os.replace(path + ".tmp", path)
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir} an avjax workdir (written by avjax.main)?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+def sample_batch(config) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes of one evaluation clip (for building a state to restore into)."""
+  info = input_pipeline.dataset_info(config)
+  t, s = info["num_windows"], info["samples_per_window"]
+  out = {"audio": jax.ShapeDtypeStruct((1, t, s), np.float32)}
+  if input_pipeline.reads_video(config, input_pipeline.get_builder(config)):
+    c = int(config.input.crop_size)
+    out["video"] = jax.ShapeDtypeStruct((1, t, info["frames_per_window"], c, c, 3), np.uint8)
+  return out
 
 
 def restore_for_eval(config, fold_dir: str, test_fold: int, mesh, which: str = "latest"):
   """Rebuilds the model and restores the fold's `latest` or `best` checkpoint."""
-  from avjax import train
-  from avjax.models import gating
-  repl, _ = train.shardings(mesh)
-  model = gating.create_model(config.model)
-  sample = next(iter(input_pipeline.eval_batches(config, [test_fold])))
-  sample = {k: v[: config.input.eval_batch_size] for k, v in sample.items()}
-  state = train.create_train_state(config, model, sample, jax.random.PRNGKey(0), repl)
-  manager = train.checkpoint_manager(fold_dir, config)
-  if manager.latest_step() is None:
-    raise FileNotFoundError(f"no checkpoint in {fold_dir}/checkpoints")
-  step = manager.best_step() if which == "best" else manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no {which} checkpoint in {fold_dir}/checkpoints")
-  state, _ = train.restore_checkpoint(manager, state, step)
+  repl, _ = parallel.shardings(mesh)
+  state, model, step = train_state_lib.restore_for_inference(
+      config, fold_dir, sample_batch(config), repl, which)
   logging.info("Fold %d: restored %s checkpoint, step %d", test_fold, which, step)
   return state, model
 
@@ -253,22 +230,20 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from avjax import results
-  from avjax import train
   workdir = os.path.abspath(FLAGS.workdir)
-  config = load_config(workdir)
+  config = workdir_lib.load_config(workdir)
   folds = [int(f) for f in FLAGS.folds.split(",")] if FLAGS.folds else list(config.folds)
-  mesh = train.make_mesh()
+  mesh = parallel.make_mesh()
   for fold in folds:
-    fold_dir = train.fold_dir_of(workdir, fold)
+    fold_dir = workdir_lib.fold_dir(workdir, fold)
     state, model = restore_for_eval(config, fold_dir, fold, mesh, FLAGS.checkpoint)
     evaluate_fold(config, state, model, fold, fold_dir, mesh)
   if jax.process_index() == 0:
     json_path, md_path = results.write_results(workdir)
     print(f"results: {json_path}\n         {md_path}")
     if config.eval.figures:
-      from avjax import figures
-      for path in figures.make_all(workdir, groups=train.fig5_groups(config)):
+      from avjax import figures  # matplotlib only when figures are wanted
+      for path in figures.make_all(workdir, groups=config_lib.fig5_groups(config)):
         print(f"figure:  {path}")
 
 

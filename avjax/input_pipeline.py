@@ -1,17 +1,19 @@
 """Input pipeline: TFDS array_record data sources read with grain, class-balanced
-training batches, batch-consistent augmentation, ordered evaluation batches.
+training batches, batch-consistent augmentation draws, ordered evaluation batches.
 
-Legend: B batch (global), b host slice of it (B / hosts), T windows, F frames
-per window, H = W stored frame size, C crop size, S audio samples per window.
+Legend (DESIGN.md's letters): B batch (global), b host slice of it (B / hosts),
+T windows, F frames per window, H = W stored frame size, X = `input.crop_size`
+(the crop's side), S audio samples per window.
 
 Batches are dicts of NumPy arrays (no strings):
 
-  video         [b, T, F, C, C, 3] uint8   absent when the data set has no video
+  video         [b, T, F, X, X, 3] uint8   absent when the data set has no video
                                            or the model uses audio only
-  audio         [b, T, S] float32
+  audio         [b, T, S] float32          raw (training: augmented by the step)
   label         [b] int32
   window_valid  [b, T] float32
   actor         [b] int32
+  aug           {speed [], semitones [], noise [T, S]} float32   training only
   mask, index   [B] bool, [B] int32        evaluation only (index -1 on padding)
 
 Training (`create_train_iterator`): a batch holds exactly
@@ -29,28 +31,23 @@ its slice, clips [i * B / P, (i + 1) * B / P) for host i of P (grain
 `ShardOptions(jax.process_index(), jax.process_count())` semantics): the
 global batch stays class-balanced, and the stream does not depend on P.
 
-Augmentation, drawn once per batch from (seed, step) and applied to every clip
-and window of the batch (so a resumed or resharded run sees the same
-augmentation):
+Augmentation, drawn once per batch from (seed, step) (`draw_augmentation`) and
+applied to every clip and window of the batch (so a resumed or resharded run
+sees the same augmentation):
 
-* video: one crop offset (C x C out of H x H) and, when `input.random_flip`, one
-  horizontal-flip decision (probability 1/2);
-* speed (`input.speed_range` r): factor s ~ U[1 - r, 1 + r]; each window is
-  resampled (soxr) as if played s times faster, so tempo AND pitch scale by s
-  (Kaldi-style speed perturbation); its first S samples are kept, or it is
-  zero-padded at its end when s > 1;
-* pitch (`input.pitch_shift_semitones` p): k ~ U[-p, p] semitones; every
-  frequency is multiplied by q = 2**(k/12) and the timing kept: a phase-vocoder
-  time stretch (Hann 1024 / hop 256) to S * q samples, then soxr resampling back
-  to S samples (librosa's `pitch_shift` method); k = 0 is exactly the identity;
-* noise (`input.audio_noise_std` sigma): one Gaussian noise array [T, S] of std
-  sigma, the same realisation added to every clip of the batch.
+* video, here on the host: one crop offset (X x X out of H x H) and, when
+  `input.random_flip`, one horizontal-flip decision (probability 1/2);
+* audio, in the jitted step (`avjax.augment.augment_audio`, the one
+  implementation, shared with the device-resident path): speed factor
+  s ~ U[1 - r, 1 + r] (`input.speed_range` r; tempo and pitch scale by s), pitch
+  shift k ~ U[-p, p] semitones (`input.pitch_shift_semitones` p; phase-vocoder
+  stretch then resampling back, timing kept), and one Gaussian noise array [T, S]
+  of std `input.audio_noise_std`, the same realisation for every clip. The host
+  ships the raw audio and these draws (`batch['aug']`).
 
-Order: speed, pitch, noise. Audio is not clipped afterwards. `window_valid`
-is not changed by the speed change. Evaluation uses the centre crop and no
-audio augmentation, every clip of the folds once in the data source's order
-(folds in the order given), the last batch padded with copies of its first
-clip and `mask` False.
+Evaluation uses the centre crop and no audio augmentation, every clip of the
+folds once in the data source's order (folds in the order given), the last
+batch padded with copies of its first clip and `mask` False.
 
 Iterator state (`TrainIterator.get_state()`) is a small JSON dict
 {step, seed, num_clips, batch_size}; the batch at step k is a pure function of
@@ -58,18 +55,15 @@ Iterator state (`TrainIterator.get_state()`) is a small JSON dict
 uninterrupted iterator would have produced, on any number of hosts.
 
 With `config.input.cache_on_device` the same sampler and augmentation draws
-drive `avjax.device_data`, which keeps the training folds in accelerator
-memory and gathers, crops and augments in-graph.
+(`TrainBatches`, public for it) drive `avjax.device_data`, which keeps the
+training folds in accelerator memory and gathers and crops in-graph.
 
 Reading: a grain `MapDataset` over step numbers, each element one host batch.
-`input.prefetch` batches are prepared ahead in as many threads (NumPy, zlib
-and soxr release the GIL); `input.num_workers` > 0 uses grain worker processes
+`input.prefetch` batches are prepared ahead in as many threads (NumPy and zlib
+release the GIL); `input.num_workers` > 0 uses grain worker processes
 instead (`mp_prefetch`; grain reads absl flags, so run under `avjax.main` or
 parse flags first). Clip labels, actors and ids come from a first pass over
-the folds that skips video and audio decoding, cached per process. Cost on 2
-busy CPU cores, synthetic set, batch 20 x 4 windows of 1 s: about 200 clips/s
-with prefetch 2, of which the pitch shift takes most (about 800 clips/s
-without it, 1500 without any audio augmentation).
+the folds that skips video and audio decoding, cached per process.
 """
 
 from __future__ import annotations
@@ -86,16 +80,12 @@ from typing import Any, Iterator, Sequence
 import grain.python as grain
 import jax
 import numpy as np
-import soxr
 import tensorflow_datasets as tfds
 
 from avjax import config_lib
 from avjax.data import windows
 
 _EPOCH_CACHE = 4           # epochs of batch tables kept per iterator
-_STFT_SIZE = 1024          # phase vocoder of the pitch shift: window (46 ms at 22050 Hz)
-_STFT_HOP = 256            # and hop
-_PITCH_CHUNK = 64          # rows pitch-shifted at a time (bounds memory)
 _NO_END = 2 ** 62          # "infinite" step range of the training dataset
 
 
@@ -180,9 +170,9 @@ def _has_video(builder) -> bool:
   return "video" in builder.info.features
 
 
-def _read_video(config, builder) -> bool:
+def reads_video(config, builder) -> bool:
   """Video is read unless the data set has none or the model uses audio only."""
-  return _has_video(builder) and config.model.get("modalities", "av") != "audio"
+  return _has_video(builder) and config.model.modalities != "audio"
 
 
 def dataset_info(config) -> dict[str, Any]:
@@ -209,7 +199,7 @@ def dataset_info(config) -> dict[str, Any]:
   return out
 
 
-def _num_clips(builder, folds: Sequence[int]) -> int:
+def num_clips(builder, folds: Sequence[int]) -> int:
   splits = builder.info.splits
   missing = [f for f in folds if f"fold{f}" not in splits]
   if missing:
@@ -221,7 +211,7 @@ def _num_clips(builder, folds: Sequence[int]) -> int:
 def steps_per_epoch(config, train_folds: Sequence[int]) -> int:
   """floor(N_train / B) with B = clips_per_class x num_classes."""
   batch = config.input.clips_per_class * num_classes(config)
-  n = _num_clips(get_builder(config), train_folds)
+  n = num_clips(get_builder(config), train_folds)
   if n < batch:
     raise ValueError(f"training folds {list(train_folds)} hold {n} clips, fewer than one "
                      f"batch of {batch} (config.input.clips_per_class x classes)")
@@ -259,7 +249,7 @@ def _fold_metadata(builder, fold: int) -> dict[str, np.ndarray]:
 
 def _metadata(builder, folds: Sequence[int]) -> dict[str, np.ndarray]:
   """Fold metadata concatenated in the order of the data source `fold_a+fold_b+...`."""
-  _num_clips(builder, folds)
+  num_clips(builder, folds)
   parts = [_fold_metadata(builder, int(f)) for f in folds]
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -364,115 +354,22 @@ def crop_flip(video: np.ndarray, crop_y: int, crop_x: int, size: int, flip: bool
   return np.ascontiguousarray(out)
 
 
-def change_speed(audio: np.ndarray, factor: float, rate: float = 22050.0) -> np.ndarray:
-  """Plays each row of [..., S] `factor` times faster (tempo and pitch x factor).
-
-  Resampled with soxr; the result keeps its first S samples, zero-padded at
-  the end when factor > 1."""
-  if factor == 1.0:
-    return audio
-  shape = audio.shape
-  s = shape[-1]
-  flat = np.ascontiguousarray(audio.reshape(-1, s).T, dtype=np.float32)   # [S, C]
-  out = soxr.resample(flat, rate * factor, rate)                          # [~S / factor, C]
-  out = out.reshape(len(out), -1).T                                       # [C, ~S / factor]
-  return _fit_length(out, s).reshape(shape).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=4)
-def _hann(n: int) -> np.ndarray:
-  return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)  # periodic
-
-
-def _stft(x: np.ndarray) -> np.ndarray:
-  """[C, S] -> [C, N, K] complex64 (Hann, centred: the signal is zero-padded by half a window)."""
-  pad = _STFT_SIZE // 2
-  xp = np.pad(x, ((0, 0), (pad, pad)))
-  frames = np.lib.stride_tricks.sliding_window_view(xp, _STFT_SIZE, axis=-1)[:, ::_STFT_HOP]
-  return np.fft.rfft(frames * _hann(_STFT_SIZE), axis=-1).astype(np.complex64)
-
-
-def _istft(spec: np.ndarray, length: int) -> np.ndarray:
-  """Inverse of `_stft` (windowed overlap-add, normalised by the summed squared window)."""
-  c, n, _ = spec.shape
-  win = _hann(_STFT_SIZE)
-  frames = np.fft.irfft(spec, n=_STFT_SIZE, axis=-1).astype(np.float32) * win   # [C, N, G]
-  parts = _STFT_SIZE // _STFT_HOP
-  out = np.zeros((c, n + parts - 1, _STFT_HOP), np.float32)
-  norm = np.zeros((n + parts - 1, _STFT_HOP), np.float32)
-  for p in range(parts):
-    out[:, p:p + n] += frames[:, :, p * _STFT_HOP:(p + 1) * _STFT_HOP]
-    norm[p:p + n] += (win[p * _STFT_HOP:(p + 1) * _STFT_HOP] ** 2)[None]
-  out = out.reshape(c, -1) / np.maximum(norm.reshape(-1), 1e-6)
-  pad = _STFT_SIZE // 2
-  out = out[:, pad:pad + length]
-  return np.pad(out, ((0, 0), (0, length - out.shape[1])))
-
-
-def _time_stretch(x: np.ndarray, rate: float) -> np.ndarray:
-  """Phase-vocoder time stretch of each row of [C, S]: `rate` times faster
-  (length round(S / rate)), frequencies unchanged (librosa's algorithm)."""
-  spec = _stft(x)                                                        # [C, N, K]
-  n, k = spec.shape[1:]
-  spec = np.concatenate([spec, np.zeros_like(spec[:, :2])], axis=1)
-  mag_in = np.abs(spec)
-  phase_in = np.angle(spec)                                              # float32
-  steps = np.arange(0, n, rate)                                          # output frame positions
-  i = np.floor(steps).astype(np.int64)
-  a = (steps - i).astype(np.float32)[None, :, None]
-  mag = (1 - a) * mag_in[:, i] + a * mag_in[:, i + 1]                    # [C, N_out, K]
-  advance = 2 * np.pi * _STFT_HOP * np.arange(k) / _STFT_SIZE            # [K] rad per hop
-  adv32 = np.mod(advance, 2 * np.pi).astype(np.float32)                 # same after wrapping
-  dphi = phase_in[:, i + 1] - phase_in[:, i] - adv32
-  dphi -= np.float32(2 * np.pi) * np.round(dphi / np.float32(2 * np.pi))   # in [-pi, pi]
-  # phase_t = phase_0 + t * advance + sum_{u<t} dphi_u; t * advance taken mod 2 pi
-  # in float64 (it grows large), the small deviations summed in float32.
-  steady = np.mod(np.arange(len(steps))[:, None] * advance[None], 2 * np.pi).astype(np.float32)
-  drift = np.concatenate([np.zeros_like(dphi[:, :1]), np.cumsum(dphi[:, :-1], axis=1)], axis=1)
-  phase = phase_in[:, :1] + steady[None] + drift
-  out = (mag * np.cos(phase)) + 1j * (mag * np.sin(phase))
-  return _istft(out.astype(np.complex64), int(round(x.shape[1] / rate)))
-
-
-def shift_pitch(audio: np.ndarray, semitones: float, rate: float = 22050.0) -> np.ndarray:
-  """Multiplies every frequency of each row of [..., S] by q = 2**(semitones/12)
-  and keeps the timing: a phase-vocoder time stretch to S * q samples, then a
-  soxr resampling back to S (librosa's `pitch_shift` method)."""
-  if semitones == 0.0:
-    return audio
-  q = 2.0 ** (semitones / 12.0)
-  shape = audio.shape
-  s = shape[-1]
-  x = audio.reshape(-1, s).astype(np.float32)                            # [C, S]
-  out = np.empty_like(x)
-  for lo in range(0, len(x), _PITCH_CHUNK):                              # bounds the memory
-    stretched = _time_stretch(x[lo:lo + _PITCH_CHUNK], 1.0 / q)          # [c, ~S * q]
-    y = soxr.resample(np.ascontiguousarray(stretched.T), rate * q, rate)
-    y = y.reshape(len(y), -1).T
-    out[lo:lo + _PITCH_CHUNK] = _fit_length(y, s)
-  return out.reshape(shape)
-
-
-def _fit_length(y: np.ndarray, s: int) -> np.ndarray:
-  """Crops or zero-pads the last axis of [C, n] to s."""
-  if y.shape[-1] >= s:
-    return y[..., :s]
-  return np.pad(y, ((0, 0), (0, s - y.shape[-1])))
-
-
-def augment_audio(audio: np.ndarray, aug: Augmentation, rate: float) -> np.ndarray:
-  """[b, T, S] -> [b, T, S]: speed, pitch, then the batch's noise."""
-  audio = change_speed(audio, aug.speed, rate)
-  audio = shift_pitch(audio, aug.semitones, rate)
-  if aug.noise is not None:
-    audio = audio + aug.noise[None]
-  return audio.astype(np.float32)
+def augmentation_inputs(aug: Augmentation, num_windows: int, samples_per_window: int
+                        ) -> dict[str, np.ndarray]:
+  """The audio draws of a batch as the train step takes them (`batch['aug']`):
+  speed [] float32, semitones [] float32, noise [T, S] float32 (zeros when off).
+  The step applies them in-graph (`avjax.augment.augment_audio`)."""
+  noise = aug.noise if aug.noise is not None else np.zeros(
+      (num_windows, samples_per_window), np.float32)
+  return {"speed": np.asarray(aug.speed, np.float32),
+          "semitones": np.asarray(aug.semitones, np.float32),
+          "noise": np.asarray(noise, np.float32)}
 
 
 # --------------------------------------------------------------------------- reading
 
 
-class _Reader:
+class Reader:
   """Reads and stacks records of `folds` (picklable: the data source opens lazily)."""
 
   def __init__(self, builder, folds: Sequence[int], read_video: bool):
@@ -512,22 +409,22 @@ class _Reader:
       batch["video"] = np.stack([np.asarray(r["video"], np.uint8) for r in records])
     elif self.read_video:
       y, x, size, flip = crop
-      batch["video"] = np.stack([crop_flip(r["video"], y, x, size, flip)             # [b, T, F, C, C, 3]
+      batch["video"] = np.stack([crop_flip(r["video"], y, x, size, flip)             # [b, T, F, X, X, 3]
                                  for r in records])
     return batch
 
 
-def _check_crop(config, frame_size: int | None) -> None:
+def check_crop(config, frame_size: int | None) -> None:
   if frame_size is not None and config.input.crop_size > frame_size:
     raise ValueError(f"config.input.crop_size = {config.input.crop_size} is larger than the "
                      f"stored frames ({frame_size}x{frame_size}) of {config.dataset.name}/"
                      f"{config.dataset.config}")
 
 
-class _TrainBatches:
+class TrainBatches:
   """step -> host batch; a pure function of (data, seed, step)."""
 
-  def __init__(self, reader: _Reader, labels: np.ndarray, *, clips_per_class: int,
+  def __init__(self, reader: Reader, labels: np.ndarray, *, clips_per_class: int,
                num_classes: int, seed: int, shard_index: int, shard_count: int,
                crop_size: int, frame_size: int | None, input_config: dict,
                num_windows: int, samples_per_window: int, audio_rate: float):
@@ -575,7 +472,9 @@ class _TrainBatches:
                             input_config=self.input_config, num_windows=self.num_windows,
                             samples_per_window=self.samples_per_window)
     batch = self.reader.read(indices, (aug.crop_y, aug.crop_x, self.crop_size, aug.flip))
-    batch["audio"] = augment_audio(batch["audio"], aug, self.audio_rate)
+    # Raw audio: the step augments it in-graph with these draws (one implementation
+    # for this path and the device-resident one).
+    batch["aug"] = augmentation_inputs(aug, self.num_windows, self.samples_per_window)
     return batch
 
 
@@ -595,8 +494,8 @@ def _close(box: list) -> None:
 class TrainIterator:
   """Infinite iterator of host batches with a JSON state (see module docstring)."""
 
-  def __init__(self, batches: _TrainBatches, *, num_workers: int = 0, prefetch: int = 2):
-    self._batches = batches
+  def __init__(self, batches: TrainBatches, *, num_workers: int = 0, prefetch: int = 2):
+    self.batches = batches          # step -> host batch (shared with avjax.device_data)
     self._num_workers = int(num_workers)
     self._prefetch = int(prefetch)
     self._step = 0
@@ -608,10 +507,10 @@ class TrainIterator:
 
   @property
   def steps_per_epoch(self) -> int:
-    return self._batches.steps_per_epoch
+    return self.batches.steps_per_epoch
 
   def _start(self) -> None:
-    ds = grain.MapDataset.range(self._step, _NO_END).map(self._batches)
+    ds = grain.MapDataset.range(self._step, _NO_END).map(self.batches)
     if self._num_workers > 0:
       ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(
@@ -643,16 +542,16 @@ class TrainIterator:
     return batch
 
   def get_state(self) -> dict[str, int]:
-    return self._batches.iterator_state(self._step)
+    return self.batches.iterator_state(self._step)
 
   def set_state(self, state: dict) -> None:
-    step = self._batches.step_of(state)
+    step = self.batches.step_of(state)
     self.close()  # restarts (with prefetch) at the new step on the next call
     self._step = step
 
   def global_indices(self, step: int) -> np.ndarray:
     """Indices (into the training folds' data source) of the global batch at `step`."""
-    return self._batches.global_indices(step)
+    return self.batches.global_indices(step)
 
 
 def create_train_iterator(config, train_folds: Sequence[int], seed: int, *,
@@ -665,12 +564,12 @@ def create_train_iterator(config, train_folds: Sequence[int], seed: int, *,
   if shard_options is None:
     shard_options = grain.ShardOptions(jax.process_index(), jax.process_count())
   info = dataset_info(config)
-  read_video = _read_video(config, builder)
+  read_video = reads_video(config, builder)
   frame_size = info.get("frame_size") if read_video else None
-  _check_crop(config, frame_size)
+  check_crop(config, frame_size)
   meta = _metadata(builder, train_folds)
-  batches = _TrainBatches(
-      _Reader(builder, train_folds, read_video), meta["label"],
+  batches = TrainBatches(
+      Reader(builder, train_folds, read_video), meta["label"],
       clips_per_class=int(config.input.clips_per_class), num_classes=num_classes(config),
       seed=int(seed), shard_index=int(shard_options.shard_index),
       shard_count=int(shard_options.shard_count), crop_size=int(config.input.crop_size),
@@ -679,8 +578,8 @@ def create_train_iterator(config, train_folds: Sequence[int], seed: int, *,
           "random_flip", "speed_range", "pitch_shift_semitones", "audio_noise_std")},
       num_windows=info["num_windows"], samples_per_window=info["samples_per_window"],
       audio_rate=info["audio_rate"])
-  return TrainIterator(batches, num_workers=config.input.get("num_workers", 0),
-                       prefetch=config.input.get("prefetch", 2))
+  return TrainIterator(batches, num_workers=config.input.num_workers,
+                       prefetch=config.input.prefetch)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -696,14 +595,14 @@ def eval_batches(config, folds: Sequence[int]) -> Iterator[dict]:
   `clip_ids(config, folds)`."""
   builder = get_builder(config)
   info = dataset_info(config)
-  read_video = _read_video(config, builder)
+  read_video = reads_video(config, builder)
   frame_size = info.get("frame_size") if read_video else None
-  _check_crop(config, frame_size)
-  n = _num_clips(builder, folds)
+  check_crop(config, frame_size)
+  n = num_clips(builder, folds)
   size = int(config.input.eval_batch_size)
   if size < 1:
     raise ValueError(f"config.input.eval_batch_size must be >= 1, got {size}")
-  reader = _Reader(builder, folds, read_video)
+  reader = Reader(builder, folds, read_video)
   crop = None
   if read_video:
     c = int(config.input.crop_size)
@@ -721,7 +620,7 @@ def eval_batches(config, folds: Sequence[int]) -> Iterator[dict]:
     return batch
 
   num_batches = math.ceil(n / size)
-  prefetch = max(1, int(config.input.get("prefetch", 2)))
+  prefetch = max(1, int(config.input.prefetch))
   ds = grain.MapDataset.range(num_batches).map(read).to_iter_dataset(
       grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch))
   return _closing(iter(ds))

@@ -53,10 +53,11 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
+from avjax import config_lib
 from avjax import mining
 
-VARIANTS = ("gating", "lstm", "global")
-MODALITIES = {"av": ("audio", "video"), "audio": ("audio",), "video": ("video",)}
+# The encoder branches of each `model.modalities` value.
+_BRANCHES = {"av": ("audio", "video"), "audio": ("audio",), "video": ("video",)}
 
 
 def triplet_hinges(embeddings: jax.Array, positives: jax.Array, negatives: jax.Array,
@@ -78,11 +79,6 @@ def triplet_hinges(embeddings: jax.Array, positives: jax.Array, negatives: jax.A
   return jnp.where(valid, jax.nn.relu(d_ap - d_an + margin), 0.0)
 
 
-def _get(loss_config, name: str, default):
-  get = getattr(loss_config, "get", None)
-  return get(name, default) if get is not None else getattr(loss_config, name, default)
-
-
 def compute_loss(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_config,
                  variant: str, modalities: str, mask: jax.Array | None = None
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -101,15 +97,8 @@ def compute_loss(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_confi
   Returns:
     (loss scalar, metrics dict of scalars; see the module docstring).
   """
-  if variant not in VARIANTS:
-    raise ValueError(f"losses.compute_loss: variant {variant!r} is not one of {VARIANTS}")
-  if modalities not in MODALITIES:
-    raise ValueError(f"losses.compute_loss: modalities {modalities!r} is not one of "
-                     f"{tuple(MODALITIES)}")
-  if variant == "gating" and modalities != "av":
-    raise ValueError(f"losses.compute_loss: the 'gating' variant needs modalities 'av', got "
-                     f"{modalities!r} (use 'lstm' or 'global' for one modality)")
-  mods = MODALITIES[modalities]
+  config_lib.check_model_choice(variant, modalities, "losses.compute_loss")
+  mods = _BRANCHES[modalities]
   needed = [f"{m}_gate" for m in mods] + (["audio_enc", "video_enc"] if variant == "gating" else [])
   missing = [k for k in needed if k not in outputs]
   if missing:
@@ -124,7 +113,7 @@ def compute_loss(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_confi
   num_clips = jnp.maximum(jnp.sum(clip), 1.0)
 
   margin = loss_config.margin
-  exclude_used = bool(_get(loss_config, "exclude_used", True))
+  exclude_used = bool(loss_config.exclude_used)
   metrics: dict[str, jax.Array] = {}
   per_modality, mined, active, empty, slots = [], 0.0, 0.0, 0.0, 0.0
   for m in mods:

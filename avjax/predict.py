@@ -1,8 +1,8 @@
 r"""Inference on new videos: per-gate emotion predictions of a trained model.
 
-Legend: T windows (gates), F frames per window, H = W stored frame size, C crop
+Legend: T windows (gates), F frames per window, H = W stored frame size, X crop
 size, S audio samples per window, N reference clips, G gate-embedding size,
-K classes.
+C classes.
 
   python -m avjax.predict --workdir=runs/ravdess clip.mp4 other.flv [--json]
       [--fold=K] [--checkpoint=latest|best] [--face_crop]
@@ -13,7 +13,7 @@ model's data set was built (video resampled to the data set's fps and resized
 to its stored H x H frames, whole frame or centre square as the builder did;
 audio downmixed to mono and resampled to its rate with soxr; the clip cut into
 the model's T windows with `media.cut_windows`), take the evaluation centre
-crop (C x C), run the model, and at every gate classify the gate embeddings of
+crop (X x X), run the model, and at every gate classify the gate embeddings of
 AO (h^a_t), VO (h^v_t) and AV ([h^a_t, h^v_t]) with KNN (k from the config)
 among the training embeddings of `fold_k/reference_bank.npz`, written by
 `avjax.evaluate` (see docs/results_schema.md). Scores are the fractions of the
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -34,9 +35,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from avjax import config_lib
+from avjax import workdir as workdir_lib
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 FACE_EXTRA = 'pip install "opencv-python-headless>=4.8,<5"'
-_GATE_KEYS = {"AO": ("audio_gate",), "VO": ("video_gate",), "AV": ("audio_gate", "video_gate")}
 
 
 class UsageError(Exception):
@@ -64,7 +67,7 @@ class Bank:
 
   def modality_refs(self, modality: str) -> np.ndarray:
     """[N, T, G*] references of AO, VO or AV."""
-    return np.concatenate([self.gates[k] for k in _GATE_KEYS[modality]], axis=-1)
+    return np.concatenate([self.gates[k] for k in config_lib.MODALITY_KEYS[modality]], axis=-1)
 
 
 def load_bank(path: str) -> Bank:
@@ -94,19 +97,18 @@ def load_bank(path: str) -> Bank:
 
 def choose_fold(workdir: str, config, fold: int | None) -> int:
   """`fold`, or else the first of config.folds whose fold directory holds a bank."""
-  from avjax import evaluate
-  from avjax import train
+  bank = workdir_lib.REFERENCE_BANK
   if fold is not None:
-    path = os.path.join(train.fold_dir_of(workdir, fold), evaluate.REFERENCE_BANK)
+    path = os.path.join(workdir_lib.fold_dir(workdir, fold), bank)
     if not os.path.isfile(path):
       raise UsageError(f"{path} not found: fold {fold} has no reference bank (evaluate it with "
                        f"python -m avjax.evaluate --workdir={workdir} --folds={fold})")
     return fold
   for f in config.folds:
-    if os.path.isfile(os.path.join(train.fold_dir_of(workdir, f), evaluate.REFERENCE_BANK)):
+    if os.path.isfile(os.path.join(workdir_lib.fold_dir(workdir, f), bank)):
       return int(f)
   raise UsageError(
-      f"{workdir}: no fold of config.folds {list(config.folds)} has a {evaluate.REFERENCE_BANK} "
+      f"{workdir}: no fold of config.folds {list(config.folds)} has a {bank} "
       f"(written when a fold is evaluated; run python -m avjax.evaluate --workdir={workdir})")
 
 
@@ -124,7 +126,8 @@ def decode_video(path: str, options, box: tuple[int, int, int, int] | None = Non
 
   `box` (x, y, w, h in source pixels) is cropped before resizing (--face_crop).
   """
-  return _media().decode_video(path, options=options, box=box)
+  clip = _media().decode(path, options=options, with_audio=False, box=box)
+  return clip.video, clip.duration
 
 
 def _streams(path: str) -> tuple[bool, bool]:
@@ -205,37 +208,21 @@ def require_cv2():
 # --------------------------------------------------------------------------- model
 
 
-def best_step(manager) -> int | None:
-  """The kept step with the highest `val_accuracy` in its saved metrics (the later on a
-  tie), or None when none has one. Read from the saved metrics rather than
-  `CheckpointManager.best_step()`, which only knows the best when the manager was
-  created with a `best_fn` (workdirs written before it was added have none)."""
-  best = None
-  for step in manager.all_steps():
-    metrics = manager.metrics(step) or {}
-    acc = metrics.get("val_accuracy") if isinstance(metrics, dict) else None
-    if acc is not None and (best is None or float(acc) >= best[0]):
-      best = (float(acc), int(step))
-  return None if best is None else best[1]
-
-
 class Predictor:
   """A fold's restored model and reference bank; `predict(path)` runs one file."""
 
   def __init__(self, workdir: str, fold: int | None = None, checkpoint: str = "latest",
                face_crop: bool = False):
-    from avjax import evaluate
-    from avjax import train
     self.workdir = os.path.abspath(workdir)
     if not os.path.isdir(self.workdir):
       raise UsageError(f"--workdir {workdir}: no such directory")
     try:
-      self.config = evaluate.load_config(self.workdir)
+      self.config = workdir_lib.load_config(self.workdir)
     except FileNotFoundError as e:
       raise UsageError(str(e)) from None
     self.fold = choose_fold(self.workdir, self.config, fold)
-    self.fold_dir = train.fold_dir_of(self.workdir, self.fold)
-    self.bank = load_bank(os.path.join(self.fold_dir, evaluate.REFERENCE_BANK))
+    self.fold_dir = workdir_lib.fold_dir(self.workdir, self.fold)
+    self.bank = load_bank(os.path.join(self.fold_dir, workdir_lib.REFERENCE_BANK))
     self.meta = self.bank.meta
     self.face_crop = face_crop
     if face_crop:
@@ -260,45 +247,30 @@ class Predictor:
 
   def _restore(self, which: str):
     import jax
-    import orbax.checkpoint as ocp
-    from jax.sharding import Mesh
-    from avjax import train
-    from avjax.models import gating
-    config = self.config
-    config.model.pretrained = False  # the checkpoint replaces every weight
-    mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
-    repl, _ = train.shardings(mesh)
-    model = gating.create_model(config.model)
-    sample = self._sample_batch()
-    abstract = jax.eval_shape(
-        lambda: train.create_train_state(config, model, sample, jax.random.PRNGKey(0), repl))
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl)
-        if isinstance(x, jax.ShapeDtypeStruct) else x, abstract)
-    manager = train.checkpoint_manager(self.fold_dir, config)
+    from avjax import parallel
+    from avjax import train_state as train_state_lib
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    repl, _ = parallel.shardings(mesh)
     try:
-      if manager.latest_step() is None:
-        raise UsageError(f"no checkpoint in {self.fold_dir}/checkpoints")
-      step = best_step(manager) if which == "best" else manager.latest_step()
-      if step is None:
-        raise UsageError(
-            f"no best checkpoint in {self.fold_dir}/checkpoints: no checkpoint has a validation "
-            "accuracy (the run had config.train.eval_every_epochs = 0); use --checkpoint=latest")
-      if step != self.bank.step:
-        raise UsageError(
-            f"{self.bank.path} holds embeddings of step {self.bank.step}, but the {which} "
-            f"checkpoint of fold {self.fold} is step {step}: the KNN references would come from "
-            f"another model. Rewrite the bank with: python -m avjax.evaluate "
-            f"--workdir={self.workdir} --folds={self.fold} --checkpoint={which}")
+      manager = train_state_lib.checkpoint_manager(self.fold_dir, self.config)
       try:
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract)))
-      except Exception as e:  # noqa: BLE001  (orbax raises many types; name the checkpoint)
-        raise UsageError(f"cannot restore checkpoint {step} of {self.fold_dir}/checkpoints: "
-                         f"{type(e).__name__}: {e}") from None
-    finally:
-      manager.close()
-    state = restored["state"]
+        step = train_state_lib.select_step(manager, self.fold_dir, which)
+      finally:
+        manager.close()
+    except train_state_lib.CheckpointNotFound as e:
+      raise UsageError(str(e)) from None
+    if step != self.bank.step:
+      raise UsageError(
+          f"{self.bank.path} holds embeddings of step {self.bank.step}, but the {which} "
+          f"checkpoint of fold {self.fold} is step {step}: the KNN references would come from "
+          f"another model. Rewrite the bank with: python -m avjax.evaluate "
+          f"--workdir={self.workdir} --folds={self.fold} --checkpoint={which}")
+    try:
+      state, _, step = train_state_lib.restore_for_inference(
+          self.config, self.fold_dir, self._sample_batch(), repl, step=step)
+    except Exception as e:  # noqa: BLE001  (orbax raises many types; name the checkpoint)
+      raise UsageError(f"cannot restore checkpoint {step} of {self.fold_dir}/checkpoints: "
+                       f"{type(e).__name__}: {e}") from None
     if int(jax.device_get(state.step)) != step:
       raise UsageError(f"checkpoint {step} of {self.fold_dir} holds state.step "
                        f"{int(jax.device_get(state.step))}")
@@ -307,19 +279,13 @@ class Predictor:
   def embed(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Gate embeddings of one clip: {'audio_gate'/'video_gate': [T, G] float32}."""
     import jax
-    from avjax import train
+    from avjax.models import gating
     if self._forward is None:
-      modalities = self.config.model.modalities
-
-      def forward(params, batch_stats, batch):
-        video, audio = train.model_inputs(batch, modalities)
-        out = self.state.apply_fn({"params": params, "batch_stats": batch_stats}, video, audio,
-                                  train=False)
-        return {k: v for k, v in out.items() if k.endswith("_gate")}
-
-      self._forward = jax.jit(forward)
+      self._forward = jax.jit(functools.partial(
+          gating.gate_embeddings, self.state.apply_fn, modalities=self.config.model.modalities))
     batch = {k: inputs[k][None] for k in ("video", "audio") if inputs.get(k) is not None}
-    out = self._forward(self.state.params, self.state.batch_stats, batch)
+    out = self._forward({"params": self.state.params, "batch_stats": self.state.batch_stats},
+                        batch)
     return {k: np.asarray(v[0], np.float32) for k, v in jax.device_get(out).items()}
 
   # ---- preprocessing
@@ -343,7 +309,7 @@ class Predictor:
   def preprocess(self, path: str) -> dict[str, Any]:
     """Decodes and windows one file as the model's inputs.
 
-    Returns video [T, F, C, C, 3] uint8 or None, audio [T, S] float32 or None,
+    Returns video [T, F, X, X, 3] uint8 or None, audio [T, S] float32 or None,
     window_valid [T], starts [T], duration, has_audio, has_video, notes [str].
     Raises media.MediaError when the file cannot be used.
     """
@@ -394,8 +360,8 @@ class Predictor:
         audio = clip.audio
         if duration is None:
           duration = clip.duration
-    clip = media.Clip(video=video, audio=audio if audio is not None else np.zeros(1, np.float32),
-                      duration=float(duration), video_duration=None, audio_duration=0.0)
+    clip = media.Clip(video=video, audio=audio, duration=float(duration),
+                      video_duration=None, audio_duration=None)
     cut = media.cut_windows(clip, spec, options)
     if spec.mode == "fixed" and spec.num_windows > 1 and duration > spec.span + 1e-3:
       notes.append(f"the clip lasts {duration:.2f} s; the windows cover its first "
@@ -413,7 +379,7 @@ class Predictor:
         if frames.shape != (t, f, h, h, 3):
           raise RuntimeError(f"{path}: windows {frames.shape}, the model expects {(t, f, h, h, 3)}")
         off = (h - c) // 2
-        out["video"] = np.ascontiguousarray(frames[:, :, off:off + c, off:off + c])  # [T, F, C, C, 3]
+        out["video"] = np.ascontiguousarray(frames[:, :, off:off + c, off:off + c])  # [T, F, X, X, 3]
       else:
         out["video"] = np.zeros((t, f, c, c, 3), np.uint8)
     if wants_audio:
@@ -429,13 +395,13 @@ class Predictor:
     return [m for m in self.meta["gate_modalities"] if keep[m]]
 
   def classify(self, gates: dict[str, np.ndarray], modalities: Sequence[str]) -> dict[str, np.ndarray]:
-    """{M: [T, K] float32 vote fractions} for each modality."""
+    """{M: [T, C] float32 vote fractions} for each modality."""
     from avjax import knn
     num_classes, k = len(self.bank.class_names), int(self.meta["k"])
     out = {}
     for m in modalities:
       refs = self.bank.modality_refs(m)                                  # [N, T, G*]
-      query = np.concatenate([gates[key] for key in _GATE_KEYS[m]], axis=-1)  # [T, G*]
+      query = np.concatenate([gates[key] for key in config_lib.MODALITY_KEYS[m]], axis=-1)  # [T, G*]
       out[m] = np.stack([knn.knn_scores(refs[:, t], self.bank.labels, query[t:t + 1], k=k,
                                         num_classes=num_classes)[0]
                          for t in range(query.shape[0])])

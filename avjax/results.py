@@ -34,6 +34,7 @@ import re
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+import sklearn.metrics as skm
 from absl import logging
 
 from avjax import config_lib
@@ -149,7 +150,7 @@ def paper_references(dataset: str, config: str, variant: str, modalities: str) -
 
 
 # --------------------------------------------------------------------------------------
-# Metrics (pure NumPy).
+# Metrics (scikit-learn).
 
 def _check_pred_labels(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
   pred, labels = np.asarray(pred), np.asarray(labels)
@@ -164,17 +165,18 @@ def _check_pred_labels(pred: np.ndarray, labels: np.ndarray, num_classes: int) -
 def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
   """Counts [C, C] int64: rows the true class, columns the predicted class."""
   pred, labels = _check_pred_labels(pred, labels, num_classes)
-  cm = np.zeros((num_classes, num_classes), np.int64)
-  np.add.at(cm, (labels, pred), 1)
-  return cm
+  if not labels.size:  # scikit-learn refuses empty inputs
+    return np.zeros((num_classes, num_classes), np.int64)
+  return skm.confusion_matrix(labels, pred, labels=range(num_classes)).astype(np.int64)
 
 
 def per_class_recall(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
   """Recall of each class [C] float64; NaN for classes absent from `labels`."""
-  cm = confusion_matrix(pred, labels, num_classes)
-  support = cm.sum(axis=1)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    return np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+  pred, labels = _check_pred_labels(pred, labels, num_classes)
+  if not labels.size:  # scikit-learn refuses empty inputs
+    return np.full(num_classes, np.nan)
+  return skm.recall_score(labels, pred, labels=range(num_classes), average=None,
+                          zero_division=np.nan).astype(np.float64)
 
 
 def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
@@ -185,7 +187,11 @@ def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
 
 
 def uar(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
-  """Unweighted average recall: mean recall over the classes present in `labels`."""
+  """Unweighted average recall: mean recall over the classes present in `labels`.
+
+  Equals `sklearn.metrics.balanced_accuracy_score(labels, pred)`, without its
+  warning about predicted classes absent from `labels`.
+  """
   return float(np.nanmean(per_class_recall(pred, labels, num_classes)))
 
 

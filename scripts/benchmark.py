@@ -1,14 +1,15 @@
-r"""avjax benchmarks: the real train step, its options, scaling, MWTSM, input and build.
+r"""avjax benchmarks: the real train step, its options, scaling, the model, MWTSM, input and build.
 
 Legend: B clips per (global) batch, T windows, F frames per window, H = W crop
 size, S audio samples per window, N clips mined together, D embedding size.
 
   .venv/bin/python scripts/benchmark.py --preset=cpu_quick --out=bench_cpu.json --update_md
   .venv/bin/python scripts/benchmark.py --preset=gpu --out=bench_gpu.json --update_md
+  .venv/bin/python scripts/benchmark.py --sections=models --models_shape=ravdess --models_batch=1
 
 Sections (`--sections`, comma-separated; a preset picks them and their sizes):
 
-* train_step: `train.make_train_step` (the jitted step with its shardings and
+* train_step: `steps.make_train_step` (the jitted step with its shardings and
   donated state) on synthetic batches of a given shape: compile time, step time
   (median of `repeats` after a warm-up step), clips/s, peak memory (the device's
   `peak_bytes_in_use` where the backend reports it, else XLA's compiled memory
@@ -26,23 +27,31 @@ Sections (`--sections`, comma-separated; a preset picks them and their sizes):
 * data_parallel: the same global batch on 1, 2, 4 devices; on a CPU host the
   devices are XLA's host-platform devices (XLA_FLAGS=
   --xla_force_host_platform_device_count=N), each count in its own process.
-* mwtsm: `avjax.mining.mwtsm` (jitted) against `mwtsm_reference`, a per-anchor
-  NumPy loop written from the definition; agreement of the picks.
+* models (only when named in `--sections`): the gating model alone at a shape
+  of SHAPES with MODEL_WIDTHS' widths (`--models_shape`, default the preset's:
+  demo for cpu_quick, ravdess for gpu; `--models_batch` and the other
+  `--models_*` flags override it): the forward pass as the evaluation runs it
+  and forward + backward without the optimiser (`measure_models`), their time,
+  XLA's memory estimate, the device peak and the process's RSS.
+* mwtsm: `avjax.mining.mwtsm` and batch-hard (jitted), timed; against a
+  per-anchor reference miner with agreement of the picks when the caller passes
+  one (`main(..., mwtsm_reference=...)`: tests/test_benchmark.py passes
+  tests/test_mining.py's `brute_force`; the command line has none).
 * input: clips/s of `input_pipeline.create_train_iterator` on the synthetic
   set (built into a temporary data_dir) against the clips/s the train step
   consumes at the demo shape.
 * loop: steady seconds per step of the real training loop (`train.train_fold`,
   demo config, synthetic set): the host pipeline, and the device-resident
-  dataset (`config.input.cache_on_device`) where avjax implements it.
+  dataset (`config.input.cache_on_device`).
 * build: decoding clips/s per core of the RAVDESS builder's worker task on
   generated 1280x720 H.264 clips (scripts/benchmark_build.py's functions).
 
-Every train-step case, and every device count, runs in a fresh subprocess
-(`--worker`), so that the device's peak memory belongs to that case alone and a
-case that runs out of memory does not end the run. The JSON records the
-machine (CPU model, cores, device kind and count), jax's version, the command,
-the date and the load average at the start. `--update_md` rewrites this
-preset's generated section of BENCHMARKS.md (between `<!-- benchmark.py:PRESET
+Every train-step case, every device count and the models section runs in a
+fresh subprocess (`--worker`), so that the device's peak memory belongs to that
+case alone and a case that runs out of memory does not end the run. The JSON
+records the machine (CPU model, cores, device kind and count), jax's version,
+the command, the date and the load average at the start. `--update_md` rewrites
+this preset's generated section of BENCHMARKS.md (between `<!-- benchmark.py:PRESET
 begin -->` and `<!-- ... end -->`, appended when missing).
 """
 
@@ -139,6 +148,7 @@ PRESETS = {
         input=dict(batches=12, prefetch=(1, 2)),
         loop=dict(steps=12, log_every=4),
         build=dict(num_clips=4, workers=(1,)),
+        models=dict(shape="demo"),
         repeats=2,
     ),
     # One accelerator (H100 / H200): the full RAVDESS shape and its options.
@@ -156,6 +166,7 @@ PRESETS = {
         input=dict(batches=30, prefetch=(2, 8)),
         loop=dict(steps=40, log_every=10),
         build=dict(num_clips=32, workers=(1, 8, 16)),
+        models=dict(shape="ravdess"),
         repeats=10,
     ),
     # The test's sizes (seconds).
@@ -163,9 +174,12 @@ PRESETS = {
         sections=("train_step", "mwtsm"),
         train_step=[_case("tiny")],
         options=[], mwtsm=dict(sizes=(12,), windows=3, dim=8, repeats=2),
+        models=dict(shape="tiny"),
         repeats=1,
     ),
 }
+# Sections every preset accepts in --sections but does not run unless named there.
+EXTRA_SECTIONS = ("models",)
 _OPTION_BASES = {
     "demo": lambda: _case("demo"),
     "ravdess_b1": lambda: _case("ravdess", batch=1),
@@ -269,17 +283,18 @@ def random_variables(shapes, seed: int = 0):
 
 
 def make_state(config, model, host_batch: dict, replicated):
-  """A replicated train.TrainState as train.create_train_state builds it, with random weights."""
-  from avjax import train
-  video, audio = train.model_inputs(host_batch, config.model.modalities)
+  """A replicated TrainState as train_state.create_train_state builds it, with random weights."""
+  from avjax import train_state
+  from avjax.models import gating
+  video, audio = gating.model_inputs(host_batch, config.model.modalities)
   one = lambda x: None if x is None else x[:1, :1]  # noqa: E731
   shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
                           one(video), one(audio))
   variables = random_variables(shapes)
-  tx = train.make_optimizer(config.optim, variables["params"])
+  tx = train_state.make_optimizer(config.optim, variables["params"])
 
   def create(params, batch_stats):
-    return train.TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+    return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                                    batch_stats=batch_stats)
 
   return jax.jit(create, out_shardings=replicated)(variables["params"],
@@ -334,25 +349,25 @@ def measure_train_step(case: dict, repeats: int = 3) -> dict:
 
   `case`: a dict from `_case` (shape, batch, windows, frames, size, samples,
   dtype, remat, donate, compile_only). With donate=False the step is jitted
-  like train.make_train_step but without donate_argnums."""
-  from avjax import train
+  like steps.make_train_step but without donate_argnums."""
+  from avjax import parallel
+  from avjax import steps
   from avjax.models import gating
   config = bench_config(case)
   b, t, f, hw, s = (case[k] for k in ("batch", "windows", "frames", "size", "samples"))
-  mesh = train.make_mesh()
-  repl, data = train.shardings(mesh)
+  mesh = parallel.make_mesh()
+  repl, data = parallel.shardings(mesh)
   model = gating.create_model(config.model)
   host = synthetic_batch(b, t, f, hw, s, len(config.dataset.class_names))
-  batch = train.to_global(host, data)
+  batch = parallel.to_global(host, data)
   state = make_state(config, model, host, repl)
   num_params = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(state.params))
-  if case["donate"]:
-    step_fn = train.make_train_step(config, mesh)
-  else:
-    step_fn = jax.jit(functools.partial(train.train_step, config=config),
-                      in_shardings=(repl, data), out_shardings=(repl, repl))
+  step_fn = steps.jitted_train_step(config, mesh, donate=case["donate"])
+  # The real step augments the audio in-graph: one batch's draws (non-identity).
+  aug = parallel.replicate({"speed": np.float32(1.05), "semitones": np.float32(0.5),
+                            "noise": np.zeros((t, s), np.float32)}, repl)
   t0 = time.perf_counter()
-  lowered = step_fn.lower(state, batch)
+  lowered = step_fn.lower(state, batch, aug)
   compiled = lowered.compile()
   out = dict(case=case, num_params=num_params, compile_s=time.perf_counter() - t0,
              device_count=jax.device_count(), device_kind=jax.devices()[0].device_kind)
@@ -369,12 +384,12 @@ def measure_train_step(case: dict, repeats: int = 3) -> dict:
       out["cost_model_flops_per_step"] = model_flops
       out["xla_over_cost_model"] = out["xla_flops_per_step"] / model_flops
   if not case["compile_only"]:
-    state, metrics = compiled(state, batch)               # warm-up
+    state, metrics = compiled(state, batch, aug)          # warm-up
     jax.block_until_ready((state, metrics))
     times = []
     for _ in range(max(1, repeats)):
       t0 = time.perf_counter()
-      state, metrics = compiled(state, batch)
+      state, metrics = compiled(state, batch, aug)
       jax.block_until_ready((state, metrics))
       times.append(time.perf_counter() - t0)
     med = statistics.median(times)
@@ -535,35 +550,123 @@ def section_data_parallel(preset: dict, repeats: int) -> dict:
                     "beyond the core count" if on_cpu else ""))
 
 
+# Models -----------------------------------------------------------------------
+
+# The model's widths at each shape of SHAPES: ravdess the full-width model (I3D +
+# SoundNet-8 at width 1.0, D = G = 400, the pretrained shapes) with frozen BN as
+# configs/ravdess.py; demo configs/demo.py's model, BN not frozen; tiny the test's.
+MODEL_WIDTHS = {
+    "ravdess": dict(video_width=1.0, audio_width=1.0, embed_dim=400, lstm_hidden=400,
+                    freeze_bn=True),
+    "demo": dict(video_width=0.125, audio_width=0.25, embed_dim=64, lstm_hidden=64,
+                 freeze_bn=False),
+    "tiny": dict(video_width=0.125, audio_width=0.25, embed_dim=16, lstm_hidden=16,
+                 freeze_bn=False),
+}
+
+
+def time_compiled(fn, args, repeats: int) -> dict:
+  """Compiles jit(fn) for `args` and times `repeats` calls after a warm-up call; with
+  XLA's memory analysis, the device's peak and the process's peak RSS."""
+  lowered = jax.jit(fn).lower(*args)
+  t0 = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t0
+  jax.block_until_ready(compiled(*args))  # warm-up
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - t0)
+  result = dict(compile_s=compile_s, times_s=times, median_s=statistics.median(times),
+                min_s=min(times))
+  result.update(xla_memory(compiled))
+  result["device_peak_mib"] = device_peak_mib()
+  result["process_max_rss_mib"] = max_rss_mib()
+  return result
+
+
+def measure_models(shape: str = "demo", batch: int | None = None, windows: int | None = None,
+                   frames: int | None = None, size: int | None = None,
+                   samples: int | None = None, dtype: str = "float32", variant: str = "gating",
+                   freeze_bn: bool | None = None, remat: bool = False, repeats: int = 2,
+                   skip_backward: bool = False) -> dict:
+  """Times the model's forward and forward + backward passes and reports memory.
+
+  B clips, T windows, F frames, H x W pixels, S audio samples per window: those
+  of SHAPES[shape] unless batch / windows / frames / size / samples are given;
+  the widths of MODEL_WIDTHS[shape] (freeze_bn None: its BN setting). Variables
+  are random (`random_variables` of jax.eval_shape of the model's init), which
+  costs the same as the pretrained ones and skips compiling flax's
+  initialisers. "forward" is the inference pass (train=False, as the evaluation
+  runs it); "forward_backward" is jax.value_and_grad of a loss over all outputs
+  in training mode (BN statistics updated unless frozen), i.e. a training step
+  without the optimiser update and triplet mining (both negligible next to the
+  encoders). Each has `time_compiled`'s fields.
+  """
+  from avjax import config_lib
+  from avjax.models import gating
+  given = dict(batch=batch, windows=windows, frames=frames, size=size, samples=samples)
+  b, t, f, hw, s = (SHAPES[shape][k] if v is None else v for k, v in given.items())
+  model_config = config_lib.get_base_config().model
+  model_config.update(MODEL_WIDTHS[shape])
+  model_config.update(dict(variant=variant, dtype=dtype, remat=remat, pretrained=False))
+  if freeze_bn is not None:
+    model_config.freeze_bn = bool(freeze_bn)
+  model = gating.create_model(model_config)
+
+  rng = np.random.default_rng(0)
+  video = jnp.asarray(rng.integers(0, 256, (b, t, f, hw, hw, 3), dtype=np.uint8))
+  audio = jnp.asarray(rng.uniform(-0.5, 0.5, (b, t, s)).astype(np.float32))
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                          video[:1, :1], audio[:1, :1])
+  variables = jax.device_put(random_variables(shapes))
+  num_params = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(variables["params"]))
+
+  def forward(variables, video, audio):
+    return model.apply(variables, video, audio, train=False)
+
+  def loss_fn(params, batch_stats, video, audio):
+    out, state = model.apply({"params": params, "batch_stats": batch_stats}, video, audio,
+                             train=True, mutable=["batch_stats"])
+    loss = sum(jnp.mean(v ** 2) for k, v in out.items() if k.endswith("_gate"))
+    if "video_enc" in out and "audio_enc" in out:
+      loss += jnp.mean((out["video_enc"] - out["audio_enc"]) ** 2)
+    return loss, state
+
+  def forward_backward(variables, video, audio):
+    (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        variables["params"], variables["batch_stats"], video, audio)
+    return loss, grads, state
+
+  report = dict(
+      preset=shape, shape=dict(B=b, T=t, F=f, H=hw, W=hw, S=s), windows_per_batch=b * t,
+      model={k: model_config[k] for k in ("variant", "modalities", "embed_dim", "lstm_hidden",
+                                          "video_width", "audio_width", "dtype", "remat", "freeze_bn")},
+      num_params=num_params, backend=jax.default_backend(),
+      devices=[str(d) for d in jax.devices()][:1], device_count=jax.device_count(),
+      jax_version=jax.__version__)
+  report["forward"] = time_compiled(forward, (variables, video, audio), repeats)
+  if not skip_backward:
+    report["forward_backward"] = time_compiled(forward_backward, (variables, video, audio), repeats)
+  return report
+
+
+def section_models(preset: dict, repeats: int, overrides: dict | None = None) -> dict:
+  """`measure_models` at the preset's shape with `overrides` (its keyword arguments;
+  None values ignored), in a fresh process."""
+  spec = dict(preset["models"])
+  spec.update({k: v for k, v in (overrides or {}).items() if v is not None})
+  _log(f"models {spec}")
+  out = run_case_subprocess({"models": spec}, repeats)
+  _log("  -> " + (out["error"][:200] if "error" in out else
+                  f"forward {out['forward']['median_s']:.3f} s" + (
+                      f", forward + backward {out['forward_backward']['median_s']:.3f} s"
+                      if "forward_backward" in out else "")))
+  return out
+
+
 # MWTSM ------------------------------------------------------------------------
-
-
-def mwtsm_reference(embeddings: np.ndarray, labels: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """MWTSM from its definition, one anchor at a time (NumPy): at window t, anchor i
-  takes the (p, n) with label(p) = label(i), p != i, label(n) != label(i), (i, p, n)
-  unused, maximising d(i, p) - d(i, n) (first maximum in p * N + n order); d the
-  squared Euclidean distance. embeddings [T, N, D] -> positives, negatives, valid [T, N]."""
-  x = np.asarray(embeddings, np.float32)
-  labels = np.asarray(labels)
-  t, n, _ = x.shape
-  used = np.zeros((n, n, n), bool)
-  pos = np.zeros((t, n), np.int32)
-  neg = np.zeros((t, n), np.int32)
-  valid = np.zeros((t, n), bool)
-  for w in range(t):
-    for i in range(n):
-      d = np.sum((x[w, i][None, :] - x[w]) ** 2, axis=-1, dtype=np.float32)  # [N] d(i, .)
-      ok_p = (labels == labels[i]) & (np.arange(n) != i)
-      ok_n = labels != labels[i]
-      allowed = ok_p[:, None] & ok_n[None, :] & ~used[i]                      # [p, n]
-      if not allowed.any():
-        continue
-      score = np.where(allowed, d[:, None] - d[None, :], -np.inf)
-      best = int(np.argmax(score.reshape(-1)))
-      pos[w, i], neg[w, i], valid[w, i] = best // n, best % n, True
-      used[i, best // n, best % n] = True
-  return pos, neg, valid
 
 
 def _time(fn, repeats: int) -> float:
@@ -576,8 +679,13 @@ def _time(fn, repeats: int) -> float:
 
 
 def measure_mwtsm(n: int, windows: int, dim: int, num_classes: int = 8, repeats: int = 5,
-                  seed: int = 0) -> dict:
-  """Jitted mining.mwtsm (and batch-hard) against mwtsm_reference at N clips."""
+                  seed: int = 0, reference=None) -> dict:
+  """Jitted mining.mwtsm (and batch-hard) at N clips, against `reference` when given.
+
+  reference: None or a per-anchor miner written from the definition,
+  (embeddings [T, N, D] float32, labels [N]) -> (positives, negatives, valid),
+  each [T, N]; it is timed once and its picks compared with mining.mwtsm's.
+  """
   from avjax import mining
   rng = np.random.default_rng(seed)
   emb = rng.standard_normal((windows, n, dim)).astype(np.float32)
@@ -592,27 +700,32 @@ def measure_mwtsm(n: int, windows: int, dim: int, num_classes: int = 8, repeats:
   jax.block_until_ready(hard(emb_j, labels_j))
   mwtsm_s = _time(lambda: compiled(emb_j, labels_j), repeats)
   hard_s = _time(lambda: hard(emb_j, labels_j), repeats)
-  t0 = time.perf_counter()
-  ref = mwtsm_reference(emb, labels)
-  ref_s = time.perf_counter() - t0
-  got = [np.asarray(a) for a in compiled(emb_j, labels_j)]
-  agree = np.mean([np.array_equal(g, r) for g, r in zip(got, ref)])
-  picks_agree = float(np.mean((got[0] == ref[0]) & (got[1] == ref[1]) & (got[2] == ref[2])))
   out = dict(N=n, T=windows, D=dim, classes=num_classes, compile_s=compile_s, mwtsm_s=mwtsm_s,
-             batch_hard_s=hard_s, reference_s=ref_s, speedup_vs_reference=ref_s / mwtsm_s,
-             picks_agree=picks_agree, all_equal=bool(agree == 1.0))
+             batch_hard_s=hard_s)
+  if reference is not None:
+    t0 = time.perf_counter()
+    ref = [np.asarray(a) for a in reference(emb, labels)]
+    ref_s = time.perf_counter() - t0
+    got = [np.asarray(a) for a in compiled(emb_j, labels_j)]
+    agree = np.mean([np.array_equal(g, r) for g, r in zip(got, ref)])
+    picks_agree = float(np.mean((got[0] == ref[0]) & (got[1] == ref[1]) & (got[2] == ref[2])))
+    out.update(reference_s=ref_s, speedup_vs_reference=ref_s / mwtsm_s, picks_agree=picks_agree,
+               all_equal=bool(agree == 1.0))
   out.update({f"mwtsm_{k}": v for k, v in xla_memory(compiled).items()})
   return out
 
 
-def section_mwtsm(preset: dict) -> list[dict]:
+def section_mwtsm(preset: dict, reference=None) -> list[dict]:
   spec = preset["mwtsm"]
   rows = []
   for n in spec["sizes"]:
     _log(f"mwtsm N={n}")
-    rows.append(measure_mwtsm(n, spec["windows"], spec["dim"], repeats=spec["repeats"]))
-    _log(f"  -> {rows[-1]['mwtsm_s'] * 1e3:.2f} ms vs reference {rows[-1]['reference_s'] * 1e3:.0f} ms,"
-         f" agree {rows[-1]['picks_agree']:.3f}")
+    rows.append(measure_mwtsm(n, spec["windows"], spec["dim"], repeats=spec["repeats"],
+                              reference=reference))
+    r = rows[-1]
+    _log(f"  -> {r['mwtsm_s'] * 1e3:.2f} ms" + (
+        f" vs reference {r['reference_s'] * 1e3:.0f} ms, agree {r['picks_agree']:.3f}"
+        if "reference_s" in r else ""))
   return rows
 
 
@@ -684,16 +797,6 @@ def section_input(preset: dict, data_dir: str, step_rows: list[dict]) -> dict:
   return out
 
 
-def device_cache_available() -> bool:
-  """Whether avjax reads config.input.cache_on_device anywhere besides its definition."""
-  for path in (ROOT / "avjax").rglob("*.py"):
-    if path.name == "config_lib.py":
-      continue
-    if "cache_on_device" in path.read_text():
-      return True
-  return False
-
-
 def measure_loop(data_dir: str, steps: int, log_every: int, **input_overrides) -> dict:
   """Steady seconds per step of train.train_fold (demo config) from metrics.jsonl's
   times between the first log line and the last (compilation excluded)."""
@@ -721,18 +824,17 @@ def measure_loop(data_dir: str, steps: int, log_every: int, **input_overrides) -
 
 def section_loop(preset: dict, data_dir: str) -> dict:
   spec = preset["loop"]
-  out = {"host": None, "device": None, "device_cache_implemented": device_cache_available()}
+  out = {"host": None, "device": None}
   _log("loop: host pipeline")
   out["host"] = measure_loop(data_dir, spec["steps"], spec["log_every"])
   _log(f"  -> {out['host']['step_s']:.3f} s/step")
-  if out["device_cache_implemented"]:
-    _log("loop: device-resident dataset")
-    try:
-      out["device"] = measure_loop(data_dir, spec["steps"], spec["log_every"], cache_on_device=True)
-      out["device_speedup"] = out["host"]["step_s"] / out["device"]["step_s"]
-      _log(f"  -> {out['device']['step_s']:.3f} s/step")
-    except Exception as e:  # report, keep the other sections
-      out["device_error"] = f"{type(e).__name__}: {e}"[:400]
+  _log("loop: device-resident dataset")
+  try:
+    out["device"] = measure_loop(data_dir, spec["steps"], spec["log_every"], cache_on_device=True)
+    out["device_speedup"] = out["host"]["step_s"] / out["device"]["step_s"]
+    _log(f"  -> {out['device']['step_s']:.3f} s/step")
+  except Exception as e:  # report, keep the other sections
+    out["device_error"] = f"{type(e).__name__}: {e}"[:400]
   return out
 
 
@@ -780,23 +882,41 @@ def _mib(x):
   return "–" if x is None else f"{x:,.0f} MiB"
 
 
-def _step_row(r: dict) -> str:
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A markdown table: `header` [C] column names, `rows` [R][C] cells (str() of
+  each; "" an empty cell), every column left-aligned. No trailing newline."""
+
+  def line(cells):
+    return "|" + "|".join(f" {c} " if str(c) else " " for c in cells) + "|"
+
+  return "\n".join([line(header), "|" + "---|" * len(header)] + [line(r) for r in rows])
+
+
+def _step_cells(r: dict) -> list[str]:
   c = r["case"]
   what = describe(c)
   if "error" in r:
-    return f"| {what} | {_one_line(r['error'])} | | | | | | |"
+    return [what, _one_line(r["error"])] + [""] * 6
   util = "n/a" if r.get("utilisation") is None else f"{100 * r['utilisation']:.1f}%"
   if c["compile_only"]:
     util = "(not run)"
-  return (f"| {what} | {_f(r.get('step_s'), '{:.3f} s')} | {_f(r.get('clips_per_s'), '{:.2f}')} | "
-          f"{r['compile_s']:.1f} s | {_mib(r.get('peak_memory_mib'))} | "
-          f"{_f(r.get('xla_flops_per_step') and r['xla_flops_per_step'] / 1e12, '{:.4g}')} | "
-          f"{_f(r.get('achieved_flops_per_s') and r['achieved_flops_per_s'] / 1e9, '{:.1f}')} / {util} | "
-          f"{_f(r.get('xla_over_cost_model'), '{:.2f}')} |")
+  return [what, _f(r.get("step_s"), "{:.3f} s"), _f(r.get("clips_per_s"), "{:.2f}"),
+          f"{r['compile_s']:.1f} s", _mib(r.get("peak_memory_mib")),
+          _f(r.get("xla_flops_per_step") and r["xla_flops_per_step"] / 1e12, "{:.4g}"),
+          f"{_f(r.get('achieved_flops_per_s') and r['achieved_flops_per_s'] / 1e9, '{:.1f}')} / {util}",
+          _f(r.get("xla_over_cost_model"), "{:.2f}")]
 
 
-_STEP_HEADER = ("| case | step | clips/s | compile | peak memory | TFLOP/step (XLA) | GFLOP/s / util. | "
-                "XLA / cost model |\n|---|---|---|---|---|---|---|---|")
+_STEP_HEADER = ("case", "step", "clips/s", "compile", "peak memory", "TFLOP/step (XLA)",
+                "GFLOP/s / util.", "XLA / cost model")
+
+
+def _models_cell(r: dict | None) -> str:
+  """One pass of the models section: median time, peak memory, RSS, compile time."""
+  if r is None:
+    return "–"
+  return (f"{r['median_s']:.3f} s, {_mib(r.get('device_peak_mib') or r.get('xla_peak_estimate_mib'))}, "
+          f"RSS {r['process_max_rss_mib'] / 1024:.1f} GiB, compile {r['compile_s']:.1f} s")
 
 
 def render_markdown(report: dict) -> str:
@@ -813,14 +933,13 @@ def render_markdown(report: dict) -> str:
         f"(`{r['command']}`)" for r in report["runs"]] + [""]
   s = report["sections"]
   if "train_step" in s:
-    lines += ["### Train step (`train.make_train_step`, donated state, synthetic batch)", "",
+    lines += ["### Train step (`steps.make_train_step`, donated state, synthetic batch)", "",
               "Step: median of the timed steps after one warm-up step. Peak memory: "
               + ("the device's peak_bytes_in_use." if any(r.get("device_peak_mib") for r in s["train_step"])
                  else "XLA's compiled-memory estimate (arguments + outputs + temporaries; "
                       "the CPU reports no device peak).")
               + " Utilisation against the device's dense peak (n/a: no peak known for this device).",
-              "", _STEP_HEADER]
-    lines += [_step_row(r) for r in s["train_step"]]
+              "", md_table(_STEP_HEADER, [_step_cells(r) for r in s["train_step"]])]
     for r in s["train_step"]:
       c = r["case"]
       if c["shape"] == "ravdess" and c["batch"] == 40 and "step_s" in r:
@@ -830,55 +949,75 @@ def render_markdown(report: dict) -> str:
                      "train steps on this machine.")
     lines.append("")
   if "options" in s:
-    lines += ["### Options (each against its baseline, same shape)", "",
-              "| case | step | speed-up | peak memory | memory ratio |", "|---|---|---|---|---|"]
+    rows = []
     for row in s["options"]:
       r = row["result"]
       if "error" in r:
-        lines.append(f"| {r['case']['label']} | {_one_line(r['error'])} | | | |")
+        rows.append([r["case"]["label"], _one_line(r["error"]), "", "", ""])
         continue
-      lines.append(f"| {r['case']['label']} | {_f(r.get('step_s'), '{:.3f} s')} | "
-                   f"{_f(row.get('speedup_vs_base'), '{:.2f}x')} | {_mib(r.get('peak_memory_mib'))} | "
-                   f"{_f(row.get('memory_vs_base'), '{:.2f}')} |")
-    lines.append("")
+      rows.append([r["case"]["label"], _f(r.get("step_s"), "{:.3f} s"),
+                   _f(row.get("speedup_vs_base"), "{:.2f}x"), _mib(r.get("peak_memory_mib")),
+                   _f(row.get("memory_vs_base"), "{:.2f}")])
+    lines += ["### Options (each against its baseline, same shape)", "",
+              md_table(["case", "step", "speed-up", "peak memory", "memory ratio"], rows), ""]
   if "scaling" in s:
-    lines += ["### Scaling", "", "| against | values | step times | time ratio | size ratio | "
-              "FLOP ratio | at most linear |", "|---|---|---|---|---|---|---|"]
+    rows = []
     for name, res in s["scaling"].items():
       times = ", ".join(_f(r.get("step_s"), "{:.3f}") for r in res["rows"])
-      lines.append(f"| {name} ({res['rows'][0]['case']['shape']}) | {res['values']} | {times} s | "
-                   f"{_f(res.get('time_ratio'), '{:.2f}')} | {_f(res.get('size_ratio'), '{:.0f}')} | "
-                   f"{_f(res.get('flops_ratio'), '{:.2f}')} | {res.get('at_most_linear', '–')} |")
-    lines.append("")
+      rows.append([f"{name} ({res['rows'][0]['case']['shape']})", res["values"], f"{times} s",
+                   _f(res.get("time_ratio"), "{:.2f}"), _f(res.get("size_ratio"), "{:.0f}"),
+                   _f(res.get("flops_ratio"), "{:.2f}"), res.get("at_most_linear", "–")])
+    lines += ["### Scaling", "",
+              md_table(["against", "values", "step times", "time ratio", "size ratio", "FLOP ratio",
+                        "at most linear"], rows), ""]
   if "data_parallel" in s:
     dp = s["data_parallel"]
+    rows = [[n, _f(r.get("step_s"), "{:.3f} s"), _f(r.get("clips_per_s"), "{:.2f}"),
+             _f(r.get("speedup_vs_1"), "{:.2f}x"), _f(r.get("efficiency"), "{:.2f}"),
+             _f(r.get("xla_flops_per_step") and r["xla_flops_per_step"] / 1e12, "{:.4g}")]
+            for n, r in zip(dp["devices"], dp["rows"])]
     lines += ["### Data parallel (same global batch)", "",
               ("Host-platform CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=N, "
                "one process each); they share the cores." if dp["host_platform_devices"] else ""),
-              "", "| devices | step | clips/s | speed-up | efficiency | XLA TFLOP/step |",
-              "|---|---|---|---|---|---|"]
-    for n, r in zip(dp["devices"], dp["rows"]):
-      lines.append(f"| {n} | {_f(r.get('step_s'), '{:.3f} s')} | {_f(r.get('clips_per_s'), '{:.2f}')} | "
-                   f"{_f(r.get('speedup_vs_1'), '{:.2f}x')} | {_f(r.get('efficiency'), '{:.2f}')} | "
-                   f"{_f(r.get('xla_flops_per_step') and r['xla_flops_per_step'] / 1e12, '{:.4g}')} |")
+              "", md_table(["devices", "step", "clips/s", "speed-up", "efficiency",
+                            "XLA TFLOP/step"], rows), ""]
+  if "models" in s:
+    r = s["models"]
+    lines += ["### Models: forward and forward + backward (`gating.create_model`, random weights)", "",
+              "Forward: the inference pass (train=False, as the evaluation runs it); forward + "
+              "backward: `jax.value_and_grad` of a loss over all outputs in training mode, without "
+              "the optimiser. Each: median time after a warm-up call, peak memory (the device's "
+              "peak_bytes_in_use, else XLA's compiled-memory estimate), the process's peak RSS, "
+              "compile time.", ""]
+    if "error" in r:
+      lines.append(md_table(["setting", "error"], [[json.dumps(r["case"]["models"]),
+                                                    _one_line(r["error"])]]))
+    else:
+      sh, mc = r["shape"], r["model"]
+      setting = (f"{r['preset']} B={sh['B']} T={sh['T']} F={sh['F']} {sh['H']}x{sh['W']} "
+                 f"S={sh['S']}, {mc['variant']} {mc['dtype']}, widths {mc['video_width']:g} / "
+                 f"{mc['audio_width']:g}" + (", frozen BN" if mc["freeze_bn"] else "")
+                 + (", remat" if mc["remat"] else ""))
+      lines.append(md_table(["setting", "params", "forward", "forward + backward"],
+                            [[setting, f"{r['num_params']:,}", _models_cell(r["forward"]),
+                              _models_cell(r.get("forward_backward"))]]))
     lines.append("")
   if "mwtsm" in s:
-    lines += ["### MWTSM miner (jitted) against a per-anchor NumPy reference", "",
-              "| N | T | D | mwtsm | batch-hard | reference | speed-up | picks agree | compile |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for r in s["mwtsm"]:
-      lines.append(f"| {r['N']} | {r['T']} | {r['D']} | {r['mwtsm_s'] * 1e3:.2f} ms | "
-                   f"{r['batch_hard_s'] * 1e3:.2f} ms | {r['reference_s'] * 1e3:.0f} ms | "
-                   f"{r['speedup_vs_reference']:.0f}x | {100 * r['picks_agree']:.1f}% | "
-                   f"{r['compile_s']:.1f} s |")
-    lines.append("")
+    with_ref = any("reference_s" in r for r in s["mwtsm"])
+    rows = [[r["N"], r["T"], r["D"], f"{r['mwtsm_s'] * 1e3:.2f} ms", f"{r['batch_hard_s'] * 1e3:.2f} ms"]
+            + ([f"{r['reference_s'] * 1e3:.0f} ms", f"{r['speedup_vs_reference']:.0f}x",
+                f"{100 * r['picks_agree']:.1f}%"] if "reference_s" in r else ["–"] * 3)
+            + [f"{r['compile_s']:.1f} s"] for r in s["mwtsm"]]
+    lines += ["### MWTSM miner (jitted)" + (" against a per-anchor NumPy reference" if with_ref else
+                                             " (no reference miner given)"), "",
+              md_table(["N", "T", "D", "mwtsm", "batch-hard", "reference", "speed-up", "picks agree",
+                        "compile"], rows), ""]
   if "input" in s:
     inp = s["input"]
     lines += ["### Input pipeline (synthetic set, demo config, training iterator)", "",
-              "| setting | clips/s | ms per batch |", "|---|---|---|"]
-    for r in inp["rows"]:
-      lines.append(f"| {r['overrides']} (batch {r['batch']}) | {r['clips_per_s']:.0f} | "
-                   f"{r['ms_per_batch']:.0f} |")
+              md_table(["setting", "clips/s", "ms per batch"],
+                       [[f"{r['overrides']} (batch {r['batch']})", f"{r['clips_per_s']:.0f}",
+                         f"{r['ms_per_batch']:.0f}"] for r in inp["rows"]])]
     if "train_step_clips_per_s" in inp:
       lines += ["", f"The demo train step consumes {inp['train_step_clips_per_s']:.1f} clips/s: the "
                 f"pipeline delivers {inp['pipeline_over_step']:.1f}x that."]
@@ -895,9 +1034,6 @@ def render_markdown(report: dict) -> str:
       if r:
         lines.append(f"- {key} pipeline: {r['step_s']:.3f} s/step, {r['clips_per_s']:.1f} clips/s "
                      f"({r['steps']} steps, {r['total_s']:.0f} s with compilation)")
-    if not lp["device_cache_implemented"]:
-      lines.append("- device-resident dataset: `config.input.cache_on_device` is not read by avjax "
-                   "yet; not measured")
     if lp.get("device_error"):
       lines.append(f"- device-resident dataset failed: {lp['device_error']}")
     if lp.get("device_speedup"):
@@ -905,11 +1041,9 @@ def render_markdown(report: dict) -> str:
     lines.append("")
   if "build" in s:
     lines += ["### Dataset build (RAVDESS worker task: decode, resample, window, zlib)", "",
-              "| workers | clips | clips/s | per core |", "|---|---|---|---|"]
-    for r in s["build"]:
-      lines.append(f"| {r['workers']} | {r['clips']} | {r['clips_per_s']:.2f} | "
-                   f"{r['clips_per_s_per_core']:.2f} |")
-    lines.append("")
+              md_table(["workers", "clips", "clips/s", "per core"],
+                       [[r["workers"], r["clips"], f"{r['clips_per_s']:.2f}",
+                         f"{r['clips_per_s_per_core']:.2f}"] for r in s["build"]]), ""]
   return "\n".join(lines).rstrip() + "\n"
 
 
@@ -932,9 +1066,12 @@ def update_markdown(path: pathlib.Path, preset: str, body: str) -> None:
 
 
 def run(preset_name: str, sections: Sequence[str] | None = None, repeats: int | None = None,
-        batch: int | None = None, linear_tolerance: float = 1.25) -> dict:
+        batch: int | None = None, linear_tolerance: float = 1.25, models: dict | None = None,
+        mwtsm_reference=None) -> dict:
   """Runs the sections of a preset and returns the report (see the module docstring).
-  `batch` overrides the batch of every RAVDESS-shape train-step case that runs."""
+  `batch` overrides the batch of every RAVDESS-shape train-step case that runs;
+  `models` the models section's `measure_models` arguments (None values ignored);
+  `mwtsm_reference` is the mwtsm section's reference miner (`measure_mwtsm`)."""
   preset = PRESETS[preset_name]
   if batch:
     preset = dict(preset)
@@ -956,8 +1093,10 @@ def run(preset_name: str, sections: Sequence[str] | None = None, repeats: int | 
     s["scaling"] = section_scaling(preset, repeats, linear_tolerance)
   if "data_parallel" in sections:
     s["data_parallel"] = section_data_parallel(preset, repeats)
+  if "models" in sections:
+    s["models"] = section_models(preset, repeats, models)
   if "mwtsm" in sections:
-    s["mwtsm"] = section_mwtsm(preset)
+    s["mwtsm"] = section_mwtsm(preset, mwtsm_reference)
   if "build" in sections:
     s["build"] = section_build(preset)
   if "input" in sections or "loop" in sections:
@@ -972,7 +1111,9 @@ def run(preset_name: str, sections: Sequence[str] | None = None, repeats: int | 
   return report
 
 
-def main(argv: Sequence[str] | None = None) -> dict | None:
+def main(argv: Sequence[str] | None = None, mwtsm_reference=None) -> dict | None:
+  """The command line; `mwtsm_reference`: see `measure_mwtsm` (the command line has none)."""
+  from avjax import config_lib
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu_quick")
   parser.add_argument("--sections", default="", help="comma-separated subset of the preset's")
@@ -980,6 +1121,17 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
   parser.add_argument("--batch", type=int, default=0,
                       help="batch of the RAVDESS-shape train-step cases (0: preset's)")
   parser.add_argument("--linear_tolerance", type=float, default=1.25)
+  models = parser.add_argument_group("models section (--sections=models)")
+  models.add_argument("--models_shape", choices=sorted(MODEL_WIDTHS), default=None,
+                      help="shape and widths (default: the preset's)")
+  for name in ("batch", "windows", "frames", "size", "samples"):
+    models.add_argument(f"--models_{name}", type=int, default=0, help="0: the shape's")
+  models.add_argument("--models_dtype", choices=config_lib.DTYPES, default="float32")
+  models.add_argument("--models_variant", choices=config_lib.VARIANTS, default="gating")
+  models.add_argument("--models_freeze_bn", type=int, choices=(0, 1), default=None,
+                      help="default: the shape's (ravdess 1 as configs/ravdess.py, demo 0)")
+  models.add_argument("--models_remat", action="store_true")
+  models.add_argument("--models_skip_backward", action="store_true")
   parser.add_argument("--out", default="", help="write the JSON report here")
   parser.add_argument("--merge", action="store_true",
                       help="keep the sections of an existing --out report that this run does not "
@@ -990,19 +1142,28 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
   parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
   parser.add_argument("--worker_out", default="", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
-  if args.worker:  # one train-step case in this process
-    result = measure_train_step(json.loads(args.worker), repeats=args.repeats or 3)
+  if args.worker:  # one train-step case, or the models section, in this process
+    case = json.loads(args.worker)
+    if "models" in case:
+      result = measure_models(**case["models"], repeats=args.repeats or 2)
+    else:
+      result = measure_train_step(case, repeats=args.repeats or 3)
     pathlib.Path(args.worker_out).write_text(json.dumps(result))
     return None
   # The driver's own work is small; leave the accelerator's memory to the case processes.
   os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
   sections = [x for x in args.sections.split(",") if x]
-  unknown = set(sections) - set(PRESETS[args.preset]["sections"])
+  unknown = set(sections) - set(PRESETS[args.preset]["sections"]) - set(EXTRA_SECTIONS)
   if unknown:
     parser.error(f"--sections {sorted(unknown)} not in preset {args.preset}'s "
-                 f"{PRESETS[args.preset]['sections']}")
+                 f"{PRESETS[args.preset]['sections'] + EXTRA_SECTIONS}")
+  models_args = dict(shape=args.models_shape, dtype=args.models_dtype, variant=args.models_variant,
+                     freeze_bn=None if args.models_freeze_bn is None else bool(args.models_freeze_bn),
+                     remat=args.models_remat, skip_backward=args.models_skip_backward,
+                     **{k: getattr(args, f"models_{k}") or None
+                        for k in ("batch", "windows", "frames", "size", "samples")})
   report = run(args.preset, sections, args.repeats or None, args.batch or None,
-               args.linear_tolerance)
+               args.linear_tolerance, models_args, mwtsm_reference)
   if args.merge and args.out and pathlib.Path(args.out).exists():
     old = json.loads(pathlib.Path(args.out).read_text())
     if old.get("preset") != args.preset:

@@ -105,7 +105,7 @@ def main(argv):
     build_s = time.time() - start
     print(f"built {config.dataset.name}/{name} in {build_s:.1f} s", flush=True)
 
-  train_folds = train.training_folds(config, 0)
+  train_folds = config_lib.training_folds(config, 0)
   steps_per_epoch = input_pipeline.steps_per_epoch(config, train_folds)
   steps = FLAGS.steps or steps_per_epoch
   config.train.max_steps = steps

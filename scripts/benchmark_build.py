@@ -169,12 +169,12 @@ def main(argv):
                  bytes_per_clip=size / len(paths))
     rows.append(row)
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-  print(f"\n| workers | decode clips/s | per worker | build clips/s | per worker |  ({os.cpu_count()} cores, {FLAGS.config})")
-  print("|---|---|---|---|---|")
-  for r in rows:
-    b = (f"{r['build_clips_per_s']:.2f} | {r['build_clips_per_s_per_worker']:.2f}"
-         if "build_s" in r else "- | -")
-    print(f"| {r['workers']} | {r['decode_clips_per_s']:.2f} | {r['decode_clips_per_s_per_worker']:.2f} | {b} |")
+  from scripts.benchmark import md_table
+  print(f"\n{os.cpu_count()} cores, {FLAGS.config}:\n")
+  cells = [[r["workers"], f"{r['decode_clips_per_s']:.2f}", f"{r['decode_clips_per_s_per_worker']:.2f}"]
+           + ([f"{r['build_clips_per_s']:.2f}", f"{r['build_clips_per_s_per_worker']:.2f}"]
+              if "build_s" in r else ["-", "-"]) for r in rows]
+  print(md_table(["workers", "decode clips/s", "per worker", "build clips/s", "per worker"], cells))
   if FLAGS.json_out:
     pathlib.Path(FLAGS.json_out).write_text(json.dumps(rows, indent=1))
 

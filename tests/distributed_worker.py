@@ -29,24 +29,26 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=f"localhost:{FLAGS.port}",
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from avjax import train
-  from tests import test_train
+  from avjax import parallel
+  from avjax import steps
+  from avjax import testing
+  from avjax import train_state
 
-  config = test_train.parity_config()
-  batches = [test_train.tiny_batch(config, seed) for seed in range(2)]
+  config = testing.parity_config()
+  batches = [testing.tiny_batch(config, seed) for seed in range(2)]
   n = len(batches[0]["label"])
   pid, nproc = jax.process_index(), jax.process_count()
   local = [{k: v[pid * n // nproc:(pid + 1) * n // nproc] for k, v in b.items()} for b in batches]
-  mesh = train.make_mesh()
+  mesh = parallel.make_mesh()
   assert jax.device_count() == 4, jax.devices()
-  repl, data = train.shardings(mesh)
+  repl, data = parallel.shardings(mesh)
   from avjax.models import gating
   model = gating.create_model(config.model)
-  state = train.create_train_state(config, model, batches[0], jax.random.PRNGKey(0), repl)
-  step = train.make_train_step(config, mesh)
+  state = train_state.create_train_state(config, model, batches[0], jax.random.PRNGKey(0), repl)
+  step = steps.make_train_step(config, mesh)
   history = {"loss": [], "grad_norm": [], "mse": [], "triplet": []}
   for b in local:
-    state, m = step(state, train.to_global(b, data))
+    state, m = step(state, parallel.to_global(b, data))
     for key in history:
       history[key].append(float(m[key]))
   if pid == 0:

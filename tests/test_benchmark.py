@@ -1,5 +1,6 @@
 """scripts/benchmark.py at tiny shapes: report fields, XLA FLOPs against batch size,
-the per-anchor MWTSM reference against avjax.mining, peaks, growth and markdown."""
+the models section, MWTSM against the per-anchor reference of tests/test_mining.py,
+peaks, growth and markdown."""
 
 import importlib.util
 import json
@@ -13,6 +14,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from avjax import mining
+from avjax.testing import brute_force
 
 _PATH = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
 _spec = importlib.util.spec_from_file_location("avjax_benchmark", _PATH)
@@ -64,7 +66,7 @@ class MwtsmReferenceTest(parameterized.TestCase):
     rng = np.random.default_rng(seed)
     emb = rng.integers(0, 3, (t, n, 3)).astype(np.float32)
     labels = rng.integers(0, classes, n).astype(np.int32)
-    ref = benchmark.mwtsm_reference(emb, labels)
+    ref = brute_force(emb, labels)
     got = [np.asarray(a) for a in jax.jit(mining.mwtsm)(emb, labels)]
     for g, r in zip(got, ref):
       np.testing.assert_array_equal(g, r)
@@ -82,16 +84,40 @@ class MwtsmReferenceTest(parameterized.TestCase):
     # 2 clips of class 0, 1 of class 1: anchor 0 has one triplet (1, 2): valid at
     # the first window only.
     emb = np.zeros((3, 3, 2), np.float32)
-    p, q, v = benchmark.mwtsm_reference(emb, np.array([0, 0, 1]))
+    p, q, v = brute_force(emb, np.array([0, 0, 1]))
     np.testing.assert_array_equal(v[:, 0], [True, False, False])
     self.assertEqual((p[0, 0], q[0, 0]), (1, 2))
     self.assertFalse(v[:, 2].any())  # no positive for the lone class-1 clip
 
   def test_measure_mwtsm(self):
-    r = benchmark.measure_mwtsm(n=16, windows=3, dim=8, repeats=1)
+    r = benchmark.measure_mwtsm(n=16, windows=3, dim=8, repeats=1, reference=brute_force)
     self.assertTrue(r["all_equal"])
     self.assertEqual(r["picks_agree"], 1.0)
     self.assertGreater(r["mwtsm_s"], 0)
+    # Without a reference: the miner's times only.
+    r = benchmark.measure_mwtsm(n=16, windows=3, dim=8, repeats=1)
+    self.assertGreater(r["batch_hard_s"], 0)
+    self.assertNotIn("all_equal", r)
+
+
+class ModelsTest(absltest.TestCase):
+
+  def test_forward(self):
+    # Forward only: compiling forward + backward costs about a minute on 2 cores.
+    r = benchmark.measure_models("tiny", batch=2, repeats=1, skip_backward=True)
+    self.assertEqual(r["shape"], dict(B=2, T=2, F=4, H=16, W=16, S=5000))
+    self.assertEqual(r["model"]["embed_dim"], 16)
+    self.assertGreater(r["num_params"], 0)
+    self.assertGreater(r["forward"]["median_s"], 0)
+    self.assertGreater(r["forward"]["xla_peak_estimate_mib"], 0)
+    self.assertNotIn("forward_backward", r)
+    json.dumps(r)  # serialisable
+    text = benchmark.render_markdown(dict(machine=benchmark.machine_info(), sections={"models": r}))
+    self.assertIn("| tiny B=2 T=2 F=4 16x16 S=5000, gating float32", text)
+
+  def test_unknown_section_is_refused(self):
+    with self.assertRaises(SystemExit):
+      benchmark.main(["--preset=tiny", "--sections=no_such_section"])
 
 
 class HelpersTest(absltest.TestCase):
@@ -107,6 +133,10 @@ class HelpersTest(absltest.TestCase):
     self.assertAlmostEqual(benchmark.cost_model_flops(1, 4, 25, 48, (1.0, 1.0)), 0.37e12 / 8)
     self.assertIsNone(benchmark.cost_model_flops(40, 8, 25, 96, (0.125, 1.0)))
 
+  def test_md_table(self):
+    self.assertEqual(benchmark.md_table(["a", "b"], [[1, ""], ["x", 2.5]]),
+                     "| a | b |\n|---|---|\n| 1 | |\n| x | 2.5 |")
+
   def test_growth(self):
     g = benchmark.growth([1, 2, 4, 8], [1.0, 1.5, 2.5, 4.0], tolerance=1.0)
     self.assertEqual((g["size_ratio"], g["time_ratio"]), (8, 4.0))
@@ -119,7 +149,7 @@ class HelpersTest(absltest.TestCase):
       md.write_text("# Benchmarks\n\nhand-written text\n")
       for _ in range(2):  # the second run replaces the section
         benchmark.main(["--preset=tiny", "--sections=mwtsm", f"--out={out}", "--update_md",
-                        f"--md={md}"])
+                        f"--md={md}"], mwtsm_reference=brute_force)
       report = json.loads(out.read_text())
       machine = report["machine"]
       for key in ("cpu_model", "cpu_cores", "device_kind", "device_count", "jax_version",

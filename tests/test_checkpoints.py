@@ -6,19 +6,19 @@ import ml_collections
 import numpy as np
 from absl.testing import absltest
 
-from avjax import train
+from avjax import train_state
 
 
 class CheckpointManagerTest(absltest.TestCase):
 
   def test_best_step_is_the_best_not_the_latest(self):
     config = ml_collections.ConfigDict({"train": {"keep_checkpoints": 2}})
-    manager = train.checkpoint_manager(tempfile.mkdtemp(), config)
+    manager = train_state.checkpoint_manager(tempfile.mkdtemp(), config)
     state = {"w": np.arange(3.0)}
     # Validation accuracy only at some steps (as with eval_every_epochs).
     for step, acc in ((1, 0.5), (2, 0.9), (3, None), (4, 0.7), (5, None), (6, None)):
       metrics = None if acc is None else {"val_accuracy": acc}
-      train.save_checkpoint(manager, step, state, {"step": step}, metrics)
+      train_state.save_checkpoint(manager, step, state, {"step": step}, metrics)
     manager.wait_until_finished()
     self.assertEqual(manager.best_step(), 2)
     self.assertEqual(manager.latest_step(), 6)

@@ -104,5 +104,44 @@ class ConfigsTest(parameterized.TestCase):
       config_lib.validate(c)
 
 
+
+class CompleteTest(absltest.TestCase):
+
+  def test_fills_missing_fields_and_keeps_the_given_ones(self):
+    partial = {"model": {"variant": "lstm", "embed_dim": 16}, "train": {"max_steps": 3},
+               "tiny": {"windows": 2}}   # a test-only field the base does not know
+    c = config_lib.complete(partial)
+    base = config_lib.get_base_config()
+    self.assertEqual((c.model.variant, c.model.embed_dim, c.train.max_steps), ("lstm", 16, 3))
+    self.assertEqual(c.tiny.windows, 2)
+    self.assertEqual(c.model.lstm_hidden, base.model.lstm_hidden)   # from the base
+    self.assertEqual(c.dataset.records, base.dataset.records)
+    self.assertEqual(c.eval.reference_bank, base.eval.reference_bank)
+    self.assertEqual(set(c.to_dict()) - {"tiny"}, set(base.to_dict()))
+    config_lib.validate(c)
+
+  def test_workdir_records_a_complete_config(self):
+    import json
+    import tempfile
+    from avjax import workdir
+    partial = config_lib.get_base_config()
+    del partial.eval["reference_bank"]          # as a config written before the field existed
+    with partial.unlocked():
+      del partial.input["cache_on_device"]
+    self.assertNotIn("reference_bank", partial.eval)
+    root = tempfile.mkdtemp()
+    path = workdir.save_config(partial, root)
+    recorded = json.load(open(path))
+    self.assertIn("reference_bank", recorded["eval"])
+    self.assertIn("cache_on_device", recorded["input"])
+    # An older config.json without the fields is read back complete.
+    del recorded["eval"]["reference_bank"]
+    json.dump(recorded, open(path, "w"))
+    loaded = workdir.load_config(root)
+    self.assertTrue(loaded.eval.reference_bank)
+    with self.assertRaisesRegex(FileNotFoundError, "avjax workdir"):
+      workdir.load_config(tempfile.mkdtemp())
+
+
 if __name__ == "__main__":
   absltest.main()

@@ -1,7 +1,8 @@
 """The whole job on the synthetic set: resume, NaN handling, cross-validation outputs.
 
-Builds the synthetic dataset once (a few seconds) and trains a tiny model for
-a few steps per case.
+Uses the shared synthetic set and the shared tiny two-fold workdir of
+`avjax.testing` (built once per test process) and trains a tiny model for a few
+steps per case; every train_fold reuses one compilation of the step.
 """
 
 import json
@@ -13,51 +14,35 @@ import jax
 import numpy as np
 from absl.testing import absltest
 
-from avjax import config_lib
-from avjax import evaluate
 from avjax import input_pipeline
+from avjax import parallel
+from avjax import steps
+from avjax import testing
 from avjax import train
-from tests import test_train
-
-_DATA_DIR = None
-
-
-def setUpModule():
-  global _DATA_DIR
-  _DATA_DIR = tempfile.mkdtemp(prefix="avjax_e2e_tfds_")
-
-
-def tiny_synthetic_config(**train_overrides):
-  c = test_train.tiny_config(clips_per_class=2, crop=32)
-  config_lib.set_dataset(c, "synthetic_av")
-  del c.tiny
-  c.dataset.data_dir = _DATA_DIR
-  c.input.eval_batch_size = 32
-  c.eval.k = 3
-  c.train.num_epochs = 1
-  c.train.log_every_steps = 1
-  c.train.checkpoint_every_steps = 2
-  c.train.eval_every_epochs = 0
-  for k, v in train_overrides.items():
-    setattr(c.train, k, v)
-  return c
+from avjax import train_state
+from avjax import evaluate
+from avjax import workdir as workdir_lib
+from avjax.testing import tiny_synthetic_config
 
 
 class ResumeAndNanTest(absltest.TestCase):
 
   def test_interrupted_run_resumes_to_the_same_parameters(self):
     straight, resumed = tempfile.mkdtemp(), tempfile.mkdtemp()
+    traces = steps.TRACES["train_step"]
     state_a, _ = train.train_fold(tiny_synthetic_config(max_steps=4), straight, test_fold=0)
     # "Interrupted" after 2 steps (a checkpoint is written at step 2), then resumed.
     train.train_fold(tiny_synthetic_config(max_steps=2), resumed, test_fold=0)
     state_b, _ = train.train_fold(tiny_synthetic_config(max_steps=4), resumed, test_fold=0)
     self.assertEqual(int(state_a.step), 4)
     self.assertEqual(int(state_b.step), 4)
+    # Three train_fold runs of one config compiled the step at most once.
+    self.assertLessEqual(steps.TRACES["train_step"] - traces, 1)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                  jax.device_get(state_a.params), jax.device_get(state_b.params))
     # And the resumed run did not start over: its metrics log holds steps 1-2 then 3-4.
-    steps = [json.loads(line)["step"] for line in open(os.path.join(resumed, "metrics.jsonl"))]
-    self.assertEqual(steps, [1, 2, 3, 4])
+    logged = [json.loads(line)["step"] for line in open(os.path.join(resumed, "metrics.jsonl"))]
+    self.assertEqual(logged, [1, 2, 3, 4])
 
   def test_nan_loss_stops_and_keeps_last_good_checkpoint(self):
     workdir = tempfile.mkdtemp()
@@ -84,24 +69,23 @@ class ResumeAndNanTest(absltest.TestCase):
         train.train_fold(config, workdir, test_fold=0)
     finally:
       input_pipeline.create_train_iterator = original
-    manager = train.checkpoint_manager(workdir, config)
+    manager = train_state.checkpoint_manager(workdir, config)
     self.assertEqual(manager.latest_step(), 2)
 
 
 class CrossValidationTest(absltest.TestCase):
 
   def test_two_folds_give_results_and_figures(self):
-    workdir = tempfile.mkdtemp()
+    workdir = testing.tiny_workdir()          # train_and_evaluate, folds 0 and 1, 2 steps each
     config = tiny_synthetic_config(max_steps=2)
     config.folds = (0, 1)
-    outputs = train.train_and_evaluate(config, workdir)
-    self.assertTrue(os.path.isfile(outputs["results_json"]))
-    self.assertTrue(os.path.isfile(outputs["results_md"]))
-    names = sorted(pathlib.Path(p).name for p in outputs["figures"])
-    self.assertLen(names, 4, names)
-    for p in outputs["figures"]:
-      self.assertEqual(pathlib.Path(p).read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
-    doc = json.load(open(outputs["results_json"]))
+    self.assertTrue(os.path.isfile(os.path.join(workdir, workdir_lib.RESULTS_JSON)))
+    self.assertTrue(os.path.isfile(os.path.join(workdir, workdir_lib.RESULTS_MD)))
+    figures = sorted(pathlib.Path(workdir, workdir_lib.FIGURES).glob("*.png"))
+    self.assertLen(figures, 4, figures)
+    for p in figures:
+      self.assertEqual(p.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
+    doc = json.load(open(os.path.join(workdir, workdir_lib.RESULTS_JSON)))
     for fold in (0, 1):
       with np.load(os.path.join(workdir, f"fold_{fold}", "predictions.npz")) as preds:
         clip_ids = input_pipeline.clip_ids(config, [fold])
@@ -115,10 +99,15 @@ class CrossValidationTest(absltest.TestCase):
     # `python -m avjax.evaluate` restores the last checkpoint and reproduces the predictions.
     with np.load(os.path.join(workdir, "fold_1", "predictions.npz")) as saved:
       saved = {k: saved[k] for k in saved.files}
-    saved_config = evaluate.load_config(workdir)
-    mesh = train.make_mesh()
+    saved_config = workdir_lib.load_config(workdir)
+    mesh = parallel.make_mesh()
     state, model = evaluate.restore_for_eval(saved_config, os.path.join(workdir, "fold_1"), 1, mesh)
+    traces = steps.TRACES["eval_forward"]
     again = evaluate.evaluate_fold(saved_config, state, model, 1, tempfile.mkdtemp(), mesh)
+    # The evaluation forward compiled for the run is reused by a restored state and a
+    # second call (the state's optimiser and model compare equal, so jit's cache hits).
+    evaluate.evaluate_fold(saved_config, state, model, 0, tempfile.mkdtemp(), mesh)
+    self.assertEqual(steps.TRACES["eval_forward"], traces)
     for key in ("pred_AO", "pred_VO", "pred_AV", "labels"):
       np.testing.assert_array_equal(again[key], saved[key], err_msg=key)
     np.testing.assert_allclose(again["emb_AV"], saved["emb_AV"], rtol=1e-5, atol=1e-6)
@@ -130,9 +119,11 @@ class CrossValidationTest(absltest.TestCase):
       np.testing.assert_array_equal(odd[key], saved[key], err_msg=key)
     np.testing.assert_allclose(odd["emb_AV"], saved["emb_AV"], rtol=1e-5, atol=1e-6)
     # Finished folds are skipped when the same command runs again.
-    self.assertTrue(evaluate.fold_is_done(os.path.join(workdir, "fold_0")))
+    self.assertTrue(workdir_lib.fold_is_done(os.path.join(workdir, "fold_0")))
     mtime = os.path.getmtime(os.path.join(workdir, "fold_0", "predictions.npz"))
-    train.train_and_evaluate(config, workdir)
+    config.eval.figures = False
+    outputs = train.train_and_evaluate(config, workdir)
+    self.assertTrue(os.path.isfile(outputs["results_json"]))
     self.assertEqual(mtime, os.path.getmtime(os.path.join(workdir, "fold_0", "predictions.npz")))
 
 

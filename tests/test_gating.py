@@ -18,7 +18,7 @@ from avjax import config_lib
 from avjax.models import gating
 from avjax.models import i3d
 from avjax.models import weights
-from tests.test_i3d import random_variables
+from avjax.testing import random_variables
 
 D, G = 16, 12
 B, T, F, HW, S = 4, 3, 8, 32, 5000

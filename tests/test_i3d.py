@@ -9,6 +9,7 @@ import numpy as np
 from absl.testing import absltest
 
 from avjax.models import i3d
+from avjax.testing import random_variables
 
 
 def _reference_variables(flat: dict) -> dict:
@@ -28,22 +29,6 @@ def _reference_variables(flat: dict) -> dict:
       node = node.setdefault(p, {})
     node[parts[-1]] = value
   return tree
-
-
-def random_variables(shapes, seed: int = 0):
-  """Random variables shaped like `shapes` (from jax.eval_shape of init), without
-  compiling flax's initialisers: kernels ~ N(0, 1/fan_in), BN statistics near (0, 1)."""
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    name = jax.tree_util.keystr(path)
-    if "kernel" in name:
-      return jnp.asarray(rng.normal(0, 1 / np.sqrt(np.prod(s.shape[:-1])), s.shape), s.dtype)
-    if "var" in name:
-      return jnp.asarray(rng.uniform(0.5, 1.5, s.shape), s.dtype)
-    return jnp.asarray(rng.normal(0, 0.1, s.shape), s.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 class I3DParityTest(absltest.TestCase):

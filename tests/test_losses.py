@@ -192,7 +192,7 @@ class LossTest(absltest.TestCase):
     out = hand_outputs()
     with self.assertRaisesRegex(ValueError, "variant"):
       losses.compute_loss(out, LABELS, loss_config(), "transformer", "av")
-    with self.assertRaisesRegex(ValueError, "gating.*needs modalities 'av'"):
+    with self.assertRaisesRegex(ValueError, "gating.*needs both modalities"):
       losses.compute_loss(out, LABELS, loss_config(), "gating", "audio")
     with self.assertRaisesRegex(ValueError, "lack"):
       losses.compute_loss({"audio_gate": out["audio_gate"]}, LABELS, loss_config(), "lstm", "av")

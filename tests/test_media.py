@@ -229,6 +229,38 @@ class GeneratedFilesTest(parameterized.TestCase):
     self.assertLess(whole[:, -20:].mean(), 15)
     self.assertLess(np.abs(crop.astype(int) - 128).max(), 4)   # the centre square only
 
+  def test_video_alone_decodes_like_both_streams(self):
+    both = media.decode(self.mp4)
+    alone = media.decode(self.mp4, with_audio=False)
+    np.testing.assert_array_equal(alone.video, both.video)
+    self.assertAlmostEqual(alone.duration, both.duration)
+    self.assertEqual((alone.audio, alone.audio_duration), (None, None))
+    # no audio stream needed, and no audio/video length check
+    path = dummy_media.write_mp4(self.dir / "silent_video.mp4", seconds=0.5, with_audio=False)
+    self.assertLen(media.decode(path, with_audio=False).video, 13)   # ceil(0.5005 * 25)
+    out = media.cut_windows(alone, windows.parse_name("w2_l1_ov"), media.DecodeOptions())
+    self.assertEqual(set(out), {"video", "window_valid", "duration"})
+    for kwargs in ({"with_video": False, "with_audio": False},
+                   {"with_audio": False, "audio_path": self.mp4},
+                   {"with_video": False, "box": (0, 0, 8, 8)}):
+      with self.assertRaises(ValueError, msg=str(kwargs)):
+        media.decode(self.mp4, **kwargs)
+
+  def test_box_crop_before_resize(self):
+    def quadrants(i, h, w):   # white top-left quarter, black elsewhere
+      img = np.zeros((h, w, 3), np.uint8)
+      img[: h // 2, : w // 2] = 255
+      return img
+    path = dummy_media.write_mp4(self.dir / "quadrants.mp4", seconds=0.5, size=(64, 32),
+                                 frame_fn=quadrants)
+    white = media.decode(path, with_audio=False, box=(0, 0, 32, 16)).video
+    black = media.decode(path, with_audio=False, box=(32, 16, 32, 16)).video
+    self.assertEqual(white.shape[1:], (112, 112, 3))
+    self.assertGreater(white.mean(), 240)
+    self.assertLess(black.mean(), 15)
+    # the box is used with the audio too, and equals the video-only decode
+    np.testing.assert_array_equal(media.decode(path, box=(0, 0, 32, 16)).video, white)
+
   def test_stereo_audio_is_downmixed(self):
     # left 440 Hz, right 660 Hz: the mono mix holds both at half amplitude (0.25)
     path = dummy_media.write_mp4(self.dir / "stereo.mp4", seconds=1.0, channels=2,

@@ -1,7 +1,5 @@
 """MWTSM against a brute-force NumPy reference; batch-hard equivalence; masks; jit."""
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,43 +7,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from avjax import mining
-
-
-def brute_force(emb, labels, exclude_used=True, mask=None):
-  """DESIGN.md's definition with explicit loops over windows, anchors, p and n.
-
-  float64 distances; the joint argmax over (p, n) in flat order p*N + n with a
-  strict '>' so the first maximum (lowest flat index) wins.
-  """
-  t_count, n, _ = emb.shape
-  mask = np.ones(n, bool) if mask is None else np.asarray(mask, bool)
-  pos = np.zeros((t_count, n), np.int32)
-  neg = np.zeros((t_count, n), np.int32)
-  valid = np.zeros((t_count, n), bool)
-  used = set()
-  for t in range(t_count):
-    e = emb[t].astype(np.float64)
-    d = ((e[:, None, :] - e[None, :, :]) ** 2).sum(-1)
-    picked_now = []
-    for i in range(n):
-      if not mask[i]:
-        continue
-      best, best_score = None, -np.inf
-      for p, q in itertools.product(range(n), range(n)):   # flat order p*N + q
-        if not (mask[p] and mask[q]):
-          continue
-        if p == i or labels[p] != labels[i] or labels[q] == labels[i]:
-          continue
-        if exclude_used and (i, p, q) in used:
-          continue
-        score = d[i, p] - d[i, q]
-        if score > best_score:
-          best, best_score = (p, q), score
-      if best is not None:
-        pos[t, i], neg[t, i], valid[t, i] = best[0], best[1], True
-        picked_now.append((i,) + best)
-    used.update(picked_now)
-  return pos, neg, valid
+from avjax.testing import brute_force
 
 
 def separate_batch_hard(emb, labels):

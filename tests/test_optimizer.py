@@ -6,7 +6,7 @@ import numpy as np
 from absl.testing import absltest
 
 from avjax import config_lib
-from avjax import train
+from avjax import train_state
 
 
 def torch_adam_reference(p, grads, lr, wd, b1, b2, eps, decoupled):
@@ -39,7 +39,7 @@ class OptimizerTest(absltest.TestCase):
     p0 = rng.normal(size=(3, 4)).astype(np.float64)
     grads = [rng.normal(size=(3, 4)) for _ in range(4)]
     params = {"head": {"kernel": jnp.asarray(p0, jnp.float32)}}
-    tx = train.make_optimizer(optim, params)
+    tx = train_state.make_optimizer(optim, params)
     opt_state = tx.init(params)
     for g in grads:
       updates, opt_state = tx.update({"head": {"kernel": jnp.asarray(g, jnp.float32)}}, opt_state, params)

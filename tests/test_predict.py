@@ -1,7 +1,7 @@
 """`python -m avjax.predict` on a tiny model trained on the synthetic set.
 
-Trains one fold for two steps once (setUpClass, about a minute with the dataset
-build), then runs inference on real CREMA-D FLVs, generated MP4 / MKV / WebM /
+Reads the shared tiny workdir of `avjax.testing` (trained and evaluated once per
+test process, and shared with tests/test_end_to_end.py), then runs inference on real CREMA-D FLVs, generated MP4 / MKV / WebM /
 AVI clips (various fps, sizes, sample rates, channel counts), a truncated
 file, a file without audio and a clip shorter than the windows, and checks
 that a synthetic clip written losslessly to a file gives exactly what
@@ -26,38 +26,20 @@ import numpy as np
 from absl.testing import absltest
 
 from avjax import config_lib
-from avjax import evaluate
 from avjax import input_pipeline
 from avjax import knn
 from avjax import predict
 from avjax import testing
-from avjax import train
+from avjax import train_state
+from avjax import workdir as workdir_lib
 from avjax.data import media
 from avjax.data import synthetic
 from tests import dummy_media
-from tests import test_train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 F = fractions.Fraction
 JSON_KEYS = {"file", "ok", "duration", "has_audio", "has_video", "modalities", "notes",
              "num_valid_gates", "gates", "prediction", "model", "class_names"}
-
-
-def tiny_config(data_dir: str):
-  c = test_train.tiny_config(clips_per_class=2, crop=32)
-  config_lib.set_dataset(c, "synthetic_av")
-  del c.tiny
-  c.dataset.data_dir = data_dir
-  c.input.eval_batch_size = 32
-  c.eval.k = 3
-  c.eval.figures = False
-  c.train.num_epochs = 1
-  c.train.max_steps = 2
-  c.train.log_every_steps = 1
-  c.train.checkpoint_every_steps = 2
-  c.train.eval_every_epochs = 0
-  c.folds = (0,)
-  return c
 
 
 def run_main(argv):
@@ -115,15 +97,11 @@ class PredictTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.tmp = tempfile.mkdtemp(prefix="avjax_predict_")
-    cls.workdir = os.path.join(cls.tmp, "run")
-    cls.config = tiny_config(os.path.join(cls.tmp, "tfds"))
-    # One clip per actor and class (80 clips, 8 held out): train_and_evaluate finds it built.
-    from tfds_builders.synthetic_av import synthetic_av_dataset_builder as synthetic_builder
-    synthetic_builder.Builder(config=cls.config.dataset.config, data_dir=cls.config.dataset.data_dir,
-                              clips_per_actor_class=1).download_and_prepare()
-    with contextlib.redirect_stdout(io.StringIO()):
-      train.train_and_evaluate(cls.config, cls.workdir)
-    cls.fold_dir = train.fold_dir_of(cls.workdir, 0)
+    # The shared tiny workdir (80 synthetic clips, folds 0 and 1 trained 2 steps and
+    # evaluated); read-only here, the stale-bank test works on a copy.
+    cls.workdir = testing.tiny_workdir()
+    cls.config = workdir_lib.load_config(cls.workdir)
+    cls.fold_dir = workdir_lib.fold_dir(cls.workdir, 0)
     cls.predictor = predict.Predictor(cls.workdir)
     cls.media_dir = pathlib.Path(cls.tmp) / "media"
     cls.media_dir.mkdir()
@@ -149,12 +127,12 @@ class PredictTest(absltest.TestCase):
   # ------------------------------------------------------------------ the bank
 
   def test_reference_bank_is_what_evaluation_used(self):
-    bank = predict.load_bank(os.path.join(self.fold_dir, evaluate.REFERENCE_BANK))
-    train_folds = train.training_folds(self.config, 0)
-    with np.load(os.path.join(self.fold_dir, evaluate.REFERENCE_BANK), allow_pickle=False) as z:
+    bank = predict.load_bank(os.path.join(self.fold_dir, workdir_lib.REFERENCE_BANK))
+    train_folds = config_lib.training_folds(self.config, 0)
+    with np.load(os.path.join(self.fold_dir, workdir_lib.REFERENCE_BANK), allow_pickle=False) as z:
       self.assertEqual(list(z["clip_id"]), input_pipeline.clip_ids(self.config, train_folds))
       self.assertEqual(z["meta"].dtype.kind, "U")           # JSON text, nothing pickled
-    self.assertEqual(bank.step, train.checkpoint_manager(self.fold_dir, self.config).latest_step())
+    self.assertEqual(bank.step, train_state.checkpoint_manager(self.fold_dir, self.config).latest_step())
     self.assertEqual(bank.meta["window"], {"name": "w4_l1_ov", "num_windows": 4, "length": 1.0,
                                            "overlap": 0.5, "mode": "fixed"})
     self.assertEqual(bank.meta["video"]["frame_size"], synthetic.FRAME_SIZE)
@@ -362,22 +340,22 @@ class PredictTest(absltest.TestCase):
         return sorted(self._metrics)
       def metrics(self, step):
         return self._metrics[step]
-    self.assertEqual(predict.best_step(Manager({10: None, 20: {"val_accuracy": 0.5},
+    self.assertEqual(train_state.best_step(Manager({10: None, 20: {"val_accuracy": 0.5},
                                                 30: {"val_accuracy": 0.7}, 40: None})), 30)
-    self.assertEqual(predict.best_step(Manager({20: {"val_accuracy": 0.7},
+    self.assertEqual(train_state.best_step(Manager({20: {"val_accuracy": 0.7},
                                                 30: {"val_accuracy": 0.7}})), 30)
-    self.assertIsNone(predict.best_step(Manager({10: None, 20: {}})))
+    self.assertIsNone(train_state.best_step(Manager({10: None, 20: {}})))
 
   def test_bank_from_another_step_is_refused(self):
     workdir = os.path.join(self.tmp, "stale")
     shutil.copytree(self.workdir, workdir)
-    bank_path = os.path.join(train.fold_dir_of(workdir, 0), evaluate.REFERENCE_BANK)
+    bank_path = os.path.join(workdir_lib.fold_dir(workdir, 0), workdir_lib.REFERENCE_BANK)
     with np.load(bank_path, allow_pickle=False) as z:
       arrays = {k: z[k] for k in z.files}
     meta = json.loads(str(arrays["meta"]))
     meta["step"] = 1
     arrays["step"], arrays["meta"] = np.asarray(1, np.int64), np.asarray(json.dumps(meta))
-    evaluate.write_reference_bank(bank_path, arrays)
+    workdir_lib.write_npz(bank_path, arrays)
     code, out, err = run_main(["--workdir", workdir, self.clip("stale.mp4")])
     self.assertEqual(code, predict.EXIT_USAGE)
     self.assertIn("step 1", err)

@@ -21,51 +21,7 @@ from absl.testing import parameterized
 from sklearn import metrics as skm
 
 from avjax import results
-
-RAVDESS_CLASSES = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
-
-
-def predictions_with_correct(labels, num_correct, num_classes):
-  """[T, Q] predictions whose gate t has exactly num_correct[t] right answers (the last ones)."""
-  labels = np.asarray(labels)
-  pred = np.tile(labels, (len(num_correct), 1))
-  for t, c in enumerate(num_correct):
-    wrong = len(labels) - c
-    pred[t, :wrong] = (labels[:wrong] + 1) % num_classes
-  return pred.astype(np.int32)
-
-
-def write_fake_fold(workdir, fold, labels, correct, *, dataset="synthetic_av", config="w3_l1_ov",
-                    variant="gating", modalities="av", class_names=("a", "b", "c", "d"), dim=6,
-                    seed=0, **info_overrides):
-  """Writes workdir/fold_{fold}/predictions.npz + fold_info.json.
-
-  `correct` maps modality -> number of correct queries per gate (its length is T).
-  Embeddings are class means plus noise, so t-SNE has clusters to show.
-  """
-  rng = np.random.default_rng(seed + fold)
-  labels = np.asarray(labels, np.int32)
-  q, c = len(labels), len(class_names)
-  centres = rng.normal(size=(c, dim)) * 4
-  arrays = {"labels": labels, "actor": np.full(q, 100 + fold, np.int32),
-            "clip_id": np.array([f"f{fold}_clip{i:03d}" for i in range(q)])}
-  num_windows = None
-  for m, per_gate in correct.items():
-    arrays[f"pred_{m}"] = predictions_with_correct(labels, per_gate, c)
-    d = 2 * dim if m == "AV" else dim
-    arrays[f"emb_{m}"] = (np.tile(centres[labels], (1, d // dim)) + rng.normal(size=(q, d))).astype(np.float32)
-    num_windows = len(per_gate)
-  fold_dir = os.path.join(workdir, f"fold_{fold}")
-  os.makedirs(fold_dir, exist_ok=True)
-  np.savez(os.path.join(fold_dir, "predictions.npz"), **arrays)
-  info = {"dataset": dataset, "config": config, "variant": variant, "modalities": modalities,
-          "fold": fold, "class_names": list(class_names), "num_windows": num_windows, "k": 15,
-          "num_train_clips": 100, "exclude_used": True, "avjax_version": "test"}
-  info.update(info_overrides)
-  with open(os.path.join(fold_dir, "fold_info.json"), "w") as f:
-    json.dump(info, f)
-  return fold_dir
-
+from avjax.testing import RAVDESS_CLASSES, write_fake_fold
 
 # Two folds, 3 gates, 4 classes. Fold 0: 8 clips (2 per class); fold 1: 4 clips, class 3
 # absent. AV correct per gate 4,6,8 of 8 and 2,2,3 of 4: accuracies .5,.75,1 and .5,.5,.75.

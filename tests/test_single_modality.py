@@ -3,8 +3,8 @@
 * `audio_lstm` / `audio_global` on RAVDESS read the audio-only builder configs
   (`audio_<windowing>`), built here from RAVDESS-named WAVs alone: the real
   ones in ../shared/samples/ravdess (stereo one included) plus generated ones.
-* `video_lstm` / `video_global` on the synthetic set read the audio-visual
-  records and skip the audio.
+* `video_lstm` / `video_global` on the shared synthetic set (`avjax.testing`)
+  read the audio-visual records and skip the audio.
 
 Each config trains a tiny model for a few steps on fold 0's training folds and
 is evaluated on fold 0; the checks are on what single-modality training must
@@ -18,7 +18,6 @@ import pathlib
 import shutil
 import tempfile
 
-import jax
 import numpy as np
 import soundfile
 from absl.testing import absltest
@@ -27,9 +26,10 @@ from absl.testing import parameterized
 from avjax import config_lib
 from avjax import evaluate
 from avjax import input_pipeline
+from avjax import parallel
 from avjax import testing
 from avjax import train
-from tests import test_end_to_end
+from avjax import workdir as workdir_lib
 
 _TMP = None
 
@@ -70,7 +70,7 @@ def _ravdess_audio_manual_dir() -> pathlib.Path:
 
 
 def _audio_config(variant: str):
-  c = test_end_to_end.tiny_synthetic_config(max_steps=2)
+  c = testing.tiny_synthetic_config(max_steps=2)
   config_lib.set_dataset(c, "ravdess")
   config_lib.apply_args(c, f"w2_l1_ov,audio_{variant}")
   c.dataset.data_dir = os.path.join(_TMP, "tfds")
@@ -81,9 +81,9 @@ def _audio_config(variant: str):
 
 
 def _video_config(variant: str):
-  c = test_end_to_end.tiny_synthetic_config(max_steps=2)
+  c = testing.tiny_synthetic_config(max_steps=2)
   config_lib.apply_args(c, f"video_{variant}")
-  c.dataset.data_dir = os.path.join(_TMP, "tfds")
+  c.dataset.data_dir = testing.synthetic_data_dir(c.dataset.config)   # shared, 80 clips
   c.input.crop_size = 16   # the smallest crop I3D takes: the video encoder's compile dominates
   c.eval.figures = False
   return c
@@ -98,7 +98,7 @@ class SingleModalityTest(parameterized.TestCase):
     config = _audio_config(variant) if modality == "audio" else _video_config(variant)
     config_lib.validate(config)
     workdir = tempfile.mkdtemp(dir=_TMP)
-    fold_dir = train.fold_dir_of(workdir, 0)
+    fold_dir = workdir_lib.fold_dir(workdir, 0)
     state, model = train.train_fold(config, fold_dir, test_fold=0)
     self.assertEqual(int(state.step), 2)
 
@@ -122,7 +122,7 @@ class SingleModalityTest(parameterized.TestCase):
       self.assertAlmostEqual(line["loss"], line["triplet"], places=5)
     self.assertGreater(max(l["active_triplets"] for l in train_logs), 0)
 
-    arrays = evaluate.evaluate_fold(config, state, model, 0, fold_dir, train.make_mesh())
+    arrays = evaluate.evaluate_fold(config, state, model, 0, fold_dir, parallel.make_mesh())
     key = {"audio": "AO", "video": "VO"}[modality]
     self.assertEqual(sorted(k for k in arrays if k.startswith("pred_")), [f"pred_{key}"])
     num_windows = 1 if variant == "global" else 2 if modality == "audio" else 4

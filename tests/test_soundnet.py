@@ -15,7 +15,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from avjax import testing
 from avjax.models import soundnet
 from avjax.models import weights
-from tests.test_i3d import random_variables
+from avjax.testing import random_variables
 
 # The original SoundNet-8 (cvondrick/soundnet main_train.lua): per layer
 # (name, kernel, stride, padding, max pool size/stride or None); Torch BN eps 1e-5.

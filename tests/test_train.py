@@ -1,5 +1,12 @@
-"""The train step: sharding, multi-process, resume, NaN handling, the optimiser wiring."""
+"""The train step: sharding, padding, multi-process, bf16, the optimiser wiring.
 
+Every distinct step compiles once (about half a minute for the tiny model on 2
+cores), so the runs are memoised and shared by the tests that check different
+properties of the same steps: the 4-device parity run serves the sharding, the
+every-collection, the bf16 and the two-process tests.
+"""
+
+import functools
 import json
 import os
 import pathlib
@@ -12,65 +19,43 @@ import jax
 import numpy as np
 from absl.testing import absltest
 
-from avjax import config_lib
-from avjax import train
+from avjax import parallel
+from avjax import steps
+from avjax import train_state
 from avjax.models import gating
+from avjax.testing import parity_config, tiny_batch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def tiny_config(num_classes=4, clips_per_class=2, windows=2, frames=4, crop=16, samples=5000):
-  c = config_lib.get_base_config()
-  c.model.pretrained = False
-  c.model.freeze_bn = False
-  c.model.video_width = 0.125
-  c.model.audio_width = 0.25
-  c.model.embed_dim = 16
-  c.model.lstm_hidden = 16
-  c.input.clips_per_class = clips_per_class
-  c.input.crop_size = crop
-  c.dataset.class_names = tuple(f"c{i}" for i in range(num_classes))
-  c.tiny = dict(windows=windows, frames=frames, samples=samples)  # test-only shapes
-  return c
-
-
-def parity_config(**kwargs):
-  """`tiny_config` for comparing two ways of running the same steps (sharding,
-  padding, processes). Adam's first update is lr g / (|g| + eps): with the
-  default eps = 1e-8 every weight moves by about +-lr whatever its gradient's
-  size, so weights whose gradient is float32 rounding noise move in opposite
-  directions in the two runs. On an AVX2-only CPU, 4 devices against 1 then
-  differed by 1.4e-3 in the step-2 loss and 3.2e-2 in its gradient norm. With
-  eps = 1 the update is smooth in g (and still lowers the loss from 16.0 to
-  13.2): 2.3e-5 and 5.1e-4 there, against 1.8e-4 and 4.5e-3 with eps = 1e-3."""
-  c = tiny_config(**kwargs)
-  c.optim.eps = 1.0
-  return c
-
-
-def tiny_batch(config, seed=0):
-  n = config.input.clips_per_class * len(config.dataset.class_names)
-  t, f, s = config.tiny.windows, config.tiny.frames, config.tiny.samples
-  rng = np.random.default_rng(seed)
-  crop = config.input.crop_size
-  return {
-      "video": rng.integers(0, 256, size=(n, t, f, crop, crop, 3), dtype=np.uint8),
-      "audio": rng.normal(scale=0.1, size=(n, t, s)).astype(np.float32),
-      "label": np.repeat(np.arange(len(config.dataset.class_names)), config.input.clips_per_class).astype(np.int32),
-      "window_valid": np.ones((n, t), np.float32),
-  }
-
-
 def run_steps(config, mesh, batches):
-  repl, data = train.shardings(mesh)
+  """(initial params, final params, per-step metrics) of `batches` from PRNGKey(0)."""
+  repl, data = parallel.shardings(mesh)
   model = gating.create_model(config.model)
-  state = train.create_train_state(config, model, batches[0], jax.random.PRNGKey(0), repl)
-  step = train.make_train_step(config, mesh)
+  state = train_state.create_train_state(config, model, batches[0], jax.random.PRNGKey(0), repl)
+  before = jax.device_get(state.params)
+  step = steps.make_train_step(config, mesh)
   metrics = []
   for b in batches:
-    state, m = step(state, train.to_global(b, data))
+    state, m = step(state, parallel.to_global(b, data))
     metrics.append({k: float(v) for k, v in m.items()})
-  return jax.device_get(state.params), metrics
+  return before, jax.device_get(state.params), metrics
+
+
+def mesh_of(devices: int):
+  return parallel.make_mesh(jax.devices()[:devices])
+
+
+@functools.cache
+def parity_run(devices: int, dtype: str = "float32", remat: bool = False):
+  """`parity_config`'s two steps on tiny_batch seeds 0 and 1 on `devices` devices."""
+  config = parity_config()
+  config.model.dtype, config.model.remat = dtype, remat
+  return run_steps(config, mesh_of(devices), [tiny_batch(config, seed) for seed in range(2)])
+
+
+def history(metrics):
+  return {k: [m[k] for m in metrics] for k in metrics[0]}
 
 
 def assert_same_training(test, a, b):
@@ -88,17 +73,12 @@ class TrainStepTest(absltest.TestCase):
 
   def test_sharded_step_matches_single_device(self):
     self.assertGreaterEqual(jax.device_count(), 4)
-    config = parity_config()
-    batches = [tiny_batch(config, seed) for seed in range(2)]
-    mesh4 = jax.sharding.Mesh(np.asarray(jax.devices()[:4]), ("data",))
-    mesh1 = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
-    p4, m4 = run_steps(config, mesh4, batches)
-    p1, m1 = run_steps(config, mesh1, batches)
+    _, _, m4 = parity_run(4)
+    _, _, m1 = parity_run(1)
     # Reductions are ordered differently across 4 shards: equal up to float32
     # rounding. The step-2 loss depends on the step-1 update, so it checks the
     # update too.
-    assert_same_training(self, {k: [m[k] for m in m4] for k in m4[0]},
-                         {k: [m[k] for m in m1] for k in m1[0]})
+    assert_same_training(self, history(m4), history(m1))
     self.assertTrue(np.isfinite(m4[1]["loss"]))
 
   def test_padded_batch_matches_unpadded(self):
@@ -106,43 +86,30 @@ class TrainStepTest(absltest.TestCase):
     config = parity_config(num_classes=3, clips_per_class=2)
     config.model.freeze_bn = True            # padding copies must not enter BN statistics
     batches = [tiny_batch(config, seed) for seed in range(2)]
-    padded = [train.pad_batch(b, 4) for b in batches]
+    padded = [parallel.pad_batch(b, 4) for b in batches]
     self.assertEqual(padded[0]["video"].shape[0], 8)
     np.testing.assert_array_equal(padded[0]["mask"], [True] * 6 + [False] * 2)
-    self.assertNotIn("mask", train.pad_batch(batches[0], 3))
-    mesh4 = jax.sharding.Mesh(np.asarray(jax.devices()[:4]), ("data",))
-    mesh1 = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
-    _, m4 = run_steps(config, mesh4, padded)
-    _, m1 = run_steps(config, mesh1, batches)
-    assert_same_training(self, {k: [m[k] for m in m4] for k in m4[0]},
-                         {k: [m[k] for m in m1] for k in m1[0]})
-    # Without the mask the copies would count: the loss differs.
-    _, unmasked = run_steps(config, mesh4, [{k: v for k, v in padded[0].items() if k != "mask"}])
-    self.assertGreater(abs(unmasked[0]["loss"] - m1[0]["loss"]), 1e-4)
+    self.assertNotIn("mask", parallel.pad_batch(batches[0], 3))
+    _, _, m4 = run_steps(config, mesh_of(4), padded)
+    _, _, m1 = run_steps(config, mesh_of(1), batches)
+    assert_same_training(self, history(m4), history(m1))
+    # Without the mask the copies would count: the loss differs. (An all-True mask is
+    # the same as no mask, and keeps the batch's structure, so the step is not
+    # compiled again.)
+    unmasked = dict(padded[0], mask=np.ones(8, bool))
+    _, _, m = run_steps(config, mesh_of(4), [unmasked])
+    self.assertGreater(abs(m[0]["loss"] - m1[0]["loss"]), 1e-4)
 
   def test_bfloat16_step_close_to_float32(self):
-    config = tiny_config()
-    batch = tiny_batch(config)
-    mesh = train.make_mesh()
-    _, m32 = run_steps(config, mesh, [batch])
-    config.model.dtype = "bfloat16"
-    config.model.remat = True
-    params, m16 = run_steps(config, mesh, [batch])
+    _, _, m32 = parity_run(4)
+    _, params, m16 = parity_run(4, "bfloat16", True)
     self.assertTrue(all(x.dtype == np.float32 for x in jax.tree.leaves(params)))
     self.assertTrue(np.isfinite(m16[0]["loss"]))
     np.testing.assert_allclose(m16[0]["loss"], m32[0]["loss"], rtol=0.05)
     np.testing.assert_allclose(m16[0]["grad_norm"], m32[0]["grad_norm"], rtol=0.2)
 
   def test_step_changes_every_trainable_collection(self):
-    config = tiny_config()
-    batch = tiny_batch(config)
-    mesh = train.make_mesh()
-    repl, data = train.shardings(mesh)
-    model = gating.create_model(config.model)
-    state = train.create_train_state(config, model, batch, jax.random.PRNGKey(0), repl)
-    before = jax.device_get(state.params)
-    state, _ = train.make_train_step(config, mesh)(state, train.to_global(batch, data))
-    after = jax.device_get(state.params)
+    before, after, _ = parity_run(4)
     changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), before, after)
     for top, sub in changed.items():
       self.assertTrue(any(jax.tree.leaves(sub)), f"parameters under {top} did not change")
@@ -157,7 +124,8 @@ def _free_port():
 class MultiProcessTest(absltest.TestCase):
 
   def test_two_processes_match_one(self):
-    """Two jax.distributed CPU processes (2 devices each) train like one process with 4."""
+    """Two jax.distributed CPU processes (2 devices each) train like one process with 4
+    (this process: conftest's 4 CPU devices, the same config and batches)."""
     out = tempfile.mkdtemp()
     worker = str(REPO / "tests" / "distributed_worker.py")
     env = dict(os.environ)
@@ -170,15 +138,10 @@ class MultiProcessTest(absltest.TestCase):
     logs = [p.communicate(timeout=600)[0] for p in procs]
     for p, log in zip(procs, logs):
       self.assertEqual(p.returncode, 0, log[-3000:])
-    single = subprocess.run([sys.executable, worker, "--num_processes=1", "--process_id=0",
-                             f"--port={port}", f"--out={out}/one"], env=env,
-                            capture_output=True, text=True, timeout=600)
-    self.assertEqual(single.returncode, 0, single.stdout[-3000:] + single.stderr[-3000:])
     with open(f"{out}/two.json") as f:
       two = json.load(f)
-    with open(f"{out}/one.json") as f:
-      one = json.load(f)
-    assert_same_training(self, two, one)
+    _, _, one = parity_run(4)
+    assert_same_training(self, two, history(one))
 
 
 if __name__ == "__main__":

@@ -44,5 +44,50 @@ class WindowsTest(absltest.TestCase):
     np.testing.assert_allclose(s.starts(3.0), [1.0])
 
 
+class CutWindowsTest(absltest.TestCase):
+  """windows.cut_windows by value: frame n holds n, audio sample m holds m + 1."""
+
+  def setUp(self):
+    super().setUp()
+    self.video = np.broadcast_to(np.arange(20, dtype=np.uint8)[:, None, None, None], (20, 2, 2, 3))
+    self.audio = np.arange(1, 241, dtype=np.float32)
+
+  def test_fixed_windows_pad_past_the_end(self):
+    spec = windows.parse_name("w4_l1_ov")   # starts 0, 0.5, 1, 1.5 s
+    out = windows.cut_windows(spec, 2.4, video=self.video, fps=8, audio=self.audio, rate=100)
+    self.assertEqual(set(out), {"video", "audio", "window_valid"})
+    self.assertEqual(out["video"].shape, (4, 8, 2, 2, 3))
+    np.testing.assert_array_equal(out["video"][:, :, 0, 0, 0],
+                                  [list(range(0, 8)), list(range(4, 12)), list(range(8, 16)),
+                                   list(range(12, 20))])
+    np.testing.assert_array_equal(out["audio"][1], np.arange(51, 151))
+    np.testing.assert_array_equal(out["audio"][3, :90], np.arange(151, 241))
+    np.testing.assert_array_equal(out["audio"][3, 90:], 0)
+    self.assertEqual(out["audio"].dtype, np.float32)
+    np.testing.assert_allclose(out["window_valid"], [1, 1, 1, 0.9], atol=1e-6)
+    out = windows.cut_windows(spec, 1.75, video=self.video[:14], fps=8)   # last frame repeated
+    self.assertEqual(set(out), {"video", "window_valid"})
+    np.testing.assert_array_equal(out["video"][3, :, 0, 0, 0], [12, 13, 13, 13, 13, 13, 13, 13])
+
+  def test_first_frame_nearest_or_at_or_after(self):
+    spec = windows.parse_name("w4_l1_ov")   # starts 0, 0.5, 1, 1.5 s; at 5 fps frames 0, 2.5, 5, 7.5
+    first = lambda mode: windows.cut_windows(spec, 4.0, video=self.video, fps=5,
+                                             first_frame=mode)["video"][:, 0, 0, 0, 0]
+    np.testing.assert_array_equal(first("nearest"), [0, 2, 5, 8])      # NumPy rounds halves to even
+    np.testing.assert_array_equal(first("at_or_after"), [0, 3, 5, 8])
+    with self.assertRaises(ValueError):
+      first("floor")
+
+  def test_audio_alone_and_missing_rates(self):
+    spec = windows.parse_name("w2_l1_no")
+    out = windows.cut_windows(spec, 2.4, audio=self.audio, rate=100)
+    self.assertEqual(set(out), {"audio", "window_valid"})
+    np.testing.assert_array_equal(out["audio"][1], np.arange(101, 201))
+    with self.assertRaises(ValueError):
+      windows.cut_windows(spec, 2.4, video=self.video)
+    with self.assertRaises(ValueError):
+      windows.cut_windows(spec, 2.4, audio=self.audio)
+
+
 if __name__ == "__main__":
   absltest.main()

@@ -1,7 +1,8 @@
 """Decoding clips into windowed records: PyAV for video, soundfile for WAVs, soxr.
 
 Legend: N frames of a whole clip, T windows, F frames per window, H = W frame
-size, S audio samples per window, M audio samples of a whole clip.
+size, S audio samples per window, M audio samples of a whole clip, Ch audio
+channels.
 
 Video is decoded with PyAV, resampled to a fixed frame rate and resized by the decoder's
 scaler (`VideoFrame.reformat`, or a `crop,scale` filter graph when a centre
@@ -18,6 +19,11 @@ longer than the container says (DESIGN.md, "Quirks"), so audio is never
 stretched or trimmed to the video's length; windows past a stream's end are
 padded (last frame repeated, audio zeros). The clip's `duration` is the video
 stream's span (first frame to the end of the last one).
+
+`decode` is the one decoder of containers: both streams, or video alone
+(`with_audio=False`, optionally cropped to a `box`: avjax.predict), or audio
+alone (`with_video=False`). Windows are cut by `windows.cut_windows` (through
+`cut_windows` here).
 
 Audio-only records (`decode_audio`, `make_record(..., with_video=False)`) read
 a WAV alone (RAVDESS's modality-03 files, CREMA-D's AudioWAV) and are cut by
@@ -117,11 +123,11 @@ class DecodeOptions:
 @dataclasses.dataclass
 class Clip:
   """A decoded clip before windowing."""
-  video: np.ndarray | None   # [N, H, W, 3] uint8, frame n at n / fps
-  audio: np.ndarray          # [M] float32, sample m at m / audio_rate
+  video: np.ndarray | None   # [N, H, W, 3] uint8, frame n at n / fps (None: audio alone)
+  audio: np.ndarray | None   # [M] float32, sample m at m / audio_rate (None: video alone)
   duration: float            # seconds (video span; audio length when there is no video)
   video_duration: float | None
-  audio_duration: float
+  audio_duration: float | None
 
 
 # ----------------------------------------------------------------------------- opening
@@ -252,21 +258,33 @@ def _frame_period(stream, times: list[float]) -> float:
 
 
 def _to_float_mono(frame: av.AudioFrame, resampler: av.AudioResampler) -> np.ndarray:
-  chunks = [f.to_ndarray() for f in resampler.resample(frame)]  # [C, n] float32 (fltp)
+  chunks = [f.to_ndarray() for f in resampler.resample(frame)]  # [Ch, n] float32 (fltp)
   if not chunks:
     return np.zeros(0, np.float32)
   return np.concatenate(chunks, axis=1).mean(axis=0, dtype=np.float32)
 
 
 def decode(src: Source, *, audio_path: str | os.PathLike | None = None,
-           options: DecodeOptions = DecodeOptions(), with_video: bool = True) -> Clip:
+           options: DecodeOptions = DecodeOptions(), with_video: bool = True,
+           with_audio: bool = True, box: tuple[int, int, int, int] | None = None) -> Clip:
   """Decodes a clip: video at options.fps and frame size, mono audio at options.audio_rate.
 
+  The one decoder of containers. `with_video=False`: audio alone (`video` and
+  `video_duration` None; the clip's duration is the audio's). `with_audio=False`:
+  video alone (`audio` and `audio_duration` None; no audio stream needed).
   With `audio_path` the audio comes from that WAV (CREMA-D's AudioWAV) and the
   container's own audio is ignored; otherwise from the container's first audio
-  stream. Raises MediaError for files that cannot be opened or decoded, have no
-  audio stream, no video frames, or zero duration.
+  stream. `box` (x, y, w, h in source pixels) is cropped before resizing
+  instead of `options.center_crop` (avjax.predict's --face_crop). Raises
+  MediaError for files that cannot be opened or decoded, lack a wanted stream,
+  have no audio (when wanted), no video frames (when wanted), or zero duration.
   """
+  if not (with_video or with_audio):
+    raise ValueError("decode: with_video and with_audio are both False")
+  if audio_path is not None and not with_audio:
+    raise ValueError("decode: audio_path given with with_audio=False")
+  if box is not None and not with_video:
+    raise ValueError("decode: box given with with_video=False")
   container = _open(src)
   try:
     vstream = None
@@ -277,14 +295,14 @@ def decode(src: Source, *, audio_path: str | os.PathLike | None = None,
       vstream.thread_type = "AUTO" if options.decoder_threads != 1 else "SLICE"
       vstream.codec_context.thread_count = options.decoder_threads
     astream = None
-    if audio_path is None:
+    if with_audio and audio_path is None:
       if not container.streams.audio:
         raise MediaError(src, "no audio stream")
       astream = container.streams.audio[0]
     if container.duration is not None and container.duration == 0:
       raise MediaError(src, "zero duration (the container says 0 s)")
 
-    resizer = _Resizer(options.frame_size, options.center_crop, options.interpolation)
+    resizer = _Resizer(options.frame_size, options.center_crop, options.interpolation, box)
     rate = (vstream.average_rate or vstream.guessed_rate) if vstream is not None else None
     sampler = _FpsSampler(options.fps, lambda f: resizer(f, vstream),
                           nominal_period=float(1 / rate) if rate else 1 / options.fps)
@@ -318,66 +336,30 @@ def decode(src: Source, *, audio_path: str | os.PathLike | None = None,
       raise MediaError(src, f"zero duration (all {sampler.count} frames have the same timestamp)")
     video = np.stack(sampler.frames)  # [N, H, W, 3]
 
-  if audio_path is not None:
-    audio, native_rate = read_wav(audio_path)
-  else:
-    if not audio_chunks or native_rate is None:
-      raise MediaError(src, "no audio (the audio stream has no decodable frames)")
-    audio = np.concatenate(audio_chunks)
-  if audio.size == 0:
-    raise MediaError(audio_path or src, "no audio samples")
-  if not np.any(audio):
-    raise MediaError(audio_path or src, f"no audio (all {audio.size} samples are 0)")
-  audio_duration = audio.size / native_rate
-  audio = resample(audio, native_rate, options.audio_rate)
+  audio = audio_duration = None
+  if with_audio:
+    if audio_path is not None:
+      audio, native_rate = read_wav(audio_path)
+    else:
+      if not audio_chunks or native_rate is None:
+        raise MediaError(src, "no audio (the audio stream has no decodable frames)")
+      audio = np.concatenate(audio_chunks)
+    if audio.size == 0:
+      raise MediaError(audio_path or src, "no audio samples")
+    if not np.any(audio):
+      raise MediaError(audio_path or src, f"no audio (all {audio.size} samples are 0)")
+    audio_duration = float(audio.size / native_rate)
+    audio = resample(audio, native_rate, options.audio_rate)
 
   duration = video_duration if with_video else audio_duration
   if duration <= 0:
     raise MediaError(src, "zero duration")
-  if (with_video and options.max_av_mismatch is not None
+  if (with_video and with_audio and options.max_av_mismatch is not None
       and abs(video_duration - audio_duration) > options.max_av_mismatch):
     raise MediaError(src, f"video lasts {video_duration:.2f} s but audio {audio_duration:.2f} s "
                           f"(differ by more than {options.max_av_mismatch:g} s)")
   return Clip(video=video, audio=audio, duration=float(duration),
-              video_duration=video_duration, audio_duration=float(audio_duration))
-
-
-def decode_video(src: Source, *, options: DecodeOptions = DecodeOptions(),
-                 box: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, float]:
-  """Video alone, decoded exactly as `decode` decodes it: ([N, H, W, 3] uint8, duration s).
-
-  `box` (x, y, w, h in source pixels) is cropped before resizing instead of
-  `options.center_crop` (avjax.predict's --face_crop). Raises MediaError.
-  """
-  container = _open(src)
-  try:
-    if not container.streams.video:
-      raise MediaError(src, "no video stream")
-    vstream = container.streams.video[0]
-    vstream.thread_type = "AUTO" if options.decoder_threads != 1 else "SLICE"
-    vstream.codec_context.thread_count = options.decoder_threads
-    resizer = _Resizer(options.frame_size, options.center_crop, options.interpolation, box)
-    rate = vstream.average_rate or vstream.guessed_rate
-    sampler = _FpsSampler(options.fps, lambda f: resizer(f, vstream),
-                          nominal_period=float(1 / rate) if rate else 1 / options.fps)
-    times: list[float] = []
-    try:
-      for packet in container.demux(vstream):
-        for frame in packet.decode():
-          t = _stream_time(frame, vstream)
-          if t is not None:
-            times.append(t)
-          sampler.add(frame, t)
-    except av.FFmpegError as e:
-      raise MediaError(src, f"cannot decode: {e}") from None
-  finally:
-    container.close()
-  if sampler.count == 0:
-    raise MediaError(src, "no video frames")
-  duration = sampler.finish(_frame_period(vstream, times))
-  if duration <= 0:
-    raise MediaError(src, "zero duration")
-  return np.stack(sampler.frames), float(duration)
+              video_duration=video_duration, audio_duration=audio_duration)
 
 
 # ----------------------------------------------------------------------------- audio
@@ -394,7 +376,7 @@ def read_wav(path: Source) -> tuple[np.ndarray, int]:
     if isinstance(path, ZipMember):
       data, rate = soundfile.read(io.BytesIO(path.read()), dtype="float32", always_2d=True)
     else:
-      data, rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)  # [M, C]
+      data, rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)  # [M, Ch]
   except FileNotFoundError:
     raise MediaError(path, "file not found") from None
   except KeyError as e:  # a name missing from the zip
@@ -440,25 +422,11 @@ def resample(audio: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
 
 
 def cut_windows(clip: Clip, spec: windows_lib.WindowSpec, options: DecodeOptions) -> dict[str, np.ndarray]:
-  """Cuts a decoded clip into T windows of spec.length seconds.
-
-  Window k starts at spec.starts(duration)[k]; video frame j of it is frame
-  round(start * fps) + j (the last frame when past the end), audio sample i is
-  sample round(start * rate) + i (zero past the end).
-  """
-  starts = spec.starts(clip.duration)   # [T]
-  out: dict[str, np.ndarray] = {}
-  if clip.video is not None:
-    f = options.frames_per_window(spec.length)
-    first = np.round(starts * options.fps).astype(np.int64)               # [T]
-    idx = np.minimum(first[:, None] + np.arange(f)[None], len(clip.video) - 1)  # [T, F]
-    out["video"] = clip.video[idx]                                        # [T, F, H, W, 3]
-  s = options.samples_per_window(spec.length)
-  first = np.round(starts * options.audio_rate).astype(np.int64)
-  idx = first[:, None] + np.arange(s)[None]                               # [T, S]
-  inside = idx < len(clip.audio)
-  out["audio"] = np.where(inside, clip.audio[np.minimum(idx, len(clip.audio) - 1)], 0.0).astype(np.float32)
-  out["window_valid"] = spec.valid_fraction(clip.duration)
+  """A decoded clip's windows (`windows.cut_windows` at options.fps and
+  options.audio_rate; the video frame nearest each window's start) and its
+  'duration'. 'video' only when the clip has video, 'audio' only when it has audio."""
+  out = windows_lib.cut_windows(spec, clip.duration, video=clip.video, fps=options.fps,
+                                audio=clip.audio, rate=options.audio_rate)
   out["duration"] = np.float32(clip.duration)
   return out
 

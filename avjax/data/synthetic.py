@@ -165,20 +165,8 @@ def cut_windows(frames: np.ndarray | None, fps: float, audio: np.ndarray, rate: 
   (when frames are given), 'audio' [T, S] zero-padded past the clip's end and
   'window_valid' [T] (`spec.valid_fraction`).
   """
-  starts = spec.starts(duration)                                     # [T]
-  num_f = int(round(spec.length * fps))
-  num_s = int(round(spec.length * rate))
-  out = {}
-  if frames is not None:
-    first = np.ceil(starts * fps - 1e-6).astype(np.int64)           # frame at or after the start
-    idx = np.minimum(first[:, None] + np.arange(num_f)[None, :], len(frames) - 1)  # [T, F]
-    out["video"] = frames[idx]                                       # [T, F, H, W, 3]
-  first_s = np.round(starts * rate).astype(np.int64)
-  idx = first_s[:, None] + np.arange(num_s)[None, :]                 # [T, S]
-  inside = idx < len(audio)
-  out["audio"] = np.where(inside, audio[np.minimum(idx, len(audio) - 1)], 0.0).astype(np.float32)
-  out["window_valid"] = spec.valid_fraction(duration)
-  return out
+  return windows.cut_windows(spec, duration, video=frames, fps=fps, audio=audio, rate=rate,
+                             first_frame="at_or_after")
 
 
 def generate_clip(label: int, actor: int, rep: int, spec: windows.WindowSpec, *, seed: int = 0,

@@ -10,6 +10,9 @@ A clip is cut into `T` windows of `L` seconds. Two modes:
   hop = (duration - L) / (T - 1), so nothing is padded when the clip lasts at
   least L seconds.
 
+`cut_windows` is the one cutter of a clip's frames and samples into windows
+(`media.cut_windows` for decoded clips, `synthetic` for generated ones).
+
 Builder-config names encode a windowing: ``w{T}_l{L}_{ov|no}[_fit]``, e.g.
 ``w8_l1_ov`` is 8 windows of 1 s with 0.5 s overlap, fixed hop.
 """
@@ -74,6 +77,52 @@ class WindowSpec:
     starts = self.starts(duration)
     inside = np.clip(duration - starts, 0.0, self.length) / self.length
     return inside.astype(np.float32)
+
+
+_FIRST_FRAME = ("nearest", "at_or_after")
+
+
+def cut_windows(spec: WindowSpec, duration: float, *,
+                video: np.ndarray | None = None, fps: float | None = None,
+                audio: np.ndarray | None = None, rate: int | None = None,
+                first_frame: str = "nearest") -> dict[str, np.ndarray]:
+  """Cuts a clip of `duration` seconds into `spec`'s T windows of L seconds.
+
+  Window k starts at s_k = spec.starts(duration)[k]. Its video frame j is frame
+  f_k + j of `video` [N, H, W, 3] (frame n at n / fps; the last frame when past
+  the end), with f_k = round(s_k * fps) (`first_frame="nearest"`, NumPy's
+  rounding, halves to even: the decoded data sets) or the frame at or after
+  the start, ceil(s_k * fps - 1e-6) (`"at_or_after"`: the synthetic set). Its
+  audio sample i is sample round(s_k * rate) + i of `audio` [M] (zero past the
+  end). F = round(L * fps), S = round(L * rate).
+
+  Returns 'video' [T, F, H, W, 3] (when `video` is given), 'audio' [T, S]
+  float32 (when `audio` is given) and 'window_valid' [T] (`spec.valid_fraction`).
+  """
+  if first_frame not in _FIRST_FRAME:
+    raise ValueError(f"first_frame must be one of {_FIRST_FRAME}, got {first_frame!r}")
+  starts = spec.starts(duration)                                          # [T]
+  out: dict[str, np.ndarray] = {}
+  if video is not None:
+    if fps is None:
+      raise ValueError("cut_windows: video given without fps")
+    num_f = int(round(spec.length * fps))
+    if first_frame == "nearest":
+      first = np.round(starts * fps).astype(np.int64)                     # [T]
+    else:
+      first = np.ceil(starts * fps - 1e-6).astype(np.int64)
+    idx = np.minimum(first[:, None] + np.arange(num_f)[None], len(video) - 1)  # [T, F]
+    out["video"] = video[idx]                                             # [T, F, H, W, 3]
+  if audio is not None:
+    if rate is None:
+      raise ValueError("cut_windows: audio given without rate")
+    num_s = int(round(spec.length * rate))
+    first = np.round(starts * rate).astype(np.int64)                      # [T]
+    idx = first[:, None] + np.arange(num_s)[None]                         # [T, S]
+    inside = idx < len(audio)
+    out["audio"] = np.where(inside, audio[np.minimum(idx, len(audio) - 1)], 0.0).astype(np.float32)
+  out["window_valid"] = spec.valid_fraction(duration)
+  return out
 
 
 def parse_name(name: str) -> WindowSpec:

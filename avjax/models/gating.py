@@ -44,11 +44,10 @@ import jax.numpy as jnp
 import numpy as np
 from clu import parameter_overview
 
+from avjax import config_lib
 from avjax.models import i3d
 from avjax.models import soundnet
 
-VARIANTS = ("gating", "lstm", "global")
-MODALITIES = ("av", "audio", "video")
 # Top-level modules holding the pretrained encoders, and the heads inside them that
 # project to D (new, or re-purposed Kinetics logits); used for per-group learning rates.
 TRUNK_MODULES = ("video_encoder", "audio_encoder")
@@ -111,7 +110,7 @@ class AVModel(nn.Module):
   @nn.compact
   def __call__(self, video: jax.Array | None, audio: jax.Array | None, *,
                train: bool) -> dict[str, jax.Array]:
-    _check_choice(self.variant, self.modalities, "AVModel")
+    config_lib.check_model_choice(self.variant, self.modalities, "AVModel")
     outputs: dict[str, jax.Array] = {}
     bt = None
     if self.uses_video:
@@ -146,30 +145,40 @@ class AVModel(nn.Module):
     return outputs
 
 
-def _check_choice(variant: str, modalities: str, where: str) -> None:
-  if variant not in VARIANTS:
-    raise ValueError(f"{where}.variant: {variant!r} is not one of {VARIANTS}")
-  if modalities not in MODALITIES:
-    raise ValueError(f"{where}.modalities: {modalities!r} is not one of {MODALITIES}")
-  if variant == "gating" and modalities != "av":
-    raise ValueError(f"{where}.modalities: the 'gating' variant needs both modalities ('av'), "
-                     f"got {modalities!r}; use 'lstm' or 'global' for one modality")
-
-
 def create_model(model_config: Any) -> AVModel:
-  """AVModel from `config.model` (see avjax/config_lib.py for the fields)."""
-  get = model_config.get
-  dtype_name = get("dtype", "float32")
-  if dtype_name not in _DTYPES:
-    raise ValueError(f"config.model.dtype: {dtype_name!r} is not one of {tuple(_DTYPES)}")
-  model = AVModel(
-      variant=get("variant", "gating"), modalities=get("modalities", "av"),
-      embed_dim=int(get("embed_dim", 400)), lstm_hidden=int(get("lstm_hidden", 400)),
-      video_width=float(get("video_width", 1.0)), audio_width=float(get("audio_width", 1.0)),
-      freeze_bn=bool(get("freeze_bn", True)), dtype=_DTYPES[dtype_name],
-      remat=bool(get("remat", False)))
-  _check_choice(model.variant, model.modalities, "config.model")
-  return model
+  """AVModel from a complete `config.model` (`config_lib.complete` fills a partial one)."""
+  m = model_config
+  if m.dtype not in _DTYPES:
+    raise ValueError(f"config.model.dtype: {m.dtype!r} is not one of {tuple(_DTYPES)}")
+  config_lib.check_model_choice(m.variant, m.modalities, "config.model")
+  return AVModel(
+      variant=m.variant, modalities=m.modalities, embed_dim=int(m.embed_dim),
+      lstm_hidden=int(m.lstm_hidden), video_width=float(m.video_width),
+      audio_width=float(m.audio_width), freeze_bn=bool(m.freeze_bn), dtype=_DTYPES[m.dtype],
+      remat=bool(m.remat))
+
+
+def model_inputs(batch: Mapping[str, Any], modalities: str) -> tuple[Any, Any]:
+  """(video, audio) of a batch for a model of `modalities` (None for the one unused)."""
+  video = batch.get("video") if modalities in ("av", "video") else None
+  audio = batch.get("audio") if modalities in ("av", "audio") else None
+  return video, audio
+
+
+def gate_embeddings(apply_fn, variables: Mapping[str, Any], batch: Mapping[str, Any],
+                    modalities: str) -> dict[str, jax.Array]:
+  """The inference forward pass (BN running statistics, no dropout): the gate
+  embeddings {'audio_gate' / 'video_gate': [B, T, G]} of `batch`. Evaluation and
+  `avjax.predict` both jit this."""
+  video, audio = model_inputs(batch, modalities)
+  outputs = apply_fn(dict(variables), video, audio, train=False)
+  return {k: v for k, v in outputs.items() if k.endswith("_gate")}
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_init(model: AVModel):
+  """model.init jitted once per model (flax modules are hashable dataclasses)."""
+  return jax.jit(functools.partial(model.init, train=False))
 
 
 def _dummy(spec: Any, dtype: Any, rank: int, what: str) -> np.ndarray | None:
@@ -200,7 +209,7 @@ def init_variables(model: AVModel, rng: jax.Array, video: Any = None, audio: Any
   # CPU (7 s instead of 17 s for the demo model); it only changes which random
   # numbers the initial weights get.
   with jax.threefry_partitionable(False):
-    variables = jax.jit(functools.partial(model.init, train=False))(rng, video, audio)
+    variables = _jitted_init(model)(rng, video, audio)
   variables = jax.tree_util.tree_map(lambda x: x, dict(variables))  # plain nested dicts
   if pretrained:
     loaders = {"video_encoder": i3d.load_pretrained, "audio_encoder": soundnet.load_pretrained}

@@ -14,7 +14,7 @@ Two heads share the ``Logits/Conv3d_0c_1x1`` 1x1x1 convolution (1024 -> D, bias)
 * ``logits_pool='kinetics'`` (the original, for 224x224 inputs): 2x7x7 average pool
   (VALID, stride 1) -> head -> mean over the remaining time steps -> [N, 400].
 
-Shapes: N clips (B*T windows in the gating model), F frames, H x W pixels, C
+Shapes: N clips (B*T windows in the gating model), F frames, H x W pixels, Ch
 channels, D embedding size. Input [N, F, H, W, 3], uint8 or float in [0, 255]
 (scaled to [-1, 1] inside).
 """
@@ -25,6 +25,7 @@ import logging
 from typing import Any, Sequence
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,7 +102,7 @@ class Unit3D(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:  # [N, F, H, W, C]
+  def __call__(self, x: jax.Array) -> jax.Array:  # [N, F, H, W, Ch]
     x = nn.Conv(self.features, tuple(self.kernel_shape), strides=tuple(self.strides),
                 padding="SAME", use_bias=self.use_bias, dtype=self.dtype,
                 param_dtype=jnp.float32, name="Conv_0")(x)
@@ -138,7 +139,7 @@ class InceptionBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:  # [N, F, H, W, C]
+  def __call__(self, x: jax.Array) -> jax.Array:  # [N, F, H, W, Ch]
     c = self.channels
     kw = dict(use_running_average=self.use_running_average, dtype=self.dtype)
     one, three = (1, 1, 1), (3, 3, 3)
@@ -157,7 +158,7 @@ class LogitsHead(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:  # [N, F, H, W, C] -> [N, F, H, W, D]
+  def __call__(self, x: jax.Array) -> jax.Array:  # [N, F, H, W, Ch] -> [N, F, H, W, D]
     return Unit3D(self.features, use_batch_norm=False, use_bias=True, activation=False,
                   dtype=self.dtype, name="Conv3d_0c_1x1")(x)
 
@@ -215,7 +216,7 @@ class I3D(nn.Module):
 
     head = LogitsHead(self.embed_dim, dtype=self.dtype, name="Logits")
     if self.logits_pool == "global":
-      pooled = jnp.mean(net.astype(jnp.float32), axis=(1, 2, 3), keepdims=True)  # [N, 1, 1, 1, C]
+      pooled = jnp.mean(net.astype(jnp.float32), axis=(1, 2, 3), keepdims=True)  # [N, 1, 1, 1, Ch]
       logits = head(pooled.astype(self.dtype)).reshape(net.shape[0], self.embed_dim)  # [N, D]
     else:
       if net.shape[2] < 7 or net.shape[3] < 7 or net.shape[1] < 2:
@@ -233,17 +234,6 @@ class I3D(nn.Module):
 # --------------------------------------------------------------------------- pretrained weights
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    path = f"{prefix}{key}"
-    if isinstance(value, dict) or hasattr(value, "items"):
-      out.update(_flatten(value, path + "/"))
-    else:
-      out[path] = value
-  return out
-
-
 def merge_pretrained(variables: dict, pretrained: dict[str, np.ndarray], *,
                      fresh: Sequence[str] = (), what: str = "model") -> dict:
   """Copies `pretrained` (flat 'collection/a/b/leaf' -> array) into `variables`.
@@ -253,7 +243,7 @@ def merge_pretrained(variables: dict, pretrained: dict[str, np.ndarray], *,
   initialised). Pretrained arrays the model does not use are logged, not an
   error (e.g. the layers after an earlier `final_endpoint`). Returns a new tree.
   """
-  flat = _flatten(variables)
+  flat = traverse_util.flatten_dict(variables, sep="/")
   merged, missing, mismatched = {}, [], []
   for name, value in flat.items():
     if any(name.startswith(f) for f in fresh):
@@ -284,7 +274,7 @@ def merge_pretrained(variables: dict, pretrained: dict[str, np.ndarray], *,
 
 
 def kinetics_variables() -> dict[str, np.ndarray]:
-  """The Kinetics-400 checkpoint, flat, with BN statistics reshaped to (C,)."""
+  """The Kinetics-400 checkpoint, flat, with BN statistics reshaped to (Ch,)."""
   flat = weights.i3d_kinetics400()
   return {k: (v.reshape(v.shape[-1]) if k.startswith("batch_stats/") else v) for k, v in flat.items()}
 

@@ -28,7 +28,7 @@ gradient. A 1 s window (22050 samples) gives 2 conv7 steps; the shortest input i
 4574 samples (about 0.21 s).
 
 Shapes: N clips (B*T windows in the gating model), S audio samples at 22050 Hz,
-L time steps, C channels, D embedding size. Input [N, S] float in [-1, 1], scaled
+L time steps, Ch channels, D embedding size. Input [N, S] float in [-1, 1], scaled
 x256 inside as SoundNet expects.
 """
 
@@ -95,7 +95,7 @@ class ConvBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:  # [N, L, C]
+  def __call__(self, x: jax.Array) -> jax.Array:  # [N, L, Ch]
     x = nn.Conv(self.features, (self.kernel,), strides=(self.stride,),
                 padding=((self.padding, self.padding),), dtype=self.dtype,
                 param_dtype=jnp.float32, name="Conv_0")(x)
@@ -113,7 +113,7 @@ class SoundNet8(nn.Module):
 
   Attributes:
     embed_dim: D, outputs of the 'Embedding' dense layer.
-    final_endpoint: 'conv1' ... 'conv7' (embeddings = that feature map [N, L, C]) or
+    final_endpoint: 'conv1' ... 'conv7' (embeddings = that feature map [N, L, Ch]) or
       'Embedding' ([N, D]).
     width: channel multiplier (1.0 for the pretrained weights).
     freeze_bn: BatchNorm uses its stored statistics even when `train` is True.
@@ -141,10 +141,10 @@ class SoundNet8(nn.Module):
     for name, channels, kernel, stride, pad, pool in LAYERS:
       net = ConvBlock(i3d.scaled_channels(channels, self.width), kernel, stride, pad, pool,
                       use_running_average=use_running_average, dtype=self.dtype, name=name)(net)
-      endpoints[name] = net  # [N, L, C]
+      endpoints[name] = net  # [N, L, Ch]
       if name == self.final_endpoint:
         return net, endpoints
-    pooled = jnp.mean(net.astype(jnp.float32), axis=1)  # [N, C]
+    pooled = jnp.mean(net.astype(jnp.float32), axis=1)  # [N, Ch]
     emb = nn.Dense(self.embed_dim, dtype=self.dtype, param_dtype=jnp.float32,
                    name="Embedding")(pooled.astype(self.dtype))  # [N, D]
     endpoints["Embedding"] = emb

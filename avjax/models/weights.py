@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.lib.format as npy_format
+from flax import traverse_util
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,30 +101,18 @@ def load_npy_object(fileobj: BinaryIO) -> Any:
   return obj
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+def flatten(tree: dict) -> dict[str, np.ndarray]:
   """{'a': {'b': x}} -> {'a/b': x}; leaves must be arrays."""
-  out = {}
-  for key, value in tree.items():
-    path = f"{prefix}{key}"
-    if isinstance(value, dict):
-      out.update(flatten(value, path + "/"))
-    else:
-      if not isinstance(value, np.ndarray):
-        raise TypeError(f"{path}: expected a numpy array, got {type(value).__name__}")
-      out[path] = value
-  return out
+  flat = traverse_util.flatten_dict(tree, sep="/")
+  for path, value in flat.items():
+    if not isinstance(value, np.ndarray):
+      raise TypeError(f"{path}: expected a numpy array, got {type(value).__name__}")
+  return flat
 
 
 def unflatten(flat: dict[str, np.ndarray]) -> dict:
   """{'a/b': x} -> {'a': {'b': x}}."""
-  tree: dict = {}
-  for path, value in flat.items():
-    node = tree
-    *parents, leaf = path.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
+  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def cache_dir() -> pathlib.Path:

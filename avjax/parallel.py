@@ -1,0 +1,82 @@
+"""Mesh, shardings and global arrays: the data-parallel layout of every jitted step.
+
+Legend: B batch (global), b host slice of it, P processes (hosts).
+
+One `Mesh` with a `data` axis over all devices (all hosts). Batches are global
+arrays sharded on `data`; train state and model variables are replicated. A
+batch that does not divide the device count (CREMA-D's 30 clips on 4 devices)
+is padded with masked copies of its first clip (`pad_batch`); the loss, its
+gradients, the metrics and evaluation ignore them (BatchNorm batch statistics
+would see them: padding a training batch needs model.freeze_bn=True,
+`check_padding`).
+
+Needs only jax and numpy: the train step and the models run without the data
+stack (tensorflow-datasets, grain, PyAV, soxr).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+# Batch entries that go to the device (the rest, e.g. 'actor', stay on the host).
+DEVICE_KEYS = ("video", "audio", "label", "window_valid", "mask")
+# The batch's augmentation draws (not batch-major: replicated, never padded).
+AUG_KEY = "aug"
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh named `data` over `devices` (default: every device of every host)."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), ("data",))
+
+
+def shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
+  """(replicated, sharded on `data` along the leading axis)."""
+  return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+
+def to_global(batch: dict, data_sharding: NamedSharding) -> dict:
+  """Host-local numpy batch -> global jax arrays sharded on `data` (multi-host safe).
+  Only `DEVICE_KEYS` are transferred, plus `batch['aug']` (the same on every host)
+  replicated."""
+  out = {k: jax.make_array_from_process_local_data(data_sharding, np.asarray(v))
+         for k, v in batch.items() if k in DEVICE_KEYS}
+  if AUG_KEY in batch:
+    out[AUG_KEY] = replicate(batch[AUG_KEY], NamedSharding(data_sharding.mesh, P()))
+  return out
+
+
+def replicate(tree, replicated: NamedSharding):
+  """Host values (numpy, scalars) -> global arrays replicated on every device."""
+  def put(v):
+    v = np.asarray(v)
+    return jax.make_array_from_callback(v.shape, replicated, lambda idx: v[idx])
+  return jax.tree.map(put, tree)
+
+
+def pad_batch(batch: dict, multiple: int) -> dict:
+  """Pads a host batch (every array but 'aug' batch-major) with copies of its first clip up
+  to a multiple of `multiple` rows, and sets 'mask' [B'] bool (False on padding,
+  and wherever the batch's own 'mask' was False). Unchanged, without a 'mask'
+  key, when no padding is needed."""
+  b = len(next(v for k, v in batch.items() if k != AUG_KEY))
+  pad = -b % int(multiple)
+  if not pad:
+    return batch
+  out = {k: v if k == AUG_KEY else np.concatenate([np.asarray(v), np.repeat(np.asarray(v)[:1], pad, axis=0)])
+         for k, v in batch.items()}
+  mask = np.asarray(batch.get("mask", np.ones(b, bool)), bool)
+  out["mask"] = np.concatenate([mask, np.zeros(pad, bool)])
+  return out
+
+
+def check_padding(freeze_bn: bool, batch_size: int) -> None:
+  """Padding a training batch of `batch_size` for this host's devices needs frozen BatchNorm."""
+  local = batch_size // jax.process_count()
+  if local % jax.local_device_count() and not freeze_bn:
+    raise ValueError(
+        f"the training batch ({batch_size} = clips_per_class x classes, {local} per host) is padded "
+        f"to a multiple of the {jax.local_device_count()} local devices, but "
+        "config.model.freeze_bn=False: BatchNorm batch statistics would include the padding. "
+        "Set model.freeze_bn=True, or change clips_per_class or the device count.")

@@ -1,0 +1,146 @@
+"""The jitted steps of training: `train_step` (pure) and its sharded, jitted forms.
+
+Legend: B batch (global), T windows, F frames, X crop size, S audio samples.
+
+Needs jax, flax, optax and the models only, not the data stack (tensorflow-datasets,
+grain, PyAV, soxr): the device check runs it on machines without those.
+
+Each jitted step is built once per process for a (step fields, mesh) pair
+(`_step_key`): every fold of a run, and every test using the same shapes, reuses
+one compilation.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from avjax import augment
+from avjax import losses
+from avjax import parallel
+from avjax.models import gating
+from avjax.train_state import TrainState
+
+LOSS_KEYS = ("loss", "mse", "triplet", "active_triplets", "no_triplet_anchors")
+METRIC_KEYS = LOSS_KEYS + ("grad_norm", "nonfinite")
+# Traces per jitted function (a traced body runs once per compilation): the tests
+# check that folds, validation and evaluation do not compile again.
+TRACES: collections.Counter = collections.Counter()
+
+
+def train_step(state: TrainState, batch: dict, aug: dict | None = None, *,
+               config: ml_collections.ConfigDict):
+  """One optimisation step on a global batch. Returns (state, metric outputs).
+
+  `aug` (the batch's audio draws: speed [], semitones [], noise [T, S]) augments
+  the raw audio in-graph first (`augment.augment_audio`); None leaves it as is.
+  Reads `config.model.modalities`, `config.model.variant`, `config.loss` and
+  `config.input.pitch_shift_semitones` only (`_step_key`: the jitted step is shared
+  by configs that agree on them)."""
+  TRACES["train_step"] += 1
+  if aug is not None and "audio" in batch:
+    batch = dict(batch, audio=augment.augment_audio(
+        batch["audio"], aug["speed"], aug["semitones"], aug["noise"],
+        max_semitones=float(config.input.pitch_shift_semitones)))
+  video, audio = gating.model_inputs(batch, config.model.modalities)
+
+  mask = batch.get("mask")                                # [B] bool, False on padding
+
+  def loss_fn(params):
+    outputs, new_model_state = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, video, audio, train=True,
+        mutable=["batch_stats"])
+    loss, metrics = losses.compute_loss(
+        outputs, batch["label"], config.loss, config.model.variant, config.model.modalities,
+        mask=mask)
+    return loss, (metrics, new_model_state)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (loss, (metrics, new_model_state)), grads = grad_fn(state.params)
+  new_state = state.apply_gradients(grads=grads, batch_stats=new_model_state.get("batch_stats", {}))
+  metrics = {k: jnp.asarray(metrics.get(k, 0.0), jnp.float32) for k in LOSS_KEYS}
+  metrics["loss"] = loss
+  metrics["grad_norm"] = optax.global_norm(grads)
+  # 1.0 when this step's loss or gradients are not finite. (The loss alone is not
+  # enough: XLA's max, and so relu, can turn NaN activations into finite values
+  # while the gradients are NaN.)
+  metrics["nonfinite"] = 1.0 - jnp.isfinite(loss + metrics["grad_norm"]).astype(jnp.float32)
+  return new_state, metrics
+
+
+def _step_key(config) -> str:
+  """The config fields a jitted step depends on (besides the state's model and optimiser,
+  which are part of the state's tree structure and so of jit's own cache key)."""
+  return json.dumps({"model": {k: config.model[k] for k in ("variant", "modalities")},
+                     "loss": config.loss.to_dict(),
+                     "input": {k: config.input[k] for k in ("crop_size", "pitch_shift_semitones")}},
+                    sort_keys=True, default=str)
+
+
+_STEPS: dict[tuple, Callable] = {}
+
+
+def jitted_train_step(config, mesh: Mesh, donate: bool = True) -> Callable:
+  """`train_step` jitted as (state, batch, aug) with explicit shardings: state and aug
+  replicated, the batch sharded on `data`; the state donated unless `donate=False`.
+  Built once per (step fields, mesh, donate)."""
+  key = ("host", _step_key(config), mesh, donate)
+  if key not in _STEPS:
+    repl, data = parallel.shardings(mesh)
+    _STEPS[key] = jax.jit(functools.partial(train_step, config=config),
+                          donate_argnums=(0,) if donate else (),
+                          in_shardings=(repl, data, repl), out_shardings=(repl, repl))
+  return _STEPS[key]
+
+
+def make_train_step(config, mesh: Mesh) -> Callable:
+  """(state, global batch) -> (state, metrics): `jitted_train_step` with the batch's
+  'aug' entry (if any) passed as its own replicated argument. Every fold of a run
+  reuses one compilation."""
+  jitted = jitted_train_step(config, mesh)
+
+  def run(state, batch):
+    batch = dict(batch)
+    aug = batch.pop(parallel.AUG_KEY, None)
+    return jitted(state, batch, aug)
+
+  return run
+
+
+def make_device_train_step(config, mesh: Mesh, dataset) -> Callable:
+  """(state, step inputs) -> (state, metrics) for `config.input.cache_on_device`: gathers
+  and augments the batch in-graph (`augment.augment_in_graph`), then `train_step`.
+  The dataset arrays are arguments of the jitted function (not constants), bound here;
+  the jitted function is built once per (step fields, mesh, padded or not)."""
+  repl, data = parallel.shardings(mesh)
+  crop_size, max_semitones = dataset.crop_size, dataset.max_semitones
+
+  def step(state, arrays, inputs):
+    batch = augment.augment_in_graph(arrays, inputs, crop_size=crop_size,
+                                         max_semitones=max_semitones)
+    batch = {k: jax.lax.with_sharding_constraint(v, data) for k, v in batch.items()}
+    return train_step(state, batch, config=config)
+
+  input_shardings = {"index": data, "mask": data, "crop": repl, "flip": repl, "speed": repl,
+                     "semitones": repl, "noise": repl}
+
+  def jitted(has_mask: bool):
+    key = ("device", _step_key(config), mesh, has_mask)
+    if key not in _STEPS:
+      shard = {k: v for k, v in input_shardings.items() if has_mask or k != "mask"}
+      _STEPS[key] = jax.jit(step, donate_argnums=(0,), in_shardings=(repl, repl, shard),
+                            out_shardings=(repl, repl))
+    return _STEPS[key]
+
+  def run(state, inputs):
+    return jitted("mask" in inputs)(state, dataset.arrays, inputs)
+
+  return run

@@ -1,0 +1,209 @@
+"""Train state: the state class, the optimiser, creation, checkpoints and their
+restoration (for training, evaluation and inference).
+
+Needs neither the data stack nor the training loop: `avjax.train`,
+`avjax.evaluate` and `avjax.predict` all build on it.
+
+Checkpoints: one orbax `CheckpointManager` per fold directory
+(`workdir.checkpoint_dir`), items `state` (this TrainState) and `data` (the
+training iterator's JSON state). It keeps the latest `train.keep_checkpoints`
+and the best by the saved `val_accuracy` metric.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import flax
+import jax
+import ml_collections
+import optax
+import orbax.checkpoint as ocp
+from flax.training import train_state
+from jax.sharding import NamedSharding
+
+from avjax import workdir as workdir_lib
+from avjax.models import gating
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+
+
+# --------------------------------------------------------------------------- optimiser
+
+
+def is_trunk(path: tuple[str, ...]) -> bool:
+  """Parameters of the pretrained encoders (I3D, SoundNet) outside their new heads."""
+  return (any(p in gating.TRUNK_MODULES for p in path)
+          and not any(p in gating.HEAD_MODULES for p in path))
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, params: Any) -> optax.GradientTransformation:
+  """Adam as torch.optim.Adam(weight_decay=wd): the L2 term is added to the gradient
+  before the moment estimates. 'adamw' decouples it (torch.optim.AdamW).
+  `trunk_lr_scale` scales the learning rate of the pretrained trunks (0 freezes them).
+
+  The same transformation object for equal settings and parameter structure: it is
+  part of the train state's tree structure, so a new one per fold would make every
+  jitted function taking the state compile again."""
+  optim = ml_collections.ConfigDict(optim)
+  treedef = jax.tree_util.tree_structure(params)
+  return _optimizer(optim.to_json(sort_keys=True), treedef)
+
+
+@functools.lru_cache(maxsize=32)
+def _optimizer(optim_json: str, treedef) -> optax.GradientTransformation:
+  optim = ml_collections.ConfigDict(json.loads(optim_json))
+  if optim.name == "adam":
+    base = optax.chain(
+        optax.add_decayed_weights(optim.weight_decay),
+        optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps),
+        optax.scale_by_learning_rate(optim.learning_rate))
+  elif optim.name == "adamw":
+    base = optax.adamw(optim.learning_rate, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                       weight_decay=optim.weight_decay)
+  else:
+    raise ValueError(f"config.optim.name: unknown optimiser {optim.name!r}")
+  scale = float(optim.trunk_lr_scale)
+  if scale == 1.0:
+    return base
+  trunk = optax.set_to_zero() if scale == 0.0 else optax.chain(base, optax.scale(scale))
+  params = jax.tree_util.tree_unflatten(treedef, [0] * treedef.num_leaves)   # structure only
+  labels = flax.traverse_util.path_aware_map(
+      lambda path, _: "trunk" if is_trunk(path) else "rest", params)
+  return optax.multi_transform({"trunk": trunk, "rest": base}, labels)
+
+
+# --------------------------------------------------------------------------- creation
+
+
+def create_train_state(config: ml_collections.ConfigDict, model, sample_batch: dict,
+                       rng: jax.Array, replicated: NamedSharding, *,
+                       pretrained: bool | None = None) -> TrainState:
+  """Initialises the model (loading pretrained weights when `config.model.pretrained`,
+  or `pretrained` when given), then the optimiser; the state is replicated.
+  `sample_batch` gives the input shapes (arrays or ShapeDtypeStructs)."""
+  video, audio = gating.model_inputs(sample_batch, config.model.modalities)
+  pretrained = config.model.pretrained if pretrained is None else pretrained
+  variables = gating.init_variables(model, rng, video=video, audio=audio, pretrained=pretrained)
+  tx = make_optimizer(config.optim, variables["params"])
+  # Eager: the optimiser's initial state is zeros shaped like the parameters, and
+  # a jitted create would compile again for every new `tx`. Placing the result
+  # is a jitted identity (multi-host safe), cheap to compile.
+  state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                            batch_stats=variables.get("batch_stats", {}))
+  return _placer(replicated)(state)
+
+
+@functools.lru_cache(maxsize=8)
+def _placer(sharding: NamedSharding):
+  return jax.jit(lambda tree: tree, out_shardings=sharding)
+
+
+def abstract_train_state(config, model, sample_batch: dict,
+                         replicated: NamedSharding) -> TrainState:
+  """The state's shapes, dtypes and shardings without computing it (for restoring):
+  no initialiser runs and no pretrained weight is read."""
+  abstract = jax.eval_shape(functools.partial(
+      create_train_state, config, model, sample_batch, jax.random.PRNGKey(0), replicated,
+      pretrained=False))
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated)
+      if isinstance(x, jax.ShapeDtypeStruct) else x, abstract)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_manager(fold_dir: str, config) -> ocp.CheckpointManager:
+  """Latest `keep_checkpoints` plus the best by validation accuracy."""
+  policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+      ocp.checkpoint_managers.LatestN(n=config.train.keep_checkpoints),
+      ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m["val_accuracy"], n=1,
+                                    keep_checkpoints_without_metrics=False),
+  ])
+  # best_fn makes `manager.best_step()` the best, not the latest.
+  options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                         best_fn=lambda m: m["val_accuracy"], best_mode="max",
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(workdir_lib.checkpoint_dir(fold_dir), options=options,
+                               item_names=("state", "data"))
+
+
+def save_checkpoint(manager, step: int, state: TrainState, data_state: dict,
+                    metrics: dict | None = None) -> None:
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+      metrics=metrics, force=True)
+  manager.wait_until_finished()
+
+
+def _abstract(state):
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+      if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)) else x, state)
+
+
+def restore_checkpoint(manager, state: TrainState, step: int | None = None):
+  """Restores (state, data_state) at `step` (default latest) onto `state`'s shardings
+  (`state` may be concrete or abstract)."""
+  step = manager.latest_step() if step is None else step
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(_abstract(state)), data=ocp.args.JsonRestore()))
+  return restored["state"], restored["data"]
+
+
+def best_step(manager) -> int | None:
+  """The kept step with the highest `val_accuracy` in its saved metrics (the later on a
+  tie), or None when none has one. Read from the saved metrics rather than
+  `CheckpointManager.best_step()`, which only knows the best when the manager was
+  created with a `best_fn` (workdirs written before it was added have none)."""
+  best = None
+  for step in manager.all_steps():
+    metrics = manager.metrics(step) or {}
+    acc = metrics.get("val_accuracy") if isinstance(metrics, dict) else None
+    if acc is not None and (best is None or float(acc) >= best[0]):
+      best = (float(acc), int(step))
+  return None if best is None else best[1]
+
+
+class CheckpointNotFound(FileNotFoundError):
+  pass
+
+
+def select_step(manager, fold_dir: str, which: str) -> int:
+  """The step of the `latest` or `best` checkpoint; CheckpointNotFound when there is none."""
+  ckpt = workdir_lib.checkpoint_dir(fold_dir)
+  if manager.latest_step() is None:
+    raise CheckpointNotFound(f"no checkpoint in {ckpt}")
+  if which == "latest":
+    return int(manager.latest_step())
+  if which != "best":
+    raise ValueError(f"checkpoint {which!r} is not 'latest' or 'best'")
+  step = best_step(manager)
+  if step is None:
+    raise CheckpointNotFound(
+        f"no best checkpoint in {ckpt}: no checkpoint has a validation accuracy (the run had "
+        "config.train.eval_every_epochs = 0); use --checkpoint=latest")
+  return step
+
+
+def restore_for_inference(config, fold_dir: str, sample_batch: dict, replicated: NamedSharding,
+                          which: str = "latest", step: int | None = None):
+  """(state, model, step): the fold's `latest` or `best` checkpoint (or `step`) restored
+  onto an abstract state built from `sample_batch`'s shapes; neither the dataset
+  nor the pretrained weights are needed. Raises CheckpointNotFound when absent."""
+  model = gating.create_model(config.model)
+  abstract = abstract_train_state(config, model, sample_batch, replicated)
+  manager = checkpoint_manager(fold_dir, config)
+  try:
+    if step is None:
+      step = select_step(manager, fold_dir, which)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))
+  finally:
+    manager.close()
+  return restored["state"], model, int(step)

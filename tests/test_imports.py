@@ -1,0 +1,111 @@
+"""The package's import graph: no cycle, and the step and models without the data stack."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+from absl.testing import absltest
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "avjax"
+DATA_STACK = ("tensorflow_datasets", "grain", "av", "soxr", "array_record", "tensorflow")
+
+
+def module_name(path: pathlib.Path) -> str:
+  parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+  """avjax module -> the avjax modules it imports anywhere (top level or inside functions)."""
+  modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+  graph = {}
+  for name, path in modules.items():
+    deps = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+      if isinstance(node, ast.Import):
+        targets = [a.name for a in node.names]
+      elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+      else:
+        continue
+      deps.update(t for t in targets if t in modules and t != name)
+    graph[name] = deps - {"avjax"}
+  return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+  """One import cycle as [a, b, ..., a], or None (depth-first search)."""
+  state: dict[str, int] = {}
+  stack: list[str] = []
+
+  def visit(node):
+    state[node] = 1
+    stack.append(node)
+    for dep in sorted(graph[node]):
+      if state.get(dep) == 1:
+        return stack[stack.index(dep):] + [dep]
+      if dep not in state:
+        found = visit(dep)
+        if found:
+          return found
+    stack.pop()
+    state[node] = 2
+    return None
+
+  for node in sorted(graph):
+    if node not in state:
+      found = visit(node)
+      if found:
+        return found
+  return None
+
+
+class ImportGraphTest(absltest.TestCase):
+
+  def test_no_cycle(self):
+    graph = import_graph()
+    self.assertIn("avjax.train", graph)
+    self.assertIsNone(find_cycle(graph))
+
+  def test_cycle_finder_finds_a_planted_cycle(self):
+    graph = import_graph()
+    graph["avjax.losses"] = graph["avjax.losses"] | {"avjax.train"}  # train -> steps -> losses
+    cycle = find_cycle(graph)
+    self.assertIsNotNone(cycle)
+    self.assertEqual(cycle[0], cycle[-1])
+
+  def test_flow(self):
+    """main -> train -> input_pipeline / models -> losses / mining; train -> evaluate -> knn
+    -> results -> figures: nothing below imports what is above it."""
+    graph = import_graph()
+    self.assertIn("avjax.evaluate", graph["avjax.train"])
+    for low, high in [("avjax.evaluate", "avjax.train"), ("avjax.device_data", "avjax.train"),
+                      ("avjax.steps", "avjax.train"), ("avjax.input_pipeline", "avjax.train"),
+                      ("avjax.knn", "avjax.evaluate"), ("avjax.results", "avjax.evaluate"),
+                      ("avjax.figures", "avjax.evaluate"), ("avjax.predict", "avjax.train"),
+                      ("avjax.predict", "avjax.evaluate")]:
+      self.assertNotIn(high, graph[low], f"{low} imports {high}")
+
+  def test_step_and_models_without_the_data_stack(self):
+    """The jitted step, the train state and the models import with
+    tensorflow-datasets, grain, PyAV and soxr unavailable (as on the device check's machine)."""
+    blocked = ", ".join(repr(m) for m in DATA_STACK)
+    code = f"""
+import sys
+for name in ({blocked},):
+  sys.modules[name] = None          # `import name` now raises ImportError
+from avjax import steps, train_state, parallel, augment, losses, mining, knn
+from avjax.models import gating, i3d, soundnet
+for name in ({blocked},):
+  assert sys.modules[name] is None, name
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=PACKAGE.parent, timeout=300)
+    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+    self.assertIn("ok", out.stdout)
+
+
+if __name__ == "__main__":
+  absltest.main()
