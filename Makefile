@@ -6,6 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_WORKDIR ?= runs/demo
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist); each test module runs whole in one of them.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test venv clean
 
@@ -24,7 +26,7 @@ demo: $(STAMP)
 
 # pytest exits 5 when it collects no test: that fails the target too.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -5,6 +5,8 @@ initialises its backends. Compiled programs are released after each test module.
 """
 
 import os
+import shutil
+import uuid
 
 import pytest
 
@@ -23,3 +25,17 @@ def _release_compiled_programs():
   yield
   from avjax import testing
   testing.release_compiled()
+
+
+def pytest_configure(config):
+  """One id per run, inherited by pytest-xdist's workers: they share one directory of
+  test data (avjax.testing), removed by the process that made the id."""
+  if "AVJAX_TEST_RUN" not in os.environ:
+    os.environ["AVJAX_TEST_RUN"] = uuid.uuid4().hex
+    config._avjax_owns_run = True
+
+
+def pytest_unconfigure(config):
+  if getattr(config, "_avjax_owns_run", False):
+    from avjax import testing
+    shutil.rmtree(testing.session_path(os.environ["AVJAX_TEST_RUN"]), ignore_errors=True)

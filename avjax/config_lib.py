@@ -131,6 +131,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.remat = False             # rematerialise I3D blocks in the backward pass
   c.model.video_width = 1.0         # channel multiplier of I3D (1.0 for pretrained weights)
   c.model.audio_width = 1.0         # channel multiplier of SoundNet-8 (1.0 for pretrained weights)
+  # I3D's last layer before its head: 'Mixed_5c' (the paper's network). An earlier
+  # endpoint ('Mixed_3b', ...) makes a shallow random-weight I3D that compiles fast,
+  # for tests only.
+  c.model.video_last_block = "Mixed_5c"
 
   c.loss = ml_collections.ConfigDict()
   c.loss.margin = 1.0               # triplet margin on squared Euclidean distances
@@ -271,6 +275,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("model.dtype", f"{config.model.dtype!r} is not one of {DTYPES}")
   if config.model.pretrained and (config.model.video_width != 1.0 or config.model.audio_width != 1.0):
     fail("model.pretrained", "pretrained weights need video_width = audio_width = 1.0")
+  if config.model.pretrained and config.model.video_last_block != "Mixed_5c":
+    fail("model.pretrained", "pretrained weights need model.video_last_block = 'Mixed_5c'")
   if config.optim.name not in ("adam", "adamw"):
     fail("optim.name", f"{config.optim.name!r} is not 'adam' or 'adamw'")
   if config.input.clips_per_class < 2:

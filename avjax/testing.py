@@ -1,9 +1,9 @@
 """Helpers for the test suite: tiny configs and batches, one shared synthetic dataset and
 one shared tiny trained workdir per process, and the real-format samples in ../shared/samples.
 
-The shared objects are built on first use and cached for the process (pytest runs the
-suite in one process, so they are session-scoped): the synthetic set is built once
-(80 clips, one per actor and class) instead of once per module, and the tiny
+The shared objects are built on first use, once per test run (session-scoped; with
+pytest-xdist, once for all workers, under a file lock): the synthetic set is built
+once (80 clips, one per actor and class) instead of once per module, and the tiny
 workdir is trained once and read by the end-to-end, evaluation and predict tests.
 Tests must not modify them: copy first (`shutil.copytree`).
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import functools
 import io
 import itertools
@@ -43,11 +44,38 @@ def require_samples(sub: str = "") -> pathlib.Path:
   return path
 
 
+RUN_ENV = "AVJAX_TEST_RUN"   # set by conftest.py for a pytest run, shared by its xdist workers
+
+
 @functools.cache
 def _session_dir() -> str:
+  """The directory of this test run's shared data: one for all pytest-xdist workers of a
+  run (conftest.py sets AVJAX_TEST_RUN and removes the directory at the end), else a
+  temporary directory removed at exit."""
+  run = os.environ.get(RUN_ENV)
+  if run:
+    path = session_path(run)
+    os.makedirs(path, exist_ok=True)
+    return path
   path = tempfile.mkdtemp(prefix="avjax_tests_")
   atexit.register(shutil.rmtree, path, ignore_errors=True)
   return path
+
+
+def session_path(run: str) -> str:
+  return os.path.join(tempfile.gettempdir(), f"avjax_tests_{run}")
+
+
+@contextlib.contextmanager
+def _exclusive(name: str):
+  """Holds an exclusive file lock in the session directory (one builder at a time
+  across xdist workers; the others wait and then find the result)."""
+  with open(os.path.join(_session_dir(), name + ".lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def release_compiled() -> None:
@@ -61,8 +89,8 @@ def release_compiled() -> None:
   steps = sys.modules.get("avjax.steps")
   if steps is not None:
     steps._STEPS.clear()
-  for module, name in (("avjax.models.gating", "_jitted_init"), ("avjax.evaluate", "_forward_fn"),
-                       ("avjax.train_state", "_placer")):
+  for module, name in (("avjax.models.gating", "_jitted_init"), ("avjax.models.gating", "apply_fn"),
+                       ("avjax.evaluate", "_forward_fn"), ("avjax.train_state", "_placer")):
     mod = sys.modules.get(module)
     if mod is not None:
       getattr(mod, name).cache_clear()
@@ -74,14 +102,17 @@ def release_compiled() -> None:
 
 
 def tiny_config(num_classes=4, clips_per_class=2, windows=2, frames=4, crop=16, samples=5000):
-  """The base config with a tiny random-weight model (I3D x0.125, SoundNet x0.25,
-  D = G = 16); `config.tiny` holds the shapes of `tiny_batch`."""
+  """The base config with a tiny random-weight model (I3D x0.125 up to Mixed_3b,
+  SoundNet x0.25, D = G = 16); `config.tiny` holds the shapes of `tiny_batch`.
+  The shallow I3D compiles several times faster than the whole one; the whole
+  network is trained in tests/test_gating.py and tests/test_benchmark.py."""
   from avjax import config_lib
   c = config_lib.get_base_config()
   c.model.pretrained = False
   c.model.freeze_bn = False
   c.model.video_width = 0.125
   c.model.audio_width = 0.25
+  c.model.video_last_block = "Mixed_3b"
   c.model.embed_dim = 16
   c.model.lstm_hidden = 16
   c.input.clips_per_class = clips_per_class
@@ -145,26 +176,34 @@ def tiny_synthetic_config(data_dir: str | None = None, **train_overrides):
 @functools.cache
 def synthetic_data_dir(windowing: str = SYNTHETIC_WINDOWING) -> str:
   """A TFDS data_dir holding synthetic_av/`windowing` with one clip per actor and class
-  (80 clips, 8 per fold), built once per process; every windowing asked for is
-  built into the same directory."""
+  (80 clips, 8 per fold), built once per test run (shared by xdist workers); every
+  windowing asked for is built into the same directory."""
   from tfds_builders.synthetic_av import synthetic_av_dataset_builder as synthetic_builder
   data_dir = os.path.join(_session_dir(), "tfds")
-  synthetic_builder.Builder(config=windowing, data_dir=data_dir,
-                            clips_per_actor_class=1).download_and_prepare()
+  with _exclusive("tfds"):
+    builder = synthetic_builder.Builder(config=windowing, data_dir=data_dir,
+                                        clips_per_actor_class=1)
+    if not builder.is_prepared():
+      builder.download_and_prepare()
   return data_dir
 
 
 @functools.cache
 def tiny_workdir() -> str:
-  """A workdir trained and evaluated once per process: `tiny_synthetic_config` on the
-  shared synthetic set, folds 0 and 1, 2 steps each, results and figures written.
-  Read-only for tests (copy it to change it)."""
+  """A workdir trained and evaluated once per test run (shared by xdist workers):
+  `tiny_synthetic_config` on the shared synthetic set, folds 0 and 1, 2 steps each,
+  results and figures written. Read-only for tests (copy it to change it)."""
   from avjax import train
+  from avjax import workdir as workdir_lib
   config = tiny_synthetic_config(max_steps=2)
   config.folds = (0, 1)
   workdir = os.path.join(_session_dir(), "tiny_workdir")
-  with contextlib.redirect_stdout(io.StringIO()):
-    train.train_and_evaluate(config, workdir)
+  done = os.path.join(workdir, "tiny_workdir.done")
+  with _exclusive("tiny_workdir"):
+    if not os.path.isfile(done):
+      with contextlib.redirect_stdout(io.StringIO()):
+        train.train_and_evaluate(config, workdir)
+      workdir_lib.write_text(done, "")
   return workdir
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import flax
 import jax
 import ml_collections
+import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
@@ -93,8 +94,11 @@ def create_train_state(config: ml_collections.ConfigDict, model, sample_batch: d
   # Eager: the optimiser's initial state is zeros shaped like the parameters, and
   # a jitted create would compile again for every new `tx`. Placing the result
   # is a jitted identity (multi-host safe), cheap to compile.
-  state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+  state = TrainState.create(apply_fn=gating.apply_fn(model), params=variables["params"], tx=tx,
                             batch_stats=variables.get("batch_stats", {}))
+  # A strongly typed step: `create`'s Python 0 is weakly typed, a restored one is not,
+  # and jit would compile again for the restored state.
+  state = state.replace(step=np.zeros((), np.int32))
   return _placer(replicated)(state)
 
 

@@ -98,6 +98,7 @@ class AVModel(nn.Module):
   freeze_bn: bool = True
   dtype: Any = jnp.float32
   remat: bool = False
+  video_last_block: str = "Mixed_5c"   # I3D's last layer before its head (tests: earlier)
 
   @property
   def uses_video(self) -> bool:
@@ -120,7 +121,8 @@ class AVModel(nn.Module):
       bt = video.shape[:2]
       frames = video.reshape((bt[0] * bt[1],) + video.shape[2:])  # [B*T, F, H, W, 3]
       emb, _ = i3d.I3D(embed_dim=self.embed_dim, width=self.video_width, freeze_bn=self.freeze_bn,
-                       dtype=self.dtype, remat=self.remat, name="video_encoder")(frames, train=train)
+                       dtype=self.dtype, remat=self.remat, last_block=self.video_last_block,
+                       name="video_encoder")(frames, train=train)
       outputs["video_enc"] = emb.astype(jnp.float32).reshape(bt + (self.embed_dim,))  # [B, T, D]
     if self.uses_audio:
       if audio is None or audio.ndim != 3:
@@ -155,7 +157,7 @@ def create_model(model_config: Any) -> AVModel:
       variant=m.variant, modalities=m.modalities, embed_dim=int(m.embed_dim),
       lstm_hidden=int(m.lstm_hidden), video_width=float(m.video_width),
       audio_width=float(m.audio_width), freeze_bn=bool(m.freeze_bn), dtype=_DTYPES[m.dtype],
-      remat=bool(m.remat))
+      remat=bool(m.remat), video_last_block=str(m.video_last_block))
 
 
 def model_inputs(batch: Mapping[str, Any], modalities: str) -> tuple[Any, Any]:
@@ -173,6 +175,14 @@ def gate_embeddings(apply_fn, variables: Mapping[str, Any], batch: Mapping[str, 
   video, audio = model_inputs(batch, modalities)
   outputs = apply_fn(dict(variables), video, audio, train=False)
   return {k: v for k, v in outputs.items() if k.endswith("_gate")}
+
+
+@functools.lru_cache(maxsize=16)
+def apply_fn(model: AVModel):
+  """`model.apply`, the same object for equal models. (Each `model.apply` is a new
+  bound method that compares unequal to the last; stored in a TrainState, it would
+  make every jitted function taking the state compile again for each new state.)"""
+  return model.apply
 
 
 @functools.lru_cache(maxsize=16)

@@ -176,9 +176,15 @@ class I3D(nn.Module):
     freeze_bn: BatchNorm uses its stored statistics even when `train` is True.
     dtype: computation dtype; parameters are always float32.
     remat: rematerialise the Inception blocks in the backward pass (saves memory).
+    last_block: the last layer run before the Logits head ('Mixed_5c', the network
+      of the paper and of the pretrained weights). An earlier endpoint, with
+      logits_pool='global', makes the shallow random-weight network the tests use
+      (like flax's `_ResNet1`, "used for testing only"): it compiles several times
+      faster.
   """
   embed_dim: int = KINETICS_CLASSES
   final_endpoint: str = "Logits"
+  last_block: str = "Mixed_5c"
   logits_pool: str = "global"
   width: float = 1.0
   freeze_bn: bool = False
@@ -189,6 +195,10 @@ class I3D(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
     if self.final_endpoint not in ENDPOINTS:
       raise ValueError(f"I3D.final_endpoint: {self.final_endpoint!r} is not one of {ENDPOINTS}")
+    if self.last_block not in ENDPOINTS[:-1]:
+      raise ValueError(f"I3D.last_block: {self.last_block!r} is not one of {ENDPOINTS[:-1]}")
+    if self.last_block != "Mixed_5c" and self.logits_pool != "global":
+      raise ValueError("I3D.last_block other than 'Mixed_5c' needs logits_pool='global'")
     if self.logits_pool not in ("global", "kinetics"):
       raise ValueError(f"I3D.logits_pool: {self.logits_pool!r} is not 'global' or 'kinetics'")
     if x.ndim != 5 or x.shape[-1] != 3:
@@ -213,6 +223,8 @@ class I3D(nn.Module):
       endpoints[name] = net
       if name == self.final_endpoint:
         return net, endpoints
+      if name == self.last_block:
+        break
 
     head = LogitsHead(self.embed_dim, dtype=self.dtype, name="Logits")
     if self.logits_pool == "global":
