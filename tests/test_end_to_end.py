@@ -104,10 +104,11 @@ class CrossValidationTest(absltest.TestCase):
     state, model = evaluate.restore_for_eval(saved_config, os.path.join(workdir, "fold_1"), 1, mesh)
     traces = steps.TRACES["eval_forward"]
     again = evaluate.evaluate_fold(saved_config, state, model, 1, tempfile.mkdtemp(), mesh)
-    # The evaluation forward compiled for the run is reused by a restored state and a
-    # second call (the state's optimiser and model compare equal, so jit's cache hits).
+    # Two folds' evaluations (references and queries, one batch shape) compile the
+    # forward at most once (none when this process trained the workdir: the restored
+    # state's optimiser, model and step types equal the trained one's).
     evaluate.evaluate_fold(saved_config, state, model, 0, tempfile.mkdtemp(), mesh)
-    self.assertEqual(steps.TRACES["eval_forward"], traces)
+    self.assertLessEqual(steps.TRACES["eval_forward"] - traces, 1)
     for key in ("pred_AO", "pred_VO", "pred_AV", "labels"):
       np.testing.assert_array_equal(again[key], saved[key], err_msg=key)
     np.testing.assert_allclose(again["emb_AV"], saved["emb_AV"], rtol=1e-5, atol=1e-6)
