@@ -34,6 +34,7 @@ from absl import logging
 from matplotlib.figure import Figure
 
 from avjax import results
+from avjax import workdir as workdir_lib
 
 POSITIVE_NEGATIVE_RAVDESS = {"positive": ("calm", "happy"), "negative": ("sad", "angry", "fearful")}
 # The analogous grouping for CREMA-D's class names (not in the paper: pass it explicitly).
@@ -270,7 +271,7 @@ def make_all(workdir: str, out_dir: str | None = None,
 
   Returns the paths written (Figs. 3 and 5 are left out when skipped; see module doc).
   """
-  out_dir = out_dir or os.path.join(workdir, "figures")
+  out_dir = out_dir or os.path.join(workdir, workdir_lib.FIGURES)
   folds = results.load_folds(workdir)
   doc = results.build_results(folds)
   paths = [

@@ -30,7 +30,6 @@ import glob
 import json
 import math
 import os
-import re
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -38,6 +37,7 @@ import sklearn.metrics as skm
 from absl import logging
 
 from avjax import config_lib
+from avjax import workdir as workdir_lib
 
 SCHEMA_VERSION = 1
 MODALITIES = ("AO", "VO", "AV")
@@ -268,8 +268,8 @@ _SHARED_FIELDS = ("dataset", "config", "variant", "modalities", "class_names", "
 
 def load_fold(fold_dir: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """Reads and checks `fold_dir/predictions.npz` and `fold_info.json` (no pickle)."""
-  info_path = os.path.join(fold_dir, "fold_info.json")
-  npz_path = os.path.join(fold_dir, "predictions.npz")
+  info_path = os.path.join(fold_dir, workdir_lib.FOLD_INFO)
+  npz_path = os.path.join(fold_dir, workdir_lib.PREDICTIONS)
   with open(info_path) as f:
     info = json.load(f)
   missing = [k for k in _INFO_FIELDS if k not in info]
@@ -303,14 +303,13 @@ def fold_dirs(workdir: str) -> list[str]:
   """`workdir/fold_{k}` directories with a finished evaluation, sorted by k."""
   found = []
   for path in glob.glob(os.path.join(workdir, "fold_*")):
-    m = re.fullmatch(r"fold_(\d+)", os.path.basename(path))
-    if not (m and os.path.isdir(path)):
+    fold = workdir_lib.fold_of_dir(path)
+    if fold is None or not os.path.isdir(path):
       continue
-    if not (os.path.isfile(os.path.join(path, "fold_info.json"))
-            and os.path.isfile(os.path.join(path, "predictions.npz"))):
+    if not workdir_lib.fold_is_done(path):
       logging.info("%s: no finished evaluation (fold_info.json + predictions.npz), skipped", path)
       continue
-    found.append((int(m.group(1)), path))
+    found.append((fold, path))
   return [p for _, p in sorted(found)]
 
 
@@ -322,7 +321,7 @@ def load_folds(workdir: str) -> list[tuple[dict[str, np.ndarray], dict[str, Any]
   folds = []
   for d in dirs:
     preds, info = load_fold(d)
-    dir_fold = int(os.path.basename(d).split("_")[1])
+    dir_fold = workdir_lib.fold_of_dir(d)
     if int(info["fold"]) != dir_fold:
       raise ValueError(f"{d}/fold_info.json says fold {info['fold']}, the directory says {dir_fold}")
     if folds:
@@ -491,22 +490,16 @@ def _jsonable(x: Any) -> Any:
   return x
 
 
-def _write_atomic(path: str, text: str) -> None:
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
-
-
 def write_results(workdir: str) -> tuple[str, str]:
   """Aggregates every finished `workdir/fold_k/` into results.json and results.md.
 
   Returns (results_json_path, results_md_path).
   """
   doc = build_results(load_folds(workdir))
-  json_path = os.path.join(workdir, "results.json")
-  md_path = os.path.join(workdir, "results.md")
-  _write_atomic(json_path, json.dumps(_jsonable(doc), indent=1, allow_nan=False) + "\n")
-  _write_atomic(md_path, format_markdown(doc))
+  json_path = os.path.join(workdir, workdir_lib.RESULTS_JSON)
+  md_path = os.path.join(workdir, workdir_lib.RESULTS_MD)
+  workdir_lib.write_text(json_path, json.dumps(_jsonable(doc), indent=1, allow_nan=False) + "\n")
+  workdir_lib.write_text(md_path, format_markdown(doc))
   return json_path, md_path
 
 

@@ -114,6 +114,7 @@ def abstract_train_state(config, model, sample_batch: dict,
   abstract = jax.eval_shape(functools.partial(
       create_train_state, config, model, sample_batch, jax.random.PRNGKey(0), replicated,
       pretrained=False))
+  # eval_shape leaves some leaves (the step) without a sharding: set it on all.
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated)
       if isinstance(x, jax.ShapeDtypeStruct) else x, abstract)

@@ -17,6 +17,8 @@ from typing import Any, Mapping
 import numpy as np
 from absl import logging
 
+from avjax import workdir as workdir_lib
+
 
 def _jsonable(tree: Any) -> Any:
   if isinstance(tree, Mapping):
@@ -116,5 +118,5 @@ def create_writer(workdir: str, just_logging: bool = False) -> MultiWriter:
   return MultiWriter([
       LoggingWriter(),
       TensorboardXWriter(os.path.join(workdir, "tensorboard")),
-      JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
+      JsonlWriter(os.path.join(workdir, workdir_lib.METRICS)),
   ])
