@@ -53,6 +53,9 @@ DATASETS = {
 VARIANTS = ("gating", "lstm", "global")
 MODALITIES = ("av", "audio", "video")
 DTYPES = ("float32", "bfloat16")
+# How the encoders' convolutions are computed (avjax.models.conv): 'auto' picks per
+# layer and backend the form measured fastest; 'xla' / 'matmul' force one form.
+CONV_IMPLS = ("auto", "xla", "matmul")
 # What evaluation reports per `model.modalities`, and the gate embeddings of each.
 GATE_MODALITIES = {"av": ("AO", "VO", "AV"), "audio": ("AO",), "video": ("VO",)}
 MODALITY_KEYS = {"AO": ("audio_gate",), "VO": ("video_gate",), "AV": ("audio_gate", "video_gate")}
@@ -135,6 +138,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # endpoint ('Mixed_3b', ...) makes a shallow random-weight I3D that compiles fast,
   # for tests only.
   c.model.video_last_block = "Mixed_5c"
+  # Convolution form (avjax.models.conv): 'auto' (per layer and backend, the form
+  # measured fastest; on CPU im2col + matmul for I3D and SoundNet's conv6/conv7),
+  # 'xla' or 'matmul'. Same parameters and results: checkpoints work under any.
+  c.model.conv_impl = "auto"
 
   c.loss = ml_collections.ConfigDict()
   c.loss.margin = 1.0               # triplet margin on squared Euclidean distances
@@ -273,6 +280,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("dataset.config", f"the 'global' variant uses one window ({GLOBAL_WINDOWING}), got {config.dataset.config!r}")
   if config.model.dtype not in DTYPES:
     fail("model.dtype", f"{config.model.dtype!r} is not one of {DTYPES}")
+  if config.model.conv_impl not in CONV_IMPLS:
+    fail("model.conv_impl", f"{config.model.conv_impl!r} is not one of {CONV_IMPLS}")
   if config.model.pretrained and (config.model.video_width != 1.0 or config.model.audio_width != 1.0):
     fail("model.pretrained", "pretrained weights need video_width = audio_width = 1.0")
   if config.model.pretrained and config.model.video_last_block != "Mixed_5c":

@@ -45,6 +45,10 @@ Sections (`--sections`, comma-separated; a preset picks them and their sizes):
   dataset (`config.input.cache_on_device`).
 * build: decoding clips/s per core of the RAVDESS builder's worker task on
   generated 1280x720 H.264 clips (scripts/benchmark_build.py's functions).
+* layers (only when named in `--sections`): every convolution of SoundNet-8 and
+  I3D alone, forward + backward, in each form of `avjax.models.conv` ('xla',
+  'matmul'), at the preset's shapes (scripts/benchmark_layers.py), with the form
+  `model.conv_impl='auto'` picks: the evidence for its table.
 
 Every train-step case, every device count and the models section runs in a
 fresh subprocess (`--worker`), so that the device's peak memory belongs to that
@@ -149,6 +153,7 @@ PRESETS = {
         loop=dict(steps=12, log_every=4),
         build=dict(num_clips=4, workers=(1,)),
         models=dict(shape="demo"),
+        layers=dict(shapes=("ravdess", "demo"), repeats=3),
         repeats=2,
     ),
     # One accelerator (H100 / H200): the full RAVDESS shape and its options.
@@ -167,6 +172,7 @@ PRESETS = {
         loop=dict(steps=40, log_every=10),
         build=dict(num_clips=32, workers=(1, 8, 16)),
         models=dict(shape="ravdess"),
+        layers=dict(shapes=("ravdess",), repeats=10, i3d_windows=320),
         repeats=10,
     ),
     # The test's sizes (seconds).
@@ -175,11 +181,12 @@ PRESETS = {
         train_step=[_case("tiny")],
         options=[], mwtsm=dict(sizes=(12,), windows=3, dim=8, repeats=2),
         models=dict(shape="tiny"),
+        layers=dict(shapes=("tiny",), networks=("soundnet",), repeats=1),
         repeats=1,
     ),
 }
 # Sections every preset accepts in --sections but does not run unless named there.
-EXTRA_SECTIONS = ("models",)
+EXTRA_SECTIONS = ("models", "layers")
 _OPTION_BASES = {
     "demo": lambda: _case("demo"),
     "ravdess_b1": lambda: _case("ravdess", batch=1),
@@ -868,6 +875,27 @@ def section_build(preset: dict) -> list[dict]:
   return rows
 
 
+# Layers -----------------------------------------------------------------------------
+
+
+def _benchmark_layers_module():
+  spec = importlib.util.spec_from_file_location("avjax_benchmark_layers",
+                                                ROOT / "scripts" / "benchmark_layers.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def section_layers(preset: dict) -> list[dict]:
+  """Every convolution of SoundNet-8 and I3D alone, in each form (benchmark_layers.py)."""
+  bl = _benchmark_layers_module()
+  spec = dict(preset["layers"])
+  rows = []
+  for shape in spec.pop("shapes"):
+    rows += bl.measure_layers(shape=shape, log=_log, **spec)
+  return rows
+
+
 # --------------------------------------------------------------------------- markdown
 
 
@@ -1040,6 +1068,13 @@ def render_markdown(report: dict) -> str:
     if lp.get("device_speedup"):
       lines.append(f"- device-resident speed-up: {lp['device_speedup']:.2f}x")
     lines.append("")
+  if "layers" in s:
+    lines += ["### Per-layer convolution forms (`--sections=layers`)", "",
+              "Each convolution alone, forward + backward (gradients for input, kernel and bias; "
+              "none for the input of a network's first layer), median milliseconds; **bold**: "
+              "the faster form; `auto`: what `model.conv_impl='auto'` runs on this backend "
+              "(avjax/models/conv.py `AUTO`). `all`: the sum over the network's layers.", ""]
+    lines += _benchmark_layers_module().markdown_lines(s["layers"], md_table)
   if "build" in s:
     lines += ["### Dataset build (RAVDESS worker task: decode, resample, window, zlib)", "",
               md_table(["workers", "clips", "clips/s", "per core"],
@@ -1100,6 +1135,8 @@ def run(preset_name: str, sections: Sequence[str] | None = None, repeats: int | 
     s["mwtsm"] = section_mwtsm(preset, mwtsm_reference)
   if "build" in sections:
     s["build"] = section_build(preset)
+  if "layers" in sections:
+    s["layers"] = section_layers(preset)
   if "input" in sections or "loop" in sections:
     # TFDS and the training loop print progress: keep stdout for the report.
     with contextlib.redirect_stdout(sys.stderr), synthetic_data_dir() as data_dir:

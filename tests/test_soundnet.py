@@ -53,15 +53,16 @@ def ravdess_wave(name: str = "03-01-03-01-02-01-20.wav") -> np.ndarray:
   return soxr.resample(mono, rate, soundnet.SAMPLE_RATE).astype(np.float32)
 
 
-class SoundNetParityTest(absltest.TestCase):
+class SoundNetParityTest(parameterized.TestCase):
 
-  def test_conv7_features_agree_with_numpy(self):
+  @parameterized.parameters("auto", "xla", "matmul")  # every avjax.models.conv form
+  def test_conv7_features_agree_with_numpy(self, conv_impl):
     wave = ravdess_wave()
     self.assertGreater(len(wave), 3 * soundnet.SAMPLE_RATE)
     sound8 = weights.soundnet8()
     expected = numpy_soundnet(wave, sound8)
 
-    model = soundnet.SoundNet8(final_endpoint="conv7")
+    model = soundnet.SoundNet8(final_endpoint="conv7", conv_impl=conv_impl)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), wave[None])
     variables = soundnet.load_pretrained(random_variables(shapes))
     conv7, endpoints = jax.jit(model.apply)(variables, wave[None])

@@ -99,6 +99,7 @@ class AVModel(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   video_last_block: str = "Mixed_5c"   # I3D's last layer before its head (tests: earlier)
+  conv_impl: str = "auto"              # avjax.models.conv: 'auto', 'xla' or 'matmul'
 
   @property
   def uses_video(self) -> bool:
@@ -122,7 +123,7 @@ class AVModel(nn.Module):
       frames = video.reshape((bt[0] * bt[1],) + video.shape[2:])  # [B*T, F, H, W, 3]
       emb, _ = i3d.I3D(embed_dim=self.embed_dim, width=self.video_width, freeze_bn=self.freeze_bn,
                        dtype=self.dtype, remat=self.remat, last_block=self.video_last_block,
-                       name="video_encoder")(frames, train=train)
+                       conv_impl=self.conv_impl, name="video_encoder")(frames, train=train)
       outputs["video_enc"] = emb.astype(jnp.float32).reshape(bt + (self.embed_dim,))  # [B, T, D]
     if self.uses_audio:
       if audio is None or audio.ndim != 3:
@@ -134,7 +135,7 @@ class AVModel(nn.Module):
       wave = audio.reshape((abt[0] * abt[1], audio.shape[2]))  # [B*T, S]
       emb, _ = soundnet.SoundNet8(embed_dim=self.embed_dim, width=self.audio_width,
                                   freeze_bn=self.freeze_bn, dtype=self.dtype,
-                                  name="audio_encoder")(wave, train=train)
+                                  conv_impl=self.conv_impl, name="audio_encoder")(wave, train=train)
       outputs["audio_enc"] = emb.astype(jnp.float32).reshape(tuple(abt) + (self.embed_dim,))
     for m in ("video", "audio"):
       if f"{m}_enc" not in outputs:
@@ -157,7 +158,8 @@ def create_model(model_config: Any) -> AVModel:
       variant=m.variant, modalities=m.modalities, embed_dim=int(m.embed_dim),
       lstm_hidden=int(m.lstm_hidden), video_width=float(m.video_width),
       audio_width=float(m.audio_width), freeze_bn=bool(m.freeze_bn), dtype=_DTYPES[m.dtype],
-      remat=bool(m.remat), video_last_block=str(m.video_last_block))
+      remat=bool(m.remat), video_last_block=str(m.video_last_block),
+      conv_impl=str(m.conv_impl))
 
 
 def model_inputs(batch: Mapping[str, Any], modalities: str) -> tuple[Any, Any]:

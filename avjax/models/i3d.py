@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from avjax.models import conv
 from avjax.models import weights
 
 Dtype = Any
@@ -100,12 +101,22 @@ class Unit3D(nn.Module):
   activation: bool = True
   use_running_average: bool = True
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
+
+  @property
+  def layer(self) -> str:
+    """This unit's path inside I3D, e.g. 'Mixed_4b/Branch_1/Conv3d_0b_3x3'."""
+    path = tuple(self.path)
+    start = next((i for i, p in enumerate(path) if p in ENDPOINTS), 0)
+    return "/".join(path[start:])
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # [N, F, H, W, Ch]
     x = nn.Conv(self.features, tuple(self.kernel_shape), strides=tuple(self.strides),
                 padding="SAME", use_bias=self.use_bias, dtype=self.dtype,
-                param_dtype=jnp.float32, name="Conv_0")(x)
+                param_dtype=jnp.float32,
+                conv_general_dilated=conv.conv_fn(self.conv_impl, "i3d", self.layer),
+                name="Conv_0")(x)
     if self.use_batch_norm:
       x = nn.BatchNorm(use_running_average=self.use_running_average, momentum=BN_MOMENTUM,
                        epsilon=BN_EPSILON, use_scale=False, dtype=self.dtype,
@@ -121,6 +132,7 @@ class Branch(nn.Module):
   pool_first: bool = False
   use_running_average: bool = True
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -128,7 +140,7 @@ class Branch(nn.Module):
       x = nn.max_pool(x, (3, 3, 3), strides=(1, 1, 1), padding="SAME")
     for name, features, kernel in self.units:
       x = Unit3D(features, kernel, use_running_average=self.use_running_average,
-                 dtype=self.dtype, name=name)(x)
+                 dtype=self.dtype, conv_impl=self.conv_impl, name=name)(x)
     return x
 
 
@@ -137,11 +149,13 @@ class InceptionBlock(nn.Module):
   channels: Sequence[int]  # six counts, see INCEPTION_CHANNELS
   use_running_average: bool = True
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # [N, F, H, W, Ch]
     c = self.channels
-    kw = dict(use_running_average=self.use_running_average, dtype=self.dtype)
+    kw = dict(use_running_average=self.use_running_average, dtype=self.dtype,
+              conv_impl=self.conv_impl)
     one, three = (1, 1, 1), (3, 3, 3)
     b0 = Branch((("Conv3d_0a_1x1", c[0], one),), name="Branch_0", **kw)(x)
     b1 = Branch((("Conv3d_0a_1x1", c[1], one), ("Conv3d_0b_3x3", c[2], three)),
@@ -156,11 +170,12 @@ class LogitsHead(nn.Module):
   """Kinetics' 1x1x1 logits convolution (with bias), named as in the checkpoint."""
   features: int
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # [N, F, H, W, Ch] -> [N, F, H, W, D]
     return Unit3D(self.features, use_batch_norm=False, use_bias=True, activation=False,
-                  dtype=self.dtype, name="Conv3d_0c_1x1")(x)
+                  dtype=self.dtype, conv_impl=self.conv_impl, name="Conv3d_0c_1x1")(x)
 
 
 class I3D(nn.Module):
@@ -181,6 +196,8 @@ class I3D(nn.Module):
       logits_pool='global', makes the shallow random-weight network the tests use
       (like flax's `_ResNet1`, "used for testing only"): it compiles several times
       faster.
+    conv_impl: how the convolutions are computed ('auto', 'xla', 'matmul'; see
+      avjax.models.conv). Same parameters and results under every choice.
   """
   embed_dim: int = KINETICS_CLASSES
   final_endpoint: str = "Logits"
@@ -190,6 +207,7 @@ class I3D(nn.Module):
   freeze_bn: bool = False
   dtype: Dtype = jnp.float32
   remat: bool = False
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -203,6 +221,7 @@ class I3D(nn.Module):
       raise ValueError(f"I3D.logits_pool: {self.logits_pool!r} is not 'global' or 'kinetics'")
     if x.ndim != 5 or x.shape[-1] != 3:
       raise ValueError(f"I3D expects RGB clips [N, F, H, W, 3], got shape {x.shape}")
+    conv.check_impl(self.conv_impl)
     use_running_average = self.freeze_bn or not train
     block_cls = nn.remat(InceptionBlock) if self.remat else InceptionBlock
     ch = lambda c: scaled_channels(c, self.width)
@@ -213,20 +232,21 @@ class I3D(nn.Module):
       if kind == "conv":
         features, kernel, strides = args
         net = Unit3D(ch(features), kernel, strides, use_running_average=use_running_average,
-                     dtype=self.dtype, name=name)(net)
+                     dtype=self.dtype, conv_impl=self.conv_impl, name=name)(net)
       elif kind == "pool":
         window, strides = args
         net = nn.max_pool(net, window, strides=strides, padding="SAME")
       else:
         net = block_cls(tuple(ch(c) for c in INCEPTION_CHANNELS[name]),
-                        use_running_average=use_running_average, dtype=self.dtype, name=name)(net)
+                        use_running_average=use_running_average, dtype=self.dtype,
+                        conv_impl=self.conv_impl, name=name)(net)
       endpoints[name] = net
       if name == self.final_endpoint:
         return net, endpoints
       if name == self.last_block:
         break
 
-    head = LogitsHead(self.embed_dim, dtype=self.dtype, name="Logits")
+    head = LogitsHead(self.embed_dim, dtype=self.dtype, conv_impl=self.conv_impl, name="Logits")
     if self.logits_pool == "global":
       pooled = jnp.mean(net.astype(jnp.float32), axis=(1, 2, 3), keepdims=True)  # [N, 1, 1, 1, Ch]
       logits = head(pooled.astype(self.dtype)).reshape(net.shape[0], self.embed_dim)  # [N, D]

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from avjax.models import conv
 from avjax.models import i3d
 from avjax.models import weights
 
@@ -93,12 +94,20 @@ class ConvBlock(nn.Module):
   pool: tuple[int, int] | None = None
   use_running_average: bool = True
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
+
+  @property
+  def layer(self) -> str:
+    """The layer's name ('conv1' ... 'conv7'), as conv.AUTO lists it."""
+    return self.name
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # [N, L, Ch]
     x = nn.Conv(self.features, (self.kernel,), strides=(self.stride,),
                 padding=((self.padding, self.padding),), dtype=self.dtype,
-                param_dtype=jnp.float32, name="Conv_0")(x)
+                param_dtype=jnp.float32,
+                conv_general_dilated=conv.conv_fn(self.conv_impl, "soundnet", self.layer),
+                name="Conv_0")(x)
     x = nn.BatchNorm(use_running_average=self.use_running_average, momentum=BN_MOMENTUM,
                      epsilon=BN_EPSILON, dtype=self.dtype, param_dtype=jnp.float32,
                      name="BatchNorm_0")(x)
@@ -118,12 +127,15 @@ class SoundNet8(nn.Module):
     width: channel multiplier (1.0 for the pretrained weights).
     freeze_bn: BatchNorm uses its stored statistics even when `train` is True.
     dtype: computation dtype; parameters are always float32.
+    conv_impl: how the convolutions are computed ('auto', 'xla', 'matmul'; see
+      avjax.models.conv). Same parameters and results under every choice.
   """
   embed_dim: int = 400
   final_endpoint: str = "Embedding"
   width: float = 1.0
   freeze_bn: bool = False
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -135,12 +147,14 @@ class SoundNet8(nn.Module):
       raise ValueError(
           f"SoundNet8: {x.shape[1]} samples are too few; conv7 needs at least {min_samples()} "
           f"samples ({min_samples() / SAMPLE_RATE:.3f} s at {SAMPLE_RATE} Hz)")
+    conv.check_impl(self.conv_impl)
     use_running_average = self.freeze_bn or not train
     net = (x.astype(jnp.float32) * INPUT_SCALE).astype(self.dtype)[..., None]  # [N, S, 1]
     endpoints: dict[str, jax.Array] = {}
     for name, channels, kernel, stride, pad, pool in LAYERS:
       net = ConvBlock(i3d.scaled_channels(channels, self.width), kernel, stride, pad, pool,
-                      use_running_average=use_running_average, dtype=self.dtype, name=name)(net)
+                      use_running_average=use_running_average, dtype=self.dtype,
+                      conv_impl=self.conv_impl, name=name)(net)
       endpoints[name] = net  # [N, L, Ch]
       if name == self.final_endpoint:
         return net, endpoints

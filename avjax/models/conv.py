@@ -1,0 +1,165 @@
+"""How each convolution is computed: XLA's convolution or im2col + one matmul.
+
+Both forms compute the same function with the same parameters (flax ``nn.Conv``'s
+``kernel [K..., Cin, Cout]`` and ``bias``); only the HLO differs, so checkpoints
+and the pretrained weights load unchanged whichever form runs, and a model may
+be trained under one and evaluated under the other.
+
+* ``'xla'``: ``lax.conv_general_dilated`` (XLA's convolution emitter).
+* ``'matmul'``: the input is padded and unfolded (im2col: the K = prod(kernel)
+  shifted, strided views side by side on the channel axis, built one spatial
+  axis at a time) and contracted with the kernel reshaped to ``[K * Cin, Cout]``
+  in one ``dot_general``; a 1x1 convolution is the matmul alone. The unfolded
+  input costs K x the input's memory (kept for the backward pass in training).
+* ``'auto'`` (default): per layer and per backend, the form measured faster
+  (`AUTO`, from ``scripts/benchmark.py --sections=layers``; the tables in
+  BENCHMARKS.md). Backends without measurements (GPU, TPU) use ``'xla'``.
+
+XLA:CPU is slow on convolutions with few output positions and many channels
+(SoundNet's conv6 / conv7: 2-3 output steps, 256-1024 channels, at about 1-4
+GFLOP/s) and on I3D's 7x7x7 stem, where the matmul form runs at the machine's
+matmul speed; on SoundNet's long, thin early layers and I3D's wide 3x3x3 units
+XLA's own emitter is faster, so those stay on ``'xla'`` under 'auto'.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+from avjax.config_lib import CONV_IMPLS as IMPLS
+
+# backend -> network -> (the form of every layer not listed, the layers in the other
+# form). Measured per layer, forward + backward, at the RAVDESS shape
+# (scripts/benchmark.py --sections=layers; the tables in BENCHMARKS.md, "Per-layer
+# convolution forms"). Backends not listed (GPU, TPU: unmeasured) use 'xla'.
+AUTO: dict[str, dict[str, tuple[str, frozenset[str]]]] = {
+    "cpu": {
+        # conv6 / conv7 (2-3 output steps, 256-1024 channels): 30-55x faster as a
+        # matmul; conv1-conv5: XLA 1.2-6x faster.
+        "soundnet": ("xla", frozenset({"conv6", "conv7"})),
+        # The stem 2.1x and Conv3d_2c 1.2x faster as matmuls, the 1x1x1 units up to
+        # 5x; XLA is >10 % faster on these wide 3x3x3 units at 96 x 96.
+        "i3d": ("matmul", frozenset({
+            "Mixed_3b/Branch_1/Conv3d_0b_3x3", "Mixed_3b/Branch_2/Conv3d_0b_3x3",
+            "Mixed_3c/Branch_1/Conv3d_0b_3x3", "Mixed_3c/Branch_2/Conv3d_0b_3x3",
+            "Mixed_4d/Branch_1/Conv3d_0b_3x3", "Mixed_4e/Branch_1/Conv3d_0b_3x3",
+            "Mixed_4f/Branch_1/Conv3d_0b_3x3"})),
+    },
+}
+
+
+def check_impl(impl: str) -> str:
+  if impl not in IMPLS:
+    raise ValueError(f"model.conv_impl: {impl!r} is not one of {IMPLS}")
+  return impl
+
+
+def _pads(padding: str | Sequence[tuple[int, int]], in_shape: Sequence[int],
+          window: Sequence[int], strides: Sequence[int]) -> list[tuple[int, int]]:
+  if isinstance(padding, str):
+    return [tuple(p) for p in lax.padtype_to_pads(in_shape, window, strides, padding)]
+  return [tuple(int(v) for v in p) for p in padding]
+
+
+def matmul_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                padding: str | Sequence[tuple[int, int]], lhs_dilation: Sequence[int] | None = None,
+                rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
+                feature_group_count: int = 1, precision: Any = None,
+                preferred_element_type: Any = None) -> jax.Array:
+  """`lax.conv_general_dilated` for channels-last inputs, as im2col + one matmul.
+
+  lhs [N, S..., Cin], rhs [K..., Cin, Cout] (flax's layout); supports strides,
+  kernel dilation and explicit or 'SAME'/'VALID' padding; not input dilation or
+  feature groups (the models use neither).
+  """
+  del dimension_numbers  # flax passes channels-last numbers; asserted by the shapes below
+  if feature_group_count != 1 or (lhs_dilation is not None and any(d != 1 for d in lhs_dilation)):
+    raise NotImplementedError("matmul_conv: feature groups and input dilation are not supported")
+  spatial = lhs.ndim - 2
+  kernel = tuple(rhs.shape[:spatial])
+  if rhs.ndim != spatial + 2 or rhs.shape[-2] != lhs.shape[-1]:
+    raise ValueError(f"matmul_conv: kernel {rhs.shape} does not fit input {lhs.shape} "
+                     "(channels-last [N, S..., Cin] and [K..., Cin, Cout] expected)")
+  strides = tuple(window_strides)
+  dilation = tuple(rhs_dilation) if rhs_dilation is not None else (1,) * spatial
+  window = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
+  pads = _pads(padding, lhs.shape[1:-1], window, strides)
+  x = lhs
+  if any(p != (0, 0) for p in pads):
+    x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+  out = tuple((x.shape[1 + i] - window[i]) // strides[i] + 1 for i in range(spatial))
+  if any(o < 1 for o in out):
+    raise ValueError(f"matmul_conv: input {lhs.shape} is smaller than the kernel {kernel}")
+  # im2col one spatial axis at a time: sum(K_d) slices instead of prod(K_d) (7 + 7 + 7
+  # for I3D's stem, not 343; 9 for a 3x3x3 unit, not 27), which keeps the HLO and
+  # XLA's compile time small (I3D's train step compiles about as fast as with 'xla').
+  # After axis d the channels are ordered (k_d, ..., k_0, Cin).
+  cols = x
+  for d in range(spatial):
+    axis = 1 + d
+    taps = []
+    for k in range(kernel[d]):
+      start = [0] * cols.ndim
+      start[axis] = k * dilation[d]
+      limit = list(cols.shape)
+      limit[axis] = start[axis] + (out[d] - 1) * strides[d] + 1
+      step = [1] * cols.ndim
+      step[axis] = strides[d]
+      taps.append(lax.slice(cols, start, limit, step))
+    cols = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+  # The kernel [k_0, ..., k_{n-1}, Cin, Cout] in the columns' order.
+  order = tuple(range(spatial - 1, -1, -1)) + (spatial, spatial + 1)
+  weights = jnp.transpose(rhs, order).reshape(-1, rhs.shape[-1])  # [K * Cin, Cout]
+  return lax.dot_general(cols, weights, (((cols.ndim - 1,), (0,)), ((), ())),
+                         precision=precision, preferred_element_type=preferred_element_type)
+
+
+def conv_fn(impl: str, network: str, layer: str,
+            backend: str | None = None) -> Callable[..., jax.Array] | None:
+  """The `conv_general_dilated` for flax's nn.Conv (None: lax's own, i.e. 'xla').
+
+  network: 'soundnet' or 'i3d'; layer: the layer's name (SoundNet 'conv6'; I3D
+  the Unit3D's path, e.g. 'Mixed_4b/Branch_1/Conv3d_0b_3x3' or 'Conv3d_1a_7x7').
+  'auto' reads AUTO for `backend` (default: jax's default backend, at trace
+  time).
+  """
+  check_impl(impl)
+  if impl == "auto":
+    default, others = AUTO.get(backend or jax.default_backend(), {}).get(network, ("xla", frozenset()))
+    impl = default if layer not in others else ("xla" if default == "matmul" else "matmul")
+  return matmul_conv if impl == "matmul" else None
+
+
+def conv_layers(module: nn.Module, *args: Any, network: str, **kwargs: Any) -> list[dict]:
+  """Every nn.Conv call of `module.init(key, *args, **kwargs)`, in call order.
+
+  Abstract (`jax.eval_shape`: nothing is computed). Each entry: network, layer
+  (the name `conv_fn` is given: the parent's `layer`, else its path), input_shape,
+  kernel, strides, padding ('SAME' or explicit pairs), features, use_bias, and
+  first (the network's first convolution, whose input needs no gradient).
+  """
+  specs: list[dict] = []
+
+  def record(next_fun, call_args, call_kwargs, context):
+    conv = context.module
+    if isinstance(conv, nn.Conv) and context.method_name == "__call__":
+      kernel = tuple(int(k) for k in conv.kernel_size)
+      strides = conv.strides if isinstance(conv.strides, Sequence) else (conv.strides or 1,) * len(kernel)
+      padding = conv.padding if isinstance(conv.padding, str) else tuple(
+          tuple(int(v) for v in p) for p in conv.padding)
+      specs.append(dict(network=network, layer=getattr(conv.parent, "layer", "/".join(conv.path[:-1])),
+                        input_shape=tuple(int(d) for d in call_args[0].shape), kernel=kernel,
+                        strides=tuple(int(v) for v in strides), padding=padding,
+                        features=int(conv.features), use_bias=bool(conv.use_bias),
+                        first=not specs))
+    return next_fun(*call_args, **call_kwargs)
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda *a: module.init(jax.random.key(0), *a, **kwargs), *args)
+  return specs
