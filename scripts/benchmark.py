@@ -117,17 +117,21 @@ SHAPES = {
 
 
 def describe(case: dict) -> str:
-  """'ravdess B=40 T=8 F=25 96x96 bfloat16 remat no-donate'."""
-  return (f"{case['shape']} B={case['batch']} T={case['windows']} F={case['frames']} "
-          f"{case['size']}x{case['size']} {case['dtype']}" + (" remat" if case["remat"] else "")
+  """'ravdess:audio_lstm B=40 T=8 F=25 96x96 bfloat16 remat no-donate conv=xla'."""
+  arg = case.get("config_arg", "")
+  impl = case.get("conv_impl", "auto")
+  return (f"{case['shape']}{':' + arg if arg else ''} B={case['batch']} T={case['windows']} "
+          f"F={case['frames']} {case['size']}x{case['size']} {case['dtype']}"
+          + (" remat" if case["remat"] else "")
           + ("" if case["donate"] else " no-donate")
+          + ("" if impl == "auto" else f" conv={impl}")
           + (" (compile only)" if case["compile_only"] else ""))
 
 
 def _case(shape: str, **kw) -> dict:
   kw.pop("label", None)
   out = dict(SHAPES[shape], shape=shape, dtype="float32", remat=False, donate=True,
-             compile_only=False)
+             compile_only=False, config_arg="", conv_impl="auto")
   out.update(kw)
   out["label"] = describe(out)
   return out
@@ -141,10 +145,13 @@ PRESETS = {
                   "build"),
         train_step=[_case("ravdess", compile_only=True),
                     _case("ravdess", batch=1), _case("ravdess", batch=2),
+                    _case("ravdess", config_arg="audio_lstm"),
                     _case("demo")],
-        options=[("demo", {}), ("demo", dict(dtype="bfloat16")),
+        options=[("demo", {}), ("demo", dict(dtype="bfloat16")), ("demo", dict(conv_impl="xla")),
                  ("ravdess_b1", {}), ("ravdess_b1", dict(dtype="bfloat16")),
-                 ("ravdess_b1", dict(remat=True)), ("ravdess_b1", dict(donate=False))],
+                 ("ravdess_b1", dict(remat=True)), ("ravdess_b1", dict(donate=False)),
+                 ("ravdess_b1", dict(conv_impl="xla")),
+                 ("ravdess_audio", {}), ("ravdess_audio", dict(conv_impl="xla"))],
         scaling_windows=dict(shape="demo", batch=4, values=(1, 2, 4, 8)),
         scaling_batch=dict(shape="demo", windows=2, values=(2, 4, 8, 16)),
         data_parallel=dict(shape="demo", batch=8, windows=2, devices=(1, 2, 4)),
@@ -191,6 +198,7 @@ _OPTION_BASES = {
     "demo": lambda: _case("demo"),
     "ravdess_b1": lambda: _case("ravdess", batch=1),
     "ravdess_bf16": lambda: _case("ravdess", dtype="bfloat16"),
+    "ravdess_audio": lambda: _case("ravdess", config_arg="audio_lstm"),
 }
 
 
@@ -246,10 +254,13 @@ def cost_model_flops(batch: int, windows: int, frames: int, size: int,
 
 
 def bench_config(case: dict):
-  """The ConfigDict of a case: configs/ravdess.py or configs/demo.py, not pretrained
-  (random weights cost the same), with the case's dtype and remat."""
+  """The ConfigDict of a case: configs/ravdess.py or configs/demo.py (with the case's
+  config_arg, e.g. 'audio_lstm'), not pretrained (random weights cost the same),
+  with the case's dtype, remat and conv_impl."""
   from configs import demo, ravdess
-  config = {"ravdess": ravdess, "demo": demo}[case["config"]].get_config()
+  config = {"ravdess": ravdess, "demo": demo}[case["config"]].get_config(
+      case.get("config_arg") or None)
+  config.model.conv_impl = case.get("conv_impl", "auto")
   config.model.pretrained = False
   config.model.dtype = case["dtype"]
   config.model.remat = bool(case["remat"])

@@ -162,6 +162,23 @@ class HelpersTest(absltest.TestCase):
       self.assertEqual(text.count("<!-- benchmark.py:tiny begin -->"), 1)
       self.assertIn("| 12 | 3 | 8 |", text)
 
+  def test_layers_section(self):
+    # SoundNet at the tiny shape: every layer in both forms, auto's pick, the table.
+    report = benchmark.run("tiny", ["layers"])
+    rows = report["sections"]["layers"]
+    self.assertEqual([r["layer"] for r in rows], [f"conv{i}" for i in range(1, 8)])
+    for r in rows:
+      self.assertCountEqual(r["forms"], ("xla", "matmul"))
+      times = {f: c["fwd_bwd_s"] for f, c in r["forms"].items()}
+      self.assertTrue(all(t > 0 for t in times.values()))
+      self.assertEqual(r["fastest"], min(times, key=times.get))
+      self.assertEqual(r["auto"], "matmul" if r["layer"] in ("conv6", "conv7") else "xla")
+    self.assertTrue(rows[0]["first"])
+    text = benchmark.render_markdown(report)
+    self.assertIn("#### soundnet, tiny shape", text)
+    self.assertIn("| conv7 |", text)
+    self.assertIn("`auto`", text)
+
 
 if __name__ == "__main__":
   absltest.main()

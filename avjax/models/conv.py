@@ -10,7 +10,10 @@ be trained under one and evaluated under the other.
   shifted, strided views side by side on the channel axis, built one spatial
   axis at a time) and contracted with the kernel reshaped to ``[K * Cin, Cout]``
   in one ``dot_general``; a 1x1 convolution is the matmul alone. The unfolded
-  input costs K x the input's memory (kept for the backward pass in training).
+  input takes K x the input's memory: on CPU 'auto' raises XLA's peak-memory
+  estimate of a train step 1.8x (RAVDESS shape, B = 1) to 2.7x (demo), mostly
+  I3D's 7x7x7 stem (K = 343); `jax.checkpoint` around the unfolding did not
+  lower it. 'xla' is the memory-lean choice.
 * ``'auto'`` (default): per layer and per backend, the form measured faster
   (`AUTO`, from ``scripts/benchmark.py --sections=layers``; the tables in
   BENCHMARKS.md). Backends without measurements (GPU, TPU) use ``'xla'``.
@@ -90,34 +93,38 @@ def matmul_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
   dilation = tuple(rhs_dilation) if rhs_dilation is not None else (1,) * spatial
   window = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilation))
   pads = _pads(padding, lhs.shape[1:-1], window, strides)
-  x = lhs
-  if any(p != (0, 0) for p in pads):
-    x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
-  out = tuple((x.shape[1 + i] - window[i]) // strides[i] + 1 for i in range(spatial))
+  padded = tuple(n + p[0] + p[1] for n, p in zip(lhs.shape[1:-1], pads))
+  out = tuple((padded[i] - window[i]) // strides[i] + 1 for i in range(spatial))
   if any(o < 1 for o in out):
     raise ValueError(f"matmul_conv: input {lhs.shape} is smaller than the kernel {kernel}")
-  # im2col one spatial axis at a time: sum(K_d) slices instead of prod(K_d) (7 + 7 + 7
-  # for I3D's stem, not 343; 9 for a 3x3x3 unit, not 27), which keeps the HLO and
-  # XLA's compile time small (I3D's train step compiles about as fast as with 'xla').
-  # After axis d the channels are ordered (k_d, ..., k_0, Cin).
-  cols = x
-  for d in range(spatial):
-    axis = 1 + d
-    taps = []
-    for k in range(kernel[d]):
-      start = [0] * cols.ndim
-      start[axis] = k * dilation[d]
-      limit = list(cols.shape)
-      limit[axis] = start[axis] + (out[d] - 1) * strides[d] + 1
-      step = [1] * cols.ndim
-      step[axis] = strides[d]
-      taps.append(lax.slice(cols, start, limit, step))
-    cols = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
-  # The kernel [k_0, ..., k_{n-1}, Cin, Cout] in the columns' order.
-  order = tuple(range(spatial - 1, -1, -1)) + (spatial, spatial + 1)
-  weights = jnp.transpose(rhs, order).reshape(-1, rhs.shape[-1])  # [K * Cin, Cout]
-  return lax.dot_general(cols, weights, (((cols.ndim - 1,), (0,)), ((), ())),
-                         precision=precision, preferred_element_type=preferred_element_type)
+
+  def unfold_dot(x, rhs):
+    if any(p != (0, 0) for p in pads):
+      x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+    # im2col one spatial axis at a time: sum(K_d) slices instead of prod(K_d) (7 + 7 + 7
+    # for I3D's stem, not 343; 9 for a 3x3x3 unit, not 27), which keeps the HLO and
+    # XLA's compile time small (I3D's train step compiles about as fast as with 'xla').
+    # After axis d the channels are ordered (k_d, ..., k_0, Cin).
+    cols = x
+    for d in range(spatial):
+      axis = 1 + d
+      taps = []
+      for k in range(kernel[d]):
+        start = [0] * cols.ndim
+        start[axis] = k * dilation[d]
+        limit = list(cols.shape)
+        limit[axis] = start[axis] + (out[d] - 1) * strides[d] + 1
+        step = [1] * cols.ndim
+        step[axis] = strides[d]
+        taps.append(lax.slice(cols, start, limit, step))
+      cols = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+    # The kernel [k_0, ..., k_{n-1}, Cin, Cout] in the columns' order.
+    order = tuple(range(spatial - 1, -1, -1)) + (spatial, spatial + 1)
+    weights = jnp.transpose(rhs, order).reshape(-1, rhs.shape[-1])  # [K * Cin, Cout]
+    return lax.dot_general(cols, weights, (((cols.ndim - 1,), (0,)), ((), ())),
+                           precision=precision, preferred_element_type=preferred_element_type)
+
+  return unfold_dot(lhs, rhs)
 
 
 def conv_fn(impl: str, network: str, layer: str,
