@@ -860,9 +860,10 @@ def section_loop(preset: dict, data_dir: str) -> dict:
 # Build ------------------------------------------------------------------------------
 
 
-def _benchmark_build_module():
-  spec = importlib.util.spec_from_file_location("avjax_benchmark_build",
-                                                ROOT / "scripts" / "benchmark_build.py")
+@functools.lru_cache(maxsize=None)
+def _script_module(name: str):
+  """scripts/NAME.py as a module (scripts/ is not a package)."""
+  spec = importlib.util.spec_from_file_location(f"avjax_{name}", ROOT / "scripts" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -871,7 +872,7 @@ def _benchmark_build_module():
 def section_build(preset: dict) -> list[dict]:
   """Decoding throughput of the RAVDESS builder's worker task (per core)."""
   from avjax.data import windows
-  bb = _benchmark_build_module()
+  bb = _script_module("benchmark_build")
   spec = preset["build"]
   folder = pathlib.Path(tempfile.gettempdir()) / "avjax_bench_ravdess"
   t0 = time.perf_counter()
@@ -889,17 +890,9 @@ def section_build(preset: dict) -> list[dict]:
 # Layers -----------------------------------------------------------------------------
 
 
-def _benchmark_layers_module():
-  spec = importlib.util.spec_from_file_location("avjax_benchmark_layers",
-                                                ROOT / "scripts" / "benchmark_layers.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def section_layers(preset: dict) -> list[dict]:
   """Every convolution of SoundNet-8 and I3D alone, in each form (benchmark_layers.py)."""
-  bl = _benchmark_layers_module()
+  bl = _script_module("benchmark_layers")
   spec = dict(preset["layers"])
   rows = []
   for shape in spec.pop("shapes"):
@@ -1085,7 +1078,7 @@ def render_markdown(report: dict) -> str:
               "none for the input of a network's first layer), median milliseconds; **bold**: "
               "the faster form; `auto`: what `model.conv_impl='auto'` runs on this backend "
               "(avjax/models/conv.py `AUTO`). `all`: the sum over the network's layers.", ""]
-    lines += _benchmark_layers_module().markdown_lines(s["layers"], md_table)
+    lines += _script_module("benchmark_layers").markdown_lines(s["layers"], md_table)
   if "build" in s:
     lines += ["### Dataset build (RAVDESS worker task: decode, resample, window, zlib)", "",
               md_table(["workers", "clips", "clips/s", "per core"],

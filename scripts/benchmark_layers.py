@@ -49,7 +49,7 @@ SHAPES = {
                     video_width=1.0, audio_width=1.0),
     "demo": dict(soundnet_windows=80, i3d_windows=80, frames=8, size=32, samples=22050,
                  video_width=0.125, audio_width=0.25),
-    "tiny": dict(soundnet_windows=2, i3d_windows=2, frames=8, size=32, samples=4000,
+    "tiny": dict(soundnet_windows=2, i3d_windows=2, frames=8, size=32, samples=5000,
                  video_width=0.125, audio_width=0.125),
 }
 
