@@ -28,10 +28,10 @@ def _dimension_numbers(spatial: int) -> lax.ConvDimensionNumbers:
   return lax.ConvDimensionNumbers(io, (spatial + 1, spatial) + tuple(range(spatial)), io)
 
 
-def _both_forms(x, w, g, strides, padding, rhs_dilation=None, with_bfloat16=False):
+def _forms(x, w, g, strides, padding, rhs_dilation=None, with_bfloat16=False):
   """(y, dy/dx, dy/dw) of sum(conv(x, w) * g) for 'xla' and for 'matmul'; with
   `with_bfloat16`, also both in bfloat16: ((xla, matmul), (xla bf16, matmul bf16)).
-  One jitted program per call (the tests' cost is compiling)."""
+  Traceable: `_both_forms` jits it for one layer."""
   dn = _dimension_numbers(x.ndim - 2)
 
   def run(fn, x, w):
@@ -41,14 +41,16 @@ def _both_forms(x, w, g, strides, padding, rhs_dilation=None, with_bfloat16=Fals
     (_, y), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(x, w)
     return (y, *grads)
 
-  def both(x, w):
-    out = (run(lax.conv_general_dilated, x, w), run(conv.matmul_conv, x, w))
-    if not with_bfloat16:
-      return out
-    xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
-    return out, (run(lax.conv_general_dilated, xb, wb), run(conv.matmul_conv, xb, wb))
+  out = (run(lax.conv_general_dilated, x, w), run(conv.matmul_conv, x, w))
+  if not with_bfloat16:
+    return out
+  xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  return out, (run(lax.conv_general_dilated, xb, wb), run(conv.matmul_conv, xb, wb))
 
-  return jax.jit(both)(x, w)
+
+def _both_forms(x, w, g, strides, padding, rhs_dilation=None):
+  """`_forms` in float32 for one convolution, jitted."""
+  return jax.jit(lambda x, w: _forms(x, w, g, strides, padding, rhs_dilation))(x, w)
 
 
 def _arrays(input_shape, kernel, features, seed=0):
@@ -111,14 +113,25 @@ class MatmulConvTest(parameterized.TestCase):
   def test_every_layer_agrees_in_float32_and_within_bfloat16_rounding(self):
     # float32: within 1e-5 of the largest magnitude, every layer. bfloat16 (8-bit
     # mantissa, both forms in bf16 against the float32 result): within 2^-6, a few
-    # bf16 roundings, on _BF16_LAYERS.
+    # bf16 roundings, on _BF16_LAYERS. All layers in one jitted program (the cost is
+    # compiling: one program per layer took about 50 s).
+    cases = []
     for spec in self.layers:
+      x, w = _arrays(spec["input_shape"], spec["kernel"], spec["features"])
+      g = _cotangent(x, w, spec["strides"], spec["padding"])
+      cases.append((spec, x, w, g))
+
+    def everything(arrays):
+      return [_forms(x, w, g, spec["strides"], spec["padding"],
+                     with_bfloat16=spec["layer"] in _BF16_LAYERS)
+              for (spec, *_), (x, w, g) in zip(cases, arrays)]
+
+    results = jax.jit(everything)([case[1:] for case in cases])
+    self.assertLen({s["layer"] for s in self.layers if s["layer"] in _BF16_LAYERS},
+                   len(_BF16_LAYERS))
+    for (spec, *_), forms in zip(cases, results):
       with self.subTest(layer=f"{spec['network']}/{spec['layer']}"):
-        x, w = _arrays(spec["input_shape"], spec["kernel"], spec["features"])
-        g = _cotangent(x, w, spec["strides"], spec["padding"])
-        # bf16 on one layer of each kind (the suite's time is compiling).
         bf16 = spec["layer"] in _BF16_LAYERS
-        forms = _both_forms(x, w, g, spec["strides"], spec["padding"], with_bfloat16=bf16)
         (ref, mat), (ref16, mat16) = forms if bf16 else (forms, (None,) * 2)
         self.assertEqual(ref[0].shape, mat[0].shape)
         for what, a, b in zip(("output", "d/dx", "d/dw"), ref, mat):

@@ -98,33 +98,30 @@ def matmul_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
   if any(o < 1 for o in out):
     raise ValueError(f"matmul_conv: input {lhs.shape} is smaller than the kernel {kernel}")
 
-  def unfold_dot(x, rhs):
-    if any(p != (0, 0) for p in pads):
-      x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
-    # im2col one spatial axis at a time: sum(K_d) slices instead of prod(K_d) (7 + 7 + 7
-    # for I3D's stem, not 343; 9 for a 3x3x3 unit, not 27), which keeps the HLO and
-    # XLA's compile time small (I3D's train step compiles about as fast as with 'xla').
-    # After axis d the channels are ordered (k_d, ..., k_0, Cin).
-    cols = x
-    for d in range(spatial):
-      axis = 1 + d
-      taps = []
-      for k in range(kernel[d]):
-        start = [0] * cols.ndim
-        start[axis] = k * dilation[d]
-        limit = list(cols.shape)
-        limit[axis] = start[axis] + (out[d] - 1) * strides[d] + 1
-        step = [1] * cols.ndim
-        step[axis] = strides[d]
-        taps.append(lax.slice(cols, start, limit, step))
-      cols = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
-    # The kernel [k_0, ..., k_{n-1}, Cin, Cout] in the columns' order.
-    order = tuple(range(spatial - 1, -1, -1)) + (spatial, spatial + 1)
-    weights = jnp.transpose(rhs, order).reshape(-1, rhs.shape[-1])  # [K * Cin, Cout]
-    return lax.dot_general(cols, weights, (((cols.ndim - 1,), (0,)), ((), ())),
-                           precision=precision, preferred_element_type=preferred_element_type)
-
-  return unfold_dot(lhs, rhs)
+  # im2col one spatial axis at a time: sum(K_d) slices instead of prod(K_d) (7 + 7 + 7
+  # for I3D's stem, not 343; 9 for a 3x3x3 unit, not 27), which keeps the HLO and
+  # XLA's compile time small (I3D's train step compiles about as fast as with 'xla').
+  # After axis d the channels are ordered (k_d, ..., k_0, Cin).
+  cols = lhs
+  if any(p != (0, 0) for p in pads):
+    cols = jnp.pad(cols, [(0, 0), *pads, (0, 0)])
+  for d in range(spatial):
+    axis = 1 + d
+    taps = []
+    for k in range(kernel[d]):
+      start = [0] * cols.ndim
+      start[axis] = k * dilation[d]
+      limit = list(cols.shape)
+      limit[axis] = start[axis] + (out[d] - 1) * strides[d] + 1
+      step = [1] * cols.ndim
+      step[axis] = strides[d]
+      taps.append(lax.slice(cols, start, limit, step))
+    cols = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+  # The kernel [k_0, ..., k_{n-1}, Cin, Cout] in the columns' order.
+  order = tuple(range(spatial - 1, -1, -1)) + (spatial, spatial + 1)
+  weights = jnp.transpose(rhs, order).reshape(-1, rhs.shape[-1])  # [K * Cin, Cout]
+  return lax.dot_general(cols, weights, (((cols.ndim - 1,), (0,)), ((), ())),
+                         precision=precision, preferred_element_type=preferred_element_type)
 
 
 def conv_fn(impl: str, network: str, layer: str,
