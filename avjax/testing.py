@@ -113,6 +113,10 @@ def tiny_config(num_classes=4, clips_per_class=2, windows=2, frames=4, crop=16, 
   c.model.video_width = 0.125
   c.model.audio_width = 0.25
   c.model.video_last_block = "Mixed_3b"
+  # XLA's convolutions: they compile faster at the tests' optimisation level; the
+  # forms are checked in tests/test_conv.py and the model parity tests, and 'auto'
+  # runs end to end in tests/test_benchmark.py's train step and in `make demo`.
+  c.model.conv_impl = "xla"
   c.model.embed_dim = 16
   c.model.lstm_hidden = 16
   c.input.clips_per_class = clips_per_class
