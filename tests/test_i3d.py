@@ -67,7 +67,8 @@ class I3DParityTest(parameterized.TestCase):
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
     self.assertCountEqual(list(endpoints), list(i3d.ENDPOINTS[:i3d.ENDPOINTS.index("Mixed_5c") + 1]))
 
-  @parameterized.parameters("auto", "xla", "matmul")
+  # Both pure forms ('auto' on CPU mixes them per layer; it runs at 96 x 96 above).
+  @parameterized.parameters("xla", "matmul")
   def test_kinetics_logits_agree_at_224(self, conv_impl):
     clip = np.random.default_rng(1).integers(0, 256, (1, 16, 224, 224, 3), dtype=np.uint8)
     ours, _ = self._ours(i3d.I3D(logits_pool="kinetics", conv_impl=conv_impl), clip)
