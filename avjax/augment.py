@@ -29,7 +29,8 @@ Method, in the order `augment_audio` applies it (one draw for the whole batch):
   values, never shapes: the stretch runs over a static number of frames
   N_out = ceil(N q_max) + 1 with q_max = 2**(max_semitones/12), those past the
   stretched length masked out, so |k| <= max_semitones must hold;
-* noise: the batch's [T, S] array added to every clip (exactly).
+* noise: the batch's [T, S] array added to every clip (exactly), except, with
+  `window_valid` given, on the zero padding past a clip's end (`signal_mask`).
 
 Identity shortcuts: speed 1 and 0 semitones skip their step through
 `lax.cond` (exact identity, and no pitch-shift cost when the draw is 0); with
@@ -191,11 +192,27 @@ def shift_pitch(audio: jax.Array, semitones: jax.Array, max_semitones: float) ->
   return _resample_linear(y, length, q, s).reshape(shape).astype(audio.dtype)
 
 
+def signal_mask(window_valid: jax.Array, samples: int, speed: jax.Array) -> jax.Array:
+  """[B, T] fractions of each window inside its clip -> [B, T, S] float32, 1 on the
+  samples that hold the clip's signal after a speed change by `speed`: the clip
+  fills a window's first V = round(window_valid S) samples (zero padding after
+  them), and sample j reads position j speed, so j holds signal iff j speed < V.
+  (A pitch shift keeps the timing.)"""
+  v = jnp.round(jnp.asarray(window_valid, jnp.float32) * samples)[..., None]   # [B, T, 1]
+  pos = jnp.arange(samples, dtype=jnp.float32) * jnp.asarray(speed, jnp.float32)
+  return (pos < v).astype(jnp.float32)
+
+
 def augment_audio(audio: jax.Array, speed: jax.Array, semitones: jax.Array,
-                  noise: jax.Array | None, *, max_semitones: float) -> jax.Array:
+                  noise: jax.Array | None, *, max_semitones: float,
+                  window_valid: jax.Array | None = None) -> jax.Array:
   """[B, T, S] -> [B, T, S] float32: `change_speed` by `speed`, `shift_pitch`
   by `semitones`, then `noise` [T, S] added to every clip (None or zeros: no
   noise). One draw for the whole batch (scalars, may be traced).
+
+  `window_valid` [B, T] (optional; given when `loss.mask_padded_windows`): the
+  noise is only added where the window holds the clip's signal (`signal_mask`),
+  not to the zero padding past the clip's end. None adds it everywhere.
 
   speed == 1 and semitones == 0 skip their step (`lax.cond`: exact identity);
   max_semitones == 0 (static) leaves the pitch step out of the graph.
@@ -208,19 +225,23 @@ def augment_audio(audio: jax.Array, speed: jax.Array, semitones: jax.Array,
     audio = jax.lax.cond(semitones == 0.0, lambda a: a,
                          lambda a: shift_pitch(a, semitones, max_semitones), audio)
   if noise is not None:
-    audio = audio + jnp.asarray(noise, jnp.float32)[None]
+    noise = jnp.asarray(noise, jnp.float32)[None]                          # [1, T, S]
+    if window_valid is not None:
+      noise = noise * signal_mask(window_valid, audio.shape[-1], speed)
+    audio = audio + noise
   return audio
 
 
 def augment_in_graph(arrays: dict[str, jax.Array], inputs: dict[str, jax.Array], *,
-                     crop_size: int, max_semitones: float) -> dict[str, jax.Array]:
+                     crop_size: int, max_semitones: float,
+                     mask_padded_windows: bool = True) -> dict[str, jax.Array]:
   """Gathers batch `inputs['index']` [B] from the device arrays (video
   [D, T, F, H, W, 3] uint8 if present, audio [D, T, S], label [D],
   window_valid [D, T]) and augments it with the batch's draws ('crop' [2]
   int32, 'flip' bool, 'speed', 'semitones', 'noise' [T, S]; 'mask' [B] passed
   through when present). Returns a train-step batch: video [B, T, F, X, X, 3]
-  uint8, audio [B, T, S] float32 (`augment_audio`), label, window_valid, and
-  mask when given."""
+  uint8, audio [B, T, S] float32 (`augment_audio`; no noise on the padding
+  with `mask_padded_windows`), label, window_valid, and mask when given."""
   idx = inputs["index"]                                                    # [B]
   batch = {"label": arrays["label"][idx], "window_valid": arrays["window_valid"][idx]}
   if "mask" in inputs:
@@ -232,6 +253,8 @@ def augment_in_graph(arrays: dict[str, jax.Array], inputs: dict[str, jax.Array],
     v = jax.lax.dynamic_slice(v, (zero, zero, zero, y, x, zero),
                               v.shape[:3] + (crop_size, crop_size, 3))     # [B, T, F, X, X, 3]
     batch["video"] = jax.lax.cond(inputs["flip"], lambda u: u[..., ::-1, :], lambda u: u, v)
-  batch["audio"] = augment_audio(arrays["audio"][idx], inputs["speed"], inputs["semitones"],
-                                 inputs["noise"], max_semitones=max_semitones)
+  batch["audio"] = augment_audio(
+      arrays["audio"][idx], inputs["speed"], inputs["semitones"], inputs["noise"],
+      max_semitones=max_semitones,
+      window_valid=batch["window_valid"] if mask_padded_windows else None)
   return batch

@@ -22,8 +22,11 @@ field, at start-up (`validate`).
 
 from __future__ import annotations
 
+import copy
+
 import ml_collections
 
+from avjax.data import folds as folds_lib
 from avjax.data import windows
 
 # Dataset facts. `table1` lists the windowings of the paper's Table I; the
@@ -77,9 +80,44 @@ def gate_modalities(config) -> tuple[str, ...]:
   return GATE_MODALITIES[config.model.modalities]
 
 
-def training_folds(config, test_fold: int) -> list[int]:
-  """Every fold but the held-out `test_fold`."""
-  return [f for f in range(config.dataset.num_folds) if f != test_fold]
+def validation_fold(config, test_fold: int, nonempty=None) -> int | None:
+  """The fold held out for model selection when `test_fold` is tested, or None.
+
+  `config.train.validation_fold`: 'none' (no selection: the last checkpoint is the
+  result), 'next' (the first fold after `test_fold`, modulo the fold count, that
+  has clips: in `nonempty` when given) or a fold number (as an int or a string).
+  Never the test fold."""
+  choice = str(config.train.validation_fold).strip().lower()
+  if choice == "none":
+    return None
+  if choice == "next":
+    for step in range(1, folds_lib.NUM_FOLDS):
+      fold = (test_fold + step) % folds_lib.NUM_FOLDS
+      if nonempty is None or fold in nonempty:
+        return fold
+    raise ValueError(f"config.train.validation_fold='next': no fold other than the test fold "
+                     f"{test_fold} has clips")
+  fold = _fold_number(config.train.validation_fold)
+  if fold == test_fold:
+    raise ValueError(f"config.train.validation_fold={fold} is the test fold")
+  return fold
+
+
+def _fold_number(value) -> int:
+  try:
+    fold = int(str(value).strip())
+  except ValueError:
+    fold = -1
+  if not 0 <= fold < folds_lib.NUM_FOLDS:
+    raise ValueError(f"config.train.validation_fold: {value!r} is not 'none', 'next' or a fold "
+                     f"number 0..{folds_lib.NUM_FOLDS - 1}")
+  return fold
+
+
+def training_folds(config, test_fold: int, nonempty=None) -> list[int]:
+  """Every fold but the held-out `test_fold` and its validation fold (if any)."""
+  held = {test_fold, validation_fold(config, test_fold, nonempty)}
+  return [f for f in range(folds_lib.NUM_FOLDS) if f not in held]
 
 
 def fig5_groups(config) -> dict[str, tuple[str, ...]]:
@@ -108,7 +146,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   # or 'auto': audio-only records for audio-only models where the dataset has them.
   c.dataset.records = "auto"
   c.dataset.build = True            # build the dataset first if it is missing (needs manual_dir for real data)
-  c.dataset.num_folds = 10          # subject-independent folds, splits fold0 ... fold9
   c.dataset.class_names = DATASETS["synthetic_av"]["class_names"]
 
   c.input = ml_collections.ConfigDict()
@@ -142,12 +179,21 @@ def get_base_config() -> ml_collections.ConfigDict:
   # measured fastest; on CPU im2col + matmul for I3D and SoundNet's conv6/conv7),
   # 'xla' or 'matmul'. Same parameters and results: checkpoints work under any.
   c.model.conv_impl = "auto"
+  # BatchNorm running-average momentum (flax's: the fraction kept per step) of both
+  # encoders when they train with batch statistics (freeze_bn=False). None: each
+  # network's own (I3D 0.999 as its Sonnet checkpoint, SoundNet 0.9 as Torch's 0.1).
+  c.model.bn_momentum = ml_collections.config_dict.placeholder(float)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.margin = 1.0               # triplet margin on squared Euclidean distances
   c.loss.mse_weight = 1.0           # weight of the audio-video MSE term (gating only)
   c.loss.triplet_weight = 1.0       # weight of the triplet term
   c.loss.exclude_used = True        # MWTSM; False = plain batch-hard mining (ablation)
+  # Windows wholly past a clip's end (window_valid == 0) take no part in the loss or
+  # the miner, the LSTMs pass them unchanged (training, evaluation, predict) and the
+  # training noise is not added to the audio padding. False: every window counts as
+  # real data and the noise covers the padding (avjax 0.1.0; for ablation).
+  c.loss.mask_padded_windows = True
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"             # 'adam' (torch.optim.Adam: L2 added to the gradient) or 'adamw'
@@ -164,7 +210,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.log_every_steps = 10
   c.train.checkpoint_every_steps = 200
   c.train.keep_checkpoints = 3      # latest checkpoints kept (the best is kept as well)
-  c.train.eval_every_epochs = 10    # validation KNN accuracy every n epochs (0: only at the end)
+  # Model selection. 'none' (the paper: no selection, the last checkpoint is the
+  # result, the test fold is never scored during training), 'next' (for test fold
+  # k, the next fold with clips is left out of training and scored by KNN against
+  # the training folds; the best checkpoint by it is the result) or a fold number
+  # (the same validation fold for every test fold; it cannot be one of `folds`).
+  c.train.validation_fold = "none"
+  c.train.eval_every_epochs = 10    # with a validation fold: score it every n epochs and at the end
 
   c.eval = ml_collections.ConfigDict()
   c.eval.k = 15                     # KNN neighbours
@@ -188,14 +240,31 @@ def _merge(base: dict, over: dict) -> dict:
   return out
 
 
-def complete(config) -> ml_collections.ConfigDict:
+# Fields added after the first release whose default changed what a run does: a
+# recorded config.json that lacks one was trained with the value here.
+RECORDED_BEFORE = {("loss", "mask_padded_windows"): False}
+
+
+def complete(config, recorded: bool = False) -> ml_collections.ConfigDict:
   """`config` (a ConfigDict or dict, possibly partial: a test's, or a config.json
   written by an older avjax) with every field it lacks taken from
   `get_base_config()`. Its own values, and fields the base does not know, are kept.
   The library reads fields directly (no `.get(field, default)`): run a partial
-  config through here first."""
+  config through here first. With `recorded` (a workdir's config.json) the fields
+  of RECORDED_BEFORE that it lacks get their former behaviour's value instead."""
   over = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-  return ml_collections.ConfigDict(_merge(get_base_config().to_dict(), over))
+  if recorded:
+    over = copy.deepcopy(over)
+    for (group, field), value in RECORDED_BEFORE.items():
+      over.setdefault(group, {}).setdefault(field, value)
+  merged = _merge(get_base_config().to_dict(), over)
+  # `dataset.num_folds` (configs of earlier versions) is gone: the builders fix 10 folds.
+  old = merged.get("dataset", {}).pop("num_folds", folds_lib.NUM_FOLDS)
+  if old != folds_lib.NUM_FOLDS:
+    raise ValueError(f"config.dataset.num_folds = {old}: the field is gone and only "
+                     f"{folds_lib.NUM_FOLDS} folds exist (the builders' splits fold0 ... fold9); "
+                     "choose the test folds to run with config.folds")
+  return ml_collections.ConfigDict(merged)
 
 
 def set_dataset(config: ml_collections.ConfigDict, name: str) -> None:
@@ -280,6 +349,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("dataset.config", f"the 'global' variant uses one window ({GLOBAL_WINDOWING}), got {config.dataset.config!r}")
   if config.model.dtype not in DTYPES:
     fail("model.dtype", f"{config.model.dtype!r} is not one of {DTYPES}")
+  if config.model.bn_momentum is not None and not 0.0 <= config.model.bn_momentum < 1.0:
+    fail("model.bn_momentum", f"{config.model.bn_momentum} must be in [0, 1) (or None)")
   if config.model.conv_impl not in CONV_IMPLS:
     fail("model.conv_impl", f"{config.model.conv_impl!r} is not one of {CONV_IMPLS}")
   if config.model.pretrained and (config.model.video_width != 1.0 or config.model.audio_width != 1.0):
@@ -293,9 +364,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.eval.k < 1:
     fail("eval.k", "must be >= 1")
   folds = tuple(config.folds)
-  if not folds or any(not 0 <= f < config.dataset.num_folds for f in folds):
-    fail("folds", f"{folds} must be a non-empty subset of 0..{config.dataset.num_folds - 1}")
+  if not folds or any(not 0 <= f < folds_lib.NUM_FOLDS for f in folds):
+    fail("folds", f"{folds} must be a non-empty subset of 0..{folds_lib.NUM_FOLDS - 1} (the "
+         f"builders' {folds_lib.NUM_FOLDS} subject-independent folds, splits fold0 ... fold9)")
   if len(set(folds)) != len(folds):
     fail("folds", f"{folds} repeats a fold")
+  choice = str(config.train.validation_fold).strip().lower()
+  if choice not in ("none", "next"):
+    try:
+      fixed = _fold_number(config.train.validation_fold)
+    except ValueError as e:
+      raise ValueError(str(e)) from None
+    if fixed in folds:
+      fail("train.validation_fold", f"fold {fixed} is also a test fold in config.folds {folds}; "
+           "a fixed validation fold cannot be tested (use 'next')")
+  if config.train.eval_every_epochs < 0:
+    fail("train.eval_every_epochs", "must be >= 0")
   if not 0 <= config.optim.trunk_lr_scale:
     fail("optim.trunk_lr_scale", "must be >= 0")

@@ -48,15 +48,16 @@ from avjax.models import gating
 
 
 @functools.lru_cache(maxsize=8)
-def _forward_fn(modalities: str, mesh: Mesh):
-  """The jitted evaluation forward, built once per (modalities, mesh): every fold,
-  validation and evaluation reuse its compilation (one per batch shape)."""
+def _forward_fn(modalities: str, mask_padded_windows: bool, mesh: Mesh):
+  """The jitted evaluation forward, built once per (modalities, masking, mesh): every
+  fold, validation and evaluation reuse its compilation (one per batch shape)."""
   repl, data = parallel.shardings(mesh)
 
   def forward(state, batch):
     steps.TRACES["eval_forward"] += 1
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    return gating.gate_embeddings(state.apply_fn, variables, batch, modalities)
+    return gating.gate_embeddings(state.apply_fn, variables, batch, modalities,
+                                  mask_padded_windows)
 
   return jax.jit(forward, in_shardings=(repl, data), out_shardings=data)
 
@@ -70,7 +71,7 @@ def embed(config, state, folds: list[int], mesh) -> dict[str, np.ndarray]:
   statistics, so the copies change nothing and are dropped from the output).
   """
   _, data_sharding = parallel.shardings(mesh)
-  forward = _forward_fn(config.model.modalities, mesh)
+  forward = _forward_fn(config.model.modalities, bool(config.loss.mask_padded_windows), mesh)
   chunks: dict[str, list[np.ndarray]] = {}
   pid, nproc = jax.process_index(), jax.process_count()
   for batch in input_pipeline.eval_batches(config, folds):
@@ -106,26 +107,34 @@ def predict_per_gate(config, references: dict, queries: dict) -> dict[str, np.nd
   return out
 
 
-def validation_accuracy(config, state, model, test_fold: int, mesh) -> dict[str, float]:
-  """KNN accuracy at the last gate on `test_fold` for monitoring and the best checkpoint.
+def validation_accuracy(config, state, validation_fold: int, train_folds: list[int],
+                        mesh) -> dict[str, float]:
+  """KNN accuracy at the last gate on the VALIDATION fold (`config.train.validation_fold`),
+  references the training folds: the metric that picks the best checkpoint. The
+  test fold is never scored during training.
 
-  The model selected this way has seen the held-out fold's accuracy: final
-  results use the last checkpoint unless the user asks for the best.
-  """
-  del model
-  refs = embed(config, state, config_lib.training_folds(config, test_fold), mesh)
-  qrys = embed(config, state, [test_fold], mesh)
+  Returns {'validation_accuracy_{M}' for each modality, 'validation_accuracy' (that
+  of the last of AO / VO / AV the model has: AV for 'av'), 'validation_fold'}."""
+  if validation_fold in train_folds:
+    raise ValueError(f"validation fold {validation_fold} is among the training folds {train_folds}")
+  refs = embed(config, state, train_folds, mesh)
+  qrys = embed(config, state, [validation_fold], mesh)
   preds = predict_per_gate(config, refs, qrys)
-  metrics = {f"val_accuracy_{m}": float(np.mean(preds[f"pred_{m}"][-1] == qrys["label"]))
-             for m in config_lib.gate_modalities(config)}
-  metrics["val_accuracy"] = metrics[f"val_accuracy_{config_lib.gate_modalities(config)[-1]}"]
+  mods = config_lib.gate_modalities(config)
+  metrics = {f"validation_accuracy_{m}": float(np.mean(preds[f"pred_{m}"][-1] == qrys["label"]))
+             for m in mods}
+  metrics["validation_accuracy"] = metrics[f"validation_accuracy_{mods[-1]}"]
+  metrics["validation_fold"] = int(validation_fold)
   return metrics
 
 
-def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh) -> dict[str, Any]:
-  """Writes predictions.npz and fold_info.json for `test_fold`; returns the arrays."""
+def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh,
+                  selected_by: str = "last") -> dict[str, Any]:
+  """Writes predictions.npz and fold_info.json for `test_fold`; returns the arrays.
+  `selected_by` says how `state`'s checkpoint was chosen ('last' or
+  'validation_fold:N'); fold_info.json records it with the checkpoint's step."""
   del model
-  train_folds = config_lib.training_folds(config, test_fold)
+  train_folds = input_pipeline.split_folds(config, test_fold)[0]
   refs = embed(config, state, train_folds, mesh)
   qrys = embed(config, state, [test_fold], mesh)
   arrays = predict_per_gate(config, refs, qrys)
@@ -141,6 +150,8 @@ def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh) -> 
       "num_windows": int(arrays[f"pred_{config_lib.gate_modalities(config)[0]}"].shape[0]),
       "k": int(config.eval.k), "num_train_clips": int(len(refs["label"])),
       "exclude_used": bool(config.loss.exclude_used), "avjax_version": __version__,
+      "checkpoint_step": int(jax.device_get(state.step)), "selected_by": selected_by,
+      "mask_padded_windows": bool(config.loss.mask_padded_windows),
   }
   bank = None
   if config.eval.reference_bank:
@@ -217,7 +228,13 @@ def sample_batch(config) -> dict[str, jax.ShapeDtypeStruct]:
 
 
 def restore_for_eval(config, fold_dir: str, test_fold: int, mesh, which: str = "latest"):
-  """Rebuilds the model and restores the fold's `latest` or `best` checkpoint."""
+  """Rebuilds the model and restores the fold's `latest` or `best` checkpoint ('best'
+  only exists with a validation fold, and is chosen by it)."""
+  if which == "best" and input_pipeline.split_folds(config, test_fold)[1] is None:
+    raise train_state_lib.CheckpointNotFound(
+        f"fold {test_fold}: there is no best checkpoint: the run had no validation fold "
+        "(config.train.validation_fold='none', so nothing was selected and the last checkpoint "
+        "is the result); use --checkpoint=latest")
   repl, _ = parallel.shardings(mesh)
   state, model, step = train_state_lib.restore_for_inference(
       config, fold_dir, sample_batch(config), repl, which)
@@ -237,7 +254,10 @@ def main(argv):
   for fold in folds:
     fold_dir = workdir_lib.fold_dir(workdir, fold)
     state, model = restore_for_eval(config, fold_dir, fold, mesh, FLAGS.checkpoint)
-    evaluate_fold(config, state, model, fold, fold_dir, mesh)
+    selected_by = "last"
+    if FLAGS.checkpoint == "best":
+      selected_by = f"validation_fold:{input_pipeline.split_folds(config, fold)[1]}"
+    evaluate_fold(config, state, model, fold, fold_dir, mesh, selected_by=selected_by)
   if jax.process_index() == 0:
     json_path, md_path = results.write_results(workdir)
     print(f"results: {json_path}\n         {md_path}")
@@ -250,6 +270,8 @@ def main(argv):
 if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "A workdir written by avjax.main.")
   flags.DEFINE_string("folds", "", "Comma-separated folds (default: the config's).")
-  flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "Which checkpoint to evaluate.")
+  flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
+                    "Which checkpoint to evaluate: 'latest', or 'best' by the validation fold "
+                    "(only with config.train.validation_fold set).")
   flags.mark_flag_as_required("workdir")
   app.run(main)

@@ -208,6 +208,15 @@ def num_clips(builder, folds: Sequence[int]) -> int:
   return sum(splits[f"fold{f}"].num_examples for f in folds)
 
 
+def split_folds(config, test_fold: int) -> tuple[list[int], int | None]:
+  """(training folds, validation fold or None) for `test_fold`
+  (`config_lib.training_folds` / `validation_fold`, 'next' skipping folds without clips)."""
+  info = dataset_info(config)
+  nonempty = {f for f, n in info["num_clips_per_fold"].items() if n > 0}
+  return (config_lib.training_folds(config, test_fold, nonempty),
+          config_lib.validation_fold(config, test_fold, nonempty))
+
+
 def steps_per_epoch(config, train_folds: Sequence[int]) -> int:
   """floor(N_train / B) with B = clips_per_class x num_classes."""
   batch = config.input.clips_per_class * num_classes(config)

@@ -34,8 +34,19 @@ divisor M N; they are counted in the metrics.
 
 Padding: `mask` [N] bool (optional) drops clips entirely: they are neither
 anchors, positives nor negatives, and N becomes the number of real clips.
-Windows are not masked: a padded window (`window_valid` < 1 in the batch) is
-mined and weighted like the others.
+
+Padded windows (`window_valid` [N, T], optional; given when
+`loss.mask_padded_windows`): a window wholly past its clip's end
+(`window_valid == 0`) takes no part in the loss. Its audio-video distance is
+left out of the MSE, and at that window the clip is neither anchor, positive
+nor negative for the miner. The divisors count the real (clip, window) pairs
+instead of T N: MSE = sum over real pairs / their number, and the triplet term
+of a modality = sum of its hinges / its real anchor slots. A window partly
+inside the clip counts as a whole, as before, and a batch without padding
+gives the unmasked loss. The 'lstm' variant's loss reads the last gate, which
+the masked LSTM holds at each clip's last real gate (`gating.TemporalLSTM`), so
+every clip counts there. Without `window_valid` every window counts (the
+former behaviour; `loss.mask_padded_windows=False`).
 
 Metrics (float32 scalars): 'loss'; 'mse' (the mean above, computed for
 'gating' even when w_mse = 0, 0 otherwise); 'triplet' (the unweighted triplet
@@ -80,7 +91,8 @@ def triplet_hinges(embeddings: jax.Array, positives: jax.Array, negatives: jax.A
 
 
 def compute_loss(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_config,
-                 variant: str, modalities: str, mask: jax.Array | None = None
+                 variant: str, modalities: str, mask: jax.Array | None = None,
+                 window_valid: jax.Array | None = None
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Loss and metrics for one (global) batch. Pure and jit-able.
 
@@ -93,6 +105,8 @@ def compute_loss(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_confi
     variant: 'gating', 'lstm' or 'global'.
     modalities: 'av', 'audio' or 'video'.
     mask: optional [N] bool, False for padding clips.
+    window_valid: optional [N, T] float, the fraction of each window inside its
+      clip; windows where it is 0 are left out (see the module docstring).
 
   Returns:
     (loss scalar, metrics dict of scalars; see the module docstring).
@@ -111,6 +125,9 @@ def compute_loss(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_confi
   else:
     clip = jnp.asarray(mask, bool).astype(jnp.float32)             # [N]
   num_clips = jnp.maximum(jnp.sum(clip), 1.0)
+  real = None                                                      # [N, T] float, real windows
+  if window_valid is not None:
+    real = (jnp.asarray(window_valid) > 0).astype(jnp.float32) * clip[:, None]
 
   margin = loss_config.margin
   exclude_used = bool(loss_config.exclude_used)
@@ -125,15 +142,25 @@ def compute_loss(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_confi
       gate = gate[:, -1:]                                          # last gate only
     emb = jnp.swapaxes(gate, 0, 1)                                 # [T, N, G]
     windows = emb.shape[0]
-    p, q, valid = mining.mwtsm(emb, labels, exclude_used=exclude_used, mask=mask)
+    if real is None or variant == "lstm":
+      anchors, num_slots = clip[None, :], windows * num_clips      # [1, N]
+      miner_mask = mask
+    else:
+      if real.shape != (n, windows):
+        raise ValueError(f"losses.compute_loss: window_valid must be [N={n}, T={windows}], "
+                         f"got {real.shape}")
+      anchors = real.T                                             # [T, N]
+      num_slots = jnp.maximum(jnp.sum(anchors), 1.0)
+      miner_mask = anchors > 0
+    p, q, valid = mining.mwtsm(emb, labels, exclude_used=exclude_used, mask=miner_mask)
     hinge = triplet_hinges(emb, p, q, valid, margin)               # [T, N]
-    term = jnp.sum(hinge) / (windows * num_clips)                  # (1/T)(1/N) sum
+    term = jnp.sum(hinge) / num_slots                              # (1/T)(1/N) sum when unmasked
     metrics[f"triplet_{m}"] = term
     per_modality.append(term)
     mined = mined + jnp.sum(valid)
     active = active + jnp.sum((hinge > 0) & valid)
-    empty = empty + jnp.sum(~valid * clip[None, :])
-    slots = slots + windows * num_clips
+    empty = empty + jnp.sum(~valid * anchors)
+    slots = slots + num_slots
   triplet = sum(per_modality) / len(mods)                          # (1/(M N)) sum_m
   metrics["triplet"] = triplet
   metrics["active_triplets"] = active / jnp.maximum(mined, 1)
@@ -148,7 +175,10 @@ def compute_loss(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_confi
                        f"{audio_enc.shape} must both be [N={n}, T, D]")
     diff = video_enc.astype(jnp.float32) - audio_enc.astype(jnp.float32)   # [N, T, D]
     sq = jnp.sum(diff * diff, axis=-1)                                      # [N, T]
-    mse = jnp.sum(sq * clip[:, None]) / (sq.shape[1] * num_clips)           # (1/T) sum_t MSE_t
+    if real is None:
+      mse = jnp.sum(sq * clip[:, None]) / (sq.shape[1] * num_clips)         # (1/T) sum_t MSE_t
+    else:
+      mse = jnp.sum(sq * real) / jnp.maximum(jnp.sum(real), 1.0)            # over real windows
     if loss_config.mse_weight:
       loss = loss + loss_config.mse_weight * mse
   metrics["mse"] = mse

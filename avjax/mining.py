@@ -81,6 +81,17 @@ def _pair_masks(labels: jax.Array, mask: jax.Array | None
   return positive, negative
 
 
+def _window_masks(mask: jax.Array | None, t: int, n: int) -> jax.Array | None:
+  """An [N] clip mask or a [T, N] per-window mask -> [T, N] bool (None stays None)."""
+  if mask is None:
+    return None
+  mask = jnp.asarray(mask, bool)
+  if mask.shape not in ((n,), (t, n)):
+    raise ValueError(f"mining: mask must be [N] = [{n}] or [T, N] = [{t}, {n}], "
+                     f"got shape {mask.shape}")
+  return jnp.broadcast_to(mask, (t, n))
+
+
 def triplet_mask(labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
   """[N] labels -> [N, N, N] bool: (i, p, n) is a valid triplet (ignoring use)."""
   positive, negative = _pair_masks(labels, mask)
@@ -101,7 +112,8 @@ def batch_hard(embeddings: jax.Array, labels: jax.Array, mask: jax.Array | None 
 
   Args:
     embeddings: [T, N, D]; labels: [N] int; mask: optional [N] bool, False for
-      padding clips (never anchors, positives or negatives).
+      padding clips (never anchors, positives or negatives), or [T, N] for a
+      mask per window (a clip masked at window t takes no part in window t).
 
   Returns:
     (positives, negatives, valid), each [T, N] (int32, int32, bool); ties go to
@@ -109,13 +121,17 @@ def batch_hard(embeddings: jax.Array, labels: jax.Array, mask: jax.Array | None 
   """
   embeddings = jax.lax.stop_gradient(jnp.asarray(embeddings))
   _check(embeddings, labels)
-  t = embeddings.shape[0]
-  positive, negative = _pair_masks(labels, mask)         # [N, N] each
+  t, n = embeddings.shape[:2]
+  masks = _window_masks(mask, t, n)
+  if masks is None or jnp.ndim(mask) == 1:
+    positive, negative = _pair_masks(labels, mask)       # [N, N] each, every window
+  else:
+    positive, negative = jax.vmap(lambda m: _pair_masks(labels, m))(masks)  # [T, N, N]
   d = jax.vmap(pairwise_sq_distances)(embeddings)        # [T, N, N]
   p = jnp.argmax(jnp.where(positive, d, -jnp.inf), axis=-1)  # first max: lowest index
   q = jnp.argmin(jnp.where(negative, d, jnp.inf), axis=-1)   # first min: lowest index
-  valid = jnp.any(positive, axis=-1) & jnp.any(negative, axis=-1)  # [N]
-  valid = jnp.broadcast_to(valid, (t,) + valid.shape)
+  valid = jnp.any(positive, axis=-1) & jnp.any(negative, axis=-1)  # [N] or [T, N]
+  valid = jnp.broadcast_to(valid, (t, n))
   zero = jnp.zeros_like(p)
   return (jnp.where(valid, p, zero).astype(jnp.int32),
           jnp.where(valid, q, zero).astype(jnp.int32), valid)
@@ -131,7 +147,9 @@ def mwtsm(embeddings: jax.Array, labels: jax.Array, exclude_used: bool = True,
     exclude_used: exclude triplets picked at earlier windows (MWTSM). False
       gives plain batch-hard mining (see the module docstring). Static.
     mask: optional [N] bool, False for padding clips: they are never anchors
-      (valid False), positives or negatives.
+      (valid False), positives or negatives. Or [T, N]: a mask per window (a
+      clip masked at window t is neither anchor, positive nor negative there;
+      its earlier picks stay used).
 
   Returns:
     (positives, negatives, valid), each [T, N]: int32, int32, bool.
@@ -140,14 +158,20 @@ def mwtsm(embeddings: jax.Array, labels: jax.Array, exclude_used: bool = True,
     return batch_hard(embeddings, labels, mask)
   embeddings = jax.lax.stop_gradient(jnp.asarray(embeddings))
   _check(embeddings, labels)
-  n = embeddings.shape[1]
-  allowed0 = triplet_mask(labels, mask)                  # [N, N, N]
+  t, n = embeddings.shape[:2]
+  per_window = mask is not None and jnp.ndim(mask) == 2
+  masks = _window_masks(mask, t, n)
+  allowed0 = triplet_mask(labels, None if per_window else mask)   # [N, N, N]
   anchors = jnp.arange(n)
 
-  def step(used, emb):  # used [N, N, N] bool, emb [N, D]
+  def step(used, inputs):  # used [N, N, N] bool, emb [N, D], window mask [N]
+    emb, window = inputs
     d = pairwise_sq_distances(emb)                       # [N, N]
     score = d[:, :, None] - d[:, None, :]                # [i, p, n] = d(i,p) - d(i,n)
-    allowed = (allowed0 & ~used).reshape(n, n * n)       # [i, p*N + n]
+    allowed = allowed0 & ~used
+    if per_window:
+      allowed = allowed & triplet_mask(labels, window)
+    allowed = allowed.reshape(n, n * n)                  # [i, p*N + n]
     flat = jnp.where(allowed, score.reshape(n, n * n), -jnp.inf)
     best = jnp.argmax(flat, axis=1)                      # first maximum: lowest p*N + n
     valid = jnp.any(allowed, axis=1)                     # [N]
@@ -157,5 +181,6 @@ def mwtsm(embeddings: jax.Array, labels: jax.Array, exclude_used: bool = True,
     return used, (p.astype(jnp.int32), q.astype(jnp.int32), valid)
 
   used0 = jnp.zeros((n, n, n), dtype=bool)
-  _, (positives, negatives, valid) = jax.lax.scan(step, used0, embeddings)
+  windows = masks if per_window else jnp.ones((t, n), bool)
+  _, (positives, negatives, valid) = jax.lax.scan(step, used0, (embeddings, windows))
   return positives, negatives, valid

@@ -282,8 +282,10 @@ class Predictor:
     from avjax.models import gating
     if self._forward is None:
       self._forward = jax.jit(functools.partial(
-          gating.gate_embeddings, self.state.apply_fn, modalities=self.config.model.modalities))
-    batch = {k: inputs[k][None] for k in ("video", "audio") if inputs.get(k) is not None}
+          gating.gate_embeddings, self.state.apply_fn, modalities=self.config.model.modalities,
+          mask_padded_windows=bool(self.config.loss.mask_padded_windows)))
+    batch = {k: inputs[k][None] for k in ("video", "audio", "window_valid")
+             if inputs.get(k) is not None}
     out = self._forward({"params": self.state.params, "batch_stats": self.state.batch_stats},
                         batch)
     return {k: np.asarray(v[0], np.float32) for k, v in jax.device_get(out).items()}

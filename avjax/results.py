@@ -8,7 +8,9 @@ Input (written by `avjax.evaluate` into every `<workdir>/fold_{k}/`):
                     modality M in AO / VO / AV present: pred_M [T, Q] int32 (KNN
                     prediction at each gate), emb_M [Q, D] float32 (last gate).
   fold_info.json    dataset, config, variant, modalities, fold, class_names,
-                    num_windows, k, num_train_clips, exclude_used, avjax_version.
+                    num_windows, k, num_train_clips, exclude_used, avjax_version,
+                    checkpoint_step and selected_by ('last' or 'validation_fold:N';
+                    absent in folds written by earlier versions), mask_padded_windows.
 
 Output of `write_results(workdir)`: `results.json` (schema in
 docs/results_schema.md) and `results.md`, our numbers beside the paper's.
@@ -368,6 +370,7 @@ def build_results(folds: list[tuple[dict[str, np.ndarray], dict[str, Any]]]) -> 
         "num_train_clips": info.get("num_train_clips"),
         "class_counts": np.bincount(labels, minlength=num_classes).astype(int).tolist(),
         "avjax_version": info.get("avjax_version"),
+        "checkpoint_step": info.get("checkpoint_step"), "selected_by": info.get("selected_by"),
     })
     for m in MODALITIES:
       if f"pred_{m}" in preds:
@@ -405,6 +408,25 @@ def build_results(folds: list[tuple[dict[str, np.ndarray], dict[str, Any]]]) -> 
   }
 
 
+def describe_checkpoints(folds: list[Mapping[str, Any]]) -> str:
+  """Which checkpoint each fold's numbers come from, in one line of results.md."""
+  parts = []
+  for f in folds:
+    how, step = f.get("selected_by"), f.get("checkpoint_step")
+    if how is None:
+      parts.append(f"fold {f['fold']}: not recorded (written by an earlier version)")
+    elif how == "last":
+      parts.append(f"fold {f['fold']}: last (step {step})")
+    else:
+      parts.append(f"fold {f['fold']}: best by {how.replace('_', ' ').replace(':', ' ')} "
+                   f"(step {step})")
+  if all(f.get("selected_by") == "last" for f in folds):
+    steps = sorted({f.get("checkpoint_step") for f in folds})
+    return ("the last checkpoint of each fold, no model selection (step "
+            + ", ".join(map(str, steps)) + ")")
+  return "; ".join(parts)
+
+
 def format_markdown(doc: Mapping[str, Any]) -> str:
   """results.md text from a results.json document."""
   ds = canonical_dataset(doc["dataset"])
@@ -418,6 +440,7 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
       f"- modalities: {doc['modalities']}; KNN k = {doc['k']}; triplet mining: {mining}",
       f"- folds evaluated: {len(folds)} of {PAPER_NUM_FOLDS} ({', '.join(map(str, folds))}); "
       f"{n_total} held-out clips in all",
+      f"- checkpoints: {describe_checkpoints(doc['folds'])}",
       "- accuracy and UAR in %, mean ± sample std (ddof = 1) over folds; each fold's accuracy is "
       "over exactly its held-out clips; UAR = mean recall over the classes present in the fold.",
   ]

@@ -42,14 +42,16 @@ def train_step(state: TrainState, batch: dict, aug: dict | None = None, *,
 
   `aug` (the batch's audio draws: speed [], semitones [], noise [T, S]) augments
   the raw audio in-graph first (`augment.augment_audio`); None leaves it as is.
-  Reads `config.model.modalities`, `config.model.variant`, `config.loss` and
-  `config.input.pitch_shift_semitones` only (`_step_key`: the jitted step is shared
+  Reads `config.model.modalities`, `config.model.variant`, `config.loss` (with
+  `loss.mask_padded_windows` the batch's 'window_valid' masks the noise, the
+  LSTMs and the loss) and `config.input.pitch_shift_semitones` only (`_step_key`: the jitted step is shared
   by configs that agree on them)."""
   TRACES["train_step"] += 1
+  window_valid = gating.window_valid(batch, config.loss.mask_padded_windows)  # [B, T] or None
   if aug is not None and "audio" in batch:
     batch = dict(batch, audio=augment.augment_audio(
         batch["audio"], aug["speed"], aug["semitones"], aug["noise"],
-        max_semitones=float(config.input.pitch_shift_semitones)))
+        max_semitones=float(config.input.pitch_shift_semitones), window_valid=window_valid))
   video, audio = gating.model_inputs(batch, config.model.modalities)
 
   mask = batch.get("mask")                                # [B] bool, False on padding
@@ -57,10 +59,10 @@ def train_step(state: TrainState, batch: dict, aug: dict | None = None, *,
   def loss_fn(params):
     outputs, new_model_state = state.apply_fn(
         {"params": params, "batch_stats": state.batch_stats}, video, audio, train=True,
-        mutable=["batch_stats"])
+        window_valid=window_valid, mutable=["batch_stats"])
     loss, metrics = losses.compute_loss(
         outputs, batch["label"], config.loss, config.model.variant, config.model.modalities,
-        mask=mask)
+        mask=mask, window_valid=window_valid)
     return loss, (metrics, new_model_state)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -122,10 +124,12 @@ def make_device_train_step(config, mesh: Mesh, dataset) -> Callable:
   the jitted function is built once per (step fields, mesh, padded or not)."""
   repl, data = parallel.shardings(mesh)
   crop_size, max_semitones = dataset.crop_size, dataset.max_semitones
+  mask_padded = bool(config.loss.mask_padded_windows)
 
   def step(state, arrays, inputs):
     batch = augment.augment_in_graph(arrays, inputs, crop_size=crop_size,
-                                         max_semitones=max_semitones)
+                                     max_semitones=max_semitones,
+                                     mask_padded_windows=mask_padded)
     batch = {k: jax.lax.with_sharding_constraint(v, data) for k, v in batch.items()}
     return train_step(state, batch, config=config)
 

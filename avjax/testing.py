@@ -279,15 +279,18 @@ def brute_force(emb, labels, exclude_used=True, mask=None):
   """DESIGN.md's definition with explicit loops over windows, anchors, p and n.
 
   float64 distances; the joint argmax over (p, n) in flat order p*N + n with a
-  strict '>' so the first maximum (lowest flat index) wins.
+  strict '>' so the first maximum (lowest flat index) wins. `mask`: [N] (clips)
+  or [T, N] (per window: a clip masked at window t takes no part in it).
   """
   t_count, n, _ = emb.shape
-  mask = np.ones(n, bool) if mask is None else np.asarray(mask, bool)
+  masks = np.ones((t_count, n), bool) if mask is None else np.broadcast_to(
+      np.asarray(mask, bool), (t_count, n))
   pos = np.zeros((t_count, n), np.int32)
   neg = np.zeros((t_count, n), np.int32)
   valid = np.zeros((t_count, n), bool)
   used = set()
   for t in range(t_count):
+    mask = masks[t]
     e = emb[t].astype(np.float64)
     d = ((e[:, None, :] - e[None, :, :]) ** 2).sum(-1)
     picked_now = []

@@ -108,7 +108,7 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
   config = config_lib.complete(config)
   mesh = mesh or parallel.make_mesh()
   repl, data_sharding = parallel.shardings(mesh)
-  train_on = config_lib.training_folds(config, test_fold)
+  train_on, val_fold = input_pipeline.split_folds(config, test_fold)
   num_classes = len(config.dataset.class_names)
   batch_size = config.input.clips_per_class * num_classes
   on_device = bool(config.input.cache_on_device)
@@ -158,10 +158,15 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
     local_devices = jax.local_device_count()
     put = lambda b: parallel.to_global(parallel.pad_batch(b, local_devices), data_sharding)  # noqa: E731
   batches = _device_prefetch(train_iter, put, _DEVICE_PREFETCH)
-  eval_every = config.train.eval_every_epochs * steps_per_epoch
-  logging.info("Fold %d: training folds %s, %d steps (%d per epoch), batch %d%s",
+  # The test fold is never scored here: only a validation fold, if there is one.
+  eval_every = config.train.eval_every_epochs * steps_per_epoch if val_fold is not None else 0
+  logging.info("Fold %d: training folds %s, %d steps (%d per epoch), batch %d%s; %s",
                test_fold, train_on, total_steps, steps_per_epoch, batch_size,
-               ", dataset on the device" if on_device else "")
+               ", dataset on the device" if on_device else "",
+               "no model selection (train.validation_fold='none'): the last checkpoint is the "
+               "result" if val_fold is None else
+               f"validation fold {val_fold} scored every {eval_every} steps and at the end, "
+               "the best checkpoint by it is the result")
 
   pending: list[dict] = []      # this log period's metrics, still on the device
   last_good = {"step": start_step}
@@ -188,9 +193,12 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
               f"active {summary['active_triplets']:.3f} {rate:.2f} steps/s "
               f"ETA {_format_eta((total_steps - step) / max(rate, 1e-9))}", flush=True)
     val_metrics = None
-    if eval_every and step % eval_every == 0 and not is_last:
-      val_metrics = evaluate.validation_accuracy(config, state, model, test_fold, mesh)
+    if val_fold is not None and (is_last or (eval_every and step % eval_every == 0)):
+      val_metrics = evaluate.validation_accuracy(config, state, val_fold, train_on, mesh)
       writer.write_scalars(step, val_metrics)
+      if jax.process_index() == 0:
+        print(f"fold {test_fold} step {step}: validation fold {val_fold} accuracy "
+              f"{val_metrics['validation_accuracy']:.3f}", flush=True)
     if step % config.train.checkpoint_every_steps == 0 or is_last or val_metrics:
       if pending:  # the steps since the last log line must be finite too
         _check_finite(_summarise(pending), test_fold, step, fold_dir, last_good)
@@ -223,7 +231,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       continue
     t0 = time.time()
     state, model = train_fold(config, fold_dir, fold, mesh)
-    evaluate.evaluate_fold(config, state, model, fold, fold_dir, mesh)
+    selected_by = "last"
+    val_fold = input_pipeline.split_folds(config, fold)[1]
+    if val_fold is not None:  # the best checkpoint by the validation fold is the result
+      state, model = evaluate.restore_for_eval(config, fold_dir, fold, mesh, "best")
+      selected_by = f"validation_fold:{val_fold}"
+    evaluate.evaluate_fold(config, state, model, fold, fold_dir, mesh, selected_by=selected_by)
     logging.info("Fold %d done in %.1f s", fold, time.time() - t0)
   if jax.process_index() != 0:
     return {}

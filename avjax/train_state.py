@@ -7,7 +7,8 @@ Needs neither the data stack nor the training loop: `avjax.train`,
 Checkpoints: one orbax `CheckpointManager` per fold directory
 (`workdir.checkpoint_dir`), items `state` (this TrainState) and `data` (the
 training iterator's JSON state). It keeps the latest `train.keep_checkpoints`
-and the best by the saved `val_accuracy` metric.
+and the best by the saved `validation_accuracy` metric (a validation fold's score,
+never the test fold's; `config.train.validation_fold`).
 """
 
 from __future__ import annotations
@@ -127,12 +128,12 @@ def checkpoint_manager(fold_dir: str, config) -> ocp.CheckpointManager:
   """Latest `keep_checkpoints` plus the best by validation accuracy."""
   policy = ocp.checkpoint_managers.AnyPreservationPolicy([
       ocp.checkpoint_managers.LatestN(n=config.train.keep_checkpoints),
-      ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m["val_accuracy"], n=1,
+      ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m["validation_accuracy"], n=1,
                                     keep_checkpoints_without_metrics=False),
   ])
   # best_fn makes `manager.best_step()` the best, not the latest.
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
-                                         best_fn=lambda m: m["val_accuracy"], best_mode="max",
+                                         best_fn=lambda m: m["validation_accuracy"], best_mode="max",
                                          enable_async_checkpointing=False)
   return ocp.CheckpointManager(workdir_lib.checkpoint_dir(fold_dir), options=options,
                                item_names=("state", "data"))
@@ -162,14 +163,15 @@ def restore_checkpoint(manager, state: TrainState, step: int | None = None):
 
 
 def best_step(manager) -> int | None:
-  """The kept step with the highest `val_accuracy` in its saved metrics (the later on a
-  tie), or None when none has one. Read from the saved metrics rather than
-  `CheckpointManager.best_step()`, which only knows the best when the manager was
-  created with a `best_fn` (workdirs written before it was added have none)."""
+  """The kept step with the highest `validation_accuracy` in its saved metrics (the later
+  on a tie), or None when none has one (runs without a validation fold; the
+  `val_accuracy` of earlier versions scored the test fold and is not a validation
+  score). Read from the saved metrics rather than `CheckpointManager.best_step()`,
+  which only knows the best when the manager was created with a `best_fn`."""
   best = None
   for step in manager.all_steps():
     metrics = manager.metrics(step) or {}
-    acc = metrics.get("val_accuracy") if isinstance(metrics, dict) else None
+    acc = metrics.get("validation_accuracy") if isinstance(metrics, dict) else None
     if acc is not None and (best is None or float(acc) >= best[0]):
       best = (float(acc), int(step))
   return None if best is None else best[1]
@@ -191,8 +193,8 @@ def select_step(manager, fold_dir: str, which: str) -> int:
   step = best_step(manager)
   if step is None:
     raise CheckpointNotFound(
-        f"no best checkpoint in {ckpt}: no checkpoint has a validation accuracy (the run had "
-        "config.train.eval_every_epochs = 0); use --checkpoint=latest")
+        f"no best checkpoint in {ckpt}: no checkpoint has a validation-fold accuracy (the run "
+        "had no config.train.validation_fold); use --checkpoint=latest")
   return step
 
 

@@ -777,9 +777,9 @@ def demo_config(data_dir: str, **input_overrides):
 
 def measure_input(data_dir: str, batches: int, **input_overrides) -> dict:
   """clips/s of the training iterator (after its first batch) on the synthetic set."""
-  from avjax import input_pipeline
+  from avjax import config_lib, input_pipeline
   config = demo_config(data_dir, **input_overrides)
-  folds = list(range(1, config.dataset.num_folds))
+  folds = config_lib.training_folds(config, 0)
   it = input_pipeline.create_train_iterator(config, folds, seed=0)
   try:
     first = next(it)

@@ -312,21 +312,31 @@ class AugmentTest(absltest.TestCase):
               "audio": rng.standard_normal((d, t, s)).astype(np.float32),
               "label": np.arange(d, dtype=np.int32),
               "window_valid": rng.random((d, t)).astype(np.float32)}
-    fn = jax.jit(lambda a, i: augment.augment_in_graph(a, i, crop_size=c, max_semitones=0.0))
+    arrays["window_valid"][0, 1] = 0.0     # a window wholly past its clip's end
+    fn = jax.jit(lambda a, i, m: augment.augment_in_graph(a, i, crop_size=c, max_semitones=0.0,
+                                                          mask_padded_windows=m),
+                 static_argnums=2)
     index = np.array([2, 0, 2, 1], np.int32)
     noise = rng.standard_normal((t, s)).astype(np.float32)
     for flip in (False, True):
       inputs = {"index": index, "crop": np.array([3, 1], np.int32), "flip": np.asarray(flip),
                 "speed": np.float32(1.1), "semitones": np.float32(0.0), "noise": noise,
                 "mask": np.array([True, True, True, False])}
-      out = {k: np.asarray(v) for k, v in fn(arrays, inputs).items()}
+      out = {k: np.asarray(v) for k, v in fn(arrays, inputs, True).items()}
       video = arrays["video"][index][..., 3:3 + c, 1:1 + c, :]
       np.testing.assert_array_equal(out["video"], video[..., ::-1, :] if flip else video)
       np.testing.assert_array_equal(out["label"], index)
       np.testing.assert_array_equal(out["window_valid"], arrays["window_valid"][index])
       np.testing.assert_array_equal(out["mask"], inputs["mask"])
       audio = np.asarray(_change_speed(arrays["audio"][index], np.float32(1.1)))
-      np.testing.assert_array_equal(out["audio"], audio + noise[None])
+      # Noise only on the samples that hold signal: sample j reads position 1.1 j,
+      # inside the clip while it is before round(window_valid * S).
+      signal = (np.arange(s, dtype=np.float32)[None, None] * np.float32(1.1)
+                < np.round(arrays["window_valid"][index] * s)[..., None])
+      np.testing.assert_array_equal(out["audio"], audio + noise[None] * signal)
+      self.assertTrue(np.all(out["audio"][1, 1] == audio[1, 1]))   # no noise on the padding
+      unmasked = np.asarray(fn(arrays, inputs, False)["audio"])
+      np.testing.assert_array_equal(unmasked, audio + noise[None])
 
   def test_difference_is_the_interpolation_low_pass(self):
     # Pure tones: the in-graph output is the reference scaled by linear

@@ -17,7 +17,7 @@ class CheckpointManagerTest(absltest.TestCase):
     state = {"w": np.arange(3.0)}
     # Validation accuracy only at some steps (as with eval_every_epochs).
     for step, acc in ((1, 0.5), (2, 0.9), (3, None), (4, 0.7), (5, None), (6, None)):
-      metrics = None if acc is None else {"val_accuracy": acc}
+      metrics = None if acc is None else {"validation_accuracy": acc}
       train_state.save_checkpoint(manager, step, state, {"step": step}, metrics)
     manager.wait_until_finished()
     self.assertEqual(manager.best_step(), 2)

@@ -96,6 +96,11 @@ class ConfigsTest(parameterized.TestCase):
        lambda c: setattr(c.dataset, "records", "audio")),
       ("global_many_windows", "dataset.config",
        lambda c: (setattr(c.model, "variant", "global"), setattr(c.dataset, "config", "w8_l1_ov"))),
+      ("bad_validation_fold", "train.validation_fold",
+       lambda c: setattr(c.train, "validation_fold", "first")),
+      ("validation_fold_is_tested", "train.validation_fold",
+       lambda c: setattr(c.train, "validation_fold", "3")),
+      ("bn_momentum_one", "model.bn_momentum", lambda c: setattr(c.model, "bn_momentum", 1.0)),
   )
   def test_impossible_combination_names_field(self, field, mutate):
     c = load_config_module("ravdess").get_config()
@@ -103,6 +108,38 @@ class ConfigsTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, f"config.{field}"):
       config_lib.validate(c)
 
+
+
+class FoldsTest(absltest.TestCase):
+
+  def test_validation_fold_choices(self):
+    c = config_lib.get_base_config()
+    self.assertIsNone(config_lib.validation_fold(c, 4))
+    self.assertEqual(config_lib.training_folds(c, 4), [0, 1, 2, 3, 5, 6, 7, 8, 9])
+    c.train.validation_fold = "next"
+    self.assertEqual(config_lib.validation_fold(c, 4), 5)
+    self.assertEqual(config_lib.validation_fold(c, 9), 0)                 # modulo the folds
+    self.assertEqual(config_lib.validation_fold(c, 9, nonempty={3, 5, 9}), 3)  # with clips
+    self.assertEqual(config_lib.training_folds(c, 9), [1, 2, 3, 4, 5, 6, 7, 8])
+    with self.assertRaisesRegex(ValueError, "no fold other than"):
+      config_lib.validation_fold(c, 2, nonempty={2})
+    c.train.validation_fold = "7"
+    self.assertEqual(config_lib.validation_fold(c, 0), 7)
+    self.assertEqual(config_lib.training_folds(c, 0), [1, 2, 3, 4, 5, 6, 8, 9])
+    with self.assertRaisesRegex(ValueError, "is the test fold"):
+      config_lib.validation_fold(c, 7)
+    c.folds = (0, 1)
+    config_lib.validate(c)
+    recorded = config_lib.complete(dict(c.to_dict(), train=dict(c.train.to_dict(), validation_fold=7)))
+    self.assertEqual(config_lib.validation_fold(recorded, 0), 7)      # an int (from JSON) too
+
+  def test_num_folds_is_gone(self):
+    old = config_lib.get_base_config().to_dict()
+    old["dataset"]["num_folds"] = 10                 # a config.json of an earlier version
+    self.assertNotIn("num_folds", config_lib.complete(old).dataset)
+    old["dataset"]["num_folds"] = 5
+    with self.assertRaisesRegex(ValueError, "num_folds = 5"):
+      config_lib.complete(old)
 
 
 class CompleteTest(absltest.TestCase):
@@ -139,6 +176,13 @@ class CompleteTest(absltest.TestCase):
     json.dump(recorded, open(path, "w"))
     loaded = workdir.load_config(root)
     self.assertTrue(loaded.eval.reference_bank)
+    # A field whose default changed behaviour: a recorded run that lacks it keeps its
+    # former meaning; a partial config (not recorded) gets the new default.
+    self.assertTrue(loaded.loss.mask_padded_windows)        # recorded above, complete
+    del recorded["loss"]["mask_padded_windows"]
+    json.dump(recorded, open(path, "w"))
+    self.assertFalse(workdir.load_config(root).loss.mask_padded_windows)
+    self.assertTrue(config_lib.complete(recorded).loss.mask_padded_windows)
     with self.assertRaisesRegex(FileNotFoundError, "avjax workdir"):
       workdir.load_config(tempfile.mkdtemp())
 

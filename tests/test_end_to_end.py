@@ -5,10 +5,13 @@ Uses the shared synthetic set and the shared tiny two-fold workdir of
 steps per case; every train_fold reuses one compilation of the step.
 """
 
+import contextlib
+import io
 import json
 import os
 import pathlib
 import tempfile
+from unittest import mock
 
 import jax
 import numpy as np
@@ -73,6 +76,84 @@ class ResumeAndNanTest(absltest.TestCase):
     self.assertEqual(manager.latest_step(), 2)
 
 
+class _Recording:
+  """A training iterator that records the actors of every batch it yields."""
+
+  def __init__(self, inner, actors):
+    self._inner, self._actors = inner, actors
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = next(self._inner)
+    self._actors.extend(np.asarray(batch["actor"]).tolist())
+    return batch
+
+  def __getattr__(self, name):
+    return getattr(self._inner, name)
+
+
+@contextlib.contextmanager
+def recording():
+  """Records the fold lists `evaluate.embed` is called with and the actors of the
+  training batches."""
+  embedded, actors = [], []
+  embed, create = evaluate.embed, input_pipeline.create_train_iterator
+
+  def spy_embed(config, state, folds, mesh):
+    embedded.append(list(folds))
+    return embed(config, state, folds, mesh)
+
+  def spy_create(*args, **kwargs):
+    return _Recording(create(*args, **kwargs), actors)
+
+  with mock.patch.object(evaluate, "embed", spy_embed), \
+       mock.patch.object(input_pipeline, "create_train_iterator", spy_create):
+    yield embedded, actors
+
+
+class ModelSelectionTest(absltest.TestCase):
+  """The test fold is never scored during training; a validation fold is left out
+  of training, scored, and picks the checkpoint."""
+
+  def test_without_validation_fold_the_test_fold_is_never_scored(self):
+    config = tiny_synthetic_config(max_steps=3, eval_every_epochs=1)   # validation_fold 'none'
+    with recording() as (embedded, _):
+      train.train_fold(config, tempfile.mkdtemp(), test_fold=0)
+    self.assertEqual(embedded, [])     # no KNN scoring at all, so not of the test fold
+
+  def test_next_fold_is_left_out_scored_and_selects_the_checkpoint(self):
+    from avjax.data import synthetic
+    config = tiny_synthetic_config(max_steps=3, eval_every_epochs=0, checkpoint_every_steps=1)
+    config.train.validation_fold = "next"
+    config.folds = (0,)
+    config.eval.figures = False
+    workdir = tempfile.mkdtemp()
+    with recording() as (embedded, actors), contextlib.redirect_stdout(io.StringIO()):
+      train.train_and_evaluate(config, workdir)
+    folds_of = synthetic.actor_folds()
+    self.assertTrue(actors)
+    self.assertEqual({folds_of[a] for a in actors} & {0, 1}, set())   # neither test nor validation
+    training = [2, 3, 4, 5, 6, 7, 8, 9]
+    # During training: the validation fold 1 against the training folds (at the last
+    # step); then the test evaluation: the test fold against the same references.
+    self.assertEqual(embedded, [training, [1], training, [0]])
+    info = json.load(open(os.path.join(workdir, "fold_0", workdir_lib.FOLD_INFO)))
+    self.assertEqual(info["selected_by"], "validation_fold:1")
+    fold_dir = os.path.join(workdir, "fold_0")
+    manager = train_state.checkpoint_manager(fold_dir, config)
+    try:
+      metrics = manager.metrics(3)
+      self.assertEqual(metrics["validation_fold"], 1)
+      self.assertEqual(info["checkpoint_step"], train_state.best_step(manager))
+    finally:
+      manager.close()
+    self.assertEqual(info["num_train_clips"], 8 * len(training))
+    results_md = open(os.path.join(workdir, workdir_lib.RESULTS_MD)).read()
+    self.assertIn("best by validation fold 1", results_md)
+
+
 class CrossValidationTest(absltest.TestCase):
 
   def test_two_folds_give_results_and_figures(self):
@@ -86,6 +167,13 @@ class CrossValidationTest(absltest.TestCase):
     for p in figures:
       self.assertEqual(p.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
     doc = json.load(open(os.path.join(workdir, workdir_lib.RESULTS_JSON)))
+    self.assertEqual([(f["selected_by"], f["checkpoint_step"]) for f in doc["folds"]],
+                     [("last", 2), ("last", 2)])
+    self.assertIn("the last checkpoint of each fold, no model selection",
+                  open(os.path.join(workdir, workdir_lib.RESULTS_MD)).read())
+    with self.assertRaisesRegex(train_state.CheckpointNotFound, "no validation fold"):
+      evaluate.restore_for_eval(workdir_lib.load_config(workdir),
+                                os.path.join(workdir, "fold_0"), 0, parallel.make_mesh(), "best")
     for fold in (0, 1):
       with np.load(os.path.join(workdir, f"fold_{fold}", "predictions.npz")) as preds:
         clip_ids = input_pipeline.clip_ids(config, [fold])

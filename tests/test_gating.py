@@ -15,6 +15,7 @@ from absl.testing import parameterized
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from avjax import config_lib
+from avjax import losses
 from avjax.models import gating
 from avjax.models import i3d
 from avjax.models import weights
@@ -89,6 +90,23 @@ class TemporalLSTMTest(absltest.TestCase):
                                rtol=1e-5, atol=1e-5)
 
 
+  def test_padded_windows_pass_the_carry_unchanged(self):
+    # Clip 0 ends after window 2, clip 1 after window 0.
+    valid = np.array([[1, 1, 0, 0, 0], [0.5, 0, 0, 0, 0]], np.float32)
+    masked = np.asarray(self.lstm.apply(self.variables, self.x, valid > 0))
+    np.testing.assert_array_equal(masked[0, 2:], np.broadcast_to(masked[0, 1], (3, 4)))
+    np.testing.assert_array_equal(masked[1, 1:], np.broadcast_to(masked[1, 0], (4, 4)))
+    np.testing.assert_allclose(masked[0, :2], self.hs[0, :2], rtol=1e-6, atol=1e-7)
+    other = self.x.copy()
+    other[0, 2:] = 50.0
+    other[1, 1:] = -7.0
+    np.testing.assert_array_equal(
+        np.asarray(self.lstm.apply(self.variables, other, valid > 0)), masked)
+    # Every window real: the unmasked LSTM (up to float rounding of another program).
+    np.testing.assert_allclose(self.lstm.apply(self.variables, self.x, np.ones((2, 5), bool)),
+                               self.hs, rtol=1e-6, atol=1e-7)
+
+
 class VariantShapesTest(parameterized.TestCase):
 
   @parameterized.parameters(
@@ -157,6 +175,45 @@ class GatingModelTest(absltest.TestCase):
     zero = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(grads)
             if not np.any(np.asarray(g))]
     self.assertEqual(zero, [])
+
+  def test_padded_windows_change_neither_loss_nor_gradients(self):
+    # Training mode with batch statistics (freeze_bn=False): BatchNorm, the LSTMs,
+    # the MSE and the miner all leave the padded windows out.
+    valid = np.ones((B, T), np.float32)
+    valid[1, 2] = valid[2, 1:] = 0.0
+    valid[3, 2] = 0.3                       # partly valid: a real window
+    labels = np.array([0, 0, 1, 1])
+    loss_config = config_lib.get_base_config().loss
+
+    def loss(params, video, audio):
+      out, _ = self.model.apply({"params": params, "batch_stats": self.variables["batch_stats"]},
+                                video, audio, train=True, window_valid=valid,
+                                mutable=["batch_stats"])
+      return losses.compute_loss(out, labels, loss_config, "gating", "av",
+                                 window_valid=valid)[0], out
+
+    fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    (l1, out1), g1 = fn(self.variables["params"], self.video, self.audio)
+    rng = np.random.default_rng(9)
+    video, audio = self.video.copy(), self.audio.copy()
+    video[1, 2] = 255 - video[1, 2]
+    video[2, 1:] = rng.integers(0, 256, video[2, 1:].shape)
+    audio[1, 2] = rng.uniform(-1, 1, audio[1, 2].shape)
+    audio[2, 1:] = 0.9
+    (l2, out2), g2 = fn(self.variables["params"], video, audio)
+    self.assertEqual(float(l1), float(l2))
+    for path, a in jax.tree_util.tree_leaves_with_path(g1):
+      b = g2
+      for key in path:
+        b = b[key.key]
+      np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    for k in ("audio_gate", "video_gate"):
+      np.testing.assert_array_equal(out1[k], out2[k], err_msg=k)
+      np.testing.assert_array_equal(out1[k][1, 2], out1[k][1, 1], err_msg=k)   # last real gate
+      np.testing.assert_array_equal(out1[k][2, 1:], np.broadcast_to(out1[k][2, 0], (T - 1, G)))
+    # The partly valid window is real: changing it changes the loss.
+    video[3, 2] = 255 - video[3, 2]
+    self.assertNotEqual(float(fn(self.variables["params"], video, audio)[0][0]), float(l1))
 
   def test_frozen_batch_norm_keeps_statistics_in_training_mode(self):
     eval_out = jax.jit(functools.partial(self.model.apply, train=False))(

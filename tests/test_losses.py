@@ -7,6 +7,7 @@ import numpy as np
 from absl.testing import absltest
 
 from avjax import losses
+from avjax.testing import brute_force
 
 
 def loss_config(margin=1.0, mse_weight=1.0, triplet_weight=1.0, exclude_used=True):
@@ -140,6 +141,69 @@ class LossTest(absltest.TestCase):
       for k in m_s:
         self.assertAlmostEqual(float(m_m[k]), float(m_s[k]), places=5, msg=f"{variant} {k}")
       self.assertAlmostEqual(float(loss_m), float(loss_s), places=5)
+
+  def test_padded_windows_against_a_numpy_reference(self):
+    # Clips 1 and 4 end after their first / second window; clip 6 is 0.3 inside
+    # its last window (partly valid: it counts).
+    out = random_outputs(7, n=8, t=3)
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    valid = np.ones((8, 3), np.float32)
+    valid[1, 1:] = 0.0
+    valid[4, 2] = 0.0
+    valid[6, 2] = 0.3
+    real = valid > 0
+    for exclude in (True, False):
+      _, m = losses.compute_loss(out, labels, loss_config(exclude_used=exclude), "gating", "av",
+                                 window_valid=valid)
+      sq = ((np.asarray(out["video_enc"], np.float64) - np.asarray(out["audio_enc"])) ** 2).sum(-1)
+      want = {"mse": sq[real].mean()}
+      terms = []
+      for mod in ("audio", "video"):
+        emb = np.swapaxes(np.asarray(out[f"{mod}_gate"], np.float64), 0, 1)     # [T, N, G]
+        p, q, v = brute_force(emb, labels, exclude, real.T)
+        d_ap = ((emb - emb[np.arange(3)[:, None], p]) ** 2).sum(-1)
+        d_an = ((emb - emb[np.arange(3)[:, None], q]) ** 2).sum(-1)
+        hinge = np.where(v, np.maximum(d_ap - d_an + 1.0, 0.0), 0.0)
+        want[f"triplet_{mod}"] = hinge.sum() / real.sum()
+        terms.append(want[f"triplet_{mod}"])
+      want["triplet"] = np.mean(terms)
+      want["loss"] = want["mse"] + want["triplet"]
+      self.assertMetrics(m, **{k: float(x) for k, x in want.items()})
+
+  def test_padded_windows_change_neither_loss_nor_gradients(self):
+    out = random_outputs(8, n=6, t=3)
+    labels = jnp.array([0, 0, 1, 1, 2, 2])
+    valid = np.ones((6, 3), np.float32)
+    valid[0, 2] = valid[3, 1:] = 0.0
+    pad = ~(valid > 0)
+    fn = jax.jit(jax.value_and_grad(
+        lambda o: losses.compute_loss(o, labels, loss_config(), "gating", "av",
+                                      window_valid=valid)[0]))
+    loss, grads = fn(out)
+    rng = np.random.default_rng(0)
+    other = {k: jnp.where(pad[..., None], 100 * rng.normal(size=v.shape), v).astype(jnp.float32)
+             for k, v in out.items()}
+    loss2, grads2 = fn(other)
+    self.assertEqual(float(loss), float(loss2))
+    for k in grads:
+      np.testing.assert_array_equal(grads[k], grads2[k], err_msg=k)
+      self.assertFalse(np.any(np.asarray(grads[k])[pad]), k)   # no gradient into padding
+    # The same change on a real window does change the loss (the test can fail).
+    real_change = dict(out, video_enc=out["video_enc"].at[1, 2].add(3.0))
+    self.assertNotEqual(float(fn(real_change)[0]), float(loss))
+
+  def test_without_padding_the_masked_loss_is_the_unmasked_one(self):
+    out = random_outputs(9, n=6, t=3)
+    labels = jnp.array([0, 0, 1, 1, 2, 2])
+    valid = np.ones((6, 3), np.float32)
+    valid[2, 2] = 0.4                       # partly valid counts as a whole window
+    for variant, modalities in (("gating", "av"), ("lstm", "av"), ("lstm", "audio")):
+      o = out if variant == "gating" else {k: v for k, v in out.items() if k.endswith("gate")}
+      _, plain = losses.compute_loss(o, labels, loss_config(), variant, modalities)
+      _, masked = losses.compute_loss(o, labels, loss_config(), variant, modalities,
+                                      window_valid=valid)
+      for k in plain:
+        np.testing.assert_array_equal(masked[k], plain[k], err_msg=f"{variant} {k}")
 
   def test_gradients(self):
     out = random_outputs(1)

@@ -142,6 +142,27 @@ class MiningTest(parameterized.TestCase):
       np.testing.assert_array_equal(np.where(sv, n[:, keep], -1), np.where(sv, keep[sn], -1))
       assert_same(self, (p, n, v), brute_force(emb, labels, exclude, mask), "masked")
 
+  def test_per_window_mask_leaves_masked_clips_out_of_that_window(self):
+    # Clips 2 and 5 end early (masked from window 2 and 1 on), clip 7 is padding.
+    rng = np.random.default_rng(4)
+    labels = np.array([0, 1, 0, 2, 1, 0, 2, 1])
+    t = 4
+    window = np.ones((t, 8), bool)
+    window[2:, 2] = window[1:, 5] = window[:, 7] = False
+    emb = integer_embeddings(rng, t, 8, 2)
+    for exclude in (True, False):
+      p, n, v = jax.device_get(mining.mwtsm(emb, labels, exclude_used=exclude, mask=window))
+      assert_same(self, (p, n, v), brute_force(emb, labels, exclude, window), f"exclude {exclude}")
+      self.assertFalse(v[~window].any())                         # never an anchor there
+      for w in range(t):                                        # nor a positive or negative
+        self.assertTrue(window[w, p[w, v[w]]].all() and window[w, n[w, v[w]]].all())
+      # A window mask equal at every window is the clip mask.
+      assert_same(self, mining.mwtsm(emb, labels, exclude_used=exclude,
+                                     mask=np.broadcast_to(window[0], (t, 8))),
+                  brute_force(emb, labels, exclude, window[0]), "constant window mask")
+    with self.assertRaisesRegex(ValueError, r"\[T, N\]"):
+      mining.mwtsm(emb, labels, mask=np.ones((t + 1, 8), bool))
+
   def test_jit_matches_eager_and_no_gradient_leaks(self):
     rng = np.random.default_rng(6)
     emb = jnp.asarray(rng.normal(size=(3, 6, 4)).astype(np.float32))

@@ -340,10 +340,10 @@ class PredictTest(absltest.TestCase):
         return sorted(self._metrics)
       def metrics(self, step):
         return self._metrics[step]
-    self.assertEqual(train_state.best_step(Manager({10: None, 20: {"val_accuracy": 0.5},
-                                                30: {"val_accuracy": 0.7}, 40: None})), 30)
-    self.assertEqual(train_state.best_step(Manager({20: {"val_accuracy": 0.7},
-                                                30: {"val_accuracy": 0.7}})), 30)
+    self.assertEqual(train_state.best_step(Manager({10: None, 20: {"validation_accuracy": 0.5},
+                                                30: {"validation_accuracy": 0.7}, 40: None})), 30)
+    self.assertEqual(train_state.best_step(Manager({20: {"validation_accuracy": 0.7},
+                                                30: {"validation_accuracy": 0.7}})), 30)
     self.assertIsNone(train_state.best_step(Manager({10: None, 20: {}})))
 
   def test_bank_from_another_step_is_refused(self):

@@ -1,5 +1,8 @@
 """Window arithmetic: fixed hop with padding, and the `fit` mode."""
 
+import fractions
+import math
+
 import numpy as np
 from absl.testing import absltest
 
@@ -69,14 +72,27 @@ class CutWindowsTest(absltest.TestCase):
     self.assertEqual(set(out), {"video", "window_valid"})
     np.testing.assert_array_equal(out["video"][3, :, 0, 0, 0], [12, 13, 13, 13, 13, 13, 13, 13])
 
-  def test_first_frame_nearest_or_at_or_after(self):
-    spec = windows.parse_name("w4_l1_ov")   # starts 0, 0.5, 1, 1.5 s; at 5 fps frames 0, 2.5, 5, 7.5
-    first = lambda mode: windows.cut_windows(spec, 4.0, video=self.video, fps=5,
-                                             first_frame=mode)["video"][:, 0, 0, 0, 0]
-    np.testing.assert_array_equal(first("nearest"), [0, 2, 5, 8])      # NumPy rounds halves to even
-    np.testing.assert_array_equal(first("at_or_after"), [0, 3, 5, 8])
-    with self.assertRaises(ValueError):
-      first("floor")
+  def test_first_frame_is_the_one_containing_the_start(self):
+    # Frames carry their index; the reference reads each start as the exact decimal
+    # it stands for (Fraction) and finds n with n / fps <= s < (n + 1) / fps.
+    video = np.broadcast_to((np.arange(200) % 256).astype(np.uint8)[:, None, None, None],
+                            (200, 1, 1, 3))
+    cases = [("w8_l1_ov", 4.0, 25), ("w6_l1_ov", 3.5, 30), ("w3_l1_no_fit", 1.6, 25),
+             ("w4_l1_ov", 2.0, 5), ("w5_l1_ov_fit", 3.37, 29.97)]
+    for name, duration, fps in cases:
+      spec = windows.parse_name(name)
+      starts = spec.starts(duration)
+      got = windows.cut_windows(spec, duration, video=video, fps=fps)["video"][:, 0, 0, 0, 0]
+      for s, g in zip(starts, got):
+        exact = fractions.Fraction(s).limit_denominator(10_000)
+        rate = fractions.Fraction(fps).limit_denominator(10_000)
+        want = math.floor(exact * rate)
+        self.assertEqual(int(g), want, f"{name} at {fps} fps: start {s} in frame {want}, got {g}")
+        self.assertLessEqual(fractions.Fraction(want) / rate, exact)
+    # The examples of the rule: halves go down (no banker's rounding), and
+    # 0.3 * 25 = 7.4999... and 0.28 * 25 = 6.9999... read as 7.5 and 7.
+    np.testing.assert_array_equal(windows.first_frame(np.array([0.5, 1.5, 2.5, 0.3, 0.28]), 25),
+                                  [12, 37, 62, 7, 7])
 
   def test_audio_alone_and_missing_rates(self):
     spec = windows.parse_name("w2_l1_no")

@@ -47,7 +47,13 @@ from avjax.data import folds as folds_lib
 from avjax.data import media
 from avjax.data import windows
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
+RELEASE_NOTES = {
+    "1.0.0": "Initial release.",
+    "1.1.0": "A window's first video frame is the one that contains its start "
+             "(windows.first_frame); 1.0.0 rounded half to even, so video led or lagged "
+             "the audio by half a frame at alternate windows.",
+}
 
 
 class ManualDirError(FileNotFoundError):
@@ -122,7 +128,7 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   DATASET: str = ""                 # key of config_lib.DATASETS
   HOMEPAGE: str = ""
   VERSION = tfds.core.Version(VERSION)
-  RELEASE_NOTES = {str(VERSION): "Initial release."}
+  RELEASE_NOTES = RELEASE_NOTES
 
   # TFDS locates the builder's folder (README.md, CITATIONS.bib) through
   # `importlib_resources`, a package this project does not install.

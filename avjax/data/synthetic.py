@@ -25,8 +25,8 @@ phases, blob start offsets.
 
 Everything is a pure function of (seed, actor, label, repetition): the same
 seed gives byte-identical clips on every machine. Windows are cut with
-`windows.WindowSpec` as for the real data sets (`cut_windows`): the frame at
-or after each window's start, `F = round(L * fps)` frames, the last frame
+`windows.WindowSpec` as for the real data sets (`cut_windows`): from the frame
+that contains each window's start, `F = round(L * fps)` frames, the last frame
 repeated past the clip's end; audio zero-padded past the end.
 """
 
@@ -165,8 +165,7 @@ def cut_windows(frames: np.ndarray | None, fps: float, audio: np.ndarray, rate: 
   (when frames are given), 'audio' [T, S] zero-padded past the clip's end and
   'window_valid' [T] (`spec.valid_fraction`).
   """
-  return windows.cut_windows(spec, duration, video=frames, fps=fps, audio=audio, rate=rate,
-                             first_frame="at_or_after")
+  return windows.cut_windows(spec, duration, video=frames, fps=fps, audio=audio, rate=rate)
 
 
 def generate_clip(label: int, actor: int, rep: int, spec: windows.WindowSpec, *, seed: int = 0,

@@ -79,38 +79,43 @@ class WindowSpec:
     return inside.astype(np.float32)
 
 
-_FIRST_FRAME = ("nearest", "at_or_after")
+# Tolerance of `first_frame` on s * fps: 0.3 s * 25 fps is 7.4999999... in floating
+# point and 0.28 * 25 is 6.9999999...; both must be read as the exact products.
+FRAME_TOLERANCE = 1e-6
+
+
+def first_frame(starts: np.ndarray, fps: float) -> np.ndarray:
+  """[T] starts (s) -> [T] int64: the frame whose interval [n / fps, (n + 1) / fps)
+  contains each start, floor(s * fps + FRAME_TOLERANCE). At 25 fps the starts 0.5 /
+  1.5 / 2.5 s give frames 12 / 37 / 62 (the start lies 20 ms into each), 0.3 s
+  frame 7 and 0.28 s frame 7."""
+  return np.floor(np.asarray(starts, np.float64) * fps + FRAME_TOLERANCE).astype(np.int64)
 
 
 def cut_windows(spec: WindowSpec, duration: float, *,
                 video: np.ndarray | None = None, fps: float | None = None,
-                audio: np.ndarray | None = None, rate: int | None = None,
-                first_frame: str = "nearest") -> dict[str, np.ndarray]:
+                audio: np.ndarray | None = None, rate: int | None = None) -> dict[str, np.ndarray]:
   """Cuts a clip of `duration` seconds into `spec`'s T windows of L seconds.
 
   Window k starts at s_k = spec.starts(duration)[k]. Its video frame j is frame
-  f_k + j of `video` [N, H, W, 3] (frame n at n / fps; the last frame when past
-  the end), with f_k = round(s_k * fps) (`first_frame="nearest"`, NumPy's
-  rounding, halves to even: the decoded data sets) or the frame at or after
-  the start, ceil(s_k * fps - 1e-6) (`"at_or_after"`: the synthetic set). Its
-  audio sample i is sample round(s_k * rate) + i of `audio` [M] (zero past the
-  end). F = round(L * fps), S = round(L * rate).
+  f_k + j of `video` [N, H, W, 3] (frame n shown over [n / fps, (n + 1) / fps);
+  the last frame when past the end), f_k the frame that contains s_k
+  (`first_frame`), so that every window's video starts within one frame
+  interval before its audio, the same way at every window (the decoded data
+  sets and the synthetic one alike). Its audio sample i is sample
+  round(s_k * rate) + i of `audio` [M] (zero past the end). F = round(L * fps),
+  S = round(L * rate).
 
   Returns 'video' [T, F, H, W, 3] (when `video` is given), 'audio' [T, S]
   float32 (when `audio` is given) and 'window_valid' [T] (`spec.valid_fraction`).
   """
-  if first_frame not in _FIRST_FRAME:
-    raise ValueError(f"first_frame must be one of {_FIRST_FRAME}, got {first_frame!r}")
   starts = spec.starts(duration)                                          # [T]
   out: dict[str, np.ndarray] = {}
   if video is not None:
     if fps is None:
       raise ValueError("cut_windows: video given without fps")
     num_f = int(round(spec.length * fps))
-    if first_frame == "nearest":
-      first = np.round(starts * fps).astype(np.int64)                     # [T]
-    else:
-      first = np.ceil(starts * fps - 1e-6).astype(np.int64)
+    first = first_frame(starts, fps)                                      # [T]
     idx = np.minimum(first[:, None] + np.arange(num_f)[None], len(video) - 1)  # [T, F]
     out["video"] = video[idx]                                             # [T, F, H, W, 3]
   if audio is not None:

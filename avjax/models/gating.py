@@ -56,18 +56,40 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class TemporalLSTM(nn.Module):
-  """An LSTM scanned over windows: [B, T, D] -> hidden states [B, T, G]."""
+  """An LSTM scanned over windows: [B, T, D] -> hidden states [B, T, G].
+
+  `valid` [B, T] bool (optional): where False (a window wholly past the clip's
+  end) the cell's carry passes that window unchanged and its output repeats the
+  last real hidden state, so gate t of a clip that ended earlier equals its last
+  real gate exactly. None runs every window (the former behaviour)."""
   hidden: int
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, D]
+  def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:  # [B, T, D]
     x = x.astype(jnp.float32)
-    scanned = nn.scan(nn.OptimizedLSTMCell, variable_broadcast="params",
-                      split_rngs={"params": False}, in_axes=1, out_axes=1)
-    cell = scanned(self.hidden, dtype=jnp.float32, param_dtype=jnp.float32, name="cell")
+    cell = nn.OptimizedLSTMCell(self.hidden, dtype=jnp.float32, param_dtype=jnp.float32,
+                                name="cell")
     carry = zero_carry(x.shape[0], self.hidden)
-    _, h = cell(carry, x)
+    if valid is None:
+      body, xs = _lstm_step, x
+    else:
+      body, xs = _masked_lstm_step, (x, jnp.asarray(valid, bool))
+    scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
+                   in_axes=1, out_axes=1)
+    _, h = scan(cell, carry, xs)
     return h  # [B, T, G]
+
+
+def _lstm_step(cell, carry, x):
+  return cell(carry, x)
+
+
+def _masked_lstm_step(cell, carry, inputs):
+  x, valid = inputs                                    # [B, D], [B]
+  new_carry, _ = cell(carry, x)
+  keep = valid[:, None]
+  new_carry = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_carry, carry)
+  return new_carry, new_carry[1]                       # flax's carry is (c, h)
 
 
 def zero_carry(batch: int, hidden: int) -> tuple[jax.Array, jax.Array]:
@@ -100,6 +122,7 @@ class AVModel(nn.Module):
   remat: bool = False
   video_last_block: str = "Mixed_5c"   # I3D's last layer before its head (tests: earlier)
   conv_impl: str = "auto"              # avjax.models.conv: 'auto', 'xla' or 'matmul'
+  bn_momentum: float | None = None     # BatchNorm momentum of both encoders (None: each one's own)
 
   @property
   def uses_video(self) -> bool:
@@ -111,9 +134,15 @@ class AVModel(nn.Module):
 
   @nn.compact
   def __call__(self, video: jax.Array | None, audio: jax.Array | None, *,
-               train: bool) -> dict[str, jax.Array]:
+               train: bool, window_valid: jax.Array | None = None) -> dict[str, jax.Array]:
+    """`window_valid` [B, T] (optional): the fraction of each window inside its clip;
+    the LSTMs pass the windows where it is 0 unchanged (`TemporalLSTM`), and
+    BatchNorm in training mode leaves them out of its batch statistics."""
     config_lib.check_model_choice(self.variant, self.modalities, "AVModel")
     outputs: dict[str, jax.Array] = {}
+    valid = None if window_valid is None else jnp.asarray(window_valid) > 0   # [B, T]
+    # BatchNorm's batch statistics (training, freeze_bn=False) over real windows only.
+    sample_mask = None if valid is None else valid.reshape(-1)               # [B*T]
     bt = None
     if self.uses_video:
       if video is None or video.ndim != 6:
@@ -123,7 +152,9 @@ class AVModel(nn.Module):
       frames = video.reshape((bt[0] * bt[1],) + video.shape[2:])  # [B*T, F, H, W, 3]
       emb, _ = i3d.I3D(embed_dim=self.embed_dim, width=self.video_width, freeze_bn=self.freeze_bn,
                        dtype=self.dtype, remat=self.remat, last_block=self.video_last_block,
-                       conv_impl=self.conv_impl, name="video_encoder")(frames, train=train)
+                       conv_impl=self.conv_impl, name="video_encoder",
+                       bn_momentum=_or(self.bn_momentum, i3d.BN_MOMENTUM))(
+                           frames, train=train, sample_mask=sample_mask)
       outputs["video_enc"] = emb.astype(jnp.float32).reshape(bt + (self.embed_dim,))  # [B, T, D]
     if self.uses_audio:
       if audio is None or audio.ndim != 3:
@@ -135,7 +166,9 @@ class AVModel(nn.Module):
       wave = audio.reshape((abt[0] * abt[1], audio.shape[2]))  # [B*T, S]
       emb, _ = soundnet.SoundNet8(embed_dim=self.embed_dim, width=self.audio_width,
                                   freeze_bn=self.freeze_bn, dtype=self.dtype,
-                                  conv_impl=self.conv_impl, name="audio_encoder")(wave, train=train)
+                                  conv_impl=self.conv_impl, name="audio_encoder",
+                                  bn_momentum=_or(self.bn_momentum, soundnet.BN_MOMENTUM)
+                                  )(wave, train=train, sample_mask=sample_mask)
       outputs["audio_enc"] = emb.astype(jnp.float32).reshape(tuple(abt) + (self.embed_dim,))
     for m in ("video", "audio"):
       if f"{m}_enc" not in outputs:
@@ -144,8 +177,12 @@ class AVModel(nn.Module):
       if self.variant == "global":
         outputs[f"{m}_gate"] = enc  # [B, T, D]
       else:
-        outputs[f"{m}_gate"] = TemporalLSTM(self.lstm_hidden, name=f"{m}_lstm")(enc)  # [B, T, G]
+        outputs[f"{m}_gate"] = TemporalLSTM(self.lstm_hidden, name=f"{m}_lstm")(enc, valid)  # [B, T, G]
     return outputs
+
+
+def _or(value, default):
+  return default if value is None else value
 
 
 def create_model(model_config: Any) -> AVModel:
@@ -159,7 +196,8 @@ def create_model(model_config: Any) -> AVModel:
       lstm_hidden=int(m.lstm_hidden), video_width=float(m.video_width),
       audio_width=float(m.audio_width), freeze_bn=bool(m.freeze_bn), dtype=_DTYPES[m.dtype],
       remat=bool(m.remat), video_last_block=str(m.video_last_block),
-      conv_impl=str(m.conv_impl))
+      conv_impl=str(m.conv_impl),
+      bn_momentum=None if m.bn_momentum is None else float(m.bn_momentum))
 
 
 def model_inputs(batch: Mapping[str, Any], modalities: str) -> tuple[Any, Any]:
@@ -169,13 +207,21 @@ def model_inputs(batch: Mapping[str, Any], modalities: str) -> tuple[Any, Any]:
   return video, audio
 
 
+def window_valid(batch: Mapping[str, Any], mask_padded_windows: bool) -> Any:
+  """The batch's 'window_valid' [B, T] when padded windows are masked
+  (`config.loss.mask_padded_windows`), else None (every window runs)."""
+  return batch["window_valid"] if mask_padded_windows else None
+
+
 def gate_embeddings(apply_fn, variables: Mapping[str, Any], batch: Mapping[str, Any],
-                    modalities: str) -> dict[str, jax.Array]:
+                    modalities: str, mask_padded_windows: bool = True) -> dict[str, jax.Array]:
   """The inference forward pass (BN running statistics, no dropout): the gate
   embeddings {'audio_gate' / 'video_gate': [B, T, G]} of `batch`. Evaluation and
-  `avjax.predict` both jit this."""
+  `avjax.predict` both jit this. With `mask_padded_windows` the LSTMs pass the
+  windows past a clip's end (batch['window_valid'] == 0) unchanged."""
   video, audio = model_inputs(batch, modalities)
-  outputs = apply_fn(dict(variables), video, audio, train=False)
+  outputs = apply_fn(dict(variables), video, audio, train=False,
+                     window_valid=window_valid(batch, mask_padded_windows))
   return {k: v for k, v in outputs.items() if k.endswith("_gate")}
 
 

@@ -102,6 +102,7 @@ class Unit3D(nn.Module):
   use_running_average: bool = True
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"
+  bn_momentum: float = BN_MOMENTUM
 
   @property
   def layer(self) -> str:
@@ -111,16 +112,16 @@ class Unit3D(nn.Module):
     return "/".join(path[start:])
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:  # [N, F, H, W, Ch]
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:  # [N, F, H, W, Ch]
     x = nn.Conv(self.features, tuple(self.kernel_shape), strides=tuple(self.strides),
                 padding="SAME", use_bias=self.use_bias, dtype=self.dtype,
                 param_dtype=jnp.float32,
                 conv_general_dilated=conv.conv_fn(self.conv_impl, "i3d", self.layer),
                 name="Conv_0")(x)
     if self.use_batch_norm:
-      x = nn.BatchNorm(use_running_average=self.use_running_average, momentum=BN_MOMENTUM,
+      x = nn.BatchNorm(use_running_average=self.use_running_average, momentum=self.bn_momentum,
                        epsilon=BN_EPSILON, use_scale=False, dtype=self.dtype,
-                       param_dtype=jnp.float32, name="BatchNorm_0")(x)
+                       param_dtype=jnp.float32, name="BatchNorm_0")(x, mask=mask)
     if self.activation:
       x = nn.relu(x)
     return x
@@ -133,14 +134,16 @@ class Branch(nn.Module):
   use_running_average: bool = True
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"
+  bn_momentum: float = BN_MOMENTUM
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     if self.pool_first:
       x = nn.max_pool(x, (3, 3, 3), strides=(1, 1, 1), padding="SAME")
     for name, features, kernel in self.units:
       x = Unit3D(features, kernel, use_running_average=self.use_running_average,
-                 dtype=self.dtype, conv_impl=self.conv_impl, name=name)(x)
+                 dtype=self.dtype, conv_impl=self.conv_impl, bn_momentum=self.bn_momentum,
+                 name=name)(x, mask)
     return x
 
 
@@ -150,19 +153,20 @@ class InceptionBlock(nn.Module):
   use_running_average: bool = True
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"
+  bn_momentum: float = BN_MOMENTUM
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:  # [N, F, H, W, Ch]
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:  # [N, F, H, W, Ch]
     c = self.channels
     kw = dict(use_running_average=self.use_running_average, dtype=self.dtype,
-              conv_impl=self.conv_impl)
+              conv_impl=self.conv_impl, bn_momentum=self.bn_momentum)
     one, three = (1, 1, 1), (3, 3, 3)
-    b0 = Branch((("Conv3d_0a_1x1", c[0], one),), name="Branch_0", **kw)(x)
+    b0 = Branch((("Conv3d_0a_1x1", c[0], one),), name="Branch_0", **kw)(x, mask)
     b1 = Branch((("Conv3d_0a_1x1", c[1], one), ("Conv3d_0b_3x3", c[2], three)),
-                name="Branch_1", **kw)(x)
+                name="Branch_1", **kw)(x, mask)
     b2 = Branch((("Conv3d_0a_1x1", c[3], one), ("Conv3d_0b_3x3", c[4], three)),
-                name="Branch_2", **kw)(x)
-    b3 = Branch((("Conv3d_0b_1x1", c[5], one),), pool_first=True, name="Branch_3", **kw)(x)
+                name="Branch_2", **kw)(x, mask)
+    b3 = Branch((("Conv3d_0b_1x1", c[5], one),), pool_first=True, name="Branch_3", **kw)(x, mask)
     return jnp.concatenate([b0, b1, b2, b3], axis=-1)
 
 
@@ -198,6 +202,8 @@ class I3D(nn.Module):
       faster.
     conv_impl: how the convolutions are computed ('auto', 'xla', 'matmul'; see
       avjax.models.conv). Same parameters and results under every choice.
+    bn_momentum: BatchNorm's running-average momentum in flax terms (the kept
+      fraction per training step); BN_MOMENTUM, Sonnet's 0.999, by default.
   """
   embed_dim: int = KINETICS_CLASSES
   final_endpoint: str = "Logits"
@@ -208,9 +214,13 @@ class I3D(nn.Module):
   dtype: Dtype = jnp.float32
   remat: bool = False
   conv_impl: str = "auto"
+  bn_momentum: float = BN_MOMENTUM
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def __call__(self, x: jax.Array, *, train: bool = False, sample_mask: jax.Array | None = None
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`sample_mask` [N] bool (optional): BatchNorm's batch statistics in training
+    mode are computed over the clips where it is True only (padded windows)."""
     if self.final_endpoint not in ENDPOINTS:
       raise ValueError(f"I3D.final_endpoint: {self.final_endpoint!r} is not one of {ENDPOINTS}")
     if self.last_block not in ENDPOINTS[:-1]:
@@ -227,19 +237,23 @@ class I3D(nn.Module):
     ch = lambda c: scaled_channels(c, self.width)
 
     net = preprocess(x, self.dtype)  # [N, F, H, W, 3]
+    mask = None
+    if sample_mask is not None and not use_running_average:
+      mask = jnp.asarray(sample_mask, bool).reshape((-1, 1, 1, 1, 1))
     endpoints: dict[str, jax.Array] = {}
     for name, kind, args in _LAYERS:
       if kind == "conv":
         features, kernel, strides = args
         net = Unit3D(ch(features), kernel, strides, use_running_average=use_running_average,
-                     dtype=self.dtype, conv_impl=self.conv_impl, name=name)(net)
+                     dtype=self.dtype, conv_impl=self.conv_impl, bn_momentum=self.bn_momentum,
+                     name=name)(net, mask)
       elif kind == "pool":
         window, strides = args
         net = nn.max_pool(net, window, strides=strides, padding="SAME")
       else:
         net = block_cls(tuple(ch(c) for c in INCEPTION_CHANNELS[name]),
                         use_running_average=use_running_average, dtype=self.dtype,
-                        conv_impl=self.conv_impl, name=name)(net)
+                        conv_impl=self.conv_impl, bn_momentum=self.bn_momentum, name=name)(net, mask)
       endpoints[name] = net
       if name == self.final_endpoint:
         return net, endpoints

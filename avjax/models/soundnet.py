@@ -95,6 +95,7 @@ class ConvBlock(nn.Module):
   use_running_average: bool = True
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"
+  bn_momentum: float = BN_MOMENTUM
 
   @property
   def layer(self) -> str:
@@ -102,15 +103,15 @@ class ConvBlock(nn.Module):
     return self.name
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:  # [N, L, Ch]
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:  # [N, L, Ch]
     x = nn.Conv(self.features, (self.kernel,), strides=(self.stride,),
                 padding=((self.padding, self.padding),), dtype=self.dtype,
                 param_dtype=jnp.float32,
                 conv_general_dilated=conv.conv_fn(self.conv_impl, "soundnet", self.layer),
                 name="Conv_0")(x)
-    x = nn.BatchNorm(use_running_average=self.use_running_average, momentum=BN_MOMENTUM,
+    x = nn.BatchNorm(use_running_average=self.use_running_average, momentum=self.bn_momentum,
                      epsilon=BN_EPSILON, dtype=self.dtype, param_dtype=jnp.float32,
-                     name="BatchNorm_0")(x)
+                     name="BatchNorm_0")(x, mask=mask)
     x = nn.relu(x)
     if self.pool is not None:
       x = nn.max_pool(x, (self.pool[0],), strides=(self.pool[1],), padding="VALID")
@@ -129,6 +130,8 @@ class SoundNet8(nn.Module):
     dtype: computation dtype; parameters are always float32.
     conv_impl: how the convolutions are computed ('auto', 'xla', 'matmul'; see
       avjax.models.conv). Same parameters and results under every choice.
+    bn_momentum: BatchNorm's running-average momentum in flax terms (the kept
+      fraction per training step); BN_MOMENTUM (Torch's 0.1) by default.
   """
   embed_dim: int = 400
   final_endpoint: str = "Embedding"
@@ -136,9 +139,13 @@ class SoundNet8(nn.Module):
   freeze_bn: bool = False
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"
+  bn_momentum: float = BN_MOMENTUM
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def __call__(self, x: jax.Array, *, train: bool = False, sample_mask: jax.Array | None = None
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`sample_mask` [N] bool (optional): BatchNorm's batch statistics in training
+    mode are computed over the windows where it is True only (padded windows)."""
     if self.final_endpoint not in ENDPOINTS:
       raise ValueError(f"SoundNet8.final_endpoint: {self.final_endpoint!r} is not one of {ENDPOINTS}")
     if x.ndim != 2:
@@ -150,11 +157,14 @@ class SoundNet8(nn.Module):
     conv.check_impl(self.conv_impl)
     use_running_average = self.freeze_bn or not train
     net = (x.astype(jnp.float32) * INPUT_SCALE).astype(self.dtype)[..., None]  # [N, S, 1]
+    mask = None
+    if sample_mask is not None and not use_running_average:
+      mask = jnp.asarray(sample_mask, bool).reshape((-1, 1, 1))
     endpoints: dict[str, jax.Array] = {}
     for name, channels, kernel, stride, pad, pool in LAYERS:
       net = ConvBlock(i3d.scaled_channels(channels, self.width), kernel, stride, pad, pool,
                       use_running_average=use_running_average, dtype=self.dtype,
-                      conv_impl=self.conv_impl, name=name)(net)
+                      conv_impl=self.conv_impl, bn_momentum=self.bn_momentum, name=name)(net, mask)
       endpoints[name] = net  # [N, L, Ch]
       if name == self.final_endpoint:
         return net, endpoints

@@ -53,8 +53,13 @@ def _describe(name: str) -> str:
 class Builder(tfds.core.GeneratorBasedBuilder):
   """DatasetBuilder for the synthetic audio-visual set."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": "A window's first frame is the one that contains its start "
+               "(windows.first_frame), as in the real data sets; 1.0.0 took the frame at "
+               "or after it.",
+  }
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n, description=_describe(n))
                      for n in _config_names()]
   DEFAULT_CONFIG_NAME = config_lib.DATASETS[NAME]["table1"][0]
