@@ -83,6 +83,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from avjax import config_lib
+from avjax.data import builder_lib
+from avjax.data import folds as folds_lib
 from avjax.data import windows
 
 _EPOCH_CACHE = 4           # epochs of batch tables kept per iterator
@@ -117,8 +119,11 @@ def get_builder(config) -> tfds.core.DatasetBuilder:
     if key in _BUILDERS:
       return _BUILDERS[key]
     cls = _builder_class(ds.name)
+    kwargs = {}
+    if issubclass(cls, builder_lib.AVBuilder):
+      kwargs["allow_missing_folds"] = bool(ds.allow_missing_folds)
     try:
-      builder = cls(config=name, data_dir=ds.data_dir or None)
+      builder = cls(config=name, data_dir=ds.data_dir or None, **kwargs)
     except ValueError as e:
       raise ValueError(f"config.dataset.config: {name!r} is not a builder config of "
                        f"{ds.name!r}: {e}") from e
@@ -138,12 +143,13 @@ def get_builder(config) -> tfds.core.DatasetBuilder:
         if jax.process_index() == 0:
           builder.download_and_prepare(download_config=download_config)
         multihost_utils.sync_global_devices(f"avjax_build_{ds.name}_{name}")
-        builder = cls(config=name, data_dir=ds.data_dir or None)
+        builder = cls(config=name, data_dir=ds.data_dir or None, **kwargs)
         if not builder.is_prepared():
           raise FileNotFoundError(
               f"process {jax.process_index()}: {ds.name}/{name} built by process 0 is not "
               f"visible in {builder.data_dir}; use a data_dir shared by all hosts or build it on "
               "each host with scripts/build_datasets.py")
+    _check_folds(builder, bool(ds.allow_missing_folds))
     _BUILDERS[key] = builder
     return builder
 
@@ -208,11 +214,30 @@ def num_clips(builder, folds: Sequence[int]) -> int:
   return sum(splits[f"fold{f}"].num_examples for f in folds)
 
 
+def _check_folds(builder, allow_missing: bool) -> None:
+  """A prepared dataset without some fold splits is only used with the opt-in."""
+  present = {int(k[4:]) for k in builder.info.splits.keys() if k.startswith("fold")}
+  missing = sorted(set(range(folds_lib.NUM_FOLDS)) - present)
+  if missing and not allow_missing:
+    raise ValueError(
+        f"{builder.name}/{builder.builder_config.name} in {builder.data_dir} has no fold(s) "
+        f"{missing} (it was built with allow_missing_folds from the actors present). Set "
+        "config.dataset.allow_missing_folds=True to use the folds it has (not the paper's "
+        "protocol), or rebuild it from all the actors' files.")
+
+
 def split_folds(config, test_fold: int) -> tuple[list[int], int | None]:
   """(training folds, validation fold or None) for `test_fold`
-  (`config_lib.training_folds` / `validation_fold`, 'next' skipping folds without clips)."""
+  (`config_lib.training_folds` / `validation_fold`, among the folds with clips).
+  A test fold without clips (a dataset built with allow_missing_folds) is an error."""
   info = dataset_info(config)
   nonempty = {f for f, n in info["num_clips_per_fold"].items() if n > 0}
+  if test_fold not in nonempty:
+    raise ValueError(
+        f"test fold {test_fold} has no clips in {config.dataset.name}/"
+        f"{config_lib.builder_config_name(config)} (built from the actors present, "
+        f"allow_missing_folds); the folds with clips are {sorted(nonempty)}: set config.folds "
+        "to some of them")
   return (config_lib.training_folds(config, test_fold, nonempty),
           config_lib.validation_fold(config, test_fold, nonempty))
 

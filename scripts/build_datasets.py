@@ -9,7 +9,10 @@ NAME is a folder of `tfds_builders/`; CONFIG a windowing (`w{T}_l{L}_{ov|no}[_fi
 see the builder's README), its default when omitted. `--manual_dir` holds the
 official files (default `<data_dir>/downloads/manual`); a missing or wrongly
 laid-out one fails at once. Clips that cannot be used are listed at the end and
-recorded in the dataset's metadata (`info.metadata['skipped']`). To build every
+recorded in the dataset's metadata (`info.metadata['skipped']`). A manual_dir
+without the files of some fold's actors is refused; `--allow_missing_folds` builds
+the folds present only (not the paper's protocol; e.g. a first try on two actor
+zips), recorded in `info.metadata['missing_folds']`. To build every
 config, call the script once per config (each decodes the clips again).
 
 Where TensorFlow is installed, the stock CLI works too:
@@ -36,6 +39,9 @@ flags.DEFINE_integer("num_workers", None, "Decoding processes (default: os.cpu_c
 flags.DEFINE_bool("overwrite", False, "Rebuild even when the config is already prepared.")
 flags.DEFINE_float("fps", None, "Video frame rate (default 25). Changes the data: use its own data_dir.")
 flags.DEFINE_integer("frame_size", None, "Frame size (default 112). Changes the data: use its own data_dir.")
+flags.DEFINE_bool("allow_missing_folds", False, "Build only the folds whose actors' files are "
+                  "present (e.g. a few actor zips); NOT the paper's 10-fold protocol. Training then "
+                  "needs config.dataset.allow_missing_folds=True.")
 flags.DEFINE_bool("center_crop", False, "Crop the centre square before resizing (default: the whole "
                   "frame, as the paper). Changes the data: use its own data_dir.")
 
@@ -80,9 +86,11 @@ def main(argv):
       options["frame_size"] = FLAGS.frame_size
     if FLAGS.center_crop:
       options["center_crop"] = True
-    kwargs = dict(num_workers=FLAGS.num_workers, decode_options=media.DecodeOptions(**options))
-  elif FLAGS.fps or FLAGS.frame_size or FLAGS.center_crop:
-    raise app.UsageError(f"{name} does not take --fps / --frame_size / --center_crop")
+    kwargs = dict(num_workers=FLAGS.num_workers, decode_options=media.DecodeOptions(**options),
+                  allow_missing_folds=FLAGS.allow_missing_folds)
+  elif FLAGS.fps or FLAGS.frame_size or FLAGS.center_crop or FLAGS.allow_missing_folds:
+    raise app.UsageError(f"{name} does not take --fps / --frame_size / --center_crop / "
+                         "--allow_missing_folds")
   data_dir = os.path.expanduser(FLAGS.data_dir) if FLAGS.data_dir else None
   builder = cls(config=config, data_dir=data_dir, **kwargs)
   mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if FLAGS.overwrite

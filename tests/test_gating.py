@@ -160,17 +160,26 @@ class GatingModelTest(absltest.TestCase):
     cls.model = gating.create_model(tiny_config())
     cls.variables = random_variables(shapes_of(cls.model, cls.video, cls.audio))
 
+  @classmethod
+  def loss_and_grads(cls, video, audio, valid):
+    """(loss, outputs), gradients of the paper's loss in training mode (batch-statistics
+    BN), windows with `valid` == 0 masked; one compilation for every test."""
+    if not hasattr(cls, "_loss_and_grads"):
+      labels = np.array([0, 0, 1, 1])
+      loss_config = config_lib.get_base_config().loss
+
+      def loss(params, video, audio, valid):
+        out, _ = cls.model.apply({"params": params, "batch_stats": cls.variables["batch_stats"]},
+                                 video, audio, train=True, window_valid=valid,
+                                 mutable=["batch_stats"])
+        return losses.compute_loss(out, labels, loss_config, "gating", "av",
+                                   window_valid=valid)[0], out
+
+      cls._loss_and_grads = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    return cls._loss_and_grads(cls.variables["params"], video, audio, valid)
+
   def test_gradients_reach_every_parameter(self):
-    rng = np.random.default_rng(3)
-    proj = {k: rng.normal(size=(D if k.endswith("enc") else G,)).astype(np.float32)
-            for k in ("video_enc", "audio_enc", "video_gate", "audio_gate")}
-
-    def loss(params):
-      out, _ = self.model.apply({"params": params, "batch_stats": self.variables["batch_stats"]},
-                                self.video, self.audio, train=True, mutable=["batch_stats"])
-      return sum(jnp.sum(jnp.tanh(out[k] @ proj[k])) for k in proj)
-
-    grads = jax.jit(jax.grad(loss))(self.variables["params"])
+    (_, _), grads = self.loss_and_grads(self.video, self.audio, np.ones((B, T), np.float32))
     self.assertEqual(set(grads), {"video_encoder", "audio_encoder", "video_lstm", "audio_lstm"})
     zero = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(grads)
             if not np.any(np.asarray(g))]
@@ -182,25 +191,14 @@ class GatingModelTest(absltest.TestCase):
     valid = np.ones((B, T), np.float32)
     valid[1, 2] = valid[2, 1:] = 0.0
     valid[3, 2] = 0.3                       # partly valid: a real window
-    labels = np.array([0, 0, 1, 1])
-    loss_config = config_lib.get_base_config().loss
-
-    def loss(params, video, audio):
-      out, _ = self.model.apply({"params": params, "batch_stats": self.variables["batch_stats"]},
-                                video, audio, train=True, window_valid=valid,
-                                mutable=["batch_stats"])
-      return losses.compute_loss(out, labels, loss_config, "gating", "av",
-                                 window_valid=valid)[0], out
-
-    fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
-    (l1, out1), g1 = fn(self.variables["params"], self.video, self.audio)
+    (l1, out1), g1 = self.loss_and_grads(self.video, self.audio, valid)
     rng = np.random.default_rng(9)
     video, audio = self.video.copy(), self.audio.copy()
     video[1, 2] = 255 - video[1, 2]
     video[2, 1:] = rng.integers(0, 256, video[2, 1:].shape)
     audio[1, 2] = rng.uniform(-1, 1, audio[1, 2].shape)
     audio[2, 1:] = 0.9
-    (l2, out2), g2 = fn(self.variables["params"], video, audio)
+    (l2, out2), g2 = self.loss_and_grads(video, audio, valid)
     self.assertEqual(float(l1), float(l2))
     for path, a in jax.tree_util.tree_leaves_with_path(g1):
       b = g2
@@ -213,7 +211,7 @@ class GatingModelTest(absltest.TestCase):
       np.testing.assert_array_equal(out1[k][2, 1:], np.broadcast_to(out1[k][2, 0], (T - 1, G)))
     # The partly valid window is real: changing it changes the loss.
     video[3, 2] = 255 - video[3, 2]
-    self.assertNotEqual(float(fn(self.variables["params"], video, audio)[0][0]), float(l1))
+    self.assertNotEqual(float(self.loss_and_grads(video, audio, valid)[0][0]), float(l1))
 
   def test_frozen_batch_norm_keeps_statistics_in_training_mode(self):
     eval_out = jax.jit(functools.partial(self.model.apply, train=False))(

@@ -138,8 +138,14 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return epath.Path(pathlib.Path(sys.modules[cls.__module__].__file__).resolve())
 
   def __init__(self, *, num_workers: int | None = None,
-               decode_options: media.DecodeOptions | None = None, **kwargs: Any):
+               decode_options: media.DecodeOptions | None = None,
+               allow_missing_folds: bool = False, **kwargs: Any):
+    """`allow_missing_folds`: build the folds whose actors have files and leave the
+    others out (their splits do not exist; `info.metadata['missing_folds']` lists
+    them) instead of refusing. NOT the paper's protocol: for trying a few actors."""
     kwargs.setdefault("file_format", "array_record")
+    self._allow_missing_folds = bool(allow_missing_folds)
+    self._missing_folds: list[int] = []
     self._num_workers = int(num_workers) if num_workers is not None else (os.cpu_count() or 1)
     if self._num_workers < 1:
       raise ValueError(f"num_workers must be >= 1, got {self._num_workers}")
@@ -195,7 +201,7 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             window_length=spec.length, window_overlap=spec.overlap,
             center_crop=o.center_crop, interpolation=o.interpolation,
             max_av_mismatch=o.max_av_mismatch, audio_only=self.audio_only,
-            skipped=[], missing_actors=[]),
+            skipped=[], missing_actors=[], missing_folds=[]),
     )
 
   def _manual_dir(self, download_dir, download_config) -> pathlib.Path:
@@ -230,9 +236,15 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if empty:
       detail = "; ".join(
           f"fold{f}: actors {sorted(a for a, k in folds.items() if k == f)}" for f in empty)
-      raise ManualDirError(
-          f"manual_dir {manual_dir} has no clips for {detail}: every fold needs its actors' "
-          f"files. Present actors: {sorted(present)}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+      if not self._allow_missing_folds:
+        raise ManualDirError(
+            f"manual_dir {manual_dir} has no clips for {detail}: every fold needs its actors' "
+            f"files. Present actors: {sorted(present)}. To try the folds present only (not the "
+            "paper's protocol), build with --allow_missing_folds "
+            "(config.dataset.allow_missing_folds=True).\n" + self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+      print(f"allow_missing_folds: building the folds present only, NOT the paper's 10-fold "
+            f"protocol; no clips for {detail}", flush=True)
+    self._missing_folds = list(empty)
     self._skipped = list(rejected)
     self._missing_actors = sorted(set(genders) - present)
     return sorted(known, key=lambda c: c.clip_id)
@@ -262,6 +274,7 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     meta = self.info.metadata
     meta["skipped"] = sorted(self._skipped, key=lambda s: (s["file"], s["reason"]))
     meta["missing_actors"] = list(self._missing_actors)
+    meta["missing_folds"] = list(self._missing_folds)
 
   def summary(self) -> str:
     """The end-of-build summary: clips written per split, files skipped and why."""
@@ -274,6 +287,10 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     missing = self.info.metadata.get("missing_actors", [])
     if missing:
       lines.append(f"actors with no files in manual_dir: {missing}")
+    missing_folds = self.info.metadata.get("missing_folds", [])
+    if missing_folds:
+      lines.append(f"folds not built (allow_missing_folds; not the paper's protocol): "
+                   f"{missing_folds}")
     return "\n".join(lines)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -295,7 +312,9 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       self._accept_precompressed_video()
     self._progress = tqdm.tqdm(total=len(self._clips), unit="clip", dynamic_ncols=True,
                                desc=f"Decoding {self.name}/{self.builder_config.name}")
-    return {f"fold{f}": self._generate_examples(f, jobs[f]) for f in range(folds_lib.NUM_FOLDS)}
+    # Folds without clips (only with allow_missing_folds) get no split at all.
+    return {f"fold{f}": self._generate_examples(f, jobs[f]) for f in range(folds_lib.NUM_FOLDS)
+            if jobs[f]}
 
   def _accept_precompressed_video(self) -> None:
     """Lets this builder's video feature take the workers' `media.ZlibVideo` as is.

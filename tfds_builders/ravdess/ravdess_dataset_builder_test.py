@@ -1,7 +1,10 @@
 """ravdess builder: built from generated MP4s named like RAVDESS (zipped and extracted)."""
 
+import contextlib
+import io
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -180,6 +183,36 @@ class RavdessBuilderTest(absltest.TestCase):
       self.assertIn(message, str(cm.exception))
       self.assertIn("zenodo.org/record/1188976", str(cm.exception))
       self.assertFalse(data_dir.exists(), "nothing is written before the manual_dir is checked")
+
+  def test_allow_missing_folds_builds_the_folds_present(self):
+    # One actor's files (fold of actor 1): refused by default (above), built with the opt-in.
+    root = pathlib.Path(tempfile.mkdtemp())
+    manual = root / "few" / "Actor_01"
+    dummy_media.write_mp4(manual / _clip(1, 1), seconds=1.2, size=SIZE)
+    folds = folds_lib.assign_folds(lib.genders())
+    builder = lib.Builder(config="w2_l1_ov", data_dir=root / "data", num_workers=1,
+                          allow_missing_folds=True)
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=root / "few"))
+    self.assertIn("NOT the paper's 10-fold protocol", out.getvalue())
+    self.assertEqual(sorted(builder.info.splits.keys()), [f"fold{folds[1]}"])
+    missing = [f for f in range(10) if f != folds[1]]
+    self.assertEqual(builder.info.metadata["missing_folds"], missing)
+    self.assertEqual(builder.info.splits[f"fold{folds[1]}"].num_examples, 1)
+    # Training reads it only with the opt-in, and refuses a test fold without clips.
+    from avjax import config_lib, input_pipeline
+    config = config_lib.get_base_config()
+    config_lib.set_dataset(config, "ravdess")
+    config.dataset.config, config.dataset.data_dir = "w2_l1_ov", str(root / "data")
+    config.dataset.build = False
+    with self.assertRaisesRegex(ValueError, re.escape(f"has no fold(s) {missing}")):
+      input_pipeline.get_builder(config)
+    config.dataset.allow_missing_folds = True
+    self.assertEqual(input_pipeline.split_folds(config, folds[1]), ([], None))
+    with self.assertRaisesRegex(ValueError, f"test fold {missing[0]} has no clips.*"
+                                            rf"\[{folds[1]}\]"):
+      input_pipeline.split_folds(config, missing[0])
 
   def test_max_examples_per_split_with_a_pool(self):
     # TFDS stops reading a split early: the pool's other results are dropped, later folds still come
