@@ -23,6 +23,8 @@ field, at start-up (`validate`).
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 
 import ml_collections
 
@@ -131,7 +133,7 @@ GLOBAL_WINDOWING = "w1_l1_no_fit"
 
 
 def get_base_config() -> ml_collections.ConfigDict:
-  """The paper's settings (DESIGN.md); dataset files override the dataset block."""
+  """The paper's settings (docs/design.md); dataset files override the dataset block."""
   c = ml_collections.ConfigDict()
   c.seed = 0                      # one seed; init, data order and augmentation derive from it
   # Test folds to run, each trained on the other nine and written to
@@ -272,6 +274,49 @@ def complete(config, recorded: bool = False) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(merged)
 
 
+# Fields a rerun on an existing workdir may change: they decide how a run executes
+# (which test folds, logging, checkpoint cadence, input workers, convolution form,
+# where the files are) but not the model, the data or the protocol. Any other
+# difference from the recorded config stops the run (`workdir.record_config`).
+RUN_ONLY_FIELDS = (
+    "folds", "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
+    "input.num_workers", "input.prefetch", "input.eval_batch_size", "input.cache_on_device",
+    "model.conv_impl", "model.remat", "eval.figures", "eval.reference_bank", "eval.chunk_size",
+    "dataset.data_dir", "dataset.manual_dir", "dataset.build",
+)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(_flatten(value, name + "."))
+    else:
+      out[name] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def protocol_fields(config) -> dict:
+  """The complete config, flattened ('model.variant': ...), without RUN_ONLY_FIELDS."""
+  flat = _flatten(complete(config).to_dict())
+  return {k: v for k, v in flat.items() if k not in RUN_ONLY_FIELDS}
+
+
+def config_diff(recorded, config) -> list[tuple[str, object, object]]:
+  """[(field, recorded value, new value)] for the protocol fields that differ."""
+  a, b = protocol_fields(recorded), protocol_fields(config)
+  missing = object()
+  return [(k, a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
+          if a.get(k, missing) != b.get(k, missing)]
+
+
+def config_hash(config) -> str:
+  """16 hex digits of the sha256 of the protocol fields (fold_info.json's `config_hash`)."""
+  text = json.dumps(protocol_fields(config), sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def set_dataset(config: ml_collections.ConfigDict, name: str) -> None:
   info = DATASETS[name]
   config.dataset.name = name
@@ -324,10 +369,50 @@ def reads_audio_records(config: ml_collections.ConfigDict) -> bool:
   return records == "audio"
 
 
+def builder_config_names(dataset: str) -> list[str]:
+  """The builder configs of `dataset`: its Table I windowings, each followed by its `_fit`
+  twin, then the global one; then all again with the `audio_` prefix when the dataset
+  has audio-only records."""
+  names = []
+  for name in DATASETS[dataset]["table1"]:
+    names += [name, name + "_fit"]
+  names.append(GLOBAL_WINDOWING)
+  if DATASETS[dataset].get("audio_records", False):
+    names += [AUDIO_CONFIG_PREFIX + n for n in names]
+  return names
+
+
 def builder_config_name(config: ml_collections.ConfigDict) -> str:
   """The TFDS builder config to read: the windowing, prefixed `audio_` for audio-only records."""
   prefix = AUDIO_CONFIG_PREFIX if reads_audio_records(config) else ""
   return prefix + config.dataset.config
+
+
+# The allowed range of every numeric field ('seed' takes any integer; clips_per_class >= 2
+# so that every anchor has a positive): "> 0", ">= 1",
+# or an interval "[0, 1)". `validate` checks them all; tests/test_configs.py checks
+# that every numeric field of the base config is listed here.
+RANGES = {
+    "input.clips_per_class": ">= 2", "input.crop_size": ">= 1", "input.audio_noise_std": ">= 0",
+    "input.pitch_shift_semitones": ">= 0", "input.speed_range": "[0, 1)",
+    "input.eval_batch_size": ">= 1", "input.num_workers": ">= 0", "input.prefetch": ">= 1",
+    "model.embed_dim": ">= 1", "model.lstm_hidden": ">= 1", "model.video_width": "> 0",
+    "model.audio_width": "> 0", "model.bn_momentum": "[0, 1)",
+    "loss.margin": ">= 0", "loss.mse_weight": ">= 0", "loss.triplet_weight": ">= 0",
+    "optim.learning_rate": "> 0", "optim.weight_decay": ">= 0", "optim.b1": "[0, 1)",
+    "optim.b2": "[0, 1)", "optim.eps": "> 0", "optim.trunk_lr_scale": ">= 0",
+    "train.num_epochs": ">= 1", "train.max_steps": ">= 0", "train.log_every_steps": ">= 1",
+    "train.checkpoint_every_steps": ">= 1", "train.keep_checkpoints": ">= 1",
+    "train.eval_every_epochs": ">= 0", "eval.k": ">= 1", "eval.chunk_size": ">= 1",
+}
+
+
+def _in_range(value, spec: str) -> bool:
+  if spec.startswith("["):
+    lo, hi = (float(x) for x in spec.strip("[)").split(","))
+    return lo <= value < hi
+  op, bound = spec.split()
+  return value > float(bound) if op == ">" else value >= float(bound)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -335,6 +420,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   def fail(field, msg):
     raise ValueError(f"config.{field}: {msg}")
 
+  for field, spec in RANGES.items():
+    group, name = field.split(".")
+    value = config[group][name]
+    if value is None and field == "model.bn_momentum":
+      continue
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      fail(field, f"{value!r} is not a number")
+    if not _in_range(value, spec):
+      fail(field, f"{value} must be {spec}")
   if config.dataset.name not in DATASETS:
     fail("dataset.name", f"{config.dataset.name!r} is not one of {tuple(DATASETS)}")
   try:
@@ -349,13 +443,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{config.model.modalities!r} (use 'audio', or dataset.records='av')")
   if records == "audio" and not DATASETS.get(config.dataset.name, {}).get("audio_records", False):
     fail("dataset.records", f"{config.dataset.name} has no audio-only builder configs")
+  if builder_config_name(config) not in builder_config_names(config.dataset.name):
+    windowings = [n for n in builder_config_names(config.dataset.name)
+                  if not n.startswith(AUDIO_CONFIG_PREFIX)]
+    fail("dataset.config", f"{config.dataset.name} has no builder config "
+         f"{builder_config_name(config)!r}; its windowings are {windowings}")
   check_model_choice(config.model.variant, config.model.modalities)
   if config.model.variant == "global" and spec.num_windows != 1:
     fail("dataset.config", f"the 'global' variant uses one window ({GLOBAL_WINDOWING}), got {config.dataset.config!r}")
   if config.model.dtype not in DTYPES:
     fail("model.dtype", f"{config.model.dtype!r} is not one of {DTYPES}")
-  if config.model.bn_momentum is not None and not 0.0 <= config.model.bn_momentum < 1.0:
-    fail("model.bn_momentum", f"{config.model.bn_momentum} must be in [0, 1) (or None)")
   if config.model.conv_impl not in CONV_IMPLS:
     fail("model.conv_impl", f"{config.model.conv_impl!r} is not one of {CONV_IMPLS}")
   if config.model.pretrained and (config.model.video_width != 1.0 or config.model.audio_width != 1.0):
@@ -364,10 +461,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("model.pretrained", "pretrained weights need model.video_last_block = 'Mixed_5c'")
   if config.optim.name not in ("adam", "adamw"):
     fail("optim.name", f"{config.optim.name!r} is not 'adam' or 'adamw'")
-  if config.input.clips_per_class < 2:
-    fail("input.clips_per_class", "needs >= 2 so that every anchor has a positive")
-  if config.eval.k < 1:
-    fail("eval.k", "must be >= 1")
   folds = tuple(config.folds)
   if not folds or any(not 0 <= f < folds_lib.NUM_FOLDS for f in folds):
     fail("folds", f"{folds} must be a non-empty subset of 0..{folds_lib.NUM_FOLDS - 1} (the "
@@ -376,14 +469,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("folds", f"{folds} repeats a fold")
   choice = str(config.train.validation_fold).strip().lower()
   if choice not in ("none", "next"):
-    try:
-      fixed = _fold_number(config.train.validation_fold)
-    except ValueError as e:
-      raise ValueError(str(e)) from None
+    fixed = _fold_number(config.train.validation_fold)   # raises naming the field
     if fixed in folds:
       fail("train.validation_fold", f"fold {fixed} is also a test fold in config.folds {folds}; "
            "a fixed validation fold cannot be tested (use 'next')")
-  if config.train.eval_every_epochs < 0:
-    fail("train.eval_every_epochs", "must be >= 0")
-  if not 0 <= config.optim.trunk_lr_scale:
-    fail("optim.trunk_lr_scale", "must be >= 0")
+
+

@@ -152,6 +152,7 @@ def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh,
       "exclude_used": bool(config.loss.exclude_used), "avjax_version": __version__,
       "checkpoint_step": int(jax.device_get(state.step)), "selected_by": selected_by,
       "mask_padded_windows": bool(config.loss.mask_padded_windows),
+      "config_hash": config_lib.config_hash(config),
   }
   bank = None
   if config.eval.reference_bank:
@@ -253,6 +254,7 @@ def main(argv):
   mesh = parallel.make_mesh()
   for fold in folds:
     fold_dir = workdir_lib.fold_dir(workdir, fold)
+    config = workdir_lib.load_fold_config(workdir, fold)   # the config it was trained with
     state, model = restore_for_eval(config, fold_dir, fold, mesh, FLAGS.checkpoint)
     selected_by = "last"
     if FLAGS.checkpoint == "best":

@@ -1,7 +1,7 @@
 """Input pipeline: TFDS array_record data sources read with grain, class-balanced
 training batches, batch-consistent augmentation draws, ordered evaluation batches.
 
-Legend (DESIGN.md's letters): B batch (global), b host slice of it (B / hosts),
+Legend: B batch (global), b host slice of it (B / hosts),
 T windows, F frames per window, H = W stored frame size, X = `input.crop_size`
 (the crop's side), S audio samples per window.
 

@@ -3,7 +3,7 @@
 Legend: N clips (batch, batch-major inputs), T windows (gates), D encoder
 embedding size, G gate (LSTM) embedding size, M number of modalities in use.
 
-'gating' (the paper's Eq. 2, DESIGN.md):
+'gating' (the paper's Eq. 2, docs/design.md):
 
   L = (1/T) sum_t [ w_mse MSE_t + w_tr (1/(2N)) sum_{m in {a, v}} sum_i h_{m,t,i} ]
   MSE_t     = (1/N) sum_i || f^v_{it} - f^a_{it} ||^2          encoder embeddings

@@ -18,6 +18,10 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Training configuration file (configs/*.py[:args]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results and figures.")
+flags.DEFINE_enum("config_mismatch", "error", ["error", "ok"],
+                  "A workdir trained with another config (a field that changes the model, data or "
+                  "protocol differs): 'error' stops before touching anything; 'ok' trains the "
+                  "remaining folds with the new config (each fold records its own).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Environment variables that mean "one of several processes" under the
@@ -59,7 +63,7 @@ def main(argv):
                jax.process_count(), jax.local_devices())
   logging.info("All devices: %s", jax.devices())
   logging.info("Config:\n%s", config)
-  train.train_and_evaluate(config, FLAGS.workdir)
+  train.train_and_evaluate(config, FLAGS.workdir, config_mismatch=FLAGS.config_mismatch)
 
 
 if __name__ == "__main__":

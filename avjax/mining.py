@@ -2,7 +2,7 @@
 
 Legend: T windows (gates), N clips in the (global) batch, D embedding size.
 
-Definition (DESIGN.md). At window t, for anchor i, MWTSM picks the positive p
+Definition (docs/design.md). At window t, for anchor i, MWTSM picks the positive p
 and the negative n with
 
   label(p) == label(i), p != i, label(n) != label(i),

@@ -221,6 +221,7 @@ class Predictor:
     except FileNotFoundError as e:
       raise UsageError(str(e)) from None
     self.fold = choose_fold(self.workdir, self.config, fold)
+    self.config = workdir_lib.load_fold_config(self.workdir, self.fold)  # as trained
     self.fold_dir = workdir_lib.fold_dir(self.workdir, self.fold)
     self.bank = load_bank(os.path.join(self.fold_dir, workdir_lib.REFERENCE_BANK))
     self.meta = self.bank.meta

@@ -91,7 +91,7 @@ PAPER_NOTE = (
     "taken 'in the last segment'. We take Table I's column to be the AV embedding: its best "
     "rows equal Table II's AV-Gating (67.7 RAVDESS, 74.0 CREMA-D). So every 'Paper' number here sits "
     "beside our last-gate accuracy of the named modality. The paper gives no std and no UAR. "
-    "Its window placement (fixed 0.5 s hop or spread over the clip, DESIGN.md) is unknown: "
+    "Its window placement (fixed 0.5 s hop or spread over the clip, docs/design.md) is unknown: "
     "the same paper number is shown for both window modes of a row.")
 
 PAPER_NUM_FOLDS = 10  # Sec. V-A: "The reported results are the average of these 10-folds."

@@ -276,7 +276,7 @@ def write_fake_fold(workdir, fold, labels, correct, *, dataset="synthetic_av", c
 
 
 def brute_force(emb, labels, exclude_used=True, mask=None):
-  """DESIGN.md's definition with explicit loops over windows, anchors, p and n.
+  """The definition of docs/design.md with explicit loops over windows, anchors, p and n.
 
   float64 distances; the joint argmax over (p, n) in flat order p*N + n with a
   strict '>' so the first maximum (lowest flat index) wins. `mask`: [N] (clips)

@@ -79,11 +79,15 @@ class NonFiniteLossError(FloatingPointError):
 def _check_finite(summary: dict, test_fold: int, step: int, fold_dir: str, last_good: dict) -> None:
   """Raises when any step averaged into `summary` had a non-finite loss or gradient."""
   if summary["nonfinite"] > 0 or not np.isfinite(summary["loss"]):
+    if last_good["step"]:
+      kept = (f"The last good checkpoint (step {last_good['step']}) is kept in "
+              f"{workdir_lib.checkpoint_dir(fold_dir)}")
+    else:
+      kept = "No checkpoint was written before it (a rerun starts the fold from scratch)"
     raise NonFiniteLossError(
         f"Fold {test_fold}: the training loss or its gradients became non-finite by step {step} "
-        f"(mean loss {summary['loss']}, gradient norm {summary['grad_norm']}); stopping. The last "
-        f"good checkpoint (step {last_good['step']}) is kept in "
-        f"{workdir_lib.checkpoint_dir(fold_dir)}; try a lower config.optim.learning_rate.")
+        f"(mean loss {summary['loss']}, gradient norm {summary['grad_norm']}); stopping. "
+        f"{kept}; try a lower config.optim.learning_rate.")
 
 
 def _device_prefetch(iterator, put: Callable, size: int):
@@ -138,8 +142,9 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
 
   manager = train_state_lib.checkpoint_manager(fold_dir, config)
   start_step = 0
-  if manager.latest_step() is not None:
-    state, data_state = train_state_lib.restore_checkpoint(manager, state)
+  restored = train_state_lib.restore_latest(manager, state, fold_dir)
+  if restored is not None:
+    state, data_state, _ = restored
     train_iter.set_state(data_state)
     start_step = int(jax.device_get(state.step))
     logging.info("Fold %d: resumed from step %d", test_fold, start_step)
@@ -215,13 +220,25 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
   return state, model
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains and evaluates every fold of `config.folds`; aggregates the results."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       config_mismatch: str = "error") -> dict:
+  """Trains and evaluates every fold of `config.folds`; aggregates the results.
+
+  The first run records its config in `workdir/config.json`; a later run whose config
+  differs in a field that changes the model, data or protocol stops before touching
+  anything (`workdir.record_config`) unless `config_mismatch='ok'`. Each fold records
+  the config it was trained with (`fold_k/config.json`; its hash in fold_info.json)."""
+  if config_mismatch not in ("error", "ok"):
+    raise ValueError(f"config_mismatch must be 'error' or 'ok', got {config_mismatch!r}")
+  allow = config_mismatch == "ok"
   config = config_lib.complete(config)
   config_lib.validate(config)
   workdir = os.path.abspath(workdir)
-  if jax.process_index() == 0:
-    workdir_lib.save_config(config, workdir)
+  write = jax.process_index() == 0
+  for fold in config.folds:  # every check before anything is written
+    fold_config = os.path.join(workdir_lib.fold_dir(workdir, fold), workdir_lib.CONFIG)
+    workdir_lib.record_config(config, workdir, allow, path=fold_config, write=False)
+  workdir_lib.record_config(config, workdir, allow, write=write)
   input_pipeline.get_builder(config)  # builds the dataset first when allowed and missing
   mesh = parallel.make_mesh()
   for fold in config.folds:
@@ -230,6 +247,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       logging.info("Fold %d already evaluated in %s: skipping", fold, fold_dir)
       continue
     t0 = time.time()
+    workdir_lib.record_config(config, workdir, allow, write=write,
+                              path=os.path.join(fold_dir, workdir_lib.CONFIG))
     state, model = train_fold(config, fold_dir, fold, mesh)
     selected_by = "last"
     val_fold = input_pipeline.split_folds(config, fold)[1]

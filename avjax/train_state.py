@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from typing import Any
 
 import flax
@@ -23,6 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from absl import logging
 from flax.training import train_state
 from jax.sharding import NamedSharding
 
@@ -160,6 +162,48 @@ def restore_checkpoint(manager, state: TrainState, step: int | None = None):
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(_abstract(state)), data=ocp.args.JsonRestore()))
   return restored["state"], restored["data"]
+
+
+class CheckpointRestoreError(RuntimeError):
+  """No checkpoint of a fold restores (every step is corrupt)."""
+
+
+def _short(e: Exception, limit: int = 400) -> str:
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
+def restore_latest(manager, state: TrainState, fold_dir: str):
+  """(state, data_state, step) of the newest checkpoint that restores, or None when the
+  fold has none. A step that fails to restore (a truncated tensor file, an empty
+  metadata file, an empty step folder ...) is reported with its folder and the
+  error, moved aside to `fold_dir/checkpoints.bad/<step>` (kept for inspection, out of
+  orbax's way) and the previous step is tried; when none restores this raises
+  CheckpointRestoreError (never a silent start from scratch)."""
+  ckpt = workdir_lib.checkpoint_dir(fold_dir)
+  failed = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored, data_state = restore_checkpoint(manager, state, step)
+    except Exception as e:  # noqa: BLE001  (orbax, tensorstore and JSON raise many types)
+      moved = workdir_lib.move_aside(os.path.join(ckpt, str(step)),
+                                     os.path.join(fold_dir, workdir_lib.BAD_CHECKPOINTS))
+      failed.append(step)
+      print(f"warning: checkpoint step {step} ({os.path.join(ckpt, str(step))}) cannot be "
+            f"restored: {_short(e)}; moved to {moved}; trying the previous step", flush=True)
+      logging.warning("checkpoint step %d of %s cannot be restored: %s", step, ckpt, _short(e))
+      manager.reload()
+      continue
+    if failed:
+      print(f"resuming from step {step} of {ckpt} (steps {failed} could not be restored)",
+            flush=True)
+    return restored, data_state, int(step)
+  if failed:
+    raise CheckpointRestoreError(
+        f"no checkpoint of {ckpt} restores (steps {failed}, moved to "
+        f"{os.path.join(fold_dir, workdir_lib.BAD_CHECKPOINTS)}); remove {fold_dir} to train "
+        "this fold from scratch")
+  return None
 
 
 def best_step(manager) -> int | None:

@@ -1,7 +1,8 @@
 """The layout of a workdir, in one place: every file name, the fold directories,
 the recorded config, the done markers and atomic writes.
 
-  <workdir>/config.json               the run's complete config (`save_config`)
+  <workdir>/config.json               the run's complete config (`record_config`)
+  <workdir>/fold_<k>/config.json      the config fold k was trained with
   <workdir>/results.json, results.md  aggregated over the finished folds
   <workdir>/figures/                  the paper's figures (PNG)
   <workdir>/fold_<k>/checkpoints/     orbax CheckpointManager (state + data iterator)
@@ -9,6 +10,7 @@ the recorded config, the done markers and atomic writes.
   <workdir>/fold_<k>/predictions.npz  per-gate KNN predictions (docs/results_schema.md)
   <workdir>/fold_<k>/reference_bank.npz   training embeddings for avjax.predict
   <workdir>/fold_<k>/fold_info.json   written last: its presence marks the fold done
+  <workdir>/fold_<k>/checkpoints.bad/ checkpoint steps that failed to restore
 
 Every file is written to `<name>.tmp` and renamed, so an interrupted run never
 leaves a file that looks complete.
@@ -34,6 +36,7 @@ METRICS = "metrics.jsonl"
 PREDICTIONS = "predictions.npz"
 REFERENCE_BANK = "reference_bank.npz"
 FOLD_INFO = "fold_info.json"
+BAD_CHECKPOINTS = "checkpoints.bad"   # steps that failed to restore, moved out of orbax's way
 _FOLD_DIR = re.compile(r"fold_(\d+)")
 
 
@@ -57,6 +60,17 @@ def fold_is_done(fold_dir_: str) -> bool:
           and os.path.isfile(os.path.join(fold_dir_, PREDICTIONS)))
 
 
+def move_aside(path: str, folder: str) -> str:
+  """Moves `path` into `folder` (created), under a name not taken yet; returns it."""
+  os.makedirs(folder, exist_ok=True)
+  base = os.path.join(folder, os.path.basename(os.path.normpath(path)))
+  target, n = base, 1
+  while os.path.exists(target):
+    target, n = f"{base}.{n}", n + 1
+  os.replace(path, target)
+  return target
+
+
 def write_text(path: str, text: str) -> None:
   """Writes `text` atomically (a temporary file, then os.replace)."""
   with open(path + ".tmp", "w") as f:
@@ -75,12 +89,62 @@ def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
   os.replace(path + ".tmp", path)
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes `config`, completed from the base config, as `workdir/config.json`."""
+def save_config(config: ml_collections.ConfigDict, workdir: str, name: str = CONFIG) -> str:
+  """Writes `config`, completed from the base config, as `workdir/<name>`."""
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG)
+  path = os.path.join(workdir, name)
   write_text(path, config_lib.complete(config).to_json_best_effort(indent=2, sort_keys=True))
   return path
+
+
+class ConfigMismatchError(ValueError):
+  """A run's config differs from the one its workdir (or fold) was trained with."""
+
+
+def _describe_diff(diff) -> str:
+  def show(v):
+    return "(absent)" if not isinstance(v, (str, int, float, bool, list, type(None))) else repr(v)
+  return "\n".join(f"  {field}: recorded {show(old)}, now {show(new)}" for field, old, new in diff)
+
+
+def record_config(config: ml_collections.ConfigDict, workdir: str, allow_change: bool = False,
+                  path: str | None = None, write: bool = True) -> str:
+  """Records `config` as `path` (default `workdir/config.json`) on a first run; on a
+  later run checks it against the recorded one and raises ConfigMismatchError,
+  before writing anything, when a field that changes the model, data or protocol
+  differs (`config_lib.RUN_ONLY_FIELDS` may). With `allow_change` the new config
+  replaces the recorded one, which is kept as `config.<its hash>.json` beside it.
+  `write=False` only checks (the processes other than 0 of a multi-host run)."""
+  path = path or os.path.join(workdir, CONFIG)
+  if os.path.isfile(path):
+    with open(path) as f:
+      recorded = config_lib.complete(json.load(f), recorded=True)
+    diff = config_lib.config_diff(recorded, config)
+    if not diff:
+      return path
+    if not allow_change:
+      raise ConfigMismatchError(
+          f"{path} was recorded with another configuration; these fields differ:\n"
+          f"{_describe_diff(diff)}\nResults in this workdir were produced with the recorded "
+          "values. Use another --workdir, rerun with the recorded values, or pass "
+          "--config_mismatch=ok to train the remaining folds with the new values (each fold "
+          "records the config it was trained with).")
+    if not write:
+      return path
+    old = os.path.join(os.path.dirname(path), f"config.{config_lib.config_hash(recorded)}.json")
+    os.replace(path, old)
+  if not write:
+    return path
+  return save_config(config, os.path.dirname(path), name=os.path.basename(path))
+
+
+def load_fold_config(workdir: str, fold: int) -> ml_collections.ConfigDict:
+  """The config fold `fold` was trained with (`fold_k/config.json`), else the workdir's."""
+  path = os.path.join(fold_dir(workdir, fold), CONFIG)
+  if os.path.isfile(path):
+    with open(path) as f:
+      return config_lib.complete(json.load(f), recorded=True)
+  return load_config(workdir)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

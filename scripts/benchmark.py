@@ -15,7 +15,7 @@ Sections (`--sections`, comma-separated; a preset picks them and their sizes):
   `peak_bytes_in_use` where the backend reports it, else XLA's compiled memory
   analysis), FLOPs per step from XLA's `cost_analysis()` of the compiled step,
   achieved FLOP/s, utilisation against the device's peak (PEAK_FLOPS; "n/a" on
-  CPUs), and the ratio of XLA's FLOPs to DESIGN.md's cost model
+  CPUs), and the ratio of XLA's FLOPs to the cost model of docs/design.md
   (0.37 TFLOP per RAVDESS clip per step, full widths, scaled by T F H W).
   A case with `compile_only` compiles without running (FLOPs and memory of a
   shape that does not fit the machine, e.g. B = 40 on a 24 GB CPU box).
@@ -97,7 +97,7 @@ PEAK_FLOPS = (
     ("H100", {"bfloat16": 989e12, "float32": 67e12}),
     ("H200", {"bfloat16": 989e12, "float32": 67e12}),
 )
-# DESIGN.md's cost model: 0.37 TFLOP per RAVDESS clip per training step (I3D
+# the cost model of docs/design.md: 0.37 TFLOP per RAVDESS clip per training step (I3D
 # forward + backward at 8 windows x 25 frames x 96 x 96, full width).
 COST_MODEL_FLOPS_PER_CLIP = 0.37e12
 COST_MODEL_SHAPE = dict(T=8, F=25, H=96)
@@ -241,7 +241,7 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
 
 def cost_model_flops(batch: int, windows: int, frames: int, size: int,
                      widths: tuple[float, float]) -> float | None:
-  """DESIGN.md's FLOPs per training step, scaled linearly in T, F and H x W; None
+  """The FLOPs of docs/design.md per training step, scaled linearly in T, F and H x W; None
   for narrowed models (the model is for the full-width I3D)."""
   if widths != (1.0, 1.0):
     return None

@@ -16,7 +16,7 @@ start the printed commands yourself on a shared workdir, then collect the table 
 Rows and runs:
 * Table I: every windowing of `avjax.config_lib.DATASETS[<name>]['table1']` with the
   gating model (run `<windowing>`), and its `_fit` twin (windows spread over the clip,
-  DESIGN.md), AV accuracy at the last gate.
+  docs/design.md), AV accuracy at the last gate.
 * Table II: AO-Global (`audio_global`), A-LSTM (`audio_lstm`), AO-/VO-/AV-Gating (the
   gating run of the dataset's default windowing, the same run as its Table I row, so
   both tables share it in one workdir), VO-Global (`video_global`), VO-LSTM

@@ -3,8 +3,9 @@
 import importlib.util
 import pathlib
 
-from absl.testing import parameterized
+import ml_collections
 from absl.testing import absltest
+from absl.testing import parameterized
 
 from avjax import config_lib
 
@@ -101,6 +102,8 @@ class ConfigsTest(parameterized.TestCase):
       ("validation_fold_is_tested", "train.validation_fold",
        lambda c: setattr(c.train, "validation_fold", "3")),
       ("bn_momentum_one", "model.bn_momentum", lambda c: setattr(c.model, "bn_momentum", 1.0)),
+      ("windowing_not_built", "dataset.config",
+       lambda c: setattr(c.dataset, "config", "w3_l1_ov")),   # valid name, no builder config
   )
   def test_impossible_combination_names_field(self, field, mutate):
     c = load_config_module("ravdess").get_config()
@@ -108,6 +111,36 @@ class ConfigsTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, f"config.{field}"):
       config_lib.validate(c)
 
+
+
+class RangesTest(absltest.TestCase):
+
+  def test_every_numeric_field_has_a_range_that_validate_checks(self):
+    base = config_lib.get_base_config()
+    numeric = [f"{g}.{k}" for g, sub in base.items() if isinstance(sub, ml_collections.ConfigDict)
+               for k, v in sub.items()
+               if (isinstance(v, (int, float)) and not isinstance(v, bool))
+               or f"{g}.{k}" == "model.bn_momentum"]
+    self.assertEqual(sorted(numeric), sorted(config_lib.RANGES))
+    for field, spec in config_lib.RANGES.items():
+      group, name = field.split(".")
+      if spec.startswith("["):
+        bad = [-0.5, float(spec.strip("[)").split(",")[1])]
+      else:
+        bound = float(spec.split()[1])
+        bad = [bound if spec.startswith(">") and not spec.startswith(">=") else bound - 1]
+      for value in bad:
+        c = config_lib.get_base_config()
+        c[group][name] = type(base[group][name] if base[group][name] is not None else 0.5)(value)
+        with self.assertRaisesRegex(ValueError, f"config.{field}"):
+          config_lib.validate(c)
+    config_lib.validate(config_lib.get_base_config())
+
+  def test_zero_checkpoint_interval_is_refused(self):   # formerly a ZeroDivisionError
+    c = config_lib.get_base_config()
+    c.train.checkpoint_every_steps = 0
+    with self.assertRaisesRegex(ValueError, "config.train.checkpoint_every_steps: 0 must be >= 1"):
+      config_lib.validate(c)
 
 
 class FoldsTest(absltest.TestCase):
@@ -140,6 +173,57 @@ class FoldsTest(absltest.TestCase):
     old["dataset"]["num_folds"] = 5
     with self.assertRaisesRegex(ValueError, "num_folds = 5"):
       config_lib.complete(old)
+
+
+class RecordConfigTest(absltest.TestCase):
+
+  def test_a_rerun_with_another_config_stops_before_writing(self):
+    import os
+    import tempfile
+    from avjax import workdir
+    root = tempfile.mkdtemp()
+    first = config_lib.get_base_config()
+    path = workdir.record_config(first, root)
+    before = open(path).read()
+    # Fields that only change how the run executes may differ.
+    rerun = config_lib.get_base_config()
+    rerun.folds = (3,)
+    rerun.train.log_every_steps = 1
+    rerun.model.conv_impl = "xla"
+    workdir.record_config(rerun, root)
+    self.assertEqual(open(path).read(), before)
+    self.assertEqual(config_lib.config_hash(rerun), config_lib.config_hash(first))
+    # A model / protocol field may not.
+    other = config_lib.get_base_config()
+    other.model.variant = "lstm"
+    other.loss.margin = 0.5
+    with self.assertRaises(workdir.ConfigMismatchError) as cm:
+      workdir.record_config(other, root)
+    message = str(cm.exception)
+    self.assertIn("model.variant: recorded 'gating', now 'lstm'", message)
+    self.assertIn("loss.margin: recorded 1.0, now 0.5", message)
+    self.assertIn("--config_mismatch=ok", message)
+    self.assertEqual(open(path).read(), before)                       # nothing written
+    self.assertEqual(os.listdir(root), ["config.json"])
+    self.assertNotEqual(config_lib.config_hash(other), config_lib.config_hash(first))
+    # With consent the new config is recorded and the old one kept.
+    workdir.record_config(other, root, allow_change=True)
+    self.assertEqual(workdir.load_config(root).model.variant, "lstm")
+    kept = os.path.join(root, f"config.{config_lib.config_hash(first)}.json")
+    self.assertTrue(os.path.isfile(kept))
+    self.assertEqual(open(kept).read(), before)
+
+  def test_a_fold_is_read_with_the_config_it_was_trained_with(self):
+    import os
+    import tempfile
+    from avjax import workdir
+    root = tempfile.mkdtemp()
+    workdir.record_config(config_lib.get_base_config(), root)
+    lstm = config_lib.get_base_config()
+    lstm.model.variant = "lstm"
+    workdir.record_config(lstm, root, path=os.path.join(root, "fold_3", "config.json"))
+    self.assertEqual(workdir.load_fold_config(root, 3).model.variant, "lstm")
+    self.assertEqual(workdir.load_fold_config(root, 2).model.variant, "gating")
 
 
 class CompleteTest(absltest.TestCase):

@@ -6,10 +6,12 @@ steps per case; every train_fold reuses one compilation of the step.
 """
 
 import contextlib
+import functools
 import io
 import json
 import os
 import pathlib
+import shutil
 import tempfile
 from unittest import mock
 
@@ -17,6 +19,7 @@ import jax
 import numpy as np
 from absl.testing import absltest
 
+from avjax import config_lib
 from avjax import input_pipeline
 from avjax import parallel
 from avjax import steps
@@ -28,12 +31,20 @@ from avjax import workdir as workdir_lib
 from avjax.testing import tiny_synthetic_config
 
 
+@functools.cache
+def straight_run():
+  """(fold_dir, final state) of 4 uninterrupted steps (checkpoints at 2 and 4); read-only."""
+  fold_dir = tempfile.mkdtemp()
+  state, _ = train.train_fold(tiny_synthetic_config(max_steps=4), fold_dir, test_fold=0)
+  return fold_dir, state
+
+
 class ResumeAndNanTest(absltest.TestCase):
 
   def test_interrupted_run_resumes_to_the_same_parameters(self):
-    straight, resumed = tempfile.mkdtemp(), tempfile.mkdtemp()
+    resumed = tempfile.mkdtemp()
     traces = steps.TRACES["train_step"]
-    state_a, _ = train.train_fold(tiny_synthetic_config(max_steps=4), straight, test_fold=0)
+    _, state_a = straight_run()
     # "Interrupted" after 2 steps (a checkpoint is written at step 2), then resumed.
     train.train_fold(tiny_synthetic_config(max_steps=2), resumed, test_fold=0)
     state_b, _ = train.train_fold(tiny_synthetic_config(max_steps=4), resumed, test_fold=0)
@@ -46,6 +57,45 @@ class ResumeAndNanTest(absltest.TestCase):
     # And the resumed run did not start over: its metrics log holds steps 1-2 then 3-4.
     logged = [json.loads(line)["step"] for line in open(os.path.join(resumed, "metrics.jsonl"))]
     self.assertEqual(logged, [1, 2, 3, 4])
+
+  def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(self):
+    config = tiny_synthetic_config(max_steps=4)                  # checkpoints at steps 2 and 4
+    straight, state_a = straight_run()
+
+    def truncate_a_tensor_file(step_dir):
+      chunks = sorted(p for p in pathlib.Path(step_dir, "state").rglob("*")
+                      if p.is_file() and p.parent.name == "d")
+      biggest = max(chunks, key=lambda p: p.stat().st_size)
+      biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+
+    def empty_the_metadata(step_dir):
+      pathlib.Path(step_dir, "data", "metadata").write_text("")
+
+    def empty_the_folder(step_dir):
+      shutil.rmtree(step_dir)
+      os.makedirs(step_dir)
+
+    for corrupt in (truncate_a_tensor_file, empty_the_metadata, empty_the_folder):
+      fold_dir = os.path.join(tempfile.mkdtemp(), "fold_0")
+      shutil.copytree(straight, fold_dir)
+      corrupt(os.path.join(fold_dir, "checkpoints", "4"))
+      out = io.StringIO()
+      with contextlib.redirect_stdout(out):
+        state_b, _ = train.train_fold(config, fold_dir, test_fold=0)   # resumes from step 2
+      self.assertIn("checkpoint step 4", out.getvalue(), corrupt.__name__)
+      self.assertIn("resuming from step 2", out.getvalue(), corrupt.__name__)
+      self.assertTrue(os.path.isdir(os.path.join(fold_dir, "checkpoints.bad", "4")))
+      self.assertEqual(int(state_b.step), 4)
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                   jax.device_get(state_a.params), jax.device_get(state_b.params))
+    # Every step corrupt: an error naming the checkpoints, never a silent restart.
+    fold_dir = os.path.join(tempfile.mkdtemp(), "fold_0")
+    shutil.copytree(straight, fold_dir)
+    for step in ("2", "4"):
+      empty_the_metadata(os.path.join(fold_dir, "checkpoints", step))
+    with contextlib.redirect_stdout(io.StringIO()), \
+         self.assertRaisesRegex(train_state.CheckpointRestoreError, r"steps \[4, 2\]"):
+      train.train_fold(config, fold_dir, test_fold=0)
 
   def test_nan_loss_stops_and_keeps_last_good_checkpoint(self):
     workdir = tempfile.mkdtemp()
@@ -68,8 +118,12 @@ class ResumeAndNanTest(absltest.TestCase):
     config = tiny_synthetic_config(max_steps=6, checkpoint_every_steps=1)
     try:
       input_pipeline.create_train_iterator = lambda *a, **k: PoisonAfter(original(*a, **k), 2)
-      with self.assertRaisesRegex(train.NonFiniteLossError, "last good checkpoint"):
+      with self.assertRaisesRegex(train.NonFiniteLossError, r"last good checkpoint \(step 2\)"):
         train.train_fold(config, workdir, test_fold=0)
+      # Non-finite from the first step: there is no checkpoint to speak of.
+      input_pipeline.create_train_iterator = lambda *a, **k: PoisonAfter(original(*a, **k), 0)
+      with self.assertRaisesRegex(train.NonFiniteLossError, "No checkpoint was written"):
+        train.train_fold(config, tempfile.mkdtemp(), test_fold=0)
     finally:
       input_pipeline.create_train_iterator = original
     manager = train_state.checkpoint_manager(workdir, config)
@@ -214,6 +268,18 @@ class CrossValidationTest(absltest.TestCase):
     outputs = train.train_and_evaluate(config, workdir)
     self.assertTrue(os.path.isfile(outputs["results_json"]))
     self.assertEqual(mtime, os.path.getmtime(os.path.join(workdir, "fold_0", "predictions.npz")))
+    # Each fold recorded the config it was trained with, and its hash.
+    info = json.load(open(os.path.join(workdir, "fold_0", workdir_lib.FOLD_INFO)))
+    self.assertEqual(info["config_hash"], config_lib.config_hash(saved_config))
+    self.assertEqual(workdir_lib.load_fold_config(workdir, 0).model.variant, "gating")
+    # A rerun under another variant stops before touching anything.
+    copy = os.path.join(tempfile.mkdtemp(), "w")
+    shutil.copytree(workdir, copy)
+    before = {p: os.path.getmtime(p) for p in pathlib.Path(copy).rglob("*")}
+    config.model.variant = "lstm"
+    with self.assertRaisesRegex(workdir_lib.ConfigMismatchError, "model.variant"):
+      train.train_and_evaluate(config, copy)
+    self.assertEqual(before, {p: os.path.getmtime(p) for p in pathlib.Path(copy).rglob("*")})
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ class TrainStepTest(absltest.TestCase):
 
   def test_bfloat16_step_close_to_float32(self):
     _, _, m32 = parity_run(4)
-    _, params, m16 = parity_run(4, "bfloat16", True)
+    _, params, m16 = parity_run(4, "bfloat16")   # remat: tests/test_i3d.py
     self.assertTrue(all(x.dtype == np.float32 for x in jax.tree.leaves(params)))
     self.assertTrue(np.isfinite(m16[0]["loss"]))
     np.testing.assert_allclose(m16[0]["loss"], m32[0]["loss"], rtol=0.05)

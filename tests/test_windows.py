@@ -14,7 +14,7 @@ class WindowsTest(absltest.TestCase):
   def test_parse_names(self):
     s = windows.parse_name("w8_l1_ov")
     self.assertEqual((s.num_windows, s.length, s.overlap, s.mode), (8, 1.0, 0.5, "fixed"))
-    self.assertEqual(s.span, 4.5)  # 1 + 7 * 0.5, as DESIGN.md says
+    self.assertEqual(s.span, 4.5)  # 1 + 7 * 0.5 s
     s = windows.parse_name("w2_l2_no_fit")
     self.assertEqual((s.num_windows, s.length, s.overlap, s.mode), (2, 2.0, 0.0, "fit"))
     self.assertEqual(windows.parse_name(s.name), s)

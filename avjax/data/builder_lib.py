@@ -64,15 +64,8 @@ AUDIO_PREFIX = config_lib.AUDIO_CONFIG_PREFIX   # 'audio_': audio-only builder c
 
 
 def config_names(dataset: str) -> list[str]:
-  """Table I windowings of `dataset`, each followed by its `_fit` twin, then the global one;
-  then the same with the `audio_` prefix when the dataset has audio-only records."""
-  names = []
-  for name in config_lib.DATASETS[dataset]["table1"]:
-    names += [name, name + "_fit"]
-  names.append(config_lib.GLOBAL_WINDOWING)
-  if config_lib.DATASETS[dataset].get("audio_records", False):
-    names += [AUDIO_PREFIX + n for n in names]
-  return names
+  """The builder configs of `dataset` (`config_lib.builder_config_names`)."""
+  return config_lib.builder_config_names(dataset)
 
 
 def split_name(name: str) -> tuple[bool, windows.WindowSpec]:
@@ -108,6 +101,23 @@ class ClipEntry:
 
 def skipped(file: str, reason: str) -> dict[str, str]:
   return {"file": file, "reason": reason}
+
+
+def find_files(root: pathlib.Path, suffix: str) -> list[pathlib.Path]:
+  """Files under `root` whose name ends with `suffix` (case-insensitive), sorted;
+  linked directories are followed (a manual_dir of symlinked `Actor_XX/` folders),
+  each real directory visited once (no loop through a link to a parent)."""
+  root = pathlib.Path(root)
+  found, seen = [], set()
+  for folder, dirs, files in os.walk(root, followlinks=True):
+    real = os.path.realpath(folder)
+    if real in seen:
+      dirs[:] = []
+      continue
+    seen.add(real)
+    dirs.sort()
+    found += [pathlib.Path(folder, f) for f in files if f.lower().endswith(suffix.lower())]
+  return sorted(found)
 
 
 def listing(path: pathlib.Path, limit: int = 8) -> str:

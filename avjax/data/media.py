@@ -15,7 +15,7 @@ WAV, is downmixed to mono (channel mean), and resampled with soxr to 22050 Hz
 
 Each stream is cut by its own clock: video time 0 is the first frame's
 timestamp, audio time 0 the first audio sample. FLV audio decodes about 40 ms
-longer than the container says (DESIGN.md, "Quirks"), so audio is never
+longer than the container says (docs/design.md, "Preprocessing"), so audio is never
 stretched or trimmed to the video's length; windows past a stream's end are
 padded (last frame repeated, audio zeros). The clip's `duration` is the video
 stream's span (first frame to the end of the last one).

@@ -12,7 +12,7 @@ The encoders run once on all B*T windows, outside the scan. Outputs (float32):
 'video_enc' / 'audio_enc' [B, T, D] (the MSE term) and 'video_gate' / 'audio_gate'
 [B, T, G] (the triplet term and the KNN evaluation), for the modalities in use.
 
-Variants (config.model.variant), DESIGN.md's Table II rows:
+Variants (config.model.variant), the Table II rows of docs/design.md:
 * 'gating': both modalities, an LSTM each (the paper's method);
 * 'lstm': the same network; only the loss differs (each modality's LSTM trained on
   its own, no MSE), so the model is identical to 'gating';

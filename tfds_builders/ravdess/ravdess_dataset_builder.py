@@ -79,10 +79,10 @@ def _is_metadata(name: str) -> bool:
 
 def _candidates(manual_dir: pathlib.Path, ext: str = ".mp4"):
   """(stem, source) of every `ext` file in manual_dir, extracted files first, then zip members."""
-  for path in sorted(manual_dir.rglob("*" + ext)):
+  for path in builder_lib.find_files(manual_dir, ext):
     if not _is_metadata(path.relative_to(manual_dir).as_posix()):
       yield path.stem, str(path)
-  for archive in sorted(manual_dir.rglob("*.zip")):
+  for archive in builder_lib.find_files(manual_dir, ".zip"):
     try:
       with zipfile.ZipFile(archive) as z:
         names = [n for n in z.namelist() if n.lower().endswith(ext) and not _is_metadata(n)]

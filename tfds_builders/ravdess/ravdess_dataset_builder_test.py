@@ -214,6 +214,18 @@ class RavdessBuilderTest(absltest.TestCase):
                                             rf"\[{folds[1]}\]"):
       input_pipeline.split_folds(config, missing[0])
 
+  def test_symlinked_actor_folders_are_followed(self):
+    root = pathlib.Path(tempfile.mkdtemp())
+    dummy_media.write_mp4(root / "elsewhere" / "Actor_01" / _clip(1, 1), seconds=0.5, size=SIZE)
+    (root / "manual").mkdir()
+    os.symlink(root / "elsewhere" / "Actor_01", root / "manual" / "Actor_01")
+    os.symlink(root / "manual", root / "manual" / "Actor_01" / "loop")   # a cycle: visited once
+    builder = lib.Builder(config="w2_l1_ov", data_dir=root / "data", num_workers=1,
+                          allow_missing_folds=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+      clips = builder.scan(root / "manual")
+    self.assertEqual([c.clip_id for c in clips], [_clip(1, 1)[:-4]])
+
   def test_max_examples_per_split_with_a_pool(self):
     # TFDS stops reading a split early: the pool's other results are dropped, later folds still come
     data_dir = self.root / "capped"

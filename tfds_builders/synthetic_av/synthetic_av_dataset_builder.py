@@ -35,11 +35,7 @@ NAME = "synthetic_av"
 
 
 def _config_names() -> list[str]:
-  names = []
-  for name in config_lib.DATASETS[NAME]["table1"]:
-    names += [name, name + "_fit"]
-  names.append(config_lib.GLOBAL_WINDOWING)
-  return names
+  return config_lib.builder_config_names(NAME)
 
 
 def _describe(name: str) -> str:
