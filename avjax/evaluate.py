@@ -43,6 +43,7 @@ from avjax import results
 from avjax import steps
 from avjax import train_state as train_state_lib
 from avjax import workdir as workdir_lib
+from avjax.data import folds as folds_lib
 from avjax.data import windows
 from avjax.models import gating
 
@@ -250,7 +251,17 @@ def main(argv):
   del argv
   workdir = os.path.abspath(FLAGS.workdir)
   config = workdir_lib.load_config(workdir)
-  folds = [int(f) for f in FLAGS.folds.split(",")] if FLAGS.folds else list(config.folds)
+  try:
+    folds = [int(f) for f in FLAGS.folds.split(",")] if FLAGS.folds else list(config.folds)
+  except ValueError:
+    raise app.UsageError(f"--folds={FLAGS.folds}: expected comma-separated fold numbers, "
+                         "e.g. --folds=0,3") from None
+  done = [f for f in range(folds_lib.NUM_FOLDS) if os.path.isdir(
+      workdir_lib.checkpoint_dir(workdir_lib.fold_dir(workdir, f)))]
+  missing = [f for f in folds if f not in done]
+  if missing:
+    raise train_state_lib.CheckpointNotFound(
+        f"{workdir}: fold(s) {missing} have no checkpoints (trained folds: {done})")
   mesh = parallel.make_mesh()
   for fold in folds:
     fold_dir = workdir_lib.fold_dir(workdir, fold)
@@ -276,4 +287,5 @@ if __name__ == "__main__":
                     "Which checkpoint to evaluate: 'latest', or 'best' by the validation fold "
                     "(only with config.train.validation_fold set).")
   flags.mark_flag_as_required("workdir")
-  app.run(main)
+  from avjax import cli
+  cli.run(main)

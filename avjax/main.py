@@ -67,4 +67,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from avjax import cli
+  cli.run(main)

@@ -54,6 +54,7 @@ from avjax import steps
 from avjax import train_state as train_state_lib
 from avjax import workdir as workdir_lib
 from avjax import writers
+from avjax.data import folds as folds_lib
 from avjax.models import gating
 from avjax.train_state import TrainState
 
@@ -238,26 +239,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   for fold in config.folds:  # every check before anything is written
     fold_config = os.path.join(workdir_lib.fold_dir(workdir, fold), workdir_lib.CONFIG)
     workdir_lib.record_config(config, workdir, allow, path=fold_config, write=False)
+  builder = input_pipeline.get_builder(config)  # builds the dataset first when allowed and missing
+  if input_pipeline.reads_video(config, builder):
+    input_pipeline.check_crop(config, input_pipeline.dataset_info(config)["frame_size"])
+  # Only now, with every check passed, is anything written to the workdir.
   workdir_lib.record_config(config, workdir, allow, write=write)
-  input_pipeline.get_builder(config)  # builds the dataset first when allowed and missing
   mesh = parallel.make_mesh()
   for fold in config.folds:
     fold_dir = workdir_lib.fold_dir(workdir, fold)
     if workdir_lib.fold_is_done(fold_dir):
       logging.info("Fold %d already evaluated in %s: skipping", fold, fold_dir)
       continue
-    t0 = time.time()
-    workdir_lib.record_config(config, workdir, allow, write=write,
-                              path=os.path.join(fold_dir, workdir_lib.CONFIG))
-    state, model = train_fold(config, fold_dir, fold, mesh)
-    selected_by = "last"
-    val_fold = input_pipeline.split_folds(config, fold)[1]
-    if val_fold is not None:  # the best checkpoint by the validation fold is the result
-      state, model = evaluate.restore_for_eval(config, fold_dir, fold, mesh, "best")
-      selected_by = f"validation_fold:{val_fold}"
-    evaluate.evaluate_fold(config, state, model, fold, fold_dir, mesh, selected_by=selected_by)
-    logging.info("Fold %d done in %.1f s", fold, time.time() - t0)
+    # One process per fold on a shared workdir: a fold another live process holds is
+    # skipped. (Multi-host runs train every fold together and take no lock.)
+    lock = workdir_lib.FoldLock(fold_dir)
+    if jax.process_count() == 1:
+      try:
+        lock.acquire()
+      except workdir_lib.FoldLocked as e:
+        print(f"fold {fold}: skipped, {e}", flush=True)
+        continue
+    try:
+      if workdir_lib.fold_is_done(fold_dir):   # finished while we waited for the lock
+        continue
+      t0 = time.time()
+      workdir_lib.record_config(config, workdir, allow, write=write,
+                                path=os.path.join(fold_dir, workdir_lib.CONFIG))
+      state, model = train_fold(config, fold_dir, fold, mesh)
+      selected_by = "last"
+      val_fold = input_pipeline.split_folds(config, fold)[1]
+      if val_fold is not None:  # the best checkpoint by the validation fold is the result
+        state, model = evaluate.restore_for_eval(config, fold_dir, fold, mesh, "best")
+        selected_by = f"validation_fold:{val_fold}"
+      evaluate.evaluate_fold(config, state, model, fold, fold_dir, mesh, selected_by=selected_by)
+      logging.info("Fold %d done in %.1f s", fold, time.time() - t0)
+    finally:
+      lock.release()
   if jax.process_index() != 0:
+    return {}
+  if not any(workdir_lib.fold_is_done(workdir_lib.fold_dir(workdir, f))
+             for f in range(folds_lib.NUM_FOLDS)):
+    print(f"No fold of {workdir} is finished yet: no results to write.", flush=True)
     return {}
   json_path, md_path = results.write_results(workdir)
   outputs = {"results_json": json_path, "results_md": md_path}

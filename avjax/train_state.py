@@ -247,6 +247,9 @@ def restore_for_inference(config, fold_dir: str, sample_batch: dict, replicated:
   """(state, model, step): the fold's `latest` or `best` checkpoint (or `step`) restored
   onto an abstract state built from `sample_batch`'s shapes; neither the dataset
   nor the pretrained weights are needed. Raises CheckpointNotFound when absent."""
+  if not os.path.isdir(workdir_lib.checkpoint_dir(fold_dir)):   # do not create it
+    raise CheckpointNotFound(f"no checkpoints in {workdir_lib.checkpoint_dir(fold_dir)}: "
+                             "that fold has not been trained (python -m avjax.main trains it)")
   model = gating.create_model(config.model)
   abstract = abstract_train_state(config, model, sample_batch, replicated)
   manager = checkpoint_manager(fold_dir, config)

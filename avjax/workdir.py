@@ -11,6 +11,7 @@ the recorded config, the done markers and atomic writes.
   <workdir>/fold_<k>/reference_bank.npz   training embeddings for avjax.predict
   <workdir>/fold_<k>/fold_info.json   written last: its presence marks the fold done
   <workdir>/fold_<k>/checkpoints.bad/ checkpoint steps that failed to restore
+  <workdir>/fold_<k>/lock.json        held while a process trains and evaluates the fold
 
 Every file is written to `<name>.tmp` and renamed, so an interrupted run never
 leaves a file that looks complete.
@@ -21,6 +22,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import time
 
 import ml_collections
 import numpy as np
@@ -36,7 +39,8 @@ METRICS = "metrics.jsonl"
 PREDICTIONS = "predictions.npz"
 REFERENCE_BANK = "reference_bank.npz"
 FOLD_INFO = "fold_info.json"
-BAD_CHECKPOINTS = "checkpoints.bad"   # steps that failed to restore, moved out of orbax's way
+BAD_CHECKPOINTS = "checkpoints.bad"
+LOCK = "lock.json"   # steps that failed to restore, moved out of orbax's way
 _FOLD_DIR = re.compile(r"fold_(\d+)")
 
 
@@ -58,6 +62,83 @@ def fold_is_done(fold_dir_: str) -> bool:
   """A fold is done when its evaluation (predictions + fold_info.json) is on disk."""
   return (os.path.isfile(os.path.join(fold_dir_, FOLD_INFO))
           and os.path.isfile(os.path.join(fold_dir_, PREDICTIONS)))
+
+
+class FoldLocked(RuntimeError):
+  """Another live process holds the fold's lock."""
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:   # exists, owned by another user
+    return True
+  return True
+
+
+class FoldLock:
+  """`fold_dir/lock.json` ({host, pid, start}), created atomically (O_EXCL), so that two
+  processes sharing a workdir never train one fold together. A lock left by a dead
+  process of this host is taken over (with a notice); one of a live process, or of
+  another host (whose processes cannot be checked from here), raises FoldLocked.
+  Use as a context manager; the lock is removed on exit."""
+
+  def __init__(self, fold_dir_: str):
+    self.path = os.path.join(fold_dir_, LOCK)
+    self.held = False
+
+  def _create(self) -> bool:
+    try:
+      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "w") as f:
+      json.dump({"host": socket.gethostname(), "pid": os.getpid(),
+                 "start": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, f)
+    return True
+
+  def holder(self) -> dict:
+    try:
+      with open(self.path) as f:
+        return json.load(f)
+    except (OSError, ValueError):
+      return {}
+
+  def acquire(self) -> "FoldLock":
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    for _ in range(3):
+      if self._create():
+        self.held = True
+        return self
+      info = self.holder()
+      host, pid = info.get("host"), info.get("pid")
+      if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+        print(f"notice: {self.path} was left by process {pid} of this host, which is no "
+              f"longer running (started {info.get('start')}); taking the fold over", flush=True)
+        try:
+          os.remove(self.path)
+        except FileNotFoundError:
+          pass
+        continue
+      raise FoldLocked(f"{os.path.dirname(self.path)} is held by process {pid} on host {host} "
+                       f"since {info.get('start')} ({self.path})")
+    raise FoldLocked(f"could not take {self.path}: other processes keep taking it")
+
+  def release(self) -> None:
+    if self.held:
+      self.held = False
+      try:
+        os.remove(self.path)
+      except FileNotFoundError:
+        pass
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
 
 
 def move_aside(path: str, folder: str) -> str:

@@ -175,57 +175,6 @@ class FoldsTest(absltest.TestCase):
       config_lib.complete(old)
 
 
-class RecordConfigTest(absltest.TestCase):
-
-  def test_a_rerun_with_another_config_stops_before_writing(self):
-    import os
-    import tempfile
-    from avjax import workdir
-    root = tempfile.mkdtemp()
-    first = config_lib.get_base_config()
-    path = workdir.record_config(first, root)
-    before = open(path).read()
-    # Fields that only change how the run executes may differ.
-    rerun = config_lib.get_base_config()
-    rerun.folds = (3,)
-    rerun.train.log_every_steps = 1
-    rerun.model.conv_impl = "xla"
-    workdir.record_config(rerun, root)
-    self.assertEqual(open(path).read(), before)
-    self.assertEqual(config_lib.config_hash(rerun), config_lib.config_hash(first))
-    # A model / protocol field may not.
-    other = config_lib.get_base_config()
-    other.model.variant = "lstm"
-    other.loss.margin = 0.5
-    with self.assertRaises(workdir.ConfigMismatchError) as cm:
-      workdir.record_config(other, root)
-    message = str(cm.exception)
-    self.assertIn("model.variant: recorded 'gating', now 'lstm'", message)
-    self.assertIn("loss.margin: recorded 1.0, now 0.5", message)
-    self.assertIn("--config_mismatch=ok", message)
-    self.assertEqual(open(path).read(), before)                       # nothing written
-    self.assertEqual(os.listdir(root), ["config.json"])
-    self.assertNotEqual(config_lib.config_hash(other), config_lib.config_hash(first))
-    # With consent the new config is recorded and the old one kept.
-    workdir.record_config(other, root, allow_change=True)
-    self.assertEqual(workdir.load_config(root).model.variant, "lstm")
-    kept = os.path.join(root, f"config.{config_lib.config_hash(first)}.json")
-    self.assertTrue(os.path.isfile(kept))
-    self.assertEqual(open(kept).read(), before)
-
-  def test_a_fold_is_read_with_the_config_it_was_trained_with(self):
-    import os
-    import tempfile
-    from avjax import workdir
-    root = tempfile.mkdtemp()
-    workdir.record_config(config_lib.get_base_config(), root)
-    lstm = config_lib.get_base_config()
-    lstm.model.variant = "lstm"
-    workdir.record_config(lstm, root, path=os.path.join(root, "fold_3", "config.json"))
-    self.assertEqual(workdir.load_fold_config(root, 3).model.variant, "lstm")
-    self.assertEqual(workdir.load_fold_config(root, 2).model.variant, "gating")
-
-
 class CompleteTest(absltest.TestCase):
 
   def test_fills_missing_fields_and_keeps_the_given_ones(self):

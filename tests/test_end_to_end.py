@@ -208,6 +208,20 @@ class ModelSelectionTest(absltest.TestCase):
     self.assertIn("best by validation fold 1", results_md)
 
 
+class FoldLockTest(absltest.TestCase):
+
+  def test_a_fold_held_by_another_process_is_skipped(self):
+    config = tiny_synthetic_config(max_steps=2)
+    config.folds = (2,)
+    workdir = tempfile.mkdtemp()
+    fold_dir = os.path.join(workdir, "fold_2")
+    with workdir_lib.FoldLock(fold_dir), contextlib.redirect_stdout(io.StringIO()) as out:
+      outputs = train.train_and_evaluate(config, workdir)    # as a second process would
+    self.assertEqual(outputs, {})
+    self.assertIn("fold 2: skipped", out.getvalue())
+    self.assertEqual(sorted(os.listdir(fold_dir)), [])         # untouched (lock released)
+
+
 class CrossValidationTest(absltest.TestCase):
 
   def test_two_folds_give_results_and_figures(self):

@@ -1,7 +1,9 @@
 """The entry point's command line."""
 
+import os
 import subprocess
 import sys
+import tempfile
 
 from absl.testing import absltest
 
@@ -21,6 +23,39 @@ class MainTest(absltest.TestCase):
     out = subprocess.run([sys.executable, "-m", "avjax.main"], capture_output=True, text=True, timeout=120)
     self.assertNotEqual(out.returncode, 0)
     self.assertIn("workdir", out.stderr + out.stdout)
+
+  def test_user_errors_are_one_line_and_write_nothing(self):
+    root = tempfile.mkdtemp()
+    empty_data = os.path.join(root, "no_data")
+    os.makedirs(empty_data)
+    cases = {  # name: (command, exit status, expected message)
+        "unknown token": (["avjax.main", "--config=configs/demo.py:bogus"], 2,
+                          "error: Unknown config argument 'bogus'"),
+        "misspelled field": (["avjax.main", "--config=configs/demo.py",
+                              "--config.train.num_epoch=3"], 2, 'Did you mean "num_epochs"'),
+        "out of range": (["avjax.main", "--config=configs/demo.py",
+                          "--config.train.checkpoint_every_steps=0"], 2,
+                         "error: config.train.checkpoint_every_steps: 0 must be >= 1"),
+        "dataset not built": (["avjax.main", "--config=configs/demo.py", "--config.dataset.build=False",
+                               f"--config.dataset.data_dir={empty_data}"], 1, "is not prepared"),
+    }
+    procs = {}
+    for name, (cmd, _, _) in cases.items():   # started together: the imports overlap
+      workdir = os.path.join(root, name.replace(" ", "_"))
+      procs[name] = (workdir, subprocess.Popen(
+          [sys.executable, "-m", *cmd, f"--workdir={workdir}"], stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE, text=True))
+    for name, (workdir, proc) in procs.items():
+      _, err = proc.communicate(timeout=300)
+      status, message = cases[name][1:]
+      self.assertEqual(proc.returncode, status, f"{name}: {err}")
+      self.assertIn(message, err, name)
+      self.assertNotIn("Traceback", err, name)
+      lines = err.strip().splitlines()            # absl's INFO log lines may come first
+      first = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+      self.assertLen(first, 1, f"{name}: {err}")
+      self.assertLessEqual(len(lines) - first[0], 2, f"{name}: {err}")   # + a help hint
+      self.assertFalse(os.path.exists(workdir), f"{name}: the workdir was created")
 
   def test_multiprocess_detection(self):
     env = {}

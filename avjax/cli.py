@@ -1,0 +1,88 @@
+"""User errors as one line: the command-line entry points' error handling.
+
+`avjax.main` and `avjax.evaluate` run through `run(main)`: a flag or config that
+cannot be parsed, and the errors listed in `USAGE_ERRORS` (a config field out of
+range, an impossible combination, a workdir trained with another config) print
+one `error:` line naming the field or file and exit with status 2; the failures
+in `FAILURES` (a dataset that is missing or not built, a checkpoint that is absent
+or does not restore, a non-finite loss) exit with status 1. Anything else is a bug
+and keeps its traceback. `--verbosity=1` (or higher) keeps every traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from absl import app
+from absl import flags
+
+USAGE = 2
+FAILURE = 1
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+  from avjax import workdir
+  return (ValueError, workdir.ConfigMismatchError, app.UsageError)
+
+
+def _failures() -> tuple[type[BaseException], ...]:
+  from avjax import train_state
+  from avjax.data import builder_lib
+  errors = [FileNotFoundError, NotADirectoryError, PermissionError, builder_lib.ManualDirError,
+            train_state.CheckpointNotFound, train_state.CheckpointRestoreError,
+            FloatingPointError]
+  return tuple(errors)
+
+
+def _root_message(e: BaseException) -> str:
+  """The innermost cause's message (flag parsing wraps the config file's own error)."""
+  while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+    e = e.__cause__ or e.__context__
+  text = str(e).strip() or type(e).__name__
+  if isinstance(e, (KeyError, AttributeError)):   # their str() is a repr: unquote it
+    text = text.strip("'\"").replace("\\n", " ").replace("\\'", "'")
+  return " ".join(text.split())
+
+
+def _verbose() -> bool:
+  try:
+    return int(flags.FLAGS["verbosity"].value) >= 1
+  except (KeyError, flags.UnparsedFlagAccessError):
+    return False
+
+
+def _fail(status: int, message: str) -> None:
+  sys.stderr.write(f"error: {message}\n")
+  sys.exit(status)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag or config (an unknown field, a config file
+  that raises) as one `error:` line and status 2."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # noqa: BLE001  (absl and config_flags raise many types)
+    if any(a.startswith("--verbosity=") and a.split("=", 1)[1] not in ("0", "-1")
+           for a in argv):
+      raise
+    _fail(USAGE, _root_message(e) + "\n  (--helpshort lists the flags)")
+  return []
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """`app.run(main)` with user errors as one line (see the module docstring)."""
+
+  def wrapped(argv):
+    try:
+      main(argv)
+    except _usage_errors() as e:
+      if _verbose():
+        raise
+      _fail(USAGE, _root_message(e))
+    except _failures() as e:
+      if _verbose():
+        raise
+      _fail(FAILURE, _root_message(e))
+
+  app.run(wrapped, flags_parser=parse_flags)

@@ -1,0 +1,90 @@
+"""The workdir: recorded configs that a rerun cannot silently change, per-fold locks."""
+
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+
+from avjax import config_lib
+from avjax import workdir
+
+
+class RecordConfigTest(absltest.TestCase):
+
+  def test_a_rerun_with_another_config_stops_before_writing(self):
+    root = tempfile.mkdtemp()
+    first = config_lib.get_base_config()
+    path = workdir.record_config(first, root)
+    before = open(path).read()
+    # Fields that only change how the run executes may differ.
+    rerun = config_lib.get_base_config()
+    rerun.folds = (3,)
+    rerun.train.log_every_steps = 1
+    rerun.model.conv_impl = "xla"
+    workdir.record_config(rerun, root)
+    self.assertEqual(open(path).read(), before)
+    self.assertEqual(config_lib.config_hash(rerun), config_lib.config_hash(first))
+    # A model / protocol field may not.
+    other = config_lib.get_base_config()
+    other.model.variant = "lstm"
+    other.loss.margin = 0.5
+    with self.assertRaises(workdir.ConfigMismatchError) as cm:
+      workdir.record_config(other, root)
+    message = str(cm.exception)
+    self.assertIn("model.variant: recorded 'gating', now 'lstm'", message)
+    self.assertIn("loss.margin: recorded 1.0, now 0.5", message)
+    self.assertIn("--config_mismatch=ok", message)
+    self.assertEqual(open(path).read(), before)                       # nothing written
+    self.assertEqual(os.listdir(root), ["config.json"])
+    self.assertNotEqual(config_lib.config_hash(other), config_lib.config_hash(first))
+    # With consent the new config is recorded and the old one kept.
+    workdir.record_config(other, root, allow_change=True)
+    self.assertEqual(workdir.load_config(root).model.variant, "lstm")
+    kept = os.path.join(root, f"config.{config_lib.config_hash(first)}.json")
+    self.assertTrue(os.path.isfile(kept))
+    self.assertEqual(open(kept).read(), before)
+
+  def test_a_fold_is_read_with_the_config_it_was_trained_with(self):
+    root = tempfile.mkdtemp()
+    workdir.record_config(config_lib.get_base_config(), root)
+    lstm = config_lib.get_base_config()
+    lstm.model.variant = "lstm"
+    workdir.record_config(lstm, root, path=os.path.join(root, "fold_3", "config.json"))
+    self.assertEqual(workdir.load_fold_config(root, 3).model.variant, "lstm")
+    self.assertEqual(workdir.load_fold_config(root, 2).model.variant, "gating")
+
+
+class FoldLockTest(absltest.TestCase):
+
+  def test_one_process_per_fold(self):
+    fold = os.path.join(tempfile.mkdtemp(), "fold_0")
+    with workdir.FoldLock(fold) as lock:
+      info = json.load(open(lock.path))
+      self.assertEqual((info["host"], info["pid"]), (socket.gethostname(), os.getpid()))
+      with self.assertRaisesRegex(workdir.FoldLocked, f"held by process {os.getpid()}"):
+        workdir.FoldLock(fold).acquire()          # a live holder: never taken over
+    self.assertFalse(os.path.exists(lock.path))  # released
+    # A lock left by a dead process of this host is taken over, with a notice.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    stale = {"host": socket.gethostname(), "pid": int(dead.stdout), "start": "earlier"}
+    json.dump(stale, open(lock.path, "w"))
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+      taken = workdir.FoldLock(fold).acquire()
+    self.assertIn("no longer running", out.getvalue())
+    self.assertEqual(json.load(open(lock.path))["pid"], os.getpid())
+    taken.release()
+    # Another host's lock cannot be checked from here: it is respected.
+    json.dump(dict(stale, host="elsewhere"), open(lock.path, "w"))
+    with self.assertRaisesRegex(workdir.FoldLocked, "on host elsewhere"):
+      workdir.FoldLock(fold).acquire()
+
+
+if __name__ == "__main__":
+  absltest.main()
