@@ -11,6 +11,7 @@ and keeps its traceback. `--verbosity=1` (or higher) keeps every traceback.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Callable
 
@@ -36,13 +37,23 @@ def _failures() -> tuple[type[BaseException], ...]:
 
 
 def _root_message(e: BaseException) -> str:
-  """The innermost cause's message (flag parsing wraps the config file's own error)."""
-  while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
-    e = e.__cause__ or e.__context__
-  text = str(e).strip() or type(e).__name__
-  if isinstance(e, (KeyError, AttributeError)):   # their str() is a repr: unquote it
+  """One line from `e`'s chain of causes: the innermost exception that is neither absl's
+  flag-parsing wrapper nor a bare KeyError (config_dict's AttributeError above it says
+  'Did you mean ...'). A message that embeds a traceback (config_flags' "Error whilst
+  parsing config file") is reduced to its last line, the config file's own error."""
+  chain = []
+  while e is not None and e not in chain:
+    chain.append(e)
+    e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+  useful = [x for x in chain if not isinstance(x, (flags.Error, KeyError))] or chain
+  e = useful[-1]
+  text = str(e).strip()
+  if "Traceback (most recent call last)" in text:
+    text = [line for line in text.splitlines() if line.strip()][-1]
+    text = re.sub(r"^\s*[A-Za-z_.]*(Error|Exception): ", "", text)
+  if isinstance(e, AttributeError):   # config_dict's: a repr of the key, then the hint
     text = text.strip("'\"").replace("\\n", " ").replace("\\'", "'")
-  return " ".join(text.split())
+  return " ".join(text.split()) or type(e).__name__
 
 
 def _verbose() -> bool:

@@ -57,7 +57,12 @@ def main(argv):
 
   if _is_multiprocess():
     jax.distributed.initialize()
-  config = FLAGS.config
+  try:
+    config = FLAGS.config
+    config.dataset  # noqa: B018  (the first access loads it)
+  except OSError as e:   # config_flags defers a config file that failed to load
+    from avjax import cli
+    raise app.UsageError(f"--config: {cli._root_message(e)}") from None
   config_lib.validate(config)
   logging.info("JAX process %d of %d; local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())

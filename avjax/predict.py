@@ -31,12 +31,14 @@ import functools
 import json
 import os
 import sys
+import zipfile
 from typing import Any, Sequence
 
 import numpy as np
 
 from avjax import config_lib
 from avjax import workdir as workdir_lib
+from avjax.data import folds as folds_lib
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 FACE_EXTRA = 'pip install "opencv-python-headless>=4.8,<5"'
@@ -75,8 +77,9 @@ def load_bank(path: str) -> Bank:
   try:
     with np.load(path, allow_pickle=False) as z:
       arrays = {k: z[k] for k in z.files}
-  except (OSError, ValueError) as e:
-    raise UsageError(f"{path}: cannot read the reference bank ({e})") from None
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise UsageError(f"{path}: cannot read the reference bank ({type(e).__name__}: {e}); "
+                     "rewrite it with python -m avjax.evaluate") from None
   try:
     meta = json.loads(str(arrays["meta"]))
   except (KeyError, json.JSONDecodeError) as e:
@@ -101,8 +104,11 @@ def choose_fold(workdir: str, config, fold: int | None) -> int:
   if fold is not None:
     path = os.path.join(workdir_lib.fold_dir(workdir, fold), bank)
     if not os.path.isfile(path):
-      raise UsageError(f"{path} not found: fold {fold} has no reference bank (evaluate it with "
-                       f"python -m avjax.evaluate --workdir={workdir} --folds={fold})")
+      have = [f for f in range(folds_lib.NUM_FOLDS)
+              if os.path.isfile(os.path.join(workdir_lib.fold_dir(workdir, f), bank))]
+      raise UsageError(f"--fold={fold}: {path} not found; the folds with a reference bank are "
+                       f"{have} (evaluate fold {fold} with python -m avjax.evaluate "
+                       f"--workdir={workdir} --folds={fold})")
     return fold
   for f in config.folds:
     if os.path.isfile(os.path.join(workdir_lib.fold_dir(workdir, f), bank)):

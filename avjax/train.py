@@ -235,6 +235,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   config = config_lib.complete(config)
   config_lib.validate(config)
   workdir = os.path.abspath(workdir)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(f"--workdir {workdir} is a file, not a directory")
   write = jax.process_index() == 0
   for fold in config.folds:  # every check before anything is written
     fold_config = os.path.join(workdir_lib.fold_dir(workdir, fold), workdir_lib.CONFIG)

@@ -28,6 +28,7 @@ from avjax import train
 from avjax import train_state
 from avjax import evaluate
 from avjax import workdir as workdir_lib
+from avjax.models import gating
 from avjax.testing import tiny_synthetic_config
 
 
@@ -75,19 +76,36 @@ class ResumeAndNanTest(absltest.TestCase):
       shutil.rmtree(step_dir)
       os.makedirs(step_dir)
 
-    for corrupt in (truncate_a_tensor_file, empty_the_metadata, empty_the_folder):
+    # Each corruption: reported, moved aside, the previous step restored (checked on the
+    # restore itself, which is cheap); then one full resume trains on from it.
+    config = config_lib.complete(config)
+    repl, _ = parallel.shardings(parallel.make_mesh())
+    model = gating.create_model(config.model)
+    abstract = train_state.abstract_train_state(config, model, evaluate.sample_batch(config), repl)
+    for corrupt in (truncate_a_tensor_file, empty_the_folder):
       fold_dir = os.path.join(tempfile.mkdtemp(), "fold_0")
       shutil.copytree(straight, fold_dir)
       corrupt(os.path.join(fold_dir, "checkpoints", "4"))
-      out = io.StringIO()
-      with contextlib.redirect_stdout(out):
-        state_b, _ = train.train_fold(config, fold_dir, test_fold=0)   # resumes from step 2
-      self.assertIn("checkpoint step 4", out.getvalue(), corrupt.__name__)
-      self.assertIn("resuming from step 2", out.getvalue(), corrupt.__name__)
+      manager = train_state.checkpoint_manager(fold_dir, config)
+      try:
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+          _, data_state, step = train_state.restore_latest(manager, abstract, fold_dir)
+      finally:
+        manager.close()
+      self.assertEqual((step, data_state["step"]), (2, 2), corrupt.__name__)
+      self.assertIn(f"checkpoint step 4 ({fold_dir}/checkpoints/4)", out.getvalue())
       self.assertTrue(os.path.isdir(os.path.join(fold_dir, "checkpoints.bad", "4")))
-      self.assertEqual(int(state_b.step), 4)
-      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-                   jax.device_get(state_a.params), jax.device_get(state_b.params))
+    fold_dir = os.path.join(tempfile.mkdtemp(), "fold_0")
+    shutil.copytree(straight, fold_dir)
+    empty_the_metadata(os.path.join(fold_dir, "checkpoints", "4"))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+      state_b, _ = train.train_fold(config, fold_dir, test_fold=0)     # resumes from step 2
+    self.assertIn("checkpoint step 4", out.getvalue())
+    self.assertIn("resuming from step 2", out.getvalue())
+    self.assertEqual(int(state_b.step), 4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 jax.device_get(state_a.params), jax.device_get(state_b.params))
     # Every step corrupt: an error naming the checkpoints, never a silent restart.
     fold_dir = os.path.join(tempfile.mkdtemp(), "fold_0")
     shutil.copytree(straight, fold_dir)
@@ -220,6 +238,13 @@ class FoldLockTest(absltest.TestCase):
     self.assertEqual(outputs, {})
     self.assertIn("fold 2: skipped", out.getvalue())
     self.assertEqual(sorted(os.listdir(fold_dir)), [])         # untouched (lock released)
+
+  def test_a_workdir_that_is_a_file_is_refused_before_anything(self):
+    path = os.path.join(tempfile.mkdtemp(), "file")
+    with open(path, "w") as f:
+      f.write("not a workdir")
+    with self.assertRaisesRegex(NotADirectoryError, "is a file"):
+      train.train_and_evaluate(tiny_synthetic_config(max_steps=1), path)
 
 
 class CrossValidationTest(absltest.TestCase):

@@ -38,6 +38,8 @@ class MainTest(absltest.TestCase):
                          "error: config.train.checkpoint_every_steps: 0 must be >= 1"),
         "dataset not built": (["avjax.main", "--config=configs/demo.py", "--config.dataset.build=False",
                                f"--config.dataset.data_dir={empty_data}"], 1, "is not prepared"),
+        "missing config file": (["avjax.main", "--config=configs/nothere.py"], 2,
+                                "error: --config: Failed loading config file"),
     }
     procs = {}
     for name, (cmd, _, _) in cases.items():   # started together: the imports overlap

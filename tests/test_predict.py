@@ -276,16 +276,24 @@ class PredictTest(absltest.TestCase):
     text = self.media_dir / "notes.mkv"
     text.write_text("not a video\n")
     missing = str(self.media_dir / "missing.flv")
+    still = self.media_dir / "frame.png"           # a still image is not a 0.04 s clip
+    with av.open(str(still), "w", format="image2") as c:
+      s = c.add_stream("png")
+      s.width, s.height, s.pix_fmt = 16, 16, "rgb24"
+      for packet in list(s.encode(av.VideoFrame.from_ndarray(
+          np.zeros((16, 16, 3), np.uint8), format="rgb24"))) + list(s.encode()):
+        c.mux(packet)
     code, out, err = run_main(["--workdir", self.workdir, "--json", str(truncated), good, str(text),
-                               missing])
+                               missing, str(still)])
     self.assertEqual(code, predict.EXIT_FAILED)
     lines = err.strip().splitlines()
-    self.assertLen(lines, 3, err)
-    for line, name in zip(lines, (truncated, text, missing)):
+    self.assertLen(lines, 4, err)
+    for line, name in zip(lines, (truncated, text, missing, still)):
       self.assertTrue(line.startswith(f"avjax.predict: {name}: "), line)
+    self.assertIn("not a video: a still image", lines[3])
     self.assertNotIn("Traceback", err)
     results = [json.loads(line) for line in out.splitlines()]
-    self.assertEqual([r["ok"] for r in results], [False, True, False, False])
+    self.assertEqual([r["ok"] for r in results], [False, True, False, False, False])
     self.assertEqual(set(results[1]), JSON_KEYS)
     self.assertEqual(set(results[0]), {"file", "ok", "error"})
 
@@ -322,6 +330,7 @@ class PredictTest(absltest.TestCase):
         "not a workdir": ["--workdir", self.media_dir.as_posix(), good],
         "no bank": ["--workdir", no_bank, good],
         "fold without bank": ["--workdir", self.workdir, "--fold=3", good],
+        "fold that does not exist": ["--workdir", self.workdir, "--fold=99", good],
         "best without validation metrics": ["--workdir", self.workdir, "--checkpoint=best", good],
     }
     for name, argv in cases.items():
@@ -331,6 +340,8 @@ class PredictTest(absltest.TestCase):
         self.assertEqual(out, "")
         self.assertNotIn("Traceback", err)
         self.assertTrue(err.strip(), name)
+        if name == "fold that does not exist":
+          self.assertIn("the folds with a reference bank are [0, 1]", err)
 
   def test_best_step_reads_the_saved_validation_accuracy(self):
     class Manager:
@@ -360,6 +371,13 @@ class PredictTest(absltest.TestCase):
     self.assertEqual(code, predict.EXIT_USAGE)
     self.assertIn("step 1", err)
     self.assertIn("python -m avjax.evaluate", err)
+    # A truncated bank (a BadZipFile inside numpy) is a one-line usage error too.
+    data = pathlib.Path(bank_path).read_bytes()
+    pathlib.Path(bank_path).write_bytes(data[: len(data) // 3])
+    code, out, err = run_main(["--workdir", workdir, self.clip("stale.mp4")])
+    self.assertEqual(code, predict.EXIT_USAGE, err)
+    self.assertIn("cannot read the reference bank", err)
+    self.assertNotIn("Traceback", err)
 
   def test_face_crop(self):
     # Without OpenCV: a usage error with the pip command.

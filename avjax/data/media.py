@@ -133,11 +133,21 @@ class Clip:
 # ----------------------------------------------------------------------------- opening
 
 
+# FFmpeg demuxers of still images (and image sequences): such a file is not a clip.
+_IMAGE_DEMUXERS = ("image2", "image2pipe", "apng", "gif", "webp")
+
+
 def _open(src: Source) -> av.container.InputContainer:
   try:
     if isinstance(src, ZipMember):
-      return av.open(io.BytesIO(src.read()), mode="r")
-    return av.open(os.fspath(src), mode="r")
+      container = av.open(io.BytesIO(src.read()), mode="r")
+    else:
+      container = av.open(os.fspath(src), mode="r")
+    names = set(container.format.name.split(","))
+    if names & set(_IMAGE_DEMUXERS) or any(n.endswith("_pipe") for n in names):
+      container.close()
+      raise MediaError(src, f"not a video: a still image ({container.format.name} format)")
+    return container
   except FileNotFoundError:
     raise MediaError(src, "file not found") from None
   except KeyError as e:  # a name missing from the zip
