@@ -30,10 +30,19 @@ def _usage_errors() -> tuple[type[BaseException], ...]:
 def _failures() -> tuple[type[BaseException], ...]:
   from avjax import train_state
   from avjax.data import builder_lib
-  errors = [FileNotFoundError, NotADirectoryError, PermissionError, builder_lib.ManualDirError,
-            train_state.CheckpointNotFound, train_state.CheckpointRestoreError,
-            FloatingPointError]
-  return tuple(errors)
+  # OSError covers a missing or read-only data dir or workdir (PermissionError, EROFS),
+  # a workdir that is a file, and other file-system failures: their messages name the path.
+  return (OSError, builder_lib.ManualDirError, train_state.CheckpointNotFound,
+          train_state.CheckpointRestoreError, FloatingPointError)
+
+
+def exit_status(e: BaseException) -> int | None:
+  """USAGE or FAILURE for the errors reported as one line, None for the others (bugs)."""
+  if isinstance(e, _usage_errors()):
+    return USAGE
+  if isinstance(e, _failures()):
+    return FAILURE
+  return None
 
 
 def _root_message(e: BaseException) -> str:
@@ -51,8 +60,11 @@ def _root_message(e: BaseException) -> str:
   if "Traceback (most recent call last)" in text:
     text = [line for line in text.splitlines() if line.strip()][-1]
     text = re.sub(r"^\s*[A-Za-z_.]*(Error|Exception): ", "", text)
-  if isinstance(e, AttributeError):   # config_dict's: a repr of the key, then the hint
-    text = text.strip("'\"").replace("\\n", " ").replace("\\'", "'")
+  if isinstance(e, AttributeError):   # config_dict's: the key quoted, then "Did you mean"
+    unescaped = text.replace("\\'", "'").replace("\\n", "\n")
+    m = re.match(r"""^["']*([\w.]+)["']*\s*(.*?)["']*$""", unescaped, re.S)
+    if m:
+      text = f"unknown config field '{m.group(1)}'. {m.group(2)}".strip()
   return " ".join(text.split()) or type(e).__name__
 
 
@@ -87,13 +99,10 @@ def run(main: Callable[[list[str]], None]) -> None:
   def wrapped(argv):
     try:
       main(argv)
-    except _usage_errors() as e:
-      if _verbose():
+    except Exception as e:  # noqa: BLE001  (sorted by exit_status; the rest re-raised)
+      status = exit_status(e)
+      if status is None or _verbose():
         raise
-      _fail(USAGE, _root_message(e))
-    except _failures() as e:
-      if _verbose():
-        raise
-      _fail(FAILURE, _root_message(e))
+      _fail(status, _root_message(e))
 
   app.run(wrapped, flags_parser=parse_flags)

@@ -343,6 +343,23 @@ class PredictTest(absltest.TestCase):
         if name == "fold that does not exist":
           self.assertIn("the folds with a reference bank are [0, 1]", err)
 
+  def test_evaluate_command_line_errors(self):
+    # avjax.evaluate on the shared workdir: a fold without checkpoints and a malformed
+    # fold list are one error line each, and nothing is created (the workdir is read-only).
+    cases = {"--folds=5": (1, "fold(s) [5] have no checkpoints (trained folds: [0, 1])"),
+             "--folds=0,x": (2, "--folds=0,x: expected comma-separated fold numbers")}
+    procs = {flag: subprocess.Popen([sys.executable, "-m", "avjax.evaluate",
+                                     f"--workdir={self.workdir}", flag],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for flag in cases}
+    for flag, proc in procs.items():
+      _, err = proc.communicate(timeout=300)
+      status, message = cases[flag]
+      self.assertEqual(proc.returncode, status, err)
+      self.assertIn(message, err)
+      self.assertNotIn("Traceback", err)
+    self.assertFalse(os.path.exists(os.path.join(self.workdir, "fold_5")))
+
   def test_best_step_reads_the_saved_validation_accuracy(self):
     class Manager:
       def __init__(self, metrics):
