@@ -239,6 +239,14 @@ class FoldLockTest(absltest.TestCase):
     self.assertIn("fold 2: skipped", out.getvalue())
     self.assertEqual(sorted(os.listdir(fold_dir)), [])         # untouched (lock released)
 
+  def test_a_crop_larger_than_the_frames_is_refused_before_writing(self):
+    config = tiny_synthetic_config(max_steps=1)
+    config.input.crop_size = 64                       # the synthetic frames are 40 x 40
+    workdir = os.path.join(tempfile.mkdtemp(), "w")
+    with self.assertRaisesRegex(ValueError, "crop_size = 64 is larger than the stored frames"):
+      train.train_and_evaluate(config, workdir)
+    self.assertFalse(os.path.exists(workdir))
+
   def test_a_workdir_that_is_a_file_is_refused_before_anything(self):
     path = os.path.join(tempfile.mkdtemp(), "file")
     with open(path, "w") as f:
