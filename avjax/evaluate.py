@@ -154,6 +154,7 @@ def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh,
       "checkpoint_step": int(jax.device_get(state.step)), "selected_by": selected_by,
       "mask_padded_windows": bool(config.loss.mask_padded_windows),
       "config_hash": config_lib.config_hash(config),
+      "allow_missing_folds": bool(config.dataset.allow_missing_folds),
   }
   bank = None
   if config.eval.reference_bank:

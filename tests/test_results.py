@@ -152,6 +152,15 @@ class WriteResultsTest(absltest.TestCase):
     self.assertIn("## AV", md)
     self.assertIn("| 3 (last) | 87.5 ± 17.7 |", md)  # mean .875, std .1768
     self.assertIn("2 of 10", md)
+    self.assertIn("checkpoints: fold 0: not recorded", md)   # fold_info without the fields
+    self.assertNotIn("not the paper's protocol", md)
+    # Folds trained with checkpoint records, on a dataset built from some folds only.
+    with tempfile.TemporaryDirectory() as d:
+      two_fold_workdir(d, checkpoint_step=30, selected_by="last", allow_missing_folds=True)
+      md = open(results.write_results(d)[1]).read()
+    self.assertIn("checkpoints: the last checkpoint of each fold, no model selection (step 30)",
+                  md)
+    self.assertIn("**not the paper's protocol**", md)
 
   def test_mixed_configurations_raise(self):
     with tempfile.TemporaryDirectory() as d:
