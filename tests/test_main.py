@@ -59,6 +59,27 @@ class MainTest(absltest.TestCase):
       self.assertLessEqual(len(lines) - first[0], 2, f"{name}: {err}")   # + a help hint
       self.assertFalse(os.path.exists(workdir), f"{name}: the workdir was created")
 
+  def test_start_up_line_and_cpu_fallback_warning(self):
+    import types
+    def fake_jax(backend, kind):
+      devices = [types.SimpleNamespace(device_kind=kind)] * 2
+      return types.SimpleNamespace(
+          __version__="0.10.2", devices=lambda: devices, default_backend=lambda: backend,
+          local_device_count=lambda: 2, process_index=lambda: 0, process_count=lambda: 1)
+    with absltest.mock.patch.dict("os.environ", {"CUDA_VISIBLE_DEVICES": "0,1"}, clear=True):
+      line, warning = avjax_main.backend_report(fake_jax("cpu", "cpu"))
+      self.assertEqual(line, "avjax: JAX 0.10.2, backend cpu, 2 device(s) (cpu), 2 local; "
+                             "process 0 of 1")
+      self.assertIn("running on CPU although CUDA_VISIBLE_DEVICES=0,1", warning)
+      self.assertIn("ACCEL=cuda12", warning)
+      _, warning = avjax_main.backend_report(fake_jax("gpu", "NVIDIA H200"))
+      self.assertIsNone(warning)                  # the GPU is in use
+    with absltest.mock.patch.dict("os.environ", {"JAX_PLATFORMS": "cuda"}, clear=True):
+      self.assertIn("JAX_PLATFORMS=cuda", avjax_main.backend_report(fake_jax("cpu", "cpu"))[1])
+    with absltest.mock.patch.dict("os.environ", {}, clear=True), \
+         absltest.mock.patch("os.path.exists", return_value=False):
+      self.assertIsNone(avjax_main.backend_report(fake_jax("cpu", "cpu"))[1])   # a CPU machine
+
   def test_multiprocess_detection(self):
     env = {}
     with absltest.mock.patch.dict("os.environ", env, clear=True):
