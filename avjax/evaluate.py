@@ -230,6 +230,14 @@ def sample_batch(config) -> dict[str, jax.ShapeDtypeStruct]:
   return out
 
 
+def checkpoint_selection(config, test_fold: int, which: str) -> str:
+  """fold_info's `selected_by` for the `latest` or `best` checkpoint: 'last' or
+  'validation_fold:N'."""
+  if which == "latest":
+    return "last"
+  return f"validation_fold:{input_pipeline.split_folds(config, test_fold)[1]}"
+
+
 def restore_for_eval(config, fold_dir: str, test_fold: int, mesh, which: str = "latest"):
   """Rebuilds the model and restores the fold's `latest` or `best` checkpoint ('best'
   only exists with a validation fold, and is chosen by it)."""
@@ -268,10 +276,8 @@ def main(argv):
     fold_dir = workdir_lib.fold_dir(workdir, fold)
     config = workdir_lib.load_fold_config(workdir, fold)   # the config it was trained with
     state, model = restore_for_eval(config, fold_dir, fold, mesh, FLAGS.checkpoint)
-    selected_by = "last"
-    if FLAGS.checkpoint == "best":
-      selected_by = f"validation_fold:{input_pipeline.split_folds(config, fold)[1]}"
-    evaluate_fold(config, state, model, fold, fold_dir, mesh, selected_by=selected_by)
+    evaluate_fold(config, state, model, fold, fold_dir, mesh,
+                  selected_by=checkpoint_selection(config, fold, FLAGS.checkpoint))
   if jax.process_index() == 0:
     json_path, md_path = results.write_results(workdir)
     print(f"results: {json_path}\n         {md_path}")

@@ -122,9 +122,9 @@ def batch_hard(embeddings: jax.Array, labels: jax.Array, mask: jax.Array | None 
   embeddings = jax.lax.stop_gradient(jnp.asarray(embeddings))
   _check(embeddings, labels)
   t, n = embeddings.shape[:2]
-  masks = _window_masks(mask, t, n)
-  if masks is None or jnp.ndim(mask) == 1:
-    positive, negative = _pair_masks(labels, mask)       # [N, N] each, every window
+  masks = _window_masks(mask, t, n)                      # [T, N] or None
+  if masks is None:
+    positive, negative = _pair_masks(labels, None)       # [N, N] each, every window
   else:
     positive, negative = jax.vmap(lambda m: _pair_masks(labels, m))(masks)  # [T, N, N]
   d = jax.vmap(pairwise_sq_distances)(embeddings)        # [T, N, N]
@@ -159,9 +159,8 @@ def mwtsm(embeddings: jax.Array, labels: jax.Array, exclude_used: bool = True,
   embeddings = jax.lax.stop_gradient(jnp.asarray(embeddings))
   _check(embeddings, labels)
   t, n = embeddings.shape[:2]
-  per_window = mask is not None and jnp.ndim(mask) == 2
-  masks = _window_masks(mask, t, n)
-  allowed0 = triplet_mask(labels, None if per_window else mask)   # [N, N, N]
+  masks = _window_masks(mask, t, n)                      # [T, N] or None
+  allowed0 = triplet_mask(labels)                        # [N, N, N]
   anchors = jnp.arange(n)
 
   def step(used, inputs):  # used [N, N, N] bool, emb [N, D], window mask [N]
@@ -169,7 +168,7 @@ def mwtsm(embeddings: jax.Array, labels: jax.Array, exclude_used: bool = True,
     d = pairwise_sq_distances(emb)                       # [N, N]
     score = d[:, :, None] - d[:, None, :]                # [i, p, n] = d(i,p) - d(i,n)
     allowed = allowed0 & ~used
-    if per_window:
+    if masks is not None:
       allowed = allowed & triplet_mask(labels, window)
     allowed = allowed.reshape(n, n * n)                  # [i, p*N + n]
     flat = jnp.where(allowed, score.reshape(n, n * n), -jnp.inf)
@@ -181,6 +180,6 @@ def mwtsm(embeddings: jax.Array, labels: jax.Array, exclude_used: bool = True,
     return used, (p.astype(jnp.int32), q.astype(jnp.int32), valid)
 
   used0 = jnp.zeros((n, n, n), dtype=bool)
-  windows = masks if per_window else jnp.ones((t, n), bool)
+  windows = masks if masks is not None else jnp.ones((t, n), bool)
   _, (positives, negatives, valid) = jax.lax.scan(step, used0, (embeddings, windows))
   return positives, negatives, valid

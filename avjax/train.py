@@ -268,12 +268,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       workdir_lib.record_config(config, workdir, allow, write=write,
                                 path=os.path.join(fold_dir, workdir_lib.CONFIG))
       state, model = train_fold(config, fold_dir, fold, mesh)
-      selected_by = "last"
-      val_fold = input_pipeline.split_folds(config, fold)[1]
-      if val_fold is not None:  # the best checkpoint by the validation fold is the result
+      # With a validation fold its best checkpoint is the result, else the last state.
+      which = "latest" if input_pipeline.split_folds(config, fold)[1] is None else "best"
+      if which == "best":
         state, model = evaluate.restore_for_eval(config, fold_dir, fold, mesh, "best")
-        selected_by = f"validation_fold:{val_fold}"
-      evaluate.evaluate_fold(config, state, model, fold, fold_dir, mesh, selected_by=selected_by)
+      evaluate.evaluate_fold(config, state, model, fold, fold_dir, mesh,
+                             selected_by=evaluate.checkpoint_selection(config, fold, which))
       logging.info("Fold %d done in %.1f s", fold, time.time() - t0)
     finally:
       lock.release()

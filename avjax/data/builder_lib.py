@@ -63,11 +63,6 @@ class ManualDirError(FileNotFoundError):
 AUDIO_PREFIX = config_lib.AUDIO_CONFIG_PREFIX   # 'audio_': audio-only builder configs
 
 
-def config_names(dataset: str) -> list[str]:
-  """The builder configs of `dataset` (`config_lib.builder_config_names`)."""
-  return config_lib.builder_config_names(dataset)
-
-
 def split_name(name: str) -> tuple[bool, windows.WindowSpec]:
   """(audio_only, window spec) of a builder config name ('audio_w8_l1_ov' -> True, w8_l1_ov)."""
   audio_only = name.startswith(AUDIO_PREFIX)
@@ -86,7 +81,8 @@ def describe(name: str, options: media.DecodeOptions = media.DecodeOptions()) ->
 
 
 def builder_configs(dataset: str) -> list[tfds.core.BuilderConfig]:
-  return [tfds.core.BuilderConfig(name=n, description=describe(n)) for n in config_names(dataset)]
+  return [tfds.core.BuilderConfig(name=n, description=describe(n))
+          for n in config_lib.builder_config_names(dataset)]
 
 
 @dataclasses.dataclass(frozen=True)

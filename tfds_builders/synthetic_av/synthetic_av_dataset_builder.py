@@ -34,10 +34,6 @@ from avjax.data import windows
 NAME = "synthetic_av"
 
 
-def _config_names() -> list[str]:
-  return config_lib.builder_config_names(NAME)
-
-
 def _describe(name: str) -> str:
   spec = windows.parse_name(name)
   mode = ("spread evenly over the clip" if spec.mode == "fit"
@@ -57,7 +53,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                "or after it.",
   }
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n, description=_describe(n))
-                     for n in _config_names()]
+                     for n in config_lib.builder_config_names(NAME)]
   DEFAULT_CONFIG_NAME = config_lib.DATASETS[NAME]["table1"][0]
 
   # TFDS locates the builder's folder (README.md, CITATIONS.bib, checksums)
