@@ -166,6 +166,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.input.num_workers = 0           # grain worker processes (0: in the main process)
   c.input.prefetch = 2              # batches prepared ahead of the device
   c.input.cache_on_device = False   # keep the whole training set in accelerator memory
+  # model.trunk other than 'finetune': augmented views per clip computed into the
+  # feature store besides the clean one (centre crop, no audio augmentation); each
+  # view has one crop / flip / speed / pitch / noise draw for all clips, and
+  # training draws one of the 1 + K views per batch for the whole batch.
+  c.input.cached_views = 0
 
   c.model = ml_collections.ConfigDict()
   c.model.variant = "gating"        # 'gating' (paper), 'lstm' (per-modality LSTMs), 'global' (one window)
@@ -190,6 +195,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   # encoders when they train with batch statistics (freeze_bn=False). None: each
   # network's own (I3D 0.999 as its Sonnet checkpoint, SoundNet 0.9 as Torch's 0.1).
   c.model.bn_momentum = ml_collections.config_dict.placeholder(float)
+  # What of the pretrained encoders trains. 'finetune' (the paper's recipe: every
+  # layer, end to end, from the raw media). 'frozen': the trunks (SoundNet conv1-conv7,
+  # I3D up to Mixed_5c) are fixed; their pooled outputs are computed once per clip and
+  # window into a feature store (avjax.feature_store) and only the heads and LSTMs
+  # train: NOT the paper's recipe, labelled 'frozen trunks' wherever its numbers
+  # appear. 'finetune_from:<endpoint>[+<endpoint>]' (e.g. 'finetune_from:conv4'):
+  # the layers up to that endpoint (one per encoder in use: a SoundNet layer
+  # conv1-conv7, an I3D endpoint before Mixed_5c) are fixed and cached, the layers
+  # above it train from their pretrained weights.
+  c.model.trunk = "finetune"
 
   c.loss = ml_collections.ConfigDict()
   c.loss.margin = 1.0               # triplet margin on squared Euclidean distances
@@ -356,6 +371,55 @@ def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collect
   return config
 
 
+TRUNKS = ("finetune", "frozen", "finetune_from:<endpoint>")
+FINETUNE_FROM = "finetune_from:"
+POOLED = "pooled"   # the input endpoint of a frozen trunk (the encoders' POOLED)
+# Where each encoder can be cut (its layers up to there fixed and cached): SoundNet-8's
+# layers, and I3D's endpoints before Mixed_5c (avjax.models.soundnet / i3d).
+SOUNDNET_CUTS = ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "conv7")
+I3D_CUTS = ("Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Conv3d_2b_1x1", "Conv3d_2c_3x3",
+            "MaxPool3d_3a_3x3", "Mixed_3b", "Mixed_3c", "MaxPool3d_4a_3x3", "Mixed_4b",
+            "Mixed_4c", "Mixed_4d", "Mixed_4e", "Mixed_4f", "MaxPool3d_5a_2x2", "Mixed_5b")
+
+
+def trunk_inputs(model) -> dict[str, str | None]:
+  """{'audio' / 'video': the encoder's input endpoint} for the modalities of `model`
+  (a config's `model` block): None (raw media, 'finetune'), 'pooled' ('frozen') or
+  the layer a 'finetune_from:' trunk is cut at. Raises ValueError naming the field."""
+  trunk = str(model.trunk)
+  mods = {"av": ("audio", "video"), "audio": ("audio",), "video": ("video",)}[model.modalities]
+  if trunk == "finetune":
+    return {m: None for m in mods}
+  if trunk == "frozen":
+    return {m: POOLED for m in mods}
+  if not trunk.startswith(FINETUNE_FROM):
+    raise ValueError(f"config.model.trunk: {trunk!r} is not one of {TRUNKS}")
+  names = [n.strip() for n in trunk[len(FINETUNE_FROM):].replace(",", "+").split("+") if n.strip()]
+  out: dict[str, str | None] = {}
+  for name in names:
+    modality = "audio" if name in SOUNDNET_CUTS else "video" if name in I3D_CUTS else None
+    if modality is None:
+      raise ValueError(f"config.model.trunk: {name!r} is not a SoundNet-8 layer {SOUNDNET_CUTS} "
+                       f"nor an I3D endpoint {I3D_CUTS}")
+    if modality not in mods:
+      raise ValueError(f"config.model.trunk: {name!r} cuts the {modality} encoder, which "
+                       f"model.modalities={model.modalities!r} does not use")
+    if modality in out:
+      raise ValueError(f"config.model.trunk: two cuts of the {modality} encoder in {trunk!r}")
+    out[modality] = name
+  missing = [m for m in mods if m not in out]
+  if missing:
+    raise ValueError(f"config.model.trunk: {trunk!r} names no cut of the {missing[0]} encoder "
+                     f"(model.modalities={model.modalities!r}); e.g. 'finetune_from:conv4' "
+                     "(SoundNet-8) or 'finetune_from:Mixed_4f' (I3D), joined by '+'")
+  return {m: out[m] for m in mods}
+
+
+def cached(config) -> bool:
+  """Whether the encoders' lower layers are cached (model.trunk is not 'finetune')."""
+  return str(config.model.trunk) != "finetune"
+
+
 RECORDS = ("auto", "av", "audio")
 AUDIO_CONFIG_PREFIX = "audio_"
 
@@ -396,6 +460,7 @@ RANGES = {
     "input.clips_per_class": ">= 2", "input.crop_size": ">= 1", "input.audio_noise_std": ">= 0",
     "input.pitch_shift_semitones": ">= 0", "input.speed_range": "[0, 1)",
     "input.eval_batch_size": ">= 1", "input.num_workers": ">= 0", "input.prefetch": ">= 1",
+    "input.cached_views": ">= 0",
     "model.embed_dim": ">= 1", "model.lstm_hidden": ">= 1", "model.video_width": "> 0",
     "model.audio_width": "> 0", "model.bn_momentum": "[0, 1)",
     "loss.margin": ">= 0", "loss.mse_weight": ">= 0", "loss.triplet_weight": ">= 0",
@@ -459,6 +524,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("model.pretrained", "pretrained weights need video_width = audio_width = 1.0")
   if config.model.pretrained and config.model.video_last_block != "Mixed_5c":
     fail("model.pretrained", "pretrained weights need model.video_last_block = 'Mixed_5c'")
+  try:
+    trunk_inputs(config.model)
+  except ValueError as e:
+    fail("model.trunk", str(e).split(": ", 1)[1])
+  if cached(config) and config.input.cache_on_device:
+    fail("input.cache_on_device", f"is for raw media; with model.trunk={config.model.trunk!r} "
+         "training reads the cached features from host memory (set it False)")
+  if not cached(config) and config.input.cached_views:
+    fail("input.cached_views", "is for the cached-feature trunks (model.trunk 'frozen' or "
+         "'finetune_from:...'); with 'finetune' the media are augmented at every step")
   if config.optim.name not in ("adam", "adamw"):
     fail("optim.name", f"{config.optim.name!r} is not 'adam' or 'adamw'")
   folds = tuple(config.folds)

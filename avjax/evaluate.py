@@ -153,6 +153,7 @@ def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh,
       "exclude_used": bool(config.loss.exclude_used), "avjax_version": __version__,
       "checkpoint_step": int(jax.device_get(state.step)), "selected_by": selected_by,
       "mask_padded_windows": bool(config.loss.mask_padded_windows),
+      "trunk": str(config.model.trunk), "cached_views": int(config.input.cached_views),
       "config_hash": config_lib.config_hash(config),
       "allow_missing_folds": bool(config.dataset.allow_missing_folds),
   }
@@ -220,14 +221,16 @@ def reference_bank_arrays(config, state, refs: dict, train_folds: list[int],
 
 
 def sample_batch(config) -> dict[str, jax.ShapeDtypeStruct]:
-  """Shapes of one evaluation clip (for building a state to restore into)."""
+  """Shapes of one evaluation clip as the model takes it (media, or the cached
+  features of a frozen trunk), for building a state to restore into."""
   info = input_pipeline.dataset_info(config)
   t, s = info["num_windows"], info["samples_per_window"]
   out = {"audio": jax.ShapeDtypeStruct((1, t, s), np.float32)}
   if input_pipeline.reads_video(config, input_pipeline.get_builder(config)):
     c = int(config.input.crop_size)
     out["video"] = jax.ShapeDtypeStruct((1, t, info["frames_per_window"], c, c, 3), np.uint8)
-  return out
+  from avjax import feature_store
+  return feature_store.model_input_shapes(config, out)   # features for a cached trunk
 
 
 def checkpoint_selection(config, test_fold: int, which: str) -> str:

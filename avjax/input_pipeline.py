@@ -405,6 +405,7 @@ def augmentation_inputs(aug: Augmentation, num_windows: int, samples_per_window:
 
 class Reader:
   """Reads and stacks records of `folds` (picklable: the data source opens lazily)."""
+  is_features = False
 
   def __init__(self, builder, folds: Sequence[int], read_video: bool):
     self.builder = builder                 # TFDS builders pickle as their constructor args
@@ -446,6 +447,23 @@ class Reader:
       batch["video"] = np.stack([crop_flip(r["video"], y, x, size, flip)             # [b, T, F, X, X, 3]
                                  for r in records])
     return batch
+
+
+def make_reader(config, builder, folds: Sequence[int], read_video: bool):
+  """The reader of `folds`: the media (`Reader`) or, when `config.model.trunk` caches
+  the encoders' lower layers, the feature store (`avjax.feature_store.FeatureReader`,
+  extracting what it lacks first). Both have `read(indices, crop)`."""
+  if not config_lib.cached(config):
+    return Reader(builder, folds, read_video)
+  from avjax import feature_store
+  reader = feature_store.FeatureReader(feature_store.ensure(config), folds)
+  expected = _metadata(builder, folds)["label"]
+  if not np.array_equal(reader.labels, expected):
+    raise feature_store.FeatureStoreError(
+        f"the feature stores {list(reader.stores.values())} hold other labels than "
+        f"{config.dataset.name}/{config_lib.builder_config_name(config)} for folds {list(folds)}; "
+        "delete them to extract again")
+  return reader
 
 
 def check_crop(config, frame_size: int | None) -> None:
@@ -502,6 +520,8 @@ class TrainBatches:
 
   def __call__(self, step: int) -> dict:
     indices = host_slice(self.global_indices(step), self.shard_index, self.shard_count)
+    if self.reader.is_features:   # cached features: augmented (if at all) at extraction
+      return self.reader.read(indices, view=self.reader.draw_view(self.seed, step))
     aug = draw_augmentation(self.seed, step, frame_size=self.frame_size, crop_size=self.crop_size,
                             input_config=self.input_config, num_windows=self.num_windows,
                             samples_per_window=self.samples_per_window)
@@ -603,7 +623,7 @@ def create_train_iterator(config, train_folds: Sequence[int], seed: int, *,
   check_crop(config, frame_size)
   meta = _metadata(builder, train_folds)
   batches = TrainBatches(
-      Reader(builder, train_folds, read_video), meta["label"],
+      make_reader(config, builder, train_folds, read_video), meta["label"],
       clips_per_class=int(config.input.clips_per_class), num_classes=num_classes(config),
       seed=int(seed), shard_index=int(shard_options.shard_index),
       shard_count=int(shard_options.shard_count), crop_size=int(config.input.crop_size),
@@ -636,7 +656,7 @@ def eval_batches(config, folds: Sequence[int]) -> Iterator[dict]:
   size = int(config.input.eval_batch_size)
   if size < 1:
     raise ValueError(f"config.input.eval_batch_size must be >= 1, got {size}")
-  reader = Reader(builder, folds, read_video)
+  reader = make_reader(config, builder, folds, read_video)
   crop = None
   if read_video:
     c = int(config.input.crop_size)

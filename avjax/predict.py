@@ -272,9 +272,11 @@ class Predictor:
           f"checkpoint of fold {self.fold} is step {step}: the KNN references would come from "
           f"another model. Rewrite the bank with: python -m avjax.evaluate "
           f"--workdir={self.workdir} --folds={self.fold} --checkpoint={which}")
+    from avjax import feature_store
     try:
       state, _, step = train_state_lib.restore_for_inference(
-          self.config, self.fold_dir, self._sample_batch(), repl, step=step)
+          self.config, self.fold_dir,
+          feature_store.model_input_shapes(self.config, self._sample_batch()), repl, step=step)
     except Exception as e:  # noqa: BLE001  (orbax raises many types; name the checkpoint)
       raise UsageError(f"cannot restore checkpoint {step} of {self.fold_dir}/checkpoints: "
                        f"{type(e).__name__}: {e}") from None
@@ -287,14 +289,17 @@ class Predictor:
     """Gate embeddings of one clip: {'audio_gate'/'video_gate': [T, G] float32}."""
     import jax
     from avjax.models import gating
+    from avjax import feature_store
     if self._forward is None:
+      # The whole network on raw media (a frozen trunk's fixed layers merged back in).
+      apply_fn, self._variables = feature_store.inference_model(self.config, self.state,
+                                                                 self._sample_batch())
       self._forward = jax.jit(functools.partial(
-          gating.gate_embeddings, self.state.apply_fn, modalities=self.config.model.modalities,
+          gating.gate_embeddings, apply_fn, modalities=self.config.model.modalities,
           mask_padded_windows=bool(self.config.loss.mask_padded_windows)))
     batch = {k: inputs[k][None] for k in ("video", "audio", "window_valid")
              if inputs.get(k) is not None}
-    out = self._forward({"params": self.state.params, "batch_stats": self.state.batch_stats},
-                        batch)
+    out = self._forward(self._variables, batch)
     return {k: np.asarray(v[0], np.float32) for k, v in jax.device_get(out).items()}
 
   # ---- preprocessing

@@ -10,7 +10,8 @@ Input (written by `avjax.evaluate` into every `<workdir>/fold_{k}/`):
   fold_info.json    dataset, config, variant, modalities, fold, class_names,
                     num_windows, k, num_train_clips, exclude_used, avjax_version,
                     checkpoint_step and selected_by ('last' or 'validation_fold:N';
-                    absent in folds written by earlier versions), mask_padded_windows.
+                    absent in folds written by earlier versions), mask_padded_windows,
+                    trunk and cached_views (absent before them: 'finetune', 0).
 
 Output of `write_results(workdir)`: `results.json` (schema in
 docs/results_schema.md) and `results.md`, our numbers beside the paper's.
@@ -372,6 +373,7 @@ def build_results(folds: list[tuple[dict[str, np.ndarray], dict[str, Any]]]) -> 
         "avjax_version": info.get("avjax_version"),
         "checkpoint_step": info.get("checkpoint_step"), "selected_by": info.get("selected_by"),
         "allow_missing_folds": bool(info.get("allow_missing_folds", False)),
+        "trunk": info.get("trunk", "finetune"), "cached_views": int(info.get("cached_views", 0)),
     })
     for m in MODALITIES:
       if f"pred_{m}" in preds:
@@ -428,6 +430,31 @@ def describe_checkpoints(folds: list[Mapping[str, Any]]) -> str:
   return "; ".join(parts)
 
 
+def trunk_label(trunk: str) -> str:
+  """How a table names results of `model.trunk` (empty for the paper's recipe)."""
+  if trunk == "finetune":
+    return ""
+  return "frozen trunks" if trunk == "frozen" else f"trunks fixed below {trunk.split(':', 1)[1]}"
+
+
+def describe_trunk(folds: list[Mapping[str, Any]]) -> str:
+  """The `model.trunk` of the folds, in one line of results.md."""
+  trunks = sorted({f.get("trunk", "finetune") for f in folds})
+  if trunks == ["finetune"]:
+    return "finetune (the paper's recipe: the pretrained encoders fine-tuned end to end)"
+  views = sorted({f.get("cached_views", 0) for f in folds})
+  text = ", ".join(trunks)
+  if trunks == ["frozen"]:
+    text = ("**frozen trunks** (model.trunk='frozen'): the pretrained encoders did not learn, "
+            "only the heads and LSTMs did, on cached encoder features; NOT the paper's recipe")
+  elif all(t.startswith("finetune_from:") for t in trunks):
+    text = (f"**{text}**: the encoders' layers up to that endpoint were fixed and cached, "
+            "those above it fine-tuned; NOT the paper's recipe")
+  else:
+    text = f"**mixed**: {text}"
+  return text + f"; cached augmented views: {', '.join(map(str, views))}"
+
+
 def format_markdown(doc: Mapping[str, Any]) -> str:
   """results.md text from a results.json document."""
   ds = canonical_dataset(doc["dataset"])
@@ -442,6 +469,7 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
       f"- folds evaluated: {len(folds)} of {PAPER_NUM_FOLDS} ({', '.join(map(str, folds))}); "
       f"{n_total} held-out clips in all",
       f"- checkpoints: {describe_checkpoints(doc['folds'])}",
+      f"- trunk: {describe_trunk(doc['folds'])}",
       *(["- **not the paper's protocol**: the dataset was built from the folds whose actors' "
          "files were present (`allow_missing_folds`); training used those folds only"]
         if any(f.get("allow_missing_folds") for f in doc["folds"]) else []),

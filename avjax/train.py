@@ -247,6 +247,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Only now, with every check passed, is anything written to the workdir.
   workdir_lib.record_config(config, workdir, allow, write=write)
   mesh = parallel.make_mesh()
+  if config_lib.cached(config):   # frozen / finetune_from: the encoders' fixed part, once
+    from avjax import feature_store
+    feature_store.ensure(config, mesh)
   for fold in config.folds:
     fold_dir = workdir_lib.fold_dir(workdir, fold)
     if workdir_lib.fold_is_done(fold_dir):

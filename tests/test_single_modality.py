@@ -3,6 +3,8 @@
 * `audio_lstm` / `audio_global` on RAVDESS read the audio-only builder configs
   (`audio_<windowing>`), built here from RAVDESS-named WAVs alone: the real
   ones in ../shared/samples/ravdess (stereo one included) plus generated ones.
+* `audio_lstm` with `model.trunk='frozen'` on the same WAVs (cached SoundNet
+  features, avjax.feature_store);
 * `video_lstm` / `video_global` on the shared synthetic set (`avjax.testing`)
   read the audio-visual records and skip the audio.
 
@@ -93,9 +95,11 @@ class SingleModalityTest(parameterized.TestCase):
 
   @parameterized.named_parameters(
       ("audio_lstm", "audio", "lstm"), ("audio_global", "audio", "global"),
-      ("video_lstm", "video", "lstm"), ("video_global", "video", "global"))
-  def test_trains_and_evaluates_one_modality(self, modality, variant):
+      ("video_lstm", "video", "lstm"), ("video_global", "video", "global"),
+      ("audio_lstm_frozen_trunk", "audio", "lstm", "frozen"))
+  def test_trains_and_evaluates_one_modality(self, modality, variant, trunk="finetune"):
     config = _audio_config(variant) if modality == "audio" else _video_config(variant)
+    config.model.trunk = trunk     # 'frozen': cached SoundNet features of the real WAVs
     config_lib.validate(config)
     workdir = tempfile.mkdtemp(dir=_TMP)
     fold_dir = workdir_lib.fold_dir(workdir, 0)
@@ -107,6 +111,8 @@ class SingleModalityTest(parameterized.TestCase):
       # Read from the audio-only records, which have no video at all.
       self.assertEqual(builder.builder_config.name, "audio_" + config.dataset.config)
       self.assertNotIn("video", builder.info.features)
+    if trunk == "frozen":   # only the head (and the LSTM) trained
+      self.assertEqual(set(state.params["audio_encoder"]), {"Embedding"})
     # Only this modality's encoder (and LSTM) exists.
     top = set(state.params)
     self.assertTrue(top, "no parameters")

@@ -123,6 +123,11 @@ class AVModel(nn.Module):
   video_last_block: str = "Mixed_5c"   # I3D's last layer before its head (tests: earlier)
   conv_impl: str = "auto"              # avjax.models.conv: 'auto', 'xla' or 'matmul'
   bn_momentum: float | None = None     # BatchNorm momentum of both encoders (None: each one's own)
+  # Where each encoder starts (config_lib.trunk_inputs): None (raw media), 'pooled'
+  # (the frozen trunk's cached pooled output: only the head is built) or a layer
+  # whose cached output is the input (the layers above it are built).
+  video_input: str | None = None
+  audio_input: str | None = None
 
   @property
   def uses_video(self) -> bool:
@@ -145,29 +150,35 @@ class AVModel(nn.Module):
     sample_mask = None if valid is None else valid.reshape(-1)               # [B*T]
     bt = None
     if self.uses_video:
-      if video is None or video.ndim != 6:
-        raise ValueError(f"AVModel({self.modalities!r}) needs video [B, T, F, H, W, 3], got "
+      want = _VIDEO_INPUT_RANK.get(self.video_input, 6)
+      if video is None or video.ndim != want:
+        raise ValueError(f"AVModel({self.modalities!r}) needs video "
+                         f"{_input_doc('video', self.video_input)}, got "
                          f"{None if video is None else video.shape}")
       bt = video.shape[:2]
       frames = video.reshape((bt[0] * bt[1],) + video.shape[2:])  # [B*T, F, H, W, 3]
       emb, _ = i3d.I3D(embed_dim=self.embed_dim, width=self.video_width, freeze_bn=self.freeze_bn,
                        dtype=self.dtype, remat=self.remat, last_block=self.video_last_block,
                        conv_impl=self.conv_impl, name="video_encoder",
-                       bn_momentum=_or(self.bn_momentum, i3d.BN_MOMENTUM))(
+                       bn_momentum=_or(self.bn_momentum, i3d.BN_MOMENTUM),
+                       input_endpoint=self.video_input)(
                            frames, train=train, sample_mask=sample_mask)
       outputs["video_enc"] = emb.astype(jnp.float32).reshape(bt + (self.embed_dim,))  # [B, T, D]
     if self.uses_audio:
-      if audio is None or audio.ndim != 3:
-        raise ValueError(f"AVModel({self.modalities!r}) needs audio [B, T, S], got "
+      want = 3 if self.audio_input in (None, soundnet.POOLED) else 4
+      if audio is None or audio.ndim != want:
+        raise ValueError(f"AVModel({self.modalities!r}) needs audio "
+                         f"{_input_doc('audio', self.audio_input)}, got "
                          f"{None if audio is None else audio.shape}")
       if bt is not None and tuple(audio.shape[:2]) != tuple(bt):
         raise ValueError(f"AVModel: video has [B, T] = {bt} but audio {audio.shape[:2]}")
       abt = audio.shape[:2]
-      wave = audio.reshape((abt[0] * abt[1], audio.shape[2]))  # [B*T, S]
+      wave = audio.reshape((abt[0] * abt[1],) + audio.shape[2:])  # [B*T, S] (or features)
       emb, _ = soundnet.SoundNet8(embed_dim=self.embed_dim, width=self.audio_width,
                                   freeze_bn=self.freeze_bn, dtype=self.dtype,
                                   conv_impl=self.conv_impl, name="audio_encoder",
-                                  bn_momentum=_or(self.bn_momentum, soundnet.BN_MOMENTUM)
+                                  bn_momentum=_or(self.bn_momentum, soundnet.BN_MOMENTUM),
+                                  input_endpoint=self.audio_input,
                                   )(wave, train=train, sample_mask=sample_mask)
       outputs["audio_enc"] = emb.astype(jnp.float32).reshape(tuple(abt) + (self.embed_dim,))
     for m in ("video", "audio"):
@@ -185,19 +196,33 @@ def _or(value, default):
   return default if value is None else value
 
 
+_VIDEO_INPUT_RANK = {None: 6, i3d.POOLED: 3}     # any other input endpoint: a feature map, 6
+
+
+def _input_doc(modality: str, endpoint: str | None) -> str:
+  if endpoint is None:
+    return "[B, T, F, H, W, 3]" if modality == "video" else "[B, T, S]"
+  if endpoint == i3d.POOLED:
+    return "features [B, T, C] (the trunk's pooled output)"
+  return (f"features [B, T, F', H', W', C] ({endpoint}'s output)" if modality == "video" else
+          f"features [B, T, L, C] ({endpoint}'s output)")
+
+
 def create_model(model_config: Any) -> AVModel:
   """AVModel from a complete `config.model` (`config_lib.complete` fills a partial one)."""
   m = model_config
   if m.dtype not in _DTYPES:
     raise ValueError(f"config.model.dtype: {m.dtype!r} is not one of {tuple(_DTYPES)}")
   config_lib.check_model_choice(m.variant, m.modalities, "config.model")
+  inputs = config_lib.trunk_inputs(m)
   return AVModel(
       variant=m.variant, modalities=m.modalities, embed_dim=int(m.embed_dim),
       lstm_hidden=int(m.lstm_hidden), video_width=float(m.video_width),
       audio_width=float(m.audio_width), freeze_bn=bool(m.freeze_bn), dtype=_DTYPES[m.dtype],
       remat=bool(m.remat), video_last_block=str(m.video_last_block),
       conv_impl=str(m.conv_impl),
-      bn_momentum=None if m.bn_momentum is None else float(m.bn_momentum))
+      bn_momentum=None if m.bn_momentum is None else float(m.bn_momentum),
+      video_input=inputs.get("video"), audio_input=inputs.get("audio"))
 
 
 def model_inputs(batch: Mapping[str, Any], modalities: str) -> tuple[Any, Any]:
@@ -257,8 +282,11 @@ def init_variables(model: AVModel, rng: jax.Array, video: Any = None, audio: Any
   `video` / `audio` give the input shapes ([B, T, F, H, W, 3] / [B, T, S]): arrays,
   jax.ShapeDtypeStructs or plain shapes; B and T do not matter (one window is used).
   """
-  video = _dummy(video, np.uint8, 6, "video") if model.uses_video else None
-  audio = _dummy(audio, np.float32, 3, "audio") if model.uses_audio else None
+  video_rank = _VIDEO_INPUT_RANK.get(model.video_input, 6)
+  audio_rank = 3 if model.audio_input in (None, soundnet.POOLED) else 4
+  video = (_dummy(video, np.uint8 if model.video_input is None else np.float32, video_rank,
+                  "video") if model.uses_video else None)
+  audio = _dummy(audio, np.float32, audio_rank, "audio") if model.uses_audio else None
   if model.uses_video and video is None:
     raise ValueError(f"init_variables: modalities {model.modalities!r} needs a video shape")
   if model.uses_audio and audio is None:

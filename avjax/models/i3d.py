@@ -76,6 +76,9 @@ _LAYERS = (
 )
 
 KINETICS_CLASSES = 400
+# `input_endpoint` of a model that starts from cached features: the last block
+# (Mixed_5c) pooled over time and space.
+POOLED = "pooled"
 # Sonnet v1 BatchNorm, as the checkpoint was trained with.
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.999
@@ -204,6 +207,11 @@ class I3D(nn.Module):
       avjax.models.conv). Same parameters and results under every choice.
     bn_momentum: BatchNorm's running-average momentum in flax terms (the kept
       fraction per training step); BN_MOMENTUM, Sonnet's 0.999, by default.
+    input_endpoint: None (the input is RGB clips [N, F, H, W, 3]), an endpoint
+      before `last_block` (the input is that layer's output [N, F', H', W', Ch]; only
+      the layers after it are built) or 'pooled' (`last_block` pooled over time and
+      space [N, Ch]; only the Logits head is built; logits_pool='global'). Parameter
+      names do not change (the frozen-trunk modes, avjax.feature_store).
   """
   embed_dim: int = KINETICS_CLASSES
   final_endpoint: str = "Logits"
@@ -215,6 +223,7 @@ class I3D(nn.Module):
   remat: bool = False
   conv_impl: str = "auto"
   bn_momentum: float = BN_MOMENTUM
+  input_endpoint: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False, sample_mask: jax.Array | None = None
@@ -229,19 +238,23 @@ class I3D(nn.Module):
       raise ValueError("I3D.last_block other than 'Mixed_5c' needs logits_pool='global'")
     if self.logits_pool not in ("global", "kinetics"):
       raise ValueError(f"I3D.logits_pool: {self.logits_pool!r} is not 'global' or 'kinetics'")
-    if x.ndim != 5 or x.shape[-1] != 3:
-      raise ValueError(f"I3D expects RGB clips [N, F, H, W, 3], got shape {x.shape}")
+    start = self._check_input(x)
     conv.check_impl(self.conv_impl)
     use_running_average = self.freeze_bn or not train
     block_cls = nn.remat(InceptionBlock) if self.remat else InceptionBlock
     ch = lambda c: scaled_channels(c, self.width)
+    endpoints: dict[str, jax.Array] = {}
+    head = LogitsHead(self.embed_dim, dtype=self.dtype, conv_impl=self.conv_impl, name="Logits")
+    if self.input_endpoint == POOLED:                                   # x [N, Ch]
+      logits = head(x.astype(self.dtype)[:, None, None, None, :]).reshape(x.shape[0], self.embed_dim)
+      endpoints["Logits"] = logits
+      return logits, endpoints
 
-    net = preprocess(x, self.dtype)  # [N, F, H, W, 3]
+    net = preprocess(x, self.dtype) if self.input_endpoint is None else x.astype(self.dtype)
     mask = None
     if sample_mask is not None and not use_running_average:
       mask = jnp.asarray(sample_mask, bool).reshape((-1, 1, 1, 1, 1))
-    endpoints: dict[str, jax.Array] = {}
-    for name, kind, args in _LAYERS:
+    for name, kind, args in _LAYERS[start:]:
       if kind == "conv":
         features, kernel, strides = args
         net = Unit3D(ch(features), kernel, strides, use_running_average=use_running_average,
@@ -260,7 +273,6 @@ class I3D(nn.Module):
       if name == self.last_block:
         break
 
-    head = LogitsHead(self.embed_dim, dtype=self.dtype, conv_impl=self.conv_impl, name="Logits")
     if self.logits_pool == "global":
       pooled = jnp.mean(net.astype(jnp.float32), axis=(1, 2, 3), keepdims=True)  # [N, 1, 1, 1, Ch]
       logits = head(pooled.astype(self.dtype)).reshape(net.shape[0], self.embed_dim)  # [N, D]
@@ -275,6 +287,34 @@ class I3D(nn.Module):
       logits = jnp.mean(logits.astype(jnp.float32), axis=1)  # [N, D]
     endpoints["Logits"] = logits
     return logits, endpoints
+
+
+  def _check_input(self, x: jax.Array) -> int:
+    """Checks the input for `input_endpoint`; returns the index in _LAYERS of the first
+    layer to run."""
+    if self.input_endpoint is None:
+      if x.ndim != 5 or x.shape[-1] != 3:
+        raise ValueError(f"I3D expects RGB clips [N, F, H, W, 3], got shape {x.shape}")
+      return 0
+    last = ENDPOINTS.index(self.last_block)
+    if self.input_endpoint == POOLED:
+      if self.logits_pool != "global" or self.final_endpoint != "Logits":
+        raise ValueError("I3D(input_endpoint='pooled') has only the head: it needs "
+                         "logits_pool='global' and final_endpoint='Logits'")
+      if x.ndim != 2:
+        raise ValueError(f"I3D(input_endpoint='pooled') expects [N, Ch], got shape {x.shape}")
+      return len(_LAYERS)
+    if self.input_endpoint not in ENDPOINTS[:last]:
+      raise ValueError(f"I3D.input_endpoint: {self.input_endpoint!r} is not None, 'pooled' or "
+                       f"an endpoint before last_block {self.last_block!r}: {ENDPOINTS[:last]}")
+    start = ENDPOINTS.index(self.input_endpoint) + 1
+    if ENDPOINTS.index(self.final_endpoint) < start:
+      raise ValueError(f"I3D: final_endpoint {self.final_endpoint!r} is not after the "
+                       f"input_endpoint {self.input_endpoint!r}")
+    if x.ndim != 5:
+      raise ValueError(f"I3D(input_endpoint={self.input_endpoint!r}) expects that layer's "
+                       f"output [N, F, H, W, Ch], got shape {x.shape}")
+    return start
 
 
 # --------------------------------------------------------------------------- pretrained weights

@@ -63,6 +63,9 @@ LAYERS = (
     ("conv7", 1024, 4, 2, 2, None),
 )
 ENDPOINTS = tuple(layer[0] for layer in LAYERS) + ("Embedding",)
+# `input_endpoint` of a model that starts from cached features: conv7 pooled over time.
+POOLED = "pooled"
+INPUT_ENDPOINTS = tuple(layer[0] for layer in LAYERS) + (POOLED,)
 
 
 def output_length(num_samples: int, final_endpoint: str = "conv7") -> int:
@@ -132,6 +135,11 @@ class SoundNet8(nn.Module):
       avjax.models.conv). Same parameters and results under every choice.
     bn_momentum: BatchNorm's running-average momentum in flax terms (the kept
       fraction per training step); BN_MOMENTUM (Torch's 0.1) by default.
+    input_endpoint: None (the input is raw audio [N, S]), a layer name 'conv1' ...
+      'conv7' (the input is that layer's output [N, L, Ch]; only the layers after it
+      are built), or 'pooled' (conv7 pooled over time [N, Ch]; only the head is
+      built). Parameter names do not change, so the variables of the layers built
+      are a subset of the whole network's (the frozen-trunk modes, avjax.feature_store).
   """
   embed_dim: int = 400
   final_endpoint: str = "Embedding"
@@ -140,6 +148,7 @@ class SoundNet8(nn.Module):
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"
   bn_momentum: float = BN_MOMENTUM
+  input_endpoint: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False, sample_mask: jax.Array | None = None
@@ -148,31 +157,64 @@ class SoundNet8(nn.Module):
     mode are computed over the windows where it is True only (padded windows)."""
     if self.final_endpoint not in ENDPOINTS:
       raise ValueError(f"SoundNet8.final_endpoint: {self.final_endpoint!r} is not one of {ENDPOINTS}")
-    if x.ndim != 2:
-      raise ValueError(f"SoundNet8 expects waveforms [N, S], got shape {x.shape}")
-    if output_length(x.shape[1]) < 1:
-      raise ValueError(
-          f"SoundNet8: {x.shape[1]} samples are too few; conv7 needs at least {min_samples()} "
-          f"samples ({min_samples() / SAMPLE_RATE:.3f} s at {SAMPLE_RATE} Hz)")
+    start = _check_input(self.input_endpoint, self.final_endpoint, x)
     conv.check_impl(self.conv_impl)
     use_running_average = self.freeze_bn or not train
-    net = (x.astype(jnp.float32) * INPUT_SCALE).astype(self.dtype)[..., None]  # [N, S, 1]
+    endpoints: dict[str, jax.Array] = {}
+    if self.input_endpoint == POOLED:
+      return self._head(x.astype(jnp.float32), endpoints)
+    if self.input_endpoint is None:
+      net = (x.astype(jnp.float32) * INPUT_SCALE).astype(self.dtype)[..., None]  # [N, S, 1]
+    else:
+      net = x.astype(self.dtype)                                                 # [N, L, Ch]
     mask = None
     if sample_mask is not None and not use_running_average:
       mask = jnp.asarray(sample_mask, bool).reshape((-1, 1, 1))
-    endpoints: dict[str, jax.Array] = {}
-    for name, channels, kernel, stride, pad, pool in LAYERS:
+    for name, channels, kernel, stride, pad, pool in LAYERS[start:]:
       net = ConvBlock(i3d.scaled_channels(channels, self.width), kernel, stride, pad, pool,
                       use_running_average=use_running_average, dtype=self.dtype,
                       conv_impl=self.conv_impl, bn_momentum=self.bn_momentum, name=name)(net, mask)
       endpoints[name] = net  # [N, L, Ch]
       if name == self.final_endpoint:
         return net, endpoints
-    pooled = jnp.mean(net.astype(jnp.float32), axis=1)  # [N, Ch]
+    return self._head(jnp.mean(net.astype(jnp.float32), axis=1), endpoints)  # [N, Ch] pooled
+
+  def _head(self, pooled: jax.Array, endpoints: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
     emb = nn.Dense(self.embed_dim, dtype=self.dtype, param_dtype=jnp.float32,
                    name="Embedding")(pooled.astype(self.dtype))  # [N, D]
     endpoints["Embedding"] = emb
     return emb, endpoints
+
+
+def _check_input(input_endpoint: str | None, final_endpoint: str, x: jax.Array) -> int:
+  """Checks SoundNet8's input for `input_endpoint`; returns the index in LAYERS of the
+  first layer to run."""
+  if input_endpoint is None:
+    if x.ndim != 2:
+      raise ValueError(f"SoundNet8 expects waveforms [N, S], got shape {x.shape}")
+    if output_length(x.shape[1]) < 1:
+      raise ValueError(
+          f"SoundNet8: {x.shape[1]} samples are too few; conv7 needs at least {min_samples()} "
+          f"samples ({min_samples() / SAMPLE_RATE:.3f} s at {SAMPLE_RATE} Hz)")
+    return 0
+  if input_endpoint not in INPUT_ENDPOINTS:
+    raise ValueError(f"SoundNet8.input_endpoint: {input_endpoint!r} is not one of "
+                     f"{INPUT_ENDPOINTS} or None")
+  if input_endpoint == POOLED:
+    if x.ndim != 2:
+      raise ValueError(f"SoundNet8(input_endpoint='pooled') expects [N, Ch], got {x.shape}")
+    if final_endpoint != "Embedding":
+      raise ValueError("SoundNet8(input_endpoint='pooled') has only the head: final_endpoint "
+                       "must be 'Embedding'")
+    return len(LAYERS)
+  start = ENDPOINTS.index(input_endpoint) + 1
+  if ENDPOINTS.index(final_endpoint) < start:
+    raise ValueError(f"SoundNet8: final_endpoint {final_endpoint!r} is not after the "
+                     f"input_endpoint {input_endpoint!r}")
+  if x.ndim != 3:
+    raise ValueError(f"SoundNet8(input_endpoint={input_endpoint!r}) expects that layer's "
+                     f"output [N, L, Ch], got shape {x.shape}")
+  return start
 
 
 # --------------------------------------------------------------------------- pretrained weights

@@ -1,0 +1,583 @@
+"""Cached encoder features: the input of `model.trunk` 'frozen' and 'finetune_from:<endpoint>'.
+
+With the lower layers of the pretrained encoders held fixed, their output for a
+clip's window never changes: it is computed once into a feature store, and
+training, evaluation and validation read it through the same input pipeline
+(`input_pipeline.make_reader`: same sampler, folds and iterator state) in place
+of the media. The model takes the features in place of the media and builds only
+the layers above the cut (`AVModel(video_input=..., audio_input=...)`), with the
+same parameter names, so its variables are a subset of the whole network's.
+
+Legend: n clips of a fold, V views, T windows, C channels.
+
+What is cached, per modality (`config_lib.trunk_inputs`):
+* 'pooled' (`model.trunk='frozen'`): SoundNet-8 conv7 averaged over time, I3D's
+  last block (Mixed_5c) averaged over time and space: [C] = [1024] per window;
+* a layer name ('finetune_from:conv4', 'finetune_from:Mixed_4f'): that layer's
+  output map, e.g. [22, 128] for SoundNet conv4 on a 1 s window.
+BatchNorm in inference mode (stored statistics), centre crop, no augmentation for
+view 0; with `input.cached_views = K`, views 1..K each have one augmentation draw
+(`input_pipeline.draw_augmentation(seed, VIEW_STEP + view)`: crop offset, flip,
+speed, pitch, noise) for all clips, and training draws one of the 1 + K views per batch.
+Extraction runs jitted on clip batches sharded over the mesh's devices, in
+`model.dtype` (features stored as float32).
+
+Store layout, one directory per (modality, key):
+
+  <root>/<dataset>/<builder config>/<modality>-<endpoint>-<hash>/
+    store.json            the key (below) and the feature shape
+    fold_<k>/             a finished fold (renamed into place whole):
+      features.npy        [n, V, T, ...] float32
+      window_valid.npy    [n, T] float32
+      label.npy actor.npy [n] int32
+      clip_id.npy         [n] unicode (no pickle)
+    fold_<k>.partial/     an unfinished fold: part_<first clip>.npz, each written
+                          atomically; an interrupted extraction resumes from them
+
+`<root>` is `$AVJAX_CACHE/features` when AVJAX_CACHE is set, else
+`<TFDS data_dir>/avjax_features`. The key holds everything the features depend
+on: the dataset, builder config and version, each fold split's clip count, bytes
+and shard lengths (a rebuilt dataset gets a new store), the modality and the cut,
+the pretrained weights' sha256 (or the seed of random weights), the encoder's
+width, last block and dtype, the crop size, and the views with their
+augmentation fields. A change of any of them makes another directory, so a stale
+store is never read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from avjax import augment
+from avjax import config_lib
+from avjax import parallel
+from avjax.models import gating
+from avjax.models import i3d
+from avjax.models import soundnet
+from avjax.models import weights
+
+STORE_VERSION = 1
+STORE_JSON = "store.json"
+ENCODERS = {"video": "video_encoder", "audio": "audio_encoder"}
+# Windows per jitted extraction call (rounded to whole clips and to the device count).
+WINDOWS_PER_CALL = {"audio": 256, "video": 32}
+# The augmentation of cached view v is that of "step" VIEW_STEP + v (no training run
+# gets there), so views do not repeat the draws of training batches.
+VIEW_STEP = 2 ** 40
+_ARRAYS = ("features", "window_valid", "label", "actor", "clip_id")
+
+
+class FeatureStoreError(RuntimeError):
+  pass
+
+
+# --------------------------------------------------------------------------- the fixed trunk
+
+
+def endpoint(config, modality: str) -> str:
+  """The cut of `modality`'s encoder: 'pooled' or a layer name."""
+  cut = config_lib.trunk_inputs(config.model)[modality]
+  if cut is None:
+    raise ValueError(f"model.trunk={config.model.trunk!r} caches no {modality} features")
+  return cut
+
+
+def encoder(config, modality: str):
+  """The fixed lower part of `modality`'s encoder: the network up to its cut (the last
+  trunk layer for 'pooled'); apply returns (feature map, endpoints)."""
+  m, cut = config.model, endpoint(config, modality)
+  dtype = gating._DTYPES[m.dtype]
+  if modality == "video":
+    last = str(m.video_last_block) if cut == config_lib.POOLED else cut
+    return i3d.I3D(final_endpoint=last, last_block=str(m.video_last_block),
+                   width=float(m.video_width), dtype=dtype, conv_impl=str(m.conv_impl))
+  last = "conv7" if cut == config_lib.POOLED else cut
+  return soundnet.SoundNet8(final_endpoint=last, width=float(m.audio_width), dtype=dtype,
+                            conv_impl=str(m.conv_impl))
+
+
+def _window(config, modality: str, info: Mapping[str, Any]) -> jax.ShapeDtypeStruct:
+  """One window of media as `encoder` takes it: [1, F, X, X, 3] uint8 or [1, S] float32."""
+  if modality == "video":
+    c = int(config.input.crop_size)
+    return jax.ShapeDtypeStruct((1, int(info["frames_per_window"]), c, c, 3), jnp.uint8)
+  return jax.ShapeDtypeStruct((1, int(info["samples_per_window"])), jnp.float32)
+
+
+def weights_id(config, modality: str) -> str:
+  """What the trunk's weights are: the pretrained file's sha256, or the seed of random ones."""
+  if config.model.pretrained:
+    source = weights.I3D_KINETICS400 if modality == "video" else weights.SOUNDNET8
+    return f"sha256:{source.sha256}"
+  return f"random:seed={int(config.seed)}"
+
+
+_TRUNK_VARIABLES: dict[str, dict] = {}
+
+
+def trunk_variables(config, modality: str, window: jax.ShapeDtypeStruct) -> dict:
+  """{'params', 'batch_stats'} of `encoder(config, modality)`: the pretrained weights
+  (`model.pretrained`), else random ones from `config.seed` (the same for every fold,
+  as the store is shared by all folds). `window`: one window's media shape (the
+  values do not depend on it). Cached per process."""
+  enc = encoder(config, modality)
+  key = json.dumps([repr(enc), weights_id(config, modality)], default=str)
+  if key not in _TRUNK_VARIABLES:
+    if config.model.pretrained:
+      # Every variable comes from the checkpoint: shapes only, no initialiser runs.
+      abstract = jax.eval_shape(functools.partial(enc.init, train=False),
+                                jax.random.PRNGKey(0), window)
+      abstract = jax.tree_util.tree_map(lambda x: x, dict(abstract))
+      load = i3d.load_pretrained if modality == "video" else soundnet.load_pretrained
+      variables = load({c: abstract.get(c, {}) for c in ("params", "batch_stats")})
+    else:
+      with jax.threefry_partitionable(False):
+        variables = jax.jit(functools.partial(enc.init, train=False))(
+            jax.random.PRNGKey(int(config.seed)), jnp.zeros(window.shape, window.dtype))
+      variables = jax.tree_util.tree_map(lambda x: x, dict(variables))
+    _TRUNK_VARIABLES[key] = {c: variables.get(c, {}) for c in ("params", "batch_stats")}
+  return _TRUNK_VARIABLES[key]
+
+
+def _features(enc, cut: str, variables, x):
+  """[N, ...] media -> [N, ...] float32 features at the cut (pooled when 'pooled')."""
+  out, _ = enc.apply(variables, x, train=False)
+  out = out.astype(jnp.float32)
+  if cut == config_lib.POOLED:
+    out = jnp.mean(out, axis=tuple(range(1, out.ndim - 1)))     # over time (and space)
+  return out
+
+
+def feature_shape(config, modality: str, info: Mapping[str, Any]) -> tuple[int, ...]:
+  """The features of one window: (C,) pooled or a layer's map, e.g. (22, 128)."""
+  enc, window = encoder(config, modality), _window(config, modality, info)
+  variables = jax.eval_shape(functools.partial(enc.init, train=False), jax.random.PRNGKey(0),
+                             window)
+  out = jax.eval_shape(functools.partial(_features, enc, endpoint(config, modality)),
+                       variables, window)
+  return tuple(int(d) for d in out.shape[1:])
+
+
+def model_input_shapes(config, media_batch: Mapping[str, Any]) -> dict[str, Any]:
+  """`media_batch` (arrays or ShapeDtypeStructs, video [B, T, F, X, X, 3] / audio
+  [B, T, S]) as the model of `config` takes it: unchanged for 'finetune', the
+  cached modalities replaced by ShapeDtypeStructs of their features [B, T, ...]."""
+  inputs = config_lib.trunk_inputs(config.model)
+  out = dict(media_batch)
+  for modality, cut in inputs.items():
+    if cut is None or modality not in media_batch:
+      continue
+    media = media_batch[modality]
+    b, t = media.shape[:2]
+    info = ({"frames_per_window": media.shape[2]} if modality == "video"
+            else {"samples_per_window": media.shape[2]})
+    if modality == "video" and int(media.shape[3]) != int(config.input.crop_size):
+      raise ValueError(f"video of {media.shape[3]} pixels, config.input.crop_size is "
+                       f"{config.input.crop_size}")
+    out[modality] = jax.ShapeDtypeStruct((b, t) + feature_shape(config, modality, info),
+                                         jnp.float32)
+  return out
+
+
+def inference_model(config, state, media_batch: Mapping[str, Any]) -> tuple[Any, dict]:
+  """(apply_fn, variables) of the whole network for raw media, from a train state.
+  'finetune': the state's own. A cached trunk: the full model with the fixed
+  lower layers' weights (`trunk_variables`) merged with the state's (used by
+  `avjax.predict`, which runs the trunk on a new clip). `media_batch` gives the
+  media shapes (video [B, T, F, X, X, 3], audio [B, T, S]); no dataset is read."""
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  inputs = config_lib.trunk_inputs(config.model)
+  if all(cut is None for cut in inputs.values()):
+    return state.apply_fn, variables
+  full = config_lib.complete(config)
+  full.model.trunk = "finetune"
+  model = gating.create_model(full.model)
+  merged = {c: dict(variables[c]) for c in ("params", "batch_stats")}
+  for modality, cut in inputs.items():
+    if cut is None:
+      continue
+    media = media_batch[modality]
+    window = jax.ShapeDtypeStruct((1,) + tuple(media.shape[2:]), media.dtype)
+    trunk = trunk_variables(config, modality, window)
+    name = ENCODERS[modality]
+    for c in ("params", "batch_stats"):
+      upper = dict(merged[c].get(name, {}))
+      both = set(upper) & set(trunk[c])
+      if both:
+        raise ValueError(f"{name}: {sorted(both)} are both in the fixed trunk and the state")
+      merged[c][name] = {**trunk[c], **upper}
+  return gating.apply_fn(model), merged
+
+
+# --------------------------------------------------------------------------- keys and paths
+
+
+def root_dir(config) -> str:
+  cache = os.environ.get("AVJAX_CACHE")
+  if cache:
+    return os.path.join(os.path.abspath(os.path.expanduser(cache)), "features")
+  from avjax import input_pipeline
+  # The builder's data_dir is <root>/<dataset>/<config>/<version>.
+  version_dir = os.path.abspath(input_pipeline.get_builder(config).data_dir)
+  return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(version_dir))),
+                      "avjax_features")
+
+
+def store_key(config, modality: str) -> dict[str, Any]:
+  """Everything the features of `modality` depend on (see the module docstring)."""
+  from avjax import input_pipeline
+  builder = input_pipeline.get_builder(config)
+  splits = {}
+  for name, split in sorted(builder.info.splits.items()):
+    splits[name] = {"num_examples": int(split.num_examples), "num_bytes": int(split.num_bytes),
+                    "shard_lengths": [int(n) for n in split.shard_lengths]}
+  m = config.model
+  key = {
+      "version": STORE_VERSION, "dataset": config.dataset.name,
+      "builder_config": config_lib.builder_config_name(config),
+      "builder_version": str(builder.version), "splits": splits,
+      "modality": modality, "endpoint": endpoint(config, modality),
+      "weights": weights_id(config, modality), "dtype": str(m.dtype),
+      "width": float(m.video_width if modality == "video" else m.audio_width),
+      "views": int(config.input.cached_views),
+  }
+  if modality == "video":
+    key["last_block"] = str(m.video_last_block)
+    key["crop_size"] = int(config.input.crop_size)
+  if key["views"]:
+    key["augmentation"] = {"seed": int(config.seed), **{
+        k: config.input[k] for k in ("random_flip", "speed_range", "pitch_shift_semitones",
+                                     "audio_noise_std")}}
+    if modality == "audio":
+      key["augmentation"]["mask_padded_windows"] = bool(config.loss.mask_padded_windows)
+  return key
+
+
+def _digest(key: Mapping[str, Any]) -> str:
+  return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def store_path(config, modality: str) -> str:
+  key = store_key(config, modality)
+  name = f"{modality}-{key['endpoint']}-{_digest(key)}"
+  return os.path.join(root_dir(config), config.dataset.name, key["builder_config"], name)
+
+
+def fold_path(store: str, fold: int) -> str:
+  return os.path.join(store, f"fold_{int(fold)}")
+
+
+def _check_key(store: str, key: Mapping[str, Any]) -> dict:
+  path = os.path.join(store, STORE_JSON)
+  with open(path) as f:
+    doc = json.load(f)
+  if doc.get("key") != json.loads(json.dumps(key)):
+    raise FeatureStoreError(f"{path}: its key does not match this config's (a hash collision "
+                            "or an edited file); delete the directory to rebuild it")
+  return doc
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+@functools.lru_cache(maxsize=8)
+def _extract_fn(enc, cut: str, mesh, modality: str, augmented: bool, max_semitones: float,
+                mask_padded: bool):
+  """Jitted [B, T, ...] media -> [B, T, ...] features, batch sharded on `data`."""
+  repl, data = parallel.shardings(mesh)
+
+  def run(variables, x, window_valid, aug):
+    if augmented and modality == "audio":
+      x = augment.augment_audio(x, aug["speed"], aug["semitones"], aug["noise"],
+                                max_semitones=max_semitones,
+                                window_valid=window_valid if mask_padded else None)
+    b, t = x.shape[:2]
+    out = _features(enc, cut, variables, x.reshape((b * t,) + x.shape[2:]))
+    return out.reshape((b, t) + out.shape[1:])
+
+  return jax.jit(run, in_shardings=(repl, data, data, repl), out_shardings=data)
+
+
+def _views(config, info) -> list:
+  """[None (the clean view)] + one `input_pipeline.Augmentation` per cached view."""
+  from avjax import input_pipeline
+  out = [None]
+  for view in range(1, int(config.input.cached_views) + 1):
+    out.append(input_pipeline.draw_augmentation(
+        int(config.seed), VIEW_STEP + view, frame_size=info.get("frame_size"),
+        crop_size=int(config.input.crop_size), input_config=config.input,
+        num_windows=info["num_windows"], samples_per_window=info["samples_per_window"]))
+  return out
+
+
+def _progress(total: int, desc: str):
+  from tqdm import tqdm
+  return tqdm(total=total, desc=desc, unit="clip", file=sys.stderr, mininterval=2.0,
+              disable=jax.process_index() > 0)
+
+
+def _extract_fold(config, modality: str, store: str, fold: int, mesh) -> None:
+  """Extracts one fold into `fold_<k>.partial/` (resuming from its parts), then
+  renames the assembled fold into place."""
+  from avjax import input_pipeline
+  builder = input_pipeline.get_builder(config)
+  info = input_pipeline.dataset_info(config)
+  n = input_pipeline.num_clips(builder, [fold])
+  t = info["num_windows"]
+  enc, cut = encoder(config, modality), endpoint(config, modality)
+  window = _window(config, modality, info)
+  variables = trunk_variables(config, modality, window)
+  devices = mesh.devices.size
+  # Clips per call: WINDOWS_PER_CALL's worth, at most the largest fold's, a multiple
+  # of the devices (one shape: one compilation for every fold).
+  clips = min(max(1, WINDOWS_PER_CALL[modality] // t), max(info["num_clips_per_fold"].values()))
+  clips = -(-clips // devices) * devices
+  views = _views(config, info)
+  read_video = modality == "video"
+  reader = input_pipeline.Reader(builder, [fold], read_video)
+  frame_size = info.get("frame_size")
+  _, data_sharding = parallel.shardings(mesh)
+  pid, nproc = jax.process_index(), jax.process_count()
+  partial = fold_path(store, fold) + ".partial"
+  write = pid == 0
+  if write:
+    os.makedirs(partial, exist_ok=True)
+  max_semitones = float(config.input.pitch_shift_semitones)
+  mask_padded = bool(config.loss.mask_padded_windows)
+  bar = _progress(n, f"{modality} features, fold {fold}")
+  t0, done_now = time.time(), 0
+  for start in range(0, n, clips):
+    part = os.path.join(partial, f"part_{start:06d}.npz")
+    index = np.arange(start, min(start + clips, n))
+    if os.path.isfile(part):
+      bar.update(len(index))
+      continue
+    per_view = []
+    meta = None
+    for aug in views:
+      crop = None
+      if read_video:
+        c = int(config.input.crop_size)
+        off = (frame_size - c) // 2
+        crop = (off, off, c, False) if aug is None else (aug.crop_y, aug.crop_x, c, aug.flip)
+      batch = reader.read(index, crop)
+      meta = meta or batch
+      x = batch[modality]
+      wv = batch["window_valid"]
+      pad = clips - len(index)
+      if pad:
+        x = np.concatenate([x, np.repeat(x[:1], pad, axis=0)])
+        wv = np.concatenate([wv, np.repeat(wv[:1], pad, axis=0)])
+      aug_in = None
+      if aug is not None:
+        aug_in = input_pipeline.augmentation_inputs(aug, t, info["samples_per_window"])
+      fn = _extract_fn(enc, cut, mesh, modality, aug is not None and modality == "audio",
+                       max_semitones, mask_padded)
+      per_host = clips // nproc
+      local = {modality: x[pid * per_host:(pid + 1) * per_host],
+               "window_valid": wv[pid * per_host:(pid + 1) * per_host]}
+      g = parallel.to_global(local, data_sharding)
+      out = fn(variables, g[modality], g["window_valid"], aug_in if aug_in is not None else
+               {"speed": np.float32(1), "semitones": np.float32(0),
+                "noise": np.zeros((t, info["samples_per_window"]), np.float32)})
+      out = (multihost_utils.process_allgather(out, tiled=True) if nproc > 1
+             else jax.device_get(out))
+      per_view.append(np.asarray(out, np.float32)[:len(index)])
+    if write:
+      ids = input_pipeline.clip_ids(config, [fold])
+      arrays = {"features": np.stack(per_view, axis=1),                      # [b, V, T, ...]
+                "window_valid": np.asarray(meta["window_valid"], np.float32),
+                "label": np.asarray(meta["label"], np.int32),
+                "actor": np.asarray(meta["actor"], np.int32),
+                "clip_id": np.asarray([ids[i] for i in index], dtype=str)}
+      _write_npz(part, arrays)
+    done_now += len(index)
+    bar.update(len(index))
+  bar.close()
+  if done_now:
+    rate = done_now / max(time.time() - t0, 1e-9)
+    logging.info("%s features of fold %d: %d clips at %.1f clips/s", modality, fold, done_now, rate)
+  if write:
+    _assemble(partial, fold_path(store, fold), n)
+
+
+def _write_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def _assemble(partial: str, final: str, n: int) -> None:
+  """Concatenates the parts of `partial` into `final` (written beside, renamed into place)."""
+  parts = sorted(p for p in os.listdir(partial) if p.startswith("part_") and p.endswith(".npz")
+                 and ".tmp-" not in p)
+  loaded: dict[str, list] = {k: [] for k in _ARRAYS}
+  for p in parts:
+    with np.load(os.path.join(partial, p), allow_pickle=False) as data:
+      for k in _ARRAYS:
+        loaded[k].append(data[k])
+  arrays = {k: np.concatenate(v) for k, v in loaded.items()}
+  if len(arrays["label"]) != n:
+    raise FeatureStoreError(f"{partial}: {len(arrays['label'])} clips in its parts, the fold "
+                            f"has {n}; delete the directory to extract it again")
+  tmp = f"{final}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  for k, v in arrays.items():
+    np.save(os.path.join(tmp, f"{k}.npy"), v, allow_pickle=False)
+  os.replace(tmp, final)
+  shutil.rmtree(partial, ignore_errors=True)
+
+
+def ensure(config, mesh=None) -> dict[str, str]:
+  """{modality: store directory} for the cached modalities of `config`, extracting
+  every fold with clips that the store lacks (resuming an interrupted one)."""
+  from avjax import input_pipeline
+  out = {}
+  inputs = {m: c for m, c in config_lib.trunk_inputs(config.model).items() if c is not None}
+  if not inputs:
+    return out
+  info = input_pipeline.dataset_info(config)
+  folds = [f for f, n in info["num_clips_per_fold"].items() if n > 0]
+  for modality in inputs:
+    key = store_key(config, modality)
+    store = store_path(config, modality)
+    out[modality] = store
+    todo = [f for f in folds if not os.path.isdir(fold_path(store, f))]
+    if os.path.isfile(os.path.join(store, STORE_JSON)):
+      _check_key(store, key)
+    if not todo:
+      continue
+    mesh = mesh or parallel.make_mesh()
+    if jax.process_index() == 0:
+      os.makedirs(store, exist_ok=True)
+      shape = feature_shape(config, modality, info)
+      doc = {"key": key, "feature_shape": list(shape), "num_views": 1 + key["views"],
+             "num_windows": info["num_windows"]}
+      tmp = os.path.join(store, f"{STORE_JSON}.tmp-{os.getpid()}")
+      with open(tmp, "w") as f:
+        json.dump(doc, f, indent=2, sort_keys=True)
+      os.replace(tmp, os.path.join(store, STORE_JSON))
+      print(f"Caching {modality} features ({key['endpoint']}, model.trunk="
+            f"{config.model.trunk!r}) of folds {todo} into {store}", flush=True)
+    t0 = time.time()
+    with _lock(store):   # one extracting process per store; the others wait, then skip
+      for fold in todo:
+        if not os.path.isdir(fold_path(store, fold)):
+          _extract_fold(config, modality, store, fold, mesh)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"feature_store {store}")
+    if jax.process_index() == 0:
+      clips = sum(info["num_clips_per_fold"][f] for f in todo)
+      dt = time.time() - t0
+      print(f"{modality} features: {clips} clips in {dt:.1f} s ({clips / max(dt, 1e-9):.1f} "
+            f"clips/s), {_size(store) / 2**20:.1f} MiB", flush=True)
+  return out
+
+
+@contextlib.contextmanager
+def _lock(store: str):
+  """An exclusive lock on `store` (process 0 only: it alone writes) while extracting."""
+  if jax.process_index() != 0:
+    yield
+    return
+  with open(os.path.join(store, ".lock"), "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _size(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class FeatureReader:
+  """Reads batches of cached features of `folds` (concatenated in that order, as the
+  data source 'fold_a+fold_b' orders them); `read` has `input_pipeline.Reader`'s form.
+  Picklable: the arrays are memory-mapped on first use."""
+  is_features = True
+
+  def __init__(self, stores: Mapping[str, str], folds: Sequence[int]):
+    self.stores = dict(stores)
+    self.folds = [int(f) for f in folds]
+    for modality, store in self.stores.items():
+      for fold in self.folds:
+        if not os.path.isdir(fold_path(store, fold)):
+          raise FeatureStoreError(
+              f"the {modality} feature store {store} has no split fold{fold} "
+              f"({fold_path(store, fold)} is missing); run avjax.main again to extract it")
+    with open(os.path.join(next(iter(self.stores.values())), STORE_JSON)) as f:
+      self.num_views = int(json.load(f)["num_views"])
+    self._arrays: dict | None = None
+
+  def __getstate__(self):
+    return {"stores": self.stores, "folds": self.folds, "num_views": self.num_views,
+            "_arrays": None}
+
+  def _load(self) -> dict:
+    if self._arrays is None:
+      arrays: dict[str, list] = {}
+      for modality, store in self.stores.items():
+        for fold in self.folds:
+          d = fold_path(store, fold)
+          arrays.setdefault(modality, []).append(
+              np.load(os.path.join(d, "features.npy"), mmap_mode="r", allow_pickle=False))
+          if modality == next(iter(self.stores)):
+            for k in ("window_valid", "label", "actor"):
+              arrays.setdefault(k, []).append(np.load(os.path.join(d, f"{k}.npy"),
+                                                      allow_pickle=False))
+      sizes = [len(a) for a in arrays["label"]]
+      for modality in self.stores:
+        if [len(a) for a in arrays[modality]] != sizes:
+          raise FeatureStoreError(f"feature stores {list(self.stores.values())} disagree on "
+                                  f"the clips of folds {self.folds}")
+      self._offsets = np.concatenate([[0], np.cumsum(sizes)])
+      self._arrays = {k: (v if k in self.stores else np.concatenate(v)) for k, v in arrays.items()}
+    return self._arrays
+
+  @property
+  def labels(self) -> np.ndarray:
+    return self._load()["label"]
+
+  def draw_view(self, seed: int, step: int) -> int:
+    """The view of training batch `step`: 0 without cached views."""
+    if self.num_views == 1:
+      return 0
+    return int(np.random.default_rng([int(seed), int(step), 3]).integers(self.num_views))
+
+  def read(self, indices: Sequence[int], crop=None, view: int = 0) -> dict:
+    """Stacked batch of `indices`: the cached modalities' features [b, T, ...] float32 of
+    `view`, label, window_valid, actor. `crop` is ignored (fixed at extraction)."""
+    del crop
+    arrays = self._load()
+    idx = np.asarray(indices, np.int64)
+    batch = {k: arrays[k][idx] for k in ("label", "window_valid", "actor")}
+    where = np.searchsorted(self._offsets, idx, side="right") - 1
+    for modality in self.stores:
+      parts = arrays[modality]
+      rows = [parts[w][i - self._offsets[w], view] for w, i in zip(where, idx)]
+      batch[modality] = np.stack(rows).astype(np.float32)
+    batch["label"] = batch["label"].astype(np.int32)
+    batch["actor"] = batch["actor"].astype(np.int32)
+    batch["window_valid"] = batch["window_valid"].astype(np.float32)
+    return batch

@@ -1,0 +1,403 @@
+"""The cached-feature trunks (`model.trunk='frozen'` / 'finetune_from:...', avjax.feature_store).
+
+On the shared synthetic set with the tiny random-weight model:
+* equivalence: on the same clips, the loss and the head / LSTM gradients of the
+  frozen model on cached features equal those of the whole network on the media
+  with its trunks held (frozen BN, centre crop, no augmentation), and so do the
+  gate embeddings and the KNN predictions of evaluation; the same for a
+  'finetune_from:' cut (the layers above it included);
+* the store: keyed so that a stale one is never read, an interrupted extraction
+  leaves nothing that looks complete and resumes, a missing split is an error
+  naming it, cached views are the clean view plus augmented ones;
+* a frozen workdir trains, evaluates (results say 'frozen trunks') and predicts
+  on a media file exactly what evaluation gave for that clip.
+"""
+
+import copy
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+import types
+from unittest import mock
+
+import jax
+import numpy as np
+from absl.testing import absltest
+
+from avjax import config_lib
+from avjax import evaluate
+from avjax import feature_store
+from avjax import input_pipeline
+from avjax import losses
+from avjax import predict
+from avjax import testing
+from avjax import train
+from avjax import workdir as workdir_lib
+from avjax.data import synthetic
+from avjax.models import gating
+from avjax.models import i3d
+from avjax.models import soundnet
+from avjax.models import weights
+
+FOLDS = [0, 1, 2]          # 24 clips, 6 per class: one batch for the loss, queries + references
+
+
+def frozen_config(trunk="frozen", modalities="av"):
+  c = testing.tiny_synthetic_config(max_steps=2)
+  c.model.trunk = trunk
+  c.model.modalities = modalities
+  c.model.variant = "gating" if modalities == "av" else "lstm"
+  c.model.freeze_bn = True                 # the full model's BN as the extraction's
+  c.eval.figures = False
+  return c
+
+
+def full_config(config):
+  """The whole network with its trunks held and no augmentation (the reference)."""
+  c = copy.deepcopy(config)
+  c.model.trunk = "finetune"
+  c.optim.trunk_lr_scale = 0.0
+  c.input.random_flip = False
+  c.input.audio_noise_std = 0.0
+  c.input.pitch_shift_semitones = 0.0
+  c.input.speed_range = 0.0
+  return c
+
+
+def media_batch(config, folds):
+  """The clips of `folds` as the full model reads them at evaluation: centre crop."""
+  builder = input_pipeline.get_builder(config)
+  info = input_pipeline.dataset_info(config)
+  reader = input_pipeline.Reader(builder, folds, input_pipeline.reads_video(config, builder))
+  n = input_pipeline.num_clips(builder, folds)
+  c = int(config.input.crop_size)
+  off = (info["frame_size"] - c) // 2
+  return reader.read(np.arange(n), (off, off, c, False))
+
+
+def loss_and_grads(config, apply_fn, variables, batch):
+  """The train step's loss (`losses.compute_loss` on the training forward) and its
+  gradients, as `steps.train_step` computes them before the optimiser."""
+  m = config.model
+
+  def fn(params, batch_stats, batch):
+    video, audio = gating.model_inputs(batch, m.modalities)
+    wv = batch["window_valid"]
+
+    def loss_fn(p):
+      out, _ = apply_fn({"params": p, "batch_stats": batch_stats}, video, audio, train=True,
+                        window_valid=wv, mutable=["batch_stats"])
+      return losses.compute_loss(out, batch["label"], config.loss, m.variant, m.modalities,
+                                 window_valid=wv)[0]
+    return jax.value_and_grad(loss_fn)(params)
+
+  inputs = {k: v for k, v in batch.items() if k in ("video", "audio", "label", "window_valid")}
+  return jax.jit(fn)(variables["params"], variables["batch_stats"], inputs)
+
+
+def gates(config, apply_fn, variables, batch):
+  fn = jax.jit(lambda v, b: gating.gate_embeddings(apply_fn, v, b, config.model.modalities))
+  inputs = {k: v for k, v in batch.items() if k in ("video", "audio", "window_valid")}
+  return jax.device_get(fn(variables, inputs))
+
+
+def assert_trees_close(test, got, want, rtol=1e-5):
+  flat_got = dict(jax.tree_util.tree_flatten_with_path(got)[0])
+  flat_want = dict(jax.tree_util.tree_flatten_with_path(want)[0])
+  test.assertEqual(set(flat_got), set(flat_want))
+  for path, g in flat_got.items():
+    w = np.asarray(flat_want[path])
+    scale = max(float(np.max(np.abs(w))), 1e-12)
+    np.testing.assert_allclose(np.asarray(g), w, rtol=rtol, atol=rtol * scale,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+class EquivalenceTest(absltest.TestCase):
+
+  def check(self, config):
+    """Loss, gradients, gate embeddings and KNN predictions: cached vs whole network."""
+    feature_store.ensure(config)
+    builder = input_pipeline.get_builder(config)
+    feats = input_pipeline.make_reader(config, builder, FOLDS, True).read(
+        np.arange(input_pipeline.num_clips(builder, FOLDS)))
+    media = media_batch(config, FOLDS)
+    np.testing.assert_array_equal(feats["label"], media["label"])
+    np.testing.assert_array_equal(feats["window_valid"], media["window_valid"])
+
+    model = gating.create_model(config.model)
+    variables = gating.init_variables(model, jax.random.PRNGKey(1), video=feats.get("video"),
+                                      audio=feats.get("audio"), pretrained=False)
+    state = types.SimpleNamespace(params=variables["params"],
+                                  batch_stats=variables.get("batch_stats", {}),
+                                  apply_fn=gating.apply_fn(model))
+    media_shapes = {k: media[k] for k in ("video", "audio") if k in feats}
+    full_apply, full_vars = feature_store.inference_model(config, state, media_shapes)
+    # The whole network has every parameter: the cached model's ones are among them.
+    for enc in feature_store.ENCODERS.values():
+      if enc in variables["params"]:
+        self.assertLess(set(variables["params"][enc]), set(full_vars["params"][enc]))
+
+    full = full_config(config)
+    frozen_vars = {"params": state.params, "batch_stats": state.batch_stats}
+    loss, grads = loss_and_grads(config, state.apply_fn, frozen_vars, feats)
+    full_loss, full_grads = loss_and_grads(full, full_apply, full_vars, media)
+    self.assertGreater(float(loss), 0.0)
+    np.testing.assert_allclose(float(loss), float(full_loss), rtol=1e-5)
+    # The gradients of every trained parameter (heads, LSTMs, layers above a cut).
+    sub = jax.tree_util.tree_map(lambda x: x, {k: {kk: full_grads[k][kk] for kk in v}
+                                               for k, v in grads.items()})
+    assert_trees_close(self, grads, sub)
+
+    got = gates(config, state.apply_fn, frozen_vars, feats)
+    want = gates(full, full_apply, full_vars, media)
+    assert_trees_close(self, got, want)
+    n_ref = input_pipeline.num_clips(builder, FOLDS[1:])
+    n_q = len(feats["label"]) - n_ref
+    split = lambda e: ({**{k: v[n_q:] for k, v in e.items()}, "label": feats["label"][n_q:]},
+                       {**{k: v[:n_q] for k, v in e.items()}, "label": feats["label"][:n_q]})
+    p_got = evaluate.predict_per_gate(config, *split(got))
+    p_want = evaluate.predict_per_gate(config, *split(want))
+    for m in config_lib.gate_modalities(config):
+      np.testing.assert_array_equal(p_got[f"pred_{m}"], p_want[f"pred_{m}"], err_msg=m)
+
+  def test_frozen_trunk_equals_the_whole_network_with_its_trunks_held(self):
+    self.check(frozen_config())
+
+  def test_finetune_from_a_cut_equals_the_whole_network_above_it(self):
+    # SoundNet cached up to conv5: conv6, conv7 and the head train.
+    self.check(frozen_config("finetune_from:conv5", modalities="audio"))
+
+  def test_i3d_from_a_cut_equals_the_whole_i3d(self):
+    kw = dict(width=0.125, last_block="Mixed_3b", embed_dim=8)
+    x = np.random.default_rng(0).integers(0, 256, (2, 4, 16, 16, 3), dtype=np.uint8)
+    whole = i3d.I3D(**kw)
+    variables = testing.random_variables(jax.eval_shape(whole.init, jax.random.PRNGKey(0), x))
+    want, _ = jax.jit(whole.apply)(variables, x)
+    cut = "MaxPool3d_2a_3x3"
+    lower, _ = jax.jit(i3d.I3D(final_endpoint=cut, **kw).apply)(variables, x)
+    upper = i3d.I3D(input_endpoint=cut, **kw)
+    names = set(jax.eval_shape(upper.init, jax.random.PRNGKey(0), lower)["params"])
+    self.assertEqual(names, {"Conv3d_2b_1x1", "Conv3d_2c_3x3", "Mixed_3b", "Logits"})
+    got, _ = jax.jit(upper.apply)(variables, lower)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+class StoreTest(absltest.TestCase):
+  """Audio-only stores in a cache of this class ($AVJAX_CACHE), extracted once."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = tempfile.mkdtemp(prefix="avjax_fs_")
+    cls.env = mock.patch.dict(os.environ, {"AVJAX_CACHE": cls.tmp})
+    cls.env.start()
+    cls.config = frozen_config(modalities="audio")
+    cls.store = feature_store.ensure(cls.config)["audio"]
+
+  @classmethod
+  def tearDownClass(cls):
+    cls.env.stop()
+    shutil.rmtree(cls.tmp, ignore_errors=True)
+    super().tearDownClass()
+
+  def test_a_change_of_what_the_features_depend_on_makes_another_store(self):
+    c = frozen_config()
+    base = {m: feature_store.store_path(c, m) for m in ("audio", "video")}
+    self.assertTrue(base["audio"].startswith(os.path.join(self.tmp, "features")))
+    changes = {
+        "crop": lambda c: setattr(c.input, "crop_size", 28),
+        "seed of random weights": lambda c: setattr(c, "seed", 1),
+        "views": lambda c: setattr(c.input, "cached_views", 2),
+        "dtype": lambda c: setattr(c.model, "dtype", "bfloat16"),
+        "cut": lambda c: setattr(c.model, "trunk", "finetune_from:conv4+Mixed_3b"),
+    }
+    for what, change in changes.items():
+      other = copy.deepcopy(c)
+      change(other)
+      self.assertNotEqual(feature_store.store_path(other, "video"), base["video"], what)
+    # The crop is video's only: the audio store is shared.
+    other = copy.deepcopy(c)
+    other.input.crop_size = 28
+    self.assertEqual(feature_store.store_path(other, "audio"), base["audio"])
+    # Another pretrained weights file (its sha256), and pretrained against random.
+    pre = copy.deepcopy(c)
+    pre.model.pretrained = True
+    path = feature_store.store_path(pre, "audio")
+    self.assertNotEqual(path, base["audio"])
+    with mock.patch.object(weights, "SOUNDNET8",
+                           dataclasses.replace(weights.SOUNDNET8, sha256="0" * 64)):
+      self.assertNotEqual(feature_store.store_path(pre, "audio"), path)
+    # Settings that do not change the features share the store.
+    same = copy.deepcopy(c)
+    same.optim.learning_rate = 0.5
+    same.model.lstm_hidden = 8
+    same.train.num_epochs = 7
+    self.assertEqual(feature_store.store_path(same, "video"), base["video"])
+
+  def test_a_store_whose_key_differs_is_refused(self):
+    doc_path = os.path.join(self.store, feature_store.STORE_JSON)
+    text = open(doc_path).read()
+    self.addCleanup(lambda: open(doc_path, "w").write(text))
+    doc = json.loads(text)
+    doc["key"]["weights"] = "random:seed=99"
+    json.dump(doc, open(doc_path, "w"))
+    with self.assertRaisesRegex(feature_store.FeatureStoreError, "does not match"):
+      feature_store.ensure(self.config)
+
+  def test_an_interrupted_extraction_resumes_and_a_missing_split_is_named(self):
+    reference = np.load(os.path.join(feature_store.fold_path(self.store, 3), "features.npy"))
+    tmp = tempfile.mkdtemp(prefix="avjax_fs_", dir=self.tmp)
+    env = mock.patch.dict(os.environ, {"AVJAX_CACHE": tmp})
+    env.start()
+    self.addCleanup(env.stop)
+
+    # Two parts per fold (4 clips of 4 windows), killed after the first part of fold 0.
+    real_write = feature_store._write_npz
+    calls = []
+
+    def write_then_die(path, arrays):
+      real_write(path, arrays)
+      calls.append(path)
+      raise KeyboardInterrupt
+
+    with mock.patch.dict(feature_store.WINDOWS_PER_CALL, {"audio": 8}), \
+         mock.patch.object(feature_store, "_write_npz", write_then_die):
+      with self.assertRaises(KeyboardInterrupt):
+        feature_store.ensure(self.config)
+    store = feature_store.store_path(self.config, "audio")
+    self.assertEqual(os.path.relpath(store, tmp), os.path.relpath(self.store, self.tmp))
+    self.assertFalse(os.path.isdir(feature_store.fold_path(store, 0)))   # nothing looks done
+    self.assertLen(os.listdir(feature_store.fold_path(store, 0) + ".partial"), 1)
+    with self.assertRaisesRegex(feature_store.FeatureStoreError, "no split fold0"):
+      feature_store.FeatureReader({"audio": store}, [0])
+    with mock.patch.dict(feature_store.WINDOWS_PER_CALL, {"audio": 8}):
+      feature_store.ensure(self.config)       # resumes: the first part is kept
+    self.assertFalse(os.path.exists(feature_store.fold_path(store, 0) + ".partial"))
+    np.testing.assert_array_equal(
+        np.load(os.path.join(feature_store.fold_path(store, 3), "features.npy")), reference)
+    reader = feature_store.FeatureReader({"audio": store}, [3, 0])
+    self.assertEqual(reader.read([0])["audio"].shape, (1, 4, 256))    # SoundNet x0.25: 256
+    # A split deleted by hand is an error naming it, not a silent gap.
+    shutil.rmtree(feature_store.fold_path(store, 3))
+    with self.assertRaisesRegex(feature_store.FeatureStoreError, "no split fold3"):
+      feature_store.FeatureReader({"audio": store}, [3])
+
+  def test_cached_views_are_the_clean_view_plus_augmented_ones(self):
+    c = copy.deepcopy(self.config)
+    c.input.pitch_shift_semitones = 0.0       # (the phase vocoder compiles slowly)
+    clean = input_pipeline.make_reader(c, input_pipeline.get_builder(c), [1], False)
+    c.input.cached_views = 1
+    views = input_pipeline.make_reader(c, input_pipeline.get_builder(c), [1], False)
+    self.assertEqual((clean.num_views, views.num_views), (1, 2))
+    np.testing.assert_array_equal(views.read(range(8), view=0)["audio"],
+                                  clean.read(range(8))["audio"])
+    self.assertGreater(np.abs(views.read(range(8), view=1)["audio"]
+                              - clean.read(range(8))["audio"]).max(), 1e-4)
+    # Training draws one view per batch, a pure function of (seed, step), both views used.
+    drawn = [views.draw_view(5, s) for s in range(40)]
+    self.assertEqual(drawn, [views.draw_view(5, s) for s in range(40)])
+    self.assertEqual(set(drawn), {0, 1})
+    self.assertEqual({clean.draw_view(5, s) for s in range(10)}, {0})
+
+  def test_the_sampler_is_the_media_pipelines(self):
+    c = self.config
+    media = copy.deepcopy(c)
+    media.model.trunk = "finetune"
+    a = input_pipeline.create_train_iterator(c, [1, 2, 3], seed=7)
+    b = input_pipeline.create_train_iterator(media, [1, 2, 3], seed=7)
+    for step in (0, 3, 11):
+      np.testing.assert_array_equal(a.global_indices(step), b.global_indices(step))
+    batch = next(a)
+    self.assertEqual(batch["audio"].shape, (8, 4, 256))
+    self.assertNotIn("aug", batch)             # nothing left to augment in the step
+    self.assertEqual(a.get_state(), dict(b.get_state(), step=1))
+    a.close()
+    b.close()
+
+  def test_cached_views_and_device_cache_are_checked(self):
+    c = copy.deepcopy(self.config)
+    c.input.cache_on_device = True
+    with self.assertRaisesRegex(ValueError, "input.cache_on_device"):
+      config_lib.validate(c)
+    c = frozen_config()
+    c.model.trunk = "finetune"
+    c.input.cached_views = 2
+    with self.assertRaisesRegex(ValueError, "input.cached_views"):
+      config_lib.validate(c)
+    for trunk, message in (("finetune_from:conv9", "conv9"), ("thawed", "thawed"),
+                           ("finetune_from:conv4", "no cut of the video encoder")):
+      c = frozen_config(trunk)
+      with self.assertRaisesRegex(ValueError, "model.trunk.*" + message):
+        config_lib.validate(c)
+
+  def test_cut_names_are_the_networks(self):
+    self.assertEqual(config_lib.SOUNDNET_CUTS, tuple(n for n, *_ in soundnet.LAYERS))
+    self.assertEqual(config_lib.I3D_CUTS, i3d.ENDPOINTS[:i3d.ENDPOINTS.index("Mixed_5c")])
+    self.assertEqual(config_lib.POOLED, soundnet.POOLED)
+    self.assertEqual(config_lib.POOLED, i3d.POOLED)
+
+
+class FrozenWorkdirTest(absltest.TestCase):
+  """Trains, evaluates and predicts with model.trunk='frozen' (AV, synthetic set)."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = tempfile.mkdtemp(prefix="avjax_frozen_")
+    cls.config = frozen_config()
+    cls.config.folds = (0,)
+    cls.workdir = os.path.join(cls.tmp, "workdir")
+    train.train_and_evaluate(cls.config, cls.workdir)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.tmp, ignore_errors=True)
+    super().tearDownClass()
+
+  def test_results_say_frozen_trunks(self):
+    info = json.load(open(os.path.join(workdir_lib.fold_dir(self.workdir, 0), "fold_info.json")))
+    self.assertEqual((info["trunk"], info["cached_views"]), ("frozen", 0))
+    doc = json.load(open(os.path.join(self.workdir, "results.json")))
+    self.assertEqual(doc["folds"][0]["trunk"], "frozen")
+    md = open(os.path.join(self.workdir, "results.md")).read()
+    self.assertIn("**frozen trunks**", md)
+    self.assertIn("NOT the paper's recipe", md)
+    # Only the heads and LSTMs were trained: the checkpoint has no trunk layer.
+    predictor = predict.Predictor(self.workdir)
+    self.assertEqual(set(predictor.state.params["audio_encoder"]), {"Embedding"})
+    self.assertEqual(set(predictor.state.params["video_encoder"]), {"Logits"})
+
+  def test_predict_runs_the_trunk_on_a_new_clip(self):
+    from tests import test_predict
+    predictor = predict.Predictor(self.workdir)
+    fold_dir = workdir_lib.fold_dir(self.workdir, 0)
+    with np.load(os.path.join(fold_dir, "predictions.npz")) as z:
+      saved = {k: z[k] for k in z.files}
+    q = 3
+    actor, label, rep = map(int, re.match(r"synth-a(\d+)-c(\d)-r(\d+)",
+                                          saved["clip_id"][q]).groups())
+    params = synthetic.actor_params(actor, 0)
+    rng = np.random.default_rng([0, actor, label, rep])
+    duration = float(np.float32(synthetic.DURATION_S + rng.uniform(
+        -synthetic.DURATION_JITTER_S, synthetic.DURATION_JITTER_S)))
+    path = os.path.join(self.tmp, "clip.mkv")
+    test_predict.write_lossless(path, synthetic.render_video(label, params, duration, rng),
+                                synthetic.FPS, synthetic.render_audio(label, params, duration, rng),
+                                synthetic.AUDIO_RATE)
+    inputs = predictor.preprocess(path)
+    embedded = predictor.embed(inputs)
+    np.testing.assert_allclose(
+        np.concatenate([embedded["audio_gate"][-1], embedded["video_gate"][-1]]),
+        saved["emb_AV"][q], rtol=1e-4, atol=1e-5)
+    result = predictor.predict(path)
+    names = predictor.bank.class_names
+    for m in ("AO", "VO", "AV"):
+      got = [names.index(g[m]["emotion"]) for g in result["gates"]]
+      self.assertEqual(got, saved[f"pred_{m}"][:, q].tolist(), m)
+
+
+if __name__ == "__main__":
+  absltest.main()
