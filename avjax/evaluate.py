@@ -36,6 +36,7 @@ from jax.sharding import Mesh
 
 from avjax import __version__
 from avjax import config_lib
+from avjax import feature_store
 from avjax import input_pipeline
 from avjax import knn
 from avjax import parallel
@@ -229,7 +230,6 @@ def sample_batch(config) -> dict[str, jax.ShapeDtypeStruct]:
   if input_pipeline.reads_video(config, input_pipeline.get_builder(config)):
     c = int(config.input.crop_size)
     out["video"] = jax.ShapeDtypeStruct((1, t, info["frames_per_window"], c, c, 3), np.uint8)
-  from avjax import feature_store
   return feature_store.model_input_shapes(config, out)   # features for a cached trunk
 
 
@@ -278,6 +278,7 @@ def main(argv):
   for fold in folds:
     fold_dir = workdir_lib.fold_dir(workdir, fold)
     config = workdir_lib.load_fold_config(workdir, fold)   # the config it was trained with
+    feature_store.ensure(config, mesh)   # a cached trunk's features (nothing for 'finetune')
     state, model = restore_for_eval(config, fold_dir, fold, mesh, FLAGS.checkpoint)
     evaluate_fold(config, state, model, fold, fold_dir, mesh,
                   selected_by=checkpoint_selection(config, fold, FLAGS.checkpoint))

@@ -33,6 +33,7 @@ Store layout, one directory per (modality, key):
       clip_id.npy         [n] unicode (no pickle)
     fold_<k>.partial/     an unfinished fold: part_<first clip>.npz, each written
                           atomically; an interrupted extraction resumes from them
+(`avjax.data.feature_cache` names, keys and reads these files; this module writes them.)
 
 `<root>` is `$AVJAX_CACHE/features` when AVJAX_CACHE is set, else
 `<TFDS data_dir>/avjax_features`. The key holds everything the features depend
@@ -49,7 +50,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -66,41 +66,27 @@ from jax.experimental import multihost_utils
 from avjax import augment
 from avjax import config_lib
 from avjax import parallel
+from avjax.data import feature_cache
 from avjax.models import gating
 from avjax.models import i3d
 from avjax.models import soundnet
-from avjax.models import weights
 
-STORE_VERSION = 1
-STORE_JSON = "store.json"
 ENCODERS = {"video": "video_encoder", "audio": "audio_encoder"}
 # Windows per jitted extraction call (rounded to whole clips and to the device count).
 WINDOWS_PER_CALL = {"audio": 256, "video": 32}
 # The augmentation of cached view v is that of "step" VIEW_STEP + v (no training run
 # gets there), so views do not repeat the draws of training batches.
 VIEW_STEP = 2 ** 40
-_ARRAYS = ("features", "window_valid", "label", "actor", "clip_id")
-
-
-class FeatureStoreError(RuntimeError):
-  pass
+FeatureStoreError = feature_cache.FeatureStoreError
 
 
 # --------------------------------------------------------------------------- the fixed trunk
 
 
-def endpoint(config, modality: str) -> str:
-  """The cut of `modality`'s encoder: 'pooled' or a layer name."""
-  cut = config_lib.trunk_inputs(config.model)[modality]
-  if cut is None:
-    raise ValueError(f"model.trunk={config.model.trunk!r} caches no {modality} features")
-  return cut
-
-
 def encoder(config, modality: str):
   """The fixed lower part of `modality`'s encoder: the network up to its cut (the last
   trunk layer for 'pooled'); apply returns (feature map, endpoints)."""
-  m, cut = config.model, endpoint(config, modality)
+  m, cut = config.model, feature_cache.endpoint(config, modality)
   dtype = gating._DTYPES[m.dtype]
   if modality == "video":
     last = str(m.video_last_block) if cut == config_lib.POOLED else cut
@@ -119,14 +105,6 @@ def _window(config, modality: str, info: Mapping[str, Any]) -> jax.ShapeDtypeStr
   return jax.ShapeDtypeStruct((1, int(info["samples_per_window"])), jnp.float32)
 
 
-def weights_id(config, modality: str) -> str:
-  """What the trunk's weights are: the pretrained file's sha256, or the seed of random ones."""
-  if config.model.pretrained:
-    source = weights.I3D_KINETICS400 if modality == "video" else weights.SOUNDNET8
-    return f"sha256:{source.sha256}"
-  return f"random:seed={int(config.seed)}"
-
-
 _TRUNK_VARIABLES: dict[str, dict] = {}
 
 
@@ -136,7 +114,7 @@ def trunk_variables(config, modality: str, window: jax.ShapeDtypeStruct) -> dict
   as the store is shared by all folds). `window`: one window's media shape (the
   values do not depend on it). Cached per process."""
   enc = encoder(config, modality)
-  key = json.dumps([repr(enc), weights_id(config, modality)], default=str)
+  key = json.dumps([repr(enc), feature_cache.weights_id(config, modality)], default=str)
   if key not in _TRUNK_VARIABLES:
     if config.model.pretrained:
       # Every variable comes from the checkpoint: shapes only, no initialiser runs.
@@ -168,7 +146,7 @@ def feature_shape(config, modality: str, info: Mapping[str, Any]) -> tuple[int, 
   enc, window = encoder(config, modality), _window(config, modality, info)
   variables = jax.eval_shape(functools.partial(enc.init, train=False), jax.random.PRNGKey(0),
                              window)
-  out = jax.eval_shape(functools.partial(_features, enc, endpoint(config, modality)),
+  out = jax.eval_shape(functools.partial(_features, enc, feature_cache.endpoint(config, modality)),
                        variables, window)
   return tuple(int(d) for d in out.shape[1:])
 
@@ -224,74 +202,6 @@ def inference_model(config, state, media_batch: Mapping[str, Any]) -> tuple[Any,
   return gating.apply_fn(model), merged
 
 
-# --------------------------------------------------------------------------- keys and paths
-
-
-def root_dir(config) -> str:
-  cache = os.environ.get("AVJAX_CACHE")
-  if cache:
-    return os.path.join(os.path.abspath(os.path.expanduser(cache)), "features")
-  from avjax import input_pipeline
-  # The builder's data_dir is <root>/<dataset>/<config>/<version>.
-  version_dir = os.path.abspath(input_pipeline.get_builder(config).data_dir)
-  return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(version_dir))),
-                      "avjax_features")
-
-
-def store_key(config, modality: str) -> dict[str, Any]:
-  """Everything the features of `modality` depend on (see the module docstring)."""
-  from avjax import input_pipeline
-  builder = input_pipeline.get_builder(config)
-  splits = {}
-  for name, split in sorted(builder.info.splits.items()):
-    splits[name] = {"num_examples": int(split.num_examples), "num_bytes": int(split.num_bytes),
-                    "shard_lengths": [int(n) for n in split.shard_lengths]}
-  m = config.model
-  key = {
-      "version": STORE_VERSION, "dataset": config.dataset.name,
-      "builder_config": config_lib.builder_config_name(config),
-      "builder_version": str(builder.version), "splits": splits,
-      "modality": modality, "endpoint": endpoint(config, modality),
-      "weights": weights_id(config, modality), "dtype": str(m.dtype),
-      "width": float(m.video_width if modality == "video" else m.audio_width),
-      "views": int(config.input.cached_views),
-  }
-  if modality == "video":
-    key["last_block"] = str(m.video_last_block)
-    key["crop_size"] = int(config.input.crop_size)
-  if key["views"]:
-    key["augmentation"] = {"seed": int(config.seed), **{
-        k: config.input[k] for k in ("random_flip", "speed_range", "pitch_shift_semitones",
-                                     "audio_noise_std")}}
-    if modality == "audio":
-      key["augmentation"]["mask_padded_windows"] = bool(config.loss.mask_padded_windows)
-  return key
-
-
-def _digest(key: Mapping[str, Any]) -> str:
-  return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def store_path(config, modality: str) -> str:
-  key = store_key(config, modality)
-  name = f"{modality}-{key['endpoint']}-{_digest(key)}"
-  return os.path.join(root_dir(config), config.dataset.name, key["builder_config"], name)
-
-
-def fold_path(store: str, fold: int) -> str:
-  return os.path.join(store, f"fold_{int(fold)}")
-
-
-def _check_key(store: str, key: Mapping[str, Any]) -> dict:
-  path = os.path.join(store, STORE_JSON)
-  with open(path) as f:
-    doc = json.load(f)
-  if doc.get("key") != json.loads(json.dumps(key)):
-    raise FeatureStoreError(f"{path}: its key does not match this config's (a hash collision "
-                            "or an edited file); delete the directory to rebuild it")
-  return doc
-
-
 # --------------------------------------------------------------------------- extraction
 
 
@@ -339,7 +249,7 @@ def _extract_fold(config, modality: str, store: str, fold: int, mesh) -> None:
   info = input_pipeline.dataset_info(config)
   n = input_pipeline.num_clips(builder, [fold])
   t = info["num_windows"]
-  enc, cut = encoder(config, modality), endpoint(config, modality)
+  enc, cut = encoder(config, modality), feature_cache.endpoint(config, modality)
   window = _window(config, modality, info)
   variables = trunk_variables(config, modality, window)
   devices = mesh.devices.size
@@ -353,7 +263,7 @@ def _extract_fold(config, modality: str, store: str, fold: int, mesh) -> None:
   frame_size = info.get("frame_size")
   _, data_sharding = parallel.shardings(mesh)
   pid, nproc = jax.process_index(), jax.process_count()
-  partial = fold_path(store, fold) + ".partial"
+  partial = feature_cache.fold_path(store, fold) + ".partial"
   write = pid == 0
   if write:
     os.makedirs(partial, exist_ok=True)
@@ -413,7 +323,7 @@ def _extract_fold(config, modality: str, store: str, fold: int, mesh) -> None:
     rate = done_now / max(time.time() - t0, 1e-9)
     logging.info("%s features of fold %d: %d clips at %.1f clips/s", modality, fold, done_now, rate)
   if write:
-    _assemble(partial, fold_path(store, fold), n)
+    _assemble(partial, feature_cache.fold_path(store, fold), n)
 
 
 def _write_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
@@ -426,10 +336,10 @@ def _assemble(partial: str, final: str, n: int) -> None:
   """Concatenates the parts of `partial` into `final` (written beside, renamed into place)."""
   parts = sorted(p for p in os.listdir(partial) if p.startswith("part_") and p.endswith(".npz")
                  and ".tmp-" not in p)
-  loaded: dict[str, list] = {k: [] for k in _ARRAYS}
+  loaded: dict[str, list] = {k: [] for k in feature_cache.ARRAYS}
   for p in parts:
     with np.load(os.path.join(partial, p), allow_pickle=False) as data:
-      for k in _ARRAYS:
+      for k in feature_cache.ARRAYS:
         loaded[k].append(data[k])
   arrays = {k: np.concatenate(v) for k, v in loaded.items()}
   if len(arrays["label"]) != n:
@@ -452,15 +362,16 @@ def ensure(config, mesh=None) -> dict[str, str]:
   inputs = {m: c for m, c in config_lib.trunk_inputs(config.model).items() if c is not None}
   if not inputs:
     return out
+  builder = input_pipeline.get_builder(config)
   info = input_pipeline.dataset_info(config)
   folds = [f for f, n in info["num_clips_per_fold"].items() if n > 0]
   for modality in inputs:
-    key = store_key(config, modality)
-    store = store_path(config, modality)
+    key = feature_cache.store_key(config, builder, modality)
+    store = feature_cache.store_path(config, builder, modality)
     out[modality] = store
-    todo = [f for f in folds if not os.path.isdir(fold_path(store, f))]
-    if os.path.isfile(os.path.join(store, STORE_JSON)):
-      _check_key(store, key)
+    todo = [f for f in folds if not os.path.isdir(feature_cache.fold_path(store, f))]
+    if os.path.isfile(os.path.join(store, feature_cache.STORE_JSON)):
+      feature_cache.check_key(store, key)
     if not todo:
       continue
     mesh = mesh or parallel.make_mesh()
@@ -469,16 +380,16 @@ def ensure(config, mesh=None) -> dict[str, str]:
       shape = feature_shape(config, modality, info)
       doc = {"key": key, "feature_shape": list(shape), "num_views": 1 + key["views"],
              "num_windows": info["num_windows"]}
-      tmp = os.path.join(store, f"{STORE_JSON}.tmp-{os.getpid()}")
+      tmp = os.path.join(store, f"{feature_cache.STORE_JSON}.tmp-{os.getpid()}")
       with open(tmp, "w") as f:
         json.dump(doc, f, indent=2, sort_keys=True)
-      os.replace(tmp, os.path.join(store, STORE_JSON))
+      os.replace(tmp, os.path.join(store, feature_cache.STORE_JSON))
       print(f"Caching {modality} features ({key['endpoint']}, model.trunk="
             f"{config.model.trunk!r}) of folds {todo} into {store}", flush=True)
     t0 = time.time()
     with _lock(store):   # one extracting process per store; the others wait, then skip
       for fold in todo:
-        if not os.path.isdir(fold_path(store, fold)):
+        if not os.path.isdir(feature_cache.fold_path(store, fold)):
           _extract_fold(config, modality, store, fold, mesh)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"feature_store {store}")
@@ -508,76 +419,3 @@ def _size(path: str) -> int:
   return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
-# --------------------------------------------------------------------------- reading
-
-
-class FeatureReader:
-  """Reads batches of cached features of `folds` (concatenated in that order, as the
-  data source 'fold_a+fold_b' orders them); `read` has `input_pipeline.Reader`'s form.
-  Picklable: the arrays are memory-mapped on first use."""
-  is_features = True
-
-  def __init__(self, stores: Mapping[str, str], folds: Sequence[int]):
-    self.stores = dict(stores)
-    self.folds = [int(f) for f in folds]
-    for modality, store in self.stores.items():
-      for fold in self.folds:
-        if not os.path.isdir(fold_path(store, fold)):
-          raise FeatureStoreError(
-              f"the {modality} feature store {store} has no split fold{fold} "
-              f"({fold_path(store, fold)} is missing); run avjax.main again to extract it")
-    with open(os.path.join(next(iter(self.stores.values())), STORE_JSON)) as f:
-      self.num_views = int(json.load(f)["num_views"])
-    self._arrays: dict | None = None
-
-  def __getstate__(self):
-    return {"stores": self.stores, "folds": self.folds, "num_views": self.num_views,
-            "_arrays": None}
-
-  def _load(self) -> dict:
-    if self._arrays is None:
-      arrays: dict[str, list] = {}
-      for modality, store in self.stores.items():
-        for fold in self.folds:
-          d = fold_path(store, fold)
-          arrays.setdefault(modality, []).append(
-              np.load(os.path.join(d, "features.npy"), mmap_mode="r", allow_pickle=False))
-          if modality == next(iter(self.stores)):
-            for k in ("window_valid", "label", "actor"):
-              arrays.setdefault(k, []).append(np.load(os.path.join(d, f"{k}.npy"),
-                                                      allow_pickle=False))
-      sizes = [len(a) for a in arrays["label"]]
-      for modality in self.stores:
-        if [len(a) for a in arrays[modality]] != sizes:
-          raise FeatureStoreError(f"feature stores {list(self.stores.values())} disagree on "
-                                  f"the clips of folds {self.folds}")
-      self._offsets = np.concatenate([[0], np.cumsum(sizes)])
-      self._arrays = {k: (v if k in self.stores else np.concatenate(v)) for k, v in arrays.items()}
-    return self._arrays
-
-  @property
-  def labels(self) -> np.ndarray:
-    return self._load()["label"]
-
-  def draw_view(self, seed: int, step: int) -> int:
-    """The view of training batch `step`: 0 without cached views."""
-    if self.num_views == 1:
-      return 0
-    return int(np.random.default_rng([int(seed), int(step), 3]).integers(self.num_views))
-
-  def read(self, indices: Sequence[int], crop=None, view: int = 0) -> dict:
-    """Stacked batch of `indices`: the cached modalities' features [b, T, ...] float32 of
-    `view`, label, window_valid, actor. `crop` is ignored (fixed at extraction)."""
-    del crop
-    arrays = self._load()
-    idx = np.asarray(indices, np.int64)
-    batch = {k: arrays[k][idx] for k in ("label", "window_valid", "actor")}
-    where = np.searchsorted(self._offsets, idx, side="right") - 1
-    for modality in self.stores:
-      parts = arrays[modality]
-      rows = [parts[w][i - self._offsets[w], view] for w, i in zip(where, idx)]
-      batch[modality] = np.stack(rows).astype(np.float32)
-    batch["label"] = batch["label"].astype(np.int32)
-    batch["actor"] = batch["actor"].astype(np.int32)
-    batch["window_valid"] = batch["window_valid"].astype(np.float32)
-    return batch

@@ -84,6 +84,7 @@ import tensorflow_datasets as tfds
 
 from avjax import config_lib
 from avjax.data import builder_lib
+from avjax.data import feature_cache
 from avjax.data import folds as folds_lib
 from avjax.data import windows
 
@@ -451,15 +452,15 @@ class Reader:
 
 def make_reader(config, builder, folds: Sequence[int], read_video: bool):
   """The reader of `folds`: the media (`Reader`) or, when `config.model.trunk` caches
-  the encoders' lower layers, the feature store (`avjax.feature_store.FeatureReader`,
-  extracting what it lacks first). Both have `read(indices, crop)`."""
+  the encoders' lower layers, the feature store (`feature_cache.FeatureReader`; the
+  store is extracted beforehand by `avjax.feature_store.ensure`, which training and
+  `avjax.evaluate` call first). Both have `read(indices, crop)`."""
   if not config_lib.cached(config):
     return Reader(builder, folds, read_video)
-  from avjax import feature_store
-  reader = feature_store.FeatureReader(feature_store.ensure(config), folds)
+  reader = feature_cache.FeatureReader(feature_cache.store_paths(config, builder), folds)
   expected = _metadata(builder, folds)["label"]
   if not np.array_equal(reader.labels, expected):
-    raise feature_store.FeatureStoreError(
+    raise feature_cache.FeatureStoreError(
         f"the feature stores {list(reader.stores.values())} hold other labels than "
         f"{config.dataset.name}/{config_lib.builder_config_name(config)} for folds {list(folds)}; "
         "delete them to extract again")

@@ -47,6 +47,7 @@ from jax.sharding import Mesh
 from avjax import config_lib
 from avjax import device_data
 from avjax import evaluate
+from avjax import feature_store
 from avjax import input_pipeline
 from avjax import parallel
 from avjax import results
@@ -114,6 +115,7 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
   mesh = mesh or parallel.make_mesh()
   repl, data_sharding = parallel.shardings(mesh)
   train_on, val_fold = input_pipeline.split_folds(config, test_fold)
+  feature_store.ensure(config, mesh)   # a cached trunk's features (nothing for 'finetune')
   num_classes = len(config.dataset.class_names)
   batch_size = config.input.clips_per_class * num_classes
   on_device = bool(config.input.cache_on_device)
@@ -247,9 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Only now, with every check passed, is anything written to the workdir.
   workdir_lib.record_config(config, workdir, allow, write=write)
   mesh = parallel.make_mesh()
-  if config_lib.cached(config):   # frozen / finetune_from: the encoders' fixed part, once
-    from avjax import feature_store
-    feature_store.ensure(config, mesh)
+  feature_store.ensure(config, mesh)   # frozen / finetune_from: the encoders' fixed part, once
   for fold in config.folds:
     fold_dir = workdir_lib.fold_dir(workdir, fold)
     if workdir_lib.fold_is_done(fold_dir):

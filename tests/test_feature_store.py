@@ -36,6 +36,7 @@ from avjax import predict
 from avjax import testing
 from avjax import train
 from avjax import workdir as workdir_lib
+from avjax.data import feature_cache
 from avjax.data import synthetic
 from avjax.models import gating
 from avjax.models import i3d
@@ -53,6 +54,10 @@ def frozen_config(trunk="frozen", modalities="av"):
   c.model.freeze_bn = True                 # the full model's BN as the extraction's
   c.eval.figures = False
   return c
+
+
+def store_path(config, modality):
+  return feature_cache.store_path(config, input_pipeline.get_builder(config), modality)
 
 
 def full_config(config):
@@ -205,7 +210,7 @@ class StoreTest(absltest.TestCase):
 
   def test_a_change_of_what_the_features_depend_on_makes_another_store(self):
     c = frozen_config()
-    base = {m: feature_store.store_path(c, m) for m in ("audio", "video")}
+    base = {m: store_path(c, m) for m in ("audio", "video")}
     self.assertTrue(base["audio"].startswith(os.path.join(self.tmp, "features")))
     changes = {
         "crop": lambda c: setattr(c.input, "crop_size", 28),
@@ -217,38 +222,38 @@ class StoreTest(absltest.TestCase):
     for what, change in changes.items():
       other = copy.deepcopy(c)
       change(other)
-      self.assertNotEqual(feature_store.store_path(other, "video"), base["video"], what)
+      self.assertNotEqual(store_path(other, "video"), base["video"], what)
     # The crop is video's only: the audio store is shared.
     other = copy.deepcopy(c)
     other.input.crop_size = 28
-    self.assertEqual(feature_store.store_path(other, "audio"), base["audio"])
+    self.assertEqual(store_path(other, "audio"), base["audio"])
     # Another pretrained weights file (its sha256), and pretrained against random.
     pre = copy.deepcopy(c)
     pre.model.pretrained = True
-    path = feature_store.store_path(pre, "audio")
+    path = store_path(pre, "audio")
     self.assertNotEqual(path, base["audio"])
     with mock.patch.object(weights, "SOUNDNET8",
                            dataclasses.replace(weights.SOUNDNET8, sha256="0" * 64)):
-      self.assertNotEqual(feature_store.store_path(pre, "audio"), path)
+      self.assertNotEqual(store_path(pre, "audio"), path)
     # Settings that do not change the features share the store.
     same = copy.deepcopy(c)
     same.optim.learning_rate = 0.5
     same.model.lstm_hidden = 8
     same.train.num_epochs = 7
-    self.assertEqual(feature_store.store_path(same, "video"), base["video"])
+    self.assertEqual(store_path(same, "video"), base["video"])
 
   def test_a_store_whose_key_differs_is_refused(self):
-    doc_path = os.path.join(self.store, feature_store.STORE_JSON)
+    doc_path = os.path.join(self.store, feature_cache.STORE_JSON)
     text = open(doc_path).read()
     self.addCleanup(lambda: open(doc_path, "w").write(text))
     doc = json.loads(text)
     doc["key"]["weights"] = "random:seed=99"
     json.dump(doc, open(doc_path, "w"))
-    with self.assertRaisesRegex(feature_store.FeatureStoreError, "does not match"):
+    with self.assertRaisesRegex(feature_cache.FeatureStoreError, "does not match"):
       feature_store.ensure(self.config)
 
   def test_an_interrupted_extraction_resumes_and_a_missing_split_is_named(self):
-    reference = np.load(os.path.join(feature_store.fold_path(self.store, 3), "features.npy"))
+    reference = np.load(os.path.join(feature_cache.fold_path(self.store, 3), "features.npy"))
     tmp = tempfile.mkdtemp(prefix="avjax_fs_", dir=self.tmp)
     env = mock.patch.dict(os.environ, {"AVJAX_CACHE": tmp})
     env.start()
@@ -267,29 +272,30 @@ class StoreTest(absltest.TestCase):
          mock.patch.object(feature_store, "_write_npz", write_then_die):
       with self.assertRaises(KeyboardInterrupt):
         feature_store.ensure(self.config)
-    store = feature_store.store_path(self.config, "audio")
+    store = store_path(self.config, "audio")
     self.assertEqual(os.path.relpath(store, tmp), os.path.relpath(self.store, self.tmp))
-    self.assertFalse(os.path.isdir(feature_store.fold_path(store, 0)))   # nothing looks done
-    self.assertLen(os.listdir(feature_store.fold_path(store, 0) + ".partial"), 1)
-    with self.assertRaisesRegex(feature_store.FeatureStoreError, "no split fold0"):
-      feature_store.FeatureReader({"audio": store}, [0])
+    self.assertFalse(os.path.isdir(feature_cache.fold_path(store, 0)))   # nothing looks done
+    self.assertLen(os.listdir(feature_cache.fold_path(store, 0) + ".partial"), 1)
+    with self.assertRaisesRegex(feature_cache.FeatureStoreError, "no split fold0"):
+      feature_cache.FeatureReader({"audio": store}, [0])
     with mock.patch.dict(feature_store.WINDOWS_PER_CALL, {"audio": 8}):
       feature_store.ensure(self.config)       # resumes: the first part is kept
-    self.assertFalse(os.path.exists(feature_store.fold_path(store, 0) + ".partial"))
+    self.assertFalse(os.path.exists(feature_cache.fold_path(store, 0) + ".partial"))
     np.testing.assert_array_equal(
-        np.load(os.path.join(feature_store.fold_path(store, 3), "features.npy")), reference)
-    reader = feature_store.FeatureReader({"audio": store}, [3, 0])
+        np.load(os.path.join(feature_cache.fold_path(store, 3), "features.npy")), reference)
+    reader = feature_cache.FeatureReader({"audio": store}, [3, 0])
     self.assertEqual(reader.read([0])["audio"].shape, (1, 4, 256))    # SoundNet x0.25: 256
     # A split deleted by hand is an error naming it, not a silent gap.
-    shutil.rmtree(feature_store.fold_path(store, 3))
-    with self.assertRaisesRegex(feature_store.FeatureStoreError, "no split fold3"):
-      feature_store.FeatureReader({"audio": store}, [3])
+    shutil.rmtree(feature_cache.fold_path(store, 3))
+    with self.assertRaisesRegex(feature_cache.FeatureStoreError, "no split fold3"):
+      feature_cache.FeatureReader({"audio": store}, [3])
 
   def test_cached_views_are_the_clean_view_plus_augmented_ones(self):
     c = copy.deepcopy(self.config)
     c.input.pitch_shift_semitones = 0.0       # (the phase vocoder compiles slowly)
     clean = input_pipeline.make_reader(c, input_pipeline.get_builder(c), [1], False)
     c.input.cached_views = 1
+    feature_store.ensure(c)
     views = input_pipeline.make_reader(c, input_pipeline.get_builder(c), [1], False)
     self.assertEqual((clean.num_views, views.num_views), (1, 2))
     np.testing.assert_array_equal(views.read(range(8), view=0)["audio"],

@@ -280,6 +280,41 @@ class ReproduceTest(parameterized.TestCase):
       self.assertNotEqual(proc.returncode, 0)
       self.assertIn("no row AO-Lstm", proc.stderr)
 
+  def test_frozen_trunk_runs_are_labelled_and_kept_apart(self):
+    with tempfile.TemporaryDirectory() as d:
+      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--dry_run",
+                           "--rows=AO-Global,AV-Gating", "--trunk=frozen")
+      self.assertEqual(proc.returncode, 0, proc.stderr)
+      for line in proc.stdout.splitlines():
+        if not line.startswith("#"):
+          self.assertIn("--config.model.trunk=frozen", shlex.split(line))
+      # A cut of SoundNet alone cannot serve the audio-visual rows.
+      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--dry_run",
+                           "--rows=AV-Gating", "--trunk=finetune_from:conv4")
+      self.assertNotEqual(proc.returncode, 0)
+      self.assertIn("no cut of the video encoder", proc.stderr)
+      # A finished fine-tuned run is not reused for a frozen table, and vice versa.
+      from configs import ravdess
+      c = ravdess.get_config("audio_global")
+      write_fake_fold(os.path.join(d, "audio_global"), 0, np.repeat(np.arange(8), 2),
+                      {"AO": [12]}, dataset=c.dataset.name, config=c.dataset.config,
+                      variant=c.model.variant, modalities="audio", class_names=RAVDESS_CLASSES,
+                      trunk="frozen")
+      results.write_results(os.path.join(d, "audio_global"))
+      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0",
+                           "--rows=AO-Global", "--dry_run")
+      self.assertNotEqual(proc.returncode, 0)
+      self.assertIn("trunk is 'frozen', this row needs 'finetune'", proc.stderr)
+      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0",
+                           "--rows=AO-Global", "--trunk=frozen")
+      self.assertEqual(proc.returncode, 0, proc.stderr)
+      self.assertIn("# reuse", proc.stdout)
+      md = open(os.path.join(d, "table2.md")).read()
+      self.assertIn("# Table II, RAVDESS: ours (frozen trunks) beside the paper", md)
+      self.assertIn("| Embeddings | Paper row | Modality | Ours (frozen trunks) % | Paper % |", md)
+      self.assertIn("NOT its recipe", md)
+      self.assertEqual(json.load(open(os.path.join(d, "table2.json")))["trunk"], "frozen")
+
   def test_reuses_finished_runs_and_writes_table(self):
     from avjax.data import windows
     from configs import ravdess
