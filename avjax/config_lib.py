@@ -14,7 +14,9 @@ string (`--config=configs/ravdess.py:w4_l1_ov,audio_lstm`) parsed by
   audio archives alone) unless ``dataset.records`` says otherwise
   (`builder_config_name`);
 * ``runlocal``: tiny batches and few epochs, for a smoke run on a laptop;
-* ``no_mwtsm``: plain batch-hard mining (the paper's MWTSM ablation).
+* ``no_mwtsm``: plain batch-hard mining (the paper's MWTSM ablation);
+* ``paper_literal``: the paper's loss read literally (`PAPER_LITERAL`: squared
+  distances, MWTSM from the first step).
 
 Unknown tokens and impossible combinations raise ``ValueError`` naming the
 field, at start-up (`validate`).
@@ -61,6 +63,7 @@ DTYPES = ("float32", "bfloat16")
 # How the encoders' convolutions are computed (avjax.models.conv): 'auto' picks per
 # layer and backend the form measured fastest; 'xla' / 'matmul' force one form.
 CONV_IMPLS = ("auto", "xla", "matmul")
+DISTANCES = ("squared", "euclidean")   # loss.distance
 # What evaluation reports per `model.modalities`, and the gate embeddings of each.
 GATE_MODALITIES = {"av": ("AO", "VO", "AV"), "audio": ("AO",), "video": ("VO",)}
 MODALITY_KEYS = {"AO": ("audio_gate",), "VO": ("video_gate",), "AV": ("audio_gate", "video_gate")}
@@ -216,6 +219,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   # training noise is not added to the audio padding. False: every window counts as
   # real data and the noise covers the padding (avjax 0.1.0; for ablation).
   c.loss.mask_padded_windows = True
+  # The triplets' distance: 'squared' Euclidean (the paper's reading) or 'euclidean'
+  # (non-squared, as Hermans et al. 2017), in the miner's score and the hinges.
+  c.loss.distance = "squared"
+  # Warm-up: for the first E epochs each modality's triplet term is batch-all (the mean
+  # hinge over every valid triplet that violates the margin), then MWTSM. 0: MWTSM from
+  # the first step (the paper's reading).
+  c.loss.batch_all_epochs = 0
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"             # 'adam' (torch.optim.Adam: L2 added to the gradient) or 'adamw'
@@ -264,7 +274,9 @@ def _merge(base: dict, over: dict) -> dict:
 
 # Fields added after the first release whose default changed what a run does: a
 # recorded config.json that lacks one was trained with the value here.
-RECORDED_BEFORE = {("loss", "mask_padded_windows"): False}
+RECORDED_BEFORE = {("loss", "mask_padded_windows"): False, ("loss", "distance"): "squared",
+                   ("loss", "batch_all_epochs"): 0, ("model", "trunk"): "finetune",
+                   ("input", "cached_views"): 0}
 
 
 def complete(config, recorded: bool = False) -> ml_collections.ConfigDict:
@@ -332,6 +344,11 @@ def config_hash(config) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# The paper's loss read literally (`paper_literal` config token): squared Euclidean
+# distances, MWTSM from the first step.
+PAPER_LITERAL = {"loss.distance": "squared", "loss.batch_all_epochs": 0}
+
+
 def set_dataset(config: ml_collections.ConfigDict, name: str) -> None:
   info = DATASETS[name]
   config.dataset.name = name
@@ -359,11 +376,16 @@ def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collect
       config.folds = (0,)
     elif tok == "no_mwtsm":
       config.loss.exclude_used = False
+    elif tok == "paper_literal":
+      for field, value in PAPER_LITERAL.items():
+        group, name = field.split(".")
+        config[group][name] = value
     else:
       raise ValueError(
           f"Unknown config argument {tok!r}. Expected a windowing (e.g. "
           f"{DATASETS[config.dataset.name]['table1'][0]}), a variant {VARIANTS}, "
-          "audio_lstm/audio_global/video_lstm/video_global, 'runlocal' or 'no_mwtsm'.")
+          "audio_lstm/audio_global/video_lstm/video_global, 'runlocal', 'no_mwtsm' or "
+          "'paper_literal'.")
   if config.model.variant == "global":
     config.dataset.config = GLOBAL_WINDOWING
   if config.model.variant != "gating":
@@ -464,6 +486,7 @@ RANGES = {
     "model.embed_dim": ">= 1", "model.lstm_hidden": ">= 1", "model.video_width": "> 0",
     "model.audio_width": "> 0", "model.bn_momentum": "[0, 1)",
     "loss.margin": ">= 0", "loss.mse_weight": ">= 0", "loss.triplet_weight": ">= 0",
+    "loss.batch_all_epochs": ">= 0",
     "optim.learning_rate": "> 0", "optim.weight_decay": ">= 0", "optim.b1": "[0, 1)",
     "optim.b2": "[0, 1)", "optim.eps": "> 0", "optim.trunk_lr_scale": ">= 0",
     "train.num_epochs": ">= 1", "train.max_steps": ">= 0", "train.log_every_steps": ">= 1",
@@ -534,6 +557,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not cached(config) and config.input.cached_views:
     fail("input.cached_views", "is for the cached-feature trunks (model.trunk 'frozen' or "
          "'finetune_from:...'); with 'finetune' the media are augmented at every step")
+  if config.loss.distance not in DISTANCES:
+    fail("loss.distance", f"{config.loss.distance!r} is not one of {DISTANCES}")
   if config.optim.name not in ("adam", "adamw"):
     fail("optim.name", f"{config.optim.name!r} is not 'adam' or 'adamw'")
   folds = tuple(config.folds)

@@ -54,7 +54,19 @@ term, = mean of the per-modality terms); 'triplet_audio' / 'triplet_video'
 ((1/(T N)) sum_{t,i} h_{m,t,i} for the modalities in use); 'active_triplets'
 (fraction of the mined, valid triplets with a positive hinge);
 'no_triplet_anchors' (FRACTION of anchor slots, over modalities, gates and
-real clips, that had no valid triplet).
+real clips, that had no valid triplet). To watch for collapse, per modality m:
+'distance_m' (the mean distance between the distinct real clips of a window, in
+the loss's distance, over the windows the loss sees) and 'zero_hinge_m' (the
+fraction of its mined triplets whose hinge is 0, i.e. already satisfy the margin).
+A loss pinned at the margin with every triplet active and 'distance_m' near 0 is
+a collapsed embedding (every clip at one point).
+
+Options beside the paper's reading (`config.loss`): `distance` 'euclidean'
+(non-squared distances in the miner's score and the hinges, as Hermans et al.
+2017) instead of 'squared'; `batch_all_epochs` E > 0: for the first E epochs the
+triplet term of each modality is batch-all, the mean hinge over every valid
+triplet of every window that still violates the margin (`batch_all_hinges`),
+then MWTSM (or batch-hard) as above.
 """
 
 from __future__ import annotations
@@ -71,13 +83,19 @@ from avjax import mining
 _BRANCHES = {"av": ("audio", "video"), "audio": ("audio",), "video": ("video",)}
 
 
+def _distance(sq: jax.Array, distance: str) -> jax.Array:
+  """Squared Euclidean distances -> `loss.distance` ('squared' or 'euclidean')."""
+  return sq if distance == "squared" else jnp.sqrt(sq + 1e-12)
+
+
 def triplet_hinges(embeddings: jax.Array, positives: jax.Array, negatives: jax.Array,
-                   valid: jax.Array, margin: float) -> jax.Array:
+                   valid: jax.Array, margin: float, distance: str = "squared") -> jax.Array:
   """Hinges of mined triplets, with gradients.
 
   Args:
     embeddings: [T, N, G]; positives, negatives: [T, N] int; valid: [T, N] bool.
-    margin: triplet margin (on squared distances).
+    margin: triplet margin (on the distances).
+    distance: 'squared' Euclidean (the paper's) or 'euclidean' (`loss.distance`).
 
   Returns:
     [T, N] float32 max(d(i, p) - d(i, n) + margin, 0), 0 where not valid.
@@ -85,14 +103,47 @@ def triplet_hinges(embeddings: jax.Array, positives: jax.Array, negatives: jax.A
   emb = embeddings.astype(jnp.float32)
   pos = jnp.take_along_axis(emb, positives[..., None], axis=1)   # [T, N, G]
   neg = jnp.take_along_axis(emb, negatives[..., None], axis=1)   # [T, N, G]
-  d_ap = jnp.sum((emb - pos) ** 2, axis=-1)                       # [T, N]
-  d_an = jnp.sum((emb - neg) ** 2, axis=-1)
+  d_ap = _distance(jnp.sum((emb - pos) ** 2, axis=-1), distance)  # [T, N]
+  d_an = _distance(jnp.sum((emb - neg) ** 2, axis=-1), distance)
   return jnp.where(valid, jax.nn.relu(d_ap - d_an + margin), 0.0)
+
+
+def batch_all_hinges(embeddings: jax.Array, labels: jax.Array, anchors: jax.Array,
+                     margin: float, distance: str = "squared"
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Batch-all triplets (Hermans et al. 2017): every valid (i, p, n) at every window.
+
+  Args:
+    embeddings: [T, N, G]; labels: [N]; anchors: [T, N] float, 1 where the clip is
+      real at that window (it is then anchor, positive or negative there).
+
+  Returns:
+    (sum of hinges, number of valid triplets with a positive hinge, number of valid
+    triplets), scalars; the batch-all term is sum / max(positive, 1) (the mean over
+    the triplets that still violate the margin).
+  """
+  emb = embeddings.astype(jnp.float32)
+  d = _distance(jax.vmap(mining.pairwise_sq_distances)(emb), distance)   # [T, N, N]
+  hinge = jax.nn.relu(d[:, :, :, None] - d[:, :, None, :] + margin)     # [T, i, p, n]
+  real = anchors > 0                                                     # [T, N]
+  ok = jax.vmap(lambda m: mining.triplet_mask(labels, m))(real)         # [T, N, N, N]
+  hinge = jnp.where(ok, hinge, 0.0)
+  return jnp.sum(hinge), jnp.sum((hinge > 0) & ok), jnp.sum(ok)
+
+
+def mean_pair_distance(embeddings: jax.Array, anchors: jax.Array, distance: str) -> jax.Array:
+  """The mean distance between the distinct real clips of each window ([T, N, G], [T, N]):
+  how spread the embeddings the loss sees are (0 when they have collapsed)."""
+  emb = jax.lax.stop_gradient(embeddings.astype(jnp.float32))
+  d = _distance(jax.vmap(mining.pairwise_sq_distances)(emb), distance)   # [T, N, N]
+  real = anchors > 0
+  pairs = real[:, :, None] & real[:, None, :] & ~jnp.eye(emb.shape[1], dtype=bool)
+  return jnp.sum(jnp.where(pairs, d, 0.0)) / jnp.maximum(jnp.sum(pairs), 1)
 
 
 def compute_loss(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_config,
                  variant: str, modalities: str, mask: jax.Array | None = None,
-                 window_valid: jax.Array | None = None
+                 window_valid: jax.Array | None = None, batch_all: jax.Array | None = None
                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Loss and metrics for one (global) batch. Pure and jit-able.
 
@@ -107,6 +158,8 @@ def compute_loss(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_confi
     mask: optional [N] bool, False for padding clips.
     window_valid: optional [N, T] float, the fraction of each window inside its
       clip; windows where it is 0 are left out (see the module docstring).
+    batch_all: optional bool scalar (may be traced): True takes the batch-all
+      triplet term instead of the mined one (`loss.batch_all_epochs`' warm-up).
 
   Returns:
     (loss scalar, metrics dict of scalars; see the module docstring).
@@ -131,6 +184,7 @@ def compute_loss(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_confi
 
   margin = loss_config.margin
   exclude_used = bool(loss_config.exclude_used)
+  distance = str(loss_config.distance)
   metrics: dict[str, jax.Array] = {}
   per_modality, mined, active, empty, slots = [], 0.0, 0.0, 0.0, 0.0
   for m in mods:
@@ -152,10 +206,17 @@ def compute_loss(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_confi
       anchors = real.T                                             # [T, N]
       num_slots = jnp.maximum(jnp.sum(anchors), 1.0)
       miner_mask = anchors > 0
-    p, q, valid = mining.mwtsm(emb, labels, exclude_used=exclude_used, mask=miner_mask)
-    hinge = triplet_hinges(emb, p, q, valid, margin)               # [T, N]
+    p, q, valid = mining.mwtsm(emb, labels, exclude_used=exclude_used, mask=miner_mask,
+                               distance=distance)
+    hinge = triplet_hinges(emb, p, q, valid, margin, distance)     # [T, N]
     term = jnp.sum(hinge) / num_slots                              # (1/T)(1/N) sum when unmasked
+    slot_mask = jnp.broadcast_to(anchors, (windows, n))            # [T, N] real anchor slots
+    if batch_all is not None:
+      total, positive, _ = batch_all_hinges(emb, labels, slot_mask, margin, distance)
+      term = jnp.where(batch_all, total / jnp.maximum(positive, 1), term)
     metrics[f"triplet_{m}"] = term
+    metrics[f"distance_{m}"] = mean_pair_distance(emb, slot_mask, distance)
+    metrics[f"zero_hinge_{m}"] = jnp.sum((hinge == 0) & valid) / jnp.maximum(jnp.sum(valid), 1)
     per_modality.append(term)
     mined = mined + jnp.sum(valid)
     active = active + jnp.sum((hinge > 0) & valid)

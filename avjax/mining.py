@@ -137,8 +137,20 @@ def batch_hard(embeddings: jax.Array, labels: jax.Array, mask: jax.Array | None 
           jnp.where(valid, q, zero).astype(jnp.int32), valid)
 
 
+def distances(x: jax.Array, distance: str = "squared") -> jax.Array:
+  """[N, D] -> [N, N] distances: 'squared' Euclidean (the paper's) or 'euclidean'
+  (sqrt(d + 1e-12): finite gradients where d = 0)."""
+  d = pairwise_sq_distances(x)
+  if distance == "squared":
+    return d
+  if distance == "euclidean":
+    return jnp.sqrt(d + 1e-12)
+  raise ValueError(f"mining: distance {distance!r} is not 'squared' or 'euclidean'")
+
+
 def mwtsm(embeddings: jax.Array, labels: jax.Array, exclude_used: bool = True,
-          mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+          mask: jax.Array | None = None, distance: str = "squared"
+          ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Mines one triplet per anchor and window (one modality).
 
   Args:
@@ -150,10 +162,14 @@ def mwtsm(embeddings: jax.Array, labels: jax.Array, exclude_used: bool = True,
       (valid False), positives or negatives. Or [T, N]: a mask per window (a
       clip masked at window t is neither anchor, positive nor negative there;
       its earlier picks stay used).
+    distance: 'squared' (the paper's d) or 'euclidean' (`loss.distance`): the score
+      d(i, p) - d(i, n) of the joint argmax. Batch-hard's picks are the same under
+      both (the hardest positive and negative do not change under a square root).
 
   Returns:
     (positives, negatives, valid), each [T, N]: int32, int32, bool.
   """
+  distances(jnp.zeros((1, 1)), distance)                 # checks the name
   if not exclude_used:
     return batch_hard(embeddings, labels, mask)
   embeddings = jax.lax.stop_gradient(jnp.asarray(embeddings))
@@ -165,7 +181,7 @@ def mwtsm(embeddings: jax.Array, labels: jax.Array, exclude_used: bool = True,
 
   def step(used, inputs):  # used [N, N, N] bool, emb [N, D], window mask [N]
     emb, window = inputs
-    d = pairwise_sq_distances(emb)                       # [N, N]
+    d = distances(emb, distance)                         # [N, N]
     score = d[:, :, None] - d[:, None, :]                # [i, p, n] = d(i,p) - d(i,n)
     allowed = allowed0 & ~used
     if masks is not None:

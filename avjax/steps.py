@@ -31,13 +31,21 @@ from avjax.train_state import TrainState
 
 LOSS_KEYS = ("loss", "mse", "triplet", "active_triplets", "no_triplet_anchors")
 METRIC_KEYS = LOSS_KEYS + ("grad_norm", "nonfinite")
+# Per modality in use (losses.compute_loss): collapse watch.
+MODALITY_KEYS = ("distance", "zero_hinge")
+
+
+def metric_keys(modalities: str) -> tuple[str, ...]:
+  """The metrics a train step of a `modalities` model returns."""
+  mods = {"av": ("audio", "video"), "audio": ("audio",), "video": ("video",)}[modalities]
+  return METRIC_KEYS + tuple(f"{k}_{m}" for m in mods for k in MODALITY_KEYS)
 # Traces per jitted function (a traced body runs once per compilation): the tests
 # check that folds, validation and evaluation do not compile again.
 TRACES: collections.Counter = collections.Counter()
 
 
 def train_step(state: TrainState, batch: dict, aug: dict | None = None, *,
-               config: ml_collections.ConfigDict):
+               config: ml_collections.ConfigDict, batch_all_steps: int = 0):
   """One optimisation step on a global batch. Returns (state, metric outputs).
 
   `aug` (the batch's audio draws: speed [], semitones [], noise [T, S]) augments
@@ -45,7 +53,8 @@ def train_step(state: TrainState, batch: dict, aug: dict | None = None, *,
   Reads `config.model.modalities`, `config.model.variant`, `config.loss` (with
   `loss.mask_padded_windows` the batch's 'window_valid' masks the noise, the
   LSTMs and the loss) and `config.input.pitch_shift_semitones` only (`_step_key`: the jitted step is shared
-  by configs that agree on them)."""
+  by configs that agree on them). Steps before `batch_all_steps` (`loss.batch_all_epochs`
+  times the steps per epoch) take the batch-all triplet term."""
   TRACES["train_step"] += 1
   window_valid = gating.window_valid(batch, config.loss.mask_padded_windows)  # [B, T] or None
   if aug is not None and "audio" in batch:
@@ -55,6 +64,7 @@ def train_step(state: TrainState, batch: dict, aug: dict | None = None, *,
   video, audio = gating.model_inputs(batch, config.model.modalities)
 
   mask = batch.get("mask")                                # [B] bool, False on padding
+  batch_all = state.step < batch_all_steps if batch_all_steps else None
 
   def loss_fn(params):
     outputs, new_model_state = state.apply_fn(
@@ -62,13 +72,14 @@ def train_step(state: TrainState, batch: dict, aug: dict | None = None, *,
         window_valid=window_valid, mutable=["batch_stats"])
     loss, metrics = losses.compute_loss(
         outputs, batch["label"], config.loss, config.model.variant, config.model.modalities,
-        mask=mask, window_valid=window_valid)
+        mask=mask, window_valid=window_valid, batch_all=batch_all)
     return loss, (metrics, new_model_state)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (metrics, new_model_state)), grads = grad_fn(state.params)
   new_state = state.apply_gradients(grads=grads, batch_stats=new_model_state.get("batch_stats", {}))
-  metrics = {k: jnp.asarray(metrics.get(k, 0.0), jnp.float32) for k in LOSS_KEYS}
+  keys = LOSS_KEYS + tuple(k for k in metric_keys(config.model.modalities) if k not in METRIC_KEYS)
+  metrics = {k: jnp.asarray(metrics.get(k, 0.0), jnp.float32) for k in keys}
   metrics["loss"] = loss
   metrics["grad_norm"] = optax.global_norm(grads)
   # 1.0 when this step's loss or gradients are not finite. (The loss alone is not
@@ -90,24 +101,26 @@ def _step_key(config) -> str:
 _STEPS: dict[tuple, Callable] = {}
 
 
-def jitted_train_step(config, mesh: Mesh, donate: bool = True) -> Callable:
+def jitted_train_step(config, mesh: Mesh, donate: bool = True, batch_all_steps: int = 0
+                      ) -> Callable:
   """`train_step` jitted as (state, batch, aug) with explicit shardings: state and aug
   replicated, the batch sharded on `data`; the state donated unless `donate=False`.
-  Built once per (step fields, mesh, donate)."""
-  key = ("host", _step_key(config), mesh, donate)
+  Built once per (step fields, mesh, donate, batch_all_steps)."""
+  key = ("host", _step_key(config), mesh, donate, int(batch_all_steps))
   if key not in _STEPS:
     repl, data = parallel.shardings(mesh)
-    _STEPS[key] = jax.jit(functools.partial(train_step, config=config),
+    _STEPS[key] = jax.jit(functools.partial(train_step, config=config,
+                                            batch_all_steps=int(batch_all_steps)),
                           donate_argnums=(0,) if donate else (),
                           in_shardings=(repl, data, repl), out_shardings=(repl, repl))
   return _STEPS[key]
 
 
-def make_train_step(config, mesh: Mesh) -> Callable:
+def make_train_step(config, mesh: Mesh, batch_all_steps: int = 0) -> Callable:
   """(state, global batch) -> (state, metrics): `jitted_train_step` with the batch's
   'aug' entry (if any) passed as its own replicated argument. Every fold of a run
   reuses one compilation."""
-  jitted = jitted_train_step(config, mesh)
+  jitted = jitted_train_step(config, mesh, batch_all_steps=batch_all_steps)
 
   def run(state, batch):
     batch = dict(batch)
@@ -117,7 +130,7 @@ def make_train_step(config, mesh: Mesh) -> Callable:
   return run
 
 
-def make_device_train_step(config, mesh: Mesh, dataset) -> Callable:
+def make_device_train_step(config, mesh: Mesh, dataset, batch_all_steps: int = 0) -> Callable:
   """(state, step inputs) -> (state, metrics) for `config.input.cache_on_device`: gathers
   and augments the batch in-graph (`augment.augment_in_graph`), then `train_step`.
   The dataset arrays are arguments of the jitted function (not constants), bound here;
@@ -131,13 +144,13 @@ def make_device_train_step(config, mesh: Mesh, dataset) -> Callable:
                                      max_semitones=max_semitones,
                                      mask_padded_windows=mask_padded)
     batch = {k: jax.lax.with_sharding_constraint(v, data) for k, v in batch.items()}
-    return train_step(state, batch, config=config)
+    return train_step(state, batch, config=config, batch_all_steps=batch_all_steps)
 
   input_shardings = {"index": data, "mask": data, "crop": repl, "flip": repl, "speed": repl,
                      "semitones": repl, "noise": repl}
 
   def jitted(has_mask: bool):
-    key = ("device", _step_key(config), mesh, has_mask)
+    key = ("device", _step_key(config), mesh, has_mask, int(batch_all_steps))
     if key not in _STEPS:
       shard = {k: v for k, v in input_shardings.items() if has_mask or k != "mask"}
       _STEPS[key] = jax.jit(step, donate_argnums=(0,), in_shardings=(repl, repl, shard),

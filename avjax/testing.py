@@ -275,7 +275,7 @@ def write_fake_fold(workdir, fold, labels, correct, *, dataset="synthetic_av", c
   return fold_dir
 
 
-def brute_force(emb, labels, exclude_used=True, mask=None):
+def brute_force(emb, labels, exclude_used=True, mask=None, distance="squared"):
   """The definition of docs/design.md with explicit loops over windows, anchors, p and n.
 
   float64 distances; the joint argmax over (p, n) in flat order p*N + n with a
@@ -293,6 +293,8 @@ def brute_force(emb, labels, exclude_used=True, mask=None):
     mask = masks[t]
     e = emb[t].astype(np.float64)
     d = ((e[:, None, :] - e[None, :, :]) ** 2).sum(-1)
+    if distance == "euclidean":
+      d = np.sqrt(d)
     picked_now = []
     for i in range(n):
       if not mask[i]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import os
 import time
 from typing import Callable
@@ -59,7 +60,9 @@ from avjax.data import folds as folds_lib
 from avjax.models import gating
 from avjax.train_state import TrainState
 
-_METRIC_KEYS = steps.METRIC_KEYS
+# The collapse warning: a modality's mean pairwise gate-embedding distance below this
+# fraction of its value at the first log line of the fold.
+COLLAPSE_FRACTION = 0.01
 _DEVICE_PREFETCH = 2       # host batches transferred ahead of the step using them
 _MAX_IN_FLIGHT = 2         # steps dispatched but not finished before the loop waits
 
@@ -104,7 +107,50 @@ def _device_prefetch(iterator, put: Callable, size: int):
 def _summarise(pending: list[dict]) -> dict[str, float]:
   """Means over steps of the per-step metrics (device arrays: this waits for them)."""
   host = jax.device_get(pending)
-  return {k: float(np.mean([m[k] for m in host])) for k in _METRIC_KEYS}
+  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def _initial_distances(fold_dir: str) -> dict[str, float]:
+  """The `distance_<m>` metrics of the fold's first log line in metrics.jsonl (a resumed
+  fold compares with the start of its training, not of the resumed part)."""
+  path = os.path.join(fold_dir, workdir_lib.METRICS)
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      found = {k: float(v) for k, v in record.items() if k.startswith("distance_")}
+      if found:
+        return found
+  return {}
+
+
+def _watch_collapse(summary: dict, initial: dict, warned: set, test_fold: int, step: int) -> None:
+  """Adds `collapsed` (1.0 when a modality's gate embeddings collapsed) to `summary` and
+  warns, once per modality, when one's mean distance falls below COLLAPSE_FRACTION of its
+  initial value."""
+  collapsed = 0.0
+  for key, value in summary.items():
+    if not key.startswith("distance_"):
+      continue
+    first = initial.setdefault(key, value)
+    if first > 0 and value < COLLAPSE_FRACTION * first:
+      collapsed = 1.0
+      modality = key[len("distance_"):]
+      if modality not in warned:
+        warned.add(modality)
+        message = (f"fold {test_fold} step {step}: the {modality} gate embeddings have "
+                   f"COLLAPSED: their mean pairwise distance is {value:.3g}, "
+                   f"{value / first:.2%} of its initial {first:.3g} (every clip near one point; "
+                   f"the triplet loss sits at the margin). See the README's 'Learning on real "
+                   f"data' for the settings that avoid it.")
+        logging.warning(message)
+        if jax.process_index() == 0:
+          print("WARNING: " + message, flush=True)
+  summary["collapsed"] = collapsed
 
 
 def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
@@ -157,12 +203,13 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
   writer = writers.create_writer(fold_dir, just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams(config.to_dict())
+  batch_all_steps = int(config.loss.batch_all_epochs) * steps_per_epoch
   if on_device:
-    step_fn = steps.make_device_train_step(config, mesh, train_iter.dataset)
+    step_fn = steps.make_device_train_step(config, mesh, train_iter.dataset, batch_all_steps)
     put = functools.partial(device_data.to_global_step_input, data_sharding=data_sharding,
                             replicated=repl)
   else:
-    step_fn = steps.make_train_step(config, mesh)
+    step_fn = steps.make_train_step(config, mesh, batch_all_steps)
     local_devices = jax.local_device_count()
     put = lambda b: parallel.to_global(parallel.pad_batch(b, local_devices), data_sharding)  # noqa: E731
   batches = _device_prefetch(train_iter, put, _DEVICE_PREFETCH)
@@ -176,12 +223,15 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
                f"validation fold {val_fold} scored every {eval_every} steps and at the end, "
                "the best checkpoint by it is the result")
 
+  metric_keys = steps.metric_keys(config.model.modalities)
+  initial = _initial_distances(fold_dir)   # the collapse watch's reference distances
+  warned: set = set()
   pending: list[dict] = []      # this log period's metrics, still on the device
   last_good = {"step": start_step}
   t_start, steps_done = time.time(), 0
   for step in range(start_step + 1, total_steps + 1):
     state, metrics = step_fn(state, next(batches))
-    pending.append({k: metrics[k] for k in _METRIC_KEYS})
+    pending.append({k: metrics[k] for k in metric_keys})
     if len(pending) > _MAX_IN_FLIGHT:  # bounds how far the host runs ahead
       jax.block_until_ready(pending[-1 - _MAX_IN_FLIGHT])
     steps_done += 1
@@ -195,10 +245,13 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
       rate = steps_done / max(elapsed, 1e-9)
       summary["steps_per_sec"] = rate
       summary["epoch"] = step / steps_per_epoch
+      _watch_collapse(summary, initial, warned, test_fold, step)
       writer.write_scalars(step, summary)
       if jax.process_index() == 0:
+        dist = " ".join(f"{k[len('distance_'):][0]}={v:.3g}" for k, v in summary.items()
+                        if k.startswith("distance_"))
         print(f"fold {test_fold} step {step}/{total_steps} loss {summary['loss']:.4f} "
-              f"active {summary['active_triplets']:.3f} {rate:.2f} steps/s "
+              f"active {summary['active_triplets']:.3f} distance {dist} {rate:.2f} steps/s "
               f"ETA {_format_eta((total_steps - step) / max(rate, 1e-9))}", flush=True)
     val_metrics = None
     if val_fold is not None and (is_last or (eval_every and step % eval_every == 0)):

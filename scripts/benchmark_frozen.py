@@ -2,6 +2,7 @@ r"""Times a whole frozen-trunk cross-validation on RAVDESS-shaped audio: build, 
 
   python scripts/benchmark_frozen.py --workdir=/tmp/bench_frozen
   python scripts/benchmark_frozen.py --workdir=/tmp/bench_frozen --variant=audio_global --epochs=10
+  python scripts/benchmark_frozen.py --workdir=/tmp/bench_frozen --video_extraction
 
 The clips: the 360 real speech WAVs of ../shared/samples/ravdess_dev (six actors,
 folds 4-6), each actor's files copied under three more actor numbers of the same
@@ -43,7 +44,52 @@ flags.DEFINE_integer("epochs", 100, "Epochs per fold.")
 flags.DEFINE_string("folds", "0,1,2,3,4,5,6,7,8,9", "Test folds.")
 flags.DEFINE_multi_string("override", [], "Extra config overrides, field=value (e.g. "
                           "loss.margin=0.2); parsed as Python literals where possible.")
+flags.DEFINE_bool("video_extraction", False, "Only time the I3D feature extraction (pretrained "
+                  "Kinetics weights, frozen trunk) of RAVDESS-shaped clips (8 windows x 25 frames "
+                  "x 96^2) on this machine, with XLA's FLOP count; no dataset needed.")
+flags.DEFINE_integer("clips", 4, "Clips per timed call of --video_extraction.")
 flags.mark_flag_as_required("workdir")
+
+
+def video_extraction(work: str) -> dict:
+  """Seconds per clip of the frozen I3D extraction at the RAVDESS shape, and its FLOPs."""
+  import functools
+
+  import jax
+  import numpy as np
+
+  from avjax import config_lib
+  from avjax import feature_store
+  from configs import ravdess
+  config = config_lib.complete(ravdess.get_config("w8_l1_ov"))
+  config.model.trunk = "frozen"
+  info = {"frames_per_window": 25, "samples_per_window": 22050}
+  window = feature_store._window(config, "video", info)
+  variables = feature_store.trunk_variables(config, "video", window)
+  enc = feature_store.encoder(config, "video")
+  fn = jax.jit(functools.partial(feature_store._features, enc, "pooled"))
+  n = FLAGS.clips * 8                                         # windows
+  x = np.random.default_rng(0).integers(0, 256, (n,) + window.shape[1:], dtype=np.uint8)
+  t0 = time.time()
+  compiled = fn.lower(variables, x).compile()
+  compile_s = time.time() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", float("nan")))
+  jax.block_until_ready(compiled(variables, x))
+  times = []
+  for _ in range(3):
+    t0 = time.time()
+    jax.block_until_ready(compiled(variables, x))
+    times.append(time.time() - t0)
+  per_clip = min(times) / FLAGS.clips
+  return {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
+          "cpu_count": os.cpu_count(), "backend": jax.default_backend(), "clips_per_call": FLAGS.clips,
+          "compile_s": round(compile_s, 1), "s_per_clip": round(per_clip, 3),
+          "clips_per_s": round(1 / per_clip, 2), "gflop_per_clip": round(flops / FLAGS.clips / 1e9, 1),
+          "gflop_per_s": round(flops / min(times) / 1e9, 1),
+          "ravdess_1440_clips_min": round(1440 * per_clip / 60, 1),
+          "crema_d_7442_clips_6_windows_min": round(7442 * per_clip * 6 / 8 / 60, 1)}
 
 
 def replicated_manual_dir(samples: str, dest: str) -> int:
@@ -89,6 +135,12 @@ def main(argv):
 
   work = os.path.abspath(FLAGS.workdir)
   os.makedirs(work, exist_ok=True)
+  if FLAGS.video_extraction:
+    doc = video_extraction(work)
+    with open(os.path.join(work, "benchmark_video_extraction.json"), "w") as f:
+      json.dump(doc, f, indent=1)
+    print(json.dumps(doc, indent=1))
+    return
   n_wavs = replicated_manual_dir(FLAGS.samples, work)
   config = ravdess.get_config(FLAGS.variant)
   config.model.trunk = "frozen"

@@ -58,6 +58,8 @@ class ConfigsTest(parameterized.TestCase):
     self.assertEqual((c.model.modalities, c.model.variant), ("video", "global"))
     self.assertFalse(mod.get_config("no_mwtsm").loss.exclude_used)
     self.assertEqual(tuple(mod.get_config("runlocal").folds), (0,))
+    literal = mod.get_config("audio_lstm,paper_literal")
+    self.assertEqual((literal.loss.distance, literal.loss.batch_all_epochs), ("squared", 0))
 
   @parameterized.parameters(
       # (config file, arg, records, expected builder config)

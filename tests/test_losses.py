@@ -10,9 +10,11 @@ from avjax import losses
 from avjax.testing import brute_force
 
 
-def loss_config(margin=1.0, mse_weight=1.0, triplet_weight=1.0, exclude_used=True):
+def loss_config(margin=1.0, mse_weight=1.0, triplet_weight=1.0, exclude_used=True,
+                distance="squared"):
   return ml_collections.ConfigDict(dict(margin=margin, mse_weight=mse_weight,
-                                        triplet_weight=triplet_weight, exclude_used=exclude_used))
+                                        triplet_weight=triplet_weight, exclude_used=exclude_used,
+                                        distance=distance))
 
 
 # Hand-computed example: N = 4 clips, labels (0, 0, 1, 1), T = 2 windows, D = G = 2,
@@ -76,6 +78,35 @@ class LossTest(absltest.TestCase):
     self.assertAlmostEqual(float(loss), 3.5, places=5)
     self.assertMetrics(m, loss=3.5, mse=0.875, triplet=2.625, triplet_audio=3.5,
                        triplet_video=1.75, active_triplets=11 / 16, no_triplet_anchors=0.0)
+
+  def test_hand_computed_collapse_watch(self):
+    _, m = losses.compute_loss(hand_outputs(), LABELS, loss_config(), "gating", "av")
+    # Mean pairwise distance over both windows: audio (1+4+9+5+4+13 + 4+1+2+1+2+1) / 12,
+    # video (4+9+25+1+9+4 + 1+1+0+0+1+1) / 12; zero hinges among the 8 mined: audio 3
+    # (t0: 0 0 10 10, t1: 3 4 1 0), video 2 (t0: 0 4 4 0, t1: 2 1 1 2).
+    self.assertMetrics(m, distance_audio=47 / 12, distance_video=56 / 12,
+                       zero_hinge_audio=3 / 8, zero_hinge_video=2 / 8)
+    # Collapsed embeddings: distance 0, every hinge the margin, none zero.
+    out = {k: jnp.zeros((4, 2, 2)) for k in hand_outputs()}
+    loss, m = losses.compute_loss(out, LABELS, loss_config(), "gating", "av")
+    self.assertMetrics(m, loss=1.0, distance_audio=0.0, zero_hinge_audio=0.0,
+                       active_triplets=1.0)
+
+  def test_hand_computed_euclidean_and_batch_all(self):
+    first = {"audio_gate": hand_outputs()["audio_gate"][:, :1]}
+    # Non-squared distances (same picks at one window): anchors 2 and 3: sqrt(13) - 2 + 1.
+    _, m = losses.compute_loss(first, LABELS, loss_config(distance="euclidean"), "global", "audio")
+    self.assertMetrics(m, triplet_audio=2 * (np.sqrt(13) - 1) / 4,
+                       distance_audio=float(np.mean(np.sqrt([1, 4, 9, 5, 4, 13]))))
+    # Batch-all: every (i, p, n); the positive hinges are anchor 2's 13-4+1, 13-5+1 and
+    # anchor 3's 13-9+1, 13-4+1: their mean (34 / 4). False keeps the mined term (5).
+    for flag, want in ((True, 34 / 4), (False, 20 / 4)):
+      _, m = losses.compute_loss(first, LABELS, loss_config(), "global", "audio",
+                                 batch_all=jnp.asarray(flag))
+      self.assertMetrics(m, triplet_audio=want)
+    total, positive, valid = losses.batch_all_hinges(
+        jnp.swapaxes(first["audio_gate"], 0, 1), LABELS, jnp.ones((1, 4)), 1.0)
+    self.assertEqual((float(total), int(positive), int(valid)), (34.0, 4, 8))
 
   def test_hand_computed_weights_and_margin(self):
     loss, _ = losses.compute_loss(hand_outputs(), LABELS,

@@ -62,6 +62,18 @@ class MiningTest(parameterized.TestCase):
       got = mining.mwtsm(jnp.asarray(emb), jnp.asarray(labels), exclude_used=exclude)
       assert_same(self, got, brute_force(emb, labels, exclude), f"exclude_used={exclude}")
 
+  def test_euclidean_distance_matches_brute_force_and_changes_the_picks(self):
+    rng = np.random.default_rng(7)
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 3, 3, 0])
+    emb = rng.normal(size=(5, len(labels), 3)).astype(np.float32)   # no ties
+    got = jax.device_get(mining.mwtsm(jnp.asarray(emb), jnp.asarray(labels),
+                                      distance="euclidean"))
+    assert_same(self, got, brute_force(emb, labels, distance="euclidean"), "euclidean")
+    squared = jax.device_get(mining.mwtsm(jnp.asarray(emb), jnp.asarray(labels)))
+    self.assertFalse(np.array_equal(got[1], squared[1]) and np.array_equal(got[0], squared[0]))
+    with self.assertRaisesRegex(ValueError, "cosine"):
+      mining.mwtsm(jnp.asarray(emb), jnp.asarray(labels), distance="cosine")
+
   def test_ties_are_frequent_in_the_integer_cases(self):
     # Guards the test above: its data really exercise the tie rule.
     rng = np.random.default_rng(0)

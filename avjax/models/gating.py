@@ -302,10 +302,12 @@ def init_variables(model: AVModel, rng: jax.Array, video: Any = None, audio: Any
     for name, load in loaders.items():
       if name not in variables["params"]:
         continue
-      sub = {c: variables[c][name] for c in ("params", "batch_stats")}
+      # (A head alone, as with a frozen trunk, has no batch_stats.)
+      sub = {c: variables.get(c, {}).get(name, {}) for c in ("params", "batch_stats")}
       sub = load(sub)
       for c in ("params", "batch_stats"):
-        variables[c][name] = sub[c]
+        if sub.get(c):
+          variables.setdefault(c, {})[name] = sub[c]
   return variables
 
 

@@ -1,0 +1,174 @@
+r"""The learning ablation on the real-audio development set (../shared/samples/ravdess_dev).
+
+  python scripts/dev_ablation.py --workdir=/tmp/dev_ablation
+  python scripts/dev_ablation.py --workdir=/tmp/dev_ablation --settings=paper_literal,default \
+      --variants=audio_lstm --trunk=finetune_from:conv4
+
+The development set is the real speech audio of six RAVDESS actors (360 clips), folds
+4, 5 and 6 of the project's assignment, two actors each: every run tests each of the
+three folds in turn and trains on the other two (`dataset.allow_missing_folds`).
+Nothing here reads any other RAVDESS clip.
+
+For each setting (a named set of config overrides, SETTINGS) and variant
+(`audio_global`, `audio_lstm`) it trains `configs/ravdess.py:<variant>` with the
+given `model.trunk` (pretrained SoundNet-8) for `--epochs` epochs, and reports the
+last-gate AO accuracy, mean ± sample std over the 3 test folds, the last logged
+loss, and whether the embeddings collapsed (`collapsed` in metrics.jsonl). The
+row `untrained` evaluates the initial network (pretrained trunk, fresh head and
+LSTM) on the same folds without a step of training. Writes
+`<workdir>/ablation.json` and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app
+from absl import flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+DEV_FOLDS = (4, 5, 6)
+# name -> config overrides (field -> value) on top of configs/ravdess.py.
+SETTINGS = {
+    "paper_literal": {"loss.distance": "squared", "loss.batch_all_epochs": 0},
+    "euclidean": {"loss.distance": "euclidean", "loss.batch_all_epochs": 0},
+    "batch_all_warmup10": {"loss.distance": "squared", "loss.batch_all_epochs": 10},
+    "euclidean_warmup10": {"loss.distance": "euclidean", "loss.batch_all_epochs": 10},
+    "batch_all_only": {"loss.distance": "squared", "loss.batch_all_epochs": 1000},
+    "lr1e-4": {"loss.distance": "squared", "loss.batch_all_epochs": 0,
+               "optim.learning_rate": 1e-4},
+    "euclidean_margin0.2": {"loss.distance": "euclidean", "loss.batch_all_epochs": 0,
+                            "loss.margin": 0.2},
+    "default": {},
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Scratch directory (data, features, runs).")
+flags.DEFINE_string("samples", os.path.join(os.path.dirname(REPO), "shared", "samples", "ravdess_dev"),
+                    "The ravdess_dev folder (FLAC + to_wav.py).")
+flags.DEFINE_list("settings", list(SETTINGS), "Settings to run (names in SETTINGS).")
+flags.DEFINE_list("variants", ["audio_global", "audio_lstm"], "configs/ravdess.py variants.")
+flags.DEFINE_string("trunk", "frozen", "config.model.trunk.")
+flags.DEFINE_integer("epochs", 100, "Epochs per fold.")
+flags.DEFINE_bool("untrained", True, "Also evaluate the untrained network.")
+flags.DEFINE_string("validation_fold", "none", "config.train.validation_fold (learning curves: "
+                    "'next', with --eval_every_epochs).")
+flags.DEFINE_integer("eval_every_epochs", 10, "config.train.eval_every_epochs.")
+flags.mark_flag_as_required("workdir")
+
+
+def dev_config(variant: str, trunk: str, work: str, epochs: int, overrides: dict):
+  from configs import ravdess
+  config = ravdess.get_config(variant)
+  config.model.trunk = trunk
+  config.dataset.data_dir = os.path.join(work, "tfds")
+  config.dataset.manual_dir = os.path.join(work, "manual")
+  config.dataset.allow_missing_folds = True
+  config.folds = DEV_FOLDS
+  config.train.num_epochs = epochs
+  config.train.validation_fold = FLAGS.validation_fold
+  config.train.eval_every_epochs = FLAGS.eval_every_epochs
+  config.train.checkpoint_every_steps = 10 ** 6        # the last step only
+  config.eval.figures = False
+  config.eval.reference_bank = False
+  for field, value in overrides.items():
+    group, name = field.split(".")
+    config[group][name] = value
+  return config
+
+
+def untrained_accuracy(config) -> list[float]:
+  """Last-gate AO accuracy of the initial network on each dev fold."""
+  import jax
+  from avjax import config_lib, evaluate, feature_store, input_pipeline, parallel
+  from avjax import train_state as train_state_lib
+  from avjax.models import gating
+  config = config_lib.complete(config)
+  mesh = parallel.make_mesh()
+  repl, _ = parallel.shardings(mesh)
+  feature_store.ensure(config, mesh)
+  accs = []
+  for fold in config.folds:
+    train_on, _ = input_pipeline.split_folds(config, fold)
+    model = gating.create_model(config.model)
+    sample = {k: np.zeros(v.shape, v.dtype) for k, v in evaluate.sample_batch(config).items()}
+    rng = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), fold))[0]
+    state = train_state_lib.create_train_state(config, model, sample, rng, repl)
+    refs = evaluate.embed(config, state, train_on, mesh)
+    qrys = evaluate.embed(config, state, [fold], mesh)
+    preds = evaluate.predict_per_gate(config, refs, qrys)
+    accs.append(float(np.mean(preds["pred_AO"][-1] == qrys["label"])))
+  return accs
+
+
+def run_summary(run_dir: str) -> dict:
+  doc = json.load(open(os.path.join(run_dir, "results.json")))
+  per_fold = [r["accuracy"] for r in doc["rows"] if r["modality"] == "AO"
+              and r["gate"] == doc["num_windows"]]
+  last, first = {}, {}
+  for path in sorted(glob.glob(os.path.join(run_dir, "fold_*", "metrics.jsonl"))):
+    lines = [json.loads(l) for l in open(path) if '"loss"' in l]
+    if lines:
+      last[path.split(os.sep)[-2]] = lines[-1]
+      first[path.split(os.sep)[-2]] = lines[0]
+  return {"accuracy": per_fold,
+          "final_loss": [round(v["loss"], 4) for v in last.values()],
+          "initial_distance": [round(v.get("distance_audio", float("nan")), 6)
+                               for v in first.values()],
+          "final_distance": [round(v.get("distance_audio", float("nan")), 4) for v in last.values()],
+          "collapsed": [bool(v.get("collapsed", 0)) for v in last.values()]}
+
+
+def _pm(values) -> str:
+  values = 100 * np.asarray(values, float)
+  std = values.std(ddof=1) if len(values) > 1 else float("nan")
+  return f"{values.mean():.1f} ± {std:.1f}"
+
+
+def main(argv):
+  del argv
+  from avjax import train
+  work = os.path.abspath(FLAGS.workdir)
+  os.makedirs(work, exist_ok=True)
+  manual = os.path.join(work, "manual")
+  if not os.path.isdir(manual):
+    subprocess.run([sys.executable, os.path.join(FLAGS.samples, "to_wav.py"), manual], check=True)
+  out_path = os.path.join(work, "ablation.json")
+  rows = json.load(open(out_path)) if os.path.isfile(out_path) else {}
+  trunk_tag = FLAGS.trunk.replace(":", "_").replace("+", "_")
+  for variant in FLAGS.variants:
+    if FLAGS.untrained:
+      key = f"{variant}/{trunk_tag}/untrained"
+      if key not in rows:
+        accs = untrained_accuracy(dev_config(variant, FLAGS.trunk, work, 1, {}))
+        rows[key] = {"accuracy": accs, "seconds": 0.0}
+        json.dump(rows, open(out_path, "w"), indent=1)
+    for name in FLAGS.settings:
+      key = f"{variant}/{trunk_tag}/{name}/e{FLAGS.epochs}"
+      if key in rows:
+        continue
+      config = dev_config(variant, FLAGS.trunk, work, FLAGS.epochs, SETTINGS[name])
+      run_dir = os.path.join(work, "runs", key.replace("/", "__"))
+      t0 = time.time()
+      train.train_and_evaluate(config, run_dir)
+      rows[key] = dict(run_summary(run_dir), seconds=round(time.time() - t0, 1),
+                       overrides=SETTINGS[name])
+      json.dump(rows, open(out_path, "w"), indent=1)
+  print("\n| run | AO last gate % (folds 4, 5, 6) | per fold | final loss | collapsed | s |")
+  print("|---|---:|---|---|---|---:|")
+  for key, r in rows.items():
+    print(f"| {key} | {_pm(r['accuracy'])} | {', '.join(f'{100 * a:.1f}' for a in r['accuracy'])} "
+          f"| {', '.join(map(str, r.get('final_loss', [])))} | "
+          f"{sum(r.get('collapsed', []))}/{len(r.get('collapsed', []))} | {r['seconds']} |")
+
+
+if __name__ == "__main__":
+  app.run(main)
