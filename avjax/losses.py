@@ -65,8 +65,7 @@ Options beside the paper's reading (`config.loss`): `distance` 'euclidean'
 (non-squared distances in the miner's score and the hinges, as Hermans et al.
 2017) instead of 'squared'; `batch_all_epochs` E > 0: for the first E epochs the
 triplet term of each modality is batch-all, the mean hinge over every valid
-triplet of every window that still violates the margin (`batch_all_hinges`),
-then MWTSM (or batch-hard) as above.
+triplet of every window (`batch_all_hinges`), then MWTSM (or batch-hard) as above.
 """
 
 from __future__ import annotations
@@ -119,8 +118,10 @@ def batch_all_hinges(embeddings: jax.Array, labels: jax.Array, anchors: jax.Arra
 
   Returns:
     (sum of hinges, number of valid triplets with a positive hinge, number of valid
-    triplets), scalars; the batch-all term is sum / max(positive, 1) (the mean over
-    the triplets that still violate the margin).
+    triplets), scalars; the batch-all term is sum / max(valid, 1), the mean over every
+    valid triplet. (The mean over the violating ones only, Hermans et al.'s BA≠0, made
+    a collapsed embedding a fixed point on the development set: at collapse every
+    hinge is the margin, and spreading leaves a mean of the harder ones above it.)
   """
   emb = embeddings.astype(jnp.float32)
   d = _distance(jax.vmap(mining.pairwise_sq_distances)(emb), distance)   # [T, N, N]
@@ -212,8 +213,8 @@ def compute_loss(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_confi
     term = jnp.sum(hinge) / num_slots                              # (1/T)(1/N) sum when unmasked
     slot_mask = jnp.broadcast_to(anchors, (windows, n))            # [T, N] real anchor slots
     if batch_all is not None:
-      total, positive, _ = batch_all_hinges(emb, labels, slot_mask, margin, distance)
-      term = jnp.where(batch_all, total / jnp.maximum(positive, 1), term)
+      total, _, count = batch_all_hinges(emb, labels, slot_mask, margin, distance)
+      term = jnp.where(batch_all, total / jnp.maximum(count, 1), term)
     metrics[f"triplet_{m}"] = term
     metrics[f"distance_{m}"] = mean_pair_distance(emb, slot_mask, distance)
     metrics[f"zero_hinge_{m}"] = jnp.sum((hinge == 0) & valid) / jnp.maximum(jnp.sum(valid), 1)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -157,6 +158,7 @@ def main(argv):
         continue
       config = dev_config(variant, FLAGS.trunk, work, FLAGS.epochs, SETTINGS[name])
       run_dir = os.path.join(work, "runs", key.replace("/", "__"))
+      shutil.rmtree(run_dir, ignore_errors=True)   # not in ablation.json: a fresh run
       t0 = time.time()
       train.train_and_evaluate(config, run_dir)
       rows[key] = dict(run_summary(run_dir), seconds=round(time.time() - t0, 1),

@@ -98,9 +98,10 @@ class LossTest(absltest.TestCase):
     _, m = losses.compute_loss(first, LABELS, loss_config(distance="euclidean"), "global", "audio")
     self.assertMetrics(m, triplet_audio=2 * (np.sqrt(13) - 1) / 4,
                        distance_audio=float(np.mean(np.sqrt([1, 4, 9, 5, 4, 13]))))
-    # Batch-all: every (i, p, n); the positive hinges are anchor 2's 13-4+1, 13-5+1 and
-    # anchor 3's 13-9+1, 13-4+1: their mean (34 / 4). False keeps the mined term (5).
-    for flag, want in ((True, 34 / 4), (False, 20 / 4)):
+    # Batch-all: every valid (i, p, n), 8 of them; the positive hinges are anchor 2's
+    # 13-4+1, 13-5+1 and anchor 3's 13-9+1, 13-4+1: mean 34 / 8 over all valid triplets.
+    # False keeps the mined term (20 / 4).
+    for flag, want in ((True, 34 / 8), (False, 20 / 4)):
       _, m = losses.compute_loss(first, LABELS, loss_config(), "global", "audio",
                                  batch_all=jnp.asarray(flag))
       self.assertMetrics(m, triplet_audio=want)
