@@ -307,14 +307,23 @@ class I3D(nn.Module):
     if self.input_endpoint not in ENDPOINTS[:last]:
       raise ValueError(f"I3D.input_endpoint: {self.input_endpoint!r} is not None, 'pooled' or "
                        f"an endpoint before last_block {self.last_block!r}: {ENDPOINTS[:last]}")
-    start = ENDPOINTS.index(self.input_endpoint) + 1
-    if ENDPOINTS.index(self.final_endpoint) < start:
-      raise ValueError(f"I3D: final_endpoint {self.final_endpoint!r} is not after the "
-                       f"input_endpoint {self.input_endpoint!r}")
-    if x.ndim != 5:
-      raise ValueError(f"I3D(input_endpoint={self.input_endpoint!r}) expects that layer's "
-                       f"output [N, F, H, W, Ch], got shape {x.shape}")
-    return start
+    return cut_start("I3D", ENDPOINTS, self.input_endpoint, self.final_endpoint, x,
+                     "[N, F, H, W, Ch]")
+
+
+def cut_start(network: str, endpoints: Sequence[str], input_endpoint: str, final_endpoint: str,
+              x: jax.Array, shape: str) -> int:
+  """Index (into `endpoints`) of the first layer after `input_endpoint`, a layer whose
+  output map `x` (of the form `shape`, e.g. '[N, L, Ch]') is the input; checks that
+  `final_endpoint` comes after it. Shared by I3D and SoundNet8."""
+  start = list(endpoints).index(input_endpoint) + 1
+  if list(endpoints).index(final_endpoint) < start:
+    raise ValueError(f"{network}: final_endpoint {final_endpoint!r} is not after the "
+                     f"input_endpoint {input_endpoint!r}")
+  if x.ndim != shape.count(",") + 1:
+    raise ValueError(f"{network}(input_endpoint={input_endpoint!r}) expects that layer's "
+                     f"output {shape}, got shape {x.shape}")
+  return start
 
 
 # --------------------------------------------------------------------------- pretrained weights

@@ -207,14 +207,7 @@ def _check_input(input_endpoint: str | None, final_endpoint: str, x: jax.Array) 
       raise ValueError("SoundNet8(input_endpoint='pooled') has only the head: final_endpoint "
                        "must be 'Embedding'")
     return len(LAYERS)
-  start = ENDPOINTS.index(input_endpoint) + 1
-  if ENDPOINTS.index(final_endpoint) < start:
-    raise ValueError(f"SoundNet8: final_endpoint {final_endpoint!r} is not after the "
-                     f"input_endpoint {input_endpoint!r}")
-  if x.ndim != 3:
-    raise ValueError(f"SoundNet8(input_endpoint={input_endpoint!r}) expects that layer's "
-                     f"output [N, L, Ch], got shape {x.shape}")
-  return start
+  return i3d.cut_start("SoundNet8", ENDPOINTS, input_endpoint, final_endpoint, x, "[N, L, Ch]")
 
 
 # --------------------------------------------------------------------------- pretrained weights
