@@ -24,6 +24,7 @@ import types
 from unittest import mock
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
@@ -84,8 +85,8 @@ def media_batch(config, folds):
 
 
 def loss_and_grads(config, apply_fn, variables, batch):
-  """The train step's loss (`losses.compute_loss` on the training forward) and its
-  gradients, as `steps.train_step` computes them before the optimiser."""
+  """((the train step's loss, its gate embeddings), gradients), as `steps.train_step`
+  computes them before the optimiser (`losses.compute_loss` on the training forward)."""
   m = config.model
 
   def fn(params, batch_stats, batch):
@@ -95,9 +96,10 @@ def loss_and_grads(config, apply_fn, variables, batch):
     def loss_fn(p):
       out, _ = apply_fn({"params": p, "batch_stats": batch_stats}, video, audio, train=True,
                         window_valid=wv, mutable=["batch_stats"])
+      gates = {k: v for k, v in out.items() if k.endswith("_gate")}
       return losses.compute_loss(out, batch["label"], config.loss, m.variant, m.modalities,
-                                 window_valid=wv)[0]
-    return jax.value_and_grad(loss_fn)(params)
+                                 window_valid=wv)[0], gates
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
   inputs = {k: v for k, v in batch.items() if k in ("video", "audio", "label", "window_valid")}
   return jax.jit(fn)(variables["params"], variables["batch_stats"], inputs)
@@ -147,8 +149,8 @@ class EquivalenceTest(absltest.TestCase):
 
     full = full_config(config)
     frozen_vars = {"params": state.params, "batch_stats": state.batch_stats}
-    loss, grads = loss_and_grads(config, state.apply_fn, frozen_vars, feats)
-    full_loss, full_grads = loss_and_grads(full, full_apply, full_vars, media)
+    (loss, _), grads = loss_and_grads(config, state.apply_fn, frozen_vars, feats)
+    (full_loss, full_gates), full_grads = loss_and_grads(full, full_apply, full_vars, media)
     self.assertGreater(float(loss), 0.0)
     np.testing.assert_allclose(float(loss), float(full_loss), rtol=1e-5)
     # The gradients of every trained parameter (heads, LSTMs, layers above a cut).
@@ -156,8 +158,10 @@ class EquivalenceTest(absltest.TestCase):
                                                for k, v in grads.items()})
     assert_trees_close(self, grads, sub)
 
+    # The cached model's evaluation forward against the whole network's (its training
+    # forward: with frozen BN the same computation).
     got = gates(config, state.apply_fn, frozen_vars, feats)
-    want = gates(full, full_apply, full_vars, media)
+    want = jax.device_get(full_gates)
     assert_trees_close(self, got, want)
     n_ref = input_pipeline.num_clips(builder, FOLDS[1:])
     n_q = len(feats["label"]) - n_ref
@@ -172,8 +176,37 @@ class EquivalenceTest(absltest.TestCase):
     self.check(frozen_config())
 
   def test_finetune_from_a_cut_equals_the_whole_network_above_it(self):
-    # SoundNet cached up to conv5: conv6, conv7 and the head train.
-    self.check(frozen_config("finetune_from:conv5", modalities="audio"))
+    """SoundNet-8 cached up to conv5 (the store's maps): conv6, conv7 and the head give the
+    whole network's embeddings and gradients. (The heads, LSTMs and loss above the
+    encoders are the frozen test's.)"""
+    config = frozen_config("finetune_from:conv5", modalities="audio")
+    media = media_batch(config, [1])
+    wave = media["audio"].reshape(-1, media["audio"].shape[-1])        # [N T, S]
+    trunk = feature_store.trunk_variables(config, "audio", jax.ShapeDtypeStruct(
+        (1, wave.shape[1]), np.float32))
+    # What the extraction stores for this cut: conv5's output map.
+    maps = jax.jit(lambda v, x: feature_store._features(
+        feature_store.encoder(config, "audio"), "conv5", v, x))(trunk, wave)  # [N T, L, C]
+    self.assertEqual(maps.shape[1:], feature_store.feature_shape(
+        config, "audio", {"samples_per_window": wave.shape[1]}))
+    kw = dict(embed_dim=8, width=float(config.model.audio_width), conv_impl="xla")
+    whole = soundnet.SoundNet8(**kw)
+    upper = soundnet.SoundNet8(input_endpoint="conv5", **kw)
+    top = upper.init(jax.random.PRNGKey(3), maps)
+    self.assertEqual(set(top["params"]), {"conv6", "conv7", "Embedding"})
+    variables = {c: {**trunk[c], **top.get(c, {})} for c in ("params", "batch_stats")}
+
+    def value_and_grad(model, x, params_of):
+      def f(params):
+        v = {"params": {**variables["params"], **params}, "batch_stats": variables["batch_stats"]}
+        return jnp.sum(model.apply(v, x, train=False)[0] ** 2)
+      return jax.jit(jax.value_and_grad(f))(params_of)
+
+    mine = {k: top["params"][k] for k in top["params"]}
+    value, grads = value_and_grad(upper, maps, mine)
+    full_value, full_grads = value_and_grad(whole, wave, mine)
+    np.testing.assert_allclose(float(value), float(full_value), rtol=1e-5)
+    assert_trees_close(self, grads, full_grads)
 
   def test_i3d_from_a_cut_equals_the_whole_i3d(self):
     kw = dict(width=0.125, last_block="Mixed_3b", embed_dim=8)

@@ -84,18 +84,20 @@ class ImportGraphTest(absltest.TestCase):
                       ("avjax.steps", "avjax.train"), ("avjax.input_pipeline", "avjax.train"),
                       ("avjax.knn", "avjax.evaluate"), ("avjax.results", "avjax.evaluate"),
                       ("avjax.figures", "avjax.evaluate"), ("avjax.predict", "avjax.train"),
-                      ("avjax.predict", "avjax.evaluate")]:
+                      ("avjax.predict", "avjax.evaluate"),
+                      ("avjax.input_pipeline", "avjax.feature_store"),
+                      ("avjax.data.feature_cache", "avjax.input_pipeline")]:
       self.assertNotIn(high, graph[low], f"{low} imports {high}")
 
   def test_step_and_models_without_the_data_stack(self):
-    """The jitted step, the train state and the models import with
+    """The jitted step, the train state, the models and the feature extraction import with
     tensorflow-datasets, grain, PyAV and soxr unavailable (as on the device check's machine)."""
     blocked = ", ".join(repr(m) for m in DATA_STACK)
     code = f"""
 import sys
 for name in ({blocked},):
   sys.modules[name] = None          # `import name` now raises ImportError
-from avjax import steps, train_state, parallel, augment, losses, mining, knn
+from avjax import steps, train_state, parallel, augment, losses, mining, knn, feature_store
 from avjax.models import gating, i3d, soundnet
 for name in ({blocked},):
   assert sys.modules[name] is None, name
