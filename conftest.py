@@ -28,21 +28,6 @@ def _release_compiled_programs():
   testing.release_compiled()
 
 
-# The slowest test modules, slowest first (pytest --durations, 2026-12-02). `make test`
-# runs pytest-xdist with --dist loadfile, which hands whole files to the workers in
-# collection order: a slow file handed out last keeps one worker busy while the other
-# idles, so these are collected first and the short ones fill in at the end.
-SLOW_FIRST = ("test_train.py", "test_end_to_end.py", "test_single_modality.py",
-              "test_device_data.py", "test_predict.py", "test_i3d.py", "test_gating.py",
-              "test_feature_store.py", "test_conv.py", "test_benchmark.py")
-
-
-def pytest_collection_modifyitems(session, config, items):
-  """Collects SLOW_FIRST's modules first (a stable sort: every module stays whole and in order)."""
-  rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
-
 def pytest_configure(config):
   """One id per run, inherited by pytest-xdist's workers: they share one directory of
   test data (avjax.testing), removed by the process that made the id.
