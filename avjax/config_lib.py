@@ -66,6 +66,8 @@ CONV_IMPLS = ("auto", "xla", "matmul")
 DISTANCES = ("squared", "euclidean")   # loss.distance
 # What evaluation reports per `model.modalities`, and the gate embeddings of each.
 GATE_MODALITIES = {"av": ("AO", "VO", "AV"), "audio": ("AO",), "video": ("VO",)}
+# The encoder branches of each `model.modalities` value.
+BRANCHES = {"av": ("audio", "video"), "audio": ("audio",), "video": ("video",)}
 MODALITY_KEYS = {"AO": ("audio_gate",), "VO": ("video_gate",), "AV": ("audio_gate", "video_gate")}
 
 
@@ -409,7 +411,7 @@ def trunk_inputs(model) -> dict[str, str | None]:
   (a config's `model` block): None (raw media, 'finetune'), 'pooled' ('frozen') or
   the layer a 'finetune_from:' trunk is cut at. Raises ValueError naming the field."""
   trunk = str(model.trunk)
-  mods = {"av": ("audio", "video"), "audio": ("audio",), "video": ("video",)}[model.modalities]
+  mods = BRANCHES[model.modalities]
   if trunk == "finetune":
     return {m: None for m in mods}
   if trunk == "frozen":

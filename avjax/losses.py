@@ -78,8 +78,7 @@ import jax.numpy as jnp
 from avjax import config_lib
 from avjax import mining
 
-# The encoder branches of each `model.modalities` value.
-_BRANCHES = {"av": ("audio", "video"), "audio": ("audio",), "video": ("video",)}
+_BRANCHES = config_lib.BRANCHES
 
 
 def _distance(sq: jax.Array, distance: str) -> jax.Array:
