@@ -11,7 +11,11 @@ import uuid
 
 import pytest
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# XLA:CPU's legacy elemental emitters instead of its fusion emitters: the tiny train step
+# compiles in 5.0 s instead of 12.9 s (2-core Xeon, JAX_DISABLE_MOST_OPTIMIZATIONS=1);
+# compilation is most of the suite's time.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 "
+                      "--xla_cpu_use_fusion_emitters=false")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # XLA's backend optimisations off (as flax's examples' train_test.py): the tests'
 # tiny shapes run in milliseconds either way, and compiling the tiny train step
@@ -45,6 +49,16 @@ def pytest_configure(config):
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(run_dir, "jax_cache"))
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+  # Orbax writes a replicated array by slicing it across its replicas (4 fake devices
+  # here): each save then runs one small eager slice per array and replica, compiled on
+  # first use (a tiny state's first save took 5.2 s, later ones 1.4 s; without it 0.9 s
+  # and 0.7 s). The checkpoints' format and contents do not change: one replica writes.
+  from orbax.checkpoint import type_handlers
+  import jax
+  type_handlers.register_type_handler(
+      jax.Array, type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
 
 
 def pytest_unconfigure(config):

@@ -1,4 +1,4 @@
-"""Worker for test_train.MultiProcessTest: runs 2 train steps on fixed batches.
+"""Worker for test_train.MultiProcessTest: runs 2 audio_lstm train steps on fixed batches.
 
 Started as N processes with jax.distributed on CPU (4 devices in total); each
 process feeds its slice of every global batch, as the input pipeline does.
@@ -7,6 +7,7 @@ Writes the losses and gradient norms of each step (<out>.json) from process 0.
 
 import json
 import os
+import re
 import sys
 
 from absl import app
@@ -22,7 +23,9 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   per_process = 4 // FLAGS.num_processes
-  os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={per_process}"
+  # The suite's other XLA flags (conftest.py) stay; only the device count changes.
+  flags_ = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+  os.environ["XLA_FLAGS"] = f"{flags_} --xla_force_host_platform_device_count={per_process}".strip()
   os.environ["JAX_PLATFORMS"] = "cpu"
   import jax
   if FLAGS.num_processes > 1:
@@ -34,7 +37,9 @@ def main(argv):
   from avjax import testing
   from avjax import train_state
 
+  from avjax import config_lib
   config = testing.parity_config()
+  config_lib.apply_args(config, "audio_lstm")       # as test_train.audio_config
   batches = [testing.tiny_batch(config, seed) for seed in range(2)]
   n = len(batches[0]["label"])
   pid, nproc = jax.process_index(), jax.process_count()
