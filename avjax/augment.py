@@ -4,7 +4,9 @@ The one implementation of the audio augmentation, used by the host and the
 device-resident training paths alike: the train step receives the raw audio
 and the batch's draws (speed factor, semitones, noise [T, S]) and calls
 `augment_audio` inside its jitted graph. Pure `jax.numpy` (imports NumPy, JAX
-and `math` only), so it runs on any backend without soxr.
+and `math` only), so it runs on any backend without soxr. The batch's draws are made
+here too, on the host (`draw_augmentation`: a pure function of the seed and the step),
+for the host pipeline, the device-resident path and the cached feature views.
 
 Legend: B batch, T windows, S audio samples per window, R flattened rows
 (B * T, or any leading axes), N STFT frames, K = STFT_SIZE / 2 + 1 STFT bins,
@@ -60,6 +62,7 @@ pure tone of that frequency.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -258,3 +261,63 @@ def augment_in_graph(arrays: dict[str, jax.Array], inputs: dict[str, jax.Array],
       max_semitones=max_semitones,
       window_valid=batch["window_valid"] if mask_padded_windows else None)
   return batch
+
+
+# --------------------------------------------------------------------------- draws (host)
+# One batch's draws are made on the host from (seed, step) (NumPy only) and applied
+# in-graph: the host pipeline crops and flips the video itself and ships the audio draws
+# (`augmentation_inputs`); the device-resident path ships all of them (`step_inputs`).
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """One batch's augmentation (applied to every clip and window)."""
+  crop_y: int
+  crop_x: int
+  flip: bool
+  speed: float                     # tempo and pitch factor (1: none)
+  semitones: float                 # pitch shift (0: none)
+  noise: np.ndarray | None         # [T, S] added to every clip, or None
+
+
+def draw_augmentation(seed: int, step: int, *, frame_size: int | None, crop_size: int,
+                      input_config, num_windows: int, samples_per_window: int) -> Augmentation:
+  """The augmentation of batch `step`: a pure function of (seed, step, config).
+
+  Every draw is made whether or not its augmentation is enabled, so enabling
+  one does not change the others."""
+  rng = np.random.default_rng([int(seed), int(step), 2])
+  margin = (frame_size - crop_size) if frame_size else 0
+  crop_y, crop_x = (int(v) for v in rng.integers(0, margin + 1, size=2))
+  flip_u, speed_u, pitch_u = rng.random(3)
+  noise = rng.standard_normal((num_windows, samples_per_window), dtype=np.float32)
+  std = float(input_config.audio_noise_std)
+  return Augmentation(
+      crop_y=crop_y, crop_x=crop_x,
+      flip=bool(input_config.random_flip) and bool(flip_u < 0.5),
+      speed=1.0 + float(input_config.speed_range) * (2.0 * float(speed_u) - 1.0),
+      semitones=float(input_config.pitch_shift_semitones) * (2.0 * float(pitch_u) - 1.0),
+      noise=noise * np.float32(std) if std > 0 else None)
+
+
+def augmentation_inputs(aug: Augmentation, num_windows: int, samples_per_window: int
+                        ) -> dict[str, np.ndarray]:
+  """The audio draws of a batch as the train step takes them (`batch['aug']`):
+  speed [] float32, semitones [] float32, noise [T, S] float32 (zeros when off).
+  The step applies them in-graph (`augment_audio`)."""
+  noise = aug.noise if aug.noise is not None else np.zeros(
+      (num_windows, samples_per_window), np.float32)
+  return {"speed": np.asarray(aug.speed, np.float32),
+          "semitones": np.asarray(aug.semitones, np.float32),
+          "noise": np.asarray(noise, np.float32)}
+
+
+def step_inputs(index: np.ndarray, aug: Augmentation, num_windows: int,
+                samples_per_window: int) -> dict[str, np.ndarray]:
+  """One step's inputs of the device-resident path (`augment_in_graph`): 'index' [b]
+  int32 (the clips of this host's slice of the batch), 'crop' [2] int32, 'flip' bool,
+  and the audio draws of `augmentation_inputs`."""
+  return {"index": np.asarray(index, np.int32),
+          "crop": np.asarray([aug.crop_y, aug.crop_x], np.int32),
+          "flip": np.asarray(aug.flip, bool),
+          **augmentation_inputs(aug, num_windows, samples_per_window)}

@@ -21,7 +21,8 @@ of video plus 1 GB of audio per device, the training folds (9/10 of it) about
 Each step the host sends only the global batch's indices [B] (sharded on
 `data`, padded with masked copies to a multiple of the device count) and the
 batch's augmentation parameters, drawn exactly as the host pipeline draws them
-(`input_pipeline.draw_augmentation(seed, step)`; replicated): crop offsets [2],
+(`augment.draw_augmentation(seed, step)`, `augment.step_inputs`,
+`parallel.to_global_step_input`; replicated): crop offsets [2],
 flip, speed factor, pitch shift in semitones and the noise [T, S]. The sampler
 (class-balanced epoch tables, `global_indices(step)`) and the iterator state
 (JSON {step, seed, num_clips, batch_size}) are the host pipeline's, so
@@ -44,6 +45,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from avjax import augment
 from avjax import input_pipeline as ip
 
 _READ_CHUNK = 64            # clips read from the records at a time
@@ -130,17 +132,11 @@ class DeviceTrainIterator:
   def inputs(self, step: int) -> dict[str, np.ndarray]:
     b = self._batches
     index = ip.host_slice(b.global_indices(step), b.shard_index, b.shard_count)
-    aug = ip.draw_augmentation(b.seed, step, frame_size=b.frame_size, crop_size=b.crop_size,
-                               input_config=b.input_config, num_windows=b.num_windows,
-                               samples_per_window=b.samples_per_window)
-    noise = aug.noise if aug.noise is not None else np.zeros(
-        (b.num_windows, b.samples_per_window), np.float32)
-    return {"index": np.asarray(index, np.int32),
-            "crop": np.asarray([aug.crop_y, aug.crop_x], np.int32),
-            "flip": np.asarray(aug.flip, bool),
-            "speed": np.asarray(aug.speed, np.float32),
-            "semitones": np.asarray(aug.semitones, np.float32),
-            "noise": np.asarray(noise, np.float32)}
+    aug = augment.draw_augmentation(b.seed, step, frame_size=b.frame_size,
+                                    crop_size=b.crop_size, input_config=b.input_config,
+                                    num_windows=b.num_windows,
+                                    samples_per_window=b.samples_per_window)
+    return augment.step_inputs(index, aug, b.num_windows, b.samples_per_window)
 
   def __iter__(self):
     return self
@@ -181,22 +177,3 @@ def create_device_iterator(config, train_folds: Sequence[int], seed: int, mesh: 
   if dataset is None:
     dataset = load(config, train_folds, mesh)
   return DeviceTrainIterator(host_iter.batches, dataset)
-
-
-def to_global_step_input(inputs: dict, *, data_sharding: NamedSharding,
-                         replicated: NamedSharding) -> dict[str, jax.Array]:
-  """Host step inputs -> global arrays: 'index' (padded with masked copies to a
-  multiple of the local devices, 'mask' added then) sharded on `data`, the
-  augmentation parameters replicated."""
-  index = np.asarray(inputs["index"], np.int32)
-  pad = -len(index) % jax.local_device_count()
-  out = {}
-  if pad:
-    mask = np.concatenate([np.ones(len(index), bool), np.zeros(pad, bool)])
-    index = np.concatenate([index, np.repeat(index[:1], pad)])
-    out["mask"] = jax.make_array_from_process_local_data(data_sharding, mask)
-  out["index"] = jax.make_array_from_process_local_data(data_sharding, index)
-  for key in ("crop", "flip", "speed", "semitones", "noise"):
-    value = np.asarray(inputs[key])
-    out[key] = jax.make_array_from_callback(value.shape, replicated, lambda idx, v=value: v[idx])
-  return out

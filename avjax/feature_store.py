@@ -17,7 +17,7 @@ What is cached, per modality (`config_lib.trunk_inputs`):
   output map, e.g. [22, 128] for SoundNet conv4 on a 1 s window.
 BatchNorm in inference mode (stored statistics), centre crop, no augmentation for
 view 0; with `input.cached_views = K`, views 1..K each have one augmentation draw
-(`input_pipeline.draw_augmentation(seed, VIEW_STEP + view)`: crop offset, flip,
+(`augment.draw_augmentation(seed, VIEW_STEP + view)`: crop offset, flip,
 speed, pitch, noise) for all clips, and training draws one of the 1 + K views per batch.
 Extraction runs jitted on clip batches sharded over the mesh's devices, in
 `model.dtype` (features stored as float32).
@@ -223,12 +223,35 @@ def _extract_fn(enc, cut: str, mesh, modality: str, augmented: bool, max_semiton
   return jax.jit(run, in_shardings=(repl, data, data, repl), out_shardings=data)
 
 
+def extractor(config, modality: str, mesh, info: Mapping[str, Any], augmented: bool = False):
+  """(fn, variables): the extraction's jitted function for `modality` and the fixed
+  trunk's variables; fn(variables, media [B, T, ...], window_valid [B, T], aug) ->
+  features [B, T, ...] (`aug`: the audio draws of `augment.augmentation_inputs`, read
+  only when `augmented` and audio). `info`: num_windows, frames_per_window /
+  samples_per_window of the windows."""
+  enc, cut = encoder(config, modality), feature_cache.endpoint(config, modality)
+  variables = trunk_variables(config, modality, _window(config, modality, info))
+  fn = _extract_fn(enc, cut, mesh, modality, augmented and modality == "audio",
+                   float(config.input.pitch_shift_semitones),
+                   bool(config.loss.mask_padded_windows))
+  return fn, variables
+
+
+def clips_per_call(modality: str, num_windows: int, largest_fold: int | None,
+                   devices: int) -> int:
+  """Clips per extraction call: WINDOWS_PER_CALL's worth, at most the largest fold's
+  (when given), a multiple of the devices (one shape: one compilation for every fold)."""
+  clips = max(1, WINDOWS_PER_CALL[modality] // num_windows)
+  if largest_fold:
+    clips = min(clips, largest_fold)
+  return -(-clips // devices) * devices
+
+
 def _views(config, info) -> list:
-  """[None (the clean view)] + one `input_pipeline.Augmentation` per cached view."""
-  from avjax import input_pipeline
+  """[None (the clean view)] + one `augment.Augmentation` per cached view."""
   out = [None]
   for view in range(1, int(config.input.cached_views) + 1):
-    out.append(input_pipeline.draw_augmentation(
+    out.append(augment.draw_augmentation(
         int(config.seed), VIEW_STEP + view, frame_size=info.get("frame_size"),
         crop_size=int(config.input.crop_size), input_config=config.input,
         num_windows=info["num_windows"], samples_per_window=info["samples_per_window"]))
@@ -249,14 +272,8 @@ def _extract_fold(config, modality: str, store: str, fold: int, mesh) -> None:
   info = input_pipeline.dataset_info(config)
   n = input_pipeline.num_clips(builder, [fold])
   t = info["num_windows"]
-  enc, cut = encoder(config, modality), feature_cache.endpoint(config, modality)
-  window = _window(config, modality, info)
-  variables = trunk_variables(config, modality, window)
-  devices = mesh.devices.size
-  # Clips per call: WINDOWS_PER_CALL's worth, at most the largest fold's, a multiple
-  # of the devices (one shape: one compilation for every fold).
-  clips = min(max(1, WINDOWS_PER_CALL[modality] // t), max(info["num_clips_per_fold"].values()))
-  clips = -(-clips // devices) * devices
+  clips = clips_per_call(modality, t, max(info["num_clips_per_fold"].values()),
+                         mesh.devices.size)
   views = _views(config, info)
   read_video = modality == "video"
   reader = input_pipeline.Reader(builder, [fold], read_video)
@@ -267,8 +284,6 @@ def _extract_fold(config, modality: str, store: str, fold: int, mesh) -> None:
   write = pid == 0
   if write:
     os.makedirs(partial, exist_ok=True)
-  max_semitones = float(config.input.pitch_shift_semitones)
-  mask_padded = bool(config.loss.mask_padded_windows)
   bar = _progress(n, f"{modality} features, fold {fold}")
   t0, done_now = time.time(), 0
   for start in range(0, n, clips):
@@ -295,9 +310,8 @@ def _extract_fold(config, modality: str, store: str, fold: int, mesh) -> None:
         wv = np.concatenate([wv, np.repeat(wv[:1], pad, axis=0)])
       aug_in = None
       if aug is not None:
-        aug_in = input_pipeline.augmentation_inputs(aug, t, info["samples_per_window"])
-      fn = _extract_fn(enc, cut, mesh, modality, aug is not None and modality == "audio",
-                       max_semitones, mask_padded)
+        aug_in = augment.augmentation_inputs(aug, t, info["samples_per_window"])
+      fn, variables = extractor(config, modality, mesh, info, augmented=aug is not None)
       per_host = clips // nproc
       local = {modality: x[pid * per_host:(pid + 1) * per_host],
                "window_valid": wv[pid * per_host:(pid + 1) * per_host]}

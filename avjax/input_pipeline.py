@@ -31,7 +31,7 @@ its slice, clips [i * B / P, (i + 1) * B / P) for host i of P (grain
 `ShardOptions(jax.process_index(), jax.process_count())` semantics): the
 global batch stays class-balanced, and the stream does not depend on P.
 
-Augmentation, drawn once per batch from (seed, step) (`draw_augmentation`) and
+Augmentation, drawn once per batch from (seed, step) (`augment.draw_augmentation`) and
 applied to every clip and window of the batch (so a resumed or resharded run
 sees the same augmentation):
 
@@ -68,7 +68,6 @@ the folds that skips video and audio decoding, cached per process.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib
 import math
@@ -82,6 +81,7 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
+from avjax import augment
 from avjax import config_lib
 from avjax.data import builder_lib
 from avjax.data import feature_cache
@@ -347,37 +347,6 @@ def host_slice(global_batch: np.ndarray, shard_index: int, shard_count: int) -> 
 # --------------------------------------------------------------------------- augmentation
 
 
-@dataclasses.dataclass(frozen=True)
-class Augmentation:
-  """One batch's augmentation (applied to every clip and window)."""
-  crop_y: int
-  crop_x: int
-  flip: bool
-  speed: float                     # tempo and pitch factor (1: none)
-  semitones: float                 # pitch shift (0: none)
-  noise: np.ndarray | None         # [T, S] added to every clip, or None
-
-
-def draw_augmentation(seed: int, step: int, *, frame_size: int | None, crop_size: int,
-                      input_config, num_windows: int, samples_per_window: int) -> Augmentation:
-  """The augmentation of batch `step`: a pure function of (seed, step, config).
-
-  Every draw is made whether or not its augmentation is enabled, so enabling
-  one does not change the others."""
-  rng = np.random.default_rng([int(seed), int(step), 2])
-  margin = (frame_size - crop_size) if frame_size else 0
-  crop_y, crop_x = (int(v) for v in rng.integers(0, margin + 1, size=2))
-  flip_u, speed_u, pitch_u = rng.random(3)
-  noise = rng.standard_normal((num_windows, samples_per_window), dtype=np.float32)
-  std = float(input_config.audio_noise_std)
-  return Augmentation(
-      crop_y=crop_y, crop_x=crop_x,
-      flip=bool(input_config.random_flip) and bool(flip_u < 0.5),
-      speed=1.0 + float(input_config.speed_range) * (2.0 * float(speed_u) - 1.0),
-      semitones=float(input_config.pitch_shift_semitones) * (2.0 * float(pitch_u) - 1.0),
-      noise=noise * np.float32(std) if std > 0 else None)
-
-
 def crop_flip(video: np.ndarray, crop_y: int, crop_x: int, size: int, flip: bool) -> np.ndarray:
   """[..., H, W, 3] -> [..., size, size, 3] at (crop_y, crop_x), mirrored left-right if `flip`."""
   h, w = video.shape[-3:-1]
@@ -387,18 +356,6 @@ def crop_flip(video: np.ndarray, crop_y: int, crop_x: int, size: int, flip: bool
   if flip:
     out = out[..., :, ::-1, :]
   return np.ascontiguousarray(out)
-
-
-def augmentation_inputs(aug: Augmentation, num_windows: int, samples_per_window: int
-                        ) -> dict[str, np.ndarray]:
-  """The audio draws of a batch as the train step takes them (`batch['aug']`):
-  speed [] float32, semitones [] float32, noise [T, S] float32 (zeros when off).
-  The step applies them in-graph (`avjax.augment.augment_audio`)."""
-  noise = aug.noise if aug.noise is not None else np.zeros(
-      (num_windows, samples_per_window), np.float32)
-  return {"speed": np.asarray(aug.speed, np.float32),
-          "semitones": np.asarray(aug.semitones, np.float32),
-          "noise": np.asarray(noise, np.float32)}
 
 
 # --------------------------------------------------------------------------- reading
@@ -523,13 +480,13 @@ class TrainBatches:
     indices = host_slice(self.global_indices(step), self.shard_index, self.shard_count)
     if self.reader.is_features:   # cached features: augmented (if at all) at extraction
       return self.reader.read(indices, view=self.reader.draw_view(self.seed, step))
-    aug = draw_augmentation(self.seed, step, frame_size=self.frame_size, crop_size=self.crop_size,
+    aug = augment.draw_augmentation(self.seed, step, frame_size=self.frame_size, crop_size=self.crop_size,
                             input_config=self.input_config, num_windows=self.num_windows,
                             samples_per_window=self.samples_per_window)
     batch = self.reader.read(indices, (aug.crop_y, aug.crop_x, self.crop_size, aug.flip))
     # Raw audio: the step augments it in-graph with these draws (one implementation
     # for this path and the device-resident one).
-    batch["aug"] = augmentation_inputs(aug, self.num_windows, self.samples_per_window)
+    batch["aug"] = augment.augmentation_inputs(aug, self.num_windows, self.samples_per_window)
     return batch
 
 

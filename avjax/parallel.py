@@ -80,3 +80,22 @@ def check_padding(freeze_bn: bool, batch_size: int) -> None:
         f"to a multiple of the {jax.local_device_count()} local devices, but "
         "config.model.freeze_bn=False: BatchNorm batch statistics would include the padding. "
         "Set model.freeze_bn=True, or change clips_per_class or the device count.")
+
+
+def to_global_step_input(inputs: dict, *, data_sharding: NamedSharding,
+                         replicated: NamedSharding) -> dict[str, jax.Array]:
+  """The device-resident path's host step inputs (`augment.step_inputs`) -> global
+  arrays: 'index' (padded with masked copies to a multiple of the local devices, 'mask'
+  added then) sharded on `data`, the augmentation parameters replicated."""
+  index = np.asarray(inputs["index"], np.int32)
+  pad = -len(index) % jax.local_device_count()
+  out = {}
+  if pad:
+    mask = np.concatenate([np.ones(len(index), bool), np.zeros(pad, bool)])
+    index = np.concatenate([index, np.repeat(index[:1], pad)])
+    out["mask"] = jax.make_array_from_process_local_data(data_sharding, mask)
+  out["index"] = jax.make_array_from_process_local_data(data_sharding, index)
+  for key in ("crop", "flip", "speed", "semitones", "noise"):
+    value = np.asarray(inputs[key])
+    out[key] = jax.make_array_from_callback(value.shape, replicated, lambda idx, v=value: v[idx])
+  return out

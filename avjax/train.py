@@ -206,7 +206,7 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
   batch_all_steps = int(config.loss.batch_all_epochs) * steps_per_epoch
   if on_device:
     step_fn = steps.make_device_train_step(config, mesh, train_iter.dataset, batch_all_steps)
-    put = functools.partial(device_data.to_global_step_input, data_sharding=data_sharding,
+    put = functools.partial(parallel.to_global_step_input, data_sharding=data_sharding,
                             replicated=repl)
   else:
     step_fn = steps.make_train_step(config, mesh, batch_all_steps)

@@ -128,7 +128,7 @@ def describe(case: dict) -> str:
           + (" (compile only)" if case["compile_only"] else ""))
 
 
-def _case(shape: str, **kw) -> dict:
+def make_case(shape: str, **kw) -> dict:
   kw.pop("label", None)
   out = dict(SHAPES[shape], shape=shape, dtype="float32", remat=False, donate=True,
              compile_only=False, config_arg="", conv_impl="auto")
@@ -143,10 +143,10 @@ PRESETS = {
     "cpu_quick": dict(
         sections=("train_step", "options", "scaling", "data_parallel", "mwtsm", "input", "loop",
                   "build"),
-        train_step=[_case("ravdess", compile_only=True),
-                    _case("ravdess", batch=1), _case("ravdess", batch=2),
-                    _case("ravdess", config_arg="audio_lstm"),
-                    _case("demo")],
+        train_step=[make_case("ravdess", compile_only=True),
+                    make_case("ravdess", batch=1), make_case("ravdess", batch=2),
+                    make_case("ravdess", config_arg="audio_lstm"),
+                    make_case("demo")],
         options=[("demo", {}), ("demo", dict(dtype="bfloat16")), ("demo", dict(conv_impl="xla")),
                  ("ravdess_b1", {}), ("ravdess_b1", dict(dtype="bfloat16")),
                  ("ravdess_b1", dict(remat=True)), ("ravdess_b1", dict(donate=False)),
@@ -167,8 +167,8 @@ PRESETS = {
     "gpu": dict(
         sections=("train_step", "options", "scaling", "data_parallel", "mwtsm", "input", "loop",
                   "build"),
-        train_step=[_case("ravdess"), _case("ravdess", dtype="bfloat16"),
-                    _case("ravdess", batch=80, dtype="bfloat16"), _case("demo")],
+        train_step=[make_case("ravdess"), make_case("ravdess", dtype="bfloat16"),
+                    make_case("ravdess", batch=80, dtype="bfloat16"), make_case("demo")],
         options=[("ravdess_bf16", {}), ("ravdess_bf16", dict(remat=True)),
                  ("ravdess_bf16", dict(donate=False)), ("ravdess_bf16", dict(dtype="float32"))],
         scaling_windows=dict(shape="ravdess", batch=40, dtype="bfloat16", values=(1, 2, 4, 8)),
@@ -185,7 +185,7 @@ PRESETS = {
     # The test's sizes (seconds).
     "tiny": dict(
         sections=("train_step", "mwtsm"),
-        train_step=[_case("tiny")],
+        train_step=[make_case("tiny")],
         options=[], mwtsm=dict(sizes=(12,), windows=3, dim=8, repeats=2),
         models=dict(shape="tiny"),
         layers=dict(shapes=("tiny",), networks=("soundnet",), repeats=1),
@@ -195,10 +195,10 @@ PRESETS = {
 # Sections every preset accepts in --sections but does not run unless named there.
 EXTRA_SECTIONS = ("models", "layers")
 _OPTION_BASES = {
-    "demo": lambda: _case("demo"),
-    "ravdess_b1": lambda: _case("ravdess", batch=1),
-    "ravdess_bf16": lambda: _case("ravdess", dtype="bfloat16"),
-    "ravdess_audio": lambda: _case("ravdess", config_arg="audio_lstm"),
+    "demo": lambda: make_case("demo"),
+    "ravdess_b1": lambda: make_case("ravdess", batch=1),
+    "ravdess_bf16": lambda: make_case("ravdess", dtype="bfloat16"),
+    "ravdess_audio": lambda: make_case("ravdess", config_arg="audio_lstm"),
 }
 
 
@@ -348,6 +348,17 @@ def xla_memory(compiled) -> dict:
               xla_peak_estimate_mib=(args + outs + temp - alias) / 2**20)
 
 
+def device_memory_limit_mib() -> float | None:
+  """The first local device's memory limit (`bytes_limit`); None where not reported (CPU)."""
+  try:
+    stats = jax.local_devices()[0].memory_stats()
+  except Exception:
+    stats = None
+  if stats and "bytes_limit" in stats:
+    return stats["bytes_limit"] / 2**20
+  return None
+
+
 def device_peak_mib() -> float | None:
   """Peak bytes in use on the first local device (GPU/TPU); None where not reported (CPU)."""
   try:
@@ -420,6 +431,7 @@ def measure_train_step(case: dict, repeats: int = 3) -> dict:
       out["peak_flops_per_s"] = peak * jax.device_count() if peak else None
       out["utilisation"] = out["achieved_flops_per_s"] / out["peak_flops_per_s"] if peak else None
   out["device_peak_mib"] = device_peak_mib()
+  out["device_memory_limit_mib"] = device_memory_limit_mib()
   out["peak_memory_mib"] = out["device_peak_mib"] or out.get("xla_peak_estimate_mib")
   out["peak_memory_source"] = ("device peak_bytes_in_use" if out["device_peak_mib"]
                                else "XLA memory_analysis (arguments + outputs + temporaries)")
@@ -434,6 +446,16 @@ def run_case_subprocess(case: dict, repeats: int, devices: int = 0, timeout: flo
   """`measure_train_step` in a fresh process (own device peak, survives running out
   of memory). `devices` > 0: that many devices (XLA's host-platform device count on
   CPU, CUDA_VISIBLE_DEVICES on GPU)."""
+  out = run_worker_subprocess([str(pathlib.Path(__file__).resolve()), "--worker", json.dumps(case),
+                               "--repeats", str(repeats)], devices=devices, timeout=timeout)
+  out.setdefault("case", case)
+  return out
+
+
+def run_worker_subprocess(argv: Sequence[str], devices: int = 0, timeout: float = 1800) -> dict:
+  """Runs `python argv... --worker_out FILE` in a fresh process and returns the JSON it
+  wrote to FILE, or {'error': ...} (a timeout, an exit status, the last error line).
+  `devices`: as `run_case_subprocess`."""
   env = dict(os.environ)
   # The driver does not preallocate accelerator memory (main); the cases run as the user set.
   env.pop("XLA_PYTHON_CLIENT_PREALLOCATE", None)
@@ -445,18 +467,17 @@ def run_case_subprocess(case: dict, repeats: int, devices: int = 0, timeout: flo
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
     env["XLA_FLAGS"] = (flags + f" --xla_force_host_platform_device_count={devices}").strip()
   with tempfile.NamedTemporaryFile("r", suffix=".json") as fh:
-    cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", json.dumps(case),
-           "--worker_out", fh.name, "--repeats", str(repeats)]
+    cmd = [sys.executable, *argv, "--worker_out", fh.name]
     t0 = time.perf_counter()
     try:
       proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-      return dict(case=case, error=f"timed out after {timeout:.0f} s")
+      return dict(error=f"timed out after {timeout:.0f} s", wall_s=time.perf_counter() - t0)
     text = pathlib.Path(fh.name).read_text()
   if proc.returncode != 0 or not text:
     why = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"exit {proc.returncode}"
     errors = [x for x in proc.stderr.splitlines() if re.match(r"^\w*(Error|Exception)\b", x)]
-    return dict(case=case, error=f"{why}: {(errors or [proc.stderr.strip()[-300:]])[-1]}",
+    return dict(error=f"{why}: {(errors or [proc.stderr.strip()[-300:]])[-1]}",
                 stderr_tail=proc.stderr[-2000:], wall_s=time.perf_counter() - t0)
   out = json.loads(text)
   out["wall_s"] = time.perf_counter() - t0
@@ -475,11 +496,11 @@ def section_train_step(preset: dict, repeats: int) -> list[dict]:
   for case in preset["train_step"]:
     _log(f"train_step {case['label']}")
     rows.append(run_case_subprocess(case, repeats))
-    _log(f"  -> {_brief(rows[-1])}")
+    _log(f"  -> {brief_step(rows[-1])}")
   return rows
 
 
-def _brief(r: dict) -> str:
+def brief_step(r: dict) -> str:
   if "error" in r:
     return "error: " + r["error"][:200]
   s = f"compile {r['compile_s']:.1f} s"
@@ -502,7 +523,7 @@ def section_options(preset: dict, repeats: int, known: list[dict]) -> list[dict]
     if key not in cache:
       _log(f"options {case['label']}")
       cache[key] = run_case_subprocess(case, repeats)
-      _log(f"  -> {_brief(cache[key])}")
+      _log(f"  -> {brief_step(cache[key])}")
     rows.append(dict(base=base_name, change=change, result=cache[key]))
   for row in rows:  # speed-up against the unchanged baseline
     base = next((r["result"] for r in rows if r["base"] == row["base"] and not r["change"]), None)
@@ -529,10 +550,10 @@ def section_scaling(preset: dict, repeats: int, tolerance: float) -> dict:
     shape = spec.pop("shape")
     rows = []
     for v in values:
-      case = _case(shape, **spec, **{name: v})
+      case = make_case(shape, **spec, **{name: v})
       _log(f"scaling {case['label']}")
       rows.append(run_case_subprocess(case, repeats))
-      _log(f"  -> {_brief(rows[-1])}")
+      _log(f"  -> {brief_step(rows[-1])}")
     ok = [(v, r) for v, r in zip(values, rows) if "step_s" in r]
     res = dict(values=list(values), rows=rows)
     if len(ok) >= 2:
@@ -554,11 +575,11 @@ def section_data_parallel(preset: dict, repeats: int) -> dict:
     counts = [c for c in (1, 2, 4, 8, 16) if c <= n]
   rows = []
   for n in counts:
-    case = _case(shape, **spec)
+    case = make_case(shape, **spec)
     _log(f"data_parallel {case['label']} on {n} device(s)")
     r = run_case_subprocess(case, repeats, devices=n)
     rows.append(r)
-    _log(f"  -> {_brief(r)}")
+    _log(f"  -> {brief_step(r)}")
   base = rows[0].get("step_s") if rows else None
   for n, r in zip(counts, rows):
     if base and "step_s" in r:
@@ -911,7 +932,7 @@ def _one_line(text: str, n: int = 120) -> str:
   return " ".join(text.split())[:n].replace("|", "/")
 
 
-def _mib(x):
+def mib(x):
   return "–" if x is None else f"{x:,.0f} MiB"
 
 
@@ -934,7 +955,7 @@ def _step_cells(r: dict) -> list[str]:
   if c["compile_only"]:
     util = "(not run)"
   return [what, _f(r.get("step_s"), "{:.3f} s"), _f(r.get("clips_per_s"), "{:.2f}"),
-          f"{r['compile_s']:.1f} s", _mib(r.get("peak_memory_mib")),
+          f"{r['compile_s']:.1f} s", mib(r.get("peak_memory_mib")),
           _f(r.get("xla_flops_per_step") and r["xla_flops_per_step"] / 1e12, "{:.4g}"),
           f"{_f(r.get('achieved_flops_per_s') and r['achieved_flops_per_s'] / 1e9, '{:.1f}')} / {util}",
           _f(r.get("xla_over_cost_model"), "{:.2f}")]
@@ -948,7 +969,7 @@ def _models_cell(r: dict | None) -> str:
   """One pass of the models section: median time, peak memory, RSS, compile time."""
   if r is None:
     return "–"
-  return (f"{r['median_s']:.3f} s, {_mib(r.get('device_peak_mib') or r.get('xla_peak_estimate_mib'))}, "
+  return (f"{r['median_s']:.3f} s, {mib(r.get('device_peak_mib') or r.get('xla_peak_estimate_mib'))}, "
           f"RSS {r['process_max_rss_mib'] / 1024:.1f} GiB, compile {r['compile_s']:.1f} s")
 
 
@@ -989,7 +1010,7 @@ def render_markdown(report: dict) -> str:
         rows.append([r["case"]["label"], _one_line(r["error"]), "", "", ""])
         continue
       rows.append([r["case"]["label"], _f(r.get("step_s"), "{:.3f} s"),
-                   _f(row.get("speedup_vs_base"), "{:.2f}x"), _mib(r.get("peak_memory_mib")),
+                   _f(row.get("speedup_vs_base"), "{:.2f}x"), mib(r.get("peak_memory_mib")),
                    _f(row.get("memory_vs_base"), "{:.2f}")])
     lines += ["### Options (each against its baseline, same shape)", "",
               md_table(["case", "step", "speed-up", "peak memory", "memory ratio"], rows), ""]
@@ -1115,7 +1136,7 @@ def run(preset_name: str, sections: Sequence[str] | None = None, repeats: int | 
   preset = PRESETS[preset_name]
   if batch:
     preset = dict(preset)
-    preset["train_step"] = [_case(**dict(c, batch=batch))
+    preset["train_step"] = [make_case(**dict(c, batch=batch))
                             if c["shape"] == "ravdess" and not c["compile_only"] else c
                             for c in preset["train_step"]]
     unique = {json.dumps(c, sort_keys=True): c for c in preset["train_step"]}

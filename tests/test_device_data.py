@@ -49,7 +49,7 @@ class DeviceDataTest(absltest.TestCase):
     return c
 
   def device_batch(self, it, step, dataset):
-    inputs = dd.to_global_step_input(it.inputs(step), data_sharding=self.data,
+    inputs = parallel.to_global_step_input(it.inputs(step), data_sharding=self.data,
                                      replicated=self.repl)
     fn = jax.jit(lambda a, i: augment.augment_in_graph(a, i, crop_size=dataset.crop_size,
                                                        max_semitones=dataset.max_semitones))
@@ -95,7 +95,7 @@ class DeviceDataTest(absltest.TestCase):
     inputs = {"index": np.arange(6, dtype=np.int32), "crop": np.zeros(2, np.int32),
               "flip": np.asarray(False), "speed": np.float32(1), "semitones": np.float32(0),
               "noise": np.zeros((2, 22050), np.float32)}
-    out = dd.to_global_step_input(inputs, data_sharding=self.data, replicated=self.repl)
+    out = parallel.to_global_step_input(inputs, data_sharding=self.data, replicated=self.repl)
     self.assertEqual(out["index"].shape, (8,))
     np.testing.assert_array_equal(np.asarray(out["mask"]), [True] * 6 + [False] * 2)
 
@@ -136,7 +136,7 @@ class DeviceDataTest(absltest.TestCase):
         _, m = steps.make_train_step(config, self.mesh)(state, parallel.to_global(batch, self.data))
       else:
         step = steps.make_device_train_step(config, self.mesh, dev.dataset)
-        _, m = step(state, dd.to_global_step_input(next(dev), data_sharding=self.data,
+        _, m = step(state, parallel.to_global_step_input(next(dev), data_sharding=self.data,
                                                     replicated=self.repl))
       losses.append({k: float(v) for k, v in m.items()})
     for key in ("loss", "mse", "triplet", "grad_norm"):
