@@ -416,6 +416,9 @@ def measure_train_step(case: dict, repeats: int = 3) -> dict:
   if not case["compile_only"]:
     state, metrics = compiled(state, batch, aug)          # warm-up
     jax.block_until_ready((state, metrics))
+    # The first step from the same weights and batch: comparable across dtypes and remat.
+    out.update(first_loss=float(metrics["loss"]), first_grad_norm=float(metrics["grad_norm"]),
+               param_dtypes=sorted({str(x.dtype) for x in jax.tree_util.tree_leaves(state.params)}))
     times = []
     for _ in range(max(1, repeats)):
       t0 = time.perf_counter()
