@@ -135,5 +135,23 @@ class SoundNetTest(parameterized.TestCase):
       self.assertEqual(not np.array_equal(before, after), changes, f"freeze_bn={freeze}")
 
 
+
+class MaxPoolTest(absltest.TestCase):
+
+  def test_reshape_pool_equals_reduce_window_and_its_gradient(self):
+    import flax.linen as nn
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 37, 5)).astype(np.float32))   # 37: a remainder to drop
+    ref = lambda v: nn.max_pool(v, (8,), strides=(8,), padding="VALID")  # noqa: E731
+    got = lambda v: soundnet.max_pool(v, 8, 8)                           # noqa: E731
+    np.testing.assert_array_equal(got(x), ref(x))
+    g = jnp.asarray(rng.normal(size=(3, 4, 5)).astype(np.float32))
+    # Continuous data: no ties, the same gradient (to each window's argmax, 0 elsewhere).
+    np.testing.assert_array_equal(jax.vjp(got, x)[1](g)[0], jax.vjp(ref, x)[1](g)[0])
+    # Overlapping windows go to flax's pooling.
+    np.testing.assert_array_equal(soundnet.max_pool(x, 4, 2),
+                                  nn.max_pool(x, (4,), strides=(2,), padding="VALID"))
+
+
 if __name__ == "__main__":
   absltest.main()

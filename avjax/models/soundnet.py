@@ -117,8 +117,22 @@ class ConvBlock(nn.Module):
                      name="BatchNorm_0")(x, mask=mask)
     x = nn.relu(x)
     if self.pool is not None:
-      x = nn.max_pool(x, (self.pool[0],), strides=(self.pool[1],), padding="VALID")
+      x = max_pool(x, *self.pool)
     return x
+
+
+def max_pool(x: jax.Array, size: int, stride: int) -> jax.Array:
+  """[N, L, Ch] -> [N, (L - size) // stride + 1, Ch], VALID max pooling. SoundNet's
+  windows do not overlap (size == stride): a reshape and a max over each window, whose
+  gradient XLA:CPU runs about twice as fast as reduce_window's select_and_scatter (conv1's
+  block at RAVDESS's 320 windows: 0.88 s against 1.12 s forward + backward). The
+  values are the same; the gradient of a tie is shared among the tied inputs instead of
+  going to the first (SoundNet pools after a ReLU, where tied inputs are zeros whose
+  gradient the ReLU stops anyway)."""
+  if size != stride:
+    return nn.max_pool(x, (size,), strides=(stride,), padding="VALID")
+  n = x.shape[1] // size
+  return jnp.max(x[:, :n * size].reshape(x.shape[0], n, size, x.shape[2]), axis=2)
 
 
 class SoundNet8(nn.Module):
