@@ -146,8 +146,11 @@ class MaxPoolTest(absltest.TestCase):
     got = lambda v: soundnet.max_pool(v, 8, 8)                           # noqa: E731
     np.testing.assert_array_equal(got(x), ref(x))
     g = jnp.asarray(rng.normal(size=(3, 4, 5)).astype(np.float32))
-    # Continuous data: no ties, the same gradient (to each window's argmax, 0 elsewhere).
-    np.testing.assert_array_equal(jax.vjp(got, x)[1](g)[0], jax.vjp(ref, x)[1](g)[0])
+    # The same gradient (to each window's first maximum, 0 elsewhere), ties included:
+    # after a ReLU, windows of zeros.
+    relu = jnp.maximum(x, 0.0).at[:, 8:16].set(0.0)
+    for v in (x, relu):
+      np.testing.assert_array_equal(jax.jit(jax.vjp(got, v)[1])(g)[0], jax.vjp(ref, v)[1](g)[0])
     # Overlapping windows go to flax's pooling.
     np.testing.assert_array_equal(soundnet.max_pool(x, 4, 2),
                                   nn.max_pool(x, (4,), strides=(2,), padding="VALID"))
