@@ -348,26 +348,21 @@ def xla_memory(compiled) -> dict:
               xla_peak_estimate_mib=(args + outs + temp - alias) / 2**20)
 
 
-def device_memory_limit_mib() -> float | None:
-  """The first local device's memory limit (`bytes_limit`); None where not reported (CPU)."""
+def device_memory_mib(key: str) -> float | None:
+  """`key` of the first local device's memory_stats() in MiB ('peak_bytes_in_use',
+  'bytes_limit'); None where not reported (CPU)."""
   try:
     stats = jax.local_devices()[0].memory_stats()
   except Exception:
     stats = None
-  if stats and "bytes_limit" in stats:
-    return stats["bytes_limit"] / 2**20
+  if stats and key in stats:
+    return stats[key] / 2**20
   return None
 
 
 def device_peak_mib() -> float | None:
   """Peak bytes in use on the first local device (GPU/TPU); None where not reported (CPU)."""
-  try:
-    stats = jax.local_devices()[0].memory_stats()
-  except Exception:
-    stats = None
-  if stats and "peak_bytes_in_use" in stats:
-    return stats["peak_bytes_in_use"] / 2**20
-  return None
+  return device_memory_mib("peak_bytes_in_use")
 
 
 def max_rss_mib() -> float:
@@ -434,7 +429,7 @@ def measure_train_step(case: dict, repeats: int = 3) -> dict:
       out["peak_flops_per_s"] = peak * jax.device_count() if peak else None
       out["utilisation"] = out["achieved_flops_per_s"] / out["peak_flops_per_s"] if peak else None
   out["device_peak_mib"] = device_peak_mib()
-  out["device_memory_limit_mib"] = device_memory_limit_mib()
+  out["device_memory_limit_mib"] = device_memory_mib("bytes_limit")
   out["peak_memory_mib"] = out["device_peak_mib"] or out.get("xla_peak_estimate_mib")
   out["peak_memory_source"] = ("device peak_bytes_in_use" if out["device_peak_mib"]
                                else "XLA memory_analysis (arguments + outputs + temporaries)")
