@@ -13,9 +13,11 @@ import pytest
 
 # XLA:CPU's legacy elemental emitters instead of its fusion emitters: the tiny train step
 # compiles in 5.0 s instead of 12.9 s (2-core Xeon, JAX_DISABLE_MOST_OPTIMIZATIONS=1);
-# compilation is most of the suite's time.
+# compilation is most of the suite's time. Single-threaded Eigen: the suite runs one
+# pytest-xdist worker per core, and each worker's Eigen pool of one thread per core
+# oversubscribed the machine (the whole suite 541 s -> 401 s on 2 cores).
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 "
-                      "--xla_cpu_use_fusion_emitters=false")
+                      "--xla_cpu_use_fusion_emitters=false --xla_cpu_multi_thread_eigen=false")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # XLA's backend optimisations off (as flax's examples' train_test.py): the tests'
 # tiny shapes run in milliseconds either way, and compiling the tiny train step

@@ -70,9 +70,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 # Wall-clock budget of the whole check (the issue's 8 minutes, less the driver's start
-# and the report) and of the dry run.
+# and the report) and of the dry run. The dry run checks code paths, not speed: its
+# budget only stops a hung run (it takes 80-125 s on 2 busy cores; a 120 s budget
+# skipped its last section on a slower CI machine).
 BUDGET_S = 450.0
-DRY_RUN_BUDGET_S = 120.0
+DRY_RUN_BUDGET_S = 600.0
 # (section, minimum seconds left to start it, cap in seconds) on an accelerator. A
 # section's cap is also bounded by the time left. The minimums allow for a process start
 # (about 10 s with CUDA) and the full model's compilation.
@@ -84,7 +86,7 @@ SECTIONS = (
     ("max_batch", 75, 150),
     ("extraction", 45, 100),
 )
-DRY_RUN_MIN_S, DRY_RUN_CAP_S = 2.0, 90.0
+DRY_RUN_MIN_S, DRY_RUN_CAP_S = 2.0, 300.0
 # The shapes: RAVDESS (configs/ravdess.py's batch, w8_l1_ov, 112 x 112 stored frames) and
 # the tests' tiny one (benchmark.SHAPES['tiny'], 20 x 20 stored frames).
 STORED_FRAME = {"ravdess": 112, "tiny": 20}

@@ -198,10 +198,12 @@ class EquivalenceTest(absltest.TestCase):
     variables = {c: {**trunk[c], **top.get(c, {})} for c in ("params", "batch_stats")}
 
     def value_and_grad(model, x, params_of):
-      def f(params):
+      # x and the variables are arguments: closed over, XLA would constant-fold the
+      # layers below the cut on them (25 s a call).
+      def f(params, variables, x):
         v = {"params": {**variables["params"], **params}, "batch_stats": variables["batch_stats"]}
         return jnp.sum(model.apply(v, x, train=False)[0] ** 2)
-      return jax.jit(jax.value_and_grad(f))(params_of)
+      return jax.jit(jax.value_and_grad(f))(params_of, variables, x)
 
     mine = {k: top["params"][k] for k in top["params"]}
     value, grads = value_and_grad(upper, maps, mine)
