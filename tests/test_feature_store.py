@@ -53,7 +53,7 @@ def frozen_config(trunk="frozen", modalities="av"):
   c.model.modalities = modalities
   c.model.variant = "gating" if modalities == "av" else "lstm"
   c.model.freeze_bn = True                 # the full model's BN as the extraction's
-  c.input.crop_size = 16                   # the smallest crop I3D takes (time: tests/README)
+  c.input.crop_size = 16                   # the smallest crop I3D takes (suite time: README)
   c.eval.figures = False
   return c
 
