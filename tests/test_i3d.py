@@ -171,7 +171,7 @@ class TinyI3DTest(absltest.TestCase):
       emb, _ = model.apply({"params": params, "batch_stats": batch_stats}, clip)
       return jnp.sum(jnp.sin(emb))
 
-    # Remat wraps each Inception block: up to Mixed_4b (two of them) is enough, and the
+    # Remat wraps each Inception block: up to Mixed_4b (three of them) is enough, and the
     # backward pass of the whole network compiled twice took 14 s.
     model = i3d.I3D(embed_dim=16, width=0.125, last_block="Mixed_4b")
     variables = random_variables(jax.eval_shape(model.init, jax.random.PRNGKey(0), self.clip))
