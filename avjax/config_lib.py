@@ -16,7 +16,8 @@ string (`--config=configs/ravdess.py:w4_l1_ov,audio_lstm`) parsed by
 * ``runlocal``: tiny batches and few epochs, for a smoke run on a laptop;
 * ``no_mwtsm``: plain batch-hard mining (the paper's MWTSM ablation);
 * ``paper_literal``: the paper's loss read literally (`PAPER_LITERAL`: squared
-  distances, MWTSM from the first step).
+  distances, MWTSM's hardest triplets from the first step);
+* ``semihard``: MWTSM restricted to semi-hard triplets (``loss.negatives``).
 
 Unknown tokens and impossible combinations raise ``ValueError`` naming the
 field, at start-up (`validate`).
@@ -64,6 +65,7 @@ DTYPES = ("float32", "bfloat16")
 # layer and backend the form measured fastest; 'xla' / 'matmul' force one form.
 CONV_IMPLS = ("auto", "xla", "matmul")
 DISTANCES = ("squared", "euclidean")   # loss.distance
+NEGATIVES = ("hardest", "semihard")    # loss.negatives (avjax.mining.NEGATIVES)
 # What evaluation reports per `model.modalities`, and the gate embeddings of each.
 GATE_MODALITIES = {"av": ("AO", "VO", "AV"), "audio": ("AO",), "video": ("VO",)}
 # The encoder branches of each `model.modalities` value.
@@ -228,6 +230,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # hinge over every valid triplet that violates the margin), then MWTSM. 0: MWTSM from
   # the first step (the paper's reading).
   c.loss.batch_all_epochs = 0
+  # Which triplets the miner may pick: 'hardest' (the paper's reading: the largest
+  # d(i,p) - d(i,n)) or 'semihard' (FaceNet [26] §3.2: only triplets whose negative is
+  # farther from the anchor than the positive, d(i,p) < d(i,n); the hardest of them).
+  c.loss.negatives = "hardest"
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"             # 'adam' (torch.optim.Adam: L2 added to the gradient) or 'adamw'
@@ -278,7 +284,7 @@ def _merge(base: dict, over: dict) -> dict:
 # recorded config.json that lacks one was trained with the value here.
 RECORDED_BEFORE = {("loss", "mask_padded_windows"): False, ("loss", "distance"): "squared",
                    ("loss", "batch_all_epochs"): 0, ("model", "trunk"): "finetune",
-                   ("input", "cached_views"): 0}
+                   ("input", "cached_views"): 0, ("loss", "negatives"): "hardest"}
 
 
 def complete(config, recorded: bool = False) -> ml_collections.ConfigDict:
@@ -348,7 +354,8 @@ def config_hash(config) -> str:
 
 # The paper's loss read literally (`paper_literal` config token): squared Euclidean
 # distances, MWTSM from the first step.
-PAPER_LITERAL = {"loss.distance": "squared", "loss.batch_all_epochs": 0}
+PAPER_LITERAL = {"loss.distance": "squared", "loss.batch_all_epochs": 0,
+                 "loss.negatives": "hardest"}
 
 
 def set_dataset(config: ml_collections.ConfigDict, name: str) -> None:
@@ -378,6 +385,8 @@ def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collect
       config.folds = (0,)
     elif tok == "no_mwtsm":
       config.loss.exclude_used = False
+    elif tok == "semihard":
+      config.loss.negatives = "semihard"
     elif tok == "paper_literal":
       for field, value in PAPER_LITERAL.items():
         group, name = field.split(".")
@@ -386,8 +395,8 @@ def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collect
       raise ValueError(
           f"Unknown config argument {tok!r}. Expected a windowing (e.g. "
           f"{DATASETS[config.dataset.name]['table1'][0]}), a variant {VARIANTS}, "
-          "audio_lstm/audio_global/video_lstm/video_global, 'runlocal', 'no_mwtsm' or "
-          "'paper_literal'.")
+          "audio_lstm/audio_global/video_lstm/video_global, 'runlocal', 'no_mwtsm', "
+          "'paper_literal' or 'semihard'.")
   if config.model.variant == "global":
     config.dataset.config = GLOBAL_WINDOWING
   if config.model.variant != "gating":
@@ -561,6 +570,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "'finetune_from:...'); with 'finetune' the media are augmented at every step")
   if config.loss.distance not in DISTANCES:
     fail("loss.distance", f"{config.loss.distance!r} is not one of {DISTANCES}")
+  if config.loss.negatives not in NEGATIVES:
+    fail("loss.negatives", f"{config.loss.negatives!r} is not one of {NEGATIVES}")
   if config.optim.name not in ("adam", "adamw"):
     fail("optim.name", f"{config.optim.name!r} is not 'adam' or 'adamw'")
   folds = tuple(config.folds)

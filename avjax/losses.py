@@ -65,7 +65,9 @@ Options beside the paper's reading (`config.loss`): `distance` 'euclidean'
 (non-squared distances in the miner's score and the hinges, as Hermans et al.
 2017) instead of 'squared'; `batch_all_epochs` E > 0: for the first E epochs the
 triplet term of each modality is batch-all, the mean hinge over every valid
-triplet of every window (`batch_all_hinges`), then MWTSM (or batch-hard) as above.
+triplet of every window (`batch_all_hinges`), then MWTSM (or batch-hard) as above;
+`negatives` 'semihard': the miner picks among the triplets whose negative is farther
+than the positive (FaceNet's semi-hard negatives; `avjax.mining`).
 """
 
 from __future__ import annotations
@@ -185,6 +187,7 @@ def compute_loss(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_confi
   margin = loss_config.margin
   exclude_used = bool(loss_config.exclude_used)
   distance = str(loss_config.distance)
+  negatives = str(loss_config.negatives)
   metrics: dict[str, jax.Array] = {}
   per_modality, mined, active, empty, slots = [], 0.0, 0.0, 0.0, 0.0
   for m in mods:
@@ -207,7 +210,7 @@ def compute_loss(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_confi
       num_slots = jnp.maximum(jnp.sum(anchors), 1.0)
       miner_mask = anchors > 0
     p, q, valid = mining.mwtsm(emb, labels, exclude_used=exclude_used, mask=miner_mask,
-                               distance=distance)
+                               distance=distance, negatives=negatives)
     hinge = triplet_hinges(emb, p, q, valid, margin, distance)     # [T, N]
     term = jnp.sum(hinge) / num_slots                              # (1/T)(1/N) sum when unmasked
     slot_mask = jnp.broadcast_to(anchors, (windows, n))            # [T, N] real anchor slots

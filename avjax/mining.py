@@ -14,6 +14,16 @@ with no such triplet left is invalid at that window (`valid` False, p = n = 0).
 Only picks of valid anchors are marked as used. The function is called once
 per modality, so each modality has its own record of used triplets.
 
+Semi-hard negatives (`negatives='semihard'`, `loss.negatives`). FaceNet (Schroff
+et al. 2015, the paper's [26]) §3.2 found that the hardest negatives "can in practice
+lead to bad local minima early on in training ... a collapsed model" and trains on
+semi-hard ones instead: negatives farther from the anchor than the positive. With
+'semihard' the candidates of each anchor are further restricted to the triplets with
+d(i, p) < d(i, n) (strictly); among them the pick is again the one maximising
+d(i, p) - d(i, n), the hardest semi-hard triplet, and the exclusion of used
+triplets and the masks apply as above. An anchor with no such triplet is invalid at
+that window. Without `exclude_used` the same joint argmax runs with no used mask.
+
 Batch-hard equivalence (`exclude_used=False`). Without the used mask every
 window is mined on its own, and since
 
@@ -148,9 +158,12 @@ def distances(x: jax.Array, distance: str = "squared") -> jax.Array:
   raise ValueError(f"mining: distance {distance!r} is not 'squared' or 'euclidean'")
 
 
+NEGATIVES = ("hardest", "semihard")   # loss.negatives
+
+
 def mwtsm(embeddings: jax.Array, labels: jax.Array, exclude_used: bool = True,
-          mask: jax.Array | None = None, distance: str = "squared"
-          ) -> tuple[jax.Array, jax.Array, jax.Array]:
+          mask: jax.Array | None = None, distance: str = "squared",
+          negatives: str = "hardest") -> tuple[jax.Array, jax.Array, jax.Array]:
   """Mines one triplet per anchor and window (one modality).
 
   Args:
@@ -165,12 +178,17 @@ def mwtsm(embeddings: jax.Array, labels: jax.Array, exclude_used: bool = True,
     distance: 'squared' (the paper's d) or 'euclidean' (`loss.distance`): the score
       d(i, p) - d(i, n) of the joint argmax. Batch-hard's picks are the same under
       both (the hardest positive and negative do not change under a square root).
+    negatives: 'hardest' (the paper's reading) or 'semihard': only triplets with
+      d(i, p) < d(i, n) are candidates (module docstring). Static.
 
   Returns:
     (positives, negatives, valid), each [T, N]: int32, int32, bool.
   """
   distances(jnp.zeros((1, 1)), distance)                 # checks the name
-  if not exclude_used:
+  if negatives not in NEGATIVES:
+    raise ValueError(f"mining: negatives {negatives!r} is not one of {NEGATIVES}")
+  semihard = negatives == "semihard"
+  if not exclude_used and not semihard:
     return batch_hard(embeddings, labels, mask)
   embeddings = jax.lax.stop_gradient(jnp.asarray(embeddings))
   _check(embeddings, labels)
@@ -184,6 +202,8 @@ def mwtsm(embeddings: jax.Array, labels: jax.Array, exclude_used: bool = True,
     d = distances(emb, distance)                         # [N, N]
     score = d[:, :, None] - d[:, None, :]                # [i, p, n] = d(i,p) - d(i,n)
     allowed = allowed0 & ~used
+    if semihard:
+      allowed = allowed & (score < 0)                    # d(i, p) < d(i, n)
     if masks is not None:
       allowed = allowed & triplet_mask(labels, window)
     allowed = allowed.reshape(n, n * n)                  # [i, p*N + n]
@@ -192,7 +212,8 @@ def mwtsm(embeddings: jax.Array, labels: jax.Array, exclude_used: bool = True,
     valid = jnp.any(allowed, axis=1)                     # [N]
     best = jnp.where(valid, best, 0)
     p, q = best // n, best % n
-    used = used.at[anchors, p, q].set(used[anchors, p, q] | valid)  # distinct i: no clash
+    if exclude_used:
+      used = used.at[anchors, p, q].set(used[anchors, p, q] | valid)  # distinct i: no clash
     return used, (p.astype(jnp.int32), q.astype(jnp.int32), valid)
 
   used0 = jnp.zeros((n, n, n), dtype=bool)

@@ -11,7 +11,8 @@ Input (written by `avjax.evaluate` into every `<workdir>/fold_{k}/`):
                     num_windows, k, num_train_clips, exclude_used, avjax_version,
                     checkpoint_step and selected_by ('last' or 'validation_fold:N';
                     absent in folds written by earlier versions), mask_padded_windows,
-                    trunk and cached_views (absent before them: 'finetune', 0).
+                    trunk and cached_views (absent before them: 'finetune', 0),
+                    negatives (the miner's `loss.negatives`; absent before it: 'hardest').
 
 Output of `write_results(workdir)`: `results.json` (schema in
 docs/results_schema.md) and `results.md`, our numbers beside the paper's.
@@ -266,7 +267,7 @@ def aggregate(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 _INFO_FIELDS = ("dataset", "config", "variant", "modalities", "fold", "class_names", "num_windows", "k")
 # Fields every fold of one results table must share.
 _SHARED_FIELDS = ("dataset", "config", "variant", "modalities", "class_names", "num_windows", "k",
-                  "exclude_used")
+                  "exclude_used", "negatives")
 
 
 def load_fold(fold_dir: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -278,6 +279,7 @@ def load_fold(fold_dir: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   missing = [k for k in _INFO_FIELDS if k not in info]
   if missing:
     raise ValueError(f"{info_path}: missing fields {missing}")
+  info.setdefault("negatives", "hardest")          # folds written before loss.negatives
   with np.load(npz_path, allow_pickle=False) as z:
     preds = {k: z[k] for k in z.files}
   for key in ("labels", "clip_id"):
@@ -392,7 +394,7 @@ def build_results(folds: list[tuple[dict[str, np.ndarray], dict[str, Any]]]) -> 
       "dataset": first["dataset"], "config": first["config"], "variant": first["variant"],
       "modalities": first["modalities"], "class_names": list(first["class_names"]),
       "num_windows": int(first["num_windows"]), "k": int(first["k"]),
-      "exclude_used": first.get("exclude_used"),
+      "exclude_used": first.get("exclude_used"), "negatives": first.get("negatives", "hardest"),
       "conventions": {
           "metrics": "accuracy and uar are fractions in [0, 1]; paper numbers are percent",
           "accuracy": "correct / n over exactly the fold's held-out clips",
@@ -461,6 +463,8 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
   folds = [f["fold"] for f in doc["folds"]]
   n_total = sum(f["n"] for f in doc["folds"])
   mining = {True: "MWTSM", False: "batch-hard (MWTSM off)"}.get(doc.get("exclude_used"), "unknown")
+  if doc.get("negatives", "hardest") == "semihard":
+    mining += ", semi-hard triplets only (loss.negatives='semihard', not the paper's hardest)"
   lines = [
       f"# Results: {_DATASET_TITLES.get(ds, ds)}, `{doc['config']}`, variant `{doc['variant']}`",
       "",

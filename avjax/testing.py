@@ -275,12 +275,14 @@ def write_fake_fold(workdir, fold, labels, correct, *, dataset="synthetic_av", c
   return fold_dir
 
 
-def brute_force(emb, labels, exclude_used=True, mask=None, distance="squared"):
+def brute_force(emb, labels, exclude_used=True, mask=None, distance="squared",
+                negatives="hardest"):
   """The definition of docs/design.md with explicit loops over windows, anchors, p and n.
 
   float64 distances; the joint argmax over (p, n) in flat order p*N + n with a
   strict '>' so the first maximum (lowest flat index) wins. `mask`: [N] (clips)
   or [T, N] (per window: a clip masked at window t takes no part in it).
+  `negatives='semihard'`: only triplets with d(i, p) < d(i, n) are candidates.
   """
   t_count, n, _ = emb.shape
   masks = np.ones((t_count, n), bool) if mask is None else np.broadcast_to(
@@ -306,6 +308,8 @@ def brute_force(emb, labels, exclude_used=True, mask=None, distance="squared"):
         if p == i or labels[p] != labels[i] or labels[q] == labels[i]:
           continue
         if exclude_used and (i, p, q) in used:
+          continue
+        if negatives == "semihard" and not d[i, p] < d[i, q]:
           continue
         score = d[i, p] - d[i, q]
         if score > best_score:

@@ -39,7 +39,10 @@ sys.path.insert(0, REPO)
 DEV_FOLDS = (4, 5, 6)
 # name -> config overrides (field -> value) on top of configs/ravdess.py.
 SETTINGS = {
-    "paper_literal": {"loss.distance": "squared", "loss.batch_all_epochs": 0},
+    "paper_literal": {"loss.distance": "squared", "loss.batch_all_epochs": 0,
+                      "loss.negatives": "hardest"},
+    "semihard": {"loss.negatives": "semihard"},
+    "semihard_euclidean": {"loss.negatives": "semihard", "loss.distance": "euclidean"},
     "euclidean": {"loss.distance": "euclidean", "loss.batch_all_epochs": 0},
     "batch_all_warmup10": {"loss.distance": "squared", "loss.batch_all_epochs": 10},
     "euclidean_warmup10": {"loss.distance": "euclidean", "loss.batch_all_epochs": 10},

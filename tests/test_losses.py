@@ -11,10 +11,10 @@ from avjax.testing import brute_force
 
 
 def loss_config(margin=1.0, mse_weight=1.0, triplet_weight=1.0, exclude_used=True,
-                distance="squared"):
+                distance="squared", negatives="hardest"):
   return ml_collections.ConfigDict(dict(margin=margin, mse_weight=mse_weight,
                                         triplet_weight=triplet_weight, exclude_used=exclude_used,
-                                        distance=distance))
+                                        distance=distance, negatives=negatives))
 
 
 # Hand-computed example: N = 4 clips, labels (0, 0, 1, 1), T = 2 windows, D = G = 2,
@@ -109,6 +109,29 @@ class LossTest(absltest.TestCase):
         jnp.swapaxes(first["audio_gate"], 0, 1), LABELS, jnp.ones((1, 4)), 1.0)
     self.assertEqual((float(total), int(positive), int(valid)), (34.0, 4, 8))
 
+  def test_hand_computed_semihard(self):
+    # The hand example with semi-hard candidates only (d(i,p) < d(i,n)).
+    # Audio t=0: anchors 0 and 1 keep their picks (1 < 4), hinge 0 each. Anchor 2
+    #   (d23 = 13 > d20 = 4, d21 = 5) and anchor 3 (d32 = 13 > 9, 4) have no semi-hard
+    #   triplet: invalid. t=1: anchor 0: d01 = 4 > d02, d03: invalid; anchor 1: d10 = 4
+    #   > d12 = 1, d13 = 2: invalid; anchor 2: d23 = 1, negatives at 1 and 1: none
+    #   strictly farther, invalid; anchor 3: d32 = 1 < d30 = 2 (t=0 used (3,2,1), not
+    #   (3,2,0)): 1-2+1 = 0. Audio: every valid hinge is 0.
+    # Video t=0: anchor 0: p=1 (4), n=2 (9): 0; anchor 1: d10 = 4, d13 = 9 (d12 = 1
+    #   not farther): 4-9+1 = 0; anchor 2: d23 = 4, d20 = 9: 0; anchor 3: d32 = 4, d31
+    #   = 9: 0. t=1: anchor 0: d01 = 1, negatives d02 = 1, d03 = 0: invalid; anchor 1:
+    #   d10 = 1, d12 = 0, d13 = 1: invalid; anchor 2: d23 = 1 (d20 = 1, d21 = 0):
+    #   invalid; anchor 3: d32 = 1, d30 = 0, d31 = 1: invalid.
+    _, m = losses.compute_loss(hand_outputs(), LABELS, loss_config(negatives="semihard"),
+                               "gating", "av")
+    self.assertMetrics(m, triplet=0.0, active_triplets=0.0, no_triplet_anchors=(5 + 4) / 16,
+                       mse=0.875)
+    # With a margin of 4 the valid picks count: audio t=0 anchors 0, 1: 1-4+4 = 1 each,
+    # t=1 anchor 3: 1-2+4 = 3; video t=0: 4-9+4 = 0 (x4). Audio 5 / 8, video 0.
+    _, m = losses.compute_loss(hand_outputs(), LABELS,
+                               loss_config(margin=4.0, negatives="semihard"), "gating", "av")
+    self.assertMetrics(m, triplet_audio=5 / 8, triplet_video=0.0, triplet=5 / 16)
+
   def test_hand_computed_weights_and_margin(self):
     loss, _ = losses.compute_loss(hand_outputs(), LABELS,
                                   loss_config(mse_weight=0.5, triplet_weight=2.0), "gating", "av")
@@ -184,15 +207,16 @@ class LossTest(absltest.TestCase):
     valid[4, 2] = 0.0
     valid[6, 2] = 0.3
     real = valid > 0
-    for exclude in (True, False):
-      _, m = losses.compute_loss(out, labels, loss_config(exclude_used=exclude), "gating", "av",
-                                 window_valid=valid)
+    for exclude, negatives in ((True, "hardest"), (False, "hardest"), (True, "semihard")):
+      _, m = losses.compute_loss(out, labels, loss_config(exclude_used=exclude,
+                                                          negatives=negatives),
+                                 "gating", "av", window_valid=valid)
       sq = ((np.asarray(out["video_enc"], np.float64) - np.asarray(out["audio_enc"])) ** 2).sum(-1)
       want = {"mse": sq[real].mean()}
       terms = []
       for mod in ("audio", "video"):
         emb = np.swapaxes(np.asarray(out[f"{mod}_gate"], np.float64), 0, 1)     # [T, N, G]
-        p, q, v = brute_force(emb, labels, exclude, real.T)
+        p, q, v = brute_force(emb, labels, exclude, real.T, negatives=negatives)
         d_ap = ((emb - emb[np.arange(3)[:, None], p]) ** 2).sum(-1)
         d_an = ((emb - emb[np.arange(3)[:, None], q]) ** 2).sum(-1)
         hinge = np.where(v, np.maximum(d_ap - d_an + 1.0, 0.0), 0.0)

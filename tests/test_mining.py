@@ -74,6 +74,30 @@ class MiningTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "cosine"):
       mining.mwtsm(jnp.asarray(emb), jnp.asarray(labels), distance="cosine")
 
+  @parameterized.parameters((0, True), (1, True), (2, False), (3, False))
+  def test_semihard_matches_brute_force(self, seed, exclude):
+    # Integer embeddings put d(i,p) == d(i,n) often: the condition is strict.
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, size=9)
+    window_mask = rng.random((4, 9)) > 0.2
+    for emb in (integer_embeddings(rng, 4, 9, 2), rng.normal(size=(4, 9, 3)).astype(np.float32)):
+      for mask in (None, window_mask):
+        got = jax.device_get(mining.mwtsm(jnp.asarray(emb), jnp.asarray(labels),
+                                          exclude_used=exclude, mask=mask, negatives="semihard"))
+        assert_same(self, got, brute_force(emb, labels, exclude, mask, negatives="semihard"),
+                    f"semihard exclude_used={exclude} mask={mask is not None}")
+        p, q, v = got
+        d = ((emb[:, :, None] - emb[:, None]) ** 2).sum(-1)
+        t_idx, i_idx = np.nonzero(v)
+        self.assertGreater(len(t_idx), 0)
+        np.testing.assert_array_less(d[t_idx, i_idx, p[t_idx, i_idx]],
+                                     d[t_idx, i_idx, q[t_idx, i_idx]])
+    hardest = jax.device_get(mining.mwtsm(jnp.asarray(emb), jnp.asarray(labels),
+                                          exclude_used=exclude, mask=window_mask))
+    self.assertFalse(np.array_equal(hardest[1], got[1]) and np.array_equal(hardest[2], got[2]))
+    with self.assertRaisesRegex(ValueError, "negatives 'easy'"):
+      mining.mwtsm(jnp.asarray(emb), jnp.asarray(labels), negatives="easy")
+
   def test_ties_are_frequent_in_the_integer_cases(self):
     # Guards the test above: its data really exercise the tie rule.
     rng = np.random.default_rng(0)

@@ -161,12 +161,25 @@ class WriteResultsTest(absltest.TestCase):
     self.assertIn("checkpoints: the last checkpoint of each fold, no model selection (step 30)",
                   md)
     self.assertIn("**not the paper's protocol**", md)
+    self.assertIn("triplet mining: MWTSM\n", md)          # folds without `negatives`: hardest
+    self.assertEqual(doc["negatives"], "hardest")
+    # Semi-hard triplets are said in results.md and results.json.
+    with tempfile.TemporaryDirectory() as d:
+      two_fold_workdir(d, negatives="semihard")
+      json_path, md_path = results.write_results(d)
+      self.assertEqual(results.load_results(json_path)["negatives"], "semihard")
+      self.assertIn("triplet mining: MWTSM, semi-hard triplets only", open(md_path).read())
 
   def test_mixed_configurations_raise(self):
     with tempfile.TemporaryDirectory() as d:
       write_fake_fold(d, 0, LABELS0, CORRECT0)
       write_fake_fold(d, 1, LABELS1, CORRECT1, config="w3_l1_no")
       with self.assertRaisesRegex(ValueError, "config"):
+        results.write_results(d)
+    with tempfile.TemporaryDirectory() as d:   # one fold's miner took semi-hard triplets
+      write_fake_fold(d, 0, LABELS0, CORRECT0)
+      write_fake_fold(d, 1, LABELS1, CORRECT1, negatives="semihard")
+      with self.assertRaisesRegex(ValueError, "negatives"):
         results.write_results(d)
 
   def test_no_folds_raises(self):
