@@ -31,7 +31,7 @@ from avjax.models import gating
 from avjax.train_state import TrainState
 
 LOSS_KEYS = ("loss", "mse", "triplet", "active_triplets", "no_triplet_anchors")
-METRIC_KEYS = LOSS_KEYS + ("grad_norm", "nonfinite")
+METRIC_KEYS = LOSS_KEYS + ("grad_norm", "param_norm", "nonfinite")
 # Per modality in use (losses.compute_loss): collapse watch.
 MODALITY_KEYS = ("distance", "zero_hinge")
 
@@ -83,6 +83,10 @@ def train_step(state: TrainState, batch: dict, aug: dict | None = None, *,
   metrics = {k: jnp.asarray(metrics.get(k, 0.0), jnp.float32) for k in keys}
   metrics["loss"] = loss
   metrics["grad_norm"] = optax.global_norm(grads)
+  # The trainable weights' global L2 norm after the update: weights that shrink
+  # towards 0 while the gate embeddings collapse show the optimiser's weight decay
+  # outweighing the loss (README, "Learning on real data").
+  metrics["param_norm"] = optax.global_norm(new_state.params)
   # 1.0 when this step's loss or gradients are not finite. (The loss alone is not
   # enough: XLA's max, and so relu, can turn NaN activations into finite values
   # while the gradients are NaN.)

@@ -42,6 +42,8 @@ SETTINGS = {
     "paper_literal": {"loss.distance": "squared", "loss.batch_all_epochs": 0,
                       "loss.negatives": "hardest"},
     "semihard": {"loss.negatives": "semihard"},
+    "adamw": {"optim.name": "adamw"},
+    "semihard_adamw": {"loss.negatives": "semihard", "optim.name": "adamw"},
     "semihard_euclidean": {"loss.negatives": "semihard", "loss.distance": "euclidean"},
     "euclidean": {"loss.distance": "euclidean", "loss.batch_all_epochs": 0},
     "batch_all_warmup10": {"loss.distance": "squared", "loss.batch_all_epochs": 10},
@@ -124,6 +126,8 @@ def run_summary(run_dir: str) -> dict:
       last[path.split(os.sep)[-2]] = lines[-1]
       first[path.split(os.sep)[-2]] = lines[0]
   return {"accuracy": per_fold,
+          "param_norm": [[round(v.get("param_norm", float("nan")), 4) for v in (first[k], last[k])]
+                         for k in last],
           "final_loss": [round(v["loss"], 4) for v in last.values()],
           "initial_distance": [round(v.get("distance_audio", float("nan")), 6)
                                for v in first.values()],
