@@ -111,8 +111,9 @@ def _summarise(pending: list[dict]) -> dict[str, float]:
 
 
 def _initial_distances(fold_dir: str) -> dict[str, float]:
-  """The `distance_<m>` metrics of the fold's first log line in metrics.jsonl (a resumed
-  fold compares with the start of its training, not of the resumed part)."""
+  """The `distance_<m>` (and `param_norm`) metrics of the fold's first log line in
+  metrics.jsonl (a resumed fold compares with the start of its training, not of the
+  resumed part)."""
   path = os.path.join(fold_dir, workdir_lib.METRICS)
   if not os.path.isfile(path):
     return {}
@@ -124,6 +125,8 @@ def _initial_distances(fold_dir: str) -> dict[str, float]:
         continue
       found = {k: float(v) for k, v in record.items() if k.startswith("distance_")}
       if found:
+        if "param_norm" in record:
+          found["param_norm"] = float(record["param_norm"])
         return found
   return {}
 
@@ -131,8 +134,13 @@ def _initial_distances(fold_dir: str) -> dict[str, float]:
 def _watch_collapse(summary: dict, initial: dict, warned: set, test_fold: int, step: int) -> None:
   """Adds `collapsed` (1.0 when a modality's gate embeddings collapsed) to `summary` and
   warns, once per modality, when one's mean distance falls below COLLAPSE_FRACTION of its
-  initial value."""
+  initial value. The warning says how the trainable weights' norm (`param_norm`) moved:
+  weights decayed towards 0 point at the weight decay (added to the gradient under Adam)
+  outweighing a weak loss gradient, weights that kept their norm at saturated units."""
   collapsed = 0.0
+  if "param_norm" in summary:
+    initial.setdefault("param_norm", summary["param_norm"])
+  norm0 = initial.get("param_norm")
   for key, value in summary.items():
     if not key.startswith("distance_"):
       continue
@@ -145,8 +153,15 @@ def _watch_collapse(summary: dict, initial: dict, warned: set, test_fold: int, s
         message = (f"fold {test_fold} step {step}: the {modality} gate embeddings have "
                    f"COLLAPSED: their mean pairwise distance is {value:.3g}, "
                    f"{value / first:.2%} of its initial {first:.3g} (every clip near one point; "
-                   f"the triplet loss sits at the margin). See the README's 'Learning on real "
-                   f"data' for the settings that avoid it.")
+                   f"the triplet loss sits at the margin).")
+        norm = summary.get("param_norm")
+        if norm is not None and norm0:
+          message += (f" The trainable weights' norm is {norm:.3g}, {norm / norm0:.1%} of its "
+                      f"initial {norm0:.3g}" + (
+                          ": the weights are decaying with them (the weight decay, added to "
+                          "the gradient under Adam, outweighs the loss)." if norm < 0.5 * norm0
+                          else "."))
+        message += " See the README's 'Learning on real data'."
         logging.warning(message)
         if jax.process_index() == 0:
           print("WARNING: " + message, flush=True)

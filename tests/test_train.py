@@ -139,6 +139,17 @@ class CollapseWatchTest(absltest.TestCase):
       train._watch_collapse(later, initial, warned, 0, 20)
     self.assertEqual(later["collapsed"], 1.0)
     self.assertIn("audio gate embeddings have COLLAPSED", logs.output[0])
+    self.assertNotIn("weights' norm", logs.output[0])      # not logged: not said
+    # With the weights' norm logged, the warning says how it moved.
+    initial, warned = {}, set()
+    train._watch_collapse({"distance_audio": 50.0, "param_norm": 60.0}, initial, warned, 0, 10)
+    with self.assertLogs(level="WARNING") as logs:
+      train._watch_collapse({"distance_audio": 0.1, "param_norm": 0.6}, initial, warned, 0, 20)
+    self.assertIn("norm is 0.6, 1.0% of its initial 60: the weights are decaying", logs.output[0])
+    initial, warned = {"distance_audio": 50.0, "param_norm": 60.0}, set()
+    with self.assertLogs(level="WARNING") as logs:
+      train._watch_collapse({"distance_audio": 0.1, "param_norm": 61.0}, initial, warned, 0, 20)
+    self.assertIn("norm is 61, 101.7% of its initial 60.", logs.output[0])
     self.assertEqual(warned, {"audio"})
     again = {"distance_audio": 0.3, "distance_video": 30.0}
     train._watch_collapse(again, initial, warned, 0, 30)   # flagged again, warned once
@@ -149,9 +160,10 @@ class CollapseWatchTest(absltest.TestCase):
     with tempfile.TemporaryDirectory() as d:
       with open(os.path.join(d, "metrics.jsonl"), "w") as f:
         f.write(json.dumps({"step": 0, "learning_rate": 0.1}) + "\n")
-        f.write(json.dumps({"step": 10, "loss": 2.0, "distance_audio": 8.0}) + "\n")
+        f.write(json.dumps({"step": 10, "loss": 2.0, "distance_audio": 8.0,
+                            "param_norm": 5.0}) + "\n")
         f.write(json.dumps({"step": 20, "loss": 1.0, "distance_audio": 4.0}) + "\n")
-      self.assertEqual(train._initial_distances(d), {"distance_audio": 8.0})
+      self.assertEqual(train._initial_distances(d), {"distance_audio": 8.0, "param_norm": 5.0})
       self.assertEqual(train._initial_distances(os.path.join(d, "none")), {})
 
 
