@@ -212,6 +212,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # conv1-conv7, an I3D endpoint before Mixed_5c) are fixed and cached, the layers
   # above it train from their pretrained weights.
   c.model.trunk = "finetune"
+  # SoundNet's fresh head: subtract the mean of its input (pooled conv7; the batch mean
+  # in training, a running mean in evaluation) before the Embedding layer. Not in the
+  # paper. Post-ReLU features are almost all positive, which makes Adam move the head's
+  # output along one direction shared by every clip until the LSTM saturates (README,
+  # "Learning on real data"). False: the paper's head.
+  c.model.center_audio_head = False
 
   c.loss = ml_collections.ConfigDict()
   c.loss.margin = 1.0               # triplet margin on squared Euclidean distances
@@ -284,7 +290,8 @@ def _merge(base: dict, over: dict) -> dict:
 # recorded config.json that lacks one was trained with the value here.
 RECORDED_BEFORE = {("loss", "mask_padded_windows"): False, ("loss", "distance"): "squared",
                    ("loss", "batch_all_epochs"): 0, ("model", "trunk"): "finetune",
-                   ("input", "cached_views"): 0, ("loss", "negatives"): "hardest"}
+                   ("input", "cached_views"): 0, ("loss", "negatives"): "hardest",
+                   ("model", "center_audio_head"): False}
 
 
 def complete(config, recorded: bool = False) -> ml_collections.ConfigDict:

@@ -136,6 +136,53 @@ class SoundNetTest(parameterized.TestCase):
 
 
 
+class CenteringTest(absltest.TestCase):
+
+  def test_batch_mean_over_real_rows_running_mean_and_evaluation(self):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(2.0, 1.0, (6, 5)).astype(np.float32))
+    mask = np.array([1, 1, 0, 1, 0, 1], bool)
+    layer = soundnet.Centering(momentum=0.9)
+    variables = layer.init(jax.random.PRNGKey(0), x, use_running_average=False)
+    np.testing.assert_array_equal(variables["batch_stats"]["mean"], np.zeros(5))   # init: no update
+    out, state = layer.apply(variables, x, use_running_average=False, mask=mask,
+                             mutable=["batch_stats"])
+    mean = np.asarray(x)[mask].mean(axis=0)                 # padded rows left out
+    np.testing.assert_allclose(out, np.asarray(x) - mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(state["batch_stats"]["mean"], 0.1 * mean, rtol=1e-6)
+    out, _ = layer.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+    np.testing.assert_allclose(out, np.asarray(x) - np.asarray(x).mean(axis=0), atol=1e-6)
+    # Evaluation: the running mean, whatever the batch.
+    out = layer.apply(state, x[:2], use_running_average=True)
+    np.testing.assert_allclose(out, np.asarray(x[:2]) - 0.1 * mean, rtol=1e-6, atol=1e-6)
+
+  def test_head_option(self):
+    wave = jnp.asarray(np.random.default_rng(1).uniform(-0.5, 0.5, (4, 5000)).astype(np.float32))
+    model = soundnet.SoundNet8(embed_dim=8, width=0.25, freeze_bn=True, center_head=True)
+    variables = random_variables(jax.eval_shape(model.init, jax.random.PRNGKey(0), wave))
+    self.assertIn("HeadCentering", variables["batch_stats"])
+    (emb, endpoints), state = model.apply(variables, wave, train=True, mutable=["batch_stats"])
+    pooled = np.asarray(endpoints["conv7"]).mean(axis=1)
+    head = variables["params"]["Embedding"]
+    np.testing.assert_allclose(emb, (pooled - pooled.mean(axis=0)) @ head["kernel"] + head["bias"],
+                               rtol=1e-4, atol=1e-4)
+    # The head trains with batch statistics even with freeze_bn (the trunk's BN stays).
+    self.assertFalse(np.array_equal(state["batch_stats"]["HeadCentering"]["mean"],
+                                    variables["batch_stats"]["HeadCentering"]["mean"]))
+    np.testing.assert_array_equal(state["batch_stats"]["conv4"]["BatchNorm_0"]["mean"],
+                                  variables["batch_stats"]["conv4"]["BatchNorm_0"]["mean"])
+    # From cached pooled features the same head gives the same embeddings.
+    cached = soundnet.SoundNet8(embed_dim=8, width=0.25, center_head=True, input_endpoint="pooled")
+    head_vars = {"params": {"Embedding": head},
+                 "batch_stats": {"HeadCentering": variables["batch_stats"]["HeadCentering"]}}
+    got, _ = cached.apply(head_vars, jnp.asarray(pooled), train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(got[0], emb, rtol=1e-4, atol=1e-4)
+    # The pretrained loader keeps the fresh head's centring.
+    loaded = soundnet.load_pretrained(random_variables(jax.eval_shape(
+        soundnet.SoundNet8(embed_dim=8, center_head=True).init, jax.random.PRNGKey(0), wave)))
+    self.assertIn("HeadCentering", loaded["batch_stats"])
+
+
 class MaxPoolTest(absltest.TestCase):
 
   def test_reshape_pool_equals_reduce_window_and_its_gradient(self):

@@ -123,6 +123,7 @@ class AVModel(nn.Module):
   video_last_block: str = "Mixed_5c"   # I3D's last layer before its head (tests: earlier)
   conv_impl: str = "auto"              # avjax.models.conv: 'auto', 'xla' or 'matmul'
   bn_momentum: float | None = None     # BatchNorm momentum of both encoders (None: each one's own)
+  center_audio_head: bool = False      # model.center_audio_head (soundnet.Centering)
   # Where each encoder starts (config_lib.trunk_inputs): None (raw media), 'pooled'
   # (the frozen trunk's cached pooled output: only the head is built) or a layer
   # whose cached output is the input (the layers above it are built).
@@ -179,6 +180,7 @@ class AVModel(nn.Module):
                                   conv_impl=self.conv_impl, name="audio_encoder",
                                   bn_momentum=_or(self.bn_momentum, soundnet.BN_MOMENTUM),
                                   input_endpoint=self.audio_input,
+                                  center_head=self.center_audio_head,
                                   )(wave, train=train, sample_mask=sample_mask)
       outputs["audio_enc"] = emb.astype(jnp.float32).reshape(tuple(abt) + (self.embed_dim,))
     for m in ("video", "audio"):
@@ -222,7 +224,8 @@ def create_model(model_config: Any) -> AVModel:
       remat=bool(m.remat), video_last_block=str(m.video_last_block),
       conv_impl=str(m.conv_impl),
       bn_momentum=None if m.bn_momentum is None else float(m.bn_momentum),
-      video_input=inputs.get("video"), audio_input=inputs.get("audio"))
+      video_input=inputs.get("video"), audio_input=inputs.get("audio"),
+      center_audio_head=bool(m.center_audio_head))
 
 
 def model_inputs(batch: Mapping[str, Any], modalities: str) -> tuple[Any, Any]:

@@ -34,6 +34,8 @@ x256 inside as SoundNet expects.
 
 from __future__ import annotations
 
+import functools
+
 from typing import Any
 
 import flax.linen as nn
@@ -169,6 +171,9 @@ class SoundNet8(nn.Module):
   conv_impl: str = "auto"
   bn_momentum: float = BN_MOMENTUM
   input_endpoint: str | None = None
+  # `model.center_audio_head`: the head's input minus its mean (`HeadCentering`) before
+  # the Embedding layer. Not in the paper (README, "Learning on real data").
+  center_head: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False, sample_mask: jax.Array | None = None
@@ -181,8 +186,9 @@ class SoundNet8(nn.Module):
     conv.check_impl(self.conv_impl)
     use_running_average = self.freeze_bn or not train
     endpoints: dict[str, jax.Array] = {}
+    head = functools.partial(self._head, train=train, sample_mask=sample_mask)
     if self.input_endpoint == POOLED:
-      return self._head(x.astype(jnp.float32), endpoints)
+      return head(x.astype(jnp.float32), endpoints)
     if self.input_endpoint is None:
       net = (x.astype(jnp.float32) * INPUT_SCALE).astype(self.dtype)[..., None]  # [N, S, 1]
     else:
@@ -197,13 +203,50 @@ class SoundNet8(nn.Module):
       endpoints[name] = net  # [N, L, Ch]
       if name == self.final_endpoint:
         return net, endpoints
-    return self._head(jnp.mean(net.astype(jnp.float32), axis=1), endpoints)  # [N, Ch] pooled
+    return head(jnp.mean(net.astype(jnp.float32), axis=1), endpoints)  # [N, Ch] pooled
 
-  def _head(self, pooled: jax.Array, endpoints: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def _head(self, pooled: jax.Array, endpoints: dict, *, train: bool,
+            sample_mask: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    if self.center_head:
+      pooled = Centering(momentum=self.bn_momentum, name="HeadCentering")(
+          pooled, use_running_average=not train, mask=sample_mask)
     emb = nn.Dense(self.embed_dim, dtype=self.dtype, param_dtype=jnp.float32,
                    name="Embedding")(pooled.astype(self.dtype))  # [N, D]
     endpoints["Embedding"] = emb
     return emb, endpoints
+
+
+class Centering(nn.Module):
+  """x - mean over the batch: a BatchNorm without the variance, scale or offset.
+
+  Training (`use_running_average=False`): the mean over the rows where `mask` [N] is
+  True (every row without one), and the running mean in 'batch_stats' (`mean`, zeros
+  at first) becomes momentum * mean_running + (1 - momentum) * that mean. Evaluation:
+  the running mean. Always applied in training mode when the model trains, whatever
+  `freeze_bn`: the layer belongs to the fresh head.
+
+  Why: SoundNet's pooled conv7 output is post-ReLU, almost all positive. The gradient
+  of each weight in a row of the next Dense layer then has one sign, Adam moves the
+  row together, and the layer's output drifts along a direction shared by every clip;
+  the LSTM after it saturates and the gate embeddings collapse (README, "Learning on
+  real data"). Centred inputs have both signs."""
+  momentum: float = BN_MOMENTUM
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, use_running_average: bool,
+               mask: jax.Array | None = None) -> jax.Array:   # [N, C]
+    running = self.variable("batch_stats", "mean", lambda: jnp.zeros(x.shape[-1:], jnp.float32))
+    if use_running_average:
+      return x - running.value
+    x32 = x.astype(jnp.float32)
+    if mask is None:
+      mean = jnp.mean(x32, axis=0)
+    else:
+      w = jnp.asarray(mask, jnp.float32).reshape((-1, 1))
+      mean = jnp.sum(x32 * w, axis=0) / jnp.maximum(jnp.sum(w), 1.0)
+    if not self.is_initializing():
+      running.value = self.momentum * running.value + (1.0 - self.momentum) * mean
+    return (x32 - mean).astype(x.dtype)
 
 
 def _check_input(input_endpoint: str | None, final_endpoint: str, x: jax.Array) -> int:
@@ -251,5 +294,6 @@ def soundnet_variables() -> dict[str, np.ndarray]:
 def load_pretrained(variables: dict, pretrained: dict[str, np.ndarray] | None = None) -> dict:
   """Merges sound8.npy into SoundNet8 `variables`; the 'Embedding' head stays fresh."""
   pretrained = soundnet_variables() if pretrained is None else pretrained
-  return i3d.merge_pretrained(variables, pretrained, fresh=("params/Embedding/",),
+  return i3d.merge_pretrained(variables, pretrained,
+                              fresh=("params/Embedding/", "batch_stats/HeadCentering/"),
                               what="SoundNet-8")
