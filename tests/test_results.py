@@ -164,11 +164,15 @@ class WriteResultsTest(absltest.TestCase):
     self.assertIn("triplet mining: MWTSM\n", md)          # folds without `negatives`: hardest
     self.assertEqual(doc["negatives"], "hardest")
     # Semi-hard triplets are said in results.md and results.json.
+    self.assertNotIn("audio head", md)
     with tempfile.TemporaryDirectory() as d:
-      two_fold_workdir(d, negatives="semihard")
+      two_fold_workdir(d, negatives="semihard", center_audio_head=True)
       json_path, md_path = results.write_results(d)
-      self.assertEqual(results.load_results(json_path)["negatives"], "semihard")
-      self.assertIn("triplet mining: MWTSM, semi-hard triplets only", open(md_path).read())
+      doc = results.load_results(json_path)
+      self.assertEqual((doc["negatives"], doc["center_audio_head"]), ("semihard", True))
+      md = open(md_path).read()
+      self.assertIn("triplet mining: MWTSM, semi-hard triplets only", md)
+      self.assertIn("audio head: its input centred", md)
 
   def test_mixed_configurations_raise(self):
     with tempfile.TemporaryDirectory() as d:
