@@ -58,8 +58,14 @@ class ConfigsTest(parameterized.TestCase):
     self.assertEqual((c.model.modalities, c.model.variant), ("video", "global"))
     self.assertFalse(mod.get_config("no_mwtsm").loss.exclude_used)
     self.assertEqual(tuple(mod.get_config("runlocal").folds), (0,))
-    literal = mod.get_config("audio_lstm,paper_literal")
-    self.assertEqual((literal.loss.distance, literal.loss.batch_all_epochs), ("squared", 0))
+    literal = mod.get_config("audio_lstm,centered_semihard,paper_literal")
+    self.assertEqual((literal.loss.distance, literal.loss.batch_all_epochs, literal.loss.negatives,
+                      literal.model.center_audio_head), ("squared", 0, "hardest", False))
+    learns = mod.get_config("audio_lstm,centered_semihard")
+    config_lib.validate(learns)
+    self.assertEqual((learns.loss.negatives, learns.model.center_audio_head), ("semihard", True))
+    self.assertEqual(mod.get_config("semihard").loss.negatives, "semihard")
+    self.assertFalse(mod.get_config("semihard").model.center_audio_head)
 
   @parameterized.parameters(
       # (config file, arg, records, expected builder config)
