@@ -220,6 +220,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # output along one direction shared by every clip until the LSTM saturates (README,
   # "Learning on real data"). False: the paper's head.
   c.model.center_audio_head = False
+  # The same for I3D's Logits head (pooled Mixed_5c, post-ReLU too). With pretrained
+  # weights the Kinetics logits layer then sees centred inputs: its bias no longer
+  # matches them (the embeddings shift by a constant, which distances ignore).
+  c.model.center_video_head = False
 
   c.loss = ml_collections.ConfigDict()
   c.loss.margin = 1.0               # triplet margin on squared Euclidean distances
@@ -293,7 +297,7 @@ def _merge(base: dict, over: dict) -> dict:
 RECORDED_BEFORE = {("loss", "mask_padded_windows"): False, ("loss", "distance"): "squared",
                    ("loss", "batch_all_epochs"): 0, ("model", "trunk"): "finetune",
                    ("input", "cached_views"): 0, ("loss", "negatives"): "hardest",
-                   ("model", "center_audio_head"): False}
+                   ("model", "center_audio_head"): False, ("model", "center_video_head"): False}
 
 
 def complete(config, recorded: bool = False) -> ml_collections.ConfigDict:
@@ -364,7 +368,8 @@ def config_hash(config) -> str:
 # The paper's recipe read literally (`paper_literal` config token): squared Euclidean
 # distances, MWTSM's hardest triplets from the first step, the paper's audio head.
 PAPER_LITERAL = {"loss.distance": "squared", "loss.batch_all_epochs": 0,
-                 "loss.negatives": "hardest", "model.center_audio_head": False}
+                 "loss.negatives": "hardest", "model.center_audio_head": False,
+                 "model.center_video_head": False}
 
 
 def set_dataset(config: ml_collections.ConfigDict, name: str) -> None:

@@ -13,7 +13,8 @@ Input (written by `avjax.evaluate` into every `<workdir>/fold_{k}/`):
                     absent in folds written by earlier versions), mask_padded_windows,
                     trunk and cached_views (absent before them: 'finetune', 0),
                     negatives (the miner's `loss.negatives`; absent before it: 'hardest'),
-                    center_audio_head (`model.center_audio_head`; absent: False).
+                    center_audio_head and center_video_head (`model.center_*_head`;
+                    absent: False).
 
 Output of `write_results(workdir)`: `results.json` (schema in
 docs/results_schema.md) and `results.md`, our numbers beside the paper's.
@@ -268,7 +269,8 @@ def aggregate(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 _INFO_FIELDS = ("dataset", "config", "variant", "modalities", "fold", "class_names", "num_windows", "k")
 # Fields every fold of one results table must share.
 _SHARED_FIELDS = ("dataset", "config", "variant", "modalities", "class_names", "num_windows", "k",
-                  "exclude_used", "negatives", "center_audio_head")
+                  "exclude_used", "negatives", "center_audio_head",
+                  "center_video_head")
 
 
 def load_fold(fold_dir: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -281,7 +283,8 @@ def load_fold(fold_dir: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   if missing:
     raise ValueError(f"{info_path}: missing fields {missing}")
   info.setdefault("negatives", "hardest")          # folds written before loss.negatives
-  info.setdefault("center_audio_head", False)      # ... and before model.center_audio_head
+  info.setdefault("center_audio_head", False)      # ... and before model.center_*_head
+  info.setdefault("center_video_head", False)
   with np.load(npz_path, allow_pickle=False) as z:
     preds = {k: z[k] for k in z.files}
   for key in ("labels", "clip_id"):
@@ -398,6 +401,7 @@ def build_results(folds: list[tuple[dict[str, np.ndarray], dict[str, Any]]]) -> 
       "num_windows": int(first["num_windows"]), "k": int(first["k"]),
       "exclude_used": first.get("exclude_used"), "negatives": first.get("negatives", "hardest"),
       "center_audio_head": bool(first.get("center_audio_head", False)),
+      "center_video_head": bool(first.get("center_video_head", False)),
       "conventions": {
           "metrics": "accuracy and uar are fractions in [0, 1]; paper numbers are percent",
           "accuracy": "correct / n over exactly the fold's held-out clips",
@@ -477,8 +481,8 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
       f"{n_total} held-out clips in all",
       f"- checkpoints: {describe_checkpoints(doc['folds'])}",
       f"- trunk: {describe_trunk(doc['folds'])}",
-      *(["- audio head: its input centred (`model.center_audio_head`), **not the paper's "
-         "head**"] if doc.get("center_audio_head") else []),
+      *([f"- {m} head: its input centred (`model.center_{m}_head`), **not the paper's head**"
+         for m in ("audio", "video") if doc.get(f"center_{m}_head")]),
       *(["- **not the paper's protocol**: the dataset was built from the folds whose actors' "
          "files were present (`allow_missing_folds`); training used those folds only"]
         if any(f.get("allow_missing_folds") for f in doc["folds"]) else []),

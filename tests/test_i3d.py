@@ -3,6 +3,8 @@
 Shapes: N clips, F frames, H x W pixels, D embedding size.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -147,6 +149,30 @@ class TinyI3DTest(absltest.TestCase):
     self.assertEqual(emb.shape, (2, 16))
     self.assertEqual(endpoints["Conv3d_1a_7x7"].shape, (2, 4, 16, 16, 8))
     self.assertEqual(endpoints["Mixed_5c"].shape, (2, 1, 1, 1, (384 + 384 + 128 + 128) // 8))
+
+  def test_centred_head(self):
+    # model.center_video_head: the Logits head sees pooled Mixed_3b minus its batch mean.
+    model = i3d.I3D(embed_dim=16, width=0.125, last_block="Mixed_3b", center_head=True)
+    variables = random_variables(jax.eval_shape(model.init, jax.random.PRNGKey(0), self.clip))
+    (emb, endpoints), state = jax.jit(functools.partial(model.apply, train=True,
+                                                        mutable=["batch_stats"]))(variables, self.clip)
+    pooled = np.asarray(endpoints["Mixed_3b"], np.float64).mean(axis=(1, 2, 3))
+    conv = variables["params"]["Logits"]["Conv3d_0c_1x1"]
+    kernel = np.asarray(conv["Conv_0"]["kernel"] if "Conv_0" in conv else conv["kernel"])
+    bias = np.asarray(conv["Conv_0"]["bias"] if "Conv_0" in conv else conv["bias"])
+    want = (pooled - pooled.mean(axis=0)) @ kernel.reshape(-1, 16) + bias
+    np.testing.assert_allclose(emb, want, rtol=1e-4, atol=1e-4)
+    self.assertIn("HeadCentering", state["batch_stats"])
+    cached = i3d.I3D(embed_dim=16, width=0.125, last_block="Mixed_3b", center_head=True,
+                     input_endpoint="pooled")
+    head = {"params": {"Logits": variables["params"]["Logits"]},
+            "batch_stats": {"HeadCentering": variables["batch_stats"]["HeadCentering"]}}
+    (got, _), _ = cached.apply(head, jnp.asarray(pooled, jnp.float32), train=True,
+                               mutable=["batch_stats"])
+    np.testing.assert_allclose(got, emb, rtol=1e-4, atol=1e-4)
+    with self.assertRaisesRegex(ValueError, "center_head needs logits_pool='global'"):
+      i3d.I3D(embed_dim=16, width=0.125, center_head=True, logits_pool="kinetics").init(
+          jax.random.PRNGKey(0), self.clip)
 
   def test_uint8_and_float_inputs_agree(self):
     apply = jax.jit(self.model.apply)

@@ -166,13 +166,14 @@ class WriteResultsTest(absltest.TestCase):
     # Semi-hard triplets are said in results.md and results.json.
     self.assertNotIn("audio head", md)
     with tempfile.TemporaryDirectory() as d:
-      two_fold_workdir(d, negatives="semihard", center_audio_head=True)
+      two_fold_workdir(d, negatives="semihard", center_audio_head=True, center_video_head=True)
       json_path, md_path = results.write_results(d)
       doc = results.load_results(json_path)
       self.assertEqual((doc["negatives"], doc["center_audio_head"]), ("semihard", True))
       md = open(md_path).read()
       self.assertIn("triplet mining: MWTSM, semi-hard triplets only", md)
       self.assertIn("audio head: its input centred", md)
+      self.assertIn("video head: its input centred (`model.center_video_head`)", md)
 
   def test_mixed_configurations_raise(self):
     with tempfile.TemporaryDirectory() as d:

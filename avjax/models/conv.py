@@ -165,3 +165,38 @@ def conv_layers(module: nn.Module, *args: Any, network: str, **kwargs: Any) -> l
   with nn.intercept_methods(record):
     jax.eval_shape(lambda *a: module.init(jax.random.key(0), *a, **kwargs), *args)
   return specs
+
+
+class Centering(nn.Module):
+  """x - mean over the batch: a BatchNorm without the variance, scale or offset.
+
+  Training (`use_running_average=False`): the mean over the rows where `mask` [N] is
+  True (every row without one), and the running mean in 'batch_stats' (`mean`, zeros
+  at first) becomes momentum * mean_running + (1 - momentum) * that mean. Evaluation:
+  the running mean. Always applied in training mode when the model trains, whatever
+  `freeze_bn`: the layer belongs to the fresh head.
+
+  Used before the fresh heads of SoundNet (`model.center_audio_head`) and I3D
+  (`model.center_video_head`). Why: SoundNet's pooled conv7 output (as I3D's pooled
+  Mixed_5c) is post-ReLU, almost all positive. The gradient
+  of each weight in a row of the next Dense layer then has one sign, Adam moves the
+  row together, and the layer's output drifts along a direction shared by every clip;
+  the LSTM after it saturates and the gate embeddings collapse (README, "Learning on
+  real data"). Centred inputs have both signs."""
+  momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, use_running_average: bool,
+               mask: jax.Array | None = None) -> jax.Array:   # [N, C]
+    running = self.variable("batch_stats", "mean", lambda: jnp.zeros(x.shape[-1:], jnp.float32))
+    if use_running_average:
+      return x - running.value
+    x32 = x.astype(jnp.float32)
+    if mask is None:
+      mean = jnp.mean(x32, axis=0)
+    else:
+      w = jnp.asarray(mask, jnp.float32).reshape((-1, 1))
+      mean = jnp.sum(x32 * w, axis=0) / jnp.maximum(jnp.sum(w), 1.0)
+    if not self.is_initializing():
+      running.value = self.momentum * running.value + (1.0 - self.momentum) * mean
+    return (x32 - mean).astype(x.dtype)

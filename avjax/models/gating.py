@@ -123,7 +123,8 @@ class AVModel(nn.Module):
   video_last_block: str = "Mixed_5c"   # I3D's last layer before its head (tests: earlier)
   conv_impl: str = "auto"              # avjax.models.conv: 'auto', 'xla' or 'matmul'
   bn_momentum: float | None = None     # BatchNorm momentum of both encoders (None: each one's own)
-  center_audio_head: bool = False      # model.center_audio_head (soundnet.Centering)
+  center_audio_head: bool = False      # model.center_audio_head (conv.Centering)
+  center_video_head: bool = False      # model.center_video_head
   # Where each encoder starts (config_lib.trunk_inputs): None (raw media), 'pooled'
   # (the frozen trunk's cached pooled output: only the head is built) or a layer
   # whose cached output is the input (the layers above it are built).
@@ -162,7 +163,7 @@ class AVModel(nn.Module):
                        dtype=self.dtype, remat=self.remat, last_block=self.video_last_block,
                        conv_impl=self.conv_impl, name="video_encoder",
                        bn_momentum=_or(self.bn_momentum, i3d.BN_MOMENTUM),
-                       input_endpoint=self.video_input)(
+                       input_endpoint=self.video_input, center_head=self.center_video_head)(
                            frames, train=train, sample_mask=sample_mask)
       outputs["video_enc"] = emb.astype(jnp.float32).reshape(bt + (self.embed_dim,))  # [B, T, D]
     if self.uses_audio:
@@ -225,7 +226,7 @@ def create_model(model_config: Any) -> AVModel:
       conv_impl=str(m.conv_impl),
       bn_momentum=None if m.bn_momentum is None else float(m.bn_momentum),
       video_input=inputs.get("video"), audio_input=inputs.get("audio"),
-      center_audio_head=bool(m.center_audio_head))
+      center_audio_head=bool(m.center_audio_head), center_video_head=bool(m.center_video_head))
 
 
 def model_inputs(batch: Mapping[str, Any], modalities: str) -> tuple[Any, Any]:

@@ -224,12 +224,19 @@ class I3D(nn.Module):
   conv_impl: str = "auto"
   bn_momentum: float = BN_MOMENTUM
   input_endpoint: str | None = None
+  # `model.center_video_head`: the Logits head's input (pooled `last_block`) minus its
+  # mean (`conv.Centering`, 'HeadCentering'); logits_pool='global' only. Not in the paper.
+  center_head: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False, sample_mask: jax.Array | None = None
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """`sample_mask` [N] bool (optional): BatchNorm's batch statistics in training
     mode are computed over the clips where it is True only (padded windows)."""
+    if self.center_head and self.logits_pool != "global":
+      raise ValueError("I3D.center_head needs logits_pool='global'")
+    center = lambda v: conv.Centering(momentum=self.bn_momentum, name="HeadCentering")(
+        v, use_running_average=not train, mask=sample_mask) if self.center_head else v
     if self.final_endpoint not in ENDPOINTS:
       raise ValueError(f"I3D.final_endpoint: {self.final_endpoint!r} is not one of {ENDPOINTS}")
     if self.last_block not in ENDPOINTS[:-1]:
@@ -246,7 +253,8 @@ class I3D(nn.Module):
     endpoints: dict[str, jax.Array] = {}
     head = LogitsHead(self.embed_dim, dtype=self.dtype, conv_impl=self.conv_impl, name="Logits")
     if self.input_endpoint == POOLED:                                   # x [N, Ch]
-      logits = head(x.astype(self.dtype)[:, None, None, None, :]).reshape(x.shape[0], self.embed_dim)
+      x = center(x.astype(jnp.float32)).astype(self.dtype)
+      logits = head(x[:, None, None, None, :]).reshape(x.shape[0], self.embed_dim)
       endpoints["Logits"] = logits
       return logits, endpoints
 
@@ -274,8 +282,9 @@ class I3D(nn.Module):
         break
 
     if self.logits_pool == "global":
-      pooled = jnp.mean(net.astype(jnp.float32), axis=(1, 2, 3), keepdims=True)  # [N, 1, 1, 1, Ch]
-      logits = head(pooled.astype(self.dtype)).reshape(net.shape[0], self.embed_dim)  # [N, D]
+      pooled = center(jnp.mean(net.astype(jnp.float32), axis=(1, 2, 3)))  # [N, Ch]
+      logits = head(pooled.astype(self.dtype)[:, None, None, None, :]).reshape(
+          net.shape[0], self.embed_dim)  # [N, D]
     else:
       if net.shape[2] < 7 or net.shape[3] < 7 or net.shape[1] < 2:
         raise ValueError(
@@ -389,4 +398,5 @@ def load_pretrained(variables: dict, pretrained: dict[str, np.ndarray] | None = 
       logging.info("I3D: embed_dim %d != %d, the Logits head stays freshly initialised",
                    kernel.shape[-1], KINETICS_CLASSES)
       fresh.append("params/Logits/")
+  fresh.append("batch_stats/HeadCentering/")          # model.center_video_head: always fresh
   return merge_pretrained(variables, pretrained, fresh=fresh, what="I3D Kinetics-400")

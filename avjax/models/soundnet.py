@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from avjax.models import conv
+from avjax.models.conv import Centering  # noqa: F401  (the head's centring; re-exported)
 from avjax.models import i3d
 from avjax.models import weights
 
@@ -214,39 +215,6 @@ class SoundNet8(nn.Module):
                    name="Embedding")(pooled.astype(self.dtype))  # [N, D]
     endpoints["Embedding"] = emb
     return emb, endpoints
-
-
-class Centering(nn.Module):
-  """x - mean over the batch: a BatchNorm without the variance, scale or offset.
-
-  Training (`use_running_average=False`): the mean over the rows where `mask` [N] is
-  True (every row without one), and the running mean in 'batch_stats' (`mean`, zeros
-  at first) becomes momentum * mean_running + (1 - momentum) * that mean. Evaluation:
-  the running mean. Always applied in training mode when the model trains, whatever
-  `freeze_bn`: the layer belongs to the fresh head.
-
-  Why: SoundNet's pooled conv7 output is post-ReLU, almost all positive. The gradient
-  of each weight in a row of the next Dense layer then has one sign, Adam moves the
-  row together, and the layer's output drifts along a direction shared by every clip;
-  the LSTM after it saturates and the gate embeddings collapse (README, "Learning on
-  real data"). Centred inputs have both signs."""
-  momentum: float = BN_MOMENTUM
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, use_running_average: bool,
-               mask: jax.Array | None = None) -> jax.Array:   # [N, C]
-    running = self.variable("batch_stats", "mean", lambda: jnp.zeros(x.shape[-1:], jnp.float32))
-    if use_running_average:
-      return x - running.value
-    x32 = x.astype(jnp.float32)
-    if mask is None:
-      mean = jnp.mean(x32, axis=0)
-    else:
-      w = jnp.asarray(mask, jnp.float32).reshape((-1, 1))
-      mean = jnp.sum(x32 * w, axis=0) / jnp.maximum(jnp.sum(w), 1.0)
-    if not self.is_initializing():
-      running.value = self.momentum * running.value + (1.0 - self.momentum) * mean
-    return (x32 - mean).astype(x.dtype)
 
 
 def _check_input(input_endpoint: str | None, final_endpoint: str, x: jax.Array) -> int:
