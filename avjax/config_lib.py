@@ -67,7 +67,7 @@ DTYPES = ("float32", "bfloat16")
 # layer and backend the form measured fastest; 'xla' / 'matmul' force one form.
 CONV_IMPLS = ("auto", "xla", "matmul")
 DISTANCES = ("squared", "euclidean")   # loss.distance
-NEGATIVES = ("hardest", "semihard")    # loss.negatives (avjax.mining.NEGATIVES)
+NEGATIVES = ("hardest", "semihard")    # loss.negatives (avjax.mining checks it too)
 # What evaluation reports per `model.modalities`, and the gate embeddings of each.
 GATE_MODALITIES = {"av": ("AO", "VO", "AV"), "audio": ("AO",), "video": ("VO",)}
 # The encoder branches of each `model.modalities` value.

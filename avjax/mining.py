@@ -66,6 +66,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from avjax import config_lib
+
 
 def pairwise_sq_distances(x: jax.Array) -> jax.Array:
   """[N, D] -> [N, N] squared Euclidean distances, float32, by differences."""
@@ -158,9 +160,6 @@ def distances(x: jax.Array, distance: str = "squared") -> jax.Array:
   raise ValueError(f"mining: distance {distance!r} is not 'squared' or 'euclidean'")
 
 
-NEGATIVES = ("hardest", "semihard")   # loss.negatives
-
-
 def mwtsm(embeddings: jax.Array, labels: jax.Array, exclude_used: bool = True,
           mask: jax.Array | None = None, distance: str = "squared",
           negatives: str = "hardest") -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -185,8 +184,8 @@ def mwtsm(embeddings: jax.Array, labels: jax.Array, exclude_used: bool = True,
     (positives, negatives, valid), each [T, N]: int32, int32, bool.
   """
   distances(jnp.zeros((1, 1)), distance)                 # checks the name
-  if negatives not in NEGATIVES:
-    raise ValueError(f"mining: negatives {negatives!r} is not one of {NEGATIVES}")
+  if negatives not in config_lib.NEGATIVES:
+    raise ValueError(f"mining: negatives {negatives!r} is not one of {config_lib.NEGATIVES}")
   semihard = negatives == "semihard"
   if not exclude_used and not semihard:
     return batch_hard(embeddings, labels, mask)

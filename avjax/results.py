@@ -271,6 +271,8 @@ _INFO_FIELDS = ("dataset", "config", "variant", "modalities", "fold", "class_nam
 _SHARED_FIELDS = ("dataset", "config", "variant", "modalities", "class_names", "num_windows", "k",
                   "exclude_used", "negatives", "center_audio_head",
                   "center_video_head")
+# Shared fields added after the first release: what a fold_info.json without one was run with.
+_LATER_DEFAULTS = {"negatives": "hardest", "center_audio_head": False, "center_video_head": False}
 
 
 def load_fold(fold_dir: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -282,9 +284,8 @@ def load_fold(fold_dir: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   missing = [k for k in _INFO_FIELDS if k not in info]
   if missing:
     raise ValueError(f"{info_path}: missing fields {missing}")
-  info.setdefault("negatives", "hardest")          # folds written before loss.negatives
-  info.setdefault("center_audio_head", False)      # ... and before model.center_*_head
-  info.setdefault("center_video_head", False)
+  for key, value in _LATER_DEFAULTS.items():
+    info.setdefault(key, value)
   with np.load(npz_path, allow_pickle=False) as z:
     preds = {k: z[k] for k in z.files}
   for key in ("labels", "clip_id"):
@@ -399,9 +400,8 @@ def build_results(folds: list[tuple[dict[str, np.ndarray], dict[str, Any]]]) -> 
       "dataset": first["dataset"], "config": first["config"], "variant": first["variant"],
       "modalities": first["modalities"], "class_names": list(first["class_names"]),
       "num_windows": int(first["num_windows"]), "k": int(first["k"]),
-      "exclude_used": first.get("exclude_used"), "negatives": first.get("negatives", "hardest"),
-      "center_audio_head": bool(first.get("center_audio_head", False)),
-      "center_video_head": bool(first.get("center_video_head", False)),
+      "exclude_used": first.get("exclude_used"),
+      **{key: first.get(key, value) for key, value in _LATER_DEFAULTS.items()},
       "conventions": {
           "metrics": "accuracy and uar are fractions in [0, 1]; paper numbers are percent",
           "accuracy": "correct / n over exactly the fold's held-out clips",
@@ -470,7 +470,7 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
   folds = [f["fold"] for f in doc["folds"]]
   n_total = sum(f["n"] for f in doc["folds"])
   mining = {True: "MWTSM", False: "batch-hard (MWTSM off)"}.get(doc.get("exclude_used"), "unknown")
-  if doc.get("negatives", "hardest") == "semihard":
+  if doc.get("negatives", _LATER_DEFAULTS["negatives"]) == "semihard":
     mining += ", semi-hard triplets only (loss.negatives='semihard', not the paper's hardest)"
   lines = [
       f"# Results: {_DATASET_TITLES.get(ds, ds)}, `{doc['config']}`, variant `{doc['variant']}`",

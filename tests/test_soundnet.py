@@ -13,6 +13,7 @@ from absl.testing import parameterized
 from numpy.lib.stride_tricks import sliding_window_view
 
 from avjax import testing
+from avjax.models import conv
 from avjax.models import soundnet
 from avjax.models import weights
 from avjax.testing import random_variables
@@ -142,7 +143,7 @@ class CenteringTest(absltest.TestCase):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(2.0, 1.0, (6, 5)).astype(np.float32))
     mask = np.array([1, 1, 0, 1, 0, 1], bool)
-    layer = soundnet.Centering(momentum=0.9)
+    layer = conv.Centering(momentum=0.9)
     variables = layer.init(jax.random.PRNGKey(0), x, use_running_average=False)
     np.testing.assert_array_equal(variables["batch_stats"]["mean"], np.zeros(5))   # init: no update
     out, state = layer.apply(variables, x, use_running_average=False, mask=mask,

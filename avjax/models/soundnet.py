@@ -44,7 +44,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from avjax.models import conv
-from avjax.models.conv import Centering  # noqa: F401  (the head's centring; re-exported)
 from avjax.models import i3d
 from avjax.models import weights
 
@@ -209,7 +208,7 @@ class SoundNet8(nn.Module):
   def _head(self, pooled: jax.Array, endpoints: dict, *, train: bool,
             sample_mask: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
     if self.center_head:
-      pooled = Centering(momentum=self.bn_momentum, name="HeadCentering")(
+      pooled = conv.Centering(momentum=self.bn_momentum, name="HeadCentering")(
           pooled, use_running_average=not train, mask=sample_mask)
     emb = nn.Dense(self.embed_dim, dtype=self.dtype, param_dtype=jnp.float32,
                    name="Embedding")(pooled.astype(self.dtype))  # [N, D]
