@@ -65,6 +65,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -265,6 +266,21 @@ def augment_in_graph(arrays: dict[str, jax.Array], inputs: dict[str, jax.Array],
       arrays["audio"][idx], inputs["speed"], inputs["semitones"], inputs["noise"],
       max_semitones=max_semitones,
       window_valid=batch["window_valid"] if mask_padded_windows else None)
+  return batch
+
+
+def gather_features(arrays: dict[str, jax.Array], inputs: dict[str, jax.Array],
+                    features: Sequence[str]) -> dict[str, jax.Array]:
+  """The train-step batch of a cached trunk, in-graph: the clips `inputs['index']` [B]
+  of view `inputs['view']` [] of each cached modality ([N, V, T, ...] -> [B, T, ...]),
+  their label and window_valid, and 'mask' when given (the host path's
+  `feature_cache.FeatureReader.read`, on the device; `avjax.device_data`)."""
+  idx = inputs["index"]
+  batch = {"label": arrays["label"][idx], "window_valid": arrays["window_valid"][idx]}
+  if "mask" in inputs:
+    batch["mask"] = inputs["mask"]
+  for modality in features:
+    batch[modality] = arrays[modality][idx, inputs["view"]]
   return batch
 
 

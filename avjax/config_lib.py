@@ -174,7 +174,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.input.eval_batch_size = 32      # clips per evaluation batch (any size: padded and masked to the device count)
   c.input.num_workers = 0           # grain worker processes (0: in the main process)
   c.input.prefetch = 2              # batches prepared ahead of the device
-  c.input.cache_on_device = False   # keep the whole training set in accelerator memory
+  # Keep the whole training set in accelerator memory (`avjax.device_data`): True,
+  # False, or None ('auto': a cached trunk's features when they take at most 2 GiB,
+  # media never).
+  c.input.cache_on_device = ml_collections.config_dict.placeholder(bool)
   # model.trunk other than 'finetune': augmented views per clip computed into the
   # feature store besides the clean one (centre crop, no audio augmentation); each
   # view has one crop / flip / speed / pitch / noise draw for all clips, and
@@ -578,9 +581,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     trunk_inputs(config.model)
   except ValueError as e:
     fail("model.trunk", str(e).split(": ", 1)[1])
-  if cached(config) and config.input.cache_on_device:
-    fail("input.cache_on_device", f"is for raw media; with model.trunk={config.model.trunk!r} "
-         "training reads the cached features from host memory (set it False)")
   if not cached(config) and config.input.cached_views:
     fail("input.cached_views", "is for the cached-feature trunks (model.trunk 'frozen' or "
          "'finetune_from:...'); with 'finetune' the media are augmented at every step")

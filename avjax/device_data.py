@@ -1,6 +1,16 @@
 """Device-resident training data (`config.input.cache_on_device`): the training
 folds in accelerator memory, gathered, cropped and augmented in-graph.
 
+`input.cache_on_device`: True, False, or None ('auto', the default: on for a cached
+trunk whose features take at most AUTO_FEATURE_BYTES, off for media). With a cached
+trunk (`model.trunk` 'frozen' or 'finetune_from:...') the arrays are the feature
+store's, every view: {modality: [N, V, T, ...] float32, label [N], window_valid
+[N, T]}; each step the host sends the batch's indices and its view
+(`FeatureReader.draw_view`, as the host path draws it) and the step gathers them
+(`augment.gather_features`): no batch crosses from the host, which on a CPU
+leaves both cores to the step (the frozen A-LSTM step: BENCHMARKS.md). What follows
+describes media.
+
 Legend: N clips of the training folds, B batch (global), b host slice, T
 windows, F frames per window, H = W stored frame size, S audio samples per
 window.
@@ -46,9 +56,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from avjax import augment
+from avjax import config_lib
 from avjax import input_pipeline as ip
 
 _READ_CHUNK = 64            # clips read from the records at a time
+# `input.cache_on_device=None` ('auto') keeps a cached trunk's features on the device up
+# to this size (RAVDESS AV frozen: 94 MB; CREMA-D: 366 MB).
+AUTO_FEATURE_BYTES = 2 * 2**30
 
 
 # --------------------------------------------------------------------------- dataset
@@ -56,11 +70,14 @@ _READ_CHUNK = 64            # clips read from the records at a time
 
 @dataclasses.dataclass
 class DeviceDataset:
-  """The training folds on the device (replicated); see the module docstring."""
+  """The training folds on the device (replicated); see the module docstring.
+  `features`: the modalities whose arrays are cached encoder features [N, V, T, ...]
+  (a cached trunk), empty for media."""
   arrays: dict[str, jax.Array]
   crop_size: int
   audio_rate: float
   max_semitones: float
+  features: tuple[str, ...] = ()
 
   @property
   def num_clips(self) -> int:
@@ -87,18 +104,44 @@ def read_all(config, folds: Sequence[int]) -> dict[str, np.ndarray]:
   return out
 
 
+def feature_reader(config, folds: Sequence[int]):
+  """The feature store's reader of `folds` (a cached trunk; extracted beforehand)."""
+  builder = ip.get_builder(config)
+  return ip.make_reader(config, builder, folds, ip.reads_video(config, builder))
+
+
+def use_device(config, folds: Sequence[int]) -> bool:
+  """Whether training keeps `folds` on the device: `config.input.cache_on_device`, or
+  when it is None ('auto'), a cached trunk whose features take at most
+  AUTO_FEATURE_BYTES (media stay on the host unless asked)."""
+  choice = config.input.cache_on_device
+  if choice is not None:
+    return bool(choice)
+  if not config_lib.cached(config):
+    return False
+  return feature_reader(config, folds).nbytes() <= AUTO_FEATURE_BYTES
+
+
 def load(config, folds: Sequence[int], mesh: Mesh) -> DeviceDataset:
-  """Reads the records of `folds` and replicates them on every device of `mesh`."""
+  """Reads the records of `folds` (or, with a cached trunk, their cached features, every
+  view) and replicates them on every device of `mesh`."""
   info = ip.dataset_info(config)
-  host = read_all(config, folds)
-  if "video" in host:
+  features: tuple[str, ...] = ()
+  if config_lib.cached(config):
+    reader = feature_reader(config, folds)
+    host = reader.read_all()
+    features = tuple(reader.stores)
+  else:
+    host = read_all(config, folds)
+  if "video" in host and not features:
     ip.check_crop(config, host["video"].shape[-2])
   replicated = NamedSharding(mesh, P())
   arrays = {k: jax.make_array_from_callback(v.shape, replicated, lambda idx, v=v: v[idx])
             for k, v in host.items()}
   return DeviceDataset(arrays=arrays, crop_size=int(config.input.crop_size),
                        audio_rate=float(info["audio_rate"]),
-                       max_semitones=float(config.input.pitch_shift_semitones))
+                       max_semitones=float(config.input.pitch_shift_semitones),
+                       features=features)
 
 
 # --------------------------------------------------------------------------- iterator
@@ -132,6 +175,9 @@ class DeviceTrainIterator:
   def inputs(self, step: int) -> dict[str, np.ndarray]:
     b = self._batches
     index = ip.host_slice(b.global_indices(step), b.shard_index, b.shard_count)
+    if self.dataset is not None and self.dataset.features:   # augmented (if at all) at extraction
+      return {"index": np.asarray(index, np.int32),
+              "view": np.asarray(b.reader.draw_view(b.seed, step), np.int32)}
     aug = augment.draw_augmentation(b.seed, step, frame_size=b.frame_size,
                                     crop_size=b.crop_size, input_config=b.input_config,
                                     num_windows=b.num_windows,
@@ -156,6 +202,12 @@ class DeviceTrainIterator:
     """A zero host batch of one step's shapes (for model initialisation)."""
     arrays = self.dataset.arrays
     n = len(self.inputs(0)["index"])
+    if self.dataset.features:
+      out = {m: np.zeros((n,) + tuple(arrays[m].shape[2:]), np.float32)
+             for m in self.dataset.features}
+      out["label"] = np.zeros((n,), np.int32)
+      out["window_valid"] = np.ones((n,) + tuple(arrays["window_valid"].shape[1:]), np.float32)
+      return out
     out = {"label": np.zeros((n,), np.int32),
            "audio": np.zeros((n,) + tuple(arrays["audio"].shape[1:]), np.float32),
            "window_valid": np.ones((n,) + tuple(arrays["window_valid"].shape[1:]), np.float32)}

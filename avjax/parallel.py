@@ -84,9 +84,10 @@ def check_padding(freeze_bn: bool, batch_size: int) -> None:
 
 def to_global_step_input(inputs: dict, *, data_sharding: NamedSharding,
                          replicated: NamedSharding) -> dict[str, jax.Array]:
-  """The device-resident path's host step inputs (`augment.step_inputs`) -> global
-  arrays: 'index' (padded with masked copies to a multiple of the local devices, 'mask'
-  added then) sharded on `data`, the augmentation parameters replicated."""
+  """The device-resident path's host step inputs (`augment.step_inputs`, or index and
+  view for cached features) -> global arrays: 'index' (padded with masked copies to a
+  multiple of the local devices, 'mask' added then) sharded on `data`, the rest (the
+  augmentation parameters, the view) replicated."""
   index = np.asarray(inputs["index"], np.int32)
   pad = -len(index) % jax.local_device_count()
   out = {}
@@ -95,7 +96,9 @@ def to_global_step_input(inputs: dict, *, data_sharding: NamedSharding,
     index = np.concatenate([index, np.repeat(index[:1], pad)])
     out["mask"] = jax.make_array_from_process_local_data(data_sharding, mask)
   out["index"] = jax.make_array_from_process_local_data(data_sharding, index)
-  for key in ("crop", "flip", "speed", "semitones", "noise"):
+  for key in inputs:
+    if key in ("index", "mask"):
+      continue
     value = np.asarray(inputs[key])
     out[key] = jax.make_array_from_callback(value.shape, replicated, lambda idx, v=value: v[idx])
   return out

@@ -143,19 +143,26 @@ def make_device_train_step(config, mesh: Mesh, dataset, batch_all_steps: int = 0
   repl, data = parallel.shardings(mesh)
   crop_size, max_semitones = dataset.crop_size, dataset.max_semitones
   mask_padded = bool(config.loss.mask_padded_windows)
+  features = tuple(dataset.features)
 
   def step(state, arrays, inputs):
-    batch = augment.augment_in_graph(arrays, inputs, crop_size=crop_size,
-                                     max_semitones=max_semitones,
-                                     mask_padded_windows=mask_padded)
+    if features:   # a cached trunk: gather the features (augmented at extraction, if at all)
+      batch = augment.gather_features(arrays, inputs, features)
+    else:
+      batch = augment.augment_in_graph(arrays, inputs, crop_size=crop_size,
+                                       max_semitones=max_semitones,
+                                       mask_padded_windows=mask_padded)
     batch = {k: jax.lax.with_sharding_constraint(v, data) for k, v in batch.items()}
     return train_step(state, batch, config=config, batch_all_steps=batch_all_steps)
 
-  input_shardings = {"index": data, "mask": data, "crop": repl, "flip": repl, "speed": repl,
-                     "semitones": repl, "noise": repl}
+  if features:
+    input_shardings = {"index": data, "mask": data, "view": repl}
+  else:
+    input_shardings = {"index": data, "mask": data, "crop": repl, "flip": repl, "speed": repl,
+                       "semitones": repl, "noise": repl}
 
   def jitted(has_mask: bool):
-    key = ("device", _step_key(config), mesh, has_mask, int(batch_all_steps))
+    key = ("device", _step_key(config), mesh, has_mask, int(batch_all_steps), features)
     if key not in _STEPS:
       shard = {k: v for k, v in input_shardings.items() if has_mask or k != "mask"}
       _STEPS[key] = jax.jit(step, donate_argnums=(0,), in_shardings=(repl, repl, shard),

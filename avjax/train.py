@@ -179,7 +179,7 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
   feature_store.ensure(config, mesh)   # a cached trunk's features (nothing for 'finetune')
   num_classes = len(config.dataset.class_names)
   batch_size = config.input.clips_per_class * num_classes
-  on_device = bool(config.input.cache_on_device)
+  on_device = device_data.use_device(config, train_on)
   parallel.check_padding(config.model.freeze_bn, batch_size)
   steps_per_epoch = input_pipeline.steps_per_epoch(config, train_on)
   total_steps = config.train.num_epochs * steps_per_epoch

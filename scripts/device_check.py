@@ -196,7 +196,7 @@ def measure_loop(shape: str, dtype: str, steps: int, log_every: int, repeats: in
           "window_valid": np.ones((n, t), np.float32)}
   dataset = types.SimpleNamespace(
       arrays={k: jax.device_put(v, repl) for k, v in host.items()}, crop_size=x,
-      max_semitones=float(config.input.pitch_shift_semitones))
+      max_semitones=float(config.input.pitch_shift_semitones), features=())   # media
   model = gating.create_model(config.model)
   sample = {k: v[:b] for k, v in host.items()}
   sample["video"] = sample["video"][..., :x, :x, :]

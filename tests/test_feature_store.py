@@ -28,14 +28,19 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
+from avjax import augment
 from avjax import config_lib
+from avjax import device_data
 from avjax import evaluate
 from avjax import feature_store
 from avjax import input_pipeline
 from avjax import losses
+from avjax import parallel
 from avjax import predict
+from avjax import steps
 from avjax import testing
 from avjax import train
+from avjax import train_state
 from avjax import workdir as workdir_lib
 from avjax.data import feature_cache
 from avjax.data import synthetic
@@ -359,11 +364,58 @@ class StoreTest(absltest.TestCase):
     a.close()
     b.close()
 
-  def test_cached_views_and_device_cache_are_checked(self):
+  def test_the_device_path_gathers_the_host_batches_and_steps_alike(self):
     c = copy.deepcopy(self.config)
-    c.input.cache_on_device = True
-    with self.assertRaisesRegex(ValueError, "input.cache_on_device"):
-      config_lib.validate(c)
+    c.input.pitch_shift_semitones = 0.0       # the views store of the test above
+    c.input.cached_views = 1
+    feature_store.ensure(c)
+    folds = [1, 2, 3]
+    # 'auto' (None) keeps a cached trunk's small features on the device, never media.
+    self.assertIsNone(c.input.cache_on_device)
+    self.assertTrue(device_data.use_device(c, folds))
+    media = copy.deepcopy(c)
+    media.model.trunk, media.input.cached_views = "finetune", 0
+    self.assertFalse(device_data.use_device(media, folds))
+    explicit = copy.deepcopy(c)
+    explicit.input.cache_on_device = False
+    self.assertFalse(device_data.use_device(explicit, folds))
+
+    mesh = parallel.make_mesh()
+    repl, data = parallel.shardings(mesh)
+    host = input_pipeline.create_train_iterator(c, folds, seed=7)
+    self.addCleanup(host.close)
+    dev = device_data.create_device_iterator(c, folds, seed=7, mesh=mesh)
+    self.assertEqual(dev.dataset.features, ("audio",))
+    self.assertEqual(dev.dataset.arrays["audio"].shape[:2], (24, 2))   # [N, views, T, C]
+    gather = jax.jit(augment.gather_features, static_argnums=2)
+    views = set()
+    for _ in range(6):
+      batch = next(host)
+      inputs = parallel.to_global_step_input(next(dev), data_sharding=data, replicated=repl)
+      views.add(int(inputs["view"]))
+      got = jax.device_get(gather(dev.dataset.arrays, inputs, ("audio",)))
+      for key in ("audio", "label", "window_valid"):
+        np.testing.assert_array_equal(got[key], batch[key], err_msg=key)
+    self.assertEqual(views, {0, 1})             # both views drawn, as the host path draws them
+    self.assertEqual(dev.get_state(), host.get_state())
+
+    # One step of each path from the same state: the same loss and weights.
+    model = gating.create_model(c.model)
+    state = train_state.create_train_state(c, model, dev.sample_batch(), jax.random.PRNGKey(0),
+                                           repl)
+    copy_state = lambda: jax.tree.map(jnp.copy, state)   # noqa: E731 (the steps donate it)
+    step = 2
+    host_batch = parallel.to_global(parallel.pad_batch(
+        host.batches(step), jax.local_device_count()), data)
+    dev_inputs = parallel.to_global_step_input(dev.inputs(step), data_sharding=data,
+                                               replicated=repl)
+    want_state, want = steps.make_train_step(c, mesh)(copy_state(), host_batch)
+    got_state, got = steps.make_device_train_step(c, mesh, dev.dataset)(copy_state(), dev_inputs)
+    self.assertGreater(float(want["loss"]), 0.0)
+    np.testing.assert_allclose(float(got["loss"]), float(want["loss"]), rtol=1e-6)
+    assert_trees_close(self, got_state.params, want_state.params, rtol=1e-5)
+
+  def test_cached_views_and_trunks_are_checked(self):
     c = frozen_config()
     c.model.trunk = "finetune"
     c.input.cached_views = 2

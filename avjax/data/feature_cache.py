@@ -168,6 +168,24 @@ class FeatureReader:
   def labels(self) -> np.ndarray:
     return self._load()["label"]
 
+  def read_all(self) -> dict[str, np.ndarray]:
+    """Every clip of the folds, every view: {modality: [n, V, T, ...] float32, 'label' [n]
+    int32, 'window_valid' [n, T] float32} in memory (`avjax.device_data` puts them on the
+    device)."""
+    arrays = self._load()
+    out = {m: np.concatenate([np.asarray(a, np.float32) for a in arrays[m]])
+           for m in self.stores}
+    out["label"] = arrays["label"].astype(np.int32)
+    out["window_valid"] = arrays["window_valid"].astype(np.float32)
+    return out
+
+  def nbytes(self) -> int:
+    """Bytes of `read_all`'s arrays (from the memory-mapped files' shapes)."""
+    arrays = self._load()
+    n = len(arrays["label"])
+    per_clip = sum(int(np.prod(arrays[m][0].shape[1:])) * 4 for m in self.stores)   # V x T x ...
+    return n * (per_clip + 4 + 4 * arrays["window_valid"].shape[1])
+
   def draw_view(self, seed: int, step: int) -> int:
     """The view of training batch `step`: 0 without cached views."""
     if self.num_views == 1:
