@@ -48,6 +48,8 @@ SETTINGS = {
     "centered_batch_all": {"model.center_audio_head": True, "loss.batch_all_epochs": 1000},
     "centered_semihard_trunk0.1": {"model.center_audio_head": True, "loss.negatives": "semihard",
                                    "optim.trunk_lr_scale": 0.1},
+    "centered_semihard_trunk0.01": {"model.center_audio_head": True, "loss.negatives": "semihard",
+                                    "optim.trunk_lr_scale": 0.01},
     "semihard_adamw": {"loss.negatives": "semihard", "optim.name": "adamw"},
     "semihard_euclidean": {"loss.negatives": "semihard", "loss.distance": "euclidean"},
     "euclidean": {"loss.distance": "euclidean", "loss.batch_all_epochs": 0},
