@@ -47,12 +47,15 @@ from avjax.data import folds as folds_lib
 from avjax.data import media
 from avjax.data import windows
 
-VERSION = "1.1.0"
+VERSION = "1.2.0"
 RELEASE_NOTES = {
     "1.0.0": "Initial release.",
     "1.1.0": "A window's first video frame is the one that contains its start "
              "(windows.first_frame); 1.0.0 rounded half to even, so video led or lagged "
              "the audio by half a frame at alternate windows.",
+    "1.2.0": "The audio is stored as raw float32 bytes (Tensor encoding BYTES) instead of "
+             "a protobuf float list: the same values, serialised about 70x faster (the "
+             "audio-only build was bound by it).",
 }
 
 
