@@ -6,7 +6,6 @@ G = lstm_hidden.
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -62,27 +61,6 @@ def torch_lstm_numpy(x: np.ndarray, p: dict) -> np.ndarray:
   return np.stack(out, axis=1)
 
 
-class _ScannedFlaxCell(nn.Module):
-  """The reference: flax's OptimizedLSTMCell under nn.scan, the carry held where a
-  window is not valid (TemporalLSTM's former implementation)."""
-  hidden: int
-
-  @nn.compact
-  def __call__(self, x, valid=None):
-    cell = nn.OptimizedLSTMCell(self.hidden, name="cell")
-    valid = np.ones(x.shape[:2], bool) if valid is None else valid
-
-    def body(cell, carry, inputs):
-      x_t, v = inputs
-      new, _ = cell(carry, x_t)
-      new = jax.tree.map(lambda a, b: jnp.where(v[:, None], a, b), new, carry)
-      return new, new[1]
-
-    scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
-                   in_axes=1, out_axes=1)
-    return scan(cell, gating.zero_carry(x.shape[0], self.hidden), (x, jnp.asarray(valid)))[1]
-
-
 class TemporalLSTMTest(absltest.TestCase):
 
   def setUp(self):
@@ -103,27 +81,6 @@ class TemporalLSTMTest(absltest.TestCase):
       np.testing.assert_allclose(hs[:, t], h, rtol=1e-6, atol=1e-6)
     self.assertEqual(hs.shape, (2, 5, 4))
     self.assertGreater(np.abs(hs[:, -1] - hs[:, 0]).max(), 1e-3)  # the state evolves
-
-  def test_parameters_and_gradients_are_the_flax_cells(self):
-    # The same key gives the same parameters as flax's OptimizedLSTMCell scanned by nn.scan
-    # (old checkpoints and seeds keep their meaning) ...
-    reference = _ScannedFlaxCell(4)
-    want = jax.jit(reference.init)(jax.random.PRNGKey(1), self.x)
-    jax.tree.map(np.testing.assert_array_equal, self.variables, want)
-    # ... and the custom gradient equals autodiff through the cell, padded windows included.
-    params = {"params": {"cell": random_variables(self.variables["params"]["cell"], seed=3)}}
-    valid = np.array([[1, 1, 1, 0, 0], [1, 0, 1, 1, 1]], bool)   # a gap too: the carry passes
-    w = np.random.default_rng(4).normal(size=(2, 5, 4)).astype(np.float32)
-
-    def loss(module):
-      return lambda p, x: jnp.sum(module.apply(p, x, valid) * w)
-
-    got = jax.jit(jax.value_and_grad(loss(self.lstm), argnums=(0, 1)))(params, self.x)
-    ref = jax.jit(jax.value_and_grad(loss(reference), argnums=(0, 1)))(params, self.x)
-    np.testing.assert_allclose(got[0], ref[0], rtol=1e-6)
-    for g, r in zip(jax.tree.leaves(got[1]), jax.tree.leaves(ref[1])):
-      self.assertGreater(np.abs(r).max(), 1e-3)
-      np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6 * np.abs(r).max())
 
   def test_pytorch_conversion_reproduces_the_outputs(self):
     torch_params = gating.lstm_to_torch(self.variables["params"]["cell"])

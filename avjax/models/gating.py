@@ -20,9 +20,8 @@ Variants (config.model.variant), the Table II rows of docs/design.md:
   with one window (T = 1) in the middle of the clip.
 `modalities` 'audio' or 'video' builds only that branch (the other input is ignored).
 
-LSTM: flax `OptimizedLSTMCell`'s parameters and equations (same parameters as
-`LSTMCell`), computed by `lstm_scan` (a custom gradient: fewer, larger matrix
-products), in float32 whatever `dtype` (it is tiny), from a zero state. Gates
+LSTM: flax `OptimizedLSTMCell` (same parameters as `LSTMCell`), run in float32
+whatever `dtype` (it is tiny), from a zero state. Gates
   i = sigmoid(x Wii + h Whi + bhi), f = sigmoid(x Wif + h Whf + bhf),
   g = tanh(x Wig + h Whg + bhg),    o = sigmoid(x Wio + h Who + bho),
   c' = f c + i g,  h' = o tanh(c');
@@ -40,7 +39,6 @@ import logging
 from typing import Any, Mapping
 
 import flax.linen as nn
-from flax.linen.recurrent import DenseParams
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,122 +61,35 @@ class TemporalLSTM(nn.Module):
   `valid` [B, T] bool (optional): where False (a window wholly past the clip's
   end) the cell's carry passes that window unchanged and its output repeats the
   last real hidden state, so gate t of a clip that ended earlier equals its last
-  real gate exactly. None runs every window (the former behaviour).
-
-  The parameters are flax `OptimizedLSTMCell`'s (module 'cell', same names, shapes
-  and initialisers, so the same values from the same key); the computation is
-  `lstm_scan`, which gives the cell's outputs and gradients with fewer, larger
-  matrix products (see there)."""
+  real gate exactly. None runs every window (the former behaviour)."""
   hidden: int
 
   @nn.compact
   def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:  # [B, T, D]
     x = x.astype(jnp.float32)
-    w_i, w_h, b = _LSTMParams(self.hidden, name="cell")(x.shape[-1])
+    cell = nn.OptimizedLSTMCell(self.hidden, dtype=jnp.float32, param_dtype=jnp.float32,
+                                name="cell")
+    carry = zero_carry(x.shape[0], self.hidden)
     if valid is None:
-      valid = jnp.ones(x.shape[:2], bool)
-    h = lstm_scan(w_i, w_h, b, jnp.swapaxes(x, 0, 1), jnp.swapaxes(jnp.asarray(valid, bool), 0, 1))
-    return jnp.swapaxes(h, 0, 1)  # [B, T, G]
+      body, xs = _lstm_step, x
+    else:
+      body, xs = _masked_lstm_step, (x, jnp.asarray(valid, bool))
+    scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
+                   in_axes=1, out_axes=1)
+    _, h = scan(cell, carry, xs)
+    return h  # [B, T, G]
 
 
-class _LSTMParams(nn.Module):
-  """flax `OptimizedLSTMCell`'s parameters, created as it creates them (its
-  `DenseParams` per gate: 'i{i,f,g,o}' kernels [D, G], LeCun normal, no bias;
-  'h{i,f,g,o}' kernels [G, G], orthogonal, bias zeros), returned concatenated in
-  gate order: W_i [D, 4G], W_h [G, 4G], b [4G]."""
-  hidden: int
-
-  @nn.compact
-  def __call__(self, in_features: int):
-    x = jnp.zeros((1, in_features), jnp.float32)
-    h = jnp.zeros((1, self.hidden), jnp.float32)
-    w_i, w_h, b = [], [], []
-    for gate in _GATES:
-      kernel, _ = DenseParams(self.hidden, use_bias=False, kernel_init=nn.initializers.lecun_normal(),
-                              name=f"i{gate}")(x)
-      recurrent, bias = DenseParams(self.hidden, use_bias=True,
-                                    kernel_init=nn.initializers.orthogonal(), name=f"h{gate}")(h)
-      w_i.append(kernel)
-      w_h.append(recurrent)
-      b.append(bias)
-    return jnp.concatenate(w_i, -1), jnp.concatenate(w_h, -1), jnp.concatenate(b, -1)
+def _lstm_step(cell, carry, x):
+  return cell(carry, x)
 
 
-_GATES = ("i", "f", "g", "o")
-
-
-def _gates(z: jax.Array):
-  i, f, g, o = jnp.split(z, 4, axis=-1)
-  return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
-
-
-def _lstm_forward(w_i, w_h, b, x, valid):
-  """x [T, B, D], valid [T, B] bool -> hidden states [T, B, G] and, for the gradient,
-  the cells [T, B, G] and gates (i, f, g, o) [T, B, G] each."""
-  xw = jnp.einsum("tbd,dk->tbk", x, w_i) + b                # every window at once
-
-  def step(carry, inputs):
-    c, h = carry
-    xw_t, v = inputs
-    i, f, g, o = _gates(xw_t + h @ w_h)
-    c_new = f * c + i * g
-    h_new = o * jnp.tanh(c_new)
-    keep = v[:, None]
-    c_new, h_new = jnp.where(keep, c_new, c), jnp.where(keep, h_new, h)
-    return (c_new, h_new), (h_new, c_new, (i, f, g, o))
-
-  zeros = jnp.zeros((x.shape[1], w_h.shape[0]), jnp.float32)
-  _, (hs, cs, gates) = jax.lax.scan(step, (zeros, zeros), (xw, valid))
-  return hs, cs, gates
-
-
-@jax.custom_vjp
-def lstm_scan(w_i, w_h, b, x, valid):
-  """The LSTM of `TemporalLSTM` (flax `OptimizedLSTMCell`'s equations, zero initial
-  state) over windows: x [T, B, D] float32, valid [T, B] bool -> h [T, B, G].
-  Where `valid` is False the carry passes unchanged.
-
-  A custom gradient: the input projection x W_i runs for all windows in one product
-  before the scan, and the backward scan carries only dh and dc, so that the weight
-  and input gradients (H_prev^T dZ, X^T dZ, dZ W_i^T) are three large products after it
-  instead of small ones per window. Same values as differentiating the cell
-  (tests/test_gating.py); about a fifth less time for the frozen-trunk A-LSTM's
-  LSTM on a CPU (BENCHMARKS.md)."""
-  return _lstm_forward(w_i, w_h, b, x, valid)[0]
-
-
-def _lstm_scan_fwd(w_i, w_h, b, x, valid):
-  hs, cs, gates = _lstm_forward(w_i, w_h, b, x, valid)
-  return hs, (w_i, w_h, x, valid, hs, cs, gates)
-
-
-def _lstm_scan_bwd(residuals, dhs):
-  w_i, w_h, x, valid, hs, cs, gates = residuals
-  zeros = jnp.zeros_like(hs[0])
-  h_prev = jnp.concatenate([zeros[None], hs[:-1]])            # [T, B, G]
-  c_prev = jnp.concatenate([zeros[None], cs[:-1]])
-
-  def step(carry, inputs):
-    dh_next, dc_next = carry
-    dh_out, (i, f, g, o), c, c_before, v = inputs
-    dh = dh_out + dh_next
-    tanh_c = jnp.tanh(c)
-    dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)
-    dz = jnp.concatenate([dc * g * i * (1.0 - i), dc * c_before * f * (1.0 - f),
-                          dc * i * (1.0 - g * g), dh * tanh_c * o * (1.0 - o)], axis=-1)
-    keep = v[:, None]                      # a passed window: the carry's gradient passes too
-    dz = jnp.where(keep, dz, 0.0)
-    return (jnp.where(keep, dz @ w_h.T, dh), jnp.where(keep, dc * f, dc_next)), dz
-
-  _, dz = jax.lax.scan(step, (zeros, zeros), (dhs, gates, cs, c_prev, valid), reverse=True)
-  dz_flat = dz.reshape(-1, dz.shape[-1])                       # [T B, 4G]
-  d_w_h = h_prev.reshape(-1, h_prev.shape[-1]).T @ dz_flat
-  d_w_i = x.reshape(-1, x.shape[-1]).T @ dz_flat
-  d_x = jnp.einsum("tbk,dk->tbd", dz, w_i)
-  return d_w_i, d_w_h, dz_flat.sum(0), d_x, None
-
-
-lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
+def _masked_lstm_step(cell, carry, inputs):
+  x, valid = inputs                                    # [B, D], [B]
+  new_carry, _ = cell(carry, x)
+  keep = valid[:, None]
+  new_carry = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_carry, carry)
+  return new_carry, new_carry[1]                       # flax's carry is (c, h)
 
 
 def zero_carry(batch: int, hidden: int) -> tuple[jax.Array, jax.Array]:
