@@ -122,13 +122,14 @@ def use_device(config, folds: Sequence[int]) -> bool:
   return feature_reader(config, folds).nbytes() <= AUTO_FEATURE_BYTES
 
 
-def load(config, folds: Sequence[int], mesh: Mesh) -> DeviceDataset:
+def load(config, folds: Sequence[int], mesh: Mesh, reader=None) -> DeviceDataset:
   """Reads the records of `folds` (or, with a cached trunk, their cached features, every
-  view) and replicates them on every device of `mesh`."""
+  view, through `reader` when given: the host pipeline's `FeatureReader` of `folds`) and
+  replicates them on every device of `mesh`."""
   info = ip.dataset_info(config)
   features: tuple[str, ...] = ()
   if config_lib.cached(config):
-    reader = feature_reader(config, folds)
+    reader = reader if reader is not None else feature_reader(config, folds)
     host = reader.read_all()
     features = tuple(reader.stores)
   else:
@@ -202,15 +203,13 @@ class DeviceTrainIterator:
     """A zero host batch of one step's shapes (for model initialisation)."""
     arrays = self.dataset.arrays
     n = len(self.inputs(0)["index"])
-    if self.dataset.features:
-      out = {m: np.zeros((n,) + tuple(arrays[m].shape[2:]), np.float32)
-             for m in self.dataset.features}
-      out["label"] = np.zeros((n,), np.int32)
-      out["window_valid"] = np.ones((n,) + tuple(arrays["window_valid"].shape[1:]), np.float32)
-      return out
     out = {"label": np.zeros((n,), np.int32),
-           "audio": np.zeros((n,) + tuple(arrays["audio"].shape[1:]), np.float32),
            "window_valid": np.ones((n,) + tuple(arrays["window_valid"].shape[1:]), np.float32)}
+    if self.dataset.features:     # [N, V, T, ...] -> [n, T, ...]
+      out.update({m: np.zeros((n,) + tuple(arrays[m].shape[2:]), np.float32)
+                  for m in self.dataset.features})
+      return out
+    out["audio"] = np.zeros((n,) + tuple(arrays["audio"].shape[1:]), np.float32)
     if "video" in arrays:
       t, f = arrays["video"].shape[1:3]
       c = self.dataset.crop_size
@@ -227,5 +226,6 @@ def create_device_iterator(config, train_folds: Sequence[int], seed: int, mesh: 
   """The device path's iterator; loads the dataset onto `mesh` unless given."""
   host_iter = ip.create_train_iterator(config, train_folds, seed, shard_options=shard_options)
   if dataset is None:
-    dataset = load(config, train_folds, mesh)
+    reader = host_iter.batches.reader
+    dataset = load(config, train_folds, mesh, reader=reader if reader.is_features else None)
   return DeviceTrainIterator(host_iter.batches, dataset)
