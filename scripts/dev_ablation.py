@@ -50,6 +50,11 @@ SETTINGS = {
                                    "optim.trunk_lr_scale": 0.1},
     "centered_semihard_trunk0.01": {"model.center_audio_head": True, "loss.negatives": "semihard",
                                     "optim.trunk_lr_scale": 0.01},
+    "centered_semihard_trunk0.01_views4": {
+        "model.center_audio_head": True, "loss.negatives": "semihard",
+        "optim.trunk_lr_scale": 0.01, "input.cached_views": 4},
+    "centered_semihard_views4": {"model.center_audio_head": True, "loss.negatives": "semihard",
+                                 "input.cached_views": 4},
     "semihard_adamw": {"loss.negatives": "semihard", "optim.name": "adamw"},
     "semihard_euclidean": {"loss.negatives": "semihard", "loss.distance": "euclidean"},
     "euclidean": {"loss.distance": "euclidean", "loss.batch_all_epochs": 0},
