@@ -216,19 +216,24 @@ class GatingModelTest(absltest.TestCase):
   def test_frozen_batch_norm_keeps_statistics_in_training_mode(self):
     eval_out = jax.jit(functools.partial(self.model.apply, train=False))(
         self.variables, self.video, self.audio)
-    for freeze in (True, False):
-      model = self.model.clone(freeze_bn=freeze)
+    leaves_before = jax.tree_util.tree_leaves(self.variables["batch_stats"])
+    after = {}
+    # model.bn_momentum reaches every BatchNorm and centring layer of both encoders:
+    # momentum 0 stores the batch's statistics, 0.5 half of them on the old values.
+    for freeze, momentum in ((True, None), (False, 0.0), (False, 0.5)):
+      model = self.model.clone(freeze_bn=freeze, bn_momentum=momentum)
       out, state = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))(
           self.variables, self.video, self.audio)
-      leaves_before = jax.tree_util.tree_leaves(self.variables["batch_stats"])
-      leaves_after = jax.tree_util.tree_leaves(state["batch_stats"])
-      unchanged = [np.array_equal(a, b) for a, b in zip(leaves_before, leaves_after)]
+      after[momentum] = jax.tree_util.tree_leaves(state["batch_stats"])
+      unchanged = [np.array_equal(a, b) for a, b in zip(leaves_before, after[momentum])]
       if freeze:
         self.assertTrue(all(unchanged))
         for k in eval_out:  # frozen BN in training = inference normalisation
           np.testing.assert_allclose(out[k], eval_out[k], rtol=1e-5, atol=1e-6)
       else:
         self.assertFalse(any(unchanged))
+    for old, batch, half in zip(leaves_before, after[0.0], after[0.5]):
+      np.testing.assert_allclose(half, 0.5 * old + 0.5 * batch, rtol=1e-5, atol=1e-6)
 
   def test_forward_sharded_over_four_devices_matches_unsharded(self):
     devices = jax.devices()
