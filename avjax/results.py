@@ -14,7 +14,9 @@ Input (written by `avjax.evaluate` into every `<workdir>/fold_{k}/`):
                     trunk and cached_views (absent before them: 'finetune', 0),
                     negatives (the miner's `loss.negatives`; absent before it: 'hardest'),
                     center_audio_head and center_video_head (`model.center_*_head`;
-                    absent: False).
+                    absent: False), distance, batch_all_epochs, margin and
+                    mse_weight (`config.loss`; absent before them: 'squared', 0,
+                    1.0 and not recorded).
 
 Output of `write_results(workdir)`: `results.json` (schema in
 docs/results_schema.md) and `results.md`, our numbers beside the paper's.
@@ -270,9 +272,12 @@ _INFO_FIELDS = ("dataset", "config", "variant", "modalities", "fold", "class_nam
 # Fields every fold of one results table must share.
 _SHARED_FIELDS = ("dataset", "config", "variant", "modalities", "class_names", "num_windows", "k",
                   "exclude_used", "negatives", "center_audio_head",
-                  "center_video_head")
-# Shared fields added after the first release: what a fold_info.json without one was run with.
-_LATER_DEFAULTS = {"negatives": "hardest", "center_audio_head": False, "center_video_head": False}
+                  "center_video_head", "distance", "batch_all_epochs", "margin", "mse_weight")
+# Shared fields added after the first release: what a fold_info.json without one was run with
+# (None: not recorded; older folds did not say their MSE weight).
+_LATER_DEFAULTS = {"negatives": "hardest", "center_audio_head": False, "center_video_head": False,
+                   "distance": "squared", "batch_all_epochs": 0, "margin": 1.0,
+                   "mse_weight": None}
 
 
 def load_fold(fold_dir: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -464,6 +469,19 @@ def describe_trunk(folds: list[Mapping[str, Any]]) -> str:
   return text + f"; cached augmented views: {', '.join(map(str, views))}"
 
 
+def describe_loss(doc: Mapping[str, Any]) -> str:
+  """The triplet distance, margin and MSE weight of a results document, in words."""
+  distance = doc.get("distance", _LATER_DEFAULTS["distance"])
+  text = ("squared Euclidean distances" if distance == "squared" else
+          f"{distance} distances (loss.distance, not the paper's squared ones)")
+  text += f", margin {doc.get('margin', _LATER_DEFAULTS['margin']):g}"
+  weight = doc.get("mse_weight")
+  if doc.get("variant") == "gating":
+    text += ("; audio-video MSE weight not recorded" if weight is None else
+             f"; audio-video MSE weight {weight:g}" + ("" if weight == 1.0 else " (not the paper's 1)"))
+  return text
+
+
 def format_markdown(doc: Mapping[str, Any]) -> str:
   """results.md text from a results.json document."""
   ds = canonical_dataset(doc["dataset"])
@@ -472,6 +490,10 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
   mining = {True: "MWTSM", False: "batch-hard (MWTSM off)"}.get(doc.get("exclude_used"), "unknown")
   if doc.get("negatives", _LATER_DEFAULTS["negatives"]) == "semihard":
     mining += ", semi-hard triplets only (loss.negatives='semihard', not the paper's hardest)"
+  warm = doc.get("batch_all_epochs", _LATER_DEFAULTS["batch_all_epochs"])
+  if warm:
+    mining = (f"batch-all triplets for the first {warm} epoch{'s' * (warm != 1)} "
+              f"(loss.batch_all_epochs, not the paper's), then {mining}")
   lines = [
       f"# Results: {_DATASET_TITLES.get(ds, ds)}, `{doc['config']}`, variant `{doc['variant']}`",
       "",
@@ -479,6 +501,7 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
       f"- modalities: {doc['modalities']}; KNN k = {doc['k']}; triplet mining: {mining}",
       f"- folds evaluated: {len(folds)} of {PAPER_NUM_FOLDS} ({', '.join(map(str, folds))}); "
       f"{n_total} held-out clips in all",
+      f"- loss: {describe_loss(doc)}",
       f"- checkpoints: {describe_checkpoints(doc['folds'])}",
       f"- trunk: {describe_trunk(doc['folds'])}",
       *([f"- {m} head: its input centred (`model.center_{m}_head`), **not the paper's head**"

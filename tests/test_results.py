@@ -163,6 +163,11 @@ class WriteResultsTest(absltest.TestCase):
     self.assertIn("**not the paper's protocol**", md)
     self.assertIn("triplet mining: MWTSM\n", md)          # folds without `negatives`: hardest
     self.assertEqual(doc["negatives"], "hardest")
+    # Folds without the loss fields: the paper's distance and margin, MSE weight unknown.
+    self.assertIn("- loss: squared Euclidean distances, margin 1; audio-video MSE weight not "
+                  "recorded\n", md)
+    self.assertEqual((doc["distance"], doc["batch_all_epochs"], doc["mse_weight"]),
+                     ("squared", 0, None))
     # Semi-hard triplets are said in results.md and results.json.
     self.assertNotIn("audio head", md)
     with tempfile.TemporaryDirectory() as d:
@@ -174,6 +179,21 @@ class WriteResultsTest(absltest.TestCase):
       self.assertIn("triplet mining: MWTSM, semi-hard triplets only", md)
       self.assertIn("audio head: its input centred", md)
       self.assertIn("video head: its input centred (`model.center_video_head`)", md)
+    # A batch-all warm-up, non-squared distances and another MSE weight are said too.
+    with tempfile.TemporaryDirectory() as d:
+      two_fold_workdir(d, batch_all_epochs=3, distance="euclidean", margin=0.2, mse_weight=0.1)
+      json_path, md_path = results.write_results(d)
+      doc = results.load_results(json_path)
+      self.assertEqual((doc["batch_all_epochs"], doc["distance"], doc["mse_weight"]),
+                       (3, "euclidean", 0.1))
+      md = open(md_path).read()
+      self.assertIn("triplet mining: batch-all triplets for the first 3 epochs "
+                    "(loss.batch_all_epochs, not the paper's), then MWTSM\n", md)
+      self.assertIn("- loss: euclidean distances (loss.distance, not the paper's squared ones), "
+                    "margin 0.2; audio-video MSE weight 0.1 (not the paper's 1)\n", md)
+    with tempfile.TemporaryDirectory() as d:
+      two_fold_workdir(d, mse_weight=1.0)
+      self.assertIn("margin 1; audio-video MSE weight 1\n", open(results.write_results(d)[1]).read())
 
   def test_mixed_configurations_raise(self):
     with tempfile.TemporaryDirectory() as d:
@@ -185,6 +205,11 @@ class WriteResultsTest(absltest.TestCase):
       write_fake_fold(d, 0, LABELS0, CORRECT0)
       write_fake_fold(d, 1, LABELS1, CORRECT1, negatives="semihard")
       with self.assertRaisesRegex(ValueError, "negatives"):
+        results.write_results(d)
+    with tempfile.TemporaryDirectory() as d:   # one fold had a batch-all warm-up
+      write_fake_fold(d, 0, LABELS0, CORRECT0)
+      write_fake_fold(d, 1, LABELS1, CORRECT1, batch_all_epochs=2)
+      with self.assertRaisesRegex(ValueError, "batch_all_epochs"):
         results.write_results(d)
 
   def test_no_folds_raises(self):
