@@ -3,6 +3,8 @@ r"""The learning ablation on the real-audio development set (../shared/samples/r
   python scripts/dev_ablation.py --workdir=/tmp/dev_ablation
   python scripts/dev_ablation.py --workdir=/tmp/dev_ablation --settings=paper_literal,default \
       --variants=audio_lstm --trunk=finetune_from:conv4
+  python scripts/dev_ablation.py --workdir=/tmp/dev_ablation --settings=centered_semihard \
+      --seeds=0,1,2
 
 The development set is the real speech audio of six RAVDESS actors (360 clips), folds
 4, 5 and 6 of the project's assignment, two actors each: every run tests each of the
@@ -55,6 +57,8 @@ SETTINGS = {
         "optim.trunk_lr_scale": 0.01, "input.cached_views": 4},
     "centered_semihard_views4": {"model.center_audio_head": True, "loss.negatives": "semihard",
                                  "input.cached_views": 4},
+    "centered_semihard_lr1e-4": {"model.center_audio_head": True, "loss.negatives": "semihard",
+                                 "optim.learning_rate": 1e-4},
     "semihard_adamw": {"loss.negatives": "semihard", "optim.name": "adamw"},
     "semihard_euclidean": {"loss.negatives": "semihard", "loss.distance": "euclidean"},
     "euclidean": {"loss.distance": "euclidean", "loss.batch_all_epochs": 0},
@@ -80,12 +84,16 @@ flags.DEFINE_bool("untrained", True, "Also evaluate the untrained network.")
 flags.DEFINE_string("validation_fold", "none", "config.train.validation_fold (learning curves: "
                     "'next', with --eval_every_epochs).")
 flags.DEFINE_integer("eval_every_epochs", 10, "config.train.eval_every_epochs.")
+flags.DEFINE_list("seeds", ["0"], "config.seed values: each setting (and the untrained row) "
+                  "runs once per seed; the summary pools folds x seeds.")
 flags.mark_flag_as_required("workdir")
 
 
-def dev_config(variant: str, trunk: str, work: str, epochs: int, overrides: dict):
+def dev_config(variant: str, trunk: str, work: str, epochs: int, overrides: dict,
+               seed: int = 0):
   from configs import ravdess
   config = ravdess.get_config(variant)
+  config.seed = seed
   config.model.trunk = trunk
   config.dataset.data_dir = os.path.join(work, "tfds")
   config.dataset.manual_dir = os.path.join(work, "manual")
@@ -164,18 +172,20 @@ def main(argv):
   out_path = os.path.join(work, "ablation.json")
   rows = json.load(open(out_path)) if os.path.isfile(out_path) else {}
   trunk_tag = FLAGS.trunk.replace(":", "_").replace("+", "_")
-  for variant in FLAGS.variants:
+  seeds = [int(x) for x in FLAGS.seeds]
+  tag = lambda seed: "" if seed == 0 else f"/seed{seed}"     # seed 0: the keys of before
+  for variant, seed in [(v, sd) for v in FLAGS.variants for sd in seeds]:
     if FLAGS.untrained:
-      key = f"{variant}/{trunk_tag}/untrained"
+      key = f"{variant}/{trunk_tag}/untrained{tag(seed)}"
       if key not in rows:
-        accs = untrained_accuracy(dev_config(variant, FLAGS.trunk, work, 1, {}))
+        accs = untrained_accuracy(dev_config(variant, FLAGS.trunk, work, 1, {}, seed))
         rows[key] = {"accuracy": accs, "seconds": 0.0}
         json.dump(rows, open(out_path, "w"), indent=1)
     for name in FLAGS.settings:
-      key = f"{variant}/{trunk_tag}/{name}/e{FLAGS.epochs}"
+      key = f"{variant}/{trunk_tag}/{name}/e{FLAGS.epochs}{tag(seed)}"
       if key in rows:
         continue
-      config = dev_config(variant, FLAGS.trunk, work, FLAGS.epochs, SETTINGS[name])
+      config = dev_config(variant, FLAGS.trunk, work, FLAGS.epochs, SETTINGS[name], seed)
       run_dir = os.path.join(work, "runs", key.replace("/", "__"))
       shutil.rmtree(run_dir, ignore_errors=True)   # not in ablation.json: a fresh run
       t0 = time.time()
@@ -189,6 +199,20 @@ def main(argv):
     print(f"| {key} | {_pm(r['accuracy'])} | {', '.join(f'{100 * a:.1f}' for a in r['accuracy'])} "
           f"| {', '.join(map(str, r.get('final_loss', [])))} | "
           f"{sum(r.get('collapsed', []))}/{len(r.get('collapsed', []))} | {r['seconds']} |")
+  pooled = {}
+  for key, r in rows.items():
+    base = key.split("/seed")[0]
+    pooled.setdefault(base, []).append(r)
+  if any(len(v) > 1 for v in pooled.values()):
+    print("\nPooled over seeds (folds x seeds; std over the seeds' 3-fold means):")
+    print("| run | seeds | AO last gate %, mean | std of seed means | collapsed |")
+    print("|---|---:|---:|---:|---|")
+    for base, runs in pooled.items():
+      means = [100 * np.mean(r["accuracy"]) for r in runs]
+      std = np.std(means, ddof=1) if len(means) > 1 else float("nan")
+      collapsed = sum(sum(r.get("collapsed", [])) for r in runs)
+      folds = sum(len(r.get("collapsed", [])) for r in runs)
+      print(f"| {base} | {len(runs)} | {np.mean(means):.1f} | {std:.1f} | {collapsed}/{folds} |")
 
 
 if __name__ == "__main__":
