@@ -57,6 +57,13 @@ SETTINGS = {
         "optim.trunk_lr_scale": 0.01, "input.cached_views": 4},
     "centered_semihard_views4": {"model.center_audio_head": True, "loss.negatives": "semihard",
                                  "input.cached_views": 4},
+    "centered_semihard_warmup50": {"model.center_audio_head": True, "loss.negatives": "semihard",
+                                   "loss.batch_all_epochs": 50},
+    "centered_semihard_warmup50_trunk0.01": {
+        "model.center_audio_head": True, "loss.negatives": "semihard",
+        "loss.batch_all_epochs": 50, "optim.trunk_lr_scale": 0.01},
+    "centered_semihard_warmup90": {"model.center_audio_head": True, "loss.negatives": "semihard",
+                                   "loss.batch_all_epochs": 90},
     "centered_semihard_lr1e-4": {"model.center_audio_head": True, "loss.negatives": "semihard",
                                  "optim.learning_rate": 1e-4},
     "semihard_adamw": {"loss.negatives": "semihard", "optim.name": "adamw"},
