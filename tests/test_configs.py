@@ -65,6 +65,12 @@ class ConfigsTest(parameterized.TestCase):
     config_lib.validate(learns)
     self.assertEqual((learns.loss.negatives, learns.model.center_audio_head), ("semihard", True))
     self.assertEqual(mod.get_config("semihard").loss.negatives, "semihard")
+    warm = mod.get_config("audio_lstm,warmup_semihard")
+    config_lib.validate(warm)
+    self.assertEqual((warm.loss.negatives, warm.model.center_audio_head, warm.loss.batch_all_epochs),
+                     ("semihard", True, warm.train.num_epochs // 2))
+    self.assertEqual(warm.loss.batch_all_epochs, 50)          # half of the default 100 epochs
+    self.assertEqual(mod.get_config("runlocal,warmup_semihard").loss.batch_all_epochs, 0)
     self.assertFalse(mod.get_config("semihard").model.center_audio_head)
 
   @parameterized.parameters(
