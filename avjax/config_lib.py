@@ -22,9 +22,9 @@ string (`--config=configs/ravdess.py:w4_l1_ov,audio_lstm`) parsed by
 * ``warmup_semihard``: ``centered_semihard`` after a batch-all warm-up over the first
   half of training (``loss.batch_all_epochs`` = half of ``train.num_epochs`` as set
   when the token is read: 50 of the default 100; set it again if you change the
-  epochs on the command line). Over three seeds on the development set it beat the
-  untrained network by 5 points or more on AO-Global and A-LSTM, frozen and
-  ``finetune_from:conv4`` (README, "Learning on real data").
+  epochs on the command line). The best setting on the development set so far:
+  over five seeds, AO-Global well above the untrained network and A-LSTM about 4.5
+  points above it, frozen and ``finetune_from:conv4`` (README, "Learning on real data").
 
 Unknown tokens and impossible combinations raise ``ValueError`` naming the
 field, at start-up (`validate`).
