@@ -62,6 +62,10 @@ SETTINGS = {
     "centered_semihard_warmup50_trunk0.01": {
         "model.center_audio_head": True, "loss.negatives": "semihard",
         "loss.batch_all_epochs": 50, "optim.trunk_lr_scale": 0.01},
+    "centered_semihard_warmup30": {"model.center_audio_head": True, "loss.negatives": "semihard",
+                                   "loss.batch_all_epochs": 30},
+    "centered_semihard_warmup70": {"model.center_audio_head": True, "loss.negatives": "semihard",
+                                   "loss.batch_all_epochs": 70},
     "centered_semihard_warmup90": {"model.center_audio_head": True, "loss.negatives": "semihard",
                                    "loss.batch_all_epochs": 90},
     "centered_semihard_lr1e-4": {"model.center_audio_head": True, "loss.negatives": "semihard",
