@@ -39,6 +39,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 DEV_FOLDS = (4, 5, 6)
+_CENTERED_SEMIHARD = {"model.center_audio_head": True, "loss.negatives": "semihard"}
 # name -> config overrides (field -> value) on top of configs/ravdess.py.
 SETTINGS = {
     "paper_literal": {"loss.distance": "squared", "loss.batch_all_epochs": 0,
@@ -46,30 +47,21 @@ SETTINGS = {
     "semihard": {"loss.negatives": "semihard"},
     "adamw": {"optim.name": "adamw"},
     "centered": {"model.center_audio_head": True},
-    "centered_semihard": {"model.center_audio_head": True, "loss.negatives": "semihard"},
+    "centered_semihard": _CENTERED_SEMIHARD,
     "centered_batch_all": {"model.center_audio_head": True, "loss.batch_all_epochs": 1000},
-    "centered_semihard_trunk0.1": {"model.center_audio_head": True, "loss.negatives": "semihard",
-                                   "optim.trunk_lr_scale": 0.1},
-    "centered_semihard_trunk0.01": {"model.center_audio_head": True, "loss.negatives": "semihard",
-                                    "optim.trunk_lr_scale": 0.01},
-    "centered_semihard_trunk0.01_views4": {
-        "model.center_audio_head": True, "loss.negatives": "semihard",
-        "optim.trunk_lr_scale": 0.01, "input.cached_views": 4},
-    "centered_semihard_views4": {"model.center_audio_head": True, "loss.negatives": "semihard",
-                                 "input.cached_views": 4},
-    "centered_semihard_warmup50": {"model.center_audio_head": True, "loss.negatives": "semihard",
-                                   "loss.batch_all_epochs": 50},
-    "centered_semihard_warmup50_trunk0.01": {
-        "model.center_audio_head": True, "loss.negatives": "semihard",
-        "loss.batch_all_epochs": 50, "optim.trunk_lr_scale": 0.01},
-    "centered_semihard_warmup30": {"model.center_audio_head": True, "loss.negatives": "semihard",
-                                   "loss.batch_all_epochs": 30},
-    "centered_semihard_warmup70": {"model.center_audio_head": True, "loss.negatives": "semihard",
-                                   "loss.batch_all_epochs": 70},
-    "centered_semihard_warmup90": {"model.center_audio_head": True, "loss.negatives": "semihard",
-                                   "loss.batch_all_epochs": 90},
-    "centered_semihard_lr1e-4": {"model.center_audio_head": True, "loss.negatives": "semihard",
-                                 "optim.learning_rate": 1e-4},
+    **{f"centered_semihard{suffix}": {**_CENTERED_SEMIHARD, **extra} for suffix, extra in (
+        ("_trunk0.1", {"optim.trunk_lr_scale": 0.1}),
+        ("_trunk0.01", {"optim.trunk_lr_scale": 0.01}),
+        ("_trunk0.01_views4", {"optim.trunk_lr_scale": 0.01, "input.cached_views": 4}),
+        ("_views4", {"input.cached_views": 4}),
+        # Batch-all for the first E of the 100 epochs, then semi-hard MWTSM
+        # (`warmup50` = the config token `warmup_semihard` at 100 epochs).
+        ("_warmup30", {"loss.batch_all_epochs": 30}),
+        ("_warmup50", {"loss.batch_all_epochs": 50}),
+        ("_warmup50_trunk0.01", {"loss.batch_all_epochs": 50, "optim.trunk_lr_scale": 0.01}),
+        ("_warmup70", {"loss.batch_all_epochs": 70}),
+        ("_warmup90", {"loss.batch_all_epochs": 90}),
+        ("_lr1e-4", {"optim.learning_rate": 1e-4}))},
     "semihard_adamw": {"loss.negatives": "semihard", "optim.name": "adamw"},
     "semihard_euclidean": {"loss.negatives": "semihard", "loss.distance": "euclidean"},
     "euclidean": {"loss.distance": "euclidean", "loss.batch_all_epochs": 0},
