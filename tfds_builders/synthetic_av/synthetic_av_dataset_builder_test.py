@@ -176,9 +176,13 @@ class SyntheticBuilderTest(parameterized.TestCase):
       size = (w > 0).sum((1, 2))
       return cy, cx, size
 
-    rise_y, _, _ = track(0)
-    fall_y, _, _ = track(1)
-    _, swing_x, _ = track(2)
+    rise_y, _, rise_size = track(0)
+    fall_y, _, fall_size = track(1)
+    _, swing_x, swing_size = track(2)
+    # The blob's width is class-specific too (synthetic.BLOB_SIZE 0.8 < 1.0 < 1.25): its
+    # area above the threshold grows with it.
+    self.assertLess(1.2 * rise_size.mean(), fall_size.mean())
+    self.assertLess(1.2 * fall_size.mean(), swing_size.mean())
     _, pulse_x, pulse_size = track(3)
     self.assertLess(rise_y[-1], rise_y[0] - 2)      # rises: y decreases
     self.assertGreater(fall_y[-1], fall_y[0] + 2)   # falls
