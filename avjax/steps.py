@@ -54,7 +54,7 @@ def train_step(state: TrainState, batch: dict, aug: dict | None = None, *,
   Reads `config.model.modalities`, `config.model.variant`, `config.loss` (with
   `loss.mask_padded_windows` the batch's 'window_valid' masks the noise, the
   LSTMs and the loss) and `config.input.pitch_shift_semitones` only (`_step_key`: the jitted step is shared
-  by configs that agree on them). Steps before `batch_all_steps` (`loss.batch_all_epochs`
+  by configs that agree on them). Steps before `batch_all_steps` (`config_lib.warmup_epochs`
   times the steps per epoch) take the batch-all triplet term."""
   TRACES["train_step"] += 1
   window_valid = gating.window_valid(batch, config.loss.mask_padded_windows)  # [B, T] or None
@@ -66,11 +66,18 @@ def train_step(state: TrainState, batch: dict, aug: dict | None = None, *,
 
   mask = batch.get("mask")                                # [B] bool, False on padding
   batch_all = state.step < batch_all_steps if batch_all_steps else None
+  # The model's batch statistics (BatchNorm with freeze_bn=False, the centred heads'
+  # batch means) leave out the padding copies as well as the padded windows.
+  model_valid = window_valid
+  if mask is not None:
+    bt = (video if video is not None else audio).shape[:2]
+    pad = jnp.broadcast_to(jnp.asarray(mask, jnp.float32)[:, None], bt)
+    model_valid = pad if window_valid is None else pad * window_valid
 
   def loss_fn(params):
     outputs, new_model_state = state.apply_fn(
         {"params": params, "batch_stats": state.batch_stats}, video, audio, train=True,
-        window_valid=window_valid, mutable=["batch_stats"])
+        window_valid=model_valid, mutable=["batch_stats"])
     loss, metrics = losses.compute_loss(
         outputs, batch["label"], config.loss, config.model.variant, config.model.modalities,
         mask=mask, window_valid=window_valid, batch_all=batch_all)

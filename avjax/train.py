@@ -218,7 +218,7 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
   writer = writers.create_writer(fold_dir, just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams(config.to_dict())
-  batch_all_steps = int(config.loss.batch_all_epochs) * steps_per_epoch
+  batch_all_steps = config_lib.warmup_epochs(config) * steps_per_epoch
   if on_device:
     step_fn = steps.make_device_train_step(config, mesh, train_iter.dataset, batch_all_steps)
     put = functools.partial(parallel.to_global_step_input, data_sharding=data_sharding,

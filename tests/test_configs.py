@@ -59,19 +59,36 @@ class ConfigsTest(parameterized.TestCase):
     self.assertFalse(mod.get_config("no_mwtsm").loss.exclude_used)
     self.assertEqual(tuple(mod.get_config("runlocal").folds), (0,))
     literal = mod.get_config("audio_lstm,centered_semihard,paper_literal")
-    self.assertEqual((literal.loss.distance, literal.loss.batch_all_epochs, literal.loss.negatives,
-                      literal.model.center_audio_head), ("squared", 0, "hardest", False))
-    learns = mod.get_config("audio_lstm,centered_semihard")
+    config_lib.validate(literal)
+    self.assertEqual((literal.loss.distance, config_lib.warmup_epochs(literal),
+                      literal.loss.negatives, literal.model.center_audio_head),
+                     ("squared", 0, "hardest", False))
+    # The recipe tokens set all of their fields: the last one wins, whatever came before.
+    learns = mod.get_config("audio_lstm,paper_literal,centered_semihard")
     config_lib.validate(learns)
-    self.assertEqual((learns.loss.negatives, learns.model.center_audio_head), ("semihard", True))
-    self.assertEqual(mod.get_config("semihard").loss.negatives, "semihard")
-    warm = mod.get_config("audio_lstm,warmup_semihard")
-    config_lib.validate(warm)
-    self.assertEqual((warm.loss.negatives, warm.model.center_audio_head, warm.loss.batch_all_epochs),
-                     ("semihard", True, warm.train.num_epochs // 2))
-    self.assertEqual(warm.loss.batch_all_epochs, 50)          # half of the default 100 epochs
-    self.assertEqual(mod.get_config("runlocal,warmup_semihard").loss.batch_all_epochs, 0)
-    self.assertFalse(mod.get_config("semihard").model.center_audio_head)
+    self.assertEqual((learns.loss.negatives, learns.model.center_audio_head,
+                      config_lib.warmup_epochs(learns)), ("semihard", True, 0))
+    semihard = mod.get_config("warmup_semihard,semihard")
+    self.assertEqual((semihard.loss.negatives, semihard.model.center_audio_head,
+                      config_lib.warmup_epochs(semihard)), ("semihard", False, 0))
+    # The defaults are `warmup_semihard`: semi-hard MWTSM, the centred audio head and a
+    # batch-all warm-up over half of the epochs, which follows the epochs set later.
+    default, warm = mod.get_config("audio_lstm"), mod.get_config("audio_lstm,warmup_semihard")
+    for c in (default, warm):
+      config_lib.validate(c)
+      self.assertEqual((c.loss.negatives, c.model.center_audio_head, c.loss.distance,
+                        config_lib.warmup_epochs(c)), ("semihard", True, "squared", 50))
+      c.train.num_epochs = 7
+      self.assertEqual(config_lib.warmup_epochs(c), 3)
+    self.assertEqual(config_lib.warmup_epochs(mod.get_config("runlocal")), 0)   # 1 epoch
+    fixed = mod.get_config()
+    fixed.loss.batch_all_epochs = 10            # an explicit length overrides the fraction
+    self.assertEqual(config_lib.warmup_epochs(fixed), 10)
+    for field, value in (("batch_all_fraction", 1.5), ("batch_all_epochs", -1)):
+      bad = mod.get_config()
+      bad.loss[field] = value
+      with self.assertRaisesRegex(ValueError, f"config.loss.{field}"):
+        config_lib.validate(bad)
 
   @parameterized.parameters(
       # (config file, arg, records, expected builder config)
@@ -131,21 +148,23 @@ class RangesTest(absltest.TestCase):
 
   def test_every_numeric_field_has_a_range_that_validate_checks(self):
     base = config_lib.get_base_config()
+    placeholders = {"model.bn_momentum": float, "loss.batch_all_epochs": int}   # None by default
     numeric = [f"{g}.{k}" for g, sub in base.items() if isinstance(sub, ml_collections.ConfigDict)
                for k, v in sub.items()
                if (isinstance(v, (int, float)) and not isinstance(v, bool))
-               or f"{g}.{k}" == "model.bn_momentum"]
+               or f"{g}.{k}" in placeholders]
     self.assertEqual(sorted(numeric), sorted(config_lib.RANGES))
     for field, spec in config_lib.RANGES.items():
       group, name = field.split(".")
       if spec.startswith("["):
-        bad = [-0.5, float(spec.strip("[)").split(",")[1])]
+        hi = float(spec.strip("[)]").split(",")[1])
+        bad = [-0.5, hi + 0.5 if spec.endswith("]") else hi]
       else:
         bound = float(spec.split()[1])
         bad = [bound if spec.startswith(">") and not spec.startswith(">=") else bound - 1]
       for value in bad:
         c = config_lib.get_base_config()
-        c[group][name] = type(base[group][name] if base[group][name] is not None else 0.5)(value)
+        c[group][name] = placeholders.get(field, type(base[group][name]))(value)
         with self.assertRaisesRegex(ValueError, f"config.{field}"):
           config_lib.validate(c)
     config_lib.validate(config_lib.get_base_config())

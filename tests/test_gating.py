@@ -214,14 +214,17 @@ class GatingModelTest(absltest.TestCase):
     self.assertNotEqual(float(self.loss_and_grads(video, audio, valid)[0][0]), float(l1))
 
   def test_frozen_batch_norm_keeps_statistics_in_training_mode(self):
-    eval_out = jax.jit(functools.partial(self.model.apply, train=False))(
+    # Frozen BN with the paper's heads (a centred head's running mean belongs to the
+    # fresh head and trains whatever freeze_bn: `conv.Centering`).
+    paper_heads = self.model.clone(center_audio_head=False, center_video_head=False)
+    eval_out = jax.jit(functools.partial(paper_heads.apply, train=False))(
         self.variables, self.video, self.audio)
     leaves_before = jax.tree_util.tree_leaves(self.variables["batch_stats"])
     after = {}
     # model.bn_momentum reaches every BatchNorm and centring layer of both encoders:
     # momentum 0 stores the batch's statistics, 0.5 half of them on the old values.
     for freeze, momentum in ((True, None), (False, 0.0), (False, 0.5)):
-      model = self.model.clone(freeze_bn=freeze, bn_momentum=momentum)
+      model = (paper_heads if freeze else self.model).clone(freeze_bn=freeze, bn_momentum=momentum)
       out, state = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))(
           self.variables, self.video, self.audio)
       after[momentum] = jax.tree_util.tree_leaves(state["batch_stats"])

@@ -96,7 +96,10 @@ class TrainStepTest(absltest.TestCase):
   def test_padded_batch_matches_unpadded(self):
     """A batch of 6 on 4 devices (padded to 8, masked) trains like 6 on 1 device."""
     config = audio_config(num_classes=3, clips_per_class=2)
-    config.model.freeze_bn = True            # padding copies must not enter BN statistics
+    config.model.freeze_bn = True
+    # The default centred audio head takes the batch mean in training: the padding
+    # copies must not enter it (they did before the step masked the model's statistics).
+    self.assertTrue(config.model.center_audio_head)
     batches = [tiny_batch(config, seed) for seed in range(2)]
     padded = [parallel.pad_batch(b, 4) for b in batches]
     self.assertEqual(padded[0]["video"].shape[0], 8)
