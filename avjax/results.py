@@ -16,7 +16,8 @@ Input (written by `avjax.evaluate` into every `<workdir>/fold_{k}/`):
                     center_audio_head and center_video_head (`model.center_*_head`;
                     absent: False), distance, batch_all_epochs, margin and
                     mse_weight (`config.loss`; absent before them: 'squared', 0,
-                    1.0 and not recorded).
+                    1.0 and not recorded), optimizer, learning_rate and weight_decay
+                    (`config.optim`; absent before them: 'adam', not recorded).
 
 Output of `write_results(workdir)`: `results.json` (schema in
 docs/results_schema.md) and `results.md`, our numbers beside the paper's.
@@ -272,12 +273,14 @@ _INFO_FIELDS = ("dataset", "config", "variant", "modalities", "fold", "class_nam
 # Fields every fold of one results table must share.
 _SHARED_FIELDS = ("dataset", "config", "variant", "modalities", "class_names", "num_windows", "k",
                   "exclude_used", "negatives", "center_audio_head",
-                  "center_video_head", "distance", "batch_all_epochs", "margin", "mse_weight")
+                  "center_video_head", "distance", "batch_all_epochs", "margin", "mse_weight",
+                  "optimizer", "learning_rate", "weight_decay")
 # Shared fields added after the first release: what a fold_info.json without one was run with
 # (None: not recorded; older folds did not say their MSE weight).
 _LATER_DEFAULTS = {"negatives": "hardest", "center_audio_head": False, "center_video_head": False,
                    "distance": "squared", "batch_all_epochs": 0, "margin": 1.0,
-                   "mse_weight": None}
+                   "mse_weight": None, "optimizer": "adam", "learning_rate": None,
+                   "weight_decay": None}
 
 
 def load_fold(fold_dir: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -482,6 +485,17 @@ def describe_loss(doc: Mapping[str, Any]) -> str:
   return text
 
 
+def describe_optimizer(doc: Mapping[str, Any]) -> str:
+  """The optimiser of a results document, in words."""
+  name = doc.get("optimizer", _LATER_DEFAULTS["optimizer"])
+  lr, wd = doc.get("learning_rate"), doc.get("weight_decay")
+  text = ("AdamW (decoupled weight decay, torch.optim.AdamW)" if name == "adamw" else
+          "Adam with the weight decay added to the gradient (torch.optim.Adam, `paper_literal`)")
+  if lr is None or wd is None:
+    return text + "; learning rate and weight decay not recorded"
+  return text + f", learning rate {lr:g}, weight decay {wd:g}"
+
+
 def format_markdown(doc: Mapping[str, Any]) -> str:
   """results.md text from a results.json document."""
   ds = canonical_dataset(doc["dataset"])
@@ -493,7 +507,7 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
   warm = doc.get("batch_all_epochs", _LATER_DEFAULTS["batch_all_epochs"])
   if warm:
     mining = (f"batch-all triplets for the first {warm} epoch{'s' * (warm != 1)} "
-              f"(loss.batch_all_epochs, not the paper's), then {mining}")
+              f"(the warm-up: loss.batch_all_fraction or batch_all_epochs; not the paper's), then {mining}")
   lines = [
       f"# Results: {_DATASET_TITLES.get(ds, ds)}, `{doc['config']}`, variant `{doc['variant']}`",
       "",
@@ -502,6 +516,7 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
       f"- folds evaluated: {len(folds)} of {PAPER_NUM_FOLDS} ({', '.join(map(str, folds))}); "
       f"{n_total} held-out clips in all",
       f"- loss: {describe_loss(doc)}",
+      f"- optimiser: {describe_optimizer(doc)}",
       f"- checkpoints: {describe_checkpoints(doc['folds'])}",
       f"- trunk: {describe_trunk(doc['folds'])}",
       *([f"- {m} head: its input centred (`model.center_{m}_head`), **not the paper's head**"

@@ -61,8 +61,8 @@ class ConfigsTest(parameterized.TestCase):
     literal = mod.get_config("audio_lstm,centered_semihard,paper_literal")
     config_lib.validate(literal)
     self.assertEqual((literal.loss.distance, config_lib.warmup_epochs(literal),
-                      literal.loss.negatives, literal.model.center_audio_head),
-                     ("squared", 0, "hardest", False))
+                      literal.loss.negatives, literal.model.center_audio_head,
+                      literal.optim.name), ("squared", 0, "hardest", False, "adam"))
     # The recipe tokens set all of their fields: the last one wins, whatever came before.
     learns = mod.get_config("audio_lstm,paper_literal,centered_semihard")
     config_lib.validate(learns)
@@ -77,7 +77,8 @@ class ConfigsTest(parameterized.TestCase):
     for c in (default, warm):
       config_lib.validate(c)
       self.assertEqual((c.loss.negatives, c.model.center_audio_head, c.loss.distance,
-                        config_lib.warmup_epochs(c)), ("semihard", True, "squared", 50))
+                        config_lib.warmup_epochs(c), c.optim.name, c.optim.weight_decay),
+                       ("semihard", True, "squared", 50, "adamw", 5e-4))
       c.train.num_epochs = 7
       self.assertEqual(config_lib.warmup_epochs(c), 3)
     self.assertEqual(config_lib.warmup_epochs(mod.get_config("runlocal")), 0)   # 1 epoch

@@ -168,6 +168,12 @@ class WriteResultsTest(absltest.TestCase):
                   "recorded\n", md)
     self.assertEqual((doc["distance"], doc["batch_all_epochs"], doc["mse_weight"]),
                      ("squared", 0, None))
+    # ... and without the optimiser's: Adam with L2, its settings unknown.
+    self.assertEqual((doc["optimizer"], doc["learning_rate"], doc["weight_decay"]),
+                     ("adam", None, None))
+    self.assertIn("- optimiser: Adam with the weight decay added to the gradient "
+                  "(torch.optim.Adam, `paper_literal`); learning rate and weight decay not "
+                  "recorded\n", md)
     # Semi-hard triplets are said in results.md and results.json.
     self.assertNotIn("audio head", md)
     with tempfile.TemporaryDirectory() as d:
@@ -181,14 +187,19 @@ class WriteResultsTest(absltest.TestCase):
       self.assertIn("video head: its input centred (`model.center_video_head`)", md)
     # A batch-all warm-up, non-squared distances and another MSE weight are said too.
     with tempfile.TemporaryDirectory() as d:
-      two_fold_workdir(d, batch_all_epochs=3, distance="euclidean", margin=0.2, mse_weight=0.1)
+      two_fold_workdir(d, batch_all_epochs=3, distance="euclidean", margin=0.2, mse_weight=0.1,
+                       optimizer="adamw", learning_rate=1e-3, weight_decay=5e-4)
       json_path, md_path = results.write_results(d)
       doc = results.load_results(json_path)
       self.assertEqual((doc["batch_all_epochs"], doc["distance"], doc["mse_weight"]),
                        (3, "euclidean", 0.1))
+      self.assertEqual((doc["optimizer"], doc["learning_rate"], doc["weight_decay"]),
+                       ("adamw", 1e-3, 5e-4))
       md = open(md_path).read()
+      self.assertIn("- optimiser: AdamW (decoupled weight decay, torch.optim.AdamW), "
+                    "learning rate 0.001, weight decay 0.0005\n", md)
       self.assertIn("triplet mining: batch-all triplets for the first 3 epochs "
-                    "(loss.batch_all_epochs, not the paper's), then MWTSM\n", md)
+                    "(the warm-up: loss.batch_all_fraction or batch_all_epochs; not the paper's), then MWTSM\n", md)
       self.assertIn("- loss: euclidean distances (loss.distance, not the paper's squared ones), "
                     "margin 0.2; audio-video MSE weight 0.1 (not the paper's 1)\n", md)
     with tempfile.TemporaryDirectory() as d:
@@ -205,6 +216,11 @@ class WriteResultsTest(absltest.TestCase):
       write_fake_fold(d, 0, LABELS0, CORRECT0)
       write_fake_fold(d, 1, LABELS1, CORRECT1, negatives="semihard")
       with self.assertRaisesRegex(ValueError, "negatives"):
+        results.write_results(d)
+    with tempfile.TemporaryDirectory() as d:   # one fold trained with AdamW
+      write_fake_fold(d, 0, LABELS0, CORRECT0)
+      write_fake_fold(d, 1, LABELS1, CORRECT1, optimizer="adamw")
+      with self.assertRaisesRegex(ValueError, "optimizer"):
         results.write_results(d)
     with tempfile.TemporaryDirectory() as d:   # one fold had a batch-all warm-up
       write_fake_fold(d, 0, LABELS0, CORRECT0)

@@ -50,6 +50,27 @@ class RecordConfigTest(absltest.TestCase):
     self.assertTrue(os.path.isfile(kept))
     self.assertEqual(open(kept).read(), before)
 
+  def test_a_workdir_of_the_paper_literal_defaults_resumes_only_under_paper_literal(self):
+    # config.json as avjax wrote it before the defaults became `warmup_semihard`:
+    # the paper's reading (Adam with L2), and no loss.batch_all_fraction field.
+    root = tempfile.mkdtemp()
+    old = config_lib.get_base_config().to_dict()
+    old["loss"].update(batch_all_epochs=0, negatives="hardest")
+    old["model"]["center_audio_head"] = False
+    old["optim"]["name"] = "adam"
+    del old["loss"]["batch_all_fraction"]
+    with open(os.path.join(root, "config.json"), "w") as f:
+      json.dump(old, f)
+    recorded = workdir.load_config(root)
+    self.assertEqual(config_lib.warmup_epochs(recorded), 0)
+    with self.assertRaises(workdir.ConfigMismatchError) as cm:
+      workdir.record_config(config_lib.get_base_config(), root)
+    for field in ("loss.negatives", "model.center_audio_head", "loss.batch_all_epochs",
+                  "optim.name"):
+      self.assertIn(field, str(cm.exception))
+    literal = config_lib.apply_args(config_lib.get_base_config(), "paper_literal")
+    workdir.record_config(literal, root)          # no difference: resumes
+
   def test_a_fold_is_read_with_the_config_it_was_trained_with(self):
     root = tempfile.mkdtemp()
     workdir.record_config(config_lib.get_base_config(), root)
