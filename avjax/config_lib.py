@@ -276,7 +276,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
   c.optim.eps = 1e-8
-  c.optim.trunk_lr_scale = 1.0      # learning-rate factor for the pretrained trunks (0 freezes them)
+  # Learning-rate factor for the pretrained trunks' trainable layers (0 freezes them).
+  # None: by model.trunk (`trunk_lr_scale`, resolved by `complete`): 1.0 under 'finetune'
+  # (the paper: every layer at the same rate), 0.01 under 'finetune_from:<endpoint>',
+  # where the layers above the cut see one cached view of each clip and at the full rate
+  # memorise the training clips (README, "Learning on real data").
+  c.optim.trunk_lr_scale = ml_collections.config_dict.placeholder(float)
 
   c.train = ml_collections.ConfigDict()
   c.train.num_epochs = 100
@@ -336,6 +341,8 @@ def complete(config, recorded: bool = False) -> ml_collections.ConfigDict:
     for (group, field), value in RECORDED_BEFORE.items():
       over.setdefault(group, {}).setdefault(field, value)
   merged = _merge(get_base_config().to_dict(), over)
+  if merged["optim"].get("trunk_lr_scale") is None:
+    merged["optim"]["trunk_lr_scale"] = _default_trunk_lr_scale(merged["model"]["trunk"])
   # `dataset.num_folds` (configs of earlier versions) is gone: the builders fix 10 folds.
   old = merged.get("dataset", {}).pop("num_folds", folds_lib.NUM_FOLDS)
   if old != folds_lib.NUM_FOLDS:
@@ -407,6 +414,21 @@ RECIPES = {
                         "model.center_audio_head": True, "loss.batch_all_epochs": None,
                         "loss.batch_all_fraction": 0.5, "optim.name": "adamw"},
 }
+
+
+FINETUNE_FROM_TRUNK_LR_SCALE = 0.01
+
+
+def _default_trunk_lr_scale(trunk: str) -> float:
+  return FINETUNE_FROM_TRUNK_LR_SCALE if str(trunk).startswith("finetune_from:") else 1.0
+
+
+def trunk_lr_scale(config) -> float:
+  """`optim.trunk_lr_scale`, or when None its default for `model.trunk`: 0.01 under
+  'finetune_from:<endpoint>', else 1.0."""
+  if config.optim.trunk_lr_scale is not None:
+    return float(config.optim.trunk_lr_scale)
+  return _default_trunk_lr_scale(config.model.trunk)
 
 
 def warmup_epochs(config) -> int:
@@ -580,7 +602,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field, spec in RANGES.items():
     group, name = field.split(".")
     value = config[group][name]
-    if value is None and field in ("model.bn_momentum", "loss.batch_all_epochs"):
+    if value is None and field in ("model.bn_momentum", "loss.batch_all_epochs",
+                                   "optim.trunk_lr_scale"):
       continue
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       fail(field, f"{value!r} is not a number")

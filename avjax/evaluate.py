@@ -161,6 +161,7 @@ def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh,
       "checkpoint_step": int(jax.device_get(state.step)), "selected_by": selected_by,
       "mask_padded_windows": bool(config.loss.mask_padded_windows),
       "trunk": str(config.model.trunk), "cached_views": int(config.input.cached_views),
+      "trunk_lr_scale": config_lib.trunk_lr_scale(config),
       "config_hash": config_lib.config_hash(config),
       "allow_missing_folds": bool(config.dataset.allow_missing_folds),
   }

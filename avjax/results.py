@@ -11,7 +11,8 @@ Input (written by `avjax.evaluate` into every `<workdir>/fold_{k}/`):
                     num_windows, k, num_train_clips, exclude_used, avjax_version,
                     checkpoint_step and selected_by ('last' or 'validation_fold:N';
                     absent in folds written by earlier versions), mask_padded_windows,
-                    trunk and cached_views (absent before them: 'finetune', 0),
+                    trunk, cached_views and trunk_lr_scale (absent before them:
+                    'finetune', 0, 1.0),
                     negatives (the miner's `loss.negatives`; absent before it: 'hardest'),
                     center_audio_head and center_video_head (`model.center_*_head`;
                     absent: False), distance, batch_all_epochs, margin and
@@ -390,6 +391,7 @@ def build_results(folds: list[tuple[dict[str, np.ndarray], dict[str, Any]]]) -> 
         "checkpoint_step": info.get("checkpoint_step"), "selected_by": info.get("selected_by"),
         "allow_missing_folds": bool(info.get("allow_missing_folds", False)),
         "trunk": info.get("trunk", "finetune"), "cached_views": int(info.get("cached_views", 0)),
+        "trunk_lr_scale": float(info.get("trunk_lr_scale", 1.0)),
     })
     for m in MODALITIES:
       if f"pred_{m}" in preds:
@@ -458,7 +460,8 @@ def describe_trunk(folds: list[Mapping[str, Any]]) -> str:
   """The `model.trunk` of the folds, in one line of results.md."""
   trunks = sorted({f.get("trunk", "finetune") for f in folds})
   if trunks == ["finetune"]:
-    return "finetune (the paper's recipe: the pretrained encoders fine-tuned end to end)"
+    return ("finetune (the paper's recipe: the pretrained encoders fine-tuned end to end)"
+            + _trunk_lr_text(folds))
   views = sorted({f.get("cached_views", 0) for f in folds})
   text = ", ".join(trunks)
   if trunks == ["frozen"]:
@@ -469,7 +472,18 @@ def describe_trunk(folds: list[Mapping[str, Any]]) -> str:
             "those above it fine-tuned; NOT the paper's recipe")
   else:
     text = f"**mixed**: {text}"
-  return text + f"; cached augmented views: {', '.join(map(str, views))}"
+  text += f"; cached augmented views: {', '.join(map(str, views))}"
+  return text + _trunk_lr_text(folds)
+
+
+def _trunk_lr_text(folds: list[Mapping[str, Any]]) -> str:
+  """'' when every fold trained its trunk layers at the full rate (or froze them)."""
+  scales = sorted({float(f.get("trunk_lr_scale", 1.0)) for f in folds
+                   if f.get("trunk", "finetune") != "frozen"})
+  if scales in ([], [1.0]):
+    return ""
+  return (f"; trunk layers trained at {', '.join(f'{x:g}' for x in scales)} x the learning "
+          "rate (optim.trunk_lr_scale)")
 
 
 def describe_loss(doc: Mapping[str, Any]) -> str:

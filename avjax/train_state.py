@@ -28,6 +28,7 @@ from absl import logging
 from flax.training import train_state
 from jax.sharding import NamedSharding
 
+from avjax import config_lib
 from avjax import workdir as workdir_lib
 from avjax.models import gating
 
@@ -93,7 +94,9 @@ def create_train_state(config: ml_collections.ConfigDict, model, sample_batch: d
   video, audio = gating.model_inputs(sample_batch, config.model.modalities)
   pretrained = config.model.pretrained if pretrained is None else pretrained
   variables = gating.init_variables(model, rng, video=video, audio=audio, pretrained=pretrained)
-  tx = make_optimizer(config.optim, variables["params"])
+  optim = ml_collections.ConfigDict(config.optim.to_dict())
+  optim.trunk_lr_scale = config_lib.trunk_lr_scale(config)     # None: by model.trunk
+  tx = make_optimizer(optim, variables["params"])
   # Eager: the optimiser's initial state is zeros shaped like the parameters, and
   # a jitted create would compile again for every new `tx`. Placing the result
   # is a jitted identity (multi-host safe), cheap to compile.

@@ -85,6 +85,16 @@ class ConfigsTest(parameterized.TestCase):
     fixed = mod.get_config()
     fixed.loss.batch_all_epochs = 10            # an explicit length overrides the fraction
     self.assertEqual(config_lib.warmup_epochs(fixed), 10)
+    # The trunks' learning-rate factor follows model.trunk unless set.
+    for trunk, scale in (("finetune", 1.0), ("frozen", 1.0), ("finetune_from:conv4", 0.01)):
+      c = mod.get_config("audio_lstm")
+      c.model.trunk = trunk
+      self.assertIsNone(c.optim.trunk_lr_scale)
+      self.assertEqual(config_lib.trunk_lr_scale(c), scale)
+      self.assertEqual(config_lib.complete(c).optim.trunk_lr_scale, scale)
+      c.optim.trunk_lr_scale = 0.1
+      self.assertEqual((config_lib.trunk_lr_scale(c), config_lib.complete(c).optim.trunk_lr_scale),
+                       (0.1, 0.1))
     for field, value in (("batch_all_fraction", 1.5), ("batch_all_epochs", -1)):
       bad = mod.get_config()
       bad.loss[field] = value
@@ -149,7 +159,8 @@ class RangesTest(absltest.TestCase):
 
   def test_every_numeric_field_has_a_range_that_validate_checks(self):
     base = config_lib.get_base_config()
-    placeholders = {"model.bn_momentum": float, "loss.batch_all_epochs": int}   # None by default
+    placeholders = {"model.bn_momentum": float, "loss.batch_all_epochs": int,   # None by default
+                    "optim.trunk_lr_scale": float}
     numeric = [f"{g}.{k}" for g, sub in base.items() if isinstance(sub, ml_collections.ConfigDict)
                for k, v in sub.items()
                if (isinstance(v, (int, float)) and not isinstance(v, bool))

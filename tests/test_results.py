@@ -202,6 +202,15 @@ class WriteResultsTest(absltest.TestCase):
                     "(the warm-up: loss.batch_all_fraction or batch_all_epochs; not the paper's), then MWTSM\n", md)
       self.assertIn("- loss: euclidean distances (loss.distance, not the paper's squared ones), "
                     "margin 0.2; audio-video MSE weight 0.1 (not the paper's 1)\n", md)
+    # The trunks' learning-rate factor is said when it is not 1 and the trunk trained.
+    self.assertNotIn("optim.trunk_lr_scale", md)
+    for trunk, scale, said in (("finetune_from:conv4", 0.01, True), ("finetune", 0.5, True),
+                               ("frozen", 0.01, False), ("finetune", 1.0, False)):
+      with tempfile.TemporaryDirectory() as d:
+        two_fold_workdir(d, trunk=trunk, trunk_lr_scale=scale)
+        md = open(results.write_results(d)[1]).read()
+        line = f"trunk layers trained at {scale:g} x the learning rate (optim.trunk_lr_scale)"
+        self.assertEqual(line in md, said, (trunk, scale))
     with tempfile.TemporaryDirectory() as d:
       two_fold_workdir(d, mse_weight=1.0)
       self.assertIn("margin 1; audio-video MSE weight 1\n", open(results.write_results(d)[1]).read())
