@@ -59,6 +59,14 @@ def make_optimizer(optim: ml_collections.ConfigDict, params: Any) -> optax.Gradi
   return _optimizer(optim.to_json(sort_keys=True), treedef)
 
 
+def optimizer_for(config: ml_collections.ConfigDict, params: Any) -> optax.GradientTransformation:
+  """`make_optimizer` for `config.optim`, its `trunk_lr_scale` resolved for
+  `config.model.trunk` when None (`config_lib.trunk_lr_scale`)."""
+  optim = ml_collections.ConfigDict(config.optim.to_dict())
+  optim.trunk_lr_scale = config_lib.trunk_lr_scale(config)
+  return make_optimizer(optim, params)
+
+
 @functools.lru_cache(maxsize=32)
 def _optimizer(optim_json: str, treedef) -> optax.GradientTransformation:
   optim = ml_collections.ConfigDict(json.loads(optim_json))
@@ -94,9 +102,7 @@ def create_train_state(config: ml_collections.ConfigDict, model, sample_batch: d
   video, audio = gating.model_inputs(sample_batch, config.model.modalities)
   pretrained = config.model.pretrained if pretrained is None else pretrained
   variables = gating.init_variables(model, rng, video=video, audio=audio, pretrained=pretrained)
-  optim = ml_collections.ConfigDict(config.optim.to_dict())
-  optim.trunk_lr_scale = config_lib.trunk_lr_scale(config)     # None: by model.trunk
-  tx = make_optimizer(optim, variables["params"])
+  tx = optimizer_for(config, variables["params"])
   # Eager: the optimiser's initial state is zeros shaped like the parameters, and
   # a jitted create would compile again for every new `tx`. Placing the result
   # is a jitted identity (multi-host safe), cheap to compile.

@@ -310,7 +310,7 @@ def make_state(config, model, host_batch: dict, replicated):
   shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
                           one(video), one(audio))
   variables = random_variables(shapes)
-  tx = train_state.make_optimizer(config.optim, variables["params"])
+  tx = train_state.optimizer_for(config, variables["params"])
 
   def create(params, batch_stats):
     return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx,
