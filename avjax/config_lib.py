@@ -396,7 +396,8 @@ def config_hash(config) -> str:
 
 
 # The paper's recipe read literally (`paper_literal` config token): squared Euclidean
-# distances, MWTSM's hardest triplets from the first step, the paper's audio head.
+# distances, MWTSM's hardest triplets from the first step, the paper's heads, and the
+# weight decay added to Adam's gradient (torch.optim.Adam).
 PAPER_LITERAL = {"loss.distance": "squared", "loss.batch_all_epochs": 0,
                  "loss.batch_all_fraction": 0.0, "loss.negatives": "hardest",
                  "model.center_audio_head": False, "model.center_video_head": False,
