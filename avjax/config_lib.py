@@ -14,7 +14,10 @@ string (`--config=configs/ravdess.py:w4_l1_ov,audio_lstm`) parsed by
   audio archives alone) unless ``dataset.records`` says otherwise
   (`builder_config_name`);
 * ``runlocal``: tiny batches and few epochs, for a smoke run on a laptop;
-* ``no_mwtsm``: plain batch-hard mining (the paper's MWTSM ablation);
+* ``no_mwtsm``: ``loss.exclude_used=False``, the miner may pick a triplet already
+  used at an earlier window. With ``paper_literal`` it is the paper's batch-hard
+  ablation; under the default recipe it gives semi-hard mining after the batch-all
+  warm-up;
 * the training recipe, each token setting all of its fields (`RECIPES`):
   ``paper_literal``: the paper's recipe read literally (`PAPER_LITERAL`: squared
   distances, MWTSM's hardest triplets from the first step, the paper's audio head,
@@ -25,7 +28,7 @@ string (`--config=configs/ravdess.py:w4_l1_ov,audio_lstm`) parsed by
   half of training (``loss.batch_all_fraction`` = 0.5 of ``train.num_epochs``), with
   decoupled weight decay (``optim.name='adamw'``). This is the default: the reading
   that learns on the real-audio development set, where ``paper_literal`` collapses
-  (README, "Learning on real data").
+  (docs/experiments.md).
 
 Unknown tokens and impossible combinations raise ``ValueError`` naming the
 field, at start-up (`validate`).
@@ -148,7 +151,11 @@ GLOBAL_WINDOWING = "w1_l1_no_fit"
 
 
 def get_base_config() -> ml_collections.ConfigDict:
-  """The paper's settings (docs/design.md); dataset files override the dataset block."""
+  """The default settings: the paper's network, data, protocol and optimiser values, with
+  the default recipe `warmup_semihard`, which departs from the paper in four named ways
+  (batch-all warm-up, semi-hard MWTSM, centred audio head, decoupled weight decay;
+  `paper_literal` restores the literal reading; docs/design.md). Dataset files override
+  the dataset block."""
   c = ml_collections.ConfigDict()
   c.seed = 0                      # one seed; init, data order and augmentation derive from it
   # Test folds to run, each trained on the other nine and written to
@@ -226,8 +233,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # SoundNet's fresh head: subtract the mean of its input (pooled conv7; the batch mean
   # in training, a running mean in evaluation) before the Embedding layer. Not in the
   # paper. Post-ReLU features are almost all positive, which makes Adam move the head's
-  # output along one direction shared by every clip until the LSTM saturates (README,
-  # "Learning on real data"). Part of the default recipe that learns on real audio;
+  # output along one direction shared by every clip until the LSTM saturates (docs/experiments.md). Part of the default recipe that learns on real audio;
   # False: the paper's head (`paper_literal`).
   c.model.center_audio_head = True
   # The same for I3D's Logits head (pooled Mixed_5c, post-ReLU too). With pretrained
@@ -249,12 +255,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # (non-squared, as Hermans et al. 2017), in the miner's score and the hinges.
   c.loss.distance = "squared"
   # Warm-up: for the first E epochs each modality's triplet term is batch-all (the mean
-  # hinge over every valid triplet that violates the margin), then MWTSM. E is
+  # hinge over every valid triplet, `losses.batch_all_hinges`), then MWTSM. E is
   # `batch_all_epochs` when set, else `batch_all_fraction` x train.num_epochs rounded
   # down to whole epochs (`warmup_epochs`): the default, half of training, follows the
   # epochs. 0 (either field): MWTSM from the first step (the paper's reading,
   # `paper_literal`). Not in the paper: it keeps hardest-triplet mining from
-  # collapsing the embeddings on real audio (README, "Learning on real data").
+  # collapsing the embeddings on real audio (docs/experiments.md).
   c.loss.batch_all_fraction = 0.5
   c.loss.batch_all_epochs = ml_collections.config_dict.placeholder(int)
   # Which triplets the miner may pick: 'hardest' (the paper's reading: the largest
@@ -280,7 +286,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # None: by model.trunk (`trunk_lr_scale`, resolved by `complete`): 1.0 under 'finetune'
   # (the paper: every layer at the same rate), 0.01 under 'finetune_from:<endpoint>',
   # where the layers above the cut see one cached view of each clip and at the full rate
-  # memorise the training clips (README, "Learning on real data").
+  # memorise the training clips (docs/experiments.md).
   c.optim.trunk_lr_scale = ml_collections.config_dict.placeholder(float)
 
   c.train = ml_collections.ConfigDict()

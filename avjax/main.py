@@ -78,7 +78,7 @@ def backend_report(jax) -> tuple[str, str | None]:
     warning = (f"WARNING: running on CPU although {why}: this jax has no GPU/TPU support "
                "or cannot reach the device. Install the accelerator build (make demo "
                "ACCEL=cuda12 | cuda13 | tpu, or pip install 'jax[cuda12]'), see the README's "
-               "'On GPUs and TPUs'.")
+               "'GPUs and clusters'.")
   return line, warning
 
 

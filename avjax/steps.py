@@ -92,7 +92,7 @@ def train_step(state: TrainState, batch: dict, aug: dict | None = None, *,
   metrics["grad_norm"] = optax.global_norm(grads)
   # The trainable weights' global L2 norm after the update: weights that shrink
   # towards 0 while the gate embeddings collapse show the optimiser's weight decay
-  # outweighing the loss (README, "Learning on real data").
+  # outweighing the loss (docs/experiments.md).
   metrics["param_norm"] = optax.global_norm(new_state.params)
   # 1.0 when this step's loss or gradients are not finite. (The loss alone is not
   # enough: XLA's max, and so relu, can turn NaN activations into finite values

@@ -161,7 +161,7 @@ def _watch_collapse(summary: dict, initial: dict, warned: set, test_fold: int, s
                           ": the weights are decaying with them (the weight decay, added to "
                           "the gradient under Adam, outweighs the loss)." if norm < 0.5 * norm0
                           else "."))
-        message += " See the README's 'Learning on real data'."
+        message += " See docs/experiments.md, 'Why A-LSTM collapses'."
         logging.warning(message)
         if jax.process_index() == 0:
           print("WARNING: " + message, flush=True)

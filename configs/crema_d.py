@@ -1,8 +1,19 @@
-r"""CREMA-D (audio-visual), the paper's gating model (Table I best row: 6 windows of 1 s, 0.5 s overlap).
+r"""CREMA-D (audio-visual): the paper's gating model by default (Table I's best row, `w6_l1_ov`).
 
-Run:
+Run (all 10 folds into runs/crema_d/fold_k, then results.md and figures/):
   python -m avjax.main --config=configs/crema_d.py --workdir=runs/crema_d
-Variants as in configs/ravdess.py, e.g. --config=configs/crema_d.py:w4_l1_ov or :global.
+
+Tokens, comma-separated after a colon, as in configs/ravdess.py:
+  windowing   w6_l1_ov (default), w2_l1_ov, w4_l1_ov (Table I's rows), each with a
+              `_fit` twin; w1_l1_no_fit is the `global` variant's window.
+  model       gating (default), lstm, global, audio_lstm, audio_global, video_lstm,
+              video_global.
+  recipe      warmup_semihard (default; not the paper's), paper_literal (the paper's
+              recipe read literally), semihard, centered_semihard.
+  no_mwtsm, runlocal.
+Any field can be overridden: --config.train.num_epochs=50.
+
+Nothing has been run on CREMA-D yet.
 """
 
 from avjax import config_lib

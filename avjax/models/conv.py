@@ -181,8 +181,7 @@ class Centering(nn.Module):
   Mixed_5c) is post-ReLU, almost all positive. The gradient
   of each weight in a row of the next Dense layer then has one sign, Adam moves the
   row together, and the layer's output drifts along a direction shared by every clip;
-  the LSTM after it saturates and the gate embeddings collapse (README, "Learning on
-  real data"). Centred inputs have both signs."""
+  the LSTM after it saturates and the gate embeddings collapse (docs/experiments.md). Centred inputs have both signs."""
   momentum: float = 0.9
 
   @nn.compact

@@ -172,7 +172,7 @@ class SoundNet8(nn.Module):
   bn_momentum: float = BN_MOMENTUM
   input_endpoint: str | None = None
   # `model.center_audio_head`: the head's input minus its mean (`HeadCentering`) before
-  # the Embedding layer. Not in the paper (README, "Learning on real data").
+  # the Embedding layer. Not in the paper (docs/experiments.md).
   center_head: bool = False
 
   @nn.compact
