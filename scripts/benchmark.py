@@ -102,9 +102,9 @@ PEAK_FLOPS = (
 COST_MODEL_FLOPS_PER_CLIP = 0.37e12
 COST_MODEL_SHAPE = dict(T=8, F=25, H=96)
 
-# RAVDESS: 1440 clips in 10 actor folds, about 1296 training clips per fold, so
-# floor(1296 / 40) = 32 steps per epoch; 10 folds x 100 epochs.
-RAVDESS_RUN_STEPS = 10 * 100 * 32
+# RAVDESS: 1440 clips in 10 actor folds, four of 180 clips and six of 120, so a test
+# fold trains on 1260 or 1320 clips: floor(N / 40) = 31 or 33 steps per epoch; 100 epochs.
+RAVDESS_RUN_STEPS = 100 * (4 * 31 + 6 * 33)   # 32,200
 
 SHAPES = {
     # configs/ravdess.py: B = 5 clips x 8 classes, w8_l1_ov (25 fps, 112x112 stored, 96 crop).

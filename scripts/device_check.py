@@ -19,7 +19,7 @@ and one that the time left cannot hold (`SECTIONS`' minimum) is skipped with a n
    RAVDESS shape (B = 40, T = 8, F = 25, 96 x 96, S = 22050), random weights: compile time,
    step time (median), clips/s, peak device memory, XLA's FLOPs per step, achieved FLOP/s
    and the utilisation of the device's bf16 peak (the target: >= 35 %), and the projected
-   time of a RAVDESS 10-fold x 100-epoch run (32,000 steps; target: under one GPU-hour).
+   time of a RAVDESS 10-fold x 100-epoch run (32,200 steps; target: under one GPU-hour).
 2. `loop`: a short training loop on a synthetic dataset held on the device, as
    `input.cache_on_device` trains (`steps.make_device_train_step`: gather, crop, flip and
    audio augmentation in-graph; the host draws each step's indices and
@@ -69,7 +69,7 @@ import benchmark  # noqa: E402  (scripts/benchmark.py: the train-step measuremen
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-# Wall-clock budget of the whole check (the issue's 8 minutes, less the driver's start
+# Wall-clock budget of the whole check (8 minutes of device time, less the driver's start
 # and the report) and of the dry run. The dry run checks code paths, not speed: its
 # budget only stops a hung run (it takes 80-125 s on 2 busy cores; a 120 s budget
 # skipped its last section on a slower CI machine).
