@@ -111,7 +111,11 @@ def loss_and_grads(config, apply_fn, variables, batch):
   return jax.jit(fn)(variables["params"], variables["batch_stats"], inputs)
 
 
-def assert_trees_close(test, got, want, rtol=1e-5):
+def assert_trees_close(test, got, want, rtol=1e-4):
+  """Each leaf within `rtol` of its own largest value. The cached features come from
+  extraction calls of another shape than the whole network's forward, and float32
+  reassociation there reaches about 2e-5 of a leaf's scale in the gradients on some
+  CPUs (an AMD EPYC); a wrong layer, statistic or pooling differs by the leaf's scale."""
   flat_got = dict(jax.tree_util.tree_flatten_with_path(got)[0])
   flat_want = dict(jax.tree_util.tree_flatten_with_path(want)[0])
   test.assertEqual(set(flat_got), set(flat_want))
@@ -288,7 +292,8 @@ class StoreTest(absltest.TestCase):
       feature_store.ensure(self.config)
 
   def test_an_interrupted_extraction_resumes_and_a_missing_split_is_named(self):
-    reference = np.load(os.path.join(feature_cache.fold_path(self.store, 3), "features.npy"))
+    reference = {f: np.load(os.path.join(feature_cache.fold_path(self.store, f), "features.npy"))
+                 for f in (0, 3)}
     tmp = tempfile.mkdtemp(prefix="avjax_fs_", dir=self.tmp)
     env = mock.patch.dict(os.environ, {"AVJAX_CACHE": tmp})
     env.start()
@@ -316,8 +321,15 @@ class StoreTest(absltest.TestCase):
     with mock.patch.dict(feature_store.WINDOWS_PER_CALL, {"audio": 8}):
       feature_store.ensure(self.config)       # resumes: the first part is kept
     self.assertFalse(os.path.exists(feature_cache.fold_path(store, 0) + ".partial"))
-    np.testing.assert_array_equal(
-        np.load(os.path.join(feature_cache.fold_path(store, 3), "features.npy")), reference)
+    # Fold 0 resumed after its first part, fold 3 extracted afresh: the values of the
+    # class's store, which was extracted in larger calls. A differently shaped call may
+    # round differently on some CPUs (seen on an AMD EPYC), so equal up to float32
+    # rounding; a lost, repeated or misplaced part would differ by the features' scale.
+    for fold, want in reference.items():
+      got = np.load(os.path.join(feature_cache.fold_path(store, fold), "features.npy"))
+      self.assertEqual(got.shape, want.shape)
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
+                                 err_msg=f"fold {fold}")
     reader = feature_cache.FeatureReader({"audio": store}, [3, 0])
     self.assertEqual(reader.read([0])["audio"].shape, (1, 4, 256))    # SoundNet x0.25: 256
     # A split deleted by hand is an error naming it, not a silent gap.
