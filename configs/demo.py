@@ -8,8 +8,8 @@ few folds train, evaluate and report within minutes on 2 CPU cores.
 Test folds 0 and 1, 4 epochs (56 steps a fold), KNN k = 5, the default recipe
 (`warmup_semihard`: batch-all for the first 2 epochs, then semi-hard MWTSM). It accepts
 the tokens of configs/ravdess.py (e.g. `:paper_literal`, `:audio_lstm`). Measured on a
-2-core Intel Xeon CPU (2026-12-03): 2 min 36 s, last-gate AV 93.8, AO 85.9, VO 75.0 %
-(chance 25 %).
+2-core Intel Xeon CPU (2026-12-03): 2 min 36 s, last-gate AV 93.8, AO 85.9, VO 75.0 %;
+on a 2-core AMD EPYC (2026-12-05): 4 min 7 s, AV 75.0, AO 85.9, VO 59.4 % (chance 25 %).
 """
 
 from avjax import config_lib
