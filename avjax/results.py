@@ -238,12 +238,24 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
   return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else None)
 
 
+def ci95_half_width(std: float | None, n: int) -> float | None:
+  """Half-width of the 95 % confidence interval of a mean over `n` folds, Student's t
+  with n - 1 degrees of freedom: t(0.975, n - 1) x std / sqrt(n) (10 folds: 2.262 x
+  std / sqrt(10)). None with one fold."""
+  if std is None or n < 2:
+    return None
+  from scipy import stats
+  return float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+
+
 def aggregate(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
   """Mean and sample std (ddof=1; None with one fold) over folds per (gate, modality).
 
   Rows are grouped by (dataset, config, variant, modality, gate). Returns
   {dataset, config, variant, gate, modality, num_folds, folds, accuracy_mean,
-  accuracy_std, uar_mean, uar_std, n} with n the total number of queries.
+  accuracy_std, accuracy_ci95, uar_mean, uar_std, uar_ci95, n} with n the total number
+  of queries and *_ci95 the half-width of the 95 % interval of the mean
+  (`ci95_half_width`).
   """
   groups: dict[tuple, list[Mapping[str, Any]]] = {}
   for r in rows:
@@ -260,7 +272,9 @@ def aggregate(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         "dataset": key[0], "config": key[1], "variant": key[2], "gate": key[4], "modality": key[3],
         "num_folds": len(folds), "folds": sorted(folds),
         "accuracy_mean": acc_mean, "accuracy_std": acc_std,
-        "uar_mean": uar_mean, "uar_std": uar_std, "n": int(sum(r["n"] for r in members)),
+        "accuracy_ci95": ci95_half_width(acc_std, len(folds)),
+        "uar_mean": uar_mean, "uar_std": uar_std, "uar_ci95": ci95_half_width(uar_std, len(folds)),
+        "n": int(sum(r["n"] for r in members)),
     })
   order = {m: i for i, m in enumerate(MODALITIES)}
   out.sort(key=lambda r: (r["dataset"], r["config"], r["variant"], order[r["modality"]], r["gate"]))
@@ -417,6 +431,8 @@ def build_results(folds: list[tuple[dict[str, np.ndarray], dict[str, Any]]]) -> 
           "accuracy": "correct / n over exactly the fold's held-out clips",
           "uar": "mean recall over the classes present among the fold's true labels",
           "std": "sample standard deviation over folds (ddof=1); null with one fold",
+          "ci95": "half-width of the 95 % confidence interval of the mean over folds, "
+                  "Student's t with folds - 1 degrees of freedom; null with one fold",
           "gate": "1-based; gate t sees windows 1..t",
           "confusion_last_gate": "counts summed over folds, rows true class, columns predicted",
           "paper": PAPER_NOTE,
@@ -538,7 +554,8 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
       *(["- **not the paper's protocol**: the dataset was built from the folds whose actors' "
          "files were present (`allow_missing_folds`); training used those folds only"]
         if any(f.get("allow_missing_folds") for f in doc["folds"]) else []),
-      "- accuracy and UAR in %, mean ± sample std (ddof = 1) over folds; each fold's accuracy is "
+      "- accuracy and UAR in %, mean ± sample std (ddof = 1) over folds, then the 95 % "
+      "confidence interval of the mean (Student's t over the folds); each fold's accuracy is "
       "over exactly its held-out clips; UAR = mean recall over the classes present in the fold.",
   ]
   if len(folds) < PAPER_NUM_FOLDS:
@@ -554,16 +571,17 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
     last = max(r["gate"] for r in rows)
     refs = refs_by_modality.get(m, [])
     lines += ["", f"## {m}", ""]
-    header = "| Gate | Accuracy % | UAR % | Folds |"
-    sep = "|---:|---:|---:|---:|"
+    header = "| Gate | Accuracy % | 95 % CI | UAR % | Folds |"
+    sep = "|---:|---:|---:|---:|---:|"
     if refs:
       header += " Paper accuracy % (last gate) |"
       sep += "---|"
     lines += [header, sep]
     for r in rows:
       cells = [f"{r['gate']}{' (last)' if r['gate'] == last else ''}",
-               _pm(r["accuracy_mean"], r["accuracy_std"]), _pm(r["uar_mean"], r["uar_std"]),
-               str(r["num_folds"])]
+               _pm(r["accuracy_mean"], r["accuracy_std"]),
+               _interval(r["accuracy_mean"], r.get("accuracy_ci95")),
+               _pm(r["uar_mean"], r["uar_std"]), str(r["num_folds"])]
       if refs:
         cells.append("; ".join(f"{ref['accuracy']:.1f} (Table {ref['table']}, {ref['paper_label']})"
                                for ref in refs) if r["gate"] == last else "")
@@ -594,8 +612,30 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
   for f in doc["folds"]:
     accs = by_fold.get(f["fold"], {})
     lines.append(f"| {f['fold']} | {f['n']} | " + " | ".join(_pct(accs.get(m)) for m in present) + " |")
+  lines += _recall_table(doc, present)
   lines.append("")
   return "\n".join(lines)
+
+
+def _interval(mean: float, half: float | None) -> str:
+  return "–" if half is None else f"[{100 * (mean - half):.1f}, {100 * (mean + half):.1f}]"
+
+
+def _recall_table(doc: Mapping[str, Any], present: list[str]) -> list[str]:
+  """Per-class recall at the last gate over every held-out clip (from the confusion
+  matrices summed over folds, Fig. 6's counts)."""
+  confusion = {m: np.asarray(doc["confusion_last_gate"][m], np.int64) for m in present
+               if m in doc.get("confusion_last_gate", {})}
+  if not confusion:
+    return []
+  lines = ["", "## Per-class recall, last gate (% of each class's held-out clips, all folds)", "",
+           "| Class | Clips | " + " | ".join(confusion) + " |",
+           "|---|---:|" + "---:|" * len(confusion)]
+  counts = next(iter(confusion.values())).sum(axis=1)
+  for c, name in enumerate(doc["class_names"]):
+    cells = [_pct(cm[c, c] / counts[c] if counts[c] else None) for cm in confusion.values()]
+    lines.append(f"| {name} | {int(counts[c])} | " + " | ".join(cells) + " |")
+  return lines
 
 
 def _jsonable(x: Any) -> Any:

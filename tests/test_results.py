@@ -111,6 +111,13 @@ class AggregateTest(absltest.TestCase):
     vo1 = results.summary_row(summary, "VO", gate=1)
     expected = np.mean([skm.balanced_accuracy_score(p["labels"], p["pred_VO"][0]) for p, _ in folds])
     self.assertAlmostEqual(vo1["uar_mean"], expected)
+    # 95 % interval of the mean of 2 folds: t(0.975, 1) = 12.7062 (tables) x std / sqrt(2).
+    for s in av:
+      self.assertAlmostEqual(s["accuracy_ci95"], 12.7062047 * s["accuracy_std"] / math.sqrt(2),
+                             places=5)
+    self.assertAlmostEqual(vo1["uar_ci95"], 12.7062047 * vo1["uar_std"] / math.sqrt(2), places=5)
+    # Ten folds: t(0.975, 9) = 2.2622.
+    self.assertAlmostEqual(results.ci95_half_width(0.09, 10), 2.2621572 * 0.09 / math.sqrt(10))
 
   def test_single_fold_std_is_none(self):
     with tempfile.TemporaryDirectory() as d:
@@ -118,6 +125,7 @@ class AggregateTest(absltest.TestCase):
       preds, info = results.load_folds(d)[0]
     summary = results.aggregate(results.fold_rows(preds, info))
     self.assertTrue(all(s["accuracy_std"] is None and s["uar_std"] is None for s in summary))
+    self.assertTrue(all(s["accuracy_ci95"] is None and s["uar_ci95"] is None for s in summary))
 
   def test_repeated_fold_raises(self):
     with tempfile.TemporaryDirectory() as d:
@@ -150,7 +158,20 @@ class WriteResultsTest(absltest.TestCase):
     self.assertEqual(np.trace(cm), 8 + 3)
     self.assertEqual(doc["paper"], [])  # synthetic data: nothing in the paper
     self.assertIn("## AV", md)
-    self.assertIn("| 3 (last) | 87.5 ± 17.7 |", md)  # mean .875, std .1768
+    # mean .875, std .1768, 95 % interval .875 -+ 12.706 x .1768 / sqrt(2)
+    self.assertIn("| 3 (last) | 87.5 ± 17.7 | [-71.3, 246.3] |", md)
+    # Per-class recall at the last gate over both folds' clips, as scikit-learn counts it.
+    with tempfile.TemporaryDirectory() as d:
+      folds = results.load_folds(two_fold_workdir(d))
+    labels = np.concatenate([p["labels"] for p, _ in folds])
+    recall = {m: skm.recall_score(labels, np.concatenate([p[f"pred_{m}"][-1] for p, _ in folds]),
+                                  labels=range(4), average=None, zero_division=np.nan)
+              for m in ("AO", "VO", "AV")}
+    self.assertIn("| Class | Clips | AO | VO | AV |", md)
+    for c, name in enumerate(doc["class_names"]):
+      cells = ["–" if np.isnan(recall[m][c]) else f"{100 * recall[m][c]:.1f}"
+               for m in ("AO", "VO", "AV")]
+      self.assertIn(f"| {name} | {int(np.sum(labels == c))} | " + " | ".join(cells) + " |", md)
     self.assertIn("2 of 10", md)
     self.assertIn("checkpoints: fold 0: not recorded", md)   # fold_info without the fields
     self.assertNotIn("not the paper's protocol", md)
