@@ -8,12 +8,15 @@ string (`--config=configs/ravdess.py:w4_l1_ov,audio_lstm`) parsed by
   sets ``dataset.config``;
 * a model variant: ``gating`` (the paper), ``lstm``, ``global``, or a
   single-modality one, ``audio_lstm``, ``audio_global``, ``video_lstm``,
-  ``video_global``;
+  ``video_global``. ``global`` models take one window: the dataset's first
+  ``global_windowings`` unless a one-window windowing token names another;
   Audio-only models (``audio_lstm``, ``audio_global``) read the dataset's
   audio-only records (builder config ``audio_<windowing>``, built from the
   audio archives alone) unless ``dataset.records`` says otherwise
   (`builder_config_name`);
 * ``runlocal``: tiny batches and few epochs, for a smoke run on a laptop;
+* ``cpu``: the recipe for a 2-core CPU (`CPU`: frozen trunks with four cached
+  augmented views of each clip), instead of the paper's end-to-end fine-tuning;
 * ``no_mwtsm``: ``loss.exclude_used=False``, the miner may pick a triplet already
   used at an earlier window. With ``paper_literal`` it is the paper's batch-hard
   ablation; under the default recipe it gives semi-hard mining after the batch-all
@@ -45,26 +48,39 @@ import ml_collections
 from avjax.data import folds as folds_lib
 from avjax.data import windows
 
+# The readings of the paper's "global" window (one window, no LSTM; builder configs
+# w1_l{L}_no_fit: L seconds at the clip's middle, w1_l{L}_no_apex: the L seconds of
+# most audio energy). The first, one centred 3 s window (about the whole spoken
+# sentence of a RAVDESS clip), is the default: on the development folds it beats the
+# 1 s window by 8 points (docs/design.md, docs/experiments.md).
+GLOBAL_READINGS = ("w1_l3_no_fit", "w1_l1_no_fit", "w1_l2_no_fit", "w1_l4_no_fit",
+                   "w1_l1_no_apex", "w1_l3_no_apex")
+
 # Dataset facts. `table1` lists the windowings of the paper's Table I; the
-# first is each dataset's default (its best row).
+# first is each dataset's default (its best row). `global_windowings`: the one-window
+# builder configs (the `global` variant's); the first is its default.
 DATASETS = {
     "ravdess": dict(
         class_names=("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"),
         fig5=(("calm", "happy"), ("sad", "angry", "fearful")),  # the paper's Fig. 5
         table1=("w8_l1_ov", "w2_l1_ov", "w2_l2_ov", "w4_l1_ov", "w6_l1_ov", "w2_l1_no", "w4_l1_no"),
         audio_records=True,  # `audio_<windowing>` configs from Audio_Speech_Actors_01-24.zip
+        global_windowings=GLOBAL_READINGS,
     ),
     "crema_d_av": dict(
         class_names=("anger", "disgust", "fear", "happy", "neutral", "sad"),
         fig5=(("happy",), ("sad", "anger", "fear")),
         table1=("w6_l1_ov", "w2_l1_ov", "w4_l1_ov"),
         audio_records=True,  # `audio_<windowing>` configs from AudioWAV/
+        global_windowings=GLOBAL_READINGS,
     ),
     "synthetic_av": dict(
         class_names=("class0", "class1", "class2", "class3"),
         fig5=(("class0", "class1"), ("class2", "class3")),
         table1=("w4_l1_ov", "w2_l1_ov"),
         audio_records=False,
+        # Its 2 s clips: the 1 s centred window keeps the tests and the demo small.
+        global_windowings=("w1_l1_no_fit",),
     ),
 }
 
@@ -146,8 +162,11 @@ def fig5_groups(config) -> dict[str, tuple[str, ...]]:
   """The class-name groups of the paper's Fig. 5 (positive / negative emotions)."""
   return {"positive": tuple(config.eval.positive_classes),
           "negative": tuple(config.eval.negative_classes)}
-# The single window of the `global` variant: one L-second window at the clip's middle.
-GLOBAL_WINDOWING = "w1_l1_no_fit"
+
+
+def global_windowing(dataset: str) -> str:
+  """The default window of the `global` variant on `dataset`."""
+  return DATASETS[dataset]["global_windowings"][0]
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -283,10 +302,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.b2 = 0.999
   c.optim.eps = 1e-8
   # Learning-rate factor for the pretrained trunks' trainable layers (0 freezes them).
-  # None: by model.trunk (`trunk_lr_scale`, resolved by `complete`): 1.0 under 'finetune'
-  # (the paper: every layer at the same rate), 0.01 under 'finetune_from:<endpoint>',
-  # where the layers above the cut see one cached view of each clip and at the full rate
-  # memorise the training clips (docs/experiments.md).
+  # None: by model.trunk (`trunk_lr_scale`, resolved by `complete`): 0.01 wherever trunk
+  # layers train ('finetune', 'finetune_from:<endpoint>'; the paper trains every layer at
+  # the same rate, 1.0, which memorises the training clips: docs/experiments.md), 1.0
+  # (unused) under 'frozen'.
   c.optim.trunk_lr_scale = ml_collections.config_dict.placeholder(float)
 
   c.train = ml_collections.ConfigDict()
@@ -331,7 +350,8 @@ RECORDED_BEFORE = {("loss", "mask_padded_windows"): False, ("loss", "distance"):
                    ("loss", "batch_all_epochs"): 0, ("loss", "batch_all_fraction"): 0.0,
                    ("model", "trunk"): "finetune",
                    ("input", "cached_views"): 0, ("loss", "negatives"): "hardest",
-                   ("model", "center_audio_head"): False, ("model", "center_video_head"): False}
+                   ("model", "center_audio_head"): False, ("model", "center_video_head"): False,
+                   ("optim", "trunk_lr_scale"): 1.0}
 
 
 def complete(config, recorded: bool = False) -> ml_collections.ConfigDict:
@@ -423,16 +443,20 @@ RECIPES = {
 }
 
 
-FINETUNE_FROM_TRUNK_LR_SCALE = 0.01
+# The pretrained layers' learning-rate factor when they train ('finetune' and
+# 'finetune_from:<endpoint>'): at the head's full rate they memorise the training
+# clips and end below the frozen trunk (docs/experiments.md).
+TRUNK_LR_SCALE = 0.01
 
 
 def _default_trunk_lr_scale(trunk: str) -> float:
-  return FINETUNE_FROM_TRUNK_LR_SCALE if str(trunk).startswith("finetune_from:") else 1.0
+  return 1.0 if str(trunk) == "frozen" else TRUNK_LR_SCALE
 
 
 def trunk_lr_scale(config) -> float:
-  """`optim.trunk_lr_scale`, or when None its default for `model.trunk`: 0.01 under
-  'finetune_from:<endpoint>', else 1.0."""
+  """`optim.trunk_lr_scale`, or when None its default for `model.trunk`: 0.01 when
+  trunk layers train ('finetune', 'finetune_from:<endpoint>'), 1.0 (unused) when
+  'frozen'."""
   if config.optim.trunk_lr_scale is not None:
     return float(config.optim.trunk_lr_scale)
   return _default_trunk_lr_scale(config.model.trunk)
@@ -458,10 +482,11 @@ def set_dataset(config: ml_collections.ConfigDict, name: str) -> None:
 def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
   """Applies the comma-separated tokens of `arg` (see module docstring)."""
   tokens = [t.strip() for t in (arg or "").split(",") if t.strip()]
+  windowing = None
   for tok in tokens:
     if tok.startswith("w") and tok[1:2].isdigit():
       windows.parse_name(tok)  # raises with the expected form
-      config.dataset.config = tok
+      config.dataset.config = windowing = tok
     elif tok in VARIANTS:
       config.model.variant = tok
     elif "_" in tok and tok.split("_", 1)[0] in ("audio", "video") and tok.split("_", 1)[1] in ("lstm", "global"):
@@ -474,6 +499,10 @@ def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collect
       config.folds = (0,)
     elif tok == "no_mwtsm":
       config.loss.exclude_used = False
+    elif tok == "cpu":
+      for field, value in CPU.items():
+        group, name = field.split(".")
+        config[group][name] = value
     elif tok in RECIPES:
       for field, value in RECIPES[tok].items():
         group, name = field.split(".")
@@ -482,10 +511,14 @@ def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collect
       raise ValueError(
           f"Unknown config argument {tok!r}. Expected a windowing (e.g. "
           f"{DATASETS[config.dataset.name]['table1'][0]}), a variant {VARIANTS}, "
-          "audio_lstm/audio_global/video_lstm/video_global, 'runlocal', 'no_mwtsm', "
+          "audio_lstm/audio_global/video_lstm/video_global, 'runlocal', 'no_mwtsm', 'cpu', "
           "'paper_literal', 'semihard', 'centered_semihard' or 'warmup_semihard'.")
   if config.model.variant == "global":
-    config.dataset.config = GLOBAL_WINDOWING
+    if windowing is None:
+      config.dataset.config = global_windowing(config.dataset.name)
+    elif windowing not in DATASETS[config.dataset.name]["global_windowings"]:
+      raise ValueError(f"Config argument {windowing!r}: the 'global' variant takes one window, "
+                       f"one of {DATASETS[config.dataset.name]['global_windowings']}")
   if config.model.variant != "gating":
     config.loss.mse_weight = 0.0
   return config
@@ -493,6 +526,12 @@ def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collect
 
 TRUNKS = ("finetune", "frozen", "finetune_from:<endpoint>")
 FINETUNE_FROM = "finetune_from:"
+# The `cpu` token: the recipe for a 2-core CPU (the 10 x 100 protocol of an audio row in
+# minutes, not hours). The trunks frozen, with four augmented views of every clip cached
+# (`input.cached_views`): on the development folds it is as good as the end-to-end
+# fine-tuning tried and as fine-tuning from conv4, at a fraction of their cost
+# (docs/experiments.md).
+CPU = {"model.trunk": "frozen", "input.cached_views": 4}
 POOLED = "pooled"   # the input endpoint of a frozen trunk (the encoders' POOLED)
 # Where each encoder can be cut (its layers up to there fixed and cached): SoundNet-8's
 # layers, and I3D's endpoints before Mixed_5c (avjax.models.soundnet / i3d).
@@ -555,12 +594,12 @@ def reads_audio_records(config: ml_collections.ConfigDict) -> bool:
 
 def builder_config_names(dataset: str) -> list[str]:
   """The builder configs of `dataset`: its Table I windowings, each followed by its `_fit`
-  twin, then the global one; then all again with the `audio_` prefix when the dataset
+  twin, then the one-window (`global`) ones; then all again with the `audio_` prefix when the dataset
   has audio-only records."""
   names = []
   for name in DATASETS[dataset]["table1"]:
     names += [name, name + "_fit"]
-  names.append(GLOBAL_WINDOWING)
+  names += list(DATASETS[dataset]["global_windowings"])
   if DATASETS[dataset].get("audio_records", False):
     names += [AUDIO_CONFIG_PREFIX + n for n in names]
   return names
@@ -637,7 +676,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{builder_config_name(config)!r}; its windowings are {windowings}")
   check_model_choice(config.model.variant, config.model.modalities)
   if config.model.variant == "global" and spec.num_windows != 1:
-    fail("dataset.config", f"the 'global' variant uses one window ({GLOBAL_WINDOWING}), got {config.dataset.config!r}")
+    fail("dataset.config", f"the 'global' variant takes one window, one of "
+         f"{DATASETS[config.dataset.name]['global_windowings']}; got {config.dataset.config!r}")
   if config.model.dtype not in DTYPES:
     fail("model.dtype", f"{config.model.dtype!r} is not one of {DTYPES}")
   if config.model.conv_impl not in CONV_IMPLS:

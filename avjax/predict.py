@@ -327,6 +327,7 @@ class Predictor:
     window_valid [T], starts [T], duration, has_audio, has_video, notes [str].
     Raises media.MediaError when the file cannot be used.
     """
+    from avjax.data import windows
     media = _media()
     options, spec = self.decode_options(), self.window_spec()
     wants_video, wants_audio = self.meta["video"] is not None, self.meta["audio"] is not None
@@ -374,14 +375,21 @@ class Predictor:
         audio = clip.audio
         if duration is None:
           duration = clip.duration
+    if spec.mode == "apex" and audio is None and has_audio:
+      # The builders place an apex window by the audio's energy, for every model.
+      try:
+        audio = media.decode(path, options=options, with_video=False).audio
+      except media.MediaError as e:
+        notes.append(f"{e.reason}: the centred window, not the loudest")
     clip = media.Clip(video=video, audio=audio, duration=float(duration),
                       video_duration=None, audio_duration=None)
     cut = media.cut_windows(clip, spec, options)
     if spec.mode == "fixed" and spec.num_windows > 1 and duration > spec.span + 1e-3:
       notes.append(f"the clip lasts {duration:.2f} s; the windows cover its first "
                    f"{spec.span:g} s only")
+    starts = windows.window_starts(spec, float(duration), audio, options.audio_rate)
     out: dict[str, Any] = {"window_valid": np.asarray(cut["window_valid"], np.float32),
-                           "starts": spec.starts(float(duration)), "duration": float(duration),
+                           "starts": starts, "duration": float(duration),
                            "has_video": use_video, "has_audio": use_audio, "notes": notes,
                            "video": None, "audio": None}
     t = spec.num_windows

@@ -125,7 +125,7 @@ def describe_windowing(config: str) -> str:
   except ValueError:
     return config
   ov = f"{spec.overlap:g} s overlap" if spec.overlap > 0 else "no overlap"
-  mode = "fixed hop" if spec.mode == "fixed" else "fit to clip"
+  mode = {"fixed": "fixed hop", "fit": "fit to clip", "apex": "the loudest part of the clip"}[spec.mode]
   plural = "s" if spec.num_windows != 1 else ""
   return f"{spec.num_windows} window{plural} x {spec.length:g} s, {ov} ({mode})"
 

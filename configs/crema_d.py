@@ -5,12 +5,19 @@ Run (all 10 folds into runs/crema_d/fold_k, then results.md and figures/):
 
 Tokens, comma-separated after a colon, as in configs/ravdess.py:
   windowing   w6_l1_ov (default), w2_l1_ov, w4_l1_ov (Table I's rows), each with a
-              `_fit` twin; w1_l1_no_fit is the `global` variant's window.
+              `_fit` twin. The `global` variants take one window: w1_l3_no_fit
+              (default, the middle 3 s), w1_l1_no_fit, w1_l2_no_fit, w1_l4_no_fit,
+              w1_l1_no_apex, w1_l3_no_apex (the loudest 1 or 3 s).
   model       gating (default), lstm, global, audio_lstm, audio_global, video_lstm,
               video_global.
   recipe      warmup_semihard (default; not the paper's), paper_literal (the paper's
               recipe read literally), semihard, centered_semihard.
   no_mwtsm, runlocal.
+  cpu         the recipe for a 2-core CPU: frozen trunks, four cached augmented views
+              of each clip (model.trunk='frozen', input.cached_views=4), instead of
+              the paper's end-to-end fine-tuning (the default trunk). The audio rows:
+                --config=configs/crema_d.py:audio_global,cpu
+                --config=configs/crema_d.py:audio_lstm,cpu
 Any field can be overridden: --config.train.num_epochs=50.
 
 Nothing has been run on CREMA-D yet.

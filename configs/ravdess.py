@@ -6,9 +6,11 @@ Run (all 10 folds into runs/ravdess/fold_k, then results.md and figures/):
 Tokens, comma-separated after a colon (`--config=configs/ravdess.py:audio_lstm,w4_l1_ov`):
   windowing   w8_l1_ov (default), w2_l1_ov, w2_l2_ov, w4_l1_ov, w6_l1_ov, w2_l1_no,
               w4_l1_no (Table I's rows, 0.5 s hop), each with a `_fit` twin (windows
-              spread over the clip); w1_l1_no_fit is the `global` variant's window.
+              spread over the clip). The `global` variants take one window:
+              w1_l3_no_fit (default, the middle 3 s), w1_l1_no_fit, w1_l2_no_fit,
+              w1_l4_no_fit, w1_l1_no_apex, w1_l3_no_apex (the loudest 1 or 3 s).
   model       gating (default, the paper's method), lstm (A-LSTM + V-LSTM, no MSE),
-              global (AV-Global: one centred 1 s window, no LSTM), audio_lstm,
+              global (AV-Global: one window, no LSTM), audio_lstm,
               audio_global, video_lstm, video_global (Table II's single-modality rows;
               the audio ones read the `audio_<windowing>` records of the audio archive).
   recipe      warmup_semihard (default; not the paper's: batch-all warm-up over half of
@@ -18,13 +20,21 @@ Tokens, comma-separated after a colon (`--config=configs/ravdess.py:audio_lstm,w
   no_mwtsm    the miner may reuse earlier windows' triplets; the paper's batch-hard
               ablation is `paper_literal,no_mwtsm`.
   runlocal    a 5-step smoke run on fold 0.
+  cpu         the recipe for a 2-core CPU: frozen trunks, four cached augmented views
+              of each clip (model.trunk='frozen', input.cached_views=4), instead of
+              the paper's end-to-end fine-tuning (the default trunk). The audio rows:
+                --config=configs/ravdess.py:audio_global,cpu
+                --config=configs/ravdess.py:audio_lstm,cpu
 Any field can be overridden: --config.train.num_epochs=50, --config.model.trunk=frozen.
 
 Measured on the 1440 speech WAVs of the audio archive, 10 folds x 100 epochs, default
-recipe, last checkpoint, last gate, on a 2-core Intel Xeon CPU (2026-12-05; README):
+recipe, frozen trunk without cached views, last checkpoint, last gate, on a 2-core Intel
+Xeon CPU (2026-12-05; README):
   :audio_lstm --config.model.trunk=frozen     A-LSTM 45.0 +- 9.0 % (paper 40.1), 749 s
-  :audio_global --config.model.trunk=frozen   AO-Global 39.7 +- 7.2 % (paper 50.1), 98 s
-The paper's end-to-end fine-tuning (the default trunk) and every video row: not run yet.
+  :audio_global --config.model.trunk=frozen   AO-Global 39.7 +- 7.2 % (paper 50.1), 98 s,
+                                              with the former 1 s global window
+The `cpu` token, the 3 s global window, the paper's end-to-end fine-tuning and every video
+row have not been run on all 24 actors yet (development folds: docs/experiments.md).
 """
 
 from avjax import config_lib

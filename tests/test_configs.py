@@ -49,7 +49,18 @@ class ConfigsTest(parameterized.TestCase):
     mod = load_config_module("ravdess")
     c = mod.get_config("global")
     config_lib.validate(c)
-    self.assertEqual(c.dataset.config, config_lib.GLOBAL_WINDOWING)
+    self.assertEqual(c.dataset.config, "w1_l3_no_fit")
+    # Another reading of the global window by token, in either order; not a T > 1 one.
+    for arg in ("audio_global,w1_l1_no_apex", "w1_l1_no_apex,audio_global"):
+      c = mod.get_config(arg)
+      config_lib.validate(c)
+      self.assertEqual(c.dataset.config, "w1_l1_no_apex")
+    with self.assertRaisesRegex(ValueError, "'global' variant takes one window"):
+      mod.get_config("global,w4_l1_ov")
+    c = mod.get_config("global")
+    c.dataset.config = "w4_l1_ov"                  # the same by override
+    with self.assertRaisesRegex(ValueError, "config.dataset.config: the 'global' variant"):
+      config_lib.validate(c)
     self.assertEqual(c.loss.mse_weight, 0.0)
     c = mod.get_config("w4_l1_no,audio_lstm")
     config_lib.validate(c)
@@ -57,6 +68,14 @@ class ConfigsTest(parameterized.TestCase):
     c = mod.get_config("video_global")
     self.assertEqual((c.model.modalities, c.model.variant), ("video", "global"))
     self.assertFalse(mod.get_config("no_mwtsm").loss.exclude_used)
+    # `cpu`: frozen trunks and four cached views, for every dataset and variant.
+    for name in ("ravdess", "crema_d"):
+      for arg in ("audio_global,cpu", "cpu,audio_lstm", "cpu"):
+        c = load_config_module(name).get_config(arg)
+        config_lib.validate(c)
+        self.assertEqual((c.model.trunk, c.input.cached_views), ("frozen", 4), (name, arg))
+    self.assertEqual((mod.get_config().model.trunk, mod.get_config().input.cached_views),
+                     ("finetune", 0))
     self.assertEqual(tuple(mod.get_config("runlocal").folds), (0,))
     literal = mod.get_config("audio_lstm,centered_semihard,paper_literal")
     config_lib.validate(literal)
@@ -86,7 +105,7 @@ class ConfigsTest(parameterized.TestCase):
     fixed.loss.batch_all_epochs = 10            # an explicit length overrides the fraction
     self.assertEqual(config_lib.warmup_epochs(fixed), 10)
     # The trunks' learning-rate factor follows model.trunk unless set.
-    for trunk, scale in (("finetune", 1.0), ("frozen", 1.0), ("finetune_from:conv4", 0.01)):
+    for trunk, scale in (("finetune", 0.01), ("frozen", 1.0), ("finetune_from:conv4", 0.01)):
       c = mod.get_config("audio_lstm")
       c.model.trunk = trunk
       self.assertIsNone(c.optim.trunk_lr_scale)
@@ -104,13 +123,13 @@ class ConfigsTest(parameterized.TestCase):
   @parameterized.parameters(
       # (config file, arg, records, expected builder config)
       ("ravdess", "audio_lstm", "auto", "audio_w8_l1_ov"),
-      ("ravdess", "audio_global", "auto", "audio_w1_l1_no_fit"),
+      ("ravdess", "audio_global", "auto", "audio_w1_l3_no_fit"),
       ("ravdess", "w4_l1_no,audio_lstm", "auto", "audio_w4_l1_no"),
       ("ravdess", "audio_lstm", "av", "w8_l1_ov"),          # audio model on the AV records
       ("ravdess", "video_lstm", "auto", "w8_l1_ov"),
       ("ravdess", None, "auto", "w8_l1_ov"),
       ("crema_d", "audio_lstm", "auto", "audio_w6_l1_ov"),
-      ("crema_d", "audio_global", "audio", "audio_w1_l1_no_fit"),
+      ("crema_d", "audio_global", "audio", "audio_w1_l3_no_fit"),
       ("demo", "audio_lstm", "auto", "w4_l1_ov"),           # the synthetic set has no audio-only configs
   )
   def test_builder_config_name(self, name, arg, records, expected):

@@ -360,7 +360,7 @@ class ReproduceTest(parameterized.TestCase):
       self.assertEqual([c[0].rsplit(":", 1)[-1] for c in commands_of(proc.stdout)],
                        ["audio_global", "audio_lstm"])
       reads = [l for l in proc.stdout.splitlines() if l.startswith("# reads")]
-      self.assertEqual(reads, ["# reads ravdess/audio_w1_l1_no_fit", "# reads ravdess/audio_w8_l1_ov"])
+      self.assertEqual(reads, ["# reads ravdess/audio_w1_l3_no_fit", "# reads ravdess/audio_w8_l1_ov"])
       proc = run_reproduce("--dataset=crema_d", "--table=2", f"--workdir={d}", "--dry_run",
                            "--rows=VO-LSTM")
       self.assertIn("# reads crema_d_av/w6_l1_ov", proc.stdout)

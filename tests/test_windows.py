@@ -46,6 +46,32 @@ class WindowsTest(absltest.TestCase):
     s = windows.parse_name("w1_l1_no_fit")
     np.testing.assert_allclose(s.starts(3.0), [1.0])
 
+  def test_apex_window_is_the_loudest_stretch(self):
+    s = windows.parse_name("w1_l1_no_apex")
+    self.assertEqual((s.num_windows, s.length, s.mode), (1, 1.0, "apex"))
+    self.assertEqual(windows.parse_name(s.name), s)
+    with self.assertRaisesRegex(ValueError, "one window"):
+      windows.parse_name("w2_l1_no_apex")
+    rate = 100
+    rng = np.random.default_rng(0)
+    audio = 0.01 * rng.standard_normal(400)                  # 4 s of quiet noise
+    audio[230:310] += np.sin(np.arange(80))                  # a loud burst, 2.3-3.1 s
+    # Every 1 s window holding the whole burst has its energy; the earliest starts at
+    # 2.1 s (it ends at 3.1 s). A brute-force search over the 0.01 s grid agrees.
+    energy = [np.sum(audio[i:i + rate] ** 2) for i in range(0, 301)]
+    want = int(np.argmax(energy)) / rate
+    got = windows.apex_start(audio, rate, 1.0, 4.0)
+    self.assertAlmostEqual(got, want)
+    self.assertGreaterEqual(got, 2.1 - 1e-9)
+    self.assertLessEqual(got, 2.3 + 1e-9)
+    self.assertEqual(windows.apex_start(audio[:80], rate, 1.0, 0.8), 0.0)   # shorter than L
+    np.testing.assert_allclose(windows.window_starts(s, 4.0, audio, rate), [got])
+    np.testing.assert_allclose(windows.window_starts(s, 4.0), [1.5])       # no audio: centred
+    out = windows.cut_windows(s, 4.0, audio=audio.astype(np.float32), rate=rate)
+    start = int(round(got * rate))
+    np.testing.assert_array_equal(out["audio"][0], audio[start:start + rate].astype(np.float32))
+    np.testing.assert_allclose(out["window_valid"], [1.0])
+
 
 class CutWindowsTest(absltest.TestCase):
   """windows.cut_windows by value: frame n holds n, audio sample m holds m + 1."""

@@ -8,7 +8,8 @@ they are the same whichever files are present), and `find_clips(manual_dir)`,
 which lists the clips and the files it had to reject. Everything else is here:
 
 * Builder configs named by windowing: each Table I row of the dataset, its
-  `_fit` twin, and `config_lib.GLOBAL_WINDOWING`; the default is the first
+  `_fit` twin, and the one-window readings of the `global` variant
+  (`global_windowings` in `config_lib.DATASETS`); the default is the first
   (best) row. Datasets with `audio_records` in `config_lib.DATASETS` also get
   an audio-only twin of each, `audio_<windowing>`: the same records without
   the `video` feature, built from the audio files alone (`find_clips` is
@@ -74,7 +75,8 @@ def split_name(name: str) -> tuple[bool, windows.WindowSpec]:
 
 def describe(name: str, options: media.DecodeOptions = media.DecodeOptions()) -> str:
   audio_only, spec = split_name(name)
-  mode = ("spread evenly over the clip" if spec.mode == "fit"
+  mode = ("spread evenly over the clip" if spec.mode == "fit" else
+          "the clip's loudest part" if spec.mode == "apex"
           else f"starting every {spec.hop:g} s, padded past the clip's end")
   if audio_only:
     return (f"audio only: {spec.num_windows} windows of {spec.length:g} s, {mode}; "

@@ -8,13 +8,17 @@ A clip is cut into `T` windows of `L` seconds. Two modes:
   each window that lies inside the clip.
 * ``fit``: the T windows are spread evenly from the clip's start to its end,
   hop = (duration - L) / (T - 1), so nothing is padded when the clip lasts at
-  least L seconds.
+  least L seconds. With T = 1 the window is centred in the clip.
+* ``apex`` (T = 1 only): the L seconds of the clip with the most audio energy
+  (`apex_start`), one reading of the paper's "global information (apex moments)";
+  the centred window when the clip has no audio.
 
 `cut_windows` is the one cutter of a clip's frames and samples into windows
 (`media.cut_windows` for decoded clips, `synthetic` for generated ones).
 
-Builder-config names encode a windowing: ``w{T}_l{L}_{ov|no}[_fit]``, e.g.
-``w8_l1_ov`` is 8 windows of 1 s with 0.5 s overlap, fixed hop.
+Builder-config names encode a windowing: ``w{T}_l{L}_{ov|no}[_fit|_apex]``, e.g.
+``w8_l1_ov`` is 8 windows of 1 s with 0.5 s overlap, fixed hop; ``w1_l3_no_fit`` the
+centred 3 s; ``w1_l1_no_apex`` the loudest second.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ import re
 import numpy as np
 
 OVERLAP_SECONDS = 0.5
-_NAME_RE = re.compile(r"^w(?P<t>\d+)_l(?P<l>\d+(?:p\d+)?)_(?P<ov>ov|no)(?P<fit>_fit)?$")
+_NAME_RE = re.compile(r"^w(?P<t>\d+)_l(?P<l>\d+(?:p\d+)?)_(?P<ov>ov|no)(?P<mode>_fit|_apex)?$")
+# The apex window's start is searched on this grid (seconds).
+APEX_STEP_SECONDS = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +40,7 @@ class WindowSpec:
   num_windows: int          # T
   length: float             # L, seconds
   overlap: float            # seconds shared by consecutive windows (fixed mode)
-  mode: str = "fixed"       # "fixed" or "fit"
+  mode: str = "fixed"       # "fixed", "fit" or "apex"
 
   def __post_init__(self):
     if self.num_windows < 1:
@@ -43,8 +49,10 @@ class WindowSpec:
       raise ValueError(f"window length must be > 0 s, got {self.length}")
     if not 0 <= self.overlap < self.length:
       raise ValueError(f"overlap must be in [0, length), got {self.overlap} for length {self.length}")
-    if self.mode not in ("fixed", "fit"):
-      raise ValueError(f"window mode must be 'fixed' or 'fit', got {self.mode!r}")
+    if self.mode not in ("fixed", "fit", "apex"):
+      raise ValueError(f"window mode must be 'fixed', 'fit' or 'apex', got {self.mode!r}")
+    if self.mode == "apex" and self.num_windows != 1:
+      raise ValueError(f"the 'apex' window mode takes one window, got {self.num_windows}")
 
   @property
   def hop(self) -> float:
@@ -60,13 +68,15 @@ class WindowSpec:
   def name(self) -> str:
     length = f"{self.length:g}".replace(".", "p")
     ov = "ov" if self.overlap > 0 else "no"
-    return f"w{self.num_windows}_l{length}_{ov}" + ("_fit" if self.mode == "fit" else "")
+    return f"w{self.num_windows}_l{length}_{ov}" + ("" if self.mode == "fixed" else f"_{self.mode}")
 
   def starts(self, duration: float) -> np.ndarray:
-    """Start time in seconds of each window for a clip of `duration` seconds. [T]."""
+    """Start time in seconds of each window for a clip of `duration` seconds. [T].
+    An `apex` window's start depends on the audio (`apex_start`); without it, this is
+    the centred window's."""
     t = self.num_windows
     if self.mode == "fixed" or t == 1:
-      if self.mode == "fit" and t == 1:
+      if self.mode in ("fit", "apex") and t == 1:
         return np.array([max(0.0, (duration - self.length) / 2)])
       return np.arange(t, dtype=np.float64) * self.hop
     hop = max(0.0, (duration - self.length) / (t - 1))
@@ -92,12 +102,39 @@ def first_frame(starts: np.ndarray, fps: float) -> np.ndarray:
   return np.floor(np.asarray(starts, np.float64) * fps + FRAME_TOLERANCE).astype(np.int64)
 
 
+def apex_start(audio: np.ndarray, rate: int, length: float, duration: float) -> float:
+  """Start (s) of the `length` seconds of `audio` [M] with the largest energy (sum of
+  squared samples), searched every APEX_STEP_SECONDS from 0 to duration - length;
+  ties go to the earliest. 0 when the clip is shorter than `length`."""
+  span = duration - length
+  if span <= 0:
+    return 0.0
+  n = int(round(length * rate))
+  x = np.asarray(audio, np.float64)
+  csum = np.concatenate([[0.0], np.cumsum(x * x)])
+  starts = np.arange(0.0, span + 1e-9, APEX_STEP_SECONDS)
+  first = np.minimum(np.round(starts * rate).astype(np.int64), len(x))
+  last = np.minimum(first + n, len(x))
+  return float(starts[int(np.argmax(csum[last] - csum[first]))])
+
+
+def window_starts(spec: WindowSpec, duration: float, audio: np.ndarray | None = None,
+                  rate: int | None = None) -> np.ndarray:
+  """[T] start (s) of each window: `spec.starts`, or for an `apex` window with audio,
+  `apex_start`."""
+  if spec.mode == "apex" and audio is not None:
+    if rate is None:
+      raise ValueError("window_starts: audio given without rate")
+    return np.array([apex_start(audio, rate, spec.length, duration)])
+  return spec.starts(duration)
+
+
 def cut_windows(spec: WindowSpec, duration: float, *,
                 video: np.ndarray | None = None, fps: float | None = None,
                 audio: np.ndarray | None = None, rate: int | None = None) -> dict[str, np.ndarray]:
   """Cuts a clip of `duration` seconds into `spec`'s T windows of L seconds.
 
-  Window k starts at s_k = spec.starts(duration)[k]. Its video frame j is frame
+  Window k starts at s_k = window_starts(spec, duration, audio, rate)[k]. Its video frame j is frame
   f_k + j of `video` [N, H, W, 3] (frame n shown over [n / fps, (n + 1) / fps);
   the last frame when past the end), f_k the frame that contains s_k
   (`first_frame`), so that every window's video starts within one frame
@@ -109,7 +146,7 @@ def cut_windows(spec: WindowSpec, duration: float, *,
   Returns 'video' [T, F, H, W, 3] (when `video` is given), 'audio' [T, S]
   float32 (when `audio` is given) and 'window_valid' [T] (`spec.valid_fraction`).
   """
-  starts = spec.starts(duration)                                          # [T]
+  starts = window_starts(spec, duration, audio, rate)                     # [T]
   out: dict[str, np.ndarray] = {}
   if video is not None:
     if fps is None:
@@ -135,12 +172,12 @@ def parse_name(name: str) -> WindowSpec:
   m = _NAME_RE.match(name)
   if not m:
     raise ValueError(
-        f"Bad windowing name {name!r}: expected w{{T}}_l{{L}}_{{ov|no}}[_fit], e.g. 'w8_l1_ov'.")
+        f"Bad windowing name {name!r}: expected w{{T}}_l{{L}}_{{ov|no}}[_fit|_apex], e.g. 'w8_l1_ov'.")
   length = float(m["l"].replace("p", "."))
   return WindowSpec(
       num_windows=int(m["t"]), length=length,
       overlap=OVERLAP_SECONDS if m["ov"] == "ov" else 0.0,
-      mode="fit" if m["fit"] else "fixed")
+      mode=m["mode"][1:] if m["mode"] else "fixed")
 
 
 def middle_window_start(duration: float, length: float) -> float:

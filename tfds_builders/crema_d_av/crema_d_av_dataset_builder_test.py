@@ -98,7 +98,8 @@ class CremaDBuilderTest(absltest.TestCase):
   def test_configs_and_info(self):
     names = [c.name for c in lib.Builder.BUILDER_CONFIGS]
     av = ["w6_l1_ov", "w6_l1_ov_fit", "w2_l1_ov", "w2_l1_ov_fit", "w4_l1_ov", "w4_l1_ov_fit",
-          "w1_l1_no_fit"]
+          "w1_l3_no_fit", "w1_l1_no_fit", "w1_l2_no_fit", "w1_l4_no_fit", "w1_l1_no_apex",
+          "w1_l3_no_apex"]
     self.assertEqual(names, av + ["audio_" + n for n in av])
     self.assertEqual(lib.Builder.DEFAULT_CONFIG_NAME, "w6_l1_ov")
     self.assertIn("Cao", self.builder.info.citation)

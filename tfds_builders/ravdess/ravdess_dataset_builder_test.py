@@ -89,9 +89,11 @@ class RavdessBuilderTest(absltest.TestCase):
   def test_configs(self):
     names = [c.name for c in lib.Builder.BUILDER_CONFIGS]
     self.assertEqual(names[:4], ["w8_l1_ov", "w8_l1_ov_fit", "w2_l1_ov", "w2_l1_ov_fit"])
-    self.assertLen(names, 30)   # 7 Table I rows, their fit twins, the global window; audio-only twins
-    self.assertEqual(names[14], "w1_l1_no_fit")
-    self.assertEqual(names[15:], ["audio_" + n for n in names[:15]])
+    # 7 Table I rows, their fit twins, the 6 one-window (global) readings; audio-only twins.
+    self.assertLen(names, 40)
+    self.assertEqual(names[14:20], ["w1_l3_no_fit", "w1_l1_no_fit", "w1_l2_no_fit",
+                                    "w1_l4_no_fit", "w1_l1_no_apex", "w1_l3_no_apex"])
+    self.assertEqual(names[20:], ["audio_" + n for n in names[:20]])
     self.assertEqual(lib.Builder.DEFAULT_CONFIG_NAME, "w8_l1_ov")
     self.assertIn("Livingstone", self.builder.info.citation)
     self.assertIn("CC BY-NC-SA 4.0", self.builder.info.description)

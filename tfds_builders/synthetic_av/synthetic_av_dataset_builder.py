@@ -36,7 +36,8 @@ NAME = "synthetic_av"
 
 def _describe(name: str) -> str:
   spec = windows.parse_name(name)
-  mode = ("spread evenly over the clip" if spec.mode == "fit"
+  mode = ("spread evenly over the clip" if spec.mode == "fit" else
+          "the clip's loudest part" if spec.mode == "apex"
           else f"starting every {spec.hop:g} s")
   return (f"{spec.num_windows} windows of {spec.length:g} s, {mode}; "
           f"{synthetic.FPS} fps, {synthetic.FRAME_SIZE}x{synthetic.FRAME_SIZE} frames")
