@@ -4,6 +4,7 @@ r"""Reproduces the paper's Table I or II: runs (or reuses) every row, then write
   python scripts/reproduce.py --dataset=crema_d --table=2 --workdir=runs/crema --folds=0,1
   python scripts/reproduce.py --dataset=ravdess --table=2 --workdir=runs/rav --dry_run
   python scripts/reproduce.py --dataset=ravdess --table=2 --workdir=runs/rav_frozen --trunk=frozen
+  python scripts/reproduce.py --dataset=ravdess --table=2 --workdir=runs/rav_cpu --config_args=cpu --rows=AO-Global,A-LSTM
 
 Each run is `scripts/cross_validate.py --config=configs/<dataset>.py:<arg>
 --workdir=<workdir>/<run>` in a subprocess, in turn. A run is reused, not started,
@@ -23,10 +24,11 @@ Rows and runs:
   both tables share it in one workdir), VO-Global (`video_global`), VO-LSTM
   (`video_lstm`), AV-Global (`global`), A-LSTM+V-LSTM (`lstm`), each at its last gate.
 
-`--trunk=frozen` (or `finetune_from:<endpoint>`) passes `--config.model.trunk` to every
-run; its tables say "frozen trunks" in their title and beside every number, since the
-paper fine-tunes the encoders. Keep one workdir per trunk: a run on disk with
-another trunk is refused.
+`--config_args=cpu` runs every row with the CPU recipe (frozen trunks, cached augmented
+views); `--trunk=frozen` (or `finetune_from:<endpoint>`) passes `--config.model.trunk` to
+every run. Tables of a trunk other than the paper's `finetune` say so in their title and
+beside every number, since the paper fine-tunes the encoders. Keep one workdir per
+trunk: a run on disk with another trunk is refused.
 
 Output: `<workdir>/table{1,2}.md` (ours beside the paper, with the conventions) and
 `<workdir>/table{1,2}.json` (the same rows, machine-readable).
@@ -60,9 +62,10 @@ flags.DEFINE_multi_string("override", [], "Config field override passed to every
                           "--override=train.num_epochs=50 (becomes --config.train.num_epochs=50).")
 flags.DEFINE_list("rows", [], "Only these rows (names as in the table, e.g. AO-Global,A-LSTM: the "
                   "audio-only rows, which need only the audio archives). Default: all.")
-flags.DEFINE_string("trunk", "finetune", "config.model.trunk of every run: 'finetune' (the paper's "
+flags.DEFINE_string("trunk", None, "config.model.trunk of every run: 'finetune' (the paper's "
                     "recipe), 'frozen' (cached encoder features, only the heads and LSTMs train; "
-                    "minutes on a CPU) or 'finetune_from:<endpoint>'. Tables of another trunk than "
+                    "minutes on a CPU) or 'finetune_from:<endpoint>'. Default: the configs' "
+                    "('finetune'; 'frozen' under --config_args=cpu). Tables of another trunk than "
                     "'finetune' are labelled as such beside the paper's fine-tuned numbers.")
 flags.DEFINE_bool("dry_run", False, "Print the commands, run nothing, write no table.")
 flags.DEFINE_bool("collect_only", False, "Start no run: write the table from the runs on disk "
@@ -223,13 +226,16 @@ def main(argv):
       raise app.UsageError(f"--rows: no row {', '.join(unknown)} in Table {'I' * table}; rows: "
                            + ", ".join(r["name"] for r in rows))
     rows = [r for r in rows if r["name"] in FLAGS.rows]
-  trunk = FLAGS.trunk.strip()
-  overrides = list(FLAGS.override)
-  if trunk != "finetune":
-    overrides.append(f"model.trunk={trunk}")
   runs = {}
   for r in rows:
     runs.setdefault(r["run"], r["arg"])
+  # The configs' trunk (after the tokens: `cpu` freezes it), unless --trunk names one.
+  configured = str(load_config(FLAGS.dataset, config_arg(next(iter(runs.values())),
+                                                         FLAGS.config_args)).model.trunk)
+  trunk = (FLAGS.trunk or "").strip() or configured
+  overrides = list(FLAGS.override)
+  if trunk != configured:
+    overrides.append(f"model.trunk={trunk}")
   failed = []
   for run, arg in runs.items():
     run_dir = os.path.join(workdir, run)

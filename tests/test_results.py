@@ -404,6 +404,22 @@ class ReproduceTest(parameterized.TestCase):
       self.assertIn("NOT its recipe", md)
       self.assertEqual(json.load(open(os.path.join(d, "table2.json")))["trunk"], "frozen")
 
+  def test_cpu_token_runs_frozen_without_a_trunk_override(self):
+    with tempfile.TemporaryDirectory() as d:
+      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--dry_run",
+                           "--rows=AO-Global,A-LSTM", "--config_args=cpu")
+      self.assertEqual(proc.returncode, 0, proc.stderr)
+      commands = [shlex.split(l) for l in proc.stdout.splitlines() if not l.startswith("#")]
+      self.assertLen(commands, 2)
+      for cmd in commands:
+        self.assertTrue(any(a.startswith("--config=") and a.endswith(",cpu") for a in cmd), cmd)
+        self.assertFalse(any(a.startswith("--config.model.trunk") for a in cmd), cmd)
+      # An explicit --trunk still wins over the token's.
+      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--dry_run",
+                           "--rows=AO-Global", "--config_args=cpu", "--trunk=finetune_from:conv4")
+      self.assertEqual(proc.returncode, 0, proc.stderr)
+      self.assertIn("--config.model.trunk=finetune_from:conv4", proc.stdout)
+
   def test_reuses_finished_runs_and_writes_table(self):
     from avjax.data import windows
     from configs import ravdess
