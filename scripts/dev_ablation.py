@@ -55,6 +55,9 @@ SETTINGS = {
     "defaults": {},
     # Four augmented views of every clip cached below the cut (input.cached_views).
     "views4": {"input.cached_views": 4},
+    # The batch-all warm-up over 70 % / all of training (default 50 %).
+    "warmup70": {"loss.batch_all_fraction": 0.7},
+    "batch_all": {"loss.batch_all_fraction": 1.0},
     # The `global` variant's window: one centred window of L seconds (builder config
     # w1_l{L}_no_fit), under the defaults.
     **{f"global_l{n}": {"dataset.config": f"w1_l{n}_no_fit"} for n in ("1", "2", "3", "4")},
