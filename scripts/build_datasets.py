@@ -100,15 +100,15 @@ def main(argv):
     print(f"{name}/{config} is already prepared in {builder.data_dir} (--overwrite rebuilds it).")
     return
   start = time.time()
-  try:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, download_mode=mode))
-  except builder_lib.ManualDirError as e:
-    sys.exit(f"error: {e}")
+  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir, download_mode=mode)
+  if not builder_lib.prepare(builder, download_config, overwrite=FLAGS.overwrite):
+    print(f"{name}/{config} was prepared meanwhile in {builder.data_dir}.")
+    return
   splits = builder.info.splits
   total = sum(splits[s].num_examples for s in splits.keys())
   print(f"{name}/{config}: {total} clips in {time.time() - start:.1f} s -> {builder.data_dir}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from avjax import cli   # one error: line; 1 for a failure (a full disk), 2 for bad input
+  cli.run(main)
