@@ -288,6 +288,7 @@ class FoldLock:
       os.makedirs(os.path.dirname(self.path), exist_ok=True)
     except OSError as e:
       raise (errors.as_storage_error(e, os.path.dirname(self.path), "create") or e) from e
+    waited = False
     for _ in range(5):
       if self._create():
         self.held = True
@@ -296,8 +297,9 @@ class FoldLock:
       if raw is None:   # released meanwhile
         continue
       reason = stale_reason(info)
-      if reason and info is None and self._age() < self.GRACE_S:
-        time.sleep(0.5)   # perhaps being written: read it again
+      if reason and info is None and not waited and self._age() < self.GRACE_S:
+        waited = True   # perhaps being written: read it again once it is old enough
+        time.sleep(self.GRACE_S - self._age() + 0.1)
         continue
       foreign = reason is None and info is not None and info.get("host") != socket.gethostname()
       if foreign and self.take_over_foreign:

@@ -373,6 +373,19 @@ class BuildTest(absltest.TestCase):
       self.assertFalse(builder_lib.prepare(builder))   # prepared: nothing to do
 
 
+  def test_a_bad_manual_dir_fails_before_anything_is_written(self):
+    from avjax.data import builder_lib
+    from tfds_builders.ravdess import ravdess_dataset_builder as ravdess
+    import tensorflow_datasets as tfds
+    root = tempfile.mkdtemp()
+    data_dir = os.path.join(root, "data")
+    builder = ravdess.Builder(config="w2_l1_ov", data_dir=data_dir, num_workers=1)
+    with self.assertRaisesRegex(builder_lib.ManualDirError, "does not exist"):
+      builder_lib.prepare(builder, tfds.download.DownloadConfig(
+          manual_dir=os.path.join(root, "missing")))
+    self.assertFalse(os.path.exists(data_dir))
+
+
 class FeatureStoreFilesTest(absltest.TestCase):
 
   def _fold(self, store, fold, n=3, shape=(1, 2, 4)):
