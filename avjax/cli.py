@@ -1,7 +1,8 @@
 """User errors as one line: the command-line entry points' error handling.
 
-`avjax.main`, `avjax.evaluate` and the scripts run through `run(main)`. The exit
-status follows the error's type (`avjax.errors`), never a bare ValueError's origin:
+`avjax.main`, `avjax.evaluate`, scripts/cross_validate.py and scripts/build_datasets.py
+run through `run(main)`. The exit status follows the error's type (`avjax.errors`),
+checked before the ValueError that some libraries raise for anything:
 
 * status 1, a failure: `errors.Failure` (a file system that refuses a write,
   `errors.StorageError`, wherever it happens: checkpoints, evaluation files,

@@ -25,8 +25,8 @@ import threading
 
 # The errnos of a file system that refuses a write, and what to do about each.
 STORAGE_ERRNOS = {
-    errno.ENOSPC: "free some space, then rerun the same command (it resumes)",
-    errno.EDQUOT: "free some space or raise the quota, then rerun the same command (it resumes)",
+    errno.ENOSPC: "free some space, then rerun the same command",
+    errno.EDQUOT: "free some space or raise the quota, then rerun the same command",
     errno.EROFS: "the file system is mounted read-only: use a writable directory",
     errno.EACCES: "check the permissions of the directory",
     errno.EPERM: "check the permissions of the directory",

@@ -15,6 +15,10 @@ the folds present only (not the paper's protocol; e.g. a first try on two actor
 zips), recorded in `info.metadata['missing_folds']`. To build every
 config, call the script once per config (each decodes the clips again).
 
+One build of a config runs at a time (a lock beside it); the `incomplete.*` folder
+of a killed build is removed, with a notice, by the next build of the same config.
+A full or read-only disk ends with one `error:` line naming the folder (status 1).
+
 Where TensorFlow is installed, the stock CLI works too:
   tfds build tfds_builders/ravdess --config=w8_l1_ov --manual_dir=/data/ravdess
 (with the repository on PYTHONPATH).
