@@ -1,12 +1,25 @@
 """User errors as one line: the command-line entry points' error handling.
 
-`avjax.main` and `avjax.evaluate` run through `run(main)`: a flag or config that
-cannot be parsed, and the errors listed in `USAGE_ERRORS` (a config field out of
-range, an impossible combination, a workdir trained with another config) print
-one `error:` line naming the field or file and exit with status 2; the failures
-in `FAILURES` (a dataset that is missing or not built, a checkpoint that is absent
-or does not restore, a non-finite loss) exit with status 1. Anything else is a bug
-and keeps its traceback. `--verbosity=1` (or higher) keeps every traceback.
+`avjax.main`, `avjax.evaluate`, scripts/cross_validate.py and scripts/build_datasets.py
+run through `run(main)`. The exit status follows the error's type (`avjax.errors`),
+checked before the ValueError that some libraries raise for anything:
+
+* status 1, a failure: `errors.Failure` (a file system that refuses a write,
+  `errors.StorageError`, wherever it happens: checkpoints, evaluation files,
+  results, figures, feature store, dataset build; folds all held by other
+  processes, `errors.FoldsHeld`), any exception caused by a full disk, a
+  read-only mount, no permission or an I/O error (orbax reports a full disk as
+  `ValueError: RESOURCE_EXHAUSTED`), and those in `_failures()` (a dataset that
+  is missing or not built, a checkpoint that is absent or does not restore, a
+  non-finite loss);
+* status 2, a usage error: `errors.UsageError` (including `errors.CorruptFileError`,
+  a workdir file that does not read back, named with its repair), a flag or config
+  that cannot be parsed, a workdir trained with another config, and the ValueErrors
+  that the config checks raise;
+* status 130, Ctrl-C: one line (`errors.Interrupted` says at which step).
+
+Each prints one `error:` line naming the field or file. Anything else is a bug and
+keeps its traceback; `--verbosity=1` (or higher) keeps every traceback.
 """
 
 from __future__ import annotations
@@ -18,13 +31,15 @@ from typing import Callable
 from absl import app
 from absl import flags
 
+from avjax import errors
+
 USAGE = 2
 FAILURE = 1
+INTERRUPTED = 130
 
 
 def _usage_errors() -> tuple[type[BaseException], ...]:
-  from avjax import workdir
-  return (ValueError, workdir.ConfigMismatchError, app.UsageError)
+  return (errors.UsageError, ValueError, app.UsageError)
 
 
 def _failures() -> tuple[type[BaseException], ...]:
@@ -32,16 +47,20 @@ def _failures() -> tuple[type[BaseException], ...]:
   from avjax.data import builder_lib
   # OSError covers a missing or read-only data dir or workdir (PermissionError, EROFS),
   # a workdir that is a file, and other file-system failures: their messages name the path.
-  return (OSError, builder_lib.ManualDirError, train_state.CheckpointNotFound,
+  return (errors.Failure, OSError, builder_lib.ManualDirError, train_state.CheckpointNotFound,
           train_state.CheckpointRestoreError, FloatingPointError)
 
 
 def exit_status(e: BaseException) -> int | None:
   """USAGE or FAILURE for the errors reported as one line, None for the others (bugs)."""
-  if isinstance(e, _usage_errors()):
+  if isinstance(e, errors.UsageError):
     return USAGE
+  if isinstance(e, errors.Failure) or errors.storage_errno(e) is not None:
+    return FAILURE
   if isinstance(e, _failures()):
     return FAILURE
+  if isinstance(e, _usage_errors()):
+    return USAGE
   return None
 
 
@@ -50,10 +69,10 @@ def _root_message(e: BaseException) -> str:
   flag-parsing wrapper nor a bare KeyError (config_dict's AttributeError above it says
   'Did you mean ...'). A message that embeds a traceback (config_flags' "Error whilst
   parsing config file") is reduced to its last line, the config file's own error."""
-  chain = []
-  while e is not None and e not in chain:
-    chain.append(e)
-    e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+  chain = list(errors.chain(e))
+  ours = [x for x in chain if isinstance(x, errors.AvjaxError)]
+  if ours:   # avjax's own message already names the file and what to do
+    return " ".join(str(ours[0]).split())
   useful = [x for x in chain if not isinstance(x, (flags.Error, KeyError))] or chain
   e = useful[-1]
   text = str(e).strip()
@@ -97,8 +116,17 @@ def run(main: Callable[[list[str]], None]) -> None:
   """`app.run(main)` with user errors as one line (see the module docstring)."""
 
   def wrapped(argv):
+    errors.install_thread_hook()
     try:
       main(argv)
+    except KeyboardInterrupt as e:
+      if _verbose():
+        raise
+      line = str(e) if isinstance(e, errors.Interrupted) else \
+          "interrupted; rerun the same command to resume"
+      sys.stderr.write(line + "\n")
+      sys.stderr.flush()
+      sys.exit(INTERRUPTED)
     except Exception as e:  # noqa: BLE001  (sorted by exit_status; the rest re-raised)
       status = exit_status(e)
       if status is None or _verbose():

@@ -36,6 +36,7 @@ from jax.sharding import Mesh
 
 from avjax import __version__
 from avjax import config_lib
+from avjax import errors
 from avjax import feature_store
 from avjax import input_pipeline
 from avjax import knn
@@ -285,6 +286,12 @@ def main(argv):
   for fold in folds:
     fold_dir = workdir_lib.fold_dir(workdir, fold)
     config = workdir_lib.load_fold_config(workdir, fold)   # the config it was trained with
+    if workdir_lib.fold_is_done(fold_dir) and jax.process_index() == 0:
+      try:
+        results.check_fold_outputs(fold_dir)
+      except errors.CorruptFileError as e:
+        print(f"fold {fold}: {e.path} cannot be read ({e.reason}): writing it again",
+              flush=True)
     feature_store.ensure(config, mesh)   # a cached trunk's features (nothing for 'finetune')
     state, model = restore_for_eval(config, fold_dir, fold, mesh, FLAGS.checkpoint)
     evaluate_fold(config, state, model, fold, fold_dir, mesh,

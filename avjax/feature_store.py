@@ -33,6 +33,10 @@ Store layout, one directory per (modality, key):
       clip_id.npy         [n] unicode (no pickle)
     fold_<k>.partial/     an unfinished fold: part_<first clip>.npz, each written
                           atomically; an interrupted extraction resumes from them
+A fold whose files do not read back as they should (a truncated array, a missing
+file, the wrong shape) is extracted again, with a notice; the temporary files of a
+killed or failed extraction (`fold_<k>.tmp-<pid>/`, `*.tmp-<pid>.npz`) are removed
+by the next one; a write the file system refuses raises `errors.StorageError`.
 (`avjax.data.feature_cache` names, keys and reads these files; this module writes them.)
 
 `<root>` is `$AVJAX_CACHE/features` when AVJAX_CACHE is set, else
@@ -48,6 +52,7 @@ store is never read.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import json
@@ -65,6 +70,7 @@ from jax.experimental import multihost_utils
 
 from avjax import augment
 from avjax import config_lib
+from avjax import errors
 from avjax import parallel
 from avjax.data import feature_cache
 from avjax.models import gating
@@ -342,8 +348,12 @@ def _extract_fold(config, modality: str, store: str, fold: int, mesh) -> None:
 
 def _write_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
   tmp = f"{path}.tmp-{os.getpid()}.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  try:
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+  except OSError as e:
+    errors.remove_quietly(tmp)
+    raise (errors.as_storage_error(e, path) or e) from e
 
 
 def _assemble(partial: str, final: str, n: int) -> None:
@@ -361,16 +371,73 @@ def _assemble(partial: str, final: str, n: int) -> None:
                             f"has {n}; delete the directory to extract it again")
   tmp = f"{final}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  for k, v in arrays.items():
-    np.save(os.path.join(tmp, f"{k}.npy"), v, allow_pickle=False)
-  os.replace(tmp, final)
+  try:
+    os.makedirs(tmp)
+    for k, v in arrays.items():
+      np.save(os.path.join(tmp, f"{k}.npy"), v, allow_pickle=False)
+    os.replace(tmp, final)
+  except OSError as e:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise (errors.as_storage_error(e, final) or e) from e
   shutil.rmtree(partial, ignore_errors=True)
+
+
+def _fold_problem(store: str, fold: int, clips: int, num_views: int, num_windows: int,
+                  shape: tuple[int, ...]) -> str | None:
+  """Why the extracted fold `fold` of `store` cannot be used (a file missing or not
+  reading back, arrays of the wrong length or shape), or None."""
+  d = feature_cache.fold_path(store, fold)
+  arrays = {}
+  for k in feature_cache.ARRAYS:
+    path = os.path.join(d, f"{k}.npy")
+    try:
+      arrays[k] = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+      if errors.storage_errno(e) == errno.EIO:
+        raise errors.StorageError(path, errno.EIO, "read") from e
+      return f"{k}.npy: {type(e).__name__}: {e}"
+  want = (clips, num_views, num_windows) + tuple(shape)
+  if arrays["features"].shape != want:
+    return f"features.npy has shape {arrays['features'].shape}, expected {want}"
+  wrong = [k for k in feature_cache.ARRAYS if len(arrays[k]) != clips]
+  if wrong:
+    return f"{wrong} do not hold the fold's {clips} clips"
+  return None
+
+
+def _clean_leftovers(store: str) -> None:
+  """Removes what a killed or failed extraction left in `store` (hold the store's lock):
+  `fold_<k>.tmp-<pid>/` folders and `*.tmp-<pid>` files, parts included."""
+  for folder in (store, *[os.path.join(store, n) for n in _listdir(store)
+                          if n.endswith(".partial")]):
+    for name in _listdir(folder):
+      if ".tmp-" in name:
+        errors.remove_quietly(os.path.join(folder, name))
+
+
+def _listdir(folder: str) -> list[str]:
+  try:
+    return sorted(os.listdir(folder))
+  except OSError:
+    return []
+
+
+def _write_store_json(store: str, doc: dict) -> None:
+  path = os.path.join(store, feature_cache.STORE_JSON)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "w") as f:
+      json.dump(doc, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+  except OSError as e:
+    errors.remove_quietly(tmp)
+    raise (errors.as_storage_error(e, path) or e) from e
 
 
 def ensure(config, mesh=None) -> dict[str, str]:
   """{modality: store directory} for the cached modalities of `config`, extracting
-  every fold with clips that the store lacks (resuming an interrupted one)."""
+  every fold with clips that the store lacks (resuming an interrupted one) or whose
+  files do not read back (extracted again, with a notice)."""
   from avjax import input_pipeline
   out = {}
   inputs = {m: c for m, c in config_lib.trunk_inputs(config.model).items() if c is not None}
@@ -383,31 +450,57 @@ def ensure(config, mesh=None) -> dict[str, str]:
     key = feature_cache.store_key(config, builder, modality)
     store = feature_cache.store_path(config, builder, modality)
     out[modality] = store
-    todo = [f for f in folds if not os.path.isdir(feature_cache.fold_path(store, f))]
-    if os.path.isfile(os.path.join(store, feature_cache.STORE_JSON)):
-      feature_cache.check_key(store, key)
-    if not todo:
+    doc_path = os.path.join(store, feature_cache.STORE_JSON)
+    doc = None
+    if os.path.isfile(doc_path):
+      try:
+        doc = feature_cache.check_key(store, key)
+      except errors.CorruptFileError as e:   # derived from the key: written again below
+        if jax.process_index() == 0:
+          print(f"{doc_path} cannot be read ({e.reason}): writing it again", flush=True)
+    rewrite_doc = doc is None
+    shape = (tuple(doc["feature_shape"]) if doc and "feature_shape" in doc
+             else feature_shape(config, modality, info))
+    check = functools.partial(_fold_problem, store, num_views=1 + key["views"],
+                              num_windows=info["num_windows"], shape=shape)
+    todo = []
+    for f in folds:
+      if not os.path.isdir(feature_cache.fold_path(store, f)):
+        todo.append(f)
+      elif (problem := check(f, info["num_clips_per_fold"][f])) is not None:
+        if jax.process_index() == 0:
+          print(f"the {modality} features of fold {f} in {store} cannot be read ({problem}): "
+                "extracting them again", flush=True)
+        todo.append(f)
+    if not todo and not rewrite_doc:
       continue
     mesh = mesh or parallel.make_mesh()
     if jax.process_index() == 0:
-      os.makedirs(store, exist_ok=True)
-      shape = feature_shape(config, modality, info)
-      doc = {"key": key, "feature_shape": list(shape), "num_views": 1 + key["views"],
-             "num_windows": info["num_windows"]}
-      tmp = os.path.join(store, f"{feature_cache.STORE_JSON}.tmp-{os.getpid()}")
-      with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2, sort_keys=True)
-      os.replace(tmp, os.path.join(store, feature_cache.STORE_JSON))
-      print(f"Caching {modality} features ({key['endpoint']}, model.trunk="
-            f"{config.model.trunk!r}) of folds {todo} into {store}", flush=True)
+      try:
+        os.makedirs(store, exist_ok=True)
+      except OSError as e:
+        raise (errors.as_storage_error(e, store, "create") or e) from e
+      if todo:
+        print(f"Caching {modality} features ({key['endpoint']}, model.trunk="
+              f"{config.model.trunk!r}) of folds {todo} into {store}", flush=True)
     t0 = time.time()
     with _lock(store):   # one extracting process per store; the others wait, then skip
+      if jax.process_index() == 0:
+        _clean_leftovers(store)
+        doc = {"key": key, "feature_shape": list(shape), "num_views": 1 + key["views"],
+               "num_windows": info["num_windows"]}
+        _write_store_json(store, doc)
       for fold in todo:
-        if not os.path.isdir(feature_cache.fold_path(store, fold)):
-          _extract_fold(config, modality, store, fold, mesh)
+        fold_dir = feature_cache.fold_path(store, fold)
+        if os.path.isdir(fold_dir):
+          if check(fold, info["num_clips_per_fold"][fold]) is None:
+            continue   # extracted by another process meanwhile
+          if jax.process_index() == 0:
+            shutil.rmtree(fold_dir, ignore_errors=True)
+        _extract_fold(config, modality, store, fold, mesh)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"feature_store {store}")
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and todo:
       clips = sum(info["num_clips_per_fold"][f] for f in todo)
       dt = time.time() - t0
       print(f"{modality} features: {clips} clips in {dt:.1f} s ({clips / max(dt, 1e-9):.1f} "
@@ -421,7 +514,12 @@ def _lock(store: str):
   if jax.process_index() != 0:
     yield
     return
-  with open(os.path.join(store, ".lock"), "w") as f:
+  path = os.path.join(store, ".lock")
+  try:
+    f = open(path, "w")
+  except OSError as e:
+    raise (errors.as_storage_error(e, path) or e) from e
+  with f:
     fcntl.flock(f, fcntl.LOCK_EX)
     try:
       yield

@@ -33,6 +33,7 @@ import numpy as np
 from absl import logging
 from matplotlib.figure import Figure
 
+from avjax import errors
 from avjax import results
 from avjax import workdir as workdir_lib
 
@@ -53,8 +54,14 @@ Folds = Sequence[tuple[Mapping[str, np.ndarray], Mapping[str, Any]]]
 
 
 def _save(fig: Figure, path: str) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=_DPI, bbox_inches="tight")
+  """Writes `fig` as the PNG `path`, atomically (errors.StorageError when refused)."""
+  folder = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise (errors.as_storage_error(e, folder, "create") or e) from e
+  workdir_lib.write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=_DPI,
+                                                         bbox_inches="tight"))
   return path
 
 

@@ -138,11 +138,11 @@ def get_builder(config) -> tfds.core.DatasetBuilder:
             + "\nor set config.dataset.build=True.")
       download_config = tfds.download.DownloadConfig(manual_dir=ds.manual_dir or None)
       if jax.process_count() == 1:
-        builder.download_and_prepare(download_config=download_config)
+        builder_lib.prepare(builder, download_config)
       else:
         from jax.experimental import multihost_utils
         if jax.process_index() == 0:
-          builder.download_and_prepare(download_config=download_config)
+          builder_lib.prepare(builder, download_config)
         multihost_utils.sync_global_devices(f"avjax_build_{ds.name}_{name}")
         builder = cls(config=name, data_dir=ds.data_dir or None, **kwargs)
         if not builder.is_prepared():

@@ -23,6 +23,10 @@ flags.DEFINE_enum("config_mismatch", "error", ["error", "ok"],
                   "A workdir trained with another config (a field that changes the model, data or "
                   "protocol differs): 'error' stops before touching anything; 'ok' trains the "
                   "remaining folds with the new config (each fold records its own).")
+flags.DEFINE_bool("take_over_locks", False,
+                  "Also take over the folds whose lock.json names a process of another host "
+                  "(which cannot be checked from here): for a job requeued elsewhere after its "
+                  "first host died. Locks of live processes of this host are always respected.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Environment variables that mean "one of several processes" under the
@@ -112,7 +116,8 @@ def main(argv):
                jax.process_count(), jax.local_devices())
   logging.info("All devices: %s", jax.devices())
   logging.info("Config:\n%s", config)
-  train.train_and_evaluate(config, FLAGS.workdir, config_mismatch=FLAGS.config_mismatch)
+  train.train_and_evaluate(config, FLAGS.workdir, config_mismatch=FLAGS.config_mismatch,
+                           take_over_locks=FLAGS.take_over_locks)
 
 
 if __name__ == "__main__":

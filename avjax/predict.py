@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from avjax import config_lib
+from avjax import errors
 from avjax import workdir as workdir_lib
 from avjax.data import folds as folds_lib
 
@@ -72,6 +73,13 @@ class Bank:
     return np.concatenate([self.gates[k] for k in config_lib.MODALITY_KEYS[modality]], axis=-1)
 
 
+def _rewrite_bank(path: str) -> str:
+  """The command that writes the reference bank `path` again."""
+  fold_dir = os.path.dirname(os.path.abspath(path))
+  return (f"python -m avjax.evaluate --workdir={os.path.dirname(fold_dir)} "
+          f"--folds={workdir_lib.fold_of_dir(fold_dir)}")
+
+
 def load_bank(path: str) -> Bank:
   """Reads `reference_bank.npz` (no pickle) and checks its arrays against its metadata."""
   try:
@@ -79,16 +87,19 @@ def load_bank(path: str) -> Bank:
       arrays = {k: z[k] for k in z.files}
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     raise UsageError(f"{path}: cannot read the reference bank ({type(e).__name__}: {e}); "
-                     "rewrite it with python -m avjax.evaluate") from None
+                     f"rewrite it with {_rewrite_bank(path)}") from None
   try:
     meta = json.loads(str(arrays["meta"]))
   except (KeyError, json.JSONDecodeError) as e:
     raise UsageError(f"{path}: no readable 'meta' entry ({e}); rewrite it with "
-                     "python -m avjax.evaluate") from None
+                     f"{_rewrite_bank(path)}") from None
   gates = {k: arrays[k] for k in ("audio_gate", "video_gate") if k in arrays}
   labels = arrays.get("labels")
-  if labels is None or not gates:
-    raise UsageError(f"{path}: a reference bank needs 'labels' and 'audio_gate' or 'video_gate'")
+  if labels is None or not gates or "step" not in arrays or not isinstance(meta, dict) or \
+      not all(k in meta for k in ("window", "step", "class_names", "k")):
+    raise UsageError(f"{path}: a reference bank needs 'labels', 'step', 'audio_gate' or "
+                     "'video_gate' and a 'meta' with window, step, class_names and k; rewrite "
+                     f"it with {_rewrite_bank(path)}")
   for key, value in gates.items():
     if value.ndim != 3 or len(value) != len(labels) or value.shape[1] != meta["window"]["num_windows"]:
       raise UsageError(f"{path}: {key} has shape {value.shape}, expected "
@@ -224,10 +235,10 @@ class Predictor:
       raise UsageError(f"--workdir {workdir}: no such directory")
     try:
       self.config = workdir_lib.load_config(self.workdir)
-    except FileNotFoundError as e:
+      self.fold = choose_fold(self.workdir, self.config, fold)
+      self.config = workdir_lib.load_fold_config(self.workdir, self.fold)  # as trained
+    except (FileNotFoundError, errors.CorruptFileError) as e:
       raise UsageError(str(e)) from None
-    self.fold = choose_fold(self.workdir, self.config, fold)
-    self.config = workdir_lib.load_fold_config(self.workdir, self.fold)  # as trained
     self.fold_dir = workdir_lib.fold_dir(self.workdir, self.fold)
     self.bank = load_bank(os.path.join(self.fold_dir, workdir_lib.REFERENCE_BANK))
     self.meta = self.bank.meta

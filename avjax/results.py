@@ -40,6 +40,7 @@ import glob
 import json
 import math
 import os
+import zipfile
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -47,6 +48,7 @@ import sklearn.metrics as skm
 from absl import logging
 
 from avjax import config_lib
+from avjax import errors
 from avjax import workdir as workdir_lib
 
 SCHEMA_VERSION = 1
@@ -298,19 +300,58 @@ _LATER_DEFAULTS = {"negatives": "hardest", "center_audio_head": False, "center_v
                    "weight_decay": None}
 
 
+def evaluate_command(fold_dir: str) -> str:
+  """The command that writes `fold_dir`'s evaluation files again from its checkpoint."""
+  fold_dir = os.path.abspath(fold_dir)
+  return (f"python -m avjax.evaluate --workdir={os.path.dirname(fold_dir)} "
+          f"--folds={workdir_lib.fold_of_dir(fold_dir)}")
+
+
+def read_npz(path: str, repair: str) -> dict[str, np.ndarray]:
+  """Every array of the .npz `path` (no pickle); errors.CorruptFileError naming `path`
+  and `repair` when it does not read back (truncated, empty, not a zip)."""
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      return {k: z[k] for k in z.files}
+  except (ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+    reason = "empty" if os.path.isfile(path) and not os.path.getsize(path) else \
+        f"{type(e).__name__}: {e}"
+    raise errors.CorruptFileError(path, reason, repair) from e
+  except OSError as e:
+    if errors.storage_errno(e) is not None or isinstance(e, FileNotFoundError):
+      raise
+    raise errors.CorruptFileError(path, f"{type(e).__name__}: {e}", repair) from e
+
+
+def check_fold_outputs(fold_dir: str) -> None:
+  """Raises errors.CorruptFileError when an evaluation file of `fold_dir` does not read
+  back: predictions.npz, fold_info.json (`load_fold`), reference_bank.npz (if present)."""
+  load_fold(fold_dir)
+  bank = os.path.join(fold_dir, workdir_lib.REFERENCE_BANK)
+  if os.path.isfile(bank):
+    arrays = read_npz(bank, f"rewrite it with {evaluate_command(fold_dir)}")
+    missing = [k for k in ("meta", "labels", "step") if k not in arrays]
+    if missing:
+      raise errors.CorruptFileError(bank, f"no {missing} arrays",
+                                    f"rewrite it with {evaluate_command(fold_dir)}")
+
+
 def load_fold(fold_dir: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-  """Reads and checks `fold_dir/predictions.npz` and `fold_info.json` (no pickle)."""
+  """Reads and checks `fold_dir/predictions.npz` and `fold_info.json` (no pickle); a file
+  that does not read back raises errors.CorruptFileError with the command that
+  rewrites it."""
   info_path = os.path.join(fold_dir, workdir_lib.FOLD_INFO)
   npz_path = os.path.join(fold_dir, workdir_lib.PREDICTIONS)
-  with open(info_path) as f:
-    info = json.load(f)
+  repair = f"rewrite it with {evaluate_command(fold_dir)}"
+  info = workdir_lib.read_json(info_path, repair)
+  if not isinstance(info, dict):
+    raise errors.CorruptFileError(info_path, "not a JSON object", repair)
   missing = [k for k in _INFO_FIELDS if k not in info]
   if missing:
     raise ValueError(f"{info_path}: missing fields {missing}")
   for key, value in _LATER_DEFAULTS.items():
     info.setdefault(key, value)
-  with np.load(npz_path, allow_pickle=False) as z:
-    preds = {k: z[k] for k in z.files}
+  preds = read_npz(npz_path, repair)
   for key in ("labels", "clip_id"):
     if key not in preds:
       raise ValueError(f"{npz_path}: no '{key}' array (has {sorted(preds)})")
@@ -665,9 +706,23 @@ def write_results(workdir: str) -> tuple[str, str]:
 
 def load_results(path: str) -> dict[str, Any]:
   """Reads a results.json, checking its schema version."""
-  with open(path) as f:
-    doc = json.load(f)
+  workdir = os.path.dirname(os.path.abspath(path))
+  doc = workdir_lib.read_json(path, f"remove it: python -m avjax.evaluate --workdir={workdir} "
+                                    "writes it again")
   version = doc.get("schema_version")
   if version != SCHEMA_VERSION:
     raise ValueError(f"{path}: schema_version {version!r}, this avjax reads {SCHEMA_VERSION}")
   return doc
+
+
+def load_or_rebuild_results(workdir: str) -> dict[str, Any]:
+  """`workdir/results.json`; one that does not read back is written again from the fold
+  files first (it is derived from them), saying so in one line."""
+  path = os.path.join(workdir, workdir_lib.RESULTS_JSON)
+  try:
+    return load_results(path)
+  except errors.CorruptFileError as e:
+    print(f"{path} cannot be read ({e.reason}): writing it again from the fold files",
+          flush=True)
+  write_results(workdir)
+  return load_results(path)

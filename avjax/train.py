@@ -36,6 +36,7 @@ import collections
 import functools
 import json
 import os
+import sys
 import time
 from typing import Callable
 
@@ -47,6 +48,7 @@ from jax.sharding import Mesh
 
 from avjax import config_lib
 from avjax import device_data
+from avjax import errors
 from avjax import evaluate
 from avjax import feature_store
 from avjax import input_pipeline
@@ -204,7 +206,8 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
   if jax.process_index() == 0:
     gating.log_parameter_overview({"params": state.params})
 
-  manager = train_state_lib.checkpoint_manager(fold_dir, config)
+  # Holding the fold's lock: a save that a killed process left half-written is removed.
+  manager = train_state_lib.checkpoint_manager(fold_dir, config, cleanup_tmp=True)
   start_step = 0
   restored = train_state_lib.restore_latest(manager, state, fold_dir)
   if restored is not None:
@@ -244,61 +247,108 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
   pending: list[dict] = []      # this log period's metrics, still on the device
   last_good = {"step": start_step}
   t_start, steps_done = time.time(), 0
-  for step in range(start_step + 1, total_steps + 1):
-    state, metrics = step_fn(state, next(batches))
-    pending.append({k: metrics[k] for k in metric_keys})
-    if len(pending) > _MAX_IN_FLIGHT:  # bounds how far the host runs ahead
-      jax.block_until_ready(pending[-1 - _MAX_IN_FLIGHT])
-    steps_done += 1
-    is_last = step == total_steps
-    if step % config.train.log_every_steps == 0 or is_last:
-      summary = _summarise(pending)
-      pending = []
-      _check_finite(summary, test_fold, step, fold_dir, last_good)
-      del summary["nonfinite"]
-      elapsed = time.time() - t_start
-      rate = steps_done / max(elapsed, 1e-9)
-      summary["steps_per_sec"] = rate
-      summary["epoch"] = step / steps_per_epoch
-      _watch_collapse(summary, initial, warned, test_fold, step)
-      writer.write_scalars(step, summary)
-      if jax.process_index() == 0:
-        dist = " ".join(f"{k[len('distance_'):][0]}={v:.3g}" for k, v in summary.items()
-                        if k.startswith("distance_"))
-        print(f"fold {test_fold} step {step}/{total_steps} loss {summary['loss']:.4f} "
-              f"active {summary['active_triplets']:.3f} distance {dist} {rate:.2f} steps/s "
-              f"ETA {_format_eta((total_steps - step) / max(rate, 1e-9))}", flush=True)
-    val_metrics = None
-    if val_fold is not None and (is_last or (eval_every and step % eval_every == 0)):
-      val_metrics = evaluate.validation_accuracy(config, state, val_fold, train_on, mesh)
-      writer.write_scalars(step, val_metrics)
-      if jax.process_index() == 0:
-        print(f"fold {test_fold} step {step}: validation fold {val_fold} accuracy "
-              f"{val_metrics['validation_accuracy']:.3f}", flush=True)
-    if step % config.train.checkpoint_every_steps == 0 or is_last or val_metrics:
-      if pending:  # the steps since the last log line must be finite too
-        _check_finite(_summarise(pending), test_fold, step, fold_dir, last_good)
-      # The iterator runs ahead (prefetch): the state is that of `step` batches consumed.
-      train_state_lib.save_checkpoint(manager, step, state, dict(train_iter.get_state(), step=step), val_metrics)
-      last_good["step"] = step
-  batches.close()
-  close = getattr(train_iter, "close", None)
-  if close is not None:
-    close()
-  writer.flush()
-  writer.close()
-  manager.close()
+  step = start_step
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      state, metrics = step_fn(state, next(batches))
+      pending.append({k: metrics[k] for k in metric_keys})
+      if len(pending) > _MAX_IN_FLIGHT:  # bounds how far the host runs ahead
+        jax.block_until_ready(pending[-1 - _MAX_IN_FLIGHT])
+      steps_done += 1
+      is_last = step == total_steps
+      if step % config.train.log_every_steps == 0 or is_last:
+        summary = _summarise(pending)
+        pending = []
+        _check_finite(summary, test_fold, step, fold_dir, last_good)
+        del summary["nonfinite"]
+        elapsed = time.time() - t_start
+        rate = steps_done / max(elapsed, 1e-9)
+        summary["steps_per_sec"] = rate
+        summary["epoch"] = step / steps_per_epoch
+        _watch_collapse(summary, initial, warned, test_fold, step)
+        writer.write_scalars(step, summary)
+        if jax.process_index() == 0:
+          dist = " ".join(f"{k[len('distance_'):][0]}={v:.3g}" for k, v in summary.items()
+                          if k.startswith("distance_"))
+          print(f"fold {test_fold} step {step}/{total_steps} loss {summary['loss']:.4f} "
+                f"active {summary['active_triplets']:.3f} distance {dist} {rate:.2f} steps/s "
+                f"ETA {_format_eta((total_steps - step) / max(rate, 1e-9))}", flush=True)
+      val_metrics = None
+      if val_fold is not None and (is_last or (eval_every and step % eval_every == 0)):
+        val_metrics = evaluate.validation_accuracy(config, state, val_fold, train_on, mesh)
+        writer.write_scalars(step, val_metrics)
+        if jax.process_index() == 0:
+          print(f"fold {test_fold} step {step}: validation fold {val_fold} accuracy "
+                f"{val_metrics['validation_accuracy']:.3f}", flush=True)
+      if step % config.train.checkpoint_every_steps == 0 or is_last or val_metrics:
+        if pending:  # the steps since the last log line must be finite too
+          _check_finite(_summarise(pending), test_fold, step, fold_dir, last_good)
+        # The iterator runs ahead (prefetch): the state is that of `step` batches consumed.
+        train_state_lib.save_checkpoint(manager, step, state, dict(train_iter.get_state(), step=step), val_metrics)
+        last_good["step"] = step
+  except KeyboardInterrupt:
+    resume = (f"from its checkpoint of step {last_good['step']}" if last_good["step"]
+              else "from the fold's start: no checkpoint was written yet")
+    raise errors.Interrupted(f"interrupted at step {step} of fold {test_fold}; rerun the same "
+                             f"command to resume ({resume})") from None
+  finally:   # after an error or Ctrl-C too; their own errors do not hide the first one
+    _close_quietly(batches.close, getattr(train_iter, "close", None), writer.flush,
+                   writer.close, manager.close)
   return state, model
 
 
+def _close_quietly(*closers) -> None:
+  """Calls each closer; while an exception is propagating their errors are dropped."""
+  failing = sys.exc_info()[0] is not None
+  for close in closers:
+    if close is None:
+      continue
+    try:
+      close()
+    except Exception:  # noqa: BLE001
+      if not failing:
+        raise
+
+
+def check_at_start(config) -> None:
+  """The checks that need the dataset's sizes, run before anything is written: every
+  test fold has clips and training folds holding at least one batch, and `eval.k` is at
+  most the number of KNN references (the training clips of every test fold)."""
+  smallest = None
+  for fold in config.folds:
+    train_on, _ = input_pipeline.split_folds(config, fold)
+    input_pipeline.steps_per_epoch(config, train_on)   # at least one batch
+    n = input_pipeline.num_clips(input_pipeline.get_builder(config), train_on)
+    if smallest is None or n < smallest[0]:
+      smallest = (n, fold)
+  if smallest is not None and config.eval.k > smallest[0]:
+    raise errors.UsageError(
+        f"config.eval.k: {config.eval.k} is more than the {smallest[0]} training clips of "
+        f"test fold {smallest[1]}, the KNN references; use at most {smallest[0]}")
+
+
+def _unreadable_outputs(fold_dir: str) -> str | None:
+  """Why a fold marked done cannot be read back (its evaluation files), or None."""
+  try:
+    results.check_fold_outputs(fold_dir)
+  except errors.CorruptFileError as e:
+    return f"{os.path.basename(e.path)} cannot be read ({e.reason})"
+  return None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       config_mismatch: str = "error") -> dict:
+                       config_mismatch: str = "error", take_over_locks: bool = False) -> dict:
   """Trains and evaluates every fold of `config.folds`; aggregates the results.
 
   The first run records its config in `workdir/config.json`; a later run whose config
   differs in a field that changes the model, data or protocol stops before touching
   anything (`workdir.record_config`) unless `config_mismatch='ok'`. Each fold records
-  the config it was trained with (`fold_k/config.json`; its hash in fold_info.json)."""
+  the config it was trained with (`fold_k/config.json`; its hash in fold_info.json).
+
+  A fold held by another process is skipped (`take_over_locks`: also take the locks of
+  other hosts' processes); when every fold left to do is held, nothing is done and
+  errors.FoldsHeld lists them. A finished fold whose evaluation files do not read back
+  is evaluated again from its checkpoint."""
   if config_mismatch not in ("error", "ok"):
     raise ValueError(f"config_mismatch must be 'error' or 'ok', got {config_mismatch!r}")
   allow = config_mismatch == "ok"
@@ -308,33 +358,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise NotADirectoryError(f"--workdir {workdir} is a file, not a directory")
   write = jax.process_index() == 0
-  for fold in config.folds:  # every check before anything is written
+  workdir_lib.record_config(config, workdir, allow, write=False)   # checks before writing
+  for fold in config.folds:
     fold_config = os.path.join(workdir_lib.fold_dir(workdir, fold), workdir_lib.CONFIG)
     workdir_lib.record_config(config, workdir, allow, path=fold_config, write=False)
   builder = input_pipeline.get_builder(config)  # builds the dataset first when allowed and missing
   if input_pipeline.reads_video(config, builder):
     input_pipeline.check_crop(config, input_pipeline.dataset_info(config)["frame_size"])
+  check_at_start(config)
   # Only now, with every check passed, is anything written to the workdir.
   workdir_lib.record_config(config, workdir, allow, write=write)
   mesh = parallel.make_mesh()
   feature_store.ensure(config, mesh)   # frozen / finetune_from: the encoders' fixed part, once
+  held: list[tuple[int, workdir_lib.FoldLocked]] = []
+  worked = 0
   for fold in config.folds:
     fold_dir = workdir_lib.fold_dir(workdir, fold)
     if workdir_lib.fold_is_done(fold_dir):
-      logging.info("Fold %d already evaluated in %s: skipping", fold, fold_dir)
-      continue
+      problem = _unreadable_outputs(fold_dir)
+      if problem is None:
+        logging.info("Fold %d already evaluated in %s: skipping", fold, fold_dir)
+        continue
+      if write:
+        print(f"fold {fold}: {problem}: evaluating the fold again from its checkpoint",
+              flush=True)
     # One process per fold on a shared workdir: a fold another live process holds is
     # skipped. (Multi-host runs train every fold together and take no lock.)
-    lock = workdir_lib.FoldLock(fold_dir)
+    lock = workdir_lib.FoldLock(fold_dir, take_over_foreign=take_over_locks)
     if jax.process_count() == 1:
       try:
         lock.acquire()
       except workdir_lib.FoldLocked as e:
         print(f"fold {fold}: skipped, {e}", flush=True)
+        held.append((fold, e))
         continue
+      workdir_lib.clean_temp(fold_dir)   # a killed process's .tmp files
     try:
-      if workdir_lib.fold_is_done(fold_dir):   # finished while we waited for the lock
-        continue
+      if workdir_lib.fold_is_done(fold_dir) and _unreadable_outputs(fold_dir) is None:
+        continue   # finished while we waited for the lock
       t0 = time.time()
       workdir_lib.record_config(config, workdir, allow, write=write,
                                 path=os.path.join(fold_dir, workdir_lib.CONFIG))
@@ -345,9 +406,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         state, model = evaluate.restore_for_eval(config, fold_dir, fold, mesh, "best")
       evaluate.evaluate_fold(config, state, model, fold, fold_dir, mesh,
                              selected_by=evaluate.checkpoint_selection(config, fold, which))
+      worked += 1
       logging.info("Fold %d done in %.1f s", fold, time.time() - t0)
     finally:
       lock.release()
+  if held and not worked:
+    raise errors.FoldsHeld(_describe_held(held, take_over_locks))
   if jax.process_index() != 0:
     return {}
   if not any(workdir_lib.fold_is_done(workdir_lib.fold_dir(workdir, f))
@@ -364,4 +428,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     print(f"  {key}: {value}")
   with open(md_path) as f:
     print("\n" + f.read())
+  if held:
+    print(f"Not included yet: {_describe_held(held, take_over_locks)}", flush=True)
   return outputs
+
+
+def _describe_held(held: list[tuple[int, "workdir_lib.FoldLocked"]], take_over_locks: bool) -> str:
+  folds = "; ".join(f"fold {fold} by process {e.holder.get('pid')} on host "
+                    f"{e.holder.get('host')} since {e.holder.get('start')}" for fold, e in held)
+  text = (f"fold(s) {[f for f, _ in held]} are held by other processes, so this run trained "
+          f"and evaluated none of them ({folds}). Rerun the same command when they finish")
+  if any(e.foreign for _, e in held) and not take_over_locks:
+    text += ("; if a holder on another host is gone (e.g. a job requeued elsewhere), rerun "
+             "with --take_over_locks")
+  return text + "."

@@ -13,8 +13,10 @@ never the test fold's; `config.train.validation_fold`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging as std_logging
 import os
 from typing import Any
 
@@ -29,6 +31,7 @@ from flax.training import train_state
 from jax.sharding import NamedSharding
 
 from avjax import config_lib
+from avjax import errors
 from avjax import workdir as workdir_lib
 from avjax.models import gating
 
@@ -135,8 +138,10 @@ def abstract_train_state(config, model, sample_batch: dict,
 # --------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_manager(fold_dir: str, config) -> ocp.CheckpointManager:
-  """Latest `keep_checkpoints` plus the best by validation accuracy."""
+def checkpoint_manager(fold_dir: str, config, cleanup_tmp: bool = False) -> ocp.CheckpointManager:
+  """Latest `keep_checkpoints` plus the best by validation accuracy. `cleanup_tmp`
+  (only for the process holding the fold's lock: another may be saving) removes the
+  half-written steps (`<step>.orbax-checkpoint-tmp*`) of a killed process."""
   policy = ocp.checkpoint_managers.AnyPreservationPolicy([
       ocp.checkpoint_managers.LatestN(n=config.train.keep_checkpoints),
       ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m["validation_accuracy"], n=1,
@@ -145,17 +150,68 @@ def checkpoint_manager(fold_dir: str, config) -> ocp.CheckpointManager:
   # best_fn makes `manager.best_step()` the best, not the latest.
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
                                          best_fn=lambda m: m["validation_accuracy"], best_mode="max",
-                                         enable_async_checkpointing=False)
-  return ocp.CheckpointManager(workdir_lib.checkpoint_dir(fold_dir), options=options,
-                               item_names=("state", "data"))
+                                         enable_async_checkpointing=False,
+                                         cleanup_tmp_directories=cleanup_tmp)
+  path = workdir_lib.checkpoint_dir(fold_dir)
+  try:
+    return ocp.CheckpointManager(path, options=options, item_names=("state", "data"))
+  except OSError as e:
+    raise (errors.as_storage_error(e, path, "create") or e) from e
+
+
+class _OrbaxThreadErrors(std_logging.Filter):
+  """Drops the log records of orbax's writer threads and asyncio tasks that repeat, with
+  a traceback each, the error a save raises anyway."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    text = record.getMessage()
+    return not ("raised an exception" in text or "exception was never retrieved" in text
+                or "Task was destroyed but it is pending" in text)
+
+
+_QUIET = _OrbaxThreadErrors()
+
+
+@contextlib.contextmanager
+def _quiet_background_errors():
+  """Orbax's background errors silenced while saving; after a failed save they stay
+  silenced (asyncio reports unretrieved tasks when they are collected, later)."""
+  loggers = [std_logging.getLogger("absl"), std_logging.getLogger("asyncio")]
+  for logger in loggers:
+    logger.addFilter(_QUIET)
+  yield   # an exception raised here skips what follows: the filter stays
+  for logger in loggers:
+    logger.removeFilter(_QUIET)
 
 
 def save_checkpoint(manager, step: int, state: TrainState, data_state: dict,
                     metrics: dict | None = None) -> None:
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
-      metrics=metrics, force=True)
-  manager.wait_until_finished()
+  """Saves step `step` and waits until it is on disk. A save the file system refuses
+  (orbax reports a full disk as `ValueError: RESOURCE_EXHAUSTED`) raises
+  errors.StorageError naming the step's folder, after removing what it had written."""
+  step_dir = os.path.join(os.fspath(manager.directory), str(step))
+  try:
+    with _quiet_background_errors():
+      manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+          metrics=metrics, force=True)
+      manager.wait_until_finished()
+  except Exception as e:  # noqa: BLE001  (orbax and tensorstore raise many types)
+    failure = errors.as_storage_error(e, step_dir)
+    if failure is None:
+      raise
+    parent = os.path.dirname(step_dir)
+    for name in _names(parent):
+      if name == str(step) or name.startswith(f"{step}.orbax-checkpoint-tmp"):
+        errors.remove_quietly(os.path.join(parent, name))
+    raise failure from e
+
+
+def _names(folder: str) -> list[str]:
+  try:
+    return os.listdir(folder)
+  except OSError:
+    return []
 
 
 def _abstract(state):

@@ -9,6 +9,7 @@ Non-zero processes only log.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -17,6 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 from absl import logging
 
+from avjax import errors
 from avjax import workdir as workdir_lib
 
 
@@ -47,38 +49,63 @@ class LoggingWriter:
 
 
 class TensorboardXWriter:
-  """TensorBoard event files under `logdir`."""
+  """TensorBoard event files under `logdir`. tensorboardX writes them in a thread; when
+  that thread dies (a full disk) the next call raises errors.StorageError instead of
+  waiting forever on its queue."""
 
   def __init__(self, logdir: str):
     import tensorboardX  # local: only the writing process needs it
-    self._writer = tensorboardX.SummaryWriter(logdir)
+    self._logdir = logdir
+    try:
+      self._writer = tensorboardX.SummaryWriter(logdir)
+    except OSError as e:
+      raise (errors.as_storage_error(e, logdir, "create") or e) from e
+    self._failed = False
+
+  def _check(self):
+    worker = getattr(getattr(getattr(self._writer, "file_writer", None), "event_writer", None),
+                     "_worker", None)
+    if self._failed or (worker is not None and not worker.is_alive()):
+      self._failed = True
+      raise errors.StorageError(self._logdir, errors.background_errno() or errno.EIO)
 
   def write_scalars(self, step, scalars):
+    self._check()
     for key, value in scalars.items():
       self._writer.add_scalar(key, float(np.asarray(value)), global_step=int(step))
 
   def write_hparams(self, hparams):
+    self._check()
     self._writer.add_text("hparams", json.dumps(_jsonable(hparams), indent=1, sort_keys=True))
 
   def flush(self):
+    self._check()
     self._writer.flush()
 
   def close(self):
-    self._writer.close()
+    if not self._failed:   # a dead writer thread would never take the closing event
+      self._writer.close()
 
 
 class JsonlWriter:
   """Appends one JSON object per write_scalars call to `path`."""
 
   def __init__(self, path: str):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    self._file = open(path, "a", encoding="utf-8")
+    self._path = path
+    try:
+      os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+      self._file = open(path, "a", encoding="utf-8")
+    except OSError as e:
+      raise (errors.as_storage_error(e, path) or e) from e
 
   def write_scalars(self, step, scalars):
     row = {"step": int(step), "time": round(time.time(), 3)}
     row.update({k: float(np.asarray(v)) for k, v in scalars.items()})
-    self._file.write(json.dumps(row) + "\n")
-    self._file.flush()
+    try:
+      self._file.write(json.dumps(row) + "\n")
+      self._file.flush()
+    except OSError as e:
+      raise (errors.as_storage_error(e, self._path) or e) from e
 
   def write_hparams(self, hparams):
     pass
@@ -87,7 +114,10 @@ class JsonlWriter:
     self._file.flush()
 
   def close(self):
-    self._file.close()
+    try:
+      self._file.close()
+    except OSError:   # the failed write was reported already
+      pass
 
 
 class MultiWriter:

@@ -15,6 +15,10 @@ the folds present only (not the paper's protocol; e.g. a first try on two actor
 zips), recorded in `info.metadata['missing_folds']`. To build every
 config, call the script once per config (each decodes the clips again).
 
+One build of a config runs at a time (a lock beside it); the `incomplete.*` folder
+of a killed build is removed, with a notice, by the next build of the same config.
+A full or read-only disk ends with one `error:` line naming the folder (status 1).
+
 Where TensorFlow is installed, the stock CLI works too:
   tfds build tfds_builders/ravdess --config=w8_l1_ov --manual_dir=/data/ravdess
 (with the repository on PYTHONPATH).
@@ -100,15 +104,15 @@ def main(argv):
     print(f"{name}/{config} is already prepared in {builder.data_dir} (--overwrite rebuilds it).")
     return
   start = time.time()
-  try:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, download_mode=mode))
-  except builder_lib.ManualDirError as e:
-    sys.exit(f"error: {e}")
+  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir, download_mode=mode)
+  if not builder_lib.prepare(builder, download_config, overwrite=FLAGS.overwrite):
+    print(f"{name}/{config} was prepared meanwhile in {builder.data_dir}.")
+    return
   splits = builder.info.splits
   total = sum(splits[s].num_examples for s in splits.keys())
   print(f"{name}/{config}: {total} clips in {time.time() - start:.1f} s -> {builder.data_dir}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from avjax import cli   # one error: line; 1 for a failure (a full disk), 2 for bad input
+  cli.run(main)

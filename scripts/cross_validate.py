@@ -8,7 +8,10 @@ process per fold with --folds=k on a shared workdir (each process aggregates
 the folds finished so far into results.json / results.md; the last one to
 finish writes the complete table). Finished folds (fold_k/fold_info.json
 present) are skipped and interrupted folds resume from their checkpoints, so
-re-running the same command continues where it stopped.
+re-running the same command continues where it stopped. A run that finds every
+fold it was asked for held by other processes exits with status 1 and lists them;
+`--take_over_locks` takes over the locks of another host's processes (a job
+requeued elsewhere after its host died).
 """
 
 import os
@@ -26,6 +29,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory (one fold_k/ per fold).")
 flags.DEFINE_string("folds", "", "Comma-separated test folds to run (default: config.folds).")
+flags.DEFINE_bool("take_over_locks", False,
+                  "Also take over the folds whose lock.json names a process of another host "
+                  "(for a job requeued elsewhere after its first host died).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -39,8 +45,9 @@ def main(argv):
       raise app.UsageError(f"--folds must be comma-separated integers, got {FLAGS.folds!r}") from None
     with config.unlocked():
       config.folds = folds
-  train.train_and_evaluate(config, FLAGS.workdir)
+  train.train_and_evaluate(config, FLAGS.workdir, take_over_locks=FLAGS.take_over_locks)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from avjax import cli   # one error: line, exit status 2 or 1 (avjax.cli)
+  cli.run(main)

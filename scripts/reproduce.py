@@ -127,7 +127,7 @@ def reusable(run_dir: str, config, folds: tuple[int, ...], trunk: str = "finetun
   path = os.path.join(run_dir, "results.json")
   if not os.path.isfile(path):
     return False
-  doc = results.load_results(path)
+  doc = results.load_or_rebuild_results(run_dir)
   expected = {"dataset": config.dataset.name, "config": config.dataset.config,
               "variant": config.model.variant, "modalities": config.model.modalities,
               "exclude_used": config.loss.exclude_used}
@@ -150,7 +150,7 @@ def row_result(row: dict, run_dir: str) -> dict:
   path = os.path.join(run_dir, "results.json")
   if not os.path.isfile(path):
     return out
-  doc = results.load_results(path)
+  doc = results.load_or_rebuild_results(run_dir)
   last = results.summary_row(doc["summary"], row["modality"])
   if last is None:
     out["status"] = f"no {row['modality']} in results"

@@ -992,7 +992,7 @@ class DocsTest(absltest.TestCase):
                if o not in ("-h", "--help")}
     self.assertEqual(real, rebuilt)
     self.assertEqual(set(entry_spec("avjax/main.py").flags),
-                     {"config", "workdir", "config_mismatch"})
+                     {"config", "workdir", "config_mismatch", "take_over_locks"})
     self.assertEqual(set(entry_spec("avjax/evaluate.py").flags),
                      {"workdir", "folds", "checkpoint"})
     self.assertIn("models_samples", entry_spec("scripts/benchmark.py").flags)

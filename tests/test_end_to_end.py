@@ -20,6 +20,7 @@ import numpy as np
 from absl.testing import absltest
 
 from avjax import config_lib
+from avjax import errors
 from avjax import input_pipeline
 from avjax import parallel
 from avjax import steps
@@ -233,9 +234,10 @@ class FoldLockTest(absltest.TestCase):
     config.folds = (2,)
     workdir = tempfile.mkdtemp()
     fold_dir = os.path.join(workdir, "fold_2")
-    with workdir_lib.FoldLock(fold_dir), contextlib.redirect_stdout(io.StringIO()) as out:
-      outputs = train.train_and_evaluate(config, workdir)    # as a second process would
-    self.assertEqual(outputs, {})
+    with workdir_lib.FoldLock(fold_dir), contextlib.redirect_stdout(io.StringIO()) as out, \
+         self.assertRaisesRegex(errors.FoldsHeld, rf"fold\(s\) \[2\] are held .*fold 2 by "
+                                rf"process {os.getpid()} on host"):
+      train.train_and_evaluate(config, workdir)    # as a second process would: nothing to do
     self.assertIn("fold 2: skipped", out.getvalue())
     self.assertEqual(sorted(os.listdir(fold_dir)), [])         # untouched (lock released)
 

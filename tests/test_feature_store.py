@@ -15,6 +15,7 @@ On the shared synthetic set with the tiny random-weight model:
 
 import copy
 import dataclasses
+import io
 import json
 import os
 import re
@@ -336,6 +337,31 @@ class StoreTest(absltest.TestCase):
     shutil.rmtree(feature_cache.fold_path(store, 3))
     with self.assertRaisesRegex(feature_cache.FeatureStoreError, "no split fold3"):
       feature_cache.FeatureReader({"audio": store}, [3])
+
+  def test_unreadable_files_are_extracted_again_and_leftovers_removed(self):
+    tmp = tempfile.mkdtemp(prefix="avjax_fs_", dir=self.tmp)
+    shutil.copytree(os.path.join(self.tmp, "features"), os.path.join(tmp, "features"))
+    env = mock.patch.dict(os.environ, {"AVJAX_CACHE": tmp})
+    env.start()
+    self.addCleanup(env.stop)
+    store = store_path(self.config, "audio")
+    features = os.path.join(feature_cache.fold_path(store, 3), "features.npy")
+    want = np.load(features)
+    data = open(features, "rb").read()
+    open(features, "wb").write(data[: len(data) // 2])           # a truncated array
+    open(os.path.join(store, feature_cache.STORE_JSON), "w").write("")
+    os.makedirs(feature_cache.fold_path(store, 0) + ".tmp-999999")   # a killed assembly's
+    with mock.patch("sys.stdout", new_callable=io.StringIO) as out:
+      feature_store.ensure(self.config)
+    self.assertIn(f"{store}/store.json cannot be read (empty): writing it again", out.getvalue())
+    self.assertIn(f"the audio features of fold 3 in {store} cannot be read (features.npy: "
+                  "ValueError", out.getvalue())
+    self.assertIn("extracting them again", out.getvalue())
+    np.testing.assert_allclose(np.load(features), want, rtol=1e-5,
+                               atol=1e-5 * np.abs(want).max())
+    self.assertFalse(os.path.exists(feature_cache.fold_path(store, 0) + ".tmp-999999"))
+    self.assertEqual(feature_cache.check_key(store, feature_cache.store_key(
+        self.config, input_pipeline.get_builder(self.config), "audio"))["num_views"], 1)
 
   def test_cached_views_are_the_clean_view_plus_augmented_ones(self):
     c = copy.deepcopy(self.config)

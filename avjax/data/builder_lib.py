@@ -24,17 +24,23 @@ which lists the clips and the files it had to reject. Everything else is here:
   and a summary is printed at the end.
 * Splits `fold0` ... `fold9`, array_record files, no TensorFlow. TFDS writes
   into an `incomplete.*` directory and renames it only when everything is
-  written, so an interrupted build never looks prepared.
+  written, so an interrupted build never looks prepared. `prepare` (used by
+  scripts/build_datasets.py and by training) builds under a lock per builder
+  config, removes the `incomplete.*` directories of killed builds first, and
+  reports a file system that refuses the writes as `errors.StorageError`.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
+import fcntl
 import multiprocessing
 import os
 import pathlib
+import shutil
 import sys
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -43,6 +49,7 @@ import tqdm
 from etils import epath
 
 from avjax import config_lib
+from avjax import errors
 from avjax.data import features
 from avjax.data import folds as folds_lib
 from avjax.data import media
@@ -62,6 +69,72 @@ RELEASE_NOTES = {
 
 class ManualDirError(FileNotFoundError):
   """The manual_dir is missing or does not hold the official files as expected."""
+
+
+INCOMPLETE_PREFIX = "incomplete."   # TFDS's folder for a build in progress
+
+
+@contextlib.contextmanager
+def _build_lock(config_dir: str):
+  """An exclusive lock on `config_dir/.avjax_build.lock`: one build of a builder config at
+  a time; the others wait, then find it prepared."""
+  path = os.path.join(config_dir, ".avjax_build.lock")
+  try:
+    os.makedirs(config_dir, exist_ok=True)
+    f = open(path, "w")
+  except OSError as e:
+    raise (errors.as_storage_error(e, path) or e) from e
+  with f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def remove_incomplete(config_dir: str) -> list[str]:
+  """Removes the `incomplete.*` folders of `config_dir` (a builder config's folder), left
+  by killed builds; call it holding `_build_lock`. Returns the folders removed."""
+  removed = []
+  try:
+    names = sorted(os.listdir(config_dir))
+  except OSError:
+    return removed
+  for name in names:
+    path = os.path.join(config_dir, name)
+    if name.startswith(INCOMPLETE_PREFIX) and os.path.isdir(path):
+      shutil.rmtree(path, ignore_errors=True)
+      removed.append(path)
+  return removed
+
+
+def prepare(builder, download_config=None, overwrite: bool = False) -> bool:
+  """`builder.download_and_prepare(download_config=...)` under a lock per builder config,
+  after removing the folders of killed builds (with a notice). Returns False when the
+  dataset was prepared already (perhaps by another process meanwhile) and not
+  `overwrite`. A file system that refuses the writes (full, read-only) raises
+  errors.StorageError naming the folder; TFDS removes its partial folder then. The
+  manual_dir of a real data set is checked before anything is written."""
+  data_dir = os.fspath(builder.data_dir)
+  config_dir = os.path.dirname(os.path.normpath(data_dir))
+  if isinstance(builder, AVBuilder) and (overwrite or not builder.is_prepared()):
+    builder.check_manual_dir(download_config)
+  with _build_lock(config_dir):
+    if builder.is_prepared() and not overwrite:
+      return False
+    for path in remove_incomplete(config_dir):
+      print(f"notice: removed {path}, left by an interrupted build", flush=True)
+    try:
+      builder.download_and_prepare(download_config=download_config)
+    except (ManualDirError, errors.AvjaxError):
+      raise
+    except Exception as e:  # noqa: BLE001  (TFDS and array_record wrap OSError in RuntimeError)
+      failure = errors.as_storage_error(e, config_dir)
+      if failure is None:
+        raise
+      remove_incomplete(config_dir)
+      raise failure from e
+  return True
 
 
 AUDIO_PREFIX = config_lib.AUDIO_CONFIG_PREFIX   # 'audio_': audio-only builder configs
@@ -267,7 +340,8 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if self.is_prepared() and not mode.overwrite_dataset:
       return super().download_and_prepare(
           download_dir=download_dir, download_config=download_config, **kwargs)
-    self._clips = self.scan(self._manual_dir(download_dir, download_config))
+    if self._clips is None:   # else checked by check_manual_dir
+      self._clips = self.scan(self._manual_dir(download_dir, download_config))
     super().download_and_prepare(
         download_dir=download_dir, download_config=download_config, **kwargs)
     print(self.summary(), flush=True)
@@ -286,6 +360,11 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     meta["skipped"] = sorted(self._skipped, key=lambda s: (s["file"], s["reason"]))
     meta["missing_actors"] = list(self._missing_actors)
     meta["missing_folds"] = list(self._missing_folds)
+
+  def check_manual_dir(self, download_config=None) -> None:
+    """Scans the manual_dir now (ManualDirError when unusable); the build uses the scan."""
+    download_config = download_config or tfds.download.DownloadConfig()
+    self._clips = self.scan(self._manual_dir(None, download_config))
 
   def summary(self) -> str:
     """The end-of-build summary: clips written per split, files skipped and why."""

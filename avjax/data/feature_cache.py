@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from avjax import config_lib
+from avjax import errors
 from avjax.models import weights
 
 STORE_VERSION = 1
@@ -24,8 +25,8 @@ STORE_JSON = "store.json"
 ARRAYS = ("features", "window_valid", "label", "actor", "clip_id")
 
 
-class FeatureStoreError(RuntimeError):
-  pass
+class FeatureStoreError(errors.Failure, RuntimeError):
+  """A feature store that cannot be used as it is (exit status 1)."""
 
 
 def endpoint(config, modality: str) -> str:
@@ -108,8 +109,14 @@ def fold_path(store: str, fold: int) -> str:
 def check_key(store: str, key: Mapping[str, Any]) -> dict:
   """store.json of `store`, checked to hold `key`."""
   path = os.path.join(store, STORE_JSON)
-  with open(path) as f:
-    doc = json.load(f)
+  try:
+    with open(path, "rb") as f:
+      doc = json.loads(f.read())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise errors.CorruptFileError(path, f"not valid JSON: {e}" if os.path.getsize(path)
+                                  else "empty", "rerun: avjax.main writes it again") from e
+  if not isinstance(doc, dict):
+    raise errors.CorruptFileError(path, "not a JSON object", "rerun: avjax.main writes it again")
   if doc.get("key") != json.loads(json.dumps(key)):
     raise FeatureStoreError(f"{path}: its key does not match this config's (a hash collision "
                             "or an edited file); delete the directory to rebuild it")
