@@ -6,7 +6,6 @@ initialises its backends. Compiled programs are released after each test module.
 
 import os
 import shutil
-import tempfile
 import uuid
 
 import pytest
@@ -38,19 +37,13 @@ def pytest_configure(config):
   """One id per run, inherited by pytest-xdist's workers: they share one directory of
   test data (avjax.testing), removed by the process that made the id.
 
-  JAX's persistent compilation cache lives there too: every module's programs are
-  dropped after it (above) and the same tiny steps are compiled again by later modules
-  and by the other worker; from the cache a compile of the tiny train step takes 4 s
-  instead of 12.6 s. Set before JAX is imported (it reads these at import); each run
-  starts with an empty cache."""
+  No persistent compilation cache: with XLA:CPU's four fake devices, a train step
+  loaded from the cache that another process compiled (the shared tiny workdir's
+  training) can deadlock in an all-gather (jax 0.10.2: a rendezvous timeout after
+  40 s, then an abort)."""
   if "AVJAX_TEST_RUN" not in os.environ:
     os.environ["AVJAX_TEST_RUN"] = uuid.uuid4().hex
     config._avjax_owns_run = True
-  # The directory of avjax.testing.session_path (not imported here: it imports JAX).
-  run_dir = os.path.join(tempfile.gettempdir(), f"avjax_tests_{os.environ['AVJAX_TEST_RUN']}")
-  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(run_dir, "jax_cache"))
-  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
   # Orbax writes a replicated array by slicing it across its replicas (4 fake devices
