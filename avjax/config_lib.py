@@ -302,10 +302,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.b2 = 0.999
   c.optim.eps = 1e-8
   # Learning-rate factor for the pretrained trunks' trainable layers (0 freezes them).
-  # None: by model.trunk (`trunk_lr_scale`, resolved by `complete`): 0.01 wherever trunk
-  # layers train ('finetune', 'finetune_from:<endpoint>'; the paper trains every layer at
-  # the same rate, 1.0, which memorises the training clips: docs/experiments.md), 1.0
-  # (unused) under 'frozen'.
+  # None: by model.trunk (`trunk_lr_scale`, resolved by `complete`): 0.01 wherever
+  # pretrained trunk layers train ('finetune', 'finetune_from:<endpoint>'; the paper trains
+  # every layer at the same rate, 1.0, which memorises the training clips:
+  # docs/experiments.md); 1.0 for randomly initialised encoders (model.pretrained=False)
+  # and (unused) under 'frozen'.
   c.optim.trunk_lr_scale = ml_collections.config_dict.placeholder(float)
 
   c.train = ml_collections.ConfigDict()
@@ -368,7 +369,8 @@ def complete(config, recorded: bool = False) -> ml_collections.ConfigDict:
       over.setdefault(group, {}).setdefault(field, value)
   merged = _merge(get_base_config().to_dict(), over)
   if merged["optim"].get("trunk_lr_scale") is None:
-    merged["optim"]["trunk_lr_scale"] = _default_trunk_lr_scale(merged["model"]["trunk"])
+    merged["optim"]["trunk_lr_scale"] = _default_trunk_lr_scale(merged["model"]["trunk"],
+                                                                merged["model"]["pretrained"])
   # `dataset.num_folds` (configs of earlier versions) is gone: the builders fix 10 folds.
   old = merged.get("dataset", {}).pop("num_folds", folds_lib.NUM_FOLDS)
   if old != folds_lib.NUM_FOLDS:
@@ -449,17 +451,18 @@ RECIPES = {
 TRUNK_LR_SCALE = 0.01
 
 
-def _default_trunk_lr_scale(trunk: str) -> float:
-  return 1.0 if str(trunk) == "frozen" else TRUNK_LR_SCALE
+def _default_trunk_lr_scale(trunk: str, pretrained: bool = True) -> float:
+  return TRUNK_LR_SCALE if pretrained and str(trunk) != "frozen" else 1.0
 
 
 def trunk_lr_scale(config) -> float:
-  """`optim.trunk_lr_scale`, or when None its default for `model.trunk`: 0.01 when
-  trunk layers train ('finetune', 'finetune_from:<endpoint>'), 1.0 (unused) when
-  'frozen'."""
+  """`optim.trunk_lr_scale`, or when None its default: 0.01 when pretrained trunk layers
+  train ('finetune', 'finetune_from:<endpoint>' with `model.pretrained`), else 1.0
+  (randomly initialised encoders, as the demo's, train at the full rate; unused when
+  'frozen')."""
   if config.optim.trunk_lr_scale is not None:
     return float(config.optim.trunk_lr_scale)
-  return _default_trunk_lr_scale(config.model.trunk)
+  return _default_trunk_lr_scale(config.model.trunk, config.model.pretrained)
 
 
 def warmup_epochs(config) -> int:

@@ -114,6 +114,13 @@ class ConfigsTest(parameterized.TestCase):
       c.optim.trunk_lr_scale = 0.1
       self.assertEqual((config_lib.trunk_lr_scale(c), config_lib.complete(c).optim.trunk_lr_scale),
                        (0.1, 0.1))
+      # Randomly initialised encoders (the demo's) train at the full rate.
+      c.optim.trunk_lr_scale = None
+      c.model.pretrained = False
+      self.assertEqual((config_lib.trunk_lr_scale(c), config_lib.complete(c).optim.trunk_lr_scale),
+                       (1.0, 1.0))
+    self.assertEqual(config_lib.complete(load_config_module("demo").get_config()).optim.trunk_lr_scale,
+                     1.0)
     for field, value in (("batch_all_fraction", 1.5), ("batch_all_epochs", -1)):
       bad = mod.get_config()
       bad.loss[field] = value
