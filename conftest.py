@@ -1,4 +1,4 @@
-"""Test setup for the whole tree (tests/ and tfds_builders/*/..._test.py).
+"""Test setup for the suite (tests/).
 
 Four fake CPU devices, so sharding tests run anywhere; must be set before JAX
 initialises its backends. Compiled programs are released after each test module.
@@ -27,15 +27,15 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
   """Each module's compiled programs are shared by its tests, then dropped: a process
-  holding every test's programs runs out of memory mappings (avjax.testing.release_compiled)."""
+  holding every test's programs runs out of memory mappings (tests.helpers.release_compiled)."""
   yield
-  from avjax import testing
-  testing.release_compiled()
+  from tests import helpers
+  helpers.release_compiled()
 
 
 def pytest_configure(config):
   """One id per run, inherited by pytest-xdist's workers: they share one directory of
-  test data (avjax.testing), removed by the process that made the id.
+  test data (tests.helpers), removed by the process that made the id.
 
   No persistent compilation cache: with XLA:CPU's four fake devices, a train step
   loaded from the cache that another process compiled (the shared tiny workdir's
@@ -58,5 +58,5 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
   if getattr(config, "_avjax_owns_run", False):
-    from avjax import testing
-    shutil.rmtree(testing.session_path(os.environ["AVJAX_TEST_RUN"]), ignore_errors=True)
+    from tests import helpers
+    shutil.rmtree(helpers.session_path(os.environ["AVJAX_TEST_RUN"]), ignore_errors=True)

@@ -96,7 +96,7 @@ _NO_END = 2 ** 62          # "infinite" step range of the training dataset
 
 
 def _builder_class(name: str):
-  module = f"tfds_builders.{name}.{name}_dataset_builder"
+  module = f"avjax.tfds_builders.{name}.{name}_dataset_builder"
   try:
     return importlib.import_module(module).Builder
   except ModuleNotFoundError as e:

@@ -773,7 +773,7 @@ def section_mwtsm(preset: dict, reference=None) -> list[dict]:
 @contextlib.contextmanager
 def synthetic_data_dir(windowing: str = "w4_l1_ov"):
   """A temporary data_dir holding the synthetic set (the demo's data), removed afterwards."""
-  from tfds_builders.synthetic_av import synthetic_av_dataset_builder as synthetic_builder
+  from avjax.tfds_builders.synthetic_av import synthetic_av_dataset_builder as synthetic_builder
   path = tempfile.mkdtemp(prefix="avjax_bench_synth_")
   try:
     t0 = time.perf_counter()

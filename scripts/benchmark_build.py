@@ -36,8 +36,9 @@ from absl import flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import av  # noqa: E402
 import numpy as np  # noqa: E402
+
+from tests import dummy_media  # noqa: E402  (the tests' clip writer)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_clips", 24, "Clips to generate and build (>= 10 so that every fold has one).")
@@ -73,30 +74,13 @@ def _frames(n: int, seed: int):
 
 
 def write_clip(path: pathlib.Path, seconds: float, seed: int) -> None:
-  with av.open(str(path), "w", format="mp4") as c:
-    vs = c.add_stream("libx264", rate=FPS)
-    vs.width, vs.height, vs.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-    vs.options = {"crf": "18", "preset": "veryfast", "profile": "high"}
-    a = c.add_stream("aac", rate=48000)
-    a.layout = "mono"
-    n = int(round(seconds * FPS))
-    for i, img in enumerate(_frames(n, seed)):
-      frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-      frame.pts = i
-      for p in vs.encode(frame):
-        c.mux(p)
-    for p in vs.encode():
-      c.mux(p)
-    t = np.arange(int(seconds * 48000)) / 48000
-    x = (0.3 * np.sin(2 * np.pi * (180 + 40 * np.sin(3 * t)) * t)).astype(np.float32)
-    for s in range(0, len(x), 1024):
-      frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x[None, s:s + 1024]), format="fltp",
-                                         layout="mono")
-      frame.sample_rate, frame.pts = 48000, s
-      for p in a.encode(frame):
-        c.mux(p)
-    for p in a.encode():
-      c.mux(p)
+  """H.264 High (crf 18) + AAC mono 48 kHz: a gliding tone under the moving frames."""
+  t = np.arange(int(seconds * 48000)) / 48000
+  x = (0.3 * np.sin(2 * np.pi * (180 + 40 * np.sin(3 * t)) * t)).astype(np.float32)
+  dummy_media.write_av(path, container_format="mp4", video_codec="libx264", audio_codec="aac",
+                       fps=FPS, size=(WIDTH, HEIGHT), frames=_frames(int(round(seconds * FPS)), seed),
+                       audio=x, audio_rate=48000,
+                       video_options={"crf": "18", "preset": "veryfast", "profile": "high"})
 
 
 def make_clips(folder: pathlib.Path, num_clips: int, seconds: float) -> list[pathlib.Path]:
@@ -133,7 +117,7 @@ def time_decode(paths, spec, workers: int) -> float:
 
 def time_build(folder, config: str, workers: int) -> tuple[float, int]:
   import tensorflow_datasets as tfds
-  from tfds_builders.ravdess import ravdess_dataset_builder as ravdess
+  from avjax.tfds_builders.ravdess import ravdess_dataset_builder as ravdess
   data_dir = tempfile.mkdtemp(prefix="avjax_bench_data_")
   try:
     builder = ravdess.Builder(config=config, data_dir=data_dir, num_workers=workers)

@@ -5,7 +5,7 @@ r"""Builds one config of an avjax TFDS dataset (ravdess, crema_d_av or synthetic
   python scripts/build_datasets.py crema_d_av --manual_dir=/data/CREMA-D   # default config
   python scripts/build_datasets.py synthetic_av/w4_l1_ov --data_dir=/tmp/tfds
 
-NAME is a folder of `tfds_builders/`; CONFIG a windowing (`w{T}_l{L}_{ov|no}[_fit]`,
+NAME is a folder of `avjax/tfds_builders/`; CONFIG a windowing (`w{T}_l{L}_{ov|no}[_fit]`,
 see the builder's README), its default when omitted. `--manual_dir` holds the
 official files (default `<data_dir>/downloads/manual`); a missing or wrongly
 laid-out one fails at once. Clips that cannot be used are listed at the end and
@@ -20,7 +20,7 @@ of a killed build is removed, with a notice, by the next build of the same confi
 A full or read-only disk ends with one `error:` line naming the folder (status 1).
 
 Where TensorFlow is installed, the stock CLI works too:
-  tfds build tfds_builders/ravdess --config=w8_l1_ov --manual_dir=/data/ravdess
+  tfds build avjax/tfds_builders/ravdess --config=w8_l1_ov --manual_dir=/data/ravdess
 (with the repository on PYTHONPATH).
 """
 
@@ -59,11 +59,12 @@ def parse_target(target: str) -> tuple[str, str | None]:
 
 
 def load_builder_class(name: str):
-  module = f"tfds_builders.{name}.{name}_dataset_builder"
+  from avjax import tfds_builders
+  module = f"avjax.tfds_builders.{name}.{name}_dataset_builder"
   try:
     return importlib.import_module(module).Builder
   except ModuleNotFoundError as e:
-    folders = sorted(d for d in os.listdir(os.path.join(os.path.dirname(__file__), "..", "tfds_builders"))
+    folders = sorted(d for d in os.listdir(os.path.dirname(tfds_builders.__file__))
                      if not d.startswith(("_", ".")))
     raise app.UsageError(f"no builder {module}.Builder ({e}); datasets: {folders}") from None
 

@@ -34,13 +34,13 @@ def main(argv):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from avjax import parallel
   from avjax import steps
-  from avjax import testing
+  from tests import helpers
   from avjax import train_state
 
   from avjax import config_lib
-  config = testing.parity_config()
+  config = helpers.parity_config()
   config_lib.apply_args(config, "audio_lstm")       # as test_train.audio_config
-  batches = [testing.tiny_batch(config, seed) for seed in range(2)]
+  batches = [helpers.tiny_batch(config, seed) for seed in range(2)]
   n = len(batches[0]["label"])
   pid, nproc = jax.process_index(), jax.process_count()
   local = [{k: v[pid * n // nproc:(pid + 1) * n // nproc] for k, v in b.items()} for b in batches]

@@ -19,7 +19,7 @@ import os
 import pathlib
 import struct
 import zipfile
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import av
 import numpy as np
@@ -43,35 +43,49 @@ def sine(seconds: float, rate: int, hz: float = 440.0, amplitude: float = 0.5) -
 
 
 def write_av(path: str | os.PathLike, *, container_format: str, video_codec: str, audio_codec: str,
-             seconds: float = 2.5, fps: fractions.Fraction = RAVDESS_FPS, size: tuple[int, int] = (64, 48),
-             num_frames: int | None = None, audio_rate: int = 48000, channels: int = 1,
-             with_audio: bool = True, tone_hz: float | tuple[float, ...] = 440.0,
+             seconds: float = 2.5, fps: fractions.Fraction | int = RAVDESS_FPS,
+             size: tuple[int, int] = (64, 48), num_frames: int | None = None,
+             audio_rate: int = 48000, channels: int = 1, with_audio: bool = True,
+             tone_hz: float | tuple[float, ...] = 440.0,
              frame_fn: Callable[[int, int, int], np.ndarray] = grey_frame,
+             frames: Iterable[np.ndarray] | None = None, audio: np.ndarray | None = None,
+             pix_fmt: str = "yuv420p",
              video_options: dict[str, str] | None = None) -> pathlib.Path:
-  """Writes a clip; `num_frames=0` writes a video stream without frames."""
+  """Writes a clip: the one PyAV writer of the tests and benchmarks.
+
+  Video: `frames` (RGB uint8 [H, W, 3] each, `size` = (W, H)) when given, else
+  `frame_fn(i, H, W)` for i < `num_frames` (default `seconds` x `fps`); `num_frames=0`
+  writes a video stream without frames. Audio: `audio` ([M] or [C, M] float32 at
+  `audio_rate`) when given, else a sine of `tone_hz` per channel for `seconds`."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   width, height = size
-  n = int(round(seconds * fps)) if num_frames is None else num_frames
+  if frames is None:
+    n = int(round(seconds * fps)) if num_frames is None else num_frames
+    frames = (frame_fn(i, height, width) for i in range(n))
+  if audio is not None:
+    x = np.asarray(audio, np.float32).reshape(-1, np.shape(audio)[-1])   # [C, M]
+    channels = x.shape[0]
   with av.open(str(path), "w", format=container_format) as c:
     vs = c.add_stream(video_codec, rate=fps)
-    vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+    vs.width, vs.height, vs.pix_fmt = width, height, pix_fmt
     if video_options:
       vs.options = video_options
     a = None
     if with_audio:
       a = c.add_stream(audio_codec, rate=audio_rate)
       a.layout = "stereo" if channels == 2 else "mono"
-    for i in range(n):
-      frame = av.VideoFrame.from_ndarray(frame_fn(i, height, width), format="rgb24")
+    for i, image in enumerate(frames):
+      frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
       frame.pts = i
       for p in vs.encode(frame):
         c.mux(p)
     for p in vs.encode():
       c.mux(p)
     if a is not None:
-      tones = tone_hz if isinstance(tone_hz, tuple) else (tone_hz,) * channels
-      x = np.stack([sine(seconds, audio_rate, hz) for hz in tones])   # [C, M], a tone per channel
+      if audio is None:
+        tones = tone_hz if isinstance(tone_hz, tuple) else (tone_hz,) * channels
+        x = np.stack([sine(seconds, audio_rate, hz) for hz in tones])   # [C, M], a tone per channel
       layout = a.layout.name
       for s in range(0, x.shape[1], 1024):
         chunk = np.ascontiguousarray(x[:, s:s + 1024])
@@ -82,6 +96,16 @@ def write_av(path: str | os.PathLike, *, container_format: str, video_codec: str
       for p in a.encode():
         c.mux(p)
   return path
+
+
+def write_lossless(path, frames: np.ndarray, fps: int, audio: np.ndarray | None,
+                   rate: int) -> pathlib.Path:
+  """MKV with FFV1 (bgr0, lossless RGB) video and float32 PCM audio: decodes to exactly
+  `frames` [N, H, W, 3] and `audio` [M] (no audio stream when None)."""
+  return write_av(path, container_format="matroska", video_codec="ffv1",
+                  audio_codec="pcm_f32le", fps=fps, size=(frames.shape[2], frames.shape[1]),
+                  frames=frames, audio=audio, audio_rate=rate, with_audio=audio is not None,
+                  pix_fmt="bgr0")
 
 
 def write_mp4(path, **kwargs) -> pathlib.Path:

@@ -14,7 +14,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from avjax import mining
-from avjax.testing import brute_force
+from tests.helpers import brute_force
 
 _PATH = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
 _spec = importlib.util.spec_from_file_location("avjax_benchmark", _PATH)

@@ -15,7 +15,7 @@ from absl.testing import parameterized
 from jax import lax
 
 from avjax import config_lib
-from avjax import testing
+from tests import helpers
 from avjax.models import conv
 from avjax.models import gating
 from avjax.models import i3d
@@ -192,15 +192,15 @@ class ConvImplChoiceTest(absltest.TestCase):
   def test_bad_choice_raises(self):
     with self.assertRaisesRegex(ValueError, "model.conv_impl"):
       conv.conv_fn("fast", "i3d", "Conv3d_1a_7x7")
-    config = testing.tiny_config()
+    config = helpers.tiny_config()
     config.model.conv_impl = "fast"
     with self.assertRaisesRegex(ValueError, "model.conv_impl"):
       config_lib.validate(config)
 
   def test_parameters_do_not_depend_on_the_form(self):
     # Same names, shapes and initial values: checkpoints move between forms.
-    config = testing.tiny_config()
-    batch = testing.tiny_batch(config)
+    config = helpers.tiny_config()
+    batch = helpers.tiny_batch(config)
     trees = {}
     for impl in ("xla", "matmul"):  # 'auto' is a mix of the two
       config.model.conv_impl = impl

@@ -16,7 +16,7 @@ from avjax import device_data as dd
 from avjax import input_pipeline as ip
 from avjax import parallel
 from avjax import steps
-from avjax import testing
+from tests import helpers
 from avjax import train
 from avjax import train_state
 from avjax.models import gating
@@ -30,12 +30,12 @@ class DeviceDataTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.data_dir = testing.synthetic_data_dir(_WINDOWING)  # shared, 80 clips
+    cls.data_dir = helpers.synthetic_data_dir(_WINDOWING)  # shared, 80 clips
     cls.mesh = parallel.make_mesh()
     cls.repl, cls.data = parallel.shardings(cls.mesh)
 
   def config(self, **input_overrides):
-    c = testing.tiny_config(clips_per_class=2, crop=16)   # small: I3D's compile dominates
+    c = helpers.tiny_config(clips_per_class=2, crop=16)   # small: I3D's compile dominates
     config_lib.set_dataset(c, "synthetic_av")
     del c.tiny
     c.dataset.config = _WINDOWING

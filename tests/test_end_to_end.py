@@ -1,7 +1,7 @@
 """The whole job on the synthetic set: resume, NaN handling, cross-validation outputs.
 
 Uses the shared synthetic set and the shared tiny two-fold workdir of
-`avjax.testing` (built once per test process) and trains a tiny model for a few
+`tests.helpers` (built once per test process) and trains a tiny model for a few
 steps per case; every train_fold reuses one compilation of the step.
 """
 
@@ -24,13 +24,13 @@ from avjax import errors
 from avjax import input_pipeline
 from avjax import parallel
 from avjax import steps
-from avjax import testing
+from tests import helpers
 from avjax import train
 from avjax import train_state
 from avjax import evaluate
 from avjax import workdir as workdir_lib
 from avjax.models import gating
-from avjax.testing import tiny_synthetic_config
+from tests.helpers import tiny_synthetic_config
 
 
 @functools.cache
@@ -260,7 +260,7 @@ class FoldLockTest(absltest.TestCase):
 class CrossValidationTest(absltest.TestCase):
 
   def test_two_folds_give_results_and_figures(self):
-    workdir = testing.tiny_workdir()          # train_and_evaluate, folds 0 and 1, 2 steps each
+    workdir = helpers.tiny_workdir()          # train_and_evaluate, folds 0 and 1, 2 steps each
     config = tiny_synthetic_config(max_steps=2)
     config.folds = (0, 1)
     self.assertTrue(os.path.isfile(os.path.join(workdir, workdir_lib.RESULTS_JSON)))

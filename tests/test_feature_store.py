@@ -39,7 +39,7 @@ from avjax import losses
 from avjax import parallel
 from avjax import predict
 from avjax import steps
-from avjax import testing
+from tests import helpers
 from avjax import train
 from avjax import train_state
 from avjax import workdir as workdir_lib
@@ -54,7 +54,7 @@ FOLDS = [0, 1, 2]          # 24 clips, 6 per class: one batch for the loss, quer
 
 
 def frozen_config(trunk="frozen", modalities="av"):
-  c = testing.tiny_synthetic_config(max_steps=2)
+  c = helpers.tiny_synthetic_config(max_steps=2)
   c.model.trunk = trunk
   c.model.modalities = modalities
   c.model.variant = "gating" if modalities == "av" else "lstm"
@@ -219,7 +219,7 @@ class EquivalenceTest(absltest.TestCase):
     kw = dict(width=0.125, last_block="Mixed_3b", embed_dim=8)
     x = np.random.default_rng(0).integers(0, 256, (2, 4, 16, 16, 3), dtype=np.uint8)
     whole = i3d.I3D(**kw)
-    variables = testing.random_variables(jax.eval_shape(whole.init, jax.random.PRNGKey(0), x))
+    variables = helpers.random_variables(jax.eval_shape(whole.init, jax.random.PRNGKey(0), x))
     want, _ = jax.jit(whole.apply)(variables, x)
     cut = "MaxPool3d_2a_3x3"
     lower, _ = jax.jit(i3d.I3D(final_endpoint=cut, **kw).apply)(variables, x)
@@ -497,7 +497,7 @@ class FrozenWorkdirTest(absltest.TestCase):
     self.assertEqual(set(predictor.state.params["video_encoder"]), {"Logits"})
 
   def test_predict_runs_the_trunk_on_a_new_clip(self):
-    from tests import test_predict
+    from tests import dummy_media
     predictor = predict.Predictor(self.workdir)
     fold_dir = workdir_lib.fold_dir(self.workdir, 0)
     with np.load(os.path.join(fold_dir, "predictions.npz")) as z:
@@ -510,7 +510,7 @@ class FrozenWorkdirTest(absltest.TestCase):
     duration = float(np.float32(synthetic.DURATION_S + rng.uniform(
         -synthetic.DURATION_JITTER_S, synthetic.DURATION_JITTER_S)))
     path = os.path.join(self.tmp, "clip.mkv")
-    test_predict.write_lossless(path, synthetic.render_video(label, params, duration, rng),
+    dummy_media.write_lossless(path, synthetic.render_video(label, params, duration, rng),
                                 synthetic.FPS, synthetic.render_audio(label, params, duration, rng),
                                 synthetic.AUDIO_RATE)
     inputs = predictor.preprocess(path)

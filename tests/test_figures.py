@@ -10,7 +10,7 @@ from absl.testing import absltest
 
 from avjax import config_lib
 from avjax import figures
-from avjax.testing import RAVDESS_CLASSES, write_fake_fold
+from tests.helpers import RAVDESS_CLASSES, write_fake_fold
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

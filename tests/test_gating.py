@@ -19,7 +19,7 @@ from avjax import losses
 from avjax.models import gating
 from avjax.models import i3d
 from avjax.models import weights
-from avjax.testing import random_variables
+from tests.helpers import random_variables
 
 D, G = 16, 12
 B, T, F, HW, S = 4, 3, 8, 32, 5000

@@ -12,7 +12,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from avjax.models import i3d
-from avjax.testing import random_variables
+from tests.helpers import random_variables
 
 
 def _reference_variables(flat: dict) -> dict:

@@ -1,9 +1,11 @@
-"""The package's import graph: no cycle, and the step and models without the data stack."""
+"""The package's import graph: no cycle, and the step and models without the data stack;
+what the wheel installs, and the tests' helpers kept out of the package."""
 
 import ast
 import pathlib
 import subprocess
 import sys
+import tomllib
 
 from absl.testing import absltest
 
@@ -16,22 +18,24 @@ def module_name(path: pathlib.Path) -> str:
   return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def imported_names(path: pathlib.Path) -> set[str]:
+  """Every absolute module name a file imports anywhere (top level or inside functions),
+  with `from a import b` giving both a and a.b."""
+  names = set()
+  for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    if isinstance(node, ast.Import):
+      names.update(a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      names.add(node.module)
+      names.update(f"{node.module}.{a.name}" for a in node.names)
+  return names
+
+
 def import_graph() -> dict[str, set[str]]:
   """avjax module -> the avjax modules it imports anywhere (top level or inside functions)."""
   modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-  graph = {}
-  for name, path in modules.items():
-    deps = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-      if isinstance(node, ast.Import):
-        targets = [a.name for a in node.names]
-      elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-        targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-      else:
-        continue
-      deps.update(t for t in targets if t in modules and t != name)
-    graph[name] = deps - {"avjax"}
-  return graph
+  return {name: {t for t in imported_names(path) if t in modules and t != name} - {"avjax"}
+          for name, path in modules.items()}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -107,6 +111,40 @@ print("ok")
                          cwd=PACKAGE.parent, timeout=300)
     self.assertEqual(out.returncode, 0, out.stderr[-3000:])
     self.assertIn("ok", out.stdout)
+
+
+class LayoutTest(absltest.TestCase):
+
+  def test_package_imports_no_test_tools(self):
+    """Nothing installed imports pytest, absl.testing or the tests' helpers, nor the
+    checkout's configs/ (not installed)."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+      roots = {n.split(".")[0] for n in imported_names(path)}
+      self.assertEmpty(roots & {"pytest", "tests", "configs", "chex"}, str(path))
+      self.assertNotIn("absl.testing", imported_names(path), str(path))
+
+  def test_no_test_module_imports_another(self):
+    tests = PACKAGE.parent / "tests"
+    for path in sorted(tests.glob("*.py")):
+      others = {n for n in imported_names(path)
+                if n.split(".")[-1].startswith("test_") and n.split(".")[0] == "tests"}
+      self.assertEmpty(others, f"{path.name} imports a test module")
+
+  def test_the_wheel_installs_only_avjax(self):
+    """pyproject's package list (setuptools' find) holds avjax and its subpackages only,
+    the dataset builders among them, and its package data names an installed package."""
+    import setuptools
+    with open(PACKAGE.parent / "pyproject.toml", "rb") as f:
+      tools = tomllib.load(f)["tool"]["setuptools"]
+    packages = setuptools.find_packages(str(PACKAGE.parent), **tools["packages"]["find"])
+    self.assertNotEmpty(packages)
+    for name in packages:
+      self.assertTrue(name == "avjax" or name.startswith("avjax."), name)
+    for name in ("avjax.tfds_builders.ravdess", "avjax.tfds_builders.crema_d_av",
+                 "avjax.tfds_builders.synthetic_av", "avjax.models", "avjax.data"):
+      self.assertIn(name, packages)
+    for name in tools["package-data"]:
+      self.assertIn(name, packages)
 
 
 if __name__ == "__main__":

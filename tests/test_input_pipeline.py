@@ -11,10 +11,10 @@ from absl.testing import parameterized
 
 from avjax import augment
 from avjax import input_pipeline as ip
-from avjax import testing
+from tests import helpers
 from avjax.data import synthetic
 from configs import demo
-from tfds_builders.synthetic_av import synthetic_av_dataset_builder as synthetic_builder
+from avjax.tfds_builders.synthetic_av import synthetic_av_dataset_builder as synthetic_builder
 
 _WINDOWING = "w2_l1_ov"
 _TRAIN_FOLDS = list(range(1, 10))
@@ -71,7 +71,7 @@ class InputPipelineTest(parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.data_dir = testing.synthetic_data_dir(_WINDOWING)   # shared, 80 clips, 8 per fold
+    cls.data_dir = helpers.synthetic_data_dir(_WINDOWING)   # shared, 80 clips, 8 per fold
     builder = synthetic_builder.Builder(config=_WINDOWING, data_dir=cls.data_dir)
     cls.config = _config(cls.data_dir)
     cls.raw = builder.as_data_source("fold0+fold3")

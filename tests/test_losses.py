@@ -7,7 +7,7 @@ import numpy as np
 from absl.testing import absltest
 
 from avjax import losses
-from avjax.testing import brute_force
+from tests.helpers import brute_force
 
 
 def loss_config(margin=1.0, mse_weight=1.0, triplet_weight=1.0, exclude_used=True,

@@ -13,7 +13,7 @@ import soundfile
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from avjax import testing
+from tests import helpers
 from avjax.data import features
 from avjax.data import media
 from avjax.data import windows
@@ -41,7 +41,7 @@ def _native_frames(path):
 class RealSamplesTest(parameterized.TestCase):
 
   def test_ravdess_wavs_rate_length_and_downmix(self):
-    folder = testing.require_samples("ravdess")
+    folder = helpers.require_samples("ravdess")
     paths = sorted(folder.glob("*.wav"))
     self.assertLen(paths, 9)
     stereo = 0
@@ -58,7 +58,7 @@ class RealSamplesTest(parameterized.TestCase):
     self.assertEqual(stereo, 1)  # 03-01-03-01-02-01-20.wav
 
   def test_stereo_ravdess_is_channel_mean(self):
-    path = testing.require_samples("ravdess") / "03-01-03-01-02-01-20.wav"
+    path = helpers.require_samples("ravdess") / "03-01-03-01-02-01-20.wav"
     data, _ = soundfile.read(str(path), dtype="float32")   # [M, 2] (both channels hold the same signal)
     self.assertEqual(data.shape[1], 2)
     x, rate = media.read_wav(path)
@@ -67,7 +67,7 @@ class RealSamplesTest(parameterized.TestCase):
     self.assertAlmostEqual(len(media.resample(x, rate, 22050)), 3.47 * 22050, delta=0.01 * 22050)
 
   def test_crema_d_wavs_16k_to_22050(self):
-    folder = testing.require_samples("crema_d/AudioWAV")
+    folder = helpers.require_samples("crema_d/AudioWAV")
     paths = sorted(folder.glob("*.wav"))
     self.assertLen(paths, 10)
     full_scale = 0
@@ -83,7 +83,7 @@ class RealSamplesTest(parameterized.TestCase):
 
   @parameterized.parameters(25.0, 30000 / 1001, 12.0)
   def test_crema_d_flv_frames_follow_timestamps(self, fps):
-    folder = testing.require_samples("crema_d/VideoFlash")
+    folder = helpers.require_samples("crema_d/VideoFlash")
     expected_frames = {"1001_DFA_ANG_XX": 67, "1001_DFA_HAP_XX": 56, "1001_DFA_SAD_XX": 60}
     for path in sorted(folder.glob("*.flv")):
       times, native = _native_frames(path)
@@ -99,7 +99,7 @@ class RealSamplesTest(parameterized.TestCase):
         np.testing.assert_array_equal(clip.video, native)
 
   def test_crema_d_flv_audio_longer_than_container(self):
-    path = testing.require_samples("crema_d/VideoFlash") / "1001_DFA_ANG_XX.flv"
+    path = helpers.require_samples("crema_d/VideoFlash") / "1001_DFA_ANG_XX.flv"
     with av.open(str(path)) as c:
       container_seconds = c.duration / 1e6
       samples = sum(f.samples for f in c.decode(audio=0))
@@ -111,7 +111,7 @@ class RealSamplesTest(parameterized.TestCase):
     self.assertAlmostEqual(clip.duration, container_seconds, delta=2e-3)
 
   def test_crema_d_flv_with_its_wav(self):
-    root = testing.require_samples("crema_d")
+    root = helpers.require_samples("crema_d")
     clip = media.decode(root / "VideoFlash/1001_DFA_ANG_XX.flv",
                         audio_path=root / "AudioWAV/1001_DFA_ANG_XX.wav")
     x, _ = media.read_wav(root / "AudioWAV/1001_DFA_ANG_XX.wav")

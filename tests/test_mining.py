@@ -7,7 +7,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from avjax import mining
-from avjax.testing import brute_force
+from tests.helpers import brute_force
 
 
 def separate_batch_hard(emb, labels):

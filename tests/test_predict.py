@@ -1,6 +1,6 @@
 """`python -m avjax.predict` on a tiny model trained on the synthetic set.
 
-Reads the shared tiny workdir of `avjax.testing` (trained and evaluated once per
+Reads the shared tiny workdir of `tests.helpers` (trained and evaluated once per
 test process, and shared with tests/test_end_to_end.py), then runs inference on real CREMA-D FLVs, generated MP4 / MKV / WebM /
 AVI clips (various fps, sizes, sample rates, channel counts), a truncated
 file, a file without audio and a clip shorter than the windows, and checks
@@ -29,7 +29,7 @@ from avjax import config_lib
 from avjax import input_pipeline
 from avjax import knn
 from avjax import predict
-from avjax import testing
+from tests import helpers
 from avjax import train_state
 from avjax import workdir as workdir_lib
 from avjax.data import media
@@ -59,33 +59,6 @@ def ramp_frame(i: int, height: int, width: int, n: int) -> np.ndarray:
   return frame
 
 
-def write_lossless(path, frames: np.ndarray, fps: int, audio: np.ndarray | None, rate: int):
-  """MKV with FFV1 (bgr0, lossless RGB) video and float32 PCM audio."""
-  with av.open(str(path), "w", format="matroska") as c:
-    vs = c.add_stream("ffv1", rate=fps)
-    vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "bgr0"
-    a = None
-    if audio is not None:
-      a = c.add_stream("pcm_f32le", rate=rate)
-      a.layout = "mono"
-    for i, image in enumerate(frames):
-      frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-      frame.pts = i
-      for p in vs.encode(frame):
-        c.mux(p)
-    for p in vs.encode():
-      c.mux(p)
-    if a is not None:
-      for s in range(0, len(audio), 1024):
-        frame = av.AudioFrame.from_ndarray(audio[None, s:s + 1024].copy(), format="flt",
-                                           layout="mono")
-        frame.sample_rate, frame.pts = rate, s
-        for p in a.encode(frame):
-          c.mux(p)
-      for p in a.encode():
-        c.mux(p)
-
-
 def dominant_hz(x: np.ndarray, rate: float) -> float:
   spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
   return float(np.argmax(spectrum) * rate / len(x))
@@ -99,7 +72,7 @@ class PredictTest(absltest.TestCase):
     cls.tmp = tempfile.mkdtemp(prefix="avjax_predict_")
     # The shared tiny workdir (80 synthetic clips, folds 0 and 1 trained 2 steps and
     # evaluated); read-only here, the stale-bank test works on a copy.
-    cls.workdir = testing.tiny_workdir()
+    cls.workdir = helpers.tiny_workdir()
     cls.config = workdir_lib.load_config(cls.workdir)
     cls.fold_dir = workdir_lib.fold_dir(cls.workdir, 0)
     cls.predictor = predict.Predictor(cls.workdir)
@@ -162,7 +135,7 @@ class PredictTest(absltest.TestCase):
       frames = synthetic.render_video(label, params, duration, rng)
       audio = synthetic.render_audio(label, params, duration, rng)
       path = self.media_dir / f"synthetic_{q}.mkv"
-      write_lossless(path, frames, synthetic.FPS, audio, synthetic.AUDIO_RATE)
+      dummy_media.write_lossless(path, frames, synthetic.FPS, audio, synthetic.AUDIO_RATE)
 
       inputs = self.predictor.preprocess(str(path))
       record = synthetic.generate_clip(label, actor, rep, spec)
@@ -225,7 +198,7 @@ class PredictTest(absltest.TestCase):
           self.assertEqual(max(scores, key=scores.get), result["prediction"][m]["emotion"])
 
   def test_real_crema_d_flvs(self):
-    folder = testing.require_samples("crema_d") / "VideoFlash"
+    folder = helpers.require_samples("crema_d") / "VideoFlash"
     files = sorted(str(p) for p in folder.glob("*.flv"))
     self.assertNotEmpty(files)
     code, out, err = run_main(["--workdir", self.workdir, "--json", *files])
@@ -403,7 +376,7 @@ class PredictTest(absltest.TestCase):
     self.assertEqual(code, predict.EXIT_USAGE)
     self.assertIn("pip install", err)
     # With it (the `face` extra, installed by `make`): the detector finds the face.
-    folder = testing.require_samples("crema_d") / "VideoFlash"
+    folder = helpers.require_samples("crema_d") / "VideoFlash"
     path = str(sorted(folder.glob("*.flv"))[0])
     box = predict.face_box(path)
     self.assertIsNotNone(box)

@@ -4,7 +4,7 @@ and what to do, the right exit status, and no leftovers.
 
 A full disk is simulated by making the writer raise OSError(ENOSPC) (orbax: the
 `ValueError: RESOURCE_EXHAUSTED ... [os_error_code='28']` it raises on a full tmpfs).
-Unit-level except one re-evaluation of the shared tiny workdir (`avjax.testing`).
+Unit-level except one re-evaluation of the shared tiny workdir (`tests.helpers`).
 """
 
 import contextlib
@@ -27,7 +27,7 @@ from absl.testing import absltest
 
 from avjax import cli
 from avjax import errors
-from avjax import testing
+from tests import helpers
 from avjax import workdir as workdir_lib
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))   # as a write() raises it: no path
@@ -36,7 +36,7 @@ HAVE_PROC = os.path.isfile(f"/proc/{os.getpid()}/stat")
 
 def _run(args, **kwargs):
   return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, cwd=testing.REPO, **kwargs)
+                          text=True, cwd=helpers.REPO, **kwargs)
 
 
 def _error_lines(err: str) -> list[str]:
@@ -78,7 +78,7 @@ class ExitStatusTest(absltest.TestCase):
             "def main(argv):\n"
             "  raise errors.Interrupted('interrupted at step 7 of fold 0; rerun the same "
             "command to resume (from its checkpoint of step 6)')\n"
-            "cli.run(main)\n").format(repo=str(testing.REPO))
+            "cli.run(main)\n").format(repo=str(helpers.REPO))
     proc = _run(["-c", code])
     _, err = proc.communicate(timeout=120)
     self.assertEqual(proc.returncode, 130, err)
@@ -292,7 +292,7 @@ class CorruptFileTest(absltest.TestCase):
   def test_truncated_evaluation_files_name_the_evaluate_command(self):
     from avjax import results
     workdir = tempfile.mkdtemp()
-    fold = testing.write_fake_fold(workdir, 2, labels=[0, 1, 2, 3], correct={"AV": [2, 3]})
+    fold = helpers.write_fake_fold(workdir, 2, labels=[0, 1, 2, 3], correct={"AV": [2, 3]})
     npz = os.path.join(fold, "predictions.npz")
     data = open(npz, "rb").read()
     open(npz, "wb").write(data[: len(data) // 2])
@@ -375,7 +375,7 @@ class BuildTest(absltest.TestCase):
 
   def test_a_bad_manual_dir_fails_before_anything_is_written(self):
     from avjax.data import builder_lib
-    from tfds_builders.ravdess import ravdess_dataset_builder as ravdess
+    from avjax.tfds_builders.ravdess import ravdess_dataset_builder as ravdess
     import tensorflow_datasets as tfds
     root = tempfile.mkdtemp()
     data_dir = os.path.join(root, "data")
@@ -433,7 +433,7 @@ class CheckedAtStartTest(absltest.TestCase):
 
   def test_eval_k_against_the_smallest_training_set_before_anything_is_written(self):
     from avjax import train
-    config = testing.tiny_synthetic_config(max_steps=1)
+    config = helpers.tiny_synthetic_config(max_steps=1)
     config.folds = (0,)
     config.eval.k = 1000
     workdir = os.path.join(tempfile.mkdtemp(), "w")
@@ -451,7 +451,7 @@ class TrainingInterruptTest(absltest.TestCase):
     import jax.numpy as jnp
     from avjax import steps
     from avjax import train
-    config = testing.tiny_synthetic_config(max_steps=4)      # checkpoints every 2 steps
+    config = helpers.tiny_synthetic_config(max_steps=4)      # checkpoints every 2 steps
     calls = []
 
     def make_fake_step(config, mesh, batch_all_steps):
@@ -479,12 +479,12 @@ class ReevaluationTest(absltest.TestCase):
   def test_unreadable_evaluation_files_of_a_done_fold_are_written_again(self):
     from avjax import train
     workdir = os.path.join(tempfile.mkdtemp(), "w")
-    shutil.copytree(testing.tiny_workdir(), workdir)
+    shutil.copytree(helpers.tiny_workdir(), workdir)
     fold = os.path.join(workdir, "fold_0")
     want = dict(np.load(os.path.join(fold, "predictions.npz")))
     open(os.path.join(fold, "fold_info.json"), "w").write('{"dataset": "synth')
     open(os.path.join(fold, "predictions.npz.tmp"), "w").close()   # a killed write's
-    config = testing.tiny_synthetic_config(max_steps=2)
+    config = helpers.tiny_synthetic_config(max_steps=2)
     config.folds = (0, 1)
     with contextlib.redirect_stdout(io.StringIO()) as out:
       train.train_and_evaluate(config, workdir)

@@ -21,7 +21,7 @@ from absl.testing import parameterized
 from sklearn import metrics as skm
 
 from avjax import results
-from avjax.testing import RAVDESS_CLASSES, write_fake_fold
+from tests.helpers import RAVDESS_CLASSES, write_fake_fold
 
 # Two folds, 3 gates, 4 classes. Fold 0: 8 clips (2 per class); fold 1: 4 clips, class 3
 # absent. AV correct per gate 4,6,8 of 8 and 2,2,3 of 4: accuracies .5,.75,1 and .5,.5,.75.

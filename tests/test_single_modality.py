@@ -5,7 +5,7 @@
   ones in ../shared/samples/ravdess (stereo one included) plus generated ones.
 * `audio_lstm` with `model.trunk='frozen'` on the same WAVs (cached SoundNet
   features, avjax.feature_store);
-* `video_lstm` / `video_global` on the shared synthetic set (`avjax.testing`)
+* `video_lstm` / `video_global` on the shared synthetic set (`tests.helpers`)
   read the audio-visual records and skip the audio.
 
 Each config trains a tiny model for a few steps on fold 0's training folds and
@@ -29,7 +29,7 @@ from avjax import config_lib
 from avjax import evaluate
 from avjax import input_pipeline
 from avjax import parallel
-from avjax import testing
+from tests import helpers
 from avjax import train
 from avjax import workdir as workdir_lib
 
@@ -62,7 +62,7 @@ def _ravdess_audio_manual_dir() -> pathlib.Path:
                       tone.astype(np.float32), rate, subtype="PCM_16")
   # The real files where present (their actors' generated twins are replaced).
   try:
-    samples = testing.require_samples("ravdess")
+    samples = helpers.require_samples("ravdess")
   except absltest.SkipTest:
     return root
   for wav in sorted(pathlib.Path(samples).glob("03-01-*.wav")):
@@ -72,7 +72,7 @@ def _ravdess_audio_manual_dir() -> pathlib.Path:
 
 
 def _audio_config(variant: str):
-  c = testing.tiny_synthetic_config(max_steps=2)
+  c = helpers.tiny_synthetic_config(max_steps=2)
   config_lib.set_dataset(c, "ravdess")
   # The 1 s global window (not the 3 s default) keeps the build and the step small.
   windowing = "w1_l1_no_fit" if variant == "global" else "w2_l1_ov"
@@ -85,9 +85,9 @@ def _audio_config(variant: str):
 
 
 def _video_config(variant: str):
-  c = testing.tiny_synthetic_config(max_steps=2)
+  c = helpers.tiny_synthetic_config(max_steps=2)
   config_lib.apply_args(c, f"video_{variant}")
-  c.dataset.data_dir = testing.synthetic_data_dir(c.dataset.config)   # shared, 80 clips
+  c.dataset.data_dir = helpers.synthetic_data_dir(c.dataset.config)   # shared, 80 clips
   c.input.crop_size = 16   # the smallest crop I3D takes: the video encoder's compile dominates
   c.eval.figures = False
   return c

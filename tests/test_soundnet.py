@@ -12,11 +12,11 @@ from absl.testing import absltest
 from absl.testing import parameterized
 from numpy.lib.stride_tricks import sliding_window_view
 
-from avjax import testing
+from tests import helpers
 from avjax.models import conv
 from avjax.models import soundnet
 from avjax.models import weights
-from avjax.testing import random_variables
+from tests.helpers import random_variables
 
 # The original SoundNet-8 (cvondrick/soundnet main_train.lua): per layer
 # (name, kernel, stride, padding, max pool size/stride or None); Torch BN eps 1e-5.
@@ -48,7 +48,7 @@ def numpy_soundnet(wave: np.ndarray, sound8: dict) -> dict[str, np.ndarray]:
 
 def ravdess_wave(name: str = "03-01-03-01-02-01-20.wav") -> np.ndarray:
   """A real RAVDESS WAV (this one is stereo), downmixed and resampled to 22050 Hz."""
-  path = testing.require_samples("ravdess") / name
+  path = helpers.require_samples("ravdess") / name
   data, rate = soundfile.read(path, dtype="float32", always_2d=True)
   mono = data.mean(axis=1)
   return soxr.resample(mono, rate, soundnet.SAMPLE_RATE).astype(np.float32)

@@ -25,7 +25,7 @@ from avjax import parallel
 from avjax import steps
 from avjax import train_state
 from avjax.models import gating
-from avjax.testing import parity_config, tiny_batch
+from tests.helpers import parity_config, tiny_batch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ Legend: T windows, F frames per window, H = W frame size, S audio samples per wi
                 CREMA-D 0 LO, 1 MD, 2 HI, 3 XX unspecified)
   statement     int32, sentence index (RAVDESS 1-2; CREMA-D 0-11 in the order of
                 CREMA_D_SENTENCES, defined in
-                tfds_builders/crema_d_av/crema_d_av_dataset_builder.py, not here)
+                avjax/tfds_builders/crema_d_av/crema_d_av_dataset_builder.py, not here)
   clip_id       text, the source file's stem
   duration      float32 seconds of the clip
   window_valid  [T] float32, fraction of each window inside the clip (see windows.py)

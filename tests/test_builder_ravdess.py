@@ -19,10 +19,11 @@ from avjax.data import builder_lib
 from avjax.data import folds as folds_lib
 from avjax.data import media
 from avjax.data import windows
+from tests import builder_base
 from tests import dummy_media
-from tfds_builders.ravdess import ravdess_dataset_builder as lib
+from avjax.tfds_builders.ravdess import ravdess_dataset_builder as lib
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE = (32, 24)   # tiny frames: decoding cost is not what is tested
 
 
@@ -68,23 +69,15 @@ EXPECTED_SKIPPED = [
 ]
 
 
-class RavdessBuilderTest(absltest.TestCase):
+class RavdessBuilderTest(builder_base.BuilderTestCase):
+  lib = lib
+  CONFIG = "w4_l1_ov"
+  NUM_WORKERS = 2
+  HOMEPAGE = "zenodo.org/record/1188976"
 
   @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.root = pathlib.Path(tempfile.mkdtemp())
-    cls.manual = _make_manual_dir(cls.root)
-    cls.data_dir = cls.root / "data"
-    cls.builder = lib.Builder(config="w4_l1_ov", data_dir=cls.data_dir, num_workers=2)
-    cls.builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=cls.manual))
-    cls.records = {}
-    for k in range(10):
-      src = cls.builder.as_data_source(f"fold{k}")
-      for i in range(len(src)):
-        r = src[i]
-        cls.records[r["clip_id"].decode()] = r
+  def make_manual_dir(cls, root):
+    return _make_manual_dir(root)
 
   def test_configs(self):
     names = [c.name for c in lib.Builder.BUILDER_CONFIGS]
@@ -159,8 +152,7 @@ class RavdessBuilderTest(absltest.TestCase):
     self.assertEqual(len(source), self.builder.info.splits["fold0"].num_examples)
 
   def test_readme_fold_table(self):
-    readme = (REPO / "tfds_builders/ravdess/README.md").read_text()
-    self.assertIn(folds_lib.fold_table(lib.genders()), readme)
+    self.assert_readme_fold_table()
 
   def test_bad_manual_dir_fails_at_once(self):
     root = pathlib.Path(tempfile.mkdtemp())
@@ -177,14 +169,7 @@ class RavdessBuilderTest(absltest.TestCase):
              (root / "audio_only", "no audio-visual speech MP4s"),
              (root / "few", "has no clips for fold1: actors [3, 20, 23]"),
              (bad_zip, "not a readable zip archive")]
-    for manual, message in cases:
-      data_dir = root / ("data_" + manual.name)
-      builder = lib.Builder(config="w2_l1_ov", data_dir=data_dir, num_workers=1)
-      with self.assertRaises(builder_lib.ManualDirError) as cm:
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
-      self.assertIn(message, str(cm.exception))
-      self.assertIn("zenodo.org/record/1188976", str(cm.exception))
-      self.assertFalse(data_dir.exists(), "nothing is written before the manual_dir is checked")
+    self.assert_manual_dir_errors(cases, "w2_l1_ov")
 
   def test_allow_missing_folds_builds_the_folds_present(self):
     # One actor's files (fold of actor 1): refused by default (above), built with the opt-in.
@@ -278,7 +263,7 @@ class RavdessBuilderTest(absltest.TestCase):
     script = textwrap.dedent(f"""
         import os, tensorflow_datasets as tfds
         from avjax.data import builder_lib, media
-        from tfds_builders.ravdess import ravdess_dataset_builder as lib
+        from avjax.tfds_builders.ravdess import ravdess_dataset_builder as lib
         real, n = media.run_job, []
         def dying(job):
           n.append(1)

@@ -4,18 +4,17 @@ import pathlib
 import tempfile
 
 import numpy as np
-import tensorflow_datasets as tfds
 from absl.testing import absltest
 
 from avjax import config_lib
-from avjax.data import builder_lib
 from avjax.data import folds as folds_lib
 from avjax.data import media
 from avjax.data import windows
+from tests import builder_base
 from tests import dummy_media
-from tfds_builders.crema_d_av import crema_d_av_dataset_builder as lib
+from avjax.tfds_builders.crema_d_av import crema_d_av_dataset_builder as lib
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[1]
 FLV_TONE = 1000.0   # the FLV's own MP3 track: must not end up in the records
 
 # (stem, video seconds, WAV seconds, WAV tone Hz). The ten male actors
@@ -72,28 +71,14 @@ EXPECTED_SKIPPED = [
 ]
 
 
-def _dominant_hz(x: np.ndarray, rate: int) -> float:
-  spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
-  return float(np.argmax(spectrum) * rate / len(x))
-
-
-class CremaDBuilderTest(absltest.TestCase):
+class CremaDBuilderTest(builder_base.BuilderTestCase):
+  lib = lib
+  CONFIG = "w4_l1_ov_fit"
+  HOMEPAGE = "github.com/CheyneyComputerScience/CREMA-D"
 
   @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.root = pathlib.Path(tempfile.mkdtemp())
-    cls.manual = _make_manual_dir(cls.root)
-    cls.data_dir = cls.root / "data"
-    cls.builder = lib.Builder(config="w4_l1_ov_fit", data_dir=cls.data_dir, num_workers=1)
-    cls.builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=cls.manual))
-    cls.records = {}
-    for k in range(10):
-      src = tfds.data_source("crema_d_av/w4_l1_ov_fit", data_dir=cls.data_dir, split=f"fold{k}")
-      for i in range(len(src)):
-        r = src[i]
-        cls.records[r["clip_id"].decode()] = r
+  def make_manual_dir(cls, root):
+    return _make_manual_dir(root)
 
   def test_configs_and_info(self):
     names = [c.name for c in lib.Builder.BUILDER_CONFIGS]
@@ -140,7 +125,7 @@ class CremaDBuilderTest(absltest.TestCase):
       self.assertEqual(r["video"].shape, (4, 25, 112, 112, 3))
       self.assertEqual(r["audio"].shape, (4, 22050))
       # the audio is the WAV's tone, not the FLV's MP3 track
-      self.assertAlmostEqual(_dominant_hz(r["audio"][0, :int(min(wav_s, 1.0) * 22050)], 22050), hz,
+      self.assertAlmostEqual(builder_base.dominant_hz(r["audio"][0, :int(min(wav_s, 1.0) * 22050)], 22050), hz,
                              delta=25)
       self.assertAlmostEqual(float(r["duration"]), round(video_s * 30000 / 1001) * 1001 / 30000,
                              places=2)
@@ -177,8 +162,7 @@ class CremaDBuilderTest(absltest.TestCase):
     self.assertEqual(reloaded.info.metadata["window"], "w4_l1_ov_fit")
 
   def test_readme_fold_table(self):
-    readme = (REPO / "tfds_builders/crema_d_av/README.md").read_text()
-    self.assertIn(folds_lib.fold_table(lib.genders()), readme)
+    self.assert_readme_fold_table()
 
   def test_bad_manual_dir_fails_at_once(self):
     root = pathlib.Path(tempfile.mkdtemp())
@@ -196,14 +180,7 @@ class CremaDBuilderTest(absltest.TestCase):
     cases = [(root / "missing", "does not exist"), (root / "no_wav", "has no AudioWAV/"),
              (root / "no_flv", "AudioWAV/ alone is not enough for w2_l1_ov (the audio_w2_l1_ov"),
              (root / "empty_flv", "holds no .flv files"), (lfs, "git-lfs pointer")]
-    for manual, message in cases:
-      data_dir = root / ("data_" + manual.name)
-      builder = lib.Builder(config="w2_l1_ov", data_dir=data_dir, num_workers=1)
-      with self.assertRaises(builder_lib.ManualDirError) as cm:
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
-      self.assertIn(message, str(cm.exception))
-      self.assertIn("github.com/CheyneyComputerScience/CREMA-D", str(cm.exception))
-      self.assertFalse(data_dir.exists())
+    self.assert_manual_dir_errors(cases, "w2_l1_ov")
 
 
 if __name__ == "__main__":

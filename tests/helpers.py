@@ -182,7 +182,7 @@ def synthetic_data_dir(windowing: str = SYNTHETIC_WINDOWING) -> str:
   """A TFDS data_dir holding synthetic_av/`windowing` with one clip per actor and class
   (80 clips, 8 per fold), built once per test run (shared by xdist workers); every
   windowing asked for is built into the same directory."""
-  from tfds_builders.synthetic_av import synthetic_av_dataset_builder as synthetic_builder
+  from avjax.tfds_builders.synthetic_av import synthetic_av_dataset_builder as synthetic_builder
   data_dir = os.path.join(_session_dir(), "tfds")
   with _exclusive("tfds"):
     builder = synthetic_builder.Builder(config=windowing, data_dir=data_dir,

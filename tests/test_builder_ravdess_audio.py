@@ -17,12 +17,12 @@ import soxr
 import tensorflow_datasets as tfds
 from absl.testing import absltest
 
-from avjax import testing
 from avjax.data import builder_lib
 from avjax.data import folds as folds_lib
 from avjax.data import media
+from tests import builder_base
 from tests import dummy_media
-from tfds_builders.ravdess import ravdess_dataset_builder as lib
+from avjax.tfds_builders.ravdess import ravdess_dataset_builder as lib
 
 RATE = 22050          # generated WAVs at SoundNet's rate: no resampling, exact comparisons
 S = 22050             # samples per 1 s window
@@ -90,26 +90,15 @@ def _make_manual_dir(root: pathlib.Path, samples: pathlib.Path) -> tuple[pathlib
   return manual, {"generated": written, "real": real}
 
 
-class RavdessAudioOnlyTest(absltest.TestCase):
+class RavdessAudioOnlyTest(builder_base.BuilderTestCase):
+  lib = lib
+  CONFIG = "audio_w2_l1_ov"
+  SAMPLES = "ravdess"
 
   @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    samples = pathlib.Path(testing.require_samples("ravdess"))
-    cls.root = pathlib.Path(tempfile.mkdtemp())
-    cls.manual, cls.files = _make_manual_dir(cls.root, samples)
-    cls.builder = lib.Builder(config="audio_w2_l1_ov", data_dir=cls.root / "data", num_workers=1)
-    cls.builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=cls.manual))
-    cls.records = {}
-    for k in range(10):
-      for r in cls.builder.as_data_source(f"fold{k}"):
-        cls.records[r["clip_id"].decode()] = r
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.root, ignore_errors=True)
-    super().tearDownClass()
+  def make_manual_dir(cls, root):
+    manual, cls.files = _make_manual_dir(root, cls.samples)
+    return manual
 
   def test_records_have_no_video_and_all_fields(self):
     self.assertNotIn("video", self.builder.info.features)

@@ -10,7 +10,8 @@ from absl.testing import parameterized
 from avjax.data import folds as folds_lib
 from avjax.data import synthetic
 from avjax.data import windows
-from tfds_builders.synthetic_av import synthetic_av_dataset_builder as lib
+from tests import builder_base
+from avjax.tfds_builders.synthetic_av import synthetic_av_dataset_builder as lib
 
 _CLIPS = 1  # per actor and class: 80 clips, 8 per fold
 
@@ -27,11 +28,6 @@ def _build(config: str, seed: int = 0, clips: int = _CLIPS):
 def _records(builder, folds=range(10)):
   src = builder.as_data_source("+".join(f"fold{f}" for f in folds))
   return [src[i] for i in range(len(src))]
-
-
-def _dominant_hz(x: np.ndarray, rate: int) -> float:
-  spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
-  return float(np.argmax(spectrum) * rate / len(x))
 
 
 class SyntheticBuilderTest(parameterized.TestCase):
@@ -148,7 +144,7 @@ class SyntheticBuilderTest(parameterized.TestCase):
     # Last window: the class tone (scaled by the actor's pitch) dominates.
     tol = 2 ** (synthetic.ACTOR_PITCH_SEMITONES / 12) * 1.01
     for r in self.records:
-      f = _dominant_hz(r["audio"][-1], 22050)
+      f = builder_base.dominant_hz(r["audio"][-1], 22050)
       expected = synthetic.CLASS_FREQS_HZ[r["label"]]
       self.assertBetween(f, expected / tol, expected * tol, msg=r["clip_id"])
 

@@ -7,7 +7,6 @@ the known defective files (silent, empty).
 
 import pathlib
 import shutil
-import tempfile
 
 import numpy as np
 import soundfile
@@ -15,11 +14,11 @@ import soxr
 import tensorflow_datasets as tfds
 from absl.testing import absltest
 
-from avjax import testing
 from avjax.data import builder_lib
 from avjax.data import folds as folds_lib
+from tests import builder_base
 from tests import dummy_media
-from tfds_builders.crema_d_av import crema_d_av_dataset_builder as lib
+from avjax.tfds_builders.crema_d_av import crema_d_av_dataset_builder as lib
 
 S = 22050
 
@@ -45,26 +44,15 @@ def _make_manual_dir(root: pathlib.Path, samples: pathlib.Path) -> tuple[pathlib
   return manual, real
 
 
-class CremaDAudioOnlyTest(absltest.TestCase):
+class CremaDAudioOnlyTest(builder_base.BuilderTestCase):
+  lib = lib
+  CONFIG = "audio_w2_l1_ov"
+  SAMPLES = "crema_d"
 
   @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    samples = pathlib.Path(testing.require_samples("crema_d"))
-    cls.root = pathlib.Path(tempfile.mkdtemp())
-    cls.manual, cls.real = _make_manual_dir(cls.root, samples)
-    cls.builder = lib.Builder(config="audio_w2_l1_ov", data_dir=cls.root / "data", num_workers=1)
-    cls.builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=cls.manual))
-    cls.records = {}
-    for k in range(10):
-      for r in cls.builder.as_data_source(f"fold{k}"):
-        cls.records[r["clip_id"].decode()] = r
-
-  @classmethod
-  def tearDownClass(cls):
-    shutil.rmtree(cls.root, ignore_errors=True)
-    super().tearDownClass()
+  def make_manual_dir(cls, root):
+    manual, cls.real = _make_manual_dir(root, cls.samples)
+    return manual
 
   def test_fields_and_no_video(self):
     self.assertNotIn("video", self.builder.info.features)
