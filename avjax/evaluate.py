@@ -41,6 +41,7 @@ from avjax import feature_store
 from avjax import input_pipeline
 from avjax import knn
 from avjax import parallel
+from avjax import report
 from avjax import results
 from avjax import steps
 from avjax import train_state as train_state_lib
@@ -297,7 +298,7 @@ def main(argv):
     evaluate_fold(config, state, model, fold, fold_dir, mesh,
                   selected_by=checkpoint_selection(config, fold, FLAGS.checkpoint))
   if jax.process_index() == 0:
-    json_path, md_path = results.write_results(workdir)
+    json_path, md_path = report.write_results(workdir)
     print(f"results: {json_path}\n         {md_path}")
     if config.eval.figures:
       from avjax import figures  # matplotlib only when figures are wanted

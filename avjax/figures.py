@@ -34,6 +34,7 @@ from absl import logging
 from matplotlib.figure import Figure
 
 from avjax import errors
+from avjax import paper
 from avjax import results
 from avjax import workdir as workdir_lib
 
@@ -66,8 +67,8 @@ def _save(fig: Figure, path: str) -> str:
 
 
 def _title(info: Mapping[str, Any]) -> str:
-  ds = results.canonical_dataset(info["dataset"])
-  return f"{results._DATASET_TITLES.get(ds, ds)}, {info['config']}, {info['variant']}"
+  ds = paper.canonical_dataset(info["dataset"])
+  return f"{paper.DATASET_TITLES.get(ds, ds)}, {info['config']}, {info['variant']}"
 
 
 def _present(preds: Mapping[str, np.ndarray], prefix: str) -> list[str]:

@@ -1,4 +1,5 @@
-r"""Per-fold metrics, aggregation over folds, results.json / results.md, the paper's numbers.
+r"""Per-fold metrics, the fold directories read back, and their aggregation into the
+results.json document (written with results.md by `avjax.report`).
 
 Legend: T windows (gates), Q query clips of a fold (its held-out clips), C classes,
 D embedding size.
@@ -20,8 +21,8 @@ Input (written by `avjax.evaluate` into every `<workdir>/fold_{k}/`):
                     1.0 and not recorded), optimizer, learning_rate and weight_decay
                     (`config.optim`; absent before them: 'adam', not recorded).
 
-Output of `write_results(workdir)`: `results.json` (schema in
-docs/results_schema.md) and `results.md`, our numbers beside the paper's.
+Output of `build_results(load_folds(workdir))`: the `results.json` document (schema in
+docs/results_schema.md).
 
 Conventions (stated in both outputs):
 * accuracy and UAR are fractions in [0, 1] in results.json, percent in results.md;
@@ -31,13 +32,12 @@ Conventions (stated in both outputs):
 * mean ± std over folds, std the *sample* standard deviation (ddof = 1, as
   `pandas.Series.std` / `torch.std` default); null (shown as "–") with one fold;
 * the paper's numbers are compared with our accuracy at the *last* gate (see
-  `PAPER_NOTE`).
+  `avjax.paper.PAPER_NOTE`).
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import math
 import os
 import zipfile
@@ -47,119 +47,13 @@ import numpy as np
 import sklearn.metrics as skm
 from absl import logging
 
-from avjax import config_lib
 from avjax import errors
+from avjax import paper
 from avjax import workdir as workdir_lib
 
 SCHEMA_VERSION = 1
 MODALITIES = ("AO", "VO", "AV")
 _ROW_KEY = ("dataset", "config", "variant")
-
-# --------------------------------------------------------------------------------------
-# The paper's numbers (Ghaleb, Popa, Asteriadis, ACII 2019), accuracy in percent,
-# averaged over 10 subject-independent folds. Keys use our builder names
-# ('ravdess', 'crema_d_av') and windowing names (avjax/data/windows.py).
-#
-# Table I ("Tests for Various Configurations"): #windows / length (s) / overlap (0.5 s or
-# none) -> accuracy of the gating model. Its best rows equal Table II's AV-Gating
-# (RAVDESS 8/1/yes 67.7, CREMA-D 6/1/yes 74.0), so the column is the AV embedding.
-PAPER_TABLE1: dict[str, dict[str, float]] = {
-    "ravdess": {"w2_l1_ov": 64.1, "w2_l2_ov": 64.7, "w4_l1_ov": 66.2, "w6_l1_ov": 67.5,
-                "w8_l1_ov": 67.7, "w2_l1_no": 62.3, "w4_l1_no": 65.3},
-    "crema_d_av": {"w2_l1_ov": 73.7, "w4_l1_ov": 73.5, "w6_l1_ov": 74.0},
-}
-# Table II ("The recognition accuracy of unimodal and multimodal embeddings, with and
-# without the temporal and multimodal DML"), columns CREMA-D / RAVDESS. Each row:
-# (our name, the paper's row label, config argument of the run, modality column).
-# The gating rows come from one run: the dataset's default windowing (its best
-# Table I row, 8x1 s for RAVDESS, 6x1 s for CREMA-D). Human-perception and [32] rows
-# of the paper are not ours to reproduce and are left out.
-TABLE2_ROWS: tuple[tuple[str, str, str, str], ...] = (
-    ("AO-Global", "AO-Global", "audio_global", "AO"),
-    ("A-LSTM", "A-LSTM", "audio_lstm", "AO"),
-    ("AO-Gating", "AO-Gating Paradigm", "gating", "AO"),
-    ("VO-Global", "VO-Global", "video_global", "VO"),
-    ("VO-LSTM", "VO-LSTM", "video_lstm", "VO"),
-    ("VO-Gating", "VO-Gating Paradigm", "gating", "VO"),
-    ("AV-Global", "AV-Global", "global", "AV"),
-    ("A-LSTM+V-LSTM", "Concatenation of A-LSTM and V-LSTM", "lstm", "AV"),
-    ("AV-Gating", "AV-Gating Paradigm", "gating", "AV"),
-)
-PAPER_TABLE2: dict[str, dict[str, float]] = {
-    "crema_d_av": {"AO-Global": 56.4, "A-LSTM": 50.2, "AO-Gating": 57.0, "VO-Global": 63.1,
-                   "VO-LSTM": 66.8, "VO-Gating": 65.0, "AV-Global": 69.0,
-                   "A-LSTM+V-LSTM": 72.9, "AV-Gating": 74.0},
-    "ravdess": {"AO-Global": 50.1, "A-LSTM": 40.1, "AO-Gating": 45.3, "VO-Global": 60.2,
-                "VO-LSTM": 60.5, "VO-Gating": 60.1, "AV-Global": 65.7,
-                "A-LSTM+V-LSTM": 65.8, "AV-Gating": 67.7},
-}
-PAPER_NOTE = (
-    "The paper reports accuracy (%) averaged over its 10 subject-independent folds (Sec. V-A) "
-    "and does not say at which gate Tables I and II are measured. We read them as the last "
-    "gate (the whole clip): the gating paradigm accumulates the windows, Sec. V-D says the "
-    "rates over gates are 'gradually ascending', and the confusion matrices (Fig. 6) are "
-    "taken 'in the last segment'. We take Table I's column to be the AV embedding: its best "
-    "rows equal Table II's AV-Gating (67.7 RAVDESS, 74.0 CREMA-D). So every 'Paper' number here sits "
-    "beside our last-gate accuracy of the named modality. The paper gives no std and no UAR. "
-    "Its window placement (fixed 0.5 s hop or spread over the clip, docs/design.md) is unknown: "
-    "the same paper number is shown for both window modes of a row.")
-
-PAPER_NUM_FOLDS = 10  # Sec. V-A: "The reported results are the average of these 10-folds."
-
-_DATASET_ALIASES = {"crema_d": "crema_d_av", "cremad": "crema_d_av"}
-_DATASET_TITLES = {"ravdess": "RAVDESS", "crema_d_av": "CREMA-D", "synthetic_av": "synthetic"}
-
-
-def canonical_dataset(name: str) -> str:
-  """'crema_d' -> 'crema_d_av'; other names unchanged."""
-  return _DATASET_ALIASES.get(name, name)
-
-
-def _base_windowing(config: str) -> str:
-  return config[:-len("_fit")] if config.endswith("_fit") else config
-
-
-def describe_windowing(config: str) -> str:
-  """'w8_l1_ov' -> '8 windows x 1 s, 0.5 s overlap (fixed hop)'."""
-  from avjax.data import windows
-  try:
-    spec = windows.parse_name(config)
-  except ValueError:
-    return config
-  ov = f"{spec.overlap:g} s overlap" if spec.overlap > 0 else "no overlap"
-  mode = {"fixed": "fixed hop", "fit": "fit to clip", "apex": "the loudest part of the clip"}[spec.mode]
-  plural = "s" if spec.num_windows != 1 else ""
-  return f"{spec.num_windows} window{plural} x {spec.length:g} s, {ov} ({mode})"
-
-
-def paper_references(dataset: str, config: str, variant: str, modalities: str) -> list[dict[str, Any]]:
-  """The paper's numbers that a run of (dataset, windowing, variant, modalities) reproduces.
-
-  Returns [{'table': 'I'|'II', 'row': str, 'paper_label': str, 'modality': 'AO'|'VO'|'AV',
-  'accuracy': percent}], compared with our last-gate accuracy of that modality.
-  """
-  ds = canonical_dataset(dataset)
-  base = _base_windowing(config)
-  default = config_lib.DATASETS[ds]["table1"][0] if ds in config_lib.DATASETS else None
-  refs = []
-  if variant == "gating" and base in PAPER_TABLE1.get(ds, {}):
-    refs.append({"table": "I", "row": base, "paper_label": f"{_DATASET_TITLES.get(ds, ds)} "
-                 f"{describe_windowing(base).split(' (')[0]}", "modality": "AV",
-                 "accuracy": PAPER_TABLE1[ds][base]})
-  run_arg = {"gating": "gating", "lstm": "lstm", "global": "global"}.get(variant)
-  if run_arg is None or ds not in PAPER_TABLE2:
-    return refs
-  if modalities in ("audio", "video"):
-    run_arg = f"{modalities}_{variant}"
-  # The gating and LSTM rows of Table II use the default windowing; `global` has one window.
-  if variant != "global" and base != default:
-    return refs
-  for name, label, arg, modality in TABLE2_ROWS:
-    if arg == run_arg:
-      refs.append({"table": "II", "row": name, "paper_label": label, "modality": modality,
-                   "accuracy": PAPER_TABLE2[ds][name]})
-  return refs
-
 
 # --------------------------------------------------------------------------------------
 # Metrics (scikit-learn).
@@ -294,7 +188,7 @@ _SHARED_FIELDS = ("dataset", "config", "variant", "modalities", "class_names", "
                   "optimizer", "learning_rate", "weight_decay")
 # Shared fields added after the first release: what a fold_info.json without one was run with
 # (None: not recorded; older folds did not say their MSE weight).
-_LATER_DEFAULTS = {"negatives": "hardest", "center_audio_head": False, "center_video_head": False,
+LATER_DEFAULTS = {"negatives": "hardest", "center_audio_head": False, "center_video_head": False,
                    "distance": "squared", "batch_all_epochs": 0, "margin": 1.0,
                    "mse_weight": None, "optimizer": "adam", "learning_rate": None,
                    "weight_decay": None}
@@ -349,7 +243,7 @@ def load_fold(fold_dir: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   missing = [k for k in _INFO_FIELDS if k not in info]
   if missing:
     raise ValueError(f"{info_path}: missing fields {missing}")
-  for key, value in _LATER_DEFAULTS.items():
+  for key, value in LATER_DEFAULTS.items():
     info.setdefault(key, value)
   preds = read_npz(npz_path, repair)
   for key in ("labels", "clip_id"):
@@ -410,14 +304,7 @@ def load_folds(workdir: str) -> list[tuple[dict[str, np.ndarray], dict[str, Any]
 
 
 # --------------------------------------------------------------------------------------
-# results.json and results.md.
-
-def _pct(x: float | None, digits: int = 1) -> str:
-  return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
-
-
-def _pm(mean: float, std: float | None) -> str:
-  return f"{_pct(mean)} ± {_pct(std)}" if std is not None else f"{_pct(mean)}"
+# The results.json document.
 
 
 def summary_row(summary: list[Mapping[str, Any]], modality: str, gate: int | None = None) -> Mapping[str, Any] | None:
@@ -453,7 +340,7 @@ def build_results(folds: list[tuple[dict[str, np.ndarray], dict[str, Any]]]) -> 
         cm = confusion_matrix(preds[f"pred_{m}"][-1], labels, num_classes)
         confusion[m] = confusion.get(m, 0) + cm
   summary = aggregate(rows)
-  refs = paper_references(first["dataset"], first["config"], first["variant"], first["modalities"])
+  refs = paper.paper_references(first["dataset"], first["config"], first["variant"], first["modalities"])
   for ref in refs:
     ours = summary_row(summary, ref["modality"])
     ref["ours_accuracy_mean"] = None if ours is None else ours["accuracy_mean"]
@@ -466,7 +353,7 @@ def build_results(folds: list[tuple[dict[str, np.ndarray], dict[str, Any]]]) -> 
       "modalities": first["modalities"], "class_names": list(first["class_names"]),
       "num_windows": int(first["num_windows"]), "k": int(first["k"]),
       "exclude_used": first.get("exclude_used"),
-      **{key: first.get(key, value) for key, value in _LATER_DEFAULTS.items()},
+      **{key: first.get(key, value) for key, value in LATER_DEFAULTS.items()},
       "conventions": {
           "metrics": "accuracy and uar are fractions in [0, 1]; paper numbers are percent",
           "accuracy": "correct / n over exactly the fold's held-out clips",
@@ -476,7 +363,7 @@ def build_results(folds: list[tuple[dict[str, np.ndarray], dict[str, Any]]]) -> 
                   "Student's t with folds - 1 degrees of freedom; null with one fold",
           "gate": "1-based; gate t sees windows 1..t",
           "confusion_last_gate": "counts summed over folds, rows true class, columns predicted",
-          "paper": PAPER_NOTE,
+          "paper": paper.PAPER_NOTE,
       },
       "folds": fold_meta,
       "rows": rows,
@@ -485,223 +372,6 @@ def build_results(folds: list[tuple[dict[str, np.ndarray], dict[str, Any]]]) -> 
       "paper": refs,
       "generated_by": f"avjax {__version__}",
   }
-
-
-def describe_checkpoints(folds: list[Mapping[str, Any]]) -> str:
-  """Which checkpoint each fold's numbers come from, in one line of results.md."""
-  parts = []
-  for f in folds:
-    how, step = f.get("selected_by"), f.get("checkpoint_step")
-    if how is None:
-      parts.append(f"fold {f['fold']}: not recorded (written by an earlier version)")
-    elif how == "last":
-      parts.append(f"fold {f['fold']}: last (step {step})")
-    else:
-      parts.append(f"fold {f['fold']}: best by {how.replace('_', ' ').replace(':', ' ')} "
-                   f"(step {step})")
-  if all(f.get("selected_by") == "last" for f in folds):
-    steps = sorted({f.get("checkpoint_step") for f in folds})
-    return ("the last checkpoint of each fold, no model selection (step "
-            + ", ".join(map(str, steps)) + ")")
-  return "; ".join(parts)
-
-
-def trunk_label(trunk: str) -> str:
-  """How a table names results of `model.trunk` (empty for the paper's recipe)."""
-  if trunk == "finetune":
-    return ""
-  return "frozen trunks" if trunk == "frozen" else f"trunks fixed below {trunk.split(':', 1)[1]}"
-
-
-def describe_trunk(folds: list[Mapping[str, Any]]) -> str:
-  """The `model.trunk` of the folds, in one line of results.md."""
-  trunks = sorted({f.get("trunk", "finetune") for f in folds})
-  if trunks == ["finetune"]:
-    return ("finetune (the paper's recipe: the pretrained encoders fine-tuned end to end)"
-            + _trunk_lr_text(folds))
-  views = sorted({f.get("cached_views", 0) for f in folds})
-  text = ", ".join(trunks)
-  if trunks == ["frozen"]:
-    text = ("**frozen trunks** (model.trunk='frozen'): the pretrained encoders did not learn, "
-            "only the heads and LSTMs did, on cached encoder features; NOT the paper's recipe")
-  elif all(t.startswith("finetune_from:") for t in trunks):
-    text = (f"**{text}**: the encoders' layers up to that endpoint were fixed and cached, "
-            "those above it fine-tuned; NOT the paper's recipe")
-  else:
-    text = f"**mixed**: {text}"
-  text += f"; cached augmented views: {', '.join(map(str, views))}"
-  return text + _trunk_lr_text(folds)
-
-
-def _trunk_lr_text(folds: list[Mapping[str, Any]]) -> str:
-  """'' when every fold trained its trunk layers at the full rate (or froze them)."""
-  scales = sorted({float(f.get("trunk_lr_scale", 1.0)) for f in folds
-                   if f.get("trunk", "finetune") != "frozen"})
-  if scales in ([], [1.0]):
-    return ""
-  return (f"; trunk layers trained at {', '.join(f'{x:g}' for x in scales)} x the learning "
-          "rate (optim.trunk_lr_scale)")
-
-
-def describe_loss(doc: Mapping[str, Any]) -> str:
-  """The triplet distance, margin and MSE weight of a results document, in words."""
-  distance = doc.get("distance", _LATER_DEFAULTS["distance"])
-  text = ("squared Euclidean distances" if distance == "squared" else
-          f"{distance} distances (loss.distance, not the paper's squared ones)")
-  text += f", margin {doc.get('margin', _LATER_DEFAULTS['margin']):g}"
-  weight = doc.get("mse_weight")
-  if doc.get("variant") == "gating":
-    text += ("; audio-video MSE weight not recorded" if weight is None else
-             f"; audio-video MSE weight {weight:g}" + ("" if weight == 1.0 else " (not the paper's 1)"))
-  return text
-
-
-def describe_optimizer(doc: Mapping[str, Any]) -> str:
-  """The optimiser of a results document, in words."""
-  name = doc.get("optimizer", _LATER_DEFAULTS["optimizer"])
-  lr, wd = doc.get("learning_rate"), doc.get("weight_decay")
-  text = ("AdamW (decoupled weight decay, torch.optim.AdamW)" if name == "adamw" else
-          "Adam with the weight decay added to the gradient (torch.optim.Adam, `paper_literal`)")
-  if lr is None or wd is None:
-    return text + "; learning rate and weight decay not recorded"
-  return text + f", learning rate {lr:g}, weight decay {wd:g}"
-
-
-def format_markdown(doc: Mapping[str, Any]) -> str:
-  """results.md text from a results.json document."""
-  ds = canonical_dataset(doc["dataset"])
-  folds = [f["fold"] for f in doc["folds"]]
-  n_total = sum(f["n"] for f in doc["folds"])
-  mining = {True: "MWTSM", False: "batch-hard (MWTSM off)"}.get(doc.get("exclude_used"), "unknown")
-  if doc.get("negatives", _LATER_DEFAULTS["negatives"]) == "semihard":
-    mining += ", semi-hard triplets only (loss.negatives='semihard', not the paper's hardest)"
-  warm = doc.get("batch_all_epochs", _LATER_DEFAULTS["batch_all_epochs"])
-  if warm:
-    mining = (f"batch-all triplets for the first {warm} epoch{'s' * (warm != 1)} "
-              f"(the warm-up: loss.batch_all_fraction or batch_all_epochs; not the paper's), then {mining}")
-  lines = [
-      f"# Results: {_DATASET_TITLES.get(ds, ds)}, `{doc['config']}`, variant `{doc['variant']}`",
-      "",
-      f"- windowing: {describe_windowing(doc['config'])}; gates: {doc['num_windows']}",
-      f"- modalities: {doc['modalities']}; KNN k = {doc['k']}; triplet mining: {mining}",
-      f"- folds evaluated: {len(folds)} of {PAPER_NUM_FOLDS} ({', '.join(map(str, folds))}); "
-      f"{n_total} held-out clips in all",
-      f"- loss: {describe_loss(doc)}",
-      f"- optimiser: {describe_optimizer(doc)}",
-      f"- checkpoints: {describe_checkpoints(doc['folds'])}",
-      f"- trunk: {describe_trunk(doc['folds'])}",
-      *([f"- {m} head: its input centred (`model.center_{m}_head`), **not the paper's head**"
-         for m in ("audio", "video") if doc.get(f"center_{m}_head")]),
-      *(["- **not the paper's protocol**: the dataset was built from the folds whose actors' "
-         "files were present (`allow_missing_folds`); training used those folds only"]
-        if any(f.get("allow_missing_folds") for f in doc["folds"]) else []),
-      "- accuracy and UAR in %, mean ± sample std (ddof = 1) over folds, then the 95 % "
-      "confidence interval of the mean (Student's t over the folds); each fold's accuracy is "
-      "over exactly its held-out clips; UAR = mean recall over the classes present in the fold.",
-  ]
-  if len(folds) < PAPER_NUM_FOLDS:
-    lines.append(f"- **partial**: the paper averages 10 folds; these numbers average {len(folds)}.")
-  refs_by_modality: dict[str, list[Mapping[str, Any]]] = {}
-  for ref in doc["paper"]:
-    refs_by_modality.setdefault(ref["modality"], []).append(ref)
-  summary = doc["summary"]
-  for m in MODALITIES:
-    rows = [r for r in summary if r["modality"] == m]
-    if not rows:
-      continue
-    last = max(r["gate"] for r in rows)
-    refs = refs_by_modality.get(m, [])
-    lines += ["", f"## {m}", ""]
-    header = "| Gate | Accuracy % | 95 % CI | UAR % | Folds |"
-    sep = "|---:|---:|---:|---:|---:|"
-    if refs:
-      header += " Paper accuracy % (last gate) |"
-      sep += "---|"
-    lines += [header, sep]
-    for r in rows:
-      cells = [f"{r['gate']}{' (last)' if r['gate'] == last else ''}",
-               _pm(r["accuracy_mean"], r["accuracy_std"]),
-               _interval(r["accuracy_mean"], r.get("accuracy_ci95")),
-               _pm(r["uar_mean"], r["uar_std"]), str(r["num_folds"])]
-      if refs:
-        cells.append("; ".join(f"{ref['accuracy']:.1f} (Table {ref['table']}, {ref['paper_label']})"
-                               for ref in refs) if r["gate"] == last else "")
-      lines.append("| " + " | ".join(cells) + " |")
-  if doc["paper"]:
-    lines += ["", "## Next to the paper (last gate)", "",
-              "| Table | Paper row | Modality | Ours % | Paper % | Ours − paper |",
-              "|---|---|---|---:|---:|---:|"]
-    for ref in doc["paper"]:
-      ours = ref.get("ours_accuracy_mean")
-      diff = "–" if ours is None else f"{100 * ours - ref['accuracy']:+.1f}"
-      lines.append(f"| {ref['table']} | {ref['paper_label']} | {ref['modality']} | "
-                   f"{_pm(ours, ref.get('ours_accuracy_std')) if ours is not None else '–'} | "
-                   f"{ref['accuracy']:.1f} | {diff} |")
-    lines += ["", PAPER_NOTE]
-  else:
-    lines += ["", "No number in the paper's Tables I and II corresponds to this configuration."]
-  # Per-fold last-gate accuracy: the raw material of the means above.
-  present = [m for m in MODALITIES if any(r["modality"] == m for r in summary)]
-  by_fold: dict[int, dict[str, float]] = {}
-  last_gate = {m: max(r["gate"] for r in summary if r["modality"] == m) for m in present}
-  for r in doc["rows"]:
-    if r["gate"] == last_gate[r["modality"]]:
-      by_fold.setdefault(r["fold"], {})[r["modality"]] = r["accuracy"]
-  lines += ["", "## Per fold (last gate accuracy %)", "",
-            "| Fold | Clips | " + " | ".join(present) + " |",
-            "|---:|---:|" + "---:|" * len(present)]
-  for f in doc["folds"]:
-    accs = by_fold.get(f["fold"], {})
-    lines.append(f"| {f['fold']} | {f['n']} | " + " | ".join(_pct(accs.get(m)) for m in present) + " |")
-  lines += _recall_table(doc, present)
-  lines.append("")
-  return "\n".join(lines)
-
-
-def _interval(mean: float, half: float | None) -> str:
-  return "–" if half is None else f"[{100 * (mean - half):.1f}, {100 * (mean + half):.1f}]"
-
-
-def _recall_table(doc: Mapping[str, Any], present: list[str]) -> list[str]:
-  """Per-class recall at the last gate over every held-out clip (from the confusion
-  matrices summed over folds, Fig. 6's counts)."""
-  confusion = {m: np.asarray(doc["confusion_last_gate"][m], np.int64) for m in present
-               if m in doc.get("confusion_last_gate", {})}
-  if not confusion:
-    return []
-  lines = ["", "## Per-class recall, last gate (% of each class's held-out clips, all folds)", "",
-           "| Class | Clips | " + " | ".join(confusion) + " |",
-           "|---|---:|" + "---:|" * len(confusion)]
-  counts = next(iter(confusion.values())).sum(axis=1)
-  for c, name in enumerate(doc["class_names"]):
-    cells = [_pct(cm[c, c] / counts[c] if counts[c] else None) for cm in confusion.values()]
-    lines.append(f"| {name} | {int(counts[c])} | " + " | ".join(cells) + " |")
-  return lines
-
-
-def _jsonable(x: Any) -> Any:
-  if isinstance(x, Mapping):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, np.generic):
-    return x.item()
-  if isinstance(x, float) and math.isnan(x):
-    return None
-  return x
-
-
-def write_results(workdir: str) -> tuple[str, str]:
-  """Aggregates every finished `workdir/fold_k/` into results.json and results.md.
-
-  Returns (results_json_path, results_md_path).
-  """
-  doc = build_results(load_folds(workdir))
-  json_path = os.path.join(workdir, workdir_lib.RESULTS_JSON)
-  md_path = os.path.join(workdir, workdir_lib.RESULTS_MD)
-  workdir_lib.write_text(json_path, json.dumps(_jsonable(doc), indent=1, allow_nan=False) + "\n")
-  workdir_lib.write_text(md_path, format_markdown(doc))
-  return json_path, md_path
 
 
 def load_results(path: str) -> dict[str, Any]:
@@ -715,14 +385,3 @@ def load_results(path: str) -> dict[str, Any]:
   return doc
 
 
-def load_or_rebuild_results(workdir: str) -> dict[str, Any]:
-  """`workdir/results.json`; one that does not read back is written again from the fold
-  files first (it is derived from them), saying so in one line."""
-  path = os.path.join(workdir, workdir_lib.RESULTS_JSON)
-  try:
-    return load_results(path)
-  except errors.CorruptFileError as e:
-    print(f"{path} cannot be read ({e.reason}): writing it again from the fold files",
-          flush=True)
-  write_results(workdir)
-  return load_results(path)

@@ -53,6 +53,7 @@ from avjax import evaluate
 from avjax import feature_store
 from avjax import input_pipeline
 from avjax import parallel
+from avjax import report
 from avjax import results
 from avjax import steps
 from avjax import train_state as train_state_lib
@@ -418,7 +419,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
              for f in range(folds_lib.NUM_FOLDS)):
     print(f"No fold of {workdir} is finished yet: no results to write.", flush=True)
     return {}
-  json_path, md_path = results.write_results(workdir)
+  json_path, md_path = report.write_results(workdir)
   outputs = {"results_json": json_path, "results_md": md_path}
   if config.eval.figures:
     from avjax import figures  # matplotlib only when figures are wanted

@@ -50,6 +50,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from avjax import config_lib  # noqa: E402
+from avjax import paper  # noqa: E402
+from avjax import report  # noqa: E402
 from avjax import results  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -80,20 +82,20 @@ def table_rows(dataset: str, table: int) -> list[dict]:
   builder = _BUILDER[dataset]
   rows = []
   if table == 1:
-    paper = results.PAPER_TABLE1[builder]
+    published = paper.PAPER_TABLE1[builder]
     windowings = list(config_lib.DATASETS[builder]["table1"])
     # In the paper's order where it has the row, the others after.
-    windowings.sort(key=lambda w: list(paper).index(w) if w in paper else len(paper))
+    windowings.sort(key=lambda w: list(published).index(w) if w in published else len(published))
     for w in windowings:
       for run in (w, f"{w}_fit"):
-        rows.append({"name": run, "run": run, "arg": run, "modality": "AV", "paper": paper.get(w),
-                     "describe": results.describe_windowing(run)})
+        rows.append({"name": run, "run": run, "arg": run, "modality": "AV", "paper": published.get(w),
+                     "describe": paper.describe_windowing(run)})
   elif table == 2:
     default = config_lib.DATASETS[builder]["table1"][0]
-    for name, label, arg, modality in results.TABLE2_ROWS:
+    for name, label, arg, modality in paper.TABLE2_ROWS:
       run = default if arg == "gating" else arg
       rows.append({"name": name, "run": run, "arg": run, "modality": modality,
-                   "paper": results.PAPER_TABLE2[builder][name], "describe": label})
+                   "paper": paper.PAPER_TABLE2[builder][name], "describe": label})
   else:
     raise ValueError(f"table must be 1 or 2, got {table}")
   return rows
@@ -127,7 +129,7 @@ def reusable(run_dir: str, config, folds: tuple[int, ...], trunk: str = "finetun
   path = os.path.join(run_dir, "results.json")
   if not os.path.isfile(path):
     return False
-  doc = results.load_or_rebuild_results(run_dir)
+  doc = report.load_or_rebuild_results(run_dir)
   expected = {"dataset": config.dataset.name, "config": config.dataset.config,
               "variant": config.model.variant, "modalities": config.model.modalities,
               "exclude_used": config.loss.exclude_used}
@@ -150,7 +152,7 @@ def row_result(row: dict, run_dir: str) -> dict:
   path = os.path.join(run_dir, "results.json")
   if not os.path.isfile(path):
     return out
-  doc = results.load_or_rebuild_results(run_dir)
+  doc = report.load_or_rebuild_results(run_dir)
   last = results.summary_row(doc["summary"], row["modality"])
   if last is None:
     out["status"] = f"no {row['modality']} in results"
@@ -168,7 +170,7 @@ def _pm(mean, std) -> str:
 
 def format_table(dataset: str, table: int, rows: list[dict], trunk: str = "finetune") -> str:
   title = {"ravdess": "RAVDESS", "crema_d": "CREMA-D"}[dataset]
-  label = results.trunk_label(trunk)
+  label = report.trunk_label(trunk)
   ours = f"Ours ({label})" if label else "Ours"
   lines = [f"# Table {'I' * table}, {title}: ours{f' ({label})' if label else ''} beside the paper",
            ""]
@@ -191,7 +193,7 @@ def format_table(dataset: str, table: int, rows: list[dict], trunk: str = "finet
               "|---|---|---|---:|---:|---:|---:|---:|---|"]
   from avjax.data import windows
   for r in rows:
-    paper = "–" if r["paper"] is None else f"{r['paper']:.1f}"
+    paper_cell = "–" if r["paper"] is None else f"{r['paper']:.1f}"
     diff = ("–" if r["paper"] is None or r["accuracy_mean"] is None
             else f"{100 * r['accuracy_mean'] - r['paper']:+.1f}")
     folds = str(r["num_folds"]) if r["status"] == "ok" else r["status"]
@@ -199,13 +201,13 @@ def format_table(dataset: str, table: int, rows: list[dict], trunk: str = "finet
       spec = windows.parse_name(r["run"])
       lines.append(f"| {spec.num_windows} | {spec.length:g} | "
                    f"{f'{spec.overlap:g} s' if spec.overlap else 'no'} | {spec.mode} | "
-                   f"{_pm(r['accuracy_mean'], r['accuracy_std'])} | {paper} | {diff} | "
+                   f"{_pm(r['accuracy_mean'], r['accuracy_std'])} | {paper_cell} | {diff} | "
                    f"{_pm(r['uar_mean'], r['uar_std'])} | {folds} | `{r['run']}` |")
     else:
       lines.append(f"| {r['name']} | {r['describe']} | {r['modality']} | "
-                   f"{_pm(r['accuracy_mean'], r['accuracy_std'])} | {paper} | {diff} | "
+                   f"{_pm(r['accuracy_mean'], r['accuracy_std'])} | {paper_cell} | {diff} | "
                    f"{_pm(r['uar_mean'], r['uar_std'])} | {folds} | `{r['run']}` |")
-  lines += ["", results.PAPER_NOTE, ""]
+  lines += ["", paper.PAPER_NOTE, ""]
   return "\n".join(lines)
 
 

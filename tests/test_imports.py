@@ -87,6 +87,7 @@ class ImportGraphTest(absltest.TestCase):
     for low, high in [("avjax.evaluate", "avjax.train"), ("avjax.device_data", "avjax.train"),
                       ("avjax.steps", "avjax.train"), ("avjax.input_pipeline", "avjax.train"),
                       ("avjax.knn", "avjax.evaluate"), ("avjax.results", "avjax.evaluate"),
+                      ("avjax.results", "avjax.report"), ("avjax.paper", "avjax.results"),
                       ("avjax.figures", "avjax.evaluate"), ("avjax.predict", "avjax.train"),
                       ("avjax.predict", "avjax.evaluate"),
                       ("avjax.input_pipeline", "avjax.feature_store"),

@@ -20,6 +20,8 @@ from absl.testing import absltest
 from absl.testing import parameterized
 from sklearn import metrics as skm
 
+from avjax import paper
+from avjax import report
 from avjax import results
 from tests.helpers import RAVDESS_CLASSES, write_fake_fold
 
@@ -141,7 +143,7 @@ class WriteResultsTest(absltest.TestCase):
     with tempfile.TemporaryDirectory() as d:
       two_fold_workdir(d)
       os.makedirs(os.path.join(d, "fold_2"))  # an unfinished fold: ignored
-      json_path, md_path = results.write_results(d)
+      json_path, md_path = report.write_results(d)
       doc = results.load_results(json_path)
       md = open(md_path).read()
     for key in ("schema_version", "dataset", "config", "variant", "folds", "rows", "summary",
@@ -178,7 +180,7 @@ class WriteResultsTest(absltest.TestCase):
     # Folds trained with checkpoint records, on a dataset built from some folds only.
     with tempfile.TemporaryDirectory() as d:
       two_fold_workdir(d, checkpoint_step=30, selected_by="last", allow_missing_folds=True)
-      md = open(results.write_results(d)[1]).read()
+      md = open(report.write_results(d)[1]).read()
     self.assertIn("checkpoints: the last checkpoint of each fold, no model selection (step 30)",
                   md)
     self.assertIn("**not the paper's protocol**", md)
@@ -199,7 +201,7 @@ class WriteResultsTest(absltest.TestCase):
     self.assertNotIn("audio head", md)
     with tempfile.TemporaryDirectory() as d:
       two_fold_workdir(d, negatives="semihard", center_audio_head=True, center_video_head=True)
-      json_path, md_path = results.write_results(d)
+      json_path, md_path = report.write_results(d)
       doc = results.load_results(json_path)
       self.assertEqual((doc["negatives"], doc["center_audio_head"]), ("semihard", True))
       md = open(md_path).read()
@@ -210,7 +212,7 @@ class WriteResultsTest(absltest.TestCase):
     with tempfile.TemporaryDirectory() as d:
       two_fold_workdir(d, batch_all_epochs=3, distance="euclidean", margin=0.2, mse_weight=0.1,
                        optimizer="adamw", learning_rate=1e-3, weight_decay=5e-4)
-      json_path, md_path = results.write_results(d)
+      json_path, md_path = report.write_results(d)
       doc = results.load_results(json_path)
       self.assertEqual((doc["batch_all_epochs"], doc["distance"], doc["mse_weight"]),
                        (3, "euclidean", 0.1))
@@ -229,46 +231,46 @@ class WriteResultsTest(absltest.TestCase):
                                ("frozen", 0.01, False), ("finetune", 1.0, False)):
       with tempfile.TemporaryDirectory() as d:
         two_fold_workdir(d, trunk=trunk, trunk_lr_scale=scale)
-        md = open(results.write_results(d)[1]).read()
+        md = open(report.write_results(d)[1]).read()
         line = f"trunk layers trained at {scale:g} x the learning rate (optim.trunk_lr_scale)"
         self.assertEqual(line in md, said, (trunk, scale))
     with tempfile.TemporaryDirectory() as d:
       two_fold_workdir(d, mse_weight=1.0)
-      self.assertIn("margin 1; audio-video MSE weight 1\n", open(results.write_results(d)[1]).read())
+      self.assertIn("margin 1; audio-video MSE weight 1\n", open(report.write_results(d)[1]).read())
 
   def test_mixed_configurations_raise(self):
     with tempfile.TemporaryDirectory() as d:
       write_fake_fold(d, 0, LABELS0, CORRECT0)
       write_fake_fold(d, 1, LABELS1, CORRECT1, config="w3_l1_no")
       with self.assertRaisesRegex(ValueError, "config"):
-        results.write_results(d)
+        report.write_results(d)
     with tempfile.TemporaryDirectory() as d:   # one fold's miner took semi-hard triplets
       write_fake_fold(d, 0, LABELS0, CORRECT0)
       write_fake_fold(d, 1, LABELS1, CORRECT1, negatives="semihard")
       with self.assertRaisesRegex(ValueError, "negatives"):
-        results.write_results(d)
+        report.write_results(d)
     with tempfile.TemporaryDirectory() as d:   # one fold trained with AdamW
       write_fake_fold(d, 0, LABELS0, CORRECT0)
       write_fake_fold(d, 1, LABELS1, CORRECT1, optimizer="adamw")
       with self.assertRaisesRegex(ValueError, "optimizer"):
-        results.write_results(d)
+        report.write_results(d)
     with tempfile.TemporaryDirectory() as d:   # one fold had a batch-all warm-up
       write_fake_fold(d, 0, LABELS0, CORRECT0)
       write_fake_fold(d, 1, LABELS1, CORRECT1, batch_all_epochs=2)
       with self.assertRaisesRegex(ValueError, "batch_all_epochs"):
-        results.write_results(d)
+        report.write_results(d)
 
   def test_no_folds_raises(self):
     with tempfile.TemporaryDirectory() as d:
       with self.assertRaises(FileNotFoundError):
-        results.write_results(d)
+        report.write_results(d)
 
   def test_paper_numbers_beside_ours(self):
     correct = {m: [4, 5, 6, 7, 7, 7, 8, 6] for m in ("AO", "VO", "AV")}
     with tempfile.TemporaryDirectory() as d:
       write_fake_fold(d, 0, [0, 1, 2, 3, 4, 5, 6, 7], correct, dataset="ravdess", config="w8_l1_ov",
                       class_names=RAVDESS_CLASSES)
-      json_path, md_path = results.write_results(d)
+      json_path, md_path = report.write_results(d)
       doc = results.load_results(json_path)
       md = open(md_path).read()
     refs = {(r["table"], r["row"], r["modality"]): r for r in doc["paper"]}
@@ -298,14 +300,14 @@ class PaperReferencesTest(parameterized.TestCase):
       ("synthetic_av", "w4_l1_ov", "gating", "av", set()),
   )
   def test_rows_matched(self, dataset, config, variant, modalities, expected):
-    refs = results.paper_references(dataset, config, variant, modalities)
+    refs = paper.paper_references(dataset, config, variant, modalities)
     self.assertEqual({(r["table"], r["row"]) for r in refs}, expected)
 
   def test_tables_complete(self):
-    self.assertEqual(len(results.PAPER_TABLE1["ravdess"]) + len(results.PAPER_TABLE1["crema_d_av"]), 10)
+    self.assertEqual(len(paper.PAPER_TABLE1["ravdess"]) + len(paper.PAPER_TABLE1["crema_d_av"]), 10)
     for ds in ("ravdess", "crema_d_av"):
-      self.assertEqual(set(results.PAPER_TABLE2[ds]), {r[0] for r in results.TABLE2_ROWS})
-    self.assertEqual(results.PAPER_TABLE2["crema_d_av"]["AV-Gating"], results.PAPER_TABLE1["crema_d_av"]["w6_l1_ov"])
+      self.assertEqual(set(paper.PAPER_TABLE2[ds]), {r[0] for r in paper.TABLE2_ROWS})
+    self.assertEqual(paper.PAPER_TABLE2["crema_d_av"]["AV-Gating"], paper.PAPER_TABLE1["crema_d_av"]["w6_l1_ov"])
 
 
 REPRODUCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "reproduce.py")
@@ -389,7 +391,7 @@ class ReproduceTest(parameterized.TestCase):
                       {"AO": [12]}, dataset=c.dataset.name, config=c.dataset.config,
                       variant=c.model.variant, modalities="audio", class_names=RAVDESS_CLASSES,
                       trunk="frozen")
-      results.write_results(os.path.join(d, "audio_global"))
+      report.write_results(os.path.join(d, "audio_global"))
       proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0",
                            "--rows=AO-Global", "--dry_run")
       self.assertNotEqual(proc.returncode, 0)
@@ -436,7 +438,7 @@ class ReproduceTest(parameterized.TestCase):
           write_fake_fold(os.path.join(d, run), fold, labels, correct, dataset=c.dataset.name,
                           config=c.dataset.config, variant=c.model.variant,
                           modalities=c.model.modalities, class_names=names)
-        results.write_results(os.path.join(d, run))
+        report.write_results(os.path.join(d, run))
       proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0,1")
       self.assertEqual(proc.returncode, 0, proc.stderr)
       self.assertEqual(commands_of(proc.stdout), [])  # every run reused
