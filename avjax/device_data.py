@@ -56,7 +56,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from avjax import augment
-from avjax import config_lib
+from avjax import trunks
 from avjax import input_pipeline as ip
 
 _READ_CHUNK = 64            # clips read from the records at a time
@@ -117,7 +117,7 @@ def use_device(config, folds: Sequence[int]) -> bool:
   choice = config.input.cache_on_device
   if choice is not None:
     return bool(choice)
-  if not config_lib.cached(config):
+  if not trunks.cached(config):
     return False
   return feature_reader(config, folds).nbytes() <= AUTO_FEATURE_BYTES
 
@@ -128,7 +128,7 @@ def load(config, folds: Sequence[int], mesh: Mesh, reader=None) -> DeviceDataset
   replicates them on every device of `mesh`."""
   info = ip.dataset_info(config)
   features: tuple[str, ...] = ()
-  if config_lib.cached(config):
+  if trunks.cached(config):
     reader = reader if reader is not None else feature_reader(config, folds)
     host = reader.read_all()
     features = tuple(reader.stores)

@@ -36,6 +36,9 @@ from jax.sharding import Mesh
 
 from avjax import __version__
 from avjax import config_lib
+from avjax import protocol
+from avjax import choices
+from avjax import trunks
 from avjax import errors
 from avjax import feature_store
 from avjax import input_pipeline
@@ -94,14 +97,14 @@ def embed(config, state, folds: list[int], mesh) -> dict[str, np.ndarray]:
 
 def modality_embedding(emb: dict[str, np.ndarray], modality: str) -> np.ndarray:
   """[N, T, H*] embedding of AO, VO or AV from `embed`'s output."""
-  return np.concatenate([emb[k] for k in config_lib.MODALITY_KEYS[modality]], axis=-1)
+  return np.concatenate([emb[k] for k in choices.MODALITY_KEYS[modality]], axis=-1)
 
 
 def predict_per_gate(config, references: dict, queries: dict) -> dict[str, np.ndarray]:
   """{'pred_M': [T, Q] int32, 'emb_M': [Q, D]} for each modality of the model."""
   num_classes = len(config.dataset.class_names)
   out = {}
-  for m in config_lib.gate_modalities(config):
+  for m in choices.gate_modalities(config):
     ref, qry = modality_embedding(references, m), modality_embedding(queries, m)
     preds = [np.asarray(knn.knn_predict(ref[:, t], references["label"], qry[:, t], k=config.eval.k,
                                         num_classes=num_classes, chunk_size=config.eval.chunk_size))
@@ -124,7 +127,7 @@ def validation_accuracy(config, state, validation_fold: int, train_folds: list[i
   refs = embed(config, state, train_folds, mesh)
   qrys = embed(config, state, [validation_fold], mesh)
   preds = predict_per_gate(config, refs, qrys)
-  mods = config_lib.gate_modalities(config)
+  mods = choices.gate_modalities(config)
   metrics = {f"validation_accuracy_{m}": float(np.mean(preds[f"pred_{m}"][-1] == qrys["label"]))
              for m in mods}
   metrics["validation_accuracy"] = metrics[f"validation_accuracy_{mods[-1]}"]
@@ -151,7 +154,7 @@ def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh,
       "dataset": config.dataset.name, "config": config.dataset.config,
       "variant": config.model.variant, "modalities": config.model.modalities,
       "fold": int(test_fold), "class_names": list(config.dataset.class_names),
-      "num_windows": int(arrays[f"pred_{config_lib.gate_modalities(config)[0]}"].shape[0]),
+      "num_windows": int(arrays[f"pred_{choices.gate_modalities(config)[0]}"].shape[0]),
       "k": int(config.eval.k), "num_train_clips": int(len(refs["label"])),
       "exclude_used": bool(config.loss.exclude_used), "negatives": str(config.loss.negatives),
       "distance": str(config.loss.distance), "batch_all_epochs": config_lib.warmup_epochs(config),
@@ -163,8 +166,8 @@ def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh,
       "checkpoint_step": int(jax.device_get(state.step)), "selected_by": selected_by,
       "mask_padded_windows": bool(config.loss.mask_padded_windows),
       "trunk": str(config.model.trunk), "cached_views": int(config.input.cached_views),
-      "trunk_lr_scale": config_lib.trunk_lr_scale(config),
-      "config_hash": config_lib.config_hash(config),
+      "trunk_lr_scale": trunks.trunk_lr_scale(config),
+      "config_hash": protocol.config_hash(config),
       "allow_missing_folds": bool(config.dataset.allow_missing_folds),
   }
   bank = None
@@ -177,7 +180,7 @@ def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh,
       workdir_lib.write_npz(os.path.join(fold_dir, workdir_lib.REFERENCE_BANK), bank)
     # Written last: its presence marks the fold done (workdir.fold_is_done).
     workdir_lib.write_json(os.path.join(fold_dir, workdir_lib.FOLD_INFO), info, indent=2)
-    for m in config_lib.gate_modalities(config):
+    for m in choices.gate_modalities(config):
       acc = np.mean(arrays[f"pred_{m}"] == arrays["labels"][None], axis=1)
       logging.info("Fold %d %s accuracy per gate: %s", test_fold, m, np.round(acc, 4).tolist())
       print(f"fold {test_fold} {m} accuracy per gate: " + " ".join(f"{a:.3f}" for a in acc), flush=True)
@@ -210,7 +213,7 @@ def reference_bank_arrays(config, state, refs: dict, train_folds: list[int],
   meta = {
       "schema_version": BANK_SCHEMA_VERSION, "dataset": config.dataset.name,
       "config": config.dataset.config, "variant": config.model.variant,
-      "modalities": config.model.modalities, "gate_modalities": list(config_lib.gate_modalities(config)),
+      "modalities": config.model.modalities, "gate_modalities": list(choices.gate_modalities(config)),
       "fold": int(test_fold), "train_folds": [int(f) for f in train_folds],
       "class_names": list(config.dataset.class_names), "k": int(config.eval.k),
       "step": step,

@@ -10,7 +10,7 @@ same parameter names, so its variables are a subset of the whole network's.
 
 Legend: n clips of a fold, V views, T windows, C channels.
 
-What is cached, per modality (`config_lib.trunk_inputs`):
+What is cached, per modality (`trunks.trunk_inputs`):
 * 'pooled' (`model.trunk='frozen'`): SoundNet-8 conv7 averaged over time, I3D's
   last block (Mixed_5c) averaged over time and space: [C] = [1024] per window;
 * a layer name ('finetune_from:conv4', 'finetune_from:Mixed_4f'): that layer's
@@ -70,6 +70,7 @@ from jax.experimental import multihost_utils
 
 from avjax import augment
 from avjax import config_lib
+from avjax import trunks
 from avjax import errors
 from avjax import parallel
 from avjax.data import feature_cache
@@ -95,10 +96,10 @@ def encoder(config, modality: str):
   m, cut = config.model, feature_cache.endpoint(config, modality)
   dtype = gating._DTYPES[m.dtype]
   if modality == "video":
-    last = str(m.video_last_block) if cut == config_lib.POOLED else cut
+    last = str(m.video_last_block) if cut == trunks.POOLED else cut
     return i3d.I3D(final_endpoint=last, last_block=str(m.video_last_block),
                    width=float(m.video_width), dtype=dtype, conv_impl=str(m.conv_impl))
-  last = "conv7" if cut == config_lib.POOLED else cut
+  last = "conv7" if cut == trunks.POOLED else cut
   return soundnet.SoundNet8(final_endpoint=last, width=float(m.audio_width), dtype=dtype,
                             conv_impl=str(m.conv_impl))
 
@@ -142,7 +143,7 @@ def _features(enc, cut: str, variables, x):
   """[N, ...] media -> [N, ...] float32 features at the cut (pooled when 'pooled')."""
   out, _ = enc.apply(variables, x, train=False)
   out = out.astype(jnp.float32)
-  if cut == config_lib.POOLED:
+  if cut == trunks.POOLED:
     out = jnp.mean(out, axis=tuple(range(1, out.ndim - 1)))     # over time (and space)
   return out
 
@@ -161,7 +162,7 @@ def model_input_shapes(config, media_batch: Mapping[str, Any]) -> dict[str, Any]
   """`media_batch` (arrays or ShapeDtypeStructs, video [B, T, F, X, X, 3] / audio
   [B, T, S]) as the model of `config` takes it: unchanged for 'finetune', the
   cached modalities replaced by ShapeDtypeStructs of their features [B, T, ...]."""
-  inputs = config_lib.trunk_inputs(config.model)
+  inputs = trunks.trunk_inputs(config.model)
   out = dict(media_batch)
   for modality, cut in inputs.items():
     if cut is None or modality not in media_batch:
@@ -185,7 +186,7 @@ def inference_model(config, state, media_batch: Mapping[str, Any]) -> tuple[Any,
   `avjax.predict`, which runs the trunk on a new clip). `media_batch` gives the
   media shapes (video [B, T, F, X, X, 3], audio [B, T, S]); no dataset is read."""
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  inputs = config_lib.trunk_inputs(config.model)
+  inputs = trunks.trunk_inputs(config.model)
   if all(cut is None for cut in inputs.values()):
     return state.apply_fn, variables
   full = config_lib.complete(config)
@@ -440,7 +441,7 @@ def ensure(config, mesh=None) -> dict[str, str]:
   files do not read back (extracted again, with a notice)."""
   from avjax import input_pipeline
   out = {}
-  inputs = {m: c for m, c in config_lib.trunk_inputs(config.model).items() if c is not None}
+  inputs = {m: c for m, c in trunks.trunk_inputs(config.model).items() if c is not None}
   if not inputs:
     return out
   builder = input_pipeline.get_builder(config)

@@ -82,7 +82,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from avjax import augment
-from avjax import config_lib
+from avjax.data import registry
+from avjax import trunks
 from avjax.data import builder_lib
 from avjax.data import feature_cache
 from avjax.data import folds as folds_lib
@@ -114,7 +115,7 @@ def get_builder(config) -> tfds.core.DatasetBuilder:
   be shared, or built beforehand on every host).
   """
   ds = config.dataset
-  name = config_lib.builder_config_name(config)   # the windowing, `audio_`-prefixed for audio-only records
+  name = registry.builder_config_name(config)   # the windowing, `audio_`-prefixed for audio-only records
   key = (ds.name, name, ds.data_dir or os.environ.get("TFDS_DATA_DIR", ""))
   with _BUILD_LOCK:
     if key in _BUILDERS:
@@ -229,18 +230,18 @@ def _check_folds(builder, allow_missing: bool) -> None:
 
 def split_folds(config, test_fold: int) -> tuple[list[int], int | None]:
   """(training folds, validation fold or None) for `test_fold`
-  (`config_lib.training_folds` / `validation_fold`, among the folds with clips).
+  (`registry.training_folds` / `validation_fold`, among the folds with clips).
   A test fold without clips (a dataset built with allow_missing_folds) is an error."""
   info = dataset_info(config)
   nonempty = {f for f, n in info["num_clips_per_fold"].items() if n > 0}
   if test_fold not in nonempty:
     raise ValueError(
         f"test fold {test_fold} has no clips in {config.dataset.name}/"
-        f"{config_lib.builder_config_name(config)} (built from the actors present, "
+        f"{registry.builder_config_name(config)} (built from the actors present, "
         f"allow_missing_folds); the folds with clips are {sorted(nonempty)}: set config.folds "
         "to some of them")
-  return (config_lib.training_folds(config, test_fold, nonempty),
-          config_lib.validation_fold(config, test_fold, nonempty))
+  return (registry.training_folds(config, test_fold, nonempty),
+          registry.validation_fold(config, test_fold, nonempty))
 
 
 def steps_per_epoch(config, train_folds: Sequence[int]) -> int:
@@ -412,14 +413,14 @@ def make_reader(config, builder, folds: Sequence[int], read_video: bool):
   the encoders' lower layers, the feature store (`feature_cache.FeatureReader`; the
   store is extracted beforehand by `avjax.feature_store.ensure`, which training and
   `avjax.evaluate` call first). Both have `read(indices, crop)`."""
-  if not config_lib.cached(config):
+  if not trunks.cached(config):
     return Reader(builder, folds, read_video)
   reader = feature_cache.FeatureReader(feature_cache.store_paths(config, builder), folds)
   expected = _metadata(builder, folds)["label"]
   if not np.array_equal(reader.labels, expected):
     raise feature_cache.FeatureStoreError(
         f"the feature stores {list(reader.stores.values())} hold other labels than "
-        f"{config.dataset.name}/{config_lib.builder_config_name(config)} for folds {list(folds)}; "
+        f"{config.dataset.name}/{registry.builder_config_name(config)} for folds {list(folds)}; "
         "delete them to extract again")
   return reader
 

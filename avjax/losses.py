@@ -80,10 +80,10 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
-from avjax import config_lib
+from avjax import choices
 from avjax import mining
 
-_BRANCHES = config_lib.BRANCHES
+_BRANCHES = choices.BRANCHES
 
 
 def _distance(sq: jax.Array, distance: str) -> jax.Array:
@@ -169,7 +169,7 @@ def compute_loss(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_confi
   Returns:
     (loss scalar, metrics dict of scalars; see the module docstring).
   """
-  config_lib.check_model_choice(variant, modalities, "losses.compute_loss")
+  choices.check_model_choice(variant, modalities, "losses.compute_loss")
   mods = _BRANCHES[modalities]
   needed = [f"{m}_gate" for m in mods] + (["audio_enc", "video_enc"] if variant == "gating" else [])
   missing = [k for k in needed if k not in outputs]

@@ -66,7 +66,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from avjax import config_lib
+from avjax import choices
 
 
 def pairwise_sq_distances(x: jax.Array) -> jax.Array:
@@ -184,8 +184,8 @@ def mwtsm(embeddings: jax.Array, labels: jax.Array, exclude_used: bool = True,
     (positives, negatives, valid), each [T, N]: int32, int32, bool.
   """
   distances(jnp.zeros((1, 1)), distance)                 # checks the name
-  if negatives not in config_lib.NEGATIVES:
-    raise ValueError(f"mining: negatives {negatives!r} is not one of {config_lib.NEGATIVES}")
+  if negatives not in choices.NEGATIVES:
+    raise ValueError(f"mining: negatives {negatives!r} is not one of {choices.NEGATIVES}")
   semihard = negatives == "semihard"
   if not exclude_used and not semihard:
     return batch_hard(embeddings, labels, mask)

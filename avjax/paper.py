@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from avjax import config_lib
+from avjax.data import registry
 
 
 # The paper's numbers (Ghaleb, Popa, Asteriadis, ACII 2019), accuracy in percent,
@@ -106,7 +106,7 @@ def paper_references(dataset: str, config: str, variant: str, modalities: str) -
   """
   ds = canonical_dataset(dataset)
   base = _base_windowing(config)
-  default = config_lib.DATASETS[ds]["table1"][0] if ds in config_lib.DATASETS else None
+  default = registry.DATASETS[ds]["table1"][0] if ds in registry.DATASETS else None
   refs = []
   if variant == "gating" and base in PAPER_TABLE1.get(ds, {}):
     refs.append({"table": "I", "row": base, "paper_label": f"{DATASET_TITLES.get(ds, ds)} "

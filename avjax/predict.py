@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from avjax import config_lib
+from avjax import choices
 from avjax import errors
 from avjax import workdir as workdir_lib
 from avjax.data import folds as folds_lib
@@ -70,7 +70,7 @@ class Bank:
 
   def modality_refs(self, modality: str) -> np.ndarray:
     """[N, T, G*] references of AO, VO or AV."""
-    return np.concatenate([self.gates[k] for k in config_lib.MODALITY_KEYS[modality]], axis=-1)
+    return np.concatenate([self.gates[k] for k in choices.MODALITY_KEYS[modality]], axis=-1)
 
 
 def _rewrite_bank(path: str) -> str:
@@ -434,7 +434,7 @@ class Predictor:
     out = {}
     for m in modalities:
       refs = self.bank.modality_refs(m)                                  # [N, T, G*]
-      query = np.concatenate([gates[key] for key in config_lib.MODALITY_KEYS[m]], axis=-1)  # [T, G*]
+      query = np.concatenate([gates[key] for key in choices.MODALITY_KEYS[m]], axis=-1)  # [T, G*]
       out[m] = np.stack([knn.knn_scores(refs[:, t], self.bank.labels, query[t:t + 1], k=k,
                                         num_classes=num_classes)[0]
                          for t in range(query.shape[0])])

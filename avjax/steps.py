@@ -24,7 +24,7 @@ import optax
 from jax.sharding import Mesh
 
 from avjax import augment
-from avjax import config_lib
+from avjax import choices
 from avjax import losses
 from avjax import parallel
 from avjax.models import gating
@@ -38,7 +38,7 @@ MODALITY_KEYS = ("distance", "zero_hinge")
 
 def metric_keys(modalities: str) -> tuple[str, ...]:
   """The metrics a train step of a `modalities` model returns."""
-  mods = config_lib.BRANCHES[modalities]
+  mods = choices.BRANCHES[modalities]
   return METRIC_KEYS + tuple(f"{k}_{m}" for m in mods for k in MODALITY_KEYS)
 # Traces per jitted function (a traced body runs once per compilation): the tests
 # check that folds, validation and evaluation do not compile again.

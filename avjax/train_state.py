@@ -30,7 +30,7 @@ from absl import logging
 from flax.training import train_state
 from jax.sharding import NamedSharding
 
-from avjax import config_lib
+from avjax import trunks
 from avjax import errors
 from avjax import workdir as workdir_lib
 from avjax.models import gating
@@ -64,9 +64,9 @@ def make_optimizer(optim: ml_collections.ConfigDict, params: Any) -> optax.Gradi
 
 def optimizer_for(config: ml_collections.ConfigDict, params: Any) -> optax.GradientTransformation:
   """`make_optimizer` for `config.optim`, its `trunk_lr_scale` resolved for
-  `config.model.trunk` when None (`config_lib.trunk_lr_scale`)."""
+  `config.model.trunk` when None (`trunks.trunk_lr_scale`)."""
   optim = ml_collections.ConfigDict(config.optim.to_dict())
-  optim.trunk_lr_scale = config_lib.trunk_lr_scale(config)
+  optim.trunk_lr_scale = trunks.trunk_lr_scale(config)
   return make_optimizer(optim, params)
 
 

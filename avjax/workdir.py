@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 
 from avjax import config_lib
+from avjax import protocol
 from avjax import errors
 
 CONFIG = "config.json"
@@ -428,13 +429,13 @@ def record_config(config: ml_collections.ConfigDict, workdir: str, allow_change:
   """Records `config` as `path` (default `workdir/config.json`) on a first run; on a
   later run checks it against the recorded one and raises ConfigMismatchError,
   before writing anything, when a field that changes the model, data or protocol
-  differs (`config_lib.RUN_ONLY_FIELDS` may). With `allow_change` the new config
+  differs (`protocol.RUN_ONLY_FIELDS` may). With `allow_change` the new config
   replaces the recorded one, which is kept as `config.<its hash>.json` beside it.
   `write=False` only checks (the processes other than 0 of a multi-host run)."""
   path = path or os.path.join(workdir, CONFIG)
   if os.path.isfile(path):
     recorded = config_lib.complete(read_json(path, config_repair(path)), recorded=True)
-    diff = config_lib.config_diff(recorded, config)
+    diff = protocol.config_diff(recorded, config)
     if not diff:
       return path
     if not allow_change:
@@ -446,7 +447,7 @@ def record_config(config: ml_collections.ConfigDict, workdir: str, allow_change:
           "records the config it was trained with).")
     if not write:
       return path
-    old = os.path.join(os.path.dirname(path), f"config.{config_lib.config_hash(recorded)}.json")
+    old = os.path.join(os.path.dirname(path), f"config.{protocol.config_hash(recorded)}.json")
     os.replace(path, old)
   if not write:
     return path

@@ -24,9 +24,10 @@ Nothing has been run on CREMA-D yet.
 """
 
 from avjax import config_lib
+from avjax import config_tokens
 
 
 def get_config(arg=None):
   config = config_lib.get_base_config()
-  config_lib.set_dataset(config, "crema_d_av")
-  return config_lib.apply_args(config, arg)
+  config_tokens.set_dataset(config, "crema_d_av")
+  return config_tokens.apply_args(config, arg)

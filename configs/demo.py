@@ -13,11 +13,12 @@ on a 2-core AMD EPYC (2026-12-05): 4 min 7 s, AV 75.0, AO 85.9, VO 59.4 % (chanc
 """
 
 from avjax import config_lib
+from avjax import config_tokens
 
 
 def get_config(arg=None):
   config = config_lib.get_base_config()
-  config_lib.set_dataset(config, "synthetic_av")
+  config_tokens.set_dataset(config, "synthetic_av")
   config.folds = (0, 1)
   config.input.crop_size = 32
   config.input.eval_batch_size = 40
@@ -37,4 +38,4 @@ def get_config(arg=None):
   config.train.checkpoint_every_steps = 50
   config.train.eval_every_epochs = 0
   config.eval.k = 5
-  return config_lib.apply_args(config, arg)
+  return config_tokens.apply_args(config, arg)

@@ -38,9 +38,10 @@ row have not been run on all 24 actors yet (development folds: docs/experiments.
 """
 
 from avjax import config_lib
+from avjax import config_tokens
 
 
 def get_config(arg=None):
   config = config_lib.get_base_config()
-  config_lib.set_dataset(config, "ravdess")
-  return config_lib.apply_args(config, arg)
+  config_tokens.set_dataset(config, "ravdess")
+  return config_tokens.apply_args(config, arg)

@@ -796,9 +796,10 @@ def demo_config(data_dir: str, **input_overrides):
 
 def measure_input(data_dir: str, batches: int, **input_overrides) -> dict:
   """clips/s of the training iterator (after its first batch) on the synthetic set."""
-  from avjax import config_lib, input_pipeline
+  from avjax import input_pipeline
+  from avjax.data import registry
   config = demo_config(data_dir, **input_overrides)
-  folds = config_lib.training_folds(config, 0)
+  folds = registry.training_folds(config, 0)
   it = input_pipeline.create_train_iterator(config, folds, seed=0)
   try:
     first = next(it)
@@ -1174,7 +1175,7 @@ def run(preset_name: str, sections: Sequence[str] | None = None, repeats: int | 
 
 def main(argv: Sequence[str] | None = None, mwtsm_reference=None) -> dict | None:
   """The command line; `mwtsm_reference`: see `measure_mwtsm` (the command line has none)."""
-  from avjax import config_lib
+  from avjax import choices
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu_quick")
   parser.add_argument("--sections", default="", help="comma-separated subset of the preset's")
@@ -1187,8 +1188,8 @@ def main(argv: Sequence[str] | None = None, mwtsm_reference=None) -> dict | None
                       help="shape and widths (default: the preset's)")
   for name in ("batch", "windows", "frames", "size", "samples"):
     models.add_argument(f"--models_{name}", type=int, default=0, help="0: the shape's")
-  models.add_argument("--models_dtype", choices=config_lib.DTYPES, default="float32")
-  models.add_argument("--models_variant", choices=config_lib.VARIANTS, default="gating")
+  models.add_argument("--models_dtype", choices=choices.DTYPES, default="float32")
+  models.add_argument("--models_variant", choices=choices.VARIANTS, default="gating")
   models.add_argument("--models_freeze_bn", type=int, choices=(0, 1), default=None,
                       help="default: the shape's (ravdess 1 as configs/ravdess.py, demo 0)")
   models.add_argument("--models_remat", action="store_true")

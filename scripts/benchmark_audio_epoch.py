@@ -94,8 +94,8 @@ def main(argv):
 
   from avjax.data import builder_lib  # noqa: F401  (the builders' base)
   cls = input_pipeline._builder_class(config.dataset.name)
-  from avjax import config_lib
-  name = config_lib.builder_config_name(config)
+  from avjax.data import registry
+  name = registry.builder_config_name(config)
   builder = cls(config=name, data_dir=str(data_dir), num_workers=FLAGS.num_workers)
   build_s = None
   if not builder.is_prepared():
@@ -105,7 +105,7 @@ def main(argv):
     build_s = time.time() - start
     print(f"built {config.dataset.name}/{name} in {build_s:.1f} s", flush=True)
 
-  train_folds = config_lib.training_folds(config, 0)
+  train_folds = registry.training_folds(config, 0)
   steps_per_epoch = input_pipeline.steps_per_epoch(config, train_folds)
   steps = FLAGS.steps or steps_per_epoch
   config.train.max_steps = steps

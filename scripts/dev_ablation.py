@@ -39,16 +39,16 @@ from absl import flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from avjax import config_lib  # noqa: E402
+from avjax import config_tokens  # noqa: E402
 
 DEV_FOLDS = (4, 5, 6, 7, 8, 9)
 # Every setting is a set of overrides on top of the paper's literal reading
-# (`config_lib.PAPER_LITERAL`, trunk layers at the full learning rate), so that a name
+# (`config_tokens.PAPER_LITERAL`, trunk layers at the full learning rate), so that a name
 # keeps its meaning whatever the defaults: the defaults (`warmup_semihard`) at 100
 # epochs are `centered_semihard_warmup50_adamw` with frozen trunks and
 # `centered_semihard_warmup50_adamw_trunk0.01` with `finetune_from`. Rows of
 # ablation.json are keyed by these names.
-_PAPER = {**config_lib.PAPER_LITERAL, "optim.trunk_lr_scale": 1.0}
+_PAPER = {**config_tokens.PAPER_LITERAL, "optim.trunk_lr_scale": 1.0}
 _CENTERED_SEMIHARD = {**_PAPER, "model.center_audio_head": True, "loss.negatives": "semihard"}
 # name -> config overrides (field -> value) on top of configs/ravdess.py.
 SETTINGS = {

@@ -16,7 +16,7 @@ start the printed commands yourself on a shared workdir, then collect the table 
 `--collect_only` (starts nothing; rows without results are marked missing).
 
 Rows and runs:
-* Table I: every windowing of `avjax.config_lib.DATASETS[<name>]['table1']` with the
+* Table I: every windowing of `avjax.data.registry.DATASETS[<name>]['table1']` with the
   gating model (run `<windowing>`), and its `_fit` twin (windows spread over the clip,
   docs/design.md), AV accuracy at the last gate.
 * Table II: AO-Global (`audio_global`), A-LSTM (`audio_lstm`), AO-/VO-/AV-Gating (the
@@ -50,6 +50,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from avjax import config_lib  # noqa: E402
+from avjax.data import registry  # noqa: E402
 from avjax import paper  # noqa: E402
 from avjax import report  # noqa: E402
 from avjax import results  # noqa: E402
@@ -83,7 +84,7 @@ def table_rows(dataset: str, table: int) -> list[dict]:
   rows = []
   if table == 1:
     published = paper.PAPER_TABLE1[builder]
-    windowings = list(config_lib.DATASETS[builder]["table1"])
+    windowings = list(registry.DATASETS[builder]["table1"])
     # In the paper's order where it has the row, the others after.
     windowings.sort(key=lambda w: list(published).index(w) if w in published else len(published))
     for w in windowings:
@@ -91,7 +92,7 @@ def table_rows(dataset: str, table: int) -> list[dict]:
         rows.append({"name": run, "run": run, "arg": run, "modality": "AV", "paper": published.get(w),
                      "describe": paper.describe_windowing(run)})
   elif table == 2:
-    default = config_lib.DATASETS[builder]["table1"][0]
+    default = registry.DATASETS[builder]["table1"][0]
     for name, label, arg, modality in paper.TABLE2_ROWS:
       run = default if arg == "gating" else arg
       rows.append({"name": name, "run": run, "arg": run, "modality": modality,
@@ -255,7 +256,7 @@ def main(argv):
     if FLAGS.collect_only:
       print(f"# not run (--collect_only): {shlex.join(cmd)}", flush=True)
       continue
-    print(f"# reads {config.dataset.name}/{config_lib.builder_config_name(config)}", flush=True)
+    print(f"# reads {config.dataset.name}/{registry.builder_config_name(config)}", flush=True)
     print(shlex.join(cmd), flush=True)
     if FLAGS.dry_run:
       continue

@@ -37,9 +37,9 @@ def main(argv):
   from tests import helpers
   from avjax import train_state
 
-  from avjax import config_lib
+  from avjax import config_tokens
   config = helpers.parity_config()
-  config_lib.apply_args(config, "audio_lstm")       # as test_train.audio_config
+  config_tokens.apply_args(config, "audio_lstm")       # as test_train.audio_config
   batches = [helpers.tiny_batch(config, seed) for seed in range(2)]
   n = len(batches[0]["label"])
   pid, nproc = jax.process_index(), jax.process_count()

@@ -158,9 +158,9 @@ def tiny_batch(config, seed=0):
 def tiny_synthetic_config(data_dir: str | None = None, **train_overrides):
   """`tiny_config` on the synthetic set (the shared one unless `data_dir`): 2 clips per
   class, 16-pixel crops, k = 3, one epoch, a log line and a checkpoint every 1-2 steps."""
-  from avjax import config_lib
+  from avjax import config_tokens
   c = tiny_config(clips_per_class=2, crop=16)
-  config_lib.set_dataset(c, "synthetic_av")
+  config_tokens.set_dataset(c, "synthetic_av")
   del c.tiny
   c.dataset.data_dir = data_dir or synthetic_data_dir()
   c.input.eval_batch_size = 32

@@ -6,7 +6,7 @@ import tempfile
 import numpy as np
 from absl.testing import absltest
 
-from avjax import config_lib
+from avjax.data import registry
 from avjax.data import folds as folds_lib
 from avjax.data import media
 from avjax.data import windows
@@ -90,7 +90,7 @@ class CremaDBuilderTest(builder_base.BuilderTestCase):
     self.assertIn("Cao", self.builder.info.citation)
     self.assertIn("Open Database License", self.builder.info.description)
     self.assertEqual(self.builder.info.features["label"].names,
-                     list(config_lib.DATASETS["crema_d_av"]["class_names"]))
+                     list(registry.DATASETS["crema_d_av"]["class_names"]))
 
   def test_gender_table(self):
     g = lib.genders()
@@ -104,7 +104,7 @@ class CremaDBuilderTest(builder_base.BuilderTestCase):
                      dict(actor=1001, label=0, intensity=3, statement=8))
     self.assertEqual(lib.parse_name("1091_IEO_SAD_LO"),
                      dict(actor=1091, label=5, intensity=0, statement=0))
-    class_names = config_lib.DATASETS["crema_d_av"]["class_names"]
+    class_names = registry.DATASETS["crema_d_av"]["class_names"]
     for code, name in zip(lib.EMOTIONS, class_names):
       self.assertTrue(name.upper().startswith(code[:2]), (code, name))
     for bad in ("1001_DFA_ANG", "1001_DFA_XXX_XX", "1001_DFA_ANG_ZZ", "abc"):

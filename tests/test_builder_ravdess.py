@@ -189,8 +189,9 @@ class RavdessBuilderTest(builder_base.BuilderTestCase):
     self.assertEqual(builder.info.splits[f"fold{folds[1]}"].num_examples, 1)
     # Training reads it only with the opt-in, and refuses a test fold without clips.
     from avjax import config_lib, input_pipeline
+    from avjax import config_tokens
     config = config_lib.get_base_config()
-    config_lib.set_dataset(config, "ravdess")
+    config_tokens.set_dataset(config, "ravdess")
     config.dataset.config, config.dataset.data_dir = "w2_l1_ov", str(root / "data")
     config.dataset.build = False
     with self.assertRaisesRegex(ValueError, re.escape(f"has no fold(s) {missing}")):

@@ -8,6 +8,8 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from avjax import config_lib
+from avjax.data import registry
+from avjax import trunks
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -26,7 +28,7 @@ class ConfigsTest(parameterized.TestCase):
     config = load_config_module(name).get_config()
     config_lib.validate(config)
     self.assertEqual(len(config.dataset.class_names),
-                     len(config_lib.DATASETS[config.dataset.name]["class_names"]))
+                     len(registry.DATASETS[config.dataset.name]["class_names"]))
 
   def test_paper_defaults(self):
     c = load_config_module("ravdess").get_config()
@@ -39,7 +41,7 @@ class ConfigsTest(parameterized.TestCase):
     self.assertEqual(c.input.clips_per_class * len(c.dataset.class_names), 40)
     self.assertEqual(load_config_module("crema_d").get_config().dataset.config, "w6_l1_ov")
 
-  @parameterized.parameters(*config_lib.DATASETS["ravdess"]["table1"])
+  @parameterized.parameters(*registry.DATASETS["ravdess"]["table1"])
   def test_table1_rows(self, windowing):
     c = load_config_module("ravdess").get_config(windowing)
     config_lib.validate(c)
@@ -109,15 +111,15 @@ class ConfigsTest(parameterized.TestCase):
       c = mod.get_config("audio_lstm")
       c.model.trunk = trunk
       self.assertIsNone(c.optim.trunk_lr_scale)
-      self.assertEqual(config_lib.trunk_lr_scale(c), scale)
+      self.assertEqual(trunks.trunk_lr_scale(c), scale)
       self.assertEqual(config_lib.complete(c).optim.trunk_lr_scale, scale)
       c.optim.trunk_lr_scale = 0.1
-      self.assertEqual((config_lib.trunk_lr_scale(c), config_lib.complete(c).optim.trunk_lr_scale),
+      self.assertEqual((trunks.trunk_lr_scale(c), config_lib.complete(c).optim.trunk_lr_scale),
                        (0.1, 0.1))
       # Randomly initialised encoders (the demo's) train at the full rate.
       c.optim.trunk_lr_scale = None
       c.model.pretrained = False
-      self.assertEqual((config_lib.trunk_lr_scale(c), config_lib.complete(c).optim.trunk_lr_scale),
+      self.assertEqual((trunks.trunk_lr_scale(c), config_lib.complete(c).optim.trunk_lr_scale),
                        (1.0, 1.0))
     self.assertEqual(config_lib.complete(load_config_module("demo").get_config()).optim.trunk_lr_scale,
                      1.0)
@@ -143,7 +145,7 @@ class ConfigsTest(parameterized.TestCase):
     c = load_config_module(name).get_config(arg)
     c.dataset.records = records
     config_lib.validate(c)
-    self.assertEqual(config_lib.builder_config_name(c), expected)
+    self.assertEqual(registry.builder_config_name(c), expected)
 
   def test_unknown_argument_fails_naming_it(self):
     with self.assertRaisesRegex(ValueError, "'bogus'"):
@@ -218,24 +220,24 @@ class FoldsTest(absltest.TestCase):
 
   def test_validation_fold_choices(self):
     c = config_lib.get_base_config()
-    self.assertIsNone(config_lib.validation_fold(c, 4))
-    self.assertEqual(config_lib.training_folds(c, 4), [0, 1, 2, 3, 5, 6, 7, 8, 9])
+    self.assertIsNone(registry.validation_fold(c, 4))
+    self.assertEqual(registry.training_folds(c, 4), [0, 1, 2, 3, 5, 6, 7, 8, 9])
     c.train.validation_fold = "next"
-    self.assertEqual(config_lib.validation_fold(c, 4), 5)
-    self.assertEqual(config_lib.validation_fold(c, 9), 0)                 # modulo the folds
-    self.assertEqual(config_lib.validation_fold(c, 9, nonempty={3, 5, 9}), 3)  # with clips
-    self.assertEqual(config_lib.training_folds(c, 9), [1, 2, 3, 4, 5, 6, 7, 8])
+    self.assertEqual(registry.validation_fold(c, 4), 5)
+    self.assertEqual(registry.validation_fold(c, 9), 0)                 # modulo the folds
+    self.assertEqual(registry.validation_fold(c, 9, nonempty={3, 5, 9}), 3)  # with clips
+    self.assertEqual(registry.training_folds(c, 9), [1, 2, 3, 4, 5, 6, 7, 8])
     with self.assertRaisesRegex(ValueError, "no fold other than"):
-      config_lib.validation_fold(c, 2, nonempty={2})
+      registry.validation_fold(c, 2, nonempty={2})
     c.train.validation_fold = "7"
-    self.assertEqual(config_lib.validation_fold(c, 0), 7)
-    self.assertEqual(config_lib.training_folds(c, 0), [1, 2, 3, 4, 5, 6, 8, 9])
+    self.assertEqual(registry.validation_fold(c, 0), 7)
+    self.assertEqual(registry.training_folds(c, 0), [1, 2, 3, 4, 5, 6, 8, 9])
     with self.assertRaisesRegex(ValueError, "is the test fold"):
-      config_lib.validation_fold(c, 7)
+      registry.validation_fold(c, 7)
     c.folds = (0, 1)
     config_lib.validate(c)
     recorded = config_lib.complete(dict(c.to_dict(), train=dict(c.train.to_dict(), validation_fold=7)))
-    self.assertEqual(config_lib.validation_fold(recorded, 0), 7)      # an int (from JSON) too
+    self.assertEqual(registry.validation_fold(recorded, 0), 7)      # an int (from JSON) too
 
   def test_num_folds_is_gone(self):
     old = config_lib.get_base_config().to_dict()

@@ -11,7 +11,7 @@ import numpy as np
 from absl.testing import absltest
 
 from avjax import augment
-from avjax import config_lib
+from avjax import config_tokens
 from avjax import device_data as dd
 from avjax import input_pipeline as ip
 from avjax import parallel
@@ -36,7 +36,7 @@ class DeviceDataTest(absltest.TestCase):
 
   def config(self, **input_overrides):
     c = helpers.tiny_config(clips_per_class=2, crop=16)   # small: I3D's compile dominates
-    config_lib.set_dataset(c, "synthetic_av")
+    config_tokens.set_dataset(c, "synthetic_av")
     del c.tiny
     c.dataset.config = _WINDOWING
     c.dataset.data_dir = self.data_dir
@@ -123,7 +123,7 @@ class DeviceDataTest(absltest.TestCase):
     # compile several times faster (the video gather, crop and flip are checked against
     # the host batches above).
     config = self.config()
-    config_lib.apply_args(config, "audio_lstm")
+    config_tokens.apply_args(config, "audio_lstm")
     host = ip.create_train_iterator(config, _TRAIN_FOLDS, seed=5)
     dev = dd.create_device_iterator(config, _TRAIN_FOLDS, seed=5, mesh=self.mesh)
     batch = next(host)
@@ -146,7 +146,7 @@ class DeviceDataTest(absltest.TestCase):
     config = self.config(cache_on_device=True, speed_range=0.1, pitch_shift_semitones=1.0)
     config.model.freeze_bn = True
     # Audio only: resumption does not depend on the modality, and SoundNet compiles fast.
-    config_lib.apply_args(config, "audio_lstm")
+    config_tokens.apply_args(config, "audio_lstm")
     config.train.max_steps = 2
     config.train.log_every_steps = 1
     config.train.checkpoint_every_steps = 1

@@ -20,6 +20,7 @@ import numpy as np
 from absl.testing import absltest
 
 from avjax import config_lib
+from avjax import protocol
 from avjax import errors
 from avjax import input_pipeline
 from avjax import parallel
@@ -319,7 +320,7 @@ class CrossValidationTest(absltest.TestCase):
     self.assertEqual(mtime, os.path.getmtime(os.path.join(workdir, "fold_0", "predictions.npz")))
     # Each fold recorded the config it was trained with, and its hash.
     info = json.load(open(os.path.join(workdir, "fold_0", workdir_lib.FOLD_INFO)))
-    self.assertEqual(info["config_hash"], config_lib.config_hash(saved_config))
+    self.assertEqual(info["config_hash"], protocol.config_hash(saved_config))
     self.assertEqual(workdir_lib.load_fold_config(workdir, 0).model.variant, "gating")
     # A rerun under another variant stops before touching anything.
     copy = os.path.join(tempfile.mkdtemp(), "w")

@@ -31,6 +31,8 @@ from absl.testing import absltest
 
 from avjax import augment
 from avjax import config_lib
+from avjax import choices
+from avjax import trunks
 from avjax import device_data
 from avjax import evaluate
 from avjax import feature_store
@@ -174,7 +176,7 @@ class EquivalenceTest(absltest.TestCase):
                        {**{k: v[:n_q] for k, v in e.items()}, "label": feats["label"][:n_q]})
     p_got = evaluate.predict_per_gate(config, *split(got))
     p_want = evaluate.predict_per_gate(config, *split(want))
-    for m in config_lib.gate_modalities(config):
+    for m in choices.gate_modalities(config):
       np.testing.assert_array_equal(p_got[f"pred_{m}"], p_want[f"pred_{m}"], err_msg=m)
 
   def test_frozen_trunk_equals_the_whole_network_with_its_trunks_held(self):
@@ -460,10 +462,10 @@ class StoreTest(absltest.TestCase):
         config_lib.validate(c)
 
   def test_cut_names_are_the_networks(self):
-    self.assertEqual(config_lib.SOUNDNET_CUTS, tuple(n for n, *_ in soundnet.LAYERS))
-    self.assertEqual(config_lib.I3D_CUTS, i3d.ENDPOINTS[:i3d.ENDPOINTS.index("Mixed_5c")])
-    self.assertEqual(config_lib.POOLED, soundnet.POOLED)
-    self.assertEqual(config_lib.POOLED, i3d.POOLED)
+    self.assertEqual(trunks.SOUNDNET_CUTS, tuple(n for n, *_ in soundnet.LAYERS))
+    self.assertEqual(trunks.I3D_CUTS, i3d.ENDPOINTS[:i3d.ENDPOINTS.index("Mixed_5c")])
+    self.assertEqual(trunks.POOLED, soundnet.POOLED)
+    self.assertEqual(trunks.POOLED, i3d.POOLED)
 
 
 class FrozenWorkdirTest(absltest.TestCase):

@@ -8,7 +8,7 @@ import tempfile
 import numpy as np
 from absl.testing import absltest
 
-from avjax import config_lib
+from avjax.data import registry
 from avjax import figures
 from tests.helpers import RAVDESS_CLASSES, write_fake_fold
 
@@ -45,7 +45,7 @@ class FiguresTest(absltest.TestCase):
         assert_png(self, p)
 
   def test_fig5_skipped_without_the_classes_and_explicit_groups(self):
-    names = config_lib.DATASETS["crema_d_av"]["class_names"]
+    names = registry.DATASETS["crema_d_av"]["class_names"]
     labels = np.repeat(np.arange(6), 3)
     with tempfile.TemporaryDirectory() as d:
       write_fake_fold(d, 0, labels, {"AV": [9, 12]}, dataset="crema_d_av", config="w2_l1_ov",

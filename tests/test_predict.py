@@ -25,7 +25,7 @@ import av
 import numpy as np
 from absl.testing import absltest
 
-from avjax import config_lib
+from avjax.data import registry
 from avjax import input_pipeline
 from avjax import knn
 from avjax import predict
@@ -101,7 +101,7 @@ class PredictTest(absltest.TestCase):
 
   def test_reference_bank_is_what_evaluation_used(self):
     bank = predict.load_bank(os.path.join(self.fold_dir, workdir_lib.REFERENCE_BANK))
-    train_folds = config_lib.training_folds(self.config, 0)
+    train_folds = registry.training_folds(self.config, 0)
     with np.load(os.path.join(self.fold_dir, workdir_lib.REFERENCE_BANK), allow_pickle=False) as z:
       self.assertEqual(list(z["clip_id"]), input_pipeline.clip_ids(self.config, train_folds))
       self.assertEqual(z["meta"].dtype.kind, "U")           # JSON text, nothing pickled

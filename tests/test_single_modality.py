@@ -26,6 +26,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from avjax import config_lib
+from avjax import config_tokens
 from avjax import evaluate
 from avjax import input_pipeline
 from avjax import parallel
@@ -73,10 +74,10 @@ def _ravdess_audio_manual_dir() -> pathlib.Path:
 
 def _audio_config(variant: str):
   c = helpers.tiny_synthetic_config(max_steps=2)
-  config_lib.set_dataset(c, "ravdess")
+  config_tokens.set_dataset(c, "ravdess")
   # The 1 s global window (not the 3 s default) keeps the build and the step small.
   windowing = "w1_l1_no_fit" if variant == "global" else "w2_l1_ov"
-  config_lib.apply_args(c, f"{windowing},audio_{variant}")
+  config_tokens.apply_args(c, f"{windowing},audio_{variant}")
   c.dataset.data_dir = os.path.join(_TMP, "tfds")
   c.dataset.manual_dir = str(_ravdess_audio_manual_dir())
   c.input.clips_per_class = 2
@@ -86,7 +87,7 @@ def _audio_config(variant: str):
 
 def _video_config(variant: str):
   c = helpers.tiny_synthetic_config(max_steps=2)
-  config_lib.apply_args(c, f"video_{variant}")
+  config_tokens.apply_args(c, f"video_{variant}")
   c.dataset.data_dir = helpers.synthetic_data_dir(c.dataset.config)   # shared, 80 clips
   c.input.crop_size = 16   # the smallest crop I3D takes: the video encoder's compile dominates
   c.eval.figures = False

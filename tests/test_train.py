@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from absl.testing import absltest
 
-from avjax import config_lib
+from avjax import config_tokens
 from avjax import parallel
 from avjax import steps
 from avjax import train_state
@@ -62,7 +62,7 @@ def audio_config(arg: str = "audio_lstm", **kwargs):
   step compiles several times faster (the whole AV step is trained by the sharding and
   every-collection tests)."""
   config = parity_config(**kwargs)
-  config_lib.apply_args(config, arg)
+  config_tokens.apply_args(config, arg)
   return config
 
 

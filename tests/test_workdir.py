@@ -12,6 +12,8 @@ import tempfile
 from absl.testing import absltest
 
 from avjax import config_lib
+from avjax import config_tokens
+from avjax import protocol
 from avjax import workdir
 
 
@@ -29,7 +31,7 @@ class RecordConfigTest(absltest.TestCase):
     rerun.model.conv_impl = "xla"
     workdir.record_config(rerun, root)
     self.assertEqual(open(path).read(), before)
-    self.assertEqual(config_lib.config_hash(rerun), config_lib.config_hash(first))
+    self.assertEqual(protocol.config_hash(rerun), protocol.config_hash(first))
     # A model / protocol field may not.
     other = config_lib.get_base_config()
     other.model.variant = "lstm"
@@ -42,11 +44,11 @@ class RecordConfigTest(absltest.TestCase):
     self.assertIn("--config_mismatch=ok", message)
     self.assertEqual(open(path).read(), before)                       # nothing written
     self.assertEqual(os.listdir(root), ["config.json"])
-    self.assertNotEqual(config_lib.config_hash(other), config_lib.config_hash(first))
+    self.assertNotEqual(protocol.config_hash(other), protocol.config_hash(first))
     # With consent the new config is recorded and the old one kept.
     workdir.record_config(other, root, allow_change=True)
     self.assertEqual(workdir.load_config(root).model.variant, "lstm")
-    kept = os.path.join(root, f"config.{config_lib.config_hash(first)}.json")
+    kept = os.path.join(root, f"config.{protocol.config_hash(first)}.json")
     self.assertTrue(os.path.isfile(kept))
     self.assertEqual(open(kept).read(), before)
 
@@ -68,7 +70,7 @@ class RecordConfigTest(absltest.TestCase):
     for field in ("loss.negatives", "model.center_audio_head", "loss.batch_all_epochs",
                   "optim.name"):
       self.assertIn(field, str(cm.exception))
-    literal = config_lib.apply_args(config_lib.get_base_config(), "paper_literal")
+    literal = config_tokens.apply_args(config_lib.get_base_config(), "paper_literal")
     workdir.record_config(literal, root)          # no difference: resumes
 
   def test_a_fold_is_read_with_the_config_it_was_trained_with(self):

@@ -3,14 +3,14 @@
 Legend: T windows, F frames per window, S audio samples per window.
 
 A builder subclasses `AVBuilder` and supplies three things: the dataset's
-key in `config_lib.DATASETS`, the actor -> gender table (folds come from it, so
+key in `registry.DATASETS`, the actor -> gender table (folds come from it, so
 they are the same whichever files are present), and `find_clips(manual_dir)`,
 which lists the clips and the files it had to reject. Everything else is here:
 
 * Builder configs named by windowing: each Table I row of the dataset, its
   `_fit` twin, and the one-window readings of the `global` variant
-  (`global_windowings` in `config_lib.DATASETS`); the default is the first
-  (best) row. Datasets with `audio_records` in `config_lib.DATASETS` also get
+  (`global_windowings` in `registry.DATASETS`); the default is the first
+  (best) row. Datasets with `audio_records` in `registry.DATASETS` also get
   an audio-only twin of each, `audio_<windowing>`: the same records without
   the `video` feature, built from the audio files alone (`find_clips` is
   told which family it lists through `self.audio_only`).
@@ -48,7 +48,7 @@ import tensorflow_datasets as tfds
 import tqdm
 from etils import epath
 
-from avjax import config_lib
+from avjax.data import registry
 from avjax import errors
 from avjax.data import features
 from avjax.data import folds as folds_lib
@@ -137,7 +137,7 @@ def prepare(builder, download_config=None, overwrite: bool = False) -> bool:
   return True
 
 
-AUDIO_PREFIX = config_lib.AUDIO_CONFIG_PREFIX   # 'audio_': audio-only builder configs
+AUDIO_PREFIX = registry.AUDIO_CONFIG_PREFIX   # 'audio_': audio-only builder configs
 
 
 def split_name(name: str) -> tuple[bool, windows.WindowSpec]:
@@ -160,7 +160,7 @@ def describe(name: str, options: media.DecodeOptions = media.DecodeOptions()) ->
 
 def builder_configs(dataset: str) -> list[tfds.core.BuilderConfig]:
   return [tfds.core.BuilderConfig(name=n, description=describe(n))
-          for n in config_lib.builder_config_names(dataset)]
+          for n in registry.builder_config_names(dataset)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +209,7 @@ def listing(path: pathlib.Path, limit: int = 8) -> str:
 class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base of the real-data builders (see module docstring)."""
 
-  DATASET: str = ""                 # key of config_lib.DATASETS
+  DATASET: str = ""                 # key of registry.DATASETS
   HOMEPAGE: str = ""
   VERSION = tfds.core.Version(VERSION)
   RELEASE_NOTES = RELEASE_NOTES
@@ -276,7 +276,7 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             frames_per_window=o.frames_per_window(spec.length),
             frame_size=o.frame_size,
             samples_per_window=o.samples_per_window(spec.length),
-            class_names=config_lib.DATASETS[self.DATASET]["class_names"],
+            class_names=registry.DATASETS[self.DATASET]["class_names"],
             with_video=not self.audio_only),
         homepage=self.HOMEPAGE,
         metadata=tfds.core.MetadataDict(

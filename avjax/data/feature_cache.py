@@ -16,7 +16,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from avjax import config_lib
+from avjax.data import registry
+from avjax import trunks
 from avjax import errors
 from avjax.models import weights
 
@@ -31,7 +32,7 @@ class FeatureStoreError(errors.Failure, RuntimeError):
 
 def endpoint(config, modality: str) -> str:
   """The cut of `modality`'s encoder: 'pooled' or a layer name."""
-  cut = config_lib.trunk_inputs(config.model)[modality]
+  cut = trunks.trunk_inputs(config.model)[modality]
   if cut is None:
     raise ValueError(f"model.trunk={config.model.trunk!r} caches no {modality} features")
   return cut
@@ -66,7 +67,7 @@ def store_key(config, builder, modality: str) -> dict[str, Any]:
   m = config.model
   key = {
       "version": STORE_VERSION, "dataset": config.dataset.name,
-      "builder_config": config_lib.builder_config_name(config),
+      "builder_config": registry.builder_config_name(config),
       "builder_version": str(builder.version), "splits": splits,
       "modality": modality, "endpoint": endpoint(config, modality),
       "weights": weights_id(config, modality), "dtype": str(m.dtype),
@@ -99,7 +100,7 @@ def store_path(config, builder, modality: str) -> str:
 def store_paths(config, builder) -> dict[str, str]:
   """{modality: store directory} for the modalities `config.model.trunk` caches."""
   return {m: store_path(config, builder, m)
-          for m, cut in config_lib.trunk_inputs(config.model).items() if cut is not None}
+          for m, cut in trunks.trunk_inputs(config.model).items() if cut is not None}
 
 
 def fold_path(store: str, fold: int) -> str:

@@ -35,7 +35,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from avjax.config_lib import CONV_IMPLS as IMPLS
+from avjax.choices import CONV_IMPLS as IMPLS
 
 # backend -> network -> (the form of every layer not listed, the layers in the other
 # form). Measured per layer, forward + backward, at the RAVDESS shape

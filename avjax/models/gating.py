@@ -44,7 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 from clu import parameter_overview
 
-from avjax import config_lib
+from avjax import choices
+from avjax import trunks
 from avjax.models import i3d
 from avjax.models import soundnet
 
@@ -125,7 +126,7 @@ class AVModel(nn.Module):
   bn_momentum: float | None = None     # BatchNorm momentum of both encoders (None: each one's own)
   center_audio_head: bool = False      # model.center_audio_head (conv.Centering)
   center_video_head: bool = False      # model.center_video_head
-  # Where each encoder starts (config_lib.trunk_inputs): None (raw media), 'pooled'
+  # Where each encoder starts (trunks.trunk_inputs): None (raw media), 'pooled'
   # (the frozen trunk's cached pooled output: only the head is built) or a layer
   # whose cached output is the input (the layers above it are built).
   video_input: str | None = None
@@ -145,7 +146,7 @@ class AVModel(nn.Module):
     """`window_valid` [B, T] (optional): the fraction of each window inside its clip;
     the LSTMs pass the windows where it is 0 unchanged (`TemporalLSTM`), and
     BatchNorm in training mode leaves them out of its batch statistics."""
-    config_lib.check_model_choice(self.variant, self.modalities, "AVModel")
+    choices.check_model_choice(self.variant, self.modalities, "AVModel")
     outputs: dict[str, jax.Array] = {}
     valid = None if window_valid is None else jnp.asarray(window_valid) > 0   # [B, T]
     # BatchNorm's batch statistics (training, freeze_bn=False) over real windows only.
@@ -216,8 +217,8 @@ def create_model(model_config: Any) -> AVModel:
   m = model_config
   if m.dtype not in _DTYPES:
     raise ValueError(f"config.model.dtype: {m.dtype!r} is not one of {tuple(_DTYPES)}")
-  config_lib.check_model_choice(m.variant, m.modalities, "config.model")
-  inputs = config_lib.trunk_inputs(m)
+  choices.check_model_choice(m.variant, m.modalities, "config.model")
+  inputs = trunks.trunk_inputs(m)
   return AVModel(
       variant=m.variant, modalities=m.modalities, embed_dim=int(m.embed_dim),
       lstm_hidden=int(m.lstm_hidden), video_width=float(m.video_width),

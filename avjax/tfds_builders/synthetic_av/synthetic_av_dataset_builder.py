@@ -25,7 +25,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 from etils import epath
 
-from avjax import config_lib
+from avjax.data import registry
 from avjax.data import features
 from avjax.data import folds as folds_lib
 from avjax.data import synthetic
@@ -60,8 +60,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                "of the colour difference, was 0.35). The audio is unchanged.",
   }
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n, description=_describe(n))
-                     for n in config_lib.builder_config_names(NAME)]
-  DEFAULT_CONFIG_NAME = config_lib.DATASETS[NAME]["table1"][0]
+                     for n in registry.builder_config_names(NAME)]
+  DEFAULT_CONFIG_NAME = registry.DATASETS[NAME]["table1"][0]
 
   # TFDS locates the builder's folder (README.md, CITATIONS.bib, checksums)
   # through `importlib_resources`, a package this project does not install.
@@ -91,7 +91,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             frames_per_window=int(round(spec.length * synthetic.FPS)),
             frame_size=synthetic.FRAME_SIZE,
             samples_per_window=int(round(spec.length * synthetic.AUDIO_RATE)),
-            class_names=config_lib.DATASETS[NAME]["class_names"]),
+            class_names=registry.DATASETS[NAME]["class_names"]),
         homepage="https://github.com/avjax/avjax",
         metadata=tfds.core.MetadataDict(
             fps=synthetic.FPS, frame_size=synthetic.FRAME_SIZE,
