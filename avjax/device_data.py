@@ -56,8 +56,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from avjax import augment
-from avjax import trunks
 from avjax import input_pipeline as ip
+from avjax import trunks
+from avjax.data import sampler
+from avjax.data import tfds_access
 
 _READ_CHUNK = 64            # clips read from the records at a time
 # `input.cache_on_device=None` ('auto') keeps a cached trunk's features on the device up
@@ -90,9 +92,9 @@ class DeviceDataset:
 
 def read_all(config, folds: Sequence[int]) -> dict[str, np.ndarray]:
   """Every record of `folds` in the data source's order, whole frames (host arrays)."""
-  builder = ip.get_builder(config)
-  reader = ip.Reader(builder, folds, ip.reads_video(config, builder))
-  n = ip.num_clips(builder, folds)
+  builder = tfds_access.get_builder(config)
+  reader = ip.Reader(builder, folds, tfds_access.reads_video(config, builder))
+  n = tfds_access.num_clips(builder, folds)
   out: dict[str, np.ndarray] = {}
   for lo in range(0, n, _READ_CHUNK):
     part = reader.read(range(lo, min(lo + _READ_CHUNK, n)), None)
@@ -106,8 +108,8 @@ def read_all(config, folds: Sequence[int]) -> dict[str, np.ndarray]:
 
 def feature_reader(config, folds: Sequence[int]):
   """The feature store's reader of `folds` (a cached trunk; extracted beforehand)."""
-  builder = ip.get_builder(config)
-  return ip.make_reader(config, builder, folds, ip.reads_video(config, builder))
+  builder = tfds_access.get_builder(config)
+  return ip.make_reader(config, builder, folds, tfds_access.reads_video(config, builder))
 
 
 def use_device(config, folds: Sequence[int]) -> bool:
@@ -126,7 +128,7 @@ def load(config, folds: Sequence[int], mesh: Mesh, reader=None) -> DeviceDataset
   """Reads the records of `folds` (or, with a cached trunk, their cached features, every
   view, through `reader` when given: the host pipeline's `FeatureReader` of `folds`) and
   replicates them on every device of `mesh`."""
-  info = ip.dataset_info(config)
+  info = tfds_access.dataset_info(config)
   features: tuple[str, ...] = ()
   if trunks.cached(config):
     reader = reader if reader is not None else feature_reader(config, folds)
@@ -175,7 +177,7 @@ class DeviceTrainIterator:
 
   def inputs(self, step: int) -> dict[str, np.ndarray]:
     b = self._batches
-    index = ip.host_slice(b.global_indices(step), b.shard_index, b.shard_count)
+    index = sampler.host_slice(b.global_indices(step), b.shard_index, b.shard_count)
     if self.dataset is not None and self.dataset.features:   # augmented (if at all) at extraction
       return {"index": np.asarray(index, np.int32),
               "view": np.asarray(b.reader.draw_view(b.seed, step), np.int32)}

@@ -35,21 +35,22 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from avjax import __version__
-from avjax import config_lib
-from avjax import protocol
 from avjax import choices
-from avjax import trunks
+from avjax import config_lib
 from avjax import errors
 from avjax import feature_store
 from avjax import input_pipeline
 from avjax import knn
 from avjax import parallel
+from avjax import protocol
 from avjax import report
 from avjax import results
 from avjax import steps
 from avjax import train_state as train_state_lib
+from avjax import trunks
 from avjax import workdir as workdir_lib
 from avjax.data import folds as folds_lib
+from avjax.data import tfds_access
 from avjax.data import windows
 from avjax.models import gating
 
@@ -141,13 +142,13 @@ def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh,
   `selected_by` says how `state`'s checkpoint was chosen ('last' or
   'validation_fold:N'); fold_info.json records it with the checkpoint's step."""
   del model
-  train_folds = input_pipeline.split_folds(config, test_fold)[0]
+  train_folds = tfds_access.split_folds(config, test_fold)[0]
   refs = embed(config, state, train_folds, mesh)
   qrys = embed(config, state, [test_fold], mesh)
   arrays = predict_per_gate(config, refs, qrys)
   arrays["labels"] = qrys["label"].astype(np.int32)
   arrays["actor"] = qrys["actor"].astype(np.int32)
-  arrays["clip_id"] = np.asarray(input_pipeline.clip_ids(config, [test_fold]), dtype=str)
+  arrays["clip_id"] = np.asarray(tfds_access.clip_ids(config, [test_fold]), dtype=str)
   if len(arrays["clip_id"]) != len(arrays["labels"]):
     raise RuntimeError(f"fold {test_fold}: {len(arrays['clip_id'])} clip ids for {len(arrays['labels'])} clips")
   info = {
@@ -195,8 +196,8 @@ def reference_bank_arrays(config, state, refs: dict, train_folds: list[int],
   """The arrays of `fold_k/reference_bank.npz` (docs/results_schema.md): the training
   folds' gate embeddings [N, T, H] and labels, plus, as a JSON string `meta`,
   everything `avjax.predict` needs to preprocess a new clip without the dataset."""
-  info = input_pipeline.dataset_info(config)
-  builder_meta = dict(input_pipeline.get_builder(config).info.metadata or {})
+  info = tfds_access.dataset_info(config)
+  builder_meta = dict(tfds_access.get_builder(config).info.metadata or {})
   spec = windows.parse_name(config.dataset.config)
   step = int(jax.device_get(state.step))
   video = None
@@ -224,7 +225,7 @@ def reference_bank_arrays(config, state, refs: dict, train_folds: list[int],
   arrays = {k: np.asarray(refs[k], np.float32) for k in ("audio_gate", "video_gate") if k in refs}
   arrays["labels"] = np.asarray(refs["label"], np.int32)
   arrays["actor"] = np.asarray(refs["actor"], np.int32)
-  arrays["clip_id"] = np.asarray(input_pipeline.clip_ids(config, train_folds), dtype=str)
+  arrays["clip_id"] = np.asarray(tfds_access.clip_ids(config, train_folds), dtype=str)
   if len(arrays["clip_id"]) != len(arrays["labels"]):
     raise RuntimeError(f"fold {test_fold}: {len(arrays['clip_id'])} reference clip ids for "
                        f"{len(arrays['labels'])} embeddings")
@@ -236,10 +237,10 @@ def reference_bank_arrays(config, state, refs: dict, train_folds: list[int],
 def sample_batch(config) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes of one evaluation clip as the model takes it (media, or the cached
   features of a frozen trunk), for building a state to restore into."""
-  info = input_pipeline.dataset_info(config)
+  info = tfds_access.dataset_info(config)
   t, s = info["num_windows"], info["samples_per_window"]
   out = {"audio": jax.ShapeDtypeStruct((1, t, s), np.float32)}
-  if input_pipeline.reads_video(config, input_pipeline.get_builder(config)):
+  if tfds_access.reads_video(config, tfds_access.get_builder(config)):
     c = int(config.input.crop_size)
     out["video"] = jax.ShapeDtypeStruct((1, t, info["frames_per_window"], c, c, 3), np.uint8)
   return feature_store.model_input_shapes(config, out)   # features for a cached trunk
@@ -250,13 +251,13 @@ def checkpoint_selection(config, test_fold: int, which: str) -> str:
   'validation_fold:N'."""
   if which == "latest":
     return "last"
-  return f"validation_fold:{input_pipeline.split_folds(config, test_fold)[1]}"
+  return f"validation_fold:{tfds_access.split_folds(config, test_fold)[1]}"
 
 
 def restore_for_eval(config, fold_dir: str, test_fold: int, mesh, which: str = "latest"):
   """Rebuilds the model and restores the fold's `latest` or `best` checkpoint ('best'
   only exists with a validation fold, and is chosen by it)."""
-  if which == "best" and input_pipeline.split_folds(config, test_fold)[1] is None:
+  if which == "best" and tfds_access.split_folds(config, test_fold)[1] is None:
     raise train_state_lib.CheckpointNotFound(
         f"fold {test_fold}: there is no best checkpoint: the run had no validation fold "
         "(config.train.validation_fold='none', so nothing was selected and the last checkpoint "

@@ -70,9 +70,9 @@ from jax.experimental import multihost_utils
 
 from avjax import augment
 from avjax import config_lib
-from avjax import trunks
 from avjax import errors
 from avjax import parallel
+from avjax import trunks
 from avjax.data import feature_cache
 from avjax.models import gating
 from avjax.models import i3d
@@ -275,9 +275,10 @@ def _extract_fold(config, modality: str, store: str, fold: int, mesh) -> None:
   """Extracts one fold into `fold_<k>.partial/` (resuming from its parts), then
   renames the assembled fold into place."""
   from avjax import input_pipeline
-  builder = input_pipeline.get_builder(config)
-  info = input_pipeline.dataset_info(config)
-  n = input_pipeline.num_clips(builder, [fold])
+  from avjax.data import tfds_access
+  builder = tfds_access.get_builder(config)
+  info = tfds_access.dataset_info(config)
+  n = tfds_access.num_clips(builder, [fold])
   t = info["num_windows"]
   clips = clips_per_call(modality, t, max(info["num_clips_per_fold"].values()),
                          mesh.devices.size)
@@ -330,7 +331,7 @@ def _extract_fold(config, modality: str, store: str, fold: int, mesh) -> None:
              else jax.device_get(out))
       per_view.append(np.asarray(out, np.float32)[:len(index)])
     if write:
-      ids = input_pipeline.clip_ids(config, [fold])
+      ids = tfds_access.clip_ids(config, [fold])
       arrays = {"features": np.stack(per_view, axis=1),                      # [b, V, T, ...]
                 "window_valid": np.asarray(meta["window_valid"], np.float32),
                 "label": np.asarray(meta["label"], np.int32),
@@ -439,13 +440,13 @@ def ensure(config, mesh=None) -> dict[str, str]:
   """{modality: store directory} for the cached modalities of `config`, extracting
   every fold with clips that the store lacks (resuming an interrupted one) or whose
   files do not read back (extracted again, with a notice)."""
-  from avjax import input_pipeline
   out = {}
   inputs = {m: c for m, c in trunks.trunk_inputs(config.model).items() if c is not None}
   if not inputs:
     return out
-  builder = input_pipeline.get_builder(config)
-  info = input_pipeline.dataset_info(config)
+  from avjax.data import tfds_access
+  builder = tfds_access.get_builder(config)
+  info = tfds_access.dataset_info(config)
   folds = [f for f, n in info["num_clips_per_fold"].items() if n > 0]
   for modality in inputs:
     key = feature_cache.store_key(config, builder, modality)

@@ -69,12 +69,10 @@ the folds that skips video and audio decoding, cached per process.
 from __future__ import annotations
 
 import functools
-import importlib
 import math
-import os
 import threading
 import weakref
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import grain.python as grain
 import jax
@@ -82,12 +80,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from avjax import augment
-from avjax.data import registry
 from avjax import trunks
-from avjax.data import builder_lib
 from avjax.data import feature_cache
-from avjax.data import folds as folds_lib
-from avjax.data import windows
+from avjax.data import registry
+from avjax.data import sampler
+from avjax.data import tfds_access
 
 _EPOCH_CACHE = 4           # epochs of batch tables kept per iterator
 _NO_END = 2 ** 62          # "infinite" step range of the training dataset
@@ -96,267 +93,13 @@ _NO_END = 2 ** 62          # "infinite" step range of the training dataset
 # --------------------------------------------------------------------------- builders
 
 
-def _builder_class(name: str):
-  module = f"avjax.tfds_builders.{name}.{name}_dataset_builder"
-  try:
-    return importlib.import_module(module).Builder
-  except ModuleNotFoundError as e:
-    raise ValueError(f"config.dataset.name: no TFDS builder {module}.Builder ({e})") from e
-
-
-_BUILDERS: dict[tuple[str, str, str], tfds.core.DatasetBuilder] = {}
-_BUILD_LOCK = threading.Lock()
-
-
-def get_builder(config) -> tfds.core.DatasetBuilder:
-  """The prepared TFDS builder of `config.dataset`, built first when allowed.
-
-  With several hosts, process 0 builds and the others wait (data_dir must then
-  be shared, or built beforehand on every host).
-  """
-  ds = config.dataset
-  name = registry.builder_config_name(config)   # the windowing, `audio_`-prefixed for audio-only records
-  key = (ds.name, name, ds.data_dir or os.environ.get("TFDS_DATA_DIR", ""))
-  with _BUILD_LOCK:
-    if key in _BUILDERS:
-      return _BUILDERS[key]
-    cls = _builder_class(ds.name)
-    kwargs = {}
-    if issubclass(cls, builder_lib.AVBuilder):
-      kwargs["allow_missing_folds"] = bool(ds.allow_missing_folds)
-    try:
-      builder = cls(config=name, data_dir=ds.data_dir or None, **kwargs)
-    except ValueError as e:
-      raise ValueError(f"config.dataset.config: {name!r} is not a builder config of "
-                       f"{ds.name!r}: {e}") from e
-    if not builder.is_prepared():
-      if not ds.build:
-        raise FileNotFoundError(
-            f"Dataset {ds.name}/{name} is not prepared in {builder.data_dir}. Build it with\n"
-            f"  python scripts/build_datasets.py {ds.name}/{name} "
-            f"--data_dir={ds.data_dir or '<data_dir>'}"
-            + (f" --manual_dir={ds.manual_dir}" if ds.manual_dir else "")
-            + "\nor set config.dataset.build=True.")
-      download_config = tfds.download.DownloadConfig(manual_dir=ds.manual_dir or None)
-      if jax.process_count() == 1:
-        builder_lib.prepare(builder, download_config)
-      else:
-        from jax.experimental import multihost_utils
-        if jax.process_index() == 0:
-          builder_lib.prepare(builder, download_config)
-        multihost_utils.sync_global_devices(f"avjax_build_{ds.name}_{name}")
-        builder = cls(config=name, data_dir=ds.data_dir or None, **kwargs)
-        if not builder.is_prepared():
-          raise FileNotFoundError(
-              f"process {jax.process_index()}: {ds.name}/{name} built by process 0 is not "
-              f"visible in {builder.data_dir}; use a data_dir shared by all hosts or build it on "
-              "each host with scripts/build_datasets.py")
-    _check_folds(builder, bool(ds.allow_missing_folds))
-    _BUILDERS[key] = builder
-    return builder
-
-
-def num_classes(config) -> int:
-  """Number of classes of the data set (checked against config.dataset.class_names)."""
-  n = get_builder(config).info.features["label"].num_classes
-  if len(config.dataset.class_names) != n:
-    raise ValueError(f"config.dataset.class_names has {len(config.dataset.class_names)} names, "
-                     f"the dataset {config.dataset.name} has {n} classes")
-  return n
-
-
-def _split(folds: Sequence[int]) -> str:
-  folds = [int(f) for f in folds]
-  if not folds:
-    raise ValueError("no folds given")
-  if len(set(folds)) != len(folds):
-    raise ValueError(f"folds {folds} repeat a fold")
-  return "+".join(f"fold{f}" for f in folds)
-
-
-def _has_video(builder) -> bool:
-  return "video" in builder.info.features
-
-
-def reads_video(config, builder) -> bool:
-  """Video is read unless the data set has none or the model uses audio only."""
-  return _has_video(builder) and config.model.modalities != "audio"
-
-
-def dataset_info(config) -> dict[str, Any]:
-  """Shapes and sizes of the data set: num_windows T, frames_per_window F,
-  frame_size H, crop_size, samples_per_window S, fps, audio_rate, has_video,
-  class_names, num_clips_per_fold {fold: n}, num_clips."""
-  builder = get_builder(config)
-  feats = builder.info.features
-  spec = windows.parse_name(config.dataset.config)
-  t, s = feats["audio"].shape
-  meta = dict(builder.info.metadata or {})
-  out = dict(num_windows=int(t), samples_per_window=int(s),
-             audio_rate=float(meta.get("audio_rate", s / spec.length)),
-             has_video=_has_video(builder), class_names=tuple(feats["label"].names),
-             crop_size=int(config.input.crop_size), window=spec.name)
-  if out["has_video"]:
-    _, f, h, w, _ = feats["video"].shape
-    out.update(frames_per_window=int(f), frame_size=int(h),
-               fps=float(meta.get("fps", f / spec.length)))
-  counts = {int(k[4:]): int(v.num_examples) for k, v in builder.info.splits.items()
-            if k.startswith("fold")}
-  out["num_clips_per_fold"] = dict(sorted(counts.items()))
-  out["num_clips"] = sum(counts.values())
-  return out
-
-
-def num_clips(builder, folds: Sequence[int]) -> int:
-  splits = builder.info.splits
-  missing = [f for f in folds if f"fold{f}" not in splits]
-  if missing:
-    raise ValueError(f"{builder.name}/{builder.builder_config.name} has no split(s) "
-                     f"{['fold%d' % f for f in missing]}")
-  return sum(splits[f"fold{f}"].num_examples for f in folds)
-
-
-def _check_folds(builder, allow_missing: bool) -> None:
-  """A prepared dataset without some fold splits is only used with the opt-in."""
-  present = {int(k[4:]) for k in builder.info.splits.keys() if k.startswith("fold")}
-  missing = sorted(set(range(folds_lib.NUM_FOLDS)) - present)
-  if missing and not allow_missing:
-    raise ValueError(
-        f"{builder.name}/{builder.builder_config.name} in {builder.data_dir} has no fold(s) "
-        f"{missing} (it was built with allow_missing_folds from the actors present). Set "
-        "config.dataset.allow_missing_folds=True to use the folds it has (not the paper's "
-        "protocol), or rebuild it from all the actors' files.")
-
-
-def split_folds(config, test_fold: int) -> tuple[list[int], int | None]:
-  """(training folds, validation fold or None) for `test_fold`
-  (`registry.training_folds` / `validation_fold`, among the folds with clips).
-  A test fold without clips (a dataset built with allow_missing_folds) is an error."""
-  info = dataset_info(config)
-  nonempty = {f for f, n in info["num_clips_per_fold"].items() if n > 0}
-  if test_fold not in nonempty:
-    raise ValueError(
-        f"test fold {test_fold} has no clips in {config.dataset.name}/"
-        f"{registry.builder_config_name(config)} (built from the actors present, "
-        f"allow_missing_folds); the folds with clips are {sorted(nonempty)}: set config.folds "
-        "to some of them")
-  return (registry.training_folds(config, test_fold, nonempty),
-          registry.validation_fold(config, test_fold, nonempty))
-
-
-def steps_per_epoch(config, train_folds: Sequence[int]) -> int:
-  """floor(N_train / B) with B = clips_per_class x num_classes."""
-  batch = config.input.clips_per_class * num_classes(config)
-  n = num_clips(get_builder(config), train_folds)
-  if n < batch:
-    raise ValueError(f"training folds {list(train_folds)} hold {n} clips, fewer than one "
-                     f"batch of {batch} (config.input.clips_per_class x classes)")
-  return n // batch
-
-
 # --------------------------------------------------------------------------- metadata
-
-
-_FOLD_METADATA: dict[tuple[str, int], dict[str, np.ndarray]] = {}
-
-
-def _fold_metadata(builder, fold: int) -> dict[str, np.ndarray]:
-  """label, actor [N] int32 and clip_id [N] str of one fold, in its stored order.
-
-  Reads the records without decoding video or audio; cached per process.
-  """
-  key = (str(builder.data_dir), int(fold))
-  n = builder.info.splits[f"fold{fold}"].num_examples
-  if key in _FOLD_METADATA and len(_FOLD_METADATA[key]["label"]) == n:
-    return _FOLD_METADATA[key]
-  skip = {"audio": tfds.decode.SkipDecoding()}
-  if _has_video(builder):
-    skip["video"] = tfds.decode.SkipDecoding()
-  source = builder.as_data_source(f"fold{fold}", decoders=skip)
-  records = source.__getitems__(list(range(len(source))))
-  ids = [r["clip_id"].decode() if isinstance(r["clip_id"], bytes) else str(r["clip_id"])
-         for r in records]
-  meta = dict(label=np.asarray([r["label"] for r in records], np.int32),
-              actor=np.asarray([r["actor"] for r in records], np.int32),
-              clip_id=np.asarray(ids, dtype=str))
-  _FOLD_METADATA[key] = meta
-  return meta
-
-
-def _metadata(builder, folds: Sequence[int]) -> dict[str, np.ndarray]:
-  """Fold metadata concatenated in the order of the data source `fold_a+fold_b+...`."""
-  num_clips(builder, folds)
-  parts = [_fold_metadata(builder, int(f)) for f in folds]
-  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def clip_ids(config, folds: Sequence[int]) -> list[str]:
-  """Clip ids of `folds` in evaluation order (the order of `eval_batches`)."""
-  _split(folds)
-  return _metadata(get_builder(config), folds)["clip_id"].tolist()
 
 
 # --------------------------------------------------------------------------- sampler
 
 
-def class_balanced_epoch(labels: np.ndarray, clips_per_class: int, num_classes: int,
-                         seed: int, epoch: int) -> np.ndarray:
-  """Global batches of one epoch: [steps, clips_per_class * num_classes] indices
-  into `labels`, each row holding exactly `clips_per_class` of every class
-  (see the module docstring for classes with too few clips)."""
-  labels = np.asarray(labels)
-  k, c = int(clips_per_class), int(num_classes)
-  batch = k * c
-  steps = len(labels) // batch
-  if steps == 0:
-    raise ValueError(f"{len(labels)} clips: fewer than one batch of {batch}")
-  rng = np.random.default_rng([int(seed), int(epoch), 1])
-  need = steps * k
-  per_class = []
-  for cls in range(c):
-    pool = np.flatnonzero(labels == cls)
-    if len(pool) == 0:
-      raise ValueError(f"class {cls} has no clip in the training folds")
-    drawn: list[int] = []
-    while len(drawn) < need:
-      perm = rng.permutation(pool)
-      # Clips already in the batch being filled go last, so that a batch holds
-      # k distinct clips of the class whenever the class has at least k.
-      in_batch = set(drawn[len(drawn) - len(drawn) % k:])
-      if in_batch:
-        perm = np.concatenate([perm[~np.isin(perm, list(in_batch))],
-                               perm[np.isin(perm, list(in_batch))]])
-      drawn.extend(perm[: need - len(drawn)].tolist())
-    per_class.append(np.asarray(drawn, np.int64).reshape(steps, k))
-  table = np.concatenate(per_class, axis=1)                           # [steps, B]
-  order = np.argsort(rng.random(table.shape), axis=1)                 # shuffle within batches
-  return np.take_along_axis(table, order, axis=1)
-
-
-def host_slice(global_batch: np.ndarray, shard_index: int, shard_count: int) -> np.ndarray:
-  """Host `shard_index`'s part of a global batch: [i * B / P, (i + 1) * B / P)."""
-  b = len(global_batch)
-  if not 0 <= shard_index < shard_count:
-    raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
-  if b % shard_count:
-    raise ValueError(f"global batch {b} is not divisible by {shard_count} hosts; "
-                     "change config.input.clips_per_class")
-  per = b // shard_count
-  return global_batch[shard_index * per:(shard_index + 1) * per]
-
-
 # --------------------------------------------------------------------------- augmentation
-
-
-def crop_flip(video: np.ndarray, crop_y: int, crop_x: int, size: int, flip: bool) -> np.ndarray:
-  """[..., H, W, 3] -> [..., size, size, 3] at (crop_y, crop_x), mirrored left-right if `flip`."""
-  h, w = video.shape[-3:-1]
-  if not (0 <= crop_y <= h - size and 0 <= crop_x <= w - size):
-    raise ValueError(f"crop {size} at ({crop_y}, {crop_x}) does not fit frames of {h}x{w}")
-  out = video[..., crop_y:crop_y + size, crop_x:crop_x + size, :]
-  if flip:
-    out = out[..., :, ::-1, :]
-  return np.ascontiguousarray(out)
 
 
 # --------------------------------------------------------------------------- reading
@@ -368,7 +111,7 @@ class Reader:
 
   def __init__(self, builder, folds: Sequence[int], read_video: bool):
     self.builder = builder                 # TFDS builders pickle as their constructor args
-    self.split = _split(folds)
+    self.split = tfds_access._split(folds)
     self.read_video = read_video
     self._source = None
     self._lock = threading.Lock()
@@ -384,7 +127,7 @@ class Reader:
     with self._lock:
       if self._source is None:
         decoders = None
-        if not self.read_video and _has_video(self.builder):
+        if not self.read_video and tfds_access._has_video(self.builder):
           decoders = {"video": tfds.decode.SkipDecoding()}
         self._source = self.builder.as_data_source(self.split, decoders=decoders)
       return self._source
@@ -403,7 +146,7 @@ class Reader:
       batch["video"] = np.stack([np.asarray(r["video"], np.uint8) for r in records])
     elif self.read_video:
       y, x, size, flip = crop
-      batch["video"] = np.stack([crop_flip(r["video"], y, x, size, flip)             # [b, T, F, X, X, 3]
+      batch["video"] = np.stack([sampler.crop_flip(r["video"], y, x, size, flip)             # [b, T, F, X, X, 3]
                                  for r in records])
     return batch
 
@@ -416,7 +159,7 @@ def make_reader(config, builder, folds: Sequence[int], read_video: bool):
   if not trunks.cached(config):
     return Reader(builder, folds, read_video)
   reader = feature_cache.FeatureReader(feature_cache.store_paths(config, builder), folds)
-  expected = _metadata(builder, folds)["label"]
+  expected = tfds_access._metadata(builder, folds)["label"]
   if not np.array_equal(reader.labels, expected):
     raise feature_cache.FeatureStoreError(
         f"the feature stores {list(reader.stores.values())} hold other labels than "
@@ -451,11 +194,11 @@ class TrainBatches:
     self.audio_rate = audio_rate
     self.batch_size = clips_per_class * num_classes
     self.steps_per_epoch = len(labels) // self.batch_size
-    host_slice(np.zeros(self.batch_size), shard_index, shard_count)    # checks divisibility
+    sampler.host_slice(np.zeros(self.batch_size), shard_index, shard_count)    # checks divisibility
 
   @functools.lru_cache(maxsize=_EPOCH_CACHE)
   def epoch_table(self, epoch: int) -> np.ndarray:
-    return class_balanced_epoch(self.labels, self.clips_per_class, self.num_classes,
+    return sampler.class_balanced_epoch(self.labels, self.clips_per_class, self.num_classes,
                                 self.seed, epoch)
 
   def iterator_state(self, step: int) -> dict[str, int]:
@@ -478,7 +221,7 @@ class TrainBatches:
     return self.epoch_table(epoch)[i]
 
   def __call__(self, step: int) -> dict:
-    indices = host_slice(self.global_indices(step), self.shard_index, self.shard_count)
+    indices = sampler.host_slice(self.global_indices(step), self.shard_index, self.shard_count)
     if self.reader.is_features:   # cached features: augmented (if at all) at extraction
       return self.reader.read(indices, view=self.reader.draw_view(self.seed, step))
     aug = augment.draw_augmentation(self.seed, step, frame_size=self.frame_size, crop_size=self.crop_size,
@@ -573,17 +316,17 @@ def create_train_iterator(config, train_folds: Sequence[int], seed: int, *,
 
   `shard_options` defaults to `ShardOptions(jax.process_index(), jax.process_count())`.
   """
-  builder = get_builder(config)
+  builder = tfds_access.get_builder(config)
   if shard_options is None:
     shard_options = grain.ShardOptions(jax.process_index(), jax.process_count())
-  info = dataset_info(config)
-  read_video = reads_video(config, builder)
+  info = tfds_access.dataset_info(config)
+  read_video = tfds_access.reads_video(config, builder)
   frame_size = info.get("frame_size") if read_video else None
   check_crop(config, frame_size)
-  meta = _metadata(builder, train_folds)
+  meta = tfds_access._metadata(builder, train_folds)
   batches = TrainBatches(
       make_reader(config, builder, train_folds, read_video), meta["label"],
-      clips_per_class=int(config.input.clips_per_class), num_classes=num_classes(config),
+      clips_per_class=int(config.input.clips_per_class), num_classes=tfds_access.num_classes(config),
       seed=int(seed), shard_index=int(shard_options.shard_index),
       shard_count=int(shard_options.shard_count), crop_size=int(config.input.crop_size),
       frame_size=frame_size,
@@ -606,12 +349,12 @@ def eval_batches(config, folds: Sequence[int]) -> Iterator[dict]:
   The batches are global: every host reads the whole batch (the caller keeps
   its slice, as `evaluate.embed` does); 'index' is the position in the order of
   `clip_ids(config, folds)`."""
-  builder = get_builder(config)
-  info = dataset_info(config)
-  read_video = reads_video(config, builder)
+  builder = tfds_access.get_builder(config)
+  info = tfds_access.dataset_info(config)
+  read_video = tfds_access.reads_video(config, builder)
   frame_size = info.get("frame_size") if read_video else None
   check_crop(config, frame_size)
-  n = num_clips(builder, folds)
+  n = tfds_access.num_clips(builder, folds)
   size = int(config.input.eval_batch_size)
   if size < 1:
     raise ValueError(f"config.input.eval_batch_size must be >= 1, got {size}")

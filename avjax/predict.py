@@ -299,8 +299,8 @@ class Predictor:
   def embed(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Gate embeddings of one clip: {'audio_gate'/'video_gate': [T, G] float32}."""
     import jax
-    from avjax.models import gating
     from avjax import feature_store
+    from avjax.models import gating
     if self._forward is None:
       # The whole network on raw media (a frozen trunk's fixed layers merged back in).
       apply_fn, self._variables = feature_store.inference_model(self.config, self.state,

@@ -60,6 +60,7 @@ from avjax import train_state as train_state_lib
 from avjax import workdir as workdir_lib
 from avjax import writers
 from avjax.data import folds as folds_lib
+from avjax.data import tfds_access
 from avjax.models import gating
 from avjax.train_state import TrainState
 
@@ -178,13 +179,13 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
   config = config_lib.complete(config)
   mesh = mesh or parallel.make_mesh()
   repl, data_sharding = parallel.shardings(mesh)
-  train_on, val_fold = input_pipeline.split_folds(config, test_fold)
+  train_on, val_fold = tfds_access.split_folds(config, test_fold)
   feature_store.ensure(config, mesh)   # a cached trunk's features (nothing for 'finetune')
   num_classes = len(config.dataset.class_names)
   batch_size = config.input.clips_per_class * num_classes
   on_device = device_data.use_device(config, train_on)
   parallel.check_padding(config.model.freeze_bn, batch_size)
-  steps_per_epoch = input_pipeline.steps_per_epoch(config, train_on)
+  steps_per_epoch = tfds_access.steps_per_epoch(config, train_on)
   total_steps = config.train.num_epochs * steps_per_epoch
   if config.train.max_steps:
     total_steps = min(total_steps, config.train.max_steps)
@@ -317,9 +318,9 @@ def check_at_start(config) -> None:
   most the number of KNN references (the training clips of every test fold)."""
   smallest = None
   for fold in config.folds:
-    train_on, _ = input_pipeline.split_folds(config, fold)
-    input_pipeline.steps_per_epoch(config, train_on)   # at least one batch
-    n = input_pipeline.num_clips(input_pipeline.get_builder(config), train_on)
+    train_on, _ = tfds_access.split_folds(config, fold)
+    tfds_access.steps_per_epoch(config, train_on)   # at least one batch
+    n = tfds_access.num_clips(tfds_access.get_builder(config), train_on)
     if smallest is None or n < smallest[0]:
       smallest = (n, fold)
   if smallest is not None and config.eval.k > smallest[0]:
@@ -363,9 +364,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   for fold in config.folds:
     fold_config = os.path.join(workdir_lib.fold_dir(workdir, fold), workdir_lib.CONFIG)
     workdir_lib.record_config(config, workdir, allow, path=fold_config, write=False)
-  builder = input_pipeline.get_builder(config)  # builds the dataset first when allowed and missing
-  if input_pipeline.reads_video(config, builder):
-    input_pipeline.check_crop(config, input_pipeline.dataset_info(config)["frame_size"])
+  builder = tfds_access.get_builder(config)  # builds the dataset first when allowed and missing
+  if tfds_access.reads_video(config, builder):
+    input_pipeline.check_crop(config, tfds_access.dataset_info(config)["frame_size"])
   check_at_start(config)
   # Only now, with every check passed, is anything written to the workdir.
   workdir_lib.record_config(config, workdir, allow, write=write)
@@ -402,7 +403,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                 path=os.path.join(fold_dir, workdir_lib.CONFIG))
       state, model = train_fold(config, fold_dir, fold, mesh)
       # With a validation fold its best checkpoint is the result, else the last state.
-      which = "latest" if input_pipeline.split_folds(config, fold)[1] is None else "best"
+      which = "latest" if tfds_access.split_folds(config, fold)[1] is None else "best"
       if which == "best":
         state, model = evaluate.restore_for_eval(config, fold_dir, fold, mesh, "best")
       evaluate.evaluate_fold(config, state, model, fold, fold_dir, mesh,

@@ -30,8 +30,8 @@ from absl import logging
 from flax.training import train_state
 from jax.sharding import NamedSharding
 
-from avjax import trunks
 from avjax import errors
+from avjax import trunks
 from avjax import workdir as workdir_lib
 from avjax.models import gating
 

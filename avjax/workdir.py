@@ -34,8 +34,8 @@ import ml_collections
 import numpy as np
 
 from avjax import config_lib
-from avjax import protocol
 from avjax import errors
+from avjax import protocol
 
 CONFIG = "config.json"
 RESULTS_JSON = "results.json"

@@ -73,8 +73,8 @@ def write_wavs(root: pathlib.Path) -> int:
 def main(argv):
   del argv
   import jax
-  from avjax import input_pipeline
   from avjax import train
+  from avjax.data import tfds_access
   from configs import ravdess
 
   work = pathlib.Path(FLAGS.workdir).expanduser().resolve()
@@ -93,7 +93,7 @@ def main(argv):
   config.eval.figures = False
 
   from avjax.data import builder_lib  # noqa: F401  (the builders' base)
-  cls = input_pipeline._builder_class(config.dataset.name)
+  cls = tfds_access._builder_class(config.dataset.name)
   from avjax.data import registry
   name = registry.builder_config_name(config)
   builder = cls(config=name, data_dir=str(data_dir), num_workers=FLAGS.num_workers)
@@ -106,7 +106,7 @@ def main(argv):
     print(f"built {config.dataset.name}/{name} in {build_s:.1f} s", flush=True)
 
   train_folds = registry.training_folds(config, 0)
-  steps_per_epoch = input_pipeline.steps_per_epoch(config, train_folds)
+  steps_per_epoch = tfds_access.steps_per_epoch(config, train_folds)
   steps = FLAGS.steps or steps_per_epoch
   config.train.max_steps = steps
   config.train.num_epochs = max(1, -(-steps // steps_per_epoch))

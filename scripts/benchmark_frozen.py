@@ -129,8 +129,8 @@ def main(argv):
 
   from avjax import config_lib
   from avjax import feature_store
-  from avjax import input_pipeline
   from avjax import train
+  from avjax.data import tfds_access
   from configs import ravdess
 
   work = os.path.abspath(FLAGS.workdir)
@@ -159,9 +159,9 @@ def main(argv):
 
   times = {}
   t0 = time.time()
-  builder = input_pipeline.get_builder(config)
+  builder = tfds_access.get_builder(config)
   times["build_s"] = time.time() - t0
-  info = input_pipeline.dataset_info(config)
+  info = tfds_access.dataset_info(config)
   t1 = time.time()
   feature_store.ensure(config)
   times["extract_s"] = time.time() - t1

@@ -151,8 +151,9 @@ def dev_config(variant: str, trunk: str, work: str, epochs: int, overrides: dict
 def untrained_accuracy(config) -> list[float]:
   """Last-gate AO accuracy of the initial network on each dev fold."""
   import jax
-  from avjax import config_lib, evaluate, feature_store, input_pipeline, parallel
+  from avjax import config_lib, evaluate, feature_store, parallel
   from avjax import train_state as train_state_lib
+  from avjax.data import tfds_access
   from avjax.models import gating
   config = config_lib.complete(config)
   mesh = parallel.make_mesh()
@@ -160,7 +161,7 @@ def untrained_accuracy(config) -> list[float]:
   feature_store.ensure(config, mesh)
   accs = []
   for fold in config.folds:
-    train_on, _ = input_pipeline.split_folds(config, fold)
+    train_on, _ = tfds_access.split_folds(config, fold)
     model = gating.create_model(config.model)
     sample = {k: np.zeros(v.shape, v.dtype) for k, v in evaluate.sample_batch(config).items()}
     rng = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config.seed), fold))[0]

@@ -50,10 +50,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from avjax import config_lib  # noqa: E402
-from avjax.data import registry  # noqa: E402
 from avjax import paper  # noqa: E402
 from avjax import report  # noqa: E402
 from avjax import results  # noqa: E402
+from avjax.data import registry  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", None, ["ravdess", "crema_d"], "Dataset (config file configs/<dataset>.py).")

@@ -6,9 +6,9 @@ import tempfile
 import numpy as np
 from absl.testing import absltest
 
-from avjax.data import registry
 from avjax.data import folds as folds_lib
 from avjax.data import media
+from avjax.data import registry
 from avjax.data import windows
 from tests import builder_base
 from tests import dummy_media

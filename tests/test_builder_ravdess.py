@@ -188,19 +188,20 @@ class RavdessBuilderTest(builder_base.BuilderTestCase):
     self.assertEqual(builder.info.metadata["missing_folds"], missing)
     self.assertEqual(builder.info.splits[f"fold{folds[1]}"].num_examples, 1)
     # Training reads it only with the opt-in, and refuses a test fold without clips.
-    from avjax import config_lib, input_pipeline
+    from avjax import config_lib
     from avjax import config_tokens
+    from avjax.data import tfds_access
     config = config_lib.get_base_config()
     config_tokens.set_dataset(config, "ravdess")
     config.dataset.config, config.dataset.data_dir = "w2_l1_ov", str(root / "data")
     config.dataset.build = False
     with self.assertRaisesRegex(ValueError, re.escape(f"has no fold(s) {missing}")):
-      input_pipeline.get_builder(config)
+      tfds_access.get_builder(config)
     config.dataset.allow_missing_folds = True
-    self.assertEqual(input_pipeline.split_folds(config, folds[1]), ([], None))
+    self.assertEqual(tfds_access.split_folds(config, folds[1]), ([], None))
     with self.assertRaisesRegex(ValueError, f"test fold {missing[0]} has no clips.*"
                                             rf"\[{folds[1]}\]"):
-      input_pipeline.split_folds(config, missing[0])
+      tfds_access.split_folds(config, missing[0])
 
   def test_symlinked_actor_folders_are_followed(self):
     root = pathlib.Path(tempfile.mkdtemp())

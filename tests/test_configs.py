@@ -8,8 +8,8 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from avjax import config_lib
-from avjax.data import registry
 from avjax import trunks
+from avjax.data import registry
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 

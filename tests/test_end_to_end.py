@@ -20,15 +20,16 @@ import numpy as np
 from absl.testing import absltest
 
 from avjax import config_lib
-from avjax import protocol
 from avjax import errors
 from avjax import input_pipeline
 from avjax import parallel
+from avjax import protocol
 from avjax import steps
+from avjax.data import tfds_access
 from tests import helpers
+from avjax import evaluate
 from avjax import train
 from avjax import train_state
-from avjax import evaluate
 from avjax import workdir as workdir_lib
 from avjax.models import gating
 from tests.helpers import tiny_synthetic_config
@@ -280,7 +281,7 @@ class CrossValidationTest(absltest.TestCase):
                                 os.path.join(workdir, "fold_0"), 0, parallel.make_mesh(), "best")
     for fold in (0, 1):
       with np.load(os.path.join(workdir, f"fold_{fold}", "predictions.npz")) as preds:
-        clip_ids = input_pipeline.clip_ids(config, [fold])
+        clip_ids = tfds_access.clip_ids(config, [fold])
         self.assertEqual(list(preds["clip_id"]), clip_ids)          # exactly the fold's clips
         self.assertEqual(preds["pred_AV"].shape, (4, len(clip_ids)))  # T gates x clips
         rows = [r for r in doc["rows"] if r["fold"] == fold and r["modality"] == "AV"]

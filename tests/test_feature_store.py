@@ -30,9 +30,8 @@ import numpy as np
 from absl.testing import absltest
 
 from avjax import augment
-from avjax import config_lib
 from avjax import choices
-from avjax import trunks
+from avjax import config_lib
 from avjax import device_data
 from avjax import evaluate
 from avjax import feature_store
@@ -41,6 +40,8 @@ from avjax import losses
 from avjax import parallel
 from avjax import predict
 from avjax import steps
+from avjax import trunks
+from avjax.data import tfds_access
 from tests import helpers
 from avjax import train
 from avjax import train_state
@@ -67,7 +68,7 @@ def frozen_config(trunk="frozen", modalities="av"):
 
 
 def store_path(config, modality):
-  return feature_cache.store_path(config, input_pipeline.get_builder(config), modality)
+  return feature_cache.store_path(config, tfds_access.get_builder(config), modality)
 
 
 def full_config(config):
@@ -84,10 +85,10 @@ def full_config(config):
 
 def media_batch(config, folds):
   """The clips of `folds` as the full model reads them at evaluation: centre crop."""
-  builder = input_pipeline.get_builder(config)
-  info = input_pipeline.dataset_info(config)
-  reader = input_pipeline.Reader(builder, folds, input_pipeline.reads_video(config, builder))
-  n = input_pipeline.num_clips(builder, folds)
+  builder = tfds_access.get_builder(config)
+  info = tfds_access.dataset_info(config)
+  reader = input_pipeline.Reader(builder, folds, tfds_access.reads_video(config, builder))
+  n = tfds_access.num_clips(builder, folds)
   c = int(config.input.crop_size)
   off = (info["frame_size"] - c) // 2
   return reader.read(np.arange(n), (off, off, c, False))
@@ -134,9 +135,9 @@ class EquivalenceTest(absltest.TestCase):
   def check(self, config):
     """Loss, gradients, gate embeddings and KNN predictions: cached vs whole network."""
     feature_store.ensure(config)
-    builder = input_pipeline.get_builder(config)
+    builder = tfds_access.get_builder(config)
     feats = input_pipeline.make_reader(config, builder, FOLDS, True).read(
-        np.arange(input_pipeline.num_clips(builder, FOLDS)))
+        np.arange(tfds_access.num_clips(builder, FOLDS)))
     media = media_batch(config, FOLDS)
     np.testing.assert_array_equal(feats["label"], media["label"])
     np.testing.assert_array_equal(feats["window_valid"], media["window_valid"])
@@ -170,7 +171,7 @@ class EquivalenceTest(absltest.TestCase):
     # evaluation runs the same heads on the same inputs).
     got, want = jax.device_get(got), jax.device_get(full_gates)
     assert_trees_close(self, got, want)
-    n_ref = input_pipeline.num_clips(builder, FOLDS[1:])
+    n_ref = tfds_access.num_clips(builder, FOLDS[1:])
     n_q = len(feats["label"]) - n_ref
     split = lambda e: ({**{k: v[n_q:] for k, v in e.items()}, "label": feats["label"][n_q:]},
                        {**{k: v[:n_q] for k, v in e.items()}, "label": feats["label"][:n_q]})
@@ -363,15 +364,15 @@ class StoreTest(absltest.TestCase):
                                atol=1e-5 * np.abs(want).max())
     self.assertFalse(os.path.exists(feature_cache.fold_path(store, 0) + ".tmp-999999"))
     self.assertEqual(feature_cache.check_key(store, feature_cache.store_key(
-        self.config, input_pipeline.get_builder(self.config), "audio"))["num_views"], 1)
+        self.config, tfds_access.get_builder(self.config), "audio"))["num_views"], 1)
 
   def test_cached_views_are_the_clean_view_plus_augmented_ones(self):
     c = copy.deepcopy(self.config)
     c.input.pitch_shift_semitones = 0.0       # (the phase vocoder compiles slowly)
-    clean = input_pipeline.make_reader(c, input_pipeline.get_builder(c), [1], False)
+    clean = input_pipeline.make_reader(c, tfds_access.get_builder(c), [1], False)
     c.input.cached_views = 1
     feature_store.ensure(c)
-    views = input_pipeline.make_reader(c, input_pipeline.get_builder(c), [1], False)
+    views = input_pipeline.make_reader(c, tfds_access.get_builder(c), [1], False)
     self.assertEqual((clean.num_views, views.num_views), (1, 2))
     np.testing.assert_array_equal(views.read(range(8), view=0)["audio"],
                                   clean.read(range(8))["audio"])

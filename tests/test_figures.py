@@ -8,8 +8,8 @@ import tempfile
 import numpy as np
 from absl.testing import absltest
 
-from avjax.data import registry
 from avjax import figures
+from avjax.data import registry
 from tests.helpers import RAVDESS_CLASSES, write_fake_fold
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

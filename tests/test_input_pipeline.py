@@ -11,6 +11,8 @@ from absl.testing import parameterized
 
 from avjax import augment
 from avjax import input_pipeline as ip
+from avjax.data import sampler
+from avjax.data import tfds_access
 from tests import helpers
 from avjax.data import synthetic
 from configs import demo
@@ -81,31 +83,31 @@ class InputPipelineTest(parameterized.TestCase):
   def test_missing_dataset_says_how_to_build(self):
     config = _config(tempfile.mkdtemp())
     with self.assertRaisesRegex(FileNotFoundError, "scripts/build_datasets.py synthetic_av/w2_l1_ov"):
-      ip.get_builder(config)
+      tfds_access.get_builder(config)
     config.dataset.name = "no_such_dataset"
     with self.assertRaisesRegex(ValueError, "config.dataset.name"):
-      ip.get_builder(config)
+      tfds_access.get_builder(config)
 
   def test_builds_when_allowed(self):
     config = _config(tempfile.mkdtemp())
     config.dataset.config = "w1_l1_no_fit"
     config.dataset.build = True
-    builder = ip.get_builder(config)
+    builder = tfds_access.get_builder(config)
     self.assertTrue(builder.is_prepared())
-    info = ip.dataset_info(config)
+    info = tfds_access.dataset_info(config)
     self.assertEqual(info["num_clips"], synthetic.NUM_ACTORS * 4 * synthetic.CLIPS_PER_ACTOR_CLASS)
     self.assertEqual(info["num_windows"], 1)
 
   def test_dataset_info_and_sizes(self):
-    info = ip.dataset_info(self.config)
+    info = tfds_access.dataset_info(self.config)
     self.assertEqual(
         {k: info[k] for k in ("num_windows", "frames_per_window", "frame_size", "samples_per_window",
                               "fps", "audio_rate", "has_video", "num_clips")},
         dict(num_windows=2, frames_per_window=8, frame_size=40, samples_per_window=22050,
              fps=8.0, audio_rate=22050.0, has_video=True, num_clips=80))
     self.assertEqual(info["num_clips_per_fold"], {k: 8 for k in range(10)})
-    self.assertEqual(ip.num_classes(self.config), 4)
-    self.assertEqual(ip.steps_per_epoch(self.config, _TRAIN_FOLDS), 72 // 8)
+    self.assertEqual(tfds_access.num_classes(self.config), 4)
+    self.assertEqual(tfds_access.steps_per_epoch(self.config, _TRAIN_FOLDS), 72 // 8)
 
   # ------------------------------------------------------------------ sampler
 
@@ -113,7 +115,7 @@ class InputPipelineTest(parameterized.TestCase):
   def test_class_balanced_epoch_with_small_classes(self, seed):
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.repeat([0, 1, 2], [10, 3, 7]))
-    table = ip.class_balanced_epoch(labels, clips_per_class=2, num_classes=3, seed=seed, epoch=0)
+    table = sampler.class_balanced_epoch(labels, clips_per_class=2, num_classes=3, seed=seed, epoch=0)
     self.assertEqual(table.shape, (20 // 6, 6))
     for row in table:
       np.testing.assert_array_equal(np.bincount(labels[row], minlength=3), [2, 2, 2])
@@ -127,15 +129,15 @@ class InputPipelineTest(parameterized.TestCase):
       self.assertLessEqual(per_clip.max() - per_clip.min(), 1)
       self.assertEqual(per_clip.sum(), need)
       self.assertEqual((per_clip > 0).sum(), min(n, need))
-    again = ip.class_balanced_epoch(labels, 2, 3, seed=seed, epoch=0)
+    again = sampler.class_balanced_epoch(labels, 2, 3, seed=seed, epoch=0)
     np.testing.assert_array_equal(table, again)
-    other = ip.class_balanced_epoch(labels, 2, 3, seed=seed, epoch=1)
+    other = sampler.class_balanced_epoch(labels, 2, 3, seed=seed, epoch=1)
     self.assertFalse(np.array_equal(table, other))
 
   def test_training_batches_balanced_and_exclude_test_fold(self):
     it = ip.create_train_iterator(self.config, _TRAIN_FOLDS, seed=3)
     test_actors = {a for a, f in synthetic.actor_folds().items() if f == 0}
-    meta = ip._metadata(ip.get_builder(self.config), _TRAIN_FOLDS)
+    meta = tfds_access._metadata(tfds_access.get_builder(self.config), _TRAIN_FOLDS)
     seen = []
     for step in range(it.steps_per_epoch):
       batch = next(it)
@@ -242,7 +244,7 @@ class InputPipelineTest(parameterized.TestCase):
     np.testing.assert_array_equal(batches[-1]["index"], [15, -1, -1, -1, -1])
     index = np.concatenate([b["index"][b["mask"]] for b in batches])
     np.testing.assert_array_equal(index, np.arange(16))
-    ids = ip.clip_ids(self.config, [0, 3])
+    ids = tfds_access.clip_ids(self.config, [0, 3])
     self.assertLen(ids, 16)
     for b in batches:
       for row in np.flatnonzero(b["mask"]):

@@ -25,10 +25,10 @@ import av
 import numpy as np
 from absl.testing import absltest
 
-from avjax.data import registry
-from avjax import input_pipeline
 from avjax import knn
 from avjax import predict
+from avjax.data import registry
+from avjax.data import tfds_access
 from tests import helpers
 from avjax import train_state
 from avjax import workdir as workdir_lib
@@ -103,7 +103,7 @@ class PredictTest(absltest.TestCase):
     bank = predict.load_bank(os.path.join(self.fold_dir, workdir_lib.REFERENCE_BANK))
     train_folds = registry.training_folds(self.config, 0)
     with np.load(os.path.join(self.fold_dir, workdir_lib.REFERENCE_BANK), allow_pickle=False) as z:
-      self.assertEqual(list(z["clip_id"]), input_pipeline.clip_ids(self.config, train_folds))
+      self.assertEqual(list(z["clip_id"]), tfds_access.clip_ids(self.config, train_folds))
       self.assertEqual(z["meta"].dtype.kind, "U")           # JSON text, nothing pickled
     self.assertEqual(bank.step, train_state.checkpoint_manager(self.fold_dir, self.config).latest_step())
     self.assertEqual(bank.meta["window"], {"name": "w4_l1_ov", "num_windows": 4, "length": 1.0,

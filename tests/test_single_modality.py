@@ -28,8 +28,8 @@ from absl.testing import parameterized
 from avjax import config_lib
 from avjax import config_tokens
 from avjax import evaluate
-from avjax import input_pipeline
 from avjax import parallel
+from avjax.data import tfds_access
 from tests import helpers
 from avjax import train
 from avjax import workdir as workdir_lib
@@ -109,7 +109,7 @@ class SingleModalityTest(parameterized.TestCase):
     state, model = train.train_fold(config, fold_dir, test_fold=0)
     self.assertEqual(int(state.step), 2)
 
-    builder = input_pipeline.get_builder(config)
+    builder = tfds_access.get_builder(config)
     if modality == "audio":
       # Read from the audio-only records, which have no video at all.
       self.assertEqual(builder.builder_config.name, "audio_" + config.dataset.config)
@@ -138,7 +138,7 @@ class SingleModalityTest(parameterized.TestCase):
     self.assertEqual(arrays[f"pred_{key}"].shape, (num_windows, len(arrays["labels"])))
     info = json.load(open(os.path.join(fold_dir, "fold_info.json")))
     self.assertEqual((info["modalities"], info["variant"]), (modality, variant))
-    ids = input_pipeline.clip_ids(config, [0])
+    ids = tfds_access.clip_ids(config, [0])
     self.assertEqual(list(arrays["clip_id"]), ids)
 
 

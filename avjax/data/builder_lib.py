@@ -48,11 +48,11 @@ import tensorflow_datasets as tfds
 import tqdm
 from etils import epath
 
-from avjax.data import registry
 from avjax import errors
 from avjax.data import features
 from avjax.data import folds as folds_lib
 from avjax.data import media
+from avjax.data import registry
 from avjax.data import windows
 
 VERSION = "1.2.0"

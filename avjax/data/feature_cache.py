@@ -16,9 +16,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from avjax.data import registry
-from avjax import trunks
 from avjax import errors
+from avjax import trunks
+from avjax.data import registry
 from avjax.models import weights
 
 STORE_VERSION = 1

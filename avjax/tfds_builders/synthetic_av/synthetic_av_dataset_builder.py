@@ -25,9 +25,9 @@ from typing import Any
 import tensorflow_datasets as tfds
 from etils import epath
 
-from avjax.data import registry
 from avjax.data import features
 from avjax.data import folds as folds_lib
+from avjax.data import registry
 from avjax.data import synthetic
 from avjax.data import windows
 
