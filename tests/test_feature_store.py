@@ -38,7 +38,7 @@ from avjax import feature_store
 from avjax import input_pipeline
 from avjax import losses
 from avjax import parallel
-from avjax import predict
+from avjax import predictor as predictor_lib
 from avjax import steps
 from avjax import trunks
 from avjax.data import tfds_access
@@ -495,13 +495,13 @@ class FrozenWorkdirTest(absltest.TestCase):
     self.assertIn("**frozen trunks**", md)
     self.assertIn("NOT the paper's recipe", md)
     # Only the heads and LSTMs were trained: the checkpoint has no trunk layer.
-    predictor = predict.Predictor(self.workdir)
+    predictor = predictor_lib.Predictor(self.workdir)
     self.assertEqual(set(predictor.state.params["audio_encoder"]), {"Embedding"})
     self.assertEqual(set(predictor.state.params["video_encoder"]), {"Logits"})
 
   def test_predict_runs_the_trunk_on_a_new_clip(self):
     from tests import dummy_media
-    predictor = predict.Predictor(self.workdir)
+    predictor = predictor_lib.Predictor(self.workdir)
     fold_dir = workdir_lib.fold_dir(self.workdir, 0)
     with np.load(os.path.join(fold_dir, "predictions.npz")) as z:
       saved = {k: z[k] for k in z.files}

@@ -25,8 +25,10 @@ import av
 import numpy as np
 from absl.testing import absltest
 
+from avjax import face_crop
 from avjax import knn
 from avjax import predict
+from avjax import predictor as predictor_lib
 from avjax.data import registry
 from avjax.data import tfds_access
 from tests import helpers
@@ -75,7 +77,7 @@ class PredictTest(absltest.TestCase):
     cls.workdir = helpers.tiny_workdir()
     cls.config = workdir_lib.load_config(cls.workdir)
     cls.fold_dir = workdir_lib.fold_dir(cls.workdir, 0)
-    cls.predictor = predict.Predictor(cls.workdir)
+    cls.predictor = predictor_lib.Predictor(cls.workdir)
     cls.media_dir = pathlib.Path(cls.tmp) / "media"
     cls.media_dir.mkdir()
 
@@ -100,7 +102,7 @@ class PredictTest(absltest.TestCase):
   # ------------------------------------------------------------------ the bank
 
   def test_reference_bank_is_what_evaluation_used(self):
-    bank = predict.load_bank(os.path.join(self.fold_dir, workdir_lib.REFERENCE_BANK))
+    bank = predictor_lib.load_bank(os.path.join(self.fold_dir, workdir_lib.REFERENCE_BANK))
     train_folds = registry.training_folds(self.config, 0)
     with np.load(os.path.join(self.fold_dir, workdir_lib.REFERENCE_BANK), allow_pickle=False) as z:
       self.assertEqual(list(z["clip_id"]), tfds_access.clip_ids(self.config, train_folds))
@@ -153,7 +155,7 @@ class PredictTest(absltest.TestCase):
   def test_video_only_decoder_matches_media_decode(self):
     path = self.clip("both.mp4", fps=F(30000, 1001), size=(120, 90))
     options = self.predictor.decode_options()
-    video, duration = predict.decode_video(path, options)
+    video, duration = predictor_lib.decode_video(path, options)
     clip = media.decode(path, options=options)
     np.testing.assert_array_equal(video, clip.video)
     self.assertAlmostEqual(duration, clip.duration)
@@ -378,12 +380,12 @@ class PredictTest(absltest.TestCase):
     # With it (the `face` extra, installed by `make`): the detector finds the face.
     folder = helpers.require_samples("crema_d") / "VideoFlash"
     path = str(sorted(folder.glob("*.flv"))[0])
-    box = predict.face_box(path)
+    box = face_crop.face_box(path)
     self.assertIsNotNone(box)
     x, y, w, h = box
     self.assertEqual(w, h)
     self.assertLess(w, 360)                                      # a face, not the whole frame
-    result = predict.Predictor(self.workdir, face_crop=True).predict(path)
+    result = predictor_lib.Predictor(self.workdir, face_crop=True).predict(path)
     self.assertTrue(any(n.startswith("face crop") for n in result["notes"]))
 
   def test_command_line_exit_status(self):

@@ -1,0 +1,377 @@
+"""A trained fold's model and reference bank for inference (`Predictor`), and the
+reference bank read back (`load_bank`); `avjax.predict` is their command line.
+
+Legend: T windows (gates), F frames per window, H = W stored frame size, X crop
+size, S audio samples per window, N reference clips, G gate-embedding size,
+C classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import zipfile
+from typing import Any, Sequence
+
+import numpy as np
+
+from avjax import choices
+from avjax import errors
+from avjax import face_crop as face_crop_lib
+from avjax import workdir as workdir_lib
+from avjax.data import folds as folds_lib
+
+
+@dataclasses.dataclass
+class Bank:
+  """A fold's reference bank: training gate embeddings, labels and preprocessing."""
+  path: str
+  meta: dict[str, Any]
+  gates: dict[str, np.ndarray]     # 'audio_gate' / 'video_gate' [N, T, G] float32
+  labels: np.ndarray               # [N] int32
+
+  @property
+  def step(self) -> int:
+    return int(self.meta["step"])
+
+  @property
+  def class_names(self) -> list[str]:
+    return list(self.meta["class_names"])
+
+  def modality_refs(self, modality: str) -> np.ndarray:
+    """[N, T, G*] references of AO, VO or AV."""
+    return np.concatenate([self.gates[k] for k in choices.MODALITY_KEYS[modality]], axis=-1)
+
+
+def _rewrite_bank(path: str) -> str:
+  """The command that writes the reference bank `path` again."""
+  fold_dir = os.path.dirname(os.path.abspath(path))
+  return (f"python -m avjax.evaluate --workdir={os.path.dirname(fold_dir)} "
+          f"--folds={workdir_lib.fold_of_dir(fold_dir)}")
+
+
+def load_bank(path: str) -> Bank:
+  """Reads `reference_bank.npz` (no pickle) and checks its arrays against its metadata."""
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      arrays = {k: z[k] for k in z.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise errors.UsageError(f"{path}: cannot read the reference bank ({type(e).__name__}: {e}); "
+                     f"rewrite it with {_rewrite_bank(path)}") from None
+  try:
+    meta = json.loads(str(arrays["meta"]))
+  except (KeyError, json.JSONDecodeError) as e:
+    raise errors.UsageError(f"{path}: no readable 'meta' entry ({e}); rewrite it with "
+                     f"{_rewrite_bank(path)}") from None
+  gates = {k: arrays[k] for k in ("audio_gate", "video_gate") if k in arrays}
+  labels = arrays.get("labels")
+  if labels is None or not gates or "step" not in arrays or not isinstance(meta, dict) or \
+      not all(k in meta for k in ("window", "step", "class_names", "k")):
+    raise errors.UsageError(f"{path}: a reference bank needs 'labels', 'step', 'audio_gate' or "
+                     "'video_gate' and a 'meta' with window, step, class_names and k; rewrite "
+                     f"it with {_rewrite_bank(path)}")
+  for key, value in gates.items():
+    if value.ndim != 3 or len(value) != len(labels) or value.shape[1] != meta["window"]["num_windows"]:
+      raise errors.UsageError(f"{path}: {key} has shape {value.shape}, expected "
+                       f"[{len(labels)}, {meta['window']['num_windows']}, G]")
+  if int(arrays["step"]) != int(meta["step"]):
+    raise errors.UsageError(f"{path}: 'step' {int(arrays['step'])} differs from meta step {meta['step']}")
+  return Bank(path=path, meta=meta, gates=gates, labels=labels.astype(np.int32))
+
+
+def choose_fold(workdir: str, config, fold: int | None) -> int:
+  """`fold`, or else the first of config.folds whose fold directory holds a bank."""
+  bank = workdir_lib.REFERENCE_BANK
+  if fold is not None:
+    path = os.path.join(workdir_lib.fold_dir(workdir, fold), bank)
+    if not os.path.isfile(path):
+      have = [f for f in range(folds_lib.NUM_FOLDS)
+              if os.path.isfile(os.path.join(workdir_lib.fold_dir(workdir, f), bank))]
+      raise errors.UsageError(f"--fold={fold}: {path} not found; the folds with a reference bank are "
+                       f"{have} (evaluate fold {fold} with python -m avjax.evaluate "
+                       f"--workdir={workdir} --folds={fold})")
+    return fold
+  for f in config.folds:
+    if os.path.isfile(os.path.join(workdir_lib.fold_dir(workdir, f), bank)):
+      return int(f)
+  raise errors.UsageError(
+      f"{workdir}: no fold of config.folds {list(config.folds)} has a {bank} "
+      f"(written when a fold is evaluated; run python -m avjax.evaluate --workdir={workdir})")
+
+
+def _media():
+  from avjax.data import media
+  return media
+
+
+def decode_video(path: str, options, box: tuple[int, int, int, int] | None = None
+                 ) -> tuple[np.ndarray, float]:
+  """Video only, as `media.decode` decodes it: ([N, H, H, 3] uint8, duration in s).
+
+  `box` (x, y, w, h in source pixels) is cropped before resizing (--face_crop).
+  """
+  clip = _media().decode(path, options=options, with_audio=False, box=box)
+  return clip.video, clip.duration
+
+
+def _streams(path: str) -> tuple[bool, bool]:
+  """(has a video stream, has an audio stream); MediaError when unreadable."""
+  media = _media()
+  container = media._open(path)
+  try:
+    return bool(container.streams.video), bool(container.streams.audio)
+  finally:
+    container.close()
+
+
+class Predictor:
+  """A fold's restored model and reference bank; `predict(path)` runs one file."""
+
+  def __init__(self, workdir: str, fold: int | None = None, checkpoint: str = "latest",
+               face_crop: bool = False):
+    self.workdir = os.path.abspath(workdir)
+    if not os.path.isdir(self.workdir):
+      raise errors.UsageError(f"--workdir {workdir}: no such directory")
+    try:
+      self.config = workdir_lib.load_config(self.workdir)
+      self.fold = choose_fold(self.workdir, self.config, fold)
+      self.config = workdir_lib.load_fold_config(self.workdir, self.fold)  # as trained
+    except (FileNotFoundError, errors.CorruptFileError) as e:
+      raise errors.UsageError(str(e)) from None
+    self.fold_dir = workdir_lib.fold_dir(self.workdir, self.fold)
+    self.bank = load_bank(os.path.join(self.fold_dir, workdir_lib.REFERENCE_BANK))
+    self.meta = self.bank.meta
+    self.face_crop = face_crop
+    if face_crop:
+      face_crop_lib.require_cv2()
+      if self.meta["video"] is None:
+        raise errors.UsageError("--face_crop: this model uses audio only")
+    self.checkpoint = checkpoint
+    self.state, self.step = self._restore(checkpoint)
+    self._forward = None
+
+  # ---- model
+  def _sample_batch(self) -> dict[str, np.ndarray]:
+    w, v, a = self.meta["window"], self.meta["video"], self.meta["audio"]
+    t = int(w["num_windows"])
+    batch = {}
+    if v is not None:
+      c = int(v["crop_size"])
+      batch["video"] = np.zeros((1, t, int(v["frames_per_window"]), c, c, 3), np.uint8)
+    if a is not None:
+      batch["audio"] = np.zeros((1, t, int(a["samples_per_window"])), np.float32)
+    return batch
+
+  def _restore(self, which: str):
+    import jax
+    from avjax import parallel
+    from avjax import train_state as train_state_lib
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    repl, _ = parallel.shardings(mesh)
+    try:
+      manager = train_state_lib.checkpoint_manager(self.fold_dir, self.config)
+      try:
+        step = train_state_lib.select_step(manager, self.fold_dir, which)
+      finally:
+        manager.close()
+    except train_state_lib.CheckpointNotFound as e:
+      raise errors.UsageError(str(e)) from None
+    if step != self.bank.step:
+      raise errors.UsageError(
+          f"{self.bank.path} holds embeddings of step {self.bank.step}, but the {which} "
+          f"checkpoint of fold {self.fold} is step {step}: the KNN references would come from "
+          f"another model. Rewrite the bank with: python -m avjax.evaluate "
+          f"--workdir={self.workdir} --folds={self.fold} --checkpoint={which}")
+    from avjax import feature_store
+    try:
+      state, _, step = train_state_lib.restore_for_inference(
+          self.config, self.fold_dir,
+          feature_store.model_input_shapes(self.config, self._sample_batch()), repl, step=step)
+    except Exception as e:  # noqa: BLE001  (orbax raises many types; name the checkpoint)
+      raise errors.UsageError(f"cannot restore checkpoint {step} of {self.fold_dir}/checkpoints: "
+                       f"{type(e).__name__}: {e}") from None
+    if int(jax.device_get(state.step)) != step:
+      raise errors.UsageError(f"checkpoint {step} of {self.fold_dir} holds state.step "
+                       f"{int(jax.device_get(state.step))}")
+    return state, int(step)
+
+  def embed(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Gate embeddings of one clip: {'audio_gate'/'video_gate': [T, G] float32}."""
+    import jax
+    from avjax import feature_store
+    from avjax.models import gating
+    if self._forward is None:
+      # The whole network on raw media (a frozen trunk's fixed layers merged back in).
+      apply_fn, self._variables = feature_store.inference_model(self.config, self.state,
+                                                                 self._sample_batch())
+      self._forward = jax.jit(functools.partial(
+          gating.gate_embeddings, apply_fn, modalities=self.config.model.modalities,
+          mask_padded_windows=bool(self.config.loss.mask_padded_windows)))
+    batch = {k: inputs[k][None] for k in ("video", "audio", "window_valid")
+             if inputs.get(k) is not None}
+    out = self._forward(self._variables, batch)
+    return {k: np.asarray(v[0], np.float32) for k, v in jax.device_get(out).items()}
+
+  # ---- preprocessing
+  def decode_options(self):
+    media = _media()
+    v, a = self.meta["video"] or {}, self.meta["audio"] or {}
+    return media.DecodeOptions(
+        fps=float(v.get("fps", media.DEFAULT_FPS)),
+        frame_size=int(v.get("frame_size", media.DEFAULT_FRAME_SIZE)),
+        center_crop=bool(v.get("center_crop", False)),
+        audio_rate=int(round(a.get("rate", media.AUDIO_RATE))),
+        interpolation=str(v.get("interpolation", "AREA")),
+        max_av_mismatch=None)
+
+  def window_spec(self):
+    from avjax.data import windows
+    w = self.meta["window"]
+    return windows.WindowSpec(num_windows=int(w["num_windows"]), length=float(w["length"]),
+                              overlap=float(w["overlap"]), mode=str(w["mode"]))
+
+  def preprocess(self, path: str) -> dict[str, Any]:
+    """Decodes and windows one file as the model's inputs.
+
+    Returns video [T, F, X, X, 3] uint8 or None, audio [T, S] float32 or None,
+    window_valid [T], starts [T], duration, has_audio, has_video, notes [str].
+    Raises media.MediaError when the file cannot be used.
+    """
+    from avjax.data import windows
+    media = _media()
+    options, spec = self.decode_options(), self.window_spec()
+    wants_video, wants_audio = self.meta["video"] is not None, self.meta["audio"] is not None
+    has_video, has_audio = _streams(path)
+    notes: list[str] = []
+    if wants_video and not has_video and not (wants_audio and has_audio):
+      raise media.MediaError(path, "no video stream")
+    if wants_audio and not has_audio and not (wants_video and has_video):
+      raise media.MediaError(path, "no audio stream")
+    use_video, use_audio = wants_video and has_video, wants_audio and has_audio
+    if wants_audio and not has_audio:
+      notes.append("no audio stream: VO results only")
+    if wants_video and not has_video:
+      notes.append("no video stream: AO results only")
+
+    video = audio = None
+    duration = None
+    box = None
+    if use_video and self.face_crop:
+      box = face_crop_lib.face_box(path)
+      if box is None:
+        notes.append("no face found: the whole frame is used")
+      else:
+        notes.append("face crop x={} y={} size={}".format(*box[:3]))
+    if use_video and use_audio and box is None:
+      try:
+        clip = media.decode(path, options=options)
+        video, audio, duration = clip.video, clip.audio, clip.duration
+      except media.MediaError as e:
+        if not e.reason.startswith("no audio"):
+          raise
+        use_audio = False
+        notes.append(f"{e.reason}: VO results only")
+    if video is None and use_video:
+      video, duration = decode_video(path, options, box)
+    if audio is None and use_audio:
+      try:
+        clip = media.decode(path, options=options, with_video=False)
+      except media.MediaError as e:
+        if not (use_video and e.reason.startswith("no audio")):
+          raise
+        use_audio = False
+        notes.append(f"{e.reason}: VO results only")
+      else:
+        audio = clip.audio
+        if duration is None:
+          duration = clip.duration
+    if spec.mode == "apex" and audio is None and has_audio:
+      # The builders place an apex window by the audio's energy, for every model.
+      try:
+        audio = media.decode(path, options=options, with_video=False).audio
+      except media.MediaError as e:
+        notes.append(f"{e.reason}: the centred window, not the loudest")
+    clip = media.Clip(video=video, audio=audio, duration=float(duration),
+                      video_duration=None, audio_duration=None)
+    cut = media.cut_windows(clip, spec, options)
+    if spec.mode == "fixed" and spec.num_windows > 1 and duration > spec.span + 1e-3:
+      notes.append(f"the clip lasts {duration:.2f} s; the windows cover its first "
+                   f"{spec.span:g} s only")
+    starts = windows.window_starts(spec, float(duration), audio, options.audio_rate)
+    out: dict[str, Any] = {"window_valid": np.asarray(cut["window_valid"], np.float32),
+                           "starts": starts, "duration": float(duration),
+                           "has_video": use_video, "has_audio": use_audio, "notes": notes,
+                           "video": None, "audio": None}
+    t = spec.num_windows
+    if wants_video:
+      v = self.meta["video"]
+      f, c, h = int(v["frames_per_window"]), int(v["crop_size"]), int(v["frame_size"])
+      if use_video:
+        frames = cut["video"]                                           # [T, F, H, H, 3]
+        if frames.shape != (t, f, h, h, 3):
+          raise RuntimeError(f"{path}: windows {frames.shape}, the model expects {(t, f, h, h, 3)}")
+        off = (h - c) // 2
+        out["video"] = np.ascontiguousarray(frames[:, :, off:off + c, off:off + c])  # [T, F, X, X, 3]
+      else:
+        out["video"] = np.zeros((t, f, c, c, 3), np.uint8)
+    if wants_audio:
+      s = int(self.meta["audio"]["samples_per_window"])
+      out["audio"] = cut["audio"] if use_audio else np.zeros((t, s), np.float32)   # [T, S]
+      if out["audio"].shape != (t, s):
+        raise RuntimeError(f"{path}: audio windows {out['audio'].shape}, the model expects {(t, s)}")
+    return out
+
+  # ---- classification
+  def modalities(self, has_audio: bool, has_video: bool) -> list[str]:
+    keep = {"AO": has_audio, "VO": has_video, "AV": has_audio and has_video}
+    return [m for m in self.meta["gate_modalities"] if keep[m]]
+
+  def classify(self, gates: dict[str, np.ndarray], modalities: Sequence[str]) -> dict[str, np.ndarray]:
+    """{M: [T, C] float32 vote fractions} for each modality."""
+    from avjax import knn
+    num_classes, k = len(self.bank.class_names), int(self.meta["k"])
+    out = {}
+    for m in modalities:
+      refs = self.bank.modality_refs(m)                                  # [N, T, G*]
+      query = np.concatenate([gates[key] for key in choices.MODALITY_KEYS[m]], axis=-1)  # [T, G*]
+      out[m] = np.stack([knn.knn_scores(refs[:, t], self.bank.labels, query[t:t + 1], k=k,
+                                        num_classes=num_classes)[0]
+                         for t in range(query.shape[0])])
+    return out
+
+  def predict(self, path: str) -> dict[str, Any]:
+    """The result object of one file (docs/predict.md); raises media.MediaError."""
+    inputs = self.preprocess(path)
+    gates = self.embed(inputs)
+    modalities = self.modalities(inputs["has_audio"], inputs["has_video"])
+    scores = self.classify(gates, modalities)
+    names = self.bank.class_names
+    gate_rows = []
+    for t, (start, valid) in enumerate(zip(inputs["starts"], inputs["window_valid"])):
+      row = {"gate": t + 1, "start": round(float(start), 4),
+             "valid_fraction": round(float(valid), 4), "valid": bool(valid > 0)}
+      for m in modalities:
+        if row["valid"]:
+          s = scores[m][t]
+          row[m] = {"emotion": names[int(np.argmax(s))],
+                    "scores": {n: round(float(x), 6) for n, x in zip(names, s)}}
+        else:
+          row[m] = None
+      gate_rows.append(row)
+    valid = [r for r in gate_rows if r["valid"]]
+    final = {}
+    if valid:
+      last = valid[-1]
+      final = {m: dict(last[m], gate=last["gate"]) for m in modalities}
+    return {
+        "file": path, "ok": True, "duration": round(inputs["duration"], 4),
+        "has_audio": inputs["has_audio"], "has_video": inputs["has_video"],
+        "modalities": modalities, "notes": inputs["notes"],
+        "num_valid_gates": len(valid), "gates": gate_rows, "prediction": final,
+        "model": {"workdir": self.workdir, "fold": self.fold, "checkpoint": self.checkpoint,
+                  "step": self.step, "k": int(self.meta["k"]), "dataset": self.meta["dataset"],
+                  "config": self.meta["config"], "variant": self.meta["variant"]},
+        "class_names": names,
+    }
