@@ -39,6 +39,7 @@ from avjax import choices
 from avjax import config_lib
 from avjax import errors
 from avjax import feature_store
+from avjax import fixed_trunk
 from avjax import input_pipeline
 from avjax import knn
 from avjax import parallel
@@ -243,7 +244,7 @@ def sample_batch(config) -> dict[str, jax.ShapeDtypeStruct]:
   if tfds_access.reads_video(config, tfds_access.get_builder(config)):
     c = int(config.input.crop_size)
     out["video"] = jax.ShapeDtypeStruct((1, t, info["frames_per_window"], c, c, 3), np.uint8)
-  return feature_store.model_input_shapes(config, out)   # features for a cached trunk
+  return fixed_trunk.model_input_shapes(config, out)   # features for a cached trunk
 
 
 def checkpoint_selection(config, test_fold: int, which: str) -> str:

@@ -184,11 +184,11 @@ class Predictor:
           f"checkpoint of fold {self.fold} is step {step}: the KNN references would come from "
           f"another model. Rewrite the bank with: python -m avjax.evaluate "
           f"--workdir={self.workdir} --folds={self.fold} --checkpoint={which}")
-    from avjax import feature_store
+    from avjax import fixed_trunk
     try:
       state, _, step = train_state_lib.restore_for_inference(
           self.config, self.fold_dir,
-          feature_store.model_input_shapes(self.config, self._sample_batch()), repl, step=step)
+          fixed_trunk.model_input_shapes(self.config, self._sample_batch()), repl, step=step)
     except Exception as e:  # noqa: BLE001  (orbax raises many types; name the checkpoint)
       raise errors.UsageError(f"cannot restore checkpoint {step} of {self.fold_dir}/checkpoints: "
                        f"{type(e).__name__}: {e}") from None
@@ -200,11 +200,11 @@ class Predictor:
   def embed(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Gate embeddings of one clip: {'audio_gate'/'video_gate': [T, G] float32}."""
     import jax
-    from avjax import feature_store
+    from avjax import fixed_trunk
     from avjax.models import gating
     if self._forward is None:
       # The whole network on raw media (a frozen trunk's fixed layers merged back in).
-      apply_fn, self._variables = feature_store.inference_model(self.config, self.state,
+      apply_fn, self._variables = fixed_trunk.inference_model(self.config, self.state,
                                                                  self._sample_batch())
       self._forward = jax.jit(functools.partial(
           gating.gate_embeddings, apply_fn, modalities=self.config.model.modalities,

@@ -51,6 +51,7 @@ from avjax import device_data
 from avjax import errors
 from avjax import evaluate
 from avjax import feature_store
+from avjax import fold_lock
 from avjax import input_pipeline
 from avjax import parallel
 from avjax import report
@@ -372,7 +373,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   workdir_lib.record_config(config, workdir, allow, write=write)
   mesh = parallel.make_mesh()
   feature_store.ensure(config, mesh)   # frozen / finetune_from: the encoders' fixed part, once
-  held: list[tuple[int, workdir_lib.FoldLocked]] = []
+  held: list[tuple[int, fold_lock.FoldLocked]] = []
   worked = 0
   for fold in config.folds:
     fold_dir = workdir_lib.fold_dir(workdir, fold)
@@ -386,15 +387,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               flush=True)
     # One process per fold on a shared workdir: a fold another live process holds is
     # skipped. (Multi-host runs train every fold together and take no lock.)
-    lock = workdir_lib.FoldLock(fold_dir, take_over_foreign=take_over_locks)
+    lock = fold_lock.FoldLock(fold_dir, take_over_foreign=take_over_locks)
     if jax.process_count() == 1:
       try:
         lock.acquire()
-      except workdir_lib.FoldLocked as e:
+      except fold_lock.FoldLocked as e:
         print(f"fold {fold}: skipped, {e}", flush=True)
         held.append((fold, e))
         continue
-      workdir_lib.clean_temp(fold_dir)   # a killed process's .tmp files
+      fold_lock.clean_temp(fold_dir)   # a killed process's .tmp files
     try:
       if workdir_lib.fold_is_done(fold_dir) and _unreadable_outputs(fold_dir) is None:
         continue   # finished while we waited for the lock
@@ -435,7 +436,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return outputs
 
 
-def _describe_held(held: list[tuple[int, "workdir_lib.FoldLocked"]], take_over_locks: bool) -> str:
+def _describe_held(held: list[tuple[int, "fold_lock.FoldLocked"]], take_over_locks: bool) -> str:
   folds = "; ".join(f"fold {fold} by process {e.holder.get('pid')} on host "
                     f"{e.holder.get('host')} since {e.holder.get('start')}" for fold, e in held)
   text = (f"fold(s) {[f for f, _ in held]} are held by other processes, so this run trained "

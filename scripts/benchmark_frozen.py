@@ -59,15 +59,15 @@ def video_extraction(work: str) -> dict:
   import numpy as np
 
   from avjax import config_lib
-  from avjax import feature_store
+  from avjax import fixed_trunk
   from configs import ravdess
   config = config_lib.complete(ravdess.get_config("w8_l1_ov"))
   config.model.trunk = "frozen"
   info = {"frames_per_window": 25, "samples_per_window": 22050}
-  window = feature_store._window(config, "video", info)
-  variables = feature_store.trunk_variables(config, "video", window)
-  enc = feature_store.encoder(config, "video")
-  fn = jax.jit(functools.partial(feature_store._features, enc, "pooled"))
+  window = fixed_trunk._window(config, "video", info)
+  variables = fixed_trunk.trunk_variables(config, "video", window)
+  enc = fixed_trunk.encoder(config, "video")
+  fn = jax.jit(functools.partial(fixed_trunk._features, enc, "pooled"))
   n = FLAGS.clips * 8                                         # windows
   x = np.random.default_rng(0).integers(0, 256, (n,) + window.shape[1:], dtype=np.uint8)
   t0 = time.time()

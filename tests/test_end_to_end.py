@@ -21,6 +21,7 @@ from absl.testing import absltest
 
 from avjax import config_lib
 from avjax import errors
+from avjax import fold_lock
 from avjax import input_pipeline
 from avjax import parallel
 from avjax import protocol
@@ -236,7 +237,7 @@ class FoldLockTest(absltest.TestCase):
     config.folds = (2,)
     workdir = tempfile.mkdtemp()
     fold_dir = os.path.join(workdir, "fold_2")
-    with workdir_lib.FoldLock(fold_dir), contextlib.redirect_stdout(io.StringIO()) as out, \
+    with fold_lock.FoldLock(fold_dir), contextlib.redirect_stdout(io.StringIO()) as out, \
          self.assertRaisesRegex(errors.FoldsHeld, rf"fold\(s\) \[2\] are held .*fold 2 by "
                                 rf"process {os.getpid()} on host"):
       train.train_and_evaluate(config, workdir)    # as a second process would: nothing to do

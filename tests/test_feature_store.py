@@ -35,6 +35,7 @@ from avjax import config_lib
 from avjax import device_data
 from avjax import evaluate
 from avjax import feature_store
+from avjax import fixed_trunk
 from avjax import input_pipeline
 from avjax import losses
 from avjax import parallel
@@ -149,9 +150,9 @@ class EquivalenceTest(absltest.TestCase):
                                   batch_stats=variables.get("batch_stats", {}),
                                   apply_fn=gating.apply_fn(model))
     media_shapes = {k: media[k] for k in ("video", "audio") if k in feats}
-    full_apply, full_vars = feature_store.inference_model(config, state, media_shapes)
+    full_apply, full_vars = fixed_trunk.inference_model(config, state, media_shapes)
     # The whole network has every parameter: the cached model's ones are among them.
-    for enc in feature_store.ENCODERS.values():
+    for enc in fixed_trunk.ENCODERS.values():
       if enc in variables["params"]:
         self.assertLess(set(variables["params"][enc]), set(full_vars["params"][enc]))
 
@@ -190,12 +191,12 @@ class EquivalenceTest(absltest.TestCase):
     config = frozen_config("finetune_from:conv5", modalities="audio")
     media = media_batch(config, [1])
     wave = media["audio"].reshape(-1, media["audio"].shape[-1])        # [N T, S]
-    trunk = feature_store.trunk_variables(config, "audio", jax.ShapeDtypeStruct(
+    trunk = fixed_trunk.trunk_variables(config, "audio", jax.ShapeDtypeStruct(
         (1, wave.shape[1]), np.float32))
     # What the extraction stores for this cut: conv5's output map.
-    maps = jax.jit(lambda v, x: feature_store._features(
-        feature_store.encoder(config, "audio"), "conv5", v, x))(trunk, wave)  # [N T, L, C]
-    self.assertEqual(maps.shape[1:], feature_store.feature_shape(
+    maps = jax.jit(lambda v, x: fixed_trunk._features(
+        fixed_trunk.encoder(config, "audio"), "conv5", v, x))(trunk, wave)  # [N T, L, C]
+    self.assertEqual(maps.shape[1:], fixed_trunk.feature_shape(
         config, "audio", {"samples_per_window": wave.shape[1]}))
     kw = dict(embed_dim=8, width=float(config.model.audio_width), conv_impl="xla")
     whole = soundnet.SoundNet8(**kw)

@@ -28,6 +28,7 @@ from absl.testing import absltest
 from avjax import cli
 from avjax import errors
 from tests import helpers
+from avjax import fold_lock
 from avjax import workdir as workdir_lib
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))   # as a write() raises it: no path
@@ -111,8 +112,8 @@ class AtomicWriteTest(absltest.TestCase):
                           capture_output=True, text=True, check=True)
     for name in ("predictions.npz.tmp", f"lock.json.tmp-{int(dead.stdout)}", "fold_info.json"):
       open(os.path.join(fold, name), "w").close()
-    with workdir_lib.FoldLock(fold):
-      removed = workdir_lib.clean_temp(fold)
+    with fold_lock.FoldLock(fold):
+      removed = fold_lock.clean_temp(fold)
       self.assertCountEqual(removed, ["predictions.npz.tmp", f"lock.json.tmp-{int(dead.stdout)}"])
       self.assertCountEqual(os.listdir(fold), ["fold_info.json", "lock.json"])
 
@@ -197,7 +198,7 @@ class LockTest(absltest.TestCase):
     old = time.time() - 60
     os.utime(self.path, (old, old))
     with contextlib.redirect_stdout(io.StringIO()) as out:
-      lock = workdir_lib.FoldLock(self.fold).acquire()
+      lock = fold_lock.FoldLock(self.fold).acquire()
     self.assertEqual(json.load(open(self.path))["pid"], os.getpid())
     lock.release()
     return out.getvalue()
@@ -226,7 +227,7 @@ class LockTest(absltest.TestCase):
     notice = self._take({"host": host, "pid": python.pid, "start": "2026-01-01T00:00:00+0000"})
     self.assertIn("started after the lock was written", notice)
     # A lock of this avjax records its process's start: another start is another process.
-    ticks = workdir_lib._start_ticks(python.pid)
+    ticks = fold_lock._start_ticks(python.pid)
     notice = self._take({"host": host, "pid": python.pid, "time": time.time() + 3600,
                          "pid_start": ticks + 1})
     self.assertIn("another process now", notice)
@@ -234,24 +235,24 @@ class LockTest(absltest.TestCase):
     with open(self.path, "w") as f:
       json.dump({"host": host, "pid": python.pid, "time": time.time(), "pid_start": ticks,
                  "start": "now"}, f)
-    with self.assertRaisesRegex(workdir_lib.FoldLocked, f"held by process {python.pid}"):
-      workdir_lib.FoldLock(self.fold).acquire()
+    with self.assertRaisesRegex(fold_lock.FoldLocked, f"held by process {python.pid}"):
+      fold_lock.FoldLock(self.fold).acquire()
 
   def test_a_foreign_lock_is_respected_unless_taken_over(self):
     with open(self.path, "w") as f:
       json.dump({"host": "elsewhere", "pid": 42, "start": "2026-12-05T10:00:00+0000"}, f)
-    with self.assertRaises(workdir_lib.FoldLocked) as cm:
-      workdir_lib.FoldLock(self.fold).acquire()
+    with self.assertRaises(fold_lock.FoldLocked) as cm:
+      fold_lock.FoldLock(self.fold).acquire()
     self.assertTrue(cm.exception.foreign)
     self.assertIn("--take_over_locks", str(cm.exception))
     with contextlib.redirect_stdout(io.StringIO()) as out:
-      workdir_lib.FoldLock(self.fold, take_over_foreign=True).acquire().release()
+      fold_lock.FoldLock(self.fold, take_over_foreign=True).acquire().release()
     self.assertIn("--take_over_locks was given", out.getvalue())
 
   def test_a_run_whose_folds_are_all_held_fails_with_the_list(self):
     from avjax import train
-    held = [(0, workdir_lib.FoldLocked("x", {"pid": 7, "host": "elsewhere", "start": "T0"}, True)),
-            (3, workdir_lib.FoldLocked("y", {"pid": 9, "host": "here", "start": "T1"}, False))]
+    held = [(0, fold_lock.FoldLocked("x", {"pid": 7, "host": "elsewhere", "start": "T0"}, True)),
+            (3, fold_lock.FoldLocked("y", {"pid": 9, "host": "here", "start": "T1"}, False))]
     text = train._describe_held(held, take_over_locks=False)
     self.assertIn("fold(s) [0, 3] are held", text)
     self.assertIn("fold 0 by process 7 on host elsewhere since T0", text)
@@ -263,7 +264,7 @@ class LockTest(absltest.TestCase):
     with mock.patch("builtins.open", side_effect=OSError(errno.ENOSPC, "No space left on device",
                                                          self.path + ".tmp-1")), \
          self.assertRaisesRegex(errors.StorageError, "No space left on device"):
-      workdir_lib.FoldLock(self.fold).acquire()
+      fold_lock.FoldLock(self.fold).acquire()
     self.assertEqual(os.listdir(self.fold), [])
 
 

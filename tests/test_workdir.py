@@ -13,6 +13,7 @@ from absl.testing import absltest
 
 from avjax import config_lib
 from avjax import config_tokens
+from avjax import fold_lock
 from avjax import protocol
 from avjax import workdir
 
@@ -87,11 +88,11 @@ class FoldLockTest(absltest.TestCase):
 
   def test_one_process_per_fold(self):
     fold = os.path.join(tempfile.mkdtemp(), "fold_0")
-    with workdir.FoldLock(fold) as lock:
+    with fold_lock.FoldLock(fold) as lock:
       info = json.load(open(lock.path))
       self.assertEqual((info["host"], info["pid"]), (socket.gethostname(), os.getpid()))
-      with self.assertRaisesRegex(workdir.FoldLocked, f"held by process {os.getpid()}"):
-        workdir.FoldLock(fold).acquire()          # a live holder: never taken over
+      with self.assertRaisesRegex(fold_lock.FoldLocked, f"held by process {os.getpid()}"):
+        fold_lock.FoldLock(fold).acquire()          # a live holder: never taken over
     self.assertFalse(os.path.exists(lock.path))  # released
     # A lock left by a dead process of this host is taken over, with a notice.
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
@@ -99,14 +100,14 @@ class FoldLockTest(absltest.TestCase):
     stale = {"host": socket.gethostname(), "pid": int(dead.stdout), "start": "earlier"}
     json.dump(stale, open(lock.path, "w"))
     with contextlib.redirect_stdout(io.StringIO()) as out:
-      taken = workdir.FoldLock(fold).acquire()
+      taken = fold_lock.FoldLock(fold).acquire()
     self.assertIn("no longer running", out.getvalue())
     self.assertEqual(json.load(open(lock.path))["pid"], os.getpid())
     taken.release()
     # Another host's lock cannot be checked from here: it is respected.
     json.dump(dict(stale, host="elsewhere"), open(lock.path, "w"))
-    with self.assertRaisesRegex(workdir.FoldLocked, "on host elsewhere"):
-      workdir.FoldLock(fold).acquire()
+    with self.assertRaisesRegex(fold_lock.FoldLocked, "on host elsewhere"):
+      fold_lock.FoldLock(fold).acquire()
 
 
 if __name__ == "__main__":
