@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import json
 import os
@@ -69,6 +68,7 @@ from jax.experimental import multihost_utils
 
 from avjax import augment
 from avjax import errors
+from avjax import file_lock
 from avjax import fixed_trunk
 from avjax import parallel
 from avjax import trunks
@@ -392,17 +392,8 @@ def _lock(store: str):
   if jax.process_index() != 0:
     yield
     return
-  path = os.path.join(store, ".lock")
-  try:
-    f = open(path, "w")
-  except OSError as e:
-    raise (errors.as_storage_error(e, path) or e) from e
-  with f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
+  with file_lock.exclusive(os.path.join(store, ".lock")):
+    yield
 
 
 def _size(path: str) -> int:

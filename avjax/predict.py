@@ -12,7 +12,7 @@ frame rate, size, sample rate and channel count), preprocess it exactly as the
 model's data set was built (video resampled to the data set's fps and resized
 to its stored H x H frames, whole frame or centre square as the builder did;
 audio downmixed to mono and resampled to its rate with soxr; the clip cut into
-the model's T windows with `media.cut_windows`), take the evaluation centre
+the model's T windows with `clip_records.cut_windows`), take the evaluation centre
 crop (X x X), run the model, and at every gate classify the gate embeddings of
 AO (h^a_t), VO (h^v_t) and AV ([h^a_t, h^v_t]) with KNN (k from the config)
 among the training embeddings of `fold_k/reference_bank.npz`, written by

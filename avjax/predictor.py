@@ -295,7 +295,8 @@ class Predictor:
         notes.append(f"{e.reason}: the centred window, not the loudest")
     clip = media.Clip(video=video, audio=audio, duration=float(duration),
                       video_duration=None, audio_duration=None)
-    cut = media.cut_windows(clip, spec, options)
+    from avjax.data import clip_records
+    cut = clip_records.cut_windows(clip, spec, options)
     if spec.mode == "fixed" and spec.num_windows > 1 and duration > spec.span + 1e-3:
       notes.append(f"the clip lasts {duration:.2f} s; the windows cover its first "
                    f"{spec.span:g} s only")

@@ -101,17 +101,18 @@ def make_clips(folder: pathlib.Path, num_clips: int, seconds: float) -> list[pat
 
 
 def time_decode(paths, spec, workers: int) -> float:
+  from avjax.data import clip_records
   from avjax.data import media
-  jobs = [media.ClipJob(key=p.stem, src=str(p), spec=spec, options=media.DecodeOptions(), fields={},
+  jobs = [clip_records.ClipJob(key=p.stem, src=str(p), spec=spec, options=media.DecodeOptions(), fields={},
                         compress_video=True) for p in paths]
   start = time.perf_counter()
   if workers == 1:
     for job in jobs:
-      media.run_job(job)
+      clip_records.run_job(job)
   else:
     with concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-      list(pool.map(media.run_job, jobs, chunksize=1))
+      list(pool.map(clip_records.run_job, jobs, chunksize=1))
   return time.perf_counter() - start
 
 

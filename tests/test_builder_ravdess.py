@@ -16,8 +16,8 @@ import tensorflow_datasets as tfds
 from absl.testing import absltest
 
 from avjax.data import builder_lib
+from avjax.data import clip_records
 from avjax.data import folds as folds_lib
-from avjax.data import media
 from avjax.data import windows
 from tests import builder_base
 from tests import dummy_media
@@ -112,7 +112,7 @@ class RavdessBuilderTest(builder_base.BuilderTestCase):
     self.assertEqual(r["video"].dtype, np.uint8)
     self.assertEqual(r["audio"].shape, (4, 22050))
     self.assertEqual(r["audio"].dtype, np.float32)
-    direct = media.make_record(self.manual / "Actor_09" / name, windows.parse_name("w4_l1_ov"))
+    direct = clip_records.make_record(self.manual / "Actor_09" / name, windows.parse_name("w4_l1_ov"))
     np.testing.assert_array_equal(r["video"], direct["video"])
     np.testing.assert_array_equal(r["audio"], direct["audio"])
     np.testing.assert_allclose(r["window_valid"], direct["window_valid"])
@@ -244,7 +244,7 @@ class RavdessBuilderTest(builder_base.BuilderTestCase):
 
   def test_interrupted_build_is_not_prepared(self):
     data_dir = self.root / "interrupted"
-    real = media.run_job
+    real = clip_records.run_job
     calls = []
 
     def flaky(job):
@@ -254,7 +254,7 @@ class RavdessBuilderTest(builder_base.BuilderTestCase):
       return real(job)
 
     builder = lib.Builder(config="w2_l1_ov", data_dir=data_dir, num_workers=1)
-    with mock.patch.object(builder_lib.media, "run_job", flaky):
+    with mock.patch.object(clip_records, "run_job", flaky):
       with self.assertRaises(KeyboardInterrupt):
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=self.manual))
     self.assertFalse(lib.Builder(config="w2_l1_ov", data_dir=data_dir).is_prepared())
@@ -264,15 +264,15 @@ class RavdessBuilderTest(builder_base.BuilderTestCase):
     data_dir = self.root / "killed"
     script = textwrap.dedent(f"""
         import os, tensorflow_datasets as tfds
-        from avjax.data import builder_lib, media
+        from avjax.data import clip_records
         from avjax.tfds_builders.ravdess import ravdess_dataset_builder as lib
-        real, n = media.run_job, []
+        real, n = clip_records.run_job, []
         def dying(job):
           n.append(1)
           if len(n) == 5:
             os._exit(3)   # like SIGKILL: no cleanup runs
           return real(job)
-        builder_lib.media.run_job = dying
+        clip_records.run_job = dying
         lib.Builder(config="w2_l1_ov", data_dir={str(data_dir)!r}, num_workers=1).download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir={str(self.manual)!r}))
     """)

@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 from absl.testing import absltest
 
 from avjax.data import builder_lib
+from avjax.data import clip_records
 from avjax.data import folds as folds_lib
 from avjax.data import media
 from tests import builder_base
@@ -191,15 +192,15 @@ class MediaAudioOnlyTest(absltest.TestCase):
     wav = dummy_media.write_riff_wav(root / "a.wav", x, 16000)
     flv = dummy_media.write_flv(root / "a.flv", seconds=2.0)
     spec = builder_lib.split_name("audio_w4_l1_ov")[1]
-    audio_only = media.make_record(wav, spec, with_video=False)
-    av = media.make_record(flv, spec, audio_path=wav)
+    audio_only = clip_records.make_record(wav, spec, with_video=False)
+    av = clip_records.make_record(flv, spec, audio_path=wav)
     np.testing.assert_array_equal(audio_only["audio"], av["audio"])
     self.assertNotIn("video", audio_only)
     # Zip members are read too.
     import zipfile
     with zipfile.ZipFile(root / "a.zip", "w") as z:
       z.write(wav, "Actor_01/a.wav")
-    zipped = media.make_record(media.ZipMember(str(root / "a.zip"), "Actor_01/a.wav"), spec,
+    zipped = clip_records.make_record(media.ZipMember(str(root / "a.zip"), "Actor_01/a.wav"), spec,
                                with_video=False)
     np.testing.assert_array_equal(zipped["audio"], audio_only["audio"])
     shutil.rmtree(root)
@@ -212,8 +213,8 @@ class MediaAudioOnlyTest(absltest.TestCase):
     x = dummy_media.sine(2.0, 48000, 440.0)   # the signal write_mp4 encodes
     wav = dummy_media.write_riff_wav(root / "a.wav", np.round(x * 32767).astype(np.int16), 48000)
     spec = builder_lib.split_name("audio_w4_l1_ov")[1]
-    from_wav = media.make_record(wav, spec, with_video=False)
-    from_mp4 = media.make_record(mp4, spec)
+    from_wav = clip_records.make_record(wav, spec, with_video=False)
+    from_mp4 = clip_records.make_record(mp4, spec)
     np.testing.assert_allclose(from_wav["window_valid"], from_mp4["window_valid"], atol=0.01)
     for k in range(spec.num_windows):
       a, b = from_wav["audio"][k], from_mp4["audio"][k]   # [S]

@@ -106,7 +106,7 @@ class ImportGraphTest(absltest.TestCase):
 import sys
 for name in ({blocked},):
   sys.modules[name] = None          # `import name` now raises ImportError
-from avjax import steps, train_state, parallel, augment, losses, mining, knn, feature_store
+from avjax import steps, train_state, parallel, augment, losses, mining, knn, feature_store, fixed_trunk
 from avjax.models import gating, i3d, soundnet
 for name in ({blocked},):
   assert sys.modules[name] is None, name
@@ -127,6 +127,19 @@ class LayoutTest(absltest.TestCase):
       roots = {n.split(".")[0] for n in imported_names(path)}
       self.assertEmpty(roots & {"pytest", "tests", "configs", "chex"}, str(path))
       self.assertNotIn("absl.testing", imported_names(path), str(path))
+
+  def test_modules_stay_small(self):
+    """No module of the package is over 450 lines: one job each (docs/architecture.md)."""
+    sizes = {str(p.relative_to(PACKAGE.parent)): len(p.read_text().splitlines())
+             for p in PACKAGE.rglob("*.py")}
+    self.assertEqual({k: v for k, v in sizes.items() if v > 450}, {})
+
+  def test_architecture_lists_every_module(self):
+    """docs/architecture.md names every module of the package."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    for path in sorted(PACKAGE.rglob("*.py")):
+      if path.name != "__init__.py" and "tfds_builders" not in path.parts:
+        self.assertIn(path.name, text, str(path))
 
   def test_no_test_module_imports_another(self):
     tests = PACKAGE.parent / "tests"

@@ -14,6 +14,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from tests import helpers
+from avjax.data import clip_records
 from avjax.data import features
 from avjax.data import media
 from avjax.data import windows
@@ -117,7 +118,7 @@ class RealSamplesTest(parameterized.TestCase):
     x, _ = media.read_wav(root / "AudioWAV/1001_DFA_ANG_XX.wav")
     np.testing.assert_array_equal(clip.audio, media.resample(x, 16000, 22050))
     self.assertAlmostEqual(clip.audio_duration, len(x) / 16000)
-    rec = media.make_record(root / "VideoFlash/1001_DFA_ANG_XX.flv", windows.parse_name("w6_l1_ov"),
+    rec = clip_records.make_record(root / "VideoFlash/1001_DFA_ANG_XX.flv", windows.parse_name("w6_l1_ov"),
                             audio_path=root / "AudioWAV/1001_DFA_ANG_XX.wav")
     self.assertEqual(rec["video"].shape, (6, 25, 112, 112, 3))
     self.assertEqual(rec["audio"].shape, (6, 22050))
@@ -136,7 +137,7 @@ class WindowArithmeticTest(parameterized.TestCase):
     self.options = media.DecodeOptions(fps=4, audio_rate=8)
 
   def _cut(self, name):
-    out = media.cut_windows(self.clip, windows.parse_name(name), self.options)
+    out = clip_records.cut_windows(self.clip, windows.parse_name(name), self.options)
     return out["video"][..., 0, 0, 0], out["audio"], out["window_valid"]
 
   def test_fixed_overlap_pads_past_the_end(self):
@@ -163,7 +164,7 @@ class WindowArithmeticTest(parameterized.TestCase):
   def test_clip_shorter_than_one_window(self):
     short = media.Clip(video=self.clip.video[:2], audio=self.clip.audio[:4], duration=0.5,
                        video_duration=0.5, audio_duration=0.5)
-    out = media.cut_windows(short, windows.parse_name("w1_l1_no_fit"), self.options)
+    out = clip_records.cut_windows(short, windows.parse_name("w1_l1_no_fit"), self.options)
     np.testing.assert_array_equal(out["video"][0, :, 0, 0, 0], [0, 1, 1, 1])
     np.testing.assert_array_equal(out["audio"][0], [1, 2, 3, 4, 0, 0, 0, 0])
     np.testing.assert_allclose(out["window_valid"], [0.5])
@@ -238,7 +239,7 @@ class GeneratedFilesTest(parameterized.TestCase):
     # no audio stream needed, and no audio/video length check
     path = dummy_media.write_mp4(self.dir / "silent_video.mp4", seconds=0.5, with_audio=False)
     self.assertLen(media.decode(path, with_audio=False).video, 13)   # ceil(0.5005 * 25)
-    out = media.cut_windows(alone, windows.parse_name("w2_l1_ov"), media.DecodeOptions())
+    out = clip_records.cut_windows(alone, windows.parse_name("w2_l1_ov"), media.DecodeOptions())
     self.assertEqual(set(out), {"video", "window_valid", "duration"})
     for kwargs in ({"with_video": False, "with_audio": False},
                    {"with_audio": False, "audio_path": self.mp4},
@@ -308,25 +309,25 @@ class GeneratedFilesTest(parameterized.TestCase):
 
   def test_worker_compression_equals_tfds_encoding(self):
     spec = windows.parse_name("w2_l1_ov")
-    job = media.ClipJob(key="k", src=self.mp4, spec=spec, options=media.DecodeOptions(), fields={},
+    job = clip_records.ClipJob(key="k", src=self.mp4, spec=spec, options=media.DecodeOptions(), fields={},
                         compress_video=True)
-    _, record, reason = media.run_job(job)
+    _, record, reason = clip_records.run_job(job)
     self.assertIsNone(reason)
-    self.assertIsInstance(record["video"], media.ZlibVideo)
-    video = media.make_record(self.mp4, spec)["video"]
+    self.assertIsInstance(record["video"], clip_records.ZlibVideo)
+    video = clip_records.make_record(self.mp4, spec)["video"]
     feature = features.features_dict(num_windows=2, frames_per_window=25, frame_size=112,
                                       samples_per_window=22050, class_names=("a", "b"))["video"]
     self.assertEqual(bytes(record["video"]), feature.encode_example(video))
     np.testing.assert_array_equal(feature.decode_example_np(bytes(record["video"])), video)
 
   def test_run_job_reports_instead_of_raising(self):
-    job = media.ClipJob(key="k", src=str(self.dir / "nothing.mp4"), spec=windows.parse_name("w2_l1_ov"),
+    job = clip_records.ClipJob(key="k", src=str(self.dir / "nothing.mp4"), spec=windows.parse_name("w2_l1_ov"),
                         options=media.DecodeOptions(), fields={})
-    self.assertEqual(media.run_job(job), ("k", None, "file not found"))
-    job = media.ClipJob(key="k", src=self.mp4, spec=windows.parse_name("w2_l1_ov"),
+    self.assertEqual(clip_records.run_job(job), ("k", None, "file not found"))
+    job = clip_records.ClipJob(key="k", src=self.mp4, spec=windows.parse_name("w2_l1_ov"),
                         options=media.DecodeOptions(), fields={"label": 2},
                         audio_path=str(self.dir / "nowhere.wav"))
-    self.assertEqual(media.run_job(job), ("k", None, "nowhere.wav: file not found"))
+    self.assertEqual(clip_records.run_job(job), ("k", None, "nowhere.wav: file not found"))
 
 
 if __name__ == "__main__":

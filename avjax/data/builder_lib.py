@@ -32,12 +32,7 @@ which lists the clips and the files it had to reject. Everything else is here:
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
-import contextlib
 import dataclasses
-import fcntl
-import multiprocessing
 import os
 import pathlib
 import shutil
@@ -49,6 +44,8 @@ import tqdm
 from etils import epath
 
 from avjax import errors
+from avjax import file_lock
+from avjax.data import clip_records
 from avjax.data import features
 from avjax.data import folds as folds_lib
 from avjax.data import media
@@ -74,27 +71,9 @@ class ManualDirError(FileNotFoundError):
 INCOMPLETE_PREFIX = "incomplete."   # TFDS's folder for a build in progress
 
 
-@contextlib.contextmanager
-def _build_lock(config_dir: str):
-  """An exclusive lock on `config_dir/.avjax_build.lock`: one build of a builder config at
-  a time; the others wait, then find it prepared."""
-  path = os.path.join(config_dir, ".avjax_build.lock")
-  try:
-    os.makedirs(config_dir, exist_ok=True)
-    f = open(path, "w")
-  except OSError as e:
-    raise (errors.as_storage_error(e, path) or e) from e
-  with f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def remove_incomplete(config_dir: str) -> list[str]:
   """Removes the `incomplete.*` folders of `config_dir` (a builder config's folder), left
-  by killed builds; call it holding `_build_lock`. Returns the folders removed."""
+  by killed builds; call it holding the builder config's lock (`prepare`). Returns the folders removed."""
   removed = []
   try:
     names = sorted(os.listdir(config_dir))
@@ -119,7 +98,8 @@ def prepare(builder, download_config=None, overwrite: bool = False) -> bool:
   config_dir = os.path.dirname(os.path.normpath(data_dir))
   if isinstance(builder, AVBuilder) and (overwrite or not builder.is_prepared()):
     builder.check_manual_dir(download_config)
-  with _build_lock(config_dir):
+  # One build of a builder config at a time; the others wait, then find it prepared.
+  with file_lock.exclusive(os.path.join(config_dir, ".avjax_build.lock")):
     if builder.is_prepared() and not overwrite:
       return False
     for path in remove_incomplete(config_dir):
@@ -238,8 +218,8 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._skipped: list[dict[str, str]] = []
     self._missing_actors: list[int] = []
     self._progress = None
-    self._jobs: dict[int, list[media.ClipJob]] = {}
-    self._scheduler: _Scheduler | None = None
+    self._jobs: dict[int, list[clip_records.ClipJob]] = {}
+    self._scheduler: clip_records.Scheduler | None = None
     super().__init__(**kwargs)
 
   # -- to be provided by the dataset -------------------------------------------------------
@@ -388,12 +368,12 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       self._clips = self.scan(pathlib.Path(os.fspath(dl_manager.manual_dir)))
     folds = self.actor_folds
     genders = self.genders()
-    jobs: dict[int, list[media.ClipJob]] = {f: [] for f in range(folds_lib.NUM_FOLDS)}
+    jobs: dict[int, list[clip_records.ClipJob]] = {f: [] for f in range(folds_lib.NUM_FOLDS)}
     for c in self._clips:
       fields = dict(c.fields)
       fields.update(actor=c.actor, fold=folds[c.actor], gender=genders[c.actor],
                     clip_id=c.clip_id)
-      jobs[folds[c.actor]].append(media.ClipJob(
+      jobs[folds[c.actor]].append(clip_records.ClipJob(
           key=c.clip_id, src=c.src, spec=self.spec, options=self._options, fields=fields,
           audio_path=c.audio_path, compress_video=not self.audio_only,
           with_video=not self.audio_only))
@@ -407,7 +387,7 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             if jobs[f]}
 
   def _accept_precompressed_video(self) -> None:
-    """Lets this builder's video feature take the workers' `media.ZlibVideo` as is.
+    """Lets this builder's video feature take the workers' `clip_records.ZlibVideo` as is.
 
     The workers compress the video exactly as `Tensor(encoding='zlib')` does
     (after checking its shape and dtype), so the stored bytes are the same and
@@ -418,22 +398,22 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     encode = type(feature).encode_example.__get__(feature)
 
     def encode_example(value):
-      if isinstance(value, media.ZlibVideo):
+      if isinstance(value, clip_records.ZlibVideo):
         return bytes(value)
       return encode(value)
 
     feature.encode_example = encode_example
 
-  def _results(self, fold: int, jobs: Sequence[media.ClipJob]) -> Iterator[tuple[str, Any, str | None]]:
+  def _results(self, fold: int, jobs: Sequence[clip_records.ClipJob]) -> Iterator[tuple[str, Any, str | None]]:
     if self._num_workers == 1:
       for job in jobs:
-        yield media.run_job(job)
+        yield clip_records.run_job(job)
       return
     if self._scheduler is None:
-      self._scheduler = _Scheduler(self._jobs, self._num_workers)
+      self._scheduler = clip_records.Scheduler(self._jobs, self._num_workers)
     yield from self._scheduler.results(fold)
 
-  def _generate_examples(self, fold: int, jobs: Sequence[media.ClipJob]):
+  def _generate_examples(self, fold: int, jobs: Sequence[clip_records.ClipJob]):
     files = {job.key: job.file for job in jobs}
     written = 0
     for key, record, reason in self._results(fold, jobs):
@@ -452,61 +432,3 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           + ")")
 
 
-class _Scheduler:
-  """Decodes every fold's clips in one process pool, in fold order.
-
-  Jobs are submitted in the order the splits are generated (fold0's, then
-  fold1's, ...), at most `2 * num_workers` ahead of the writer, so the pool
-  stays busy across fold boundaries while memory stays bounded. A result that
-  arrives for a later fold waits in a buffer; an abandoned fold (TFDS's
-  max_examples_per_split) drops its results and unsubmitted jobs.
-  """
-
-  def __init__(self, jobs: Mapping[int, Sequence[media.ClipJob]], num_workers: int):
-    self._order = [(f, job) for f in sorted(jobs) for job in jobs[f]]
-    self._count = {f: len(jobs[f]) for f in jobs}
-    self._window = 2 * num_workers
-    self._next = 0
-    self._inflight: collections.deque = collections.deque()   # (fold, future)
-    self._buffer: dict[int, collections.deque] = collections.defaultdict(collections.deque)
-    self._abandoned: set[int] = set()
-    # spawn: safe when the caller has threads (JAX, grain); workers import only media.py.
-    self._pool = concurrent.futures.ProcessPoolExecutor(
-        max_workers=num_workers, mp_context=multiprocessing.get_context("spawn"))
-
-  def _fill(self) -> None:
-    while len(self._inflight) < self._window and self._next < len(self._order):
-      fold, job = self._order[self._next]
-      self._next += 1
-      if fold not in self._abandoned:
-        self._inflight.append((fold, self._pool.submit(media.run_job, job)))
-
-  def results(self, fold: int) -> Iterator[tuple[str, Any, str | None]]:
-    remaining = self._count.get(fold, 0)
-    try:
-      while remaining:
-        if self._buffer[fold]:
-          result = self._buffer[fold].popleft()
-        else:
-          self._fill()
-          if not self._inflight:
-            raise RuntimeError(f"fold{fold}: {remaining} clips were never scheduled")
-          other, future = self._inflight.popleft()
-          result = future.result()
-          self._fill()
-          if other != fold:
-            if other not in self._abandoned:
-              self._buffer[other].append(result)
-            continue
-        remaining -= 1
-        yield result
-    finally:
-      if remaining:
-        self._abandoned.add(fold)
-        self._buffer.pop(fold, None)
-
-  def close(self) -> None:
-    for _, future in self._inflight:
-      future.cancel()
-    self._inflight.clear()
-    self._pool.shutdown(wait=True, cancel_futures=True)

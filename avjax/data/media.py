@@ -23,9 +23,9 @@ stream's span (first frame to the end of the last one).
 `decode` is the one decoder of containers: both streams, or video alone
 (`with_audio=False`, optionally cropped to a `box`: avjax.predict), or audio
 alone (`with_video=False`). Windows are cut by `windows.cut_windows` (through
-`cut_windows` here).
+`clip_records.cut_windows`).
 
-Audio-only records (`decode_audio`, `make_record(..., with_video=False)`) read
+Audio-only records (`decode_audio`, `clip_records.make_record(..., with_video=False)`) read
 a WAV alone (RAVDESS's modality-03 files, CREMA-D's AudioWAV) and are cut by
 the same `cut_windows`, so their audio windows equal those of the
 audio-visual records when the two sources hold the same audio.
@@ -33,7 +33,7 @@ audio-visual records when the two sources hold the same audio.
 Every problem with a file raises `MediaError(path, reason)`; the builders
 record the reason and skip the clip.
 
-  rec = make_record("01-01-03-01-02-01-05.mp4", windows.parse_name("w8_l1_ov"))
+  rec = clip_records.make_record("01-01-03-01-02-01-05.mp4", windows.parse_name("w8_l1_ov"))
   rec["video"]  # [T, F, H, W, 3] uint8
   rec["audio"]  # [T, S] float32
 """
@@ -45,15 +45,13 @@ import io
 import math
 import os
 import zipfile
-import zlib
-from typing import Any, Mapping, NamedTuple, Union
+from typing import Any, NamedTuple, Union
 
 import av
 import numpy as np
 import soundfile
 import soxr
 
-from avjax.data import windows as windows_lib
 
 # SoundNet's rate; equal to avjax.data.features.AUDIO_RATE (not imported here
 # so that decoding workers do not import tensorflow_datasets).
@@ -431,83 +429,6 @@ def resample(audio: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- windows
 
 
-def cut_windows(clip: Clip, spec: windows_lib.WindowSpec, options: DecodeOptions) -> dict[str, np.ndarray]:
-  """A decoded clip's windows (`windows.cut_windows` at options.fps and
-  options.audio_rate; the video frame nearest each window's start) and its
-  'duration'. 'video' only when the clip has video, 'audio' only when it has audio."""
-  out = windows_lib.cut_windows(spec, clip.duration, video=clip.video, fps=options.fps,
-                                audio=clip.audio, rate=options.audio_rate)
-  out["duration"] = np.float32(clip.duration)
-  return out
-
-
-def make_record(src: Source, spec: windows_lib.WindowSpec, *,
-                audio_path: str | os.PathLike | None = None,
-                options: DecodeOptions = DecodeOptions(),
-                fields: Mapping[str, Any] | None = None,
-                with_video: bool = True) -> dict[str, Any]:
-  """One record of avjax/data/features.py: the windowed media plus `fields`
-  (label, actor, fold, gender, intensity, statement, clip_id). Without video
-  (audio-only records) the audio comes from `audio_path` when given, else `src`."""
-  if with_video:
-    clip = decode(src, audio_path=audio_path, options=options)
-  else:
-    clip = decode_audio(audio_path if audio_path is not None else src, options=options)
-  record = dict(fields or {})
-  record.update(cut_windows(clip, spec, options))
-  return record
-
-
 # ----------------------------------------------------------------------------- parallel jobs
 
 
-class ZlibVideo(bytes):
-  """Video already encoded as TFDS's `Tensor(encoding='zlib')` encodes it
-  (`zlib.compress(array.tobytes())`), done in the worker so that the builder's
-  main process does not spend ~0.2 s per clip compressing."""
-
-  @classmethod
-  def encode(cls, video: np.ndarray) -> "ZlibVideo":
-    return cls(zlib.compress(np.ascontiguousarray(video, dtype=np.uint8).tobytes()))
-
-
-@dataclasses.dataclass(frozen=True)
-class ClipJob:
-  """Everything a worker process needs to make one record."""
-  key: str
-  src: Source
-  spec: windows_lib.WindowSpec
-  options: DecodeOptions
-  fields: Mapping[str, Any]
-  audio_path: str | None = None
-  compress_video: bool = False   # return record["video"] as ZlibVideo
-  with_video: bool = True        # False: audio-only record
-
-  @property
-  def video_shape(self) -> tuple[int, ...]:
-    """[T, F, H, W, 3] of the record's video."""
-    o = self.options
-    return (self.spec.num_windows, o.frames_per_window(self.spec.length), o.frame_size, o.frame_size, 3)
-
-  @property
-  def file(self) -> str:
-    """The file name reported when the clip is skipped."""
-    name = self.src.name if isinstance(self.src, ZipMember) else os.fspath(self.src)
-    return os.path.basename(name)
-
-
-def run_job(job: ClipJob) -> tuple[str, dict[str, Any] | None, str | None]:
-  """(key, record, None), or (key, None, reason) when the clip is unusable."""
-  try:
-    record = make_record(job.src, job.spec, audio_path=job.audio_path, options=job.options,
-                         fields=job.fields, with_video=job.with_video)
-  except MediaError as e:
-    path = os.path.basename(e.path.split("::")[-1])
-    reason = e.reason if path == job.file else f"{path}: {e.reason}"
-    return job.key, None, reason
-  if job.compress_video and job.with_video:
-    video = record["video"]
-    if video.shape != job.video_shape or video.dtype != np.uint8:   # a bug, not a bad file
-      raise ValueError(f"{job.file}: video {video.shape} {video.dtype}, expected {job.video_shape} uint8")
-    record["video"] = ZlibVideo.encode(video)
-  return job.key, record, None

@@ -14,7 +14,7 @@ A clip is cut into `T` windows of `L` seconds. Two modes:
   the centred window when the clip has no audio.
 
 `cut_windows` is the one cutter of a clip's frames and samples into windows
-(`media.cut_windows` for decoded clips, `synthetic` for generated ones).
+(`clip_records.cut_windows` for decoded clips, `synthetic` for generated ones).
 
 Builder-config names encode a windowing: ``w{T}_l{L}_{ov|no}[_fit|_apex]``, e.g.
 ``w8_l1_ov`` is 8 windows of 1 s with 0.5 s overlap, fixed hop; ``w1_l3_no_fit`` the
