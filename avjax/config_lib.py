@@ -350,3 +350,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
            "a fixed validation fold cannot be tested (use 'next')")
 
 
+
+
+# Names that config files written for earlier builds call here, and where they are now.
+_MOVED = {"apply_args": "avjax.config_tokens", "set_dataset": "avjax.config_tokens",
+          "RECIPES": "avjax.config_tokens", "PAPER_LITERAL": "avjax.config_tokens",
+          "DATASETS": "avjax.data.registry", "builder_config_name": "avjax.data.registry",
+          "VARIANTS": "avjax.choices", "MODALITIES": "avjax.choices",
+          "trunk_inputs": "avjax.trunks", "config_hash": "avjax.protocol"}
+
+
+def __getattr__(name: str):
+  if name in _MOVED:
+    raise AttributeError(f"avjax.config_lib.{name} moved to {_MOVED[name]}.{name} "
+                         "(CHANGELOG.md, 2026-12-06): import it from there")
+  raise AttributeError(f"module 'avjax.config_lib' has no attribute {name!r}")

@@ -1,5 +1,6 @@
 """Every config file loads, validates, and rejects what it should."""
 
+import importlib
 import importlib.util
 import pathlib
 
@@ -181,6 +182,23 @@ class ConfigsTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, f"config.{field}"):
       config_lib.validate(c)
 
+
+
+class MovedNamesTest(absltest.TestCase):
+
+  def test_a_moved_name_says_where_it_is(self):
+    """A config file written for an earlier build (config_lib.apply_args) is told where
+    the name went; an unknown name is a plain AttributeError."""
+    from avjax import config_tokens
+    with self.assertRaisesRegex(AttributeError, r"config_lib\.apply_args moved to "
+                                r"avjax\.config_tokens\.apply_args"):
+      config_lib.apply_args  # noqa: B018
+    for name, module in config_lib._MOVED.items():
+      target = importlib.import_module(module)
+      self.assertTrue(hasattr(target, name), f"{module}.{name}")
+    self.assertTrue(callable(config_tokens.apply_args))
+    with self.assertRaisesRegex(AttributeError, "has no attribute 'no_such_name'"):
+      config_lib.no_such_name  # noqa: B018
 
 
 class RangesTest(absltest.TestCase):
