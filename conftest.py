@@ -10,17 +10,16 @@ import uuid
 
 import pytest
 
-# XLA:CPU's legacy elemental emitters instead of its fusion emitters: the tiny train step
-# compiles in 5.0 s instead of 12.9 s (2-core Xeon, JAX_DISABLE_MOST_OPTIMIZATIONS=1);
-# compilation is most of the suite's time. Single-threaded Eigen: the suite runs one
-# pytest-xdist worker per core, and each worker's Eigen pool of one thread per core
-# oversubscribed the machine (the whole suite 541 s -> 401 s on 2 cores).
+# Compilation is most of the suite's time: XLA:CPU's legacy elemental emitters compile the
+# tiny train step faster than its fusion emitters. Single-threaded Eigen: the suite runs
+# one pytest-xdist worker per core, and a pool of one thread per core in each worker
+# oversubscribed the machine (figures: docs/benchmark_history.md, "Test suite times").
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 "
                       "--xla_cpu_use_fusion_emitters=false --xla_cpu_multi_thread_eigen=false")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # XLA's backend optimisations off (as flax's examples' train_test.py): the tests'
-# tiny shapes run in milliseconds either way, and compiling the tiny train step
-# takes about 30 % less time. Subprocesses (workers, benchmarks) inherit it.
+# tiny shapes run in milliseconds either way, and they compile faster. Subprocesses
+# (workers, benchmarks) inherit it.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 
@@ -47,9 +46,9 @@ def pytest_configure(config):
 
 
   # Orbax writes a replicated array by slicing it across its replicas (4 fake devices
-  # here): each save then runs one small eager slice per array and replica, compiled on
-  # first use (a tiny state's first save took 5.2 s, later ones 1.4 s; without it 0.9 s
-  # and 0.7 s). The checkpoints' format and contents do not change: one replica writes.
+  # here): each save then runs one small eager slice per array and replica, each
+  # compiled on first use. Without it one replica writes; the checkpoints' format and
+  # contents do not change.
   from orbax.checkpoint import type_handlers
   import jax
   type_handlers.register_type_handler(

@@ -43,21 +43,11 @@ batch's clips from arrays held on the device, crop and flip the video
 (`lax.dynamic_slice` at the drawn offsets, then a mirror: bit-identical to a
 host-side crop), then `augment_audio`.
 
-Tolerance against the former host implementation (soxr speed change; the same
-phase vocoder followed by soxr for the pitch), measured on 1 s windows at
-22050 Hz for speed 0.9 / 1.1 and -1 / +1 semitones and asserted in
-tests/test_augment.py (which keeps a NumPy copy of it as the reference): the
-relative RMS difference ||y - y_ref|| / ||y_ref|| is 2.0-2.4 % on speech-like
-audio (harmonics of 110-220 Hz with a -6 dB/octave roll-off, plus noise) and
-5.1-5.3 % on tones spread over 0.1-4 kHz plus white noise, the same away from
-the window end. The max abs difference away from the window end (its first
-95 %) is 0.020-0.028 on the speech-like audio (RMS 0.18) and 0.060-0.107 on the
-broadband one (RMS 0.28); in the last 5 % after a pitch shift it reaches 0.109
-and 0.152 (the two resamplers treat the stretched signal's end differently).
-The difference is the resampler alone: linear
-interpolation's gain falls as f**2 (0.993 at 1 kHz, 0.973 at 2 kHz, 0.898 at
-4 kHz) where soxr's is flat, i.e. a relative error of 0.7 %, 2.9 %, 11.5 % on a
-pure tone of that frequency.
+Parity with the earlier host implementation (soxr for speed and after the same phase
+vocoder), kept as a NumPy reference in tests/test_augment.py: a few percent relative RMS
+on speech-like and broadband audio, the difference being the linear-interpolation
+resampler alone (its gain falls as f**2 where soxr's is flat). The measured figures are
+in docs/design.md ("Audio augmentation").
 """
 
 from __future__ import annotations
@@ -168,8 +158,8 @@ def shift_pitch(audio: jax.Array, semitones: jax.Array, max_semitones: float) ->
   # - advance the measured deviation from it (librosa wraps it to [-pi, pi]; e^{i dphi}
   # does not change). Computed on phasors, without angles: e^{i phase_t} = e^{i phase_0}
   # e^{i t advance} prod_{u<t} e^{i dphi_u}, with e^{i dphi_u} = unit(i_u + 1)
-  # conj(unit(i_u)) e^{-i advance}: no atan2, cos or sin on [R, N_out, K] (they took
-  # 0.7 of the 1.25 s this function spent on 320 one-second windows).
+  # conj(unit(i_u)) e^{-i advance}: no atan2, cos or sin on [R, N_out, K], which were
+  # most of this function's time (docs/benchmark_history.md).
   bins = np.arange(k)
   advance = 2 * np.pi * hop * bins / size
   turn = jnp.asarray(np.exp(-1j * advance).astype(np.complex64))           # [K]

@@ -24,8 +24,8 @@ of several equal maxima is evicted depends on the heap layout and, when it
 splits the references over threads, on the thread count), and its KD / ball
 trees visit references in tree order. On integer-grid data full of such ties
 its own 'brute' and 'kd_tree' algorithms pick different neighbour sets for
-most queries (measured with sklearn 1.9.1: 1282 of 1800 queries), so no rule
-matches "scikit-learn" there. On data without a distance tie at the k-th
+most queries (docs/design.md, "Evaluation"), so no rule matches "scikit-learn"
+there. On data without a distance tie at the k-th
 neighbour (the normal case for real-valued embeddings) predictions are
 identical; identical reference embeddings are such ties, and they can change a
 vote only when their labels differ.

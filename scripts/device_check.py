@@ -50,7 +50,6 @@ import argparse
 import functools
 import importlib.metadata
 import json
-import math
 import os
 import pathlib
 import statistics

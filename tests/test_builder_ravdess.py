@@ -15,7 +15,6 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl.testing import absltest
 
-from avjax.data import builder_lib
 from avjax.data import clip_records
 from avjax.data import folds as folds_lib
 from avjax.data import windows

@@ -33,7 +33,7 @@ def features_dict(
   """FeaturesDict for one clip record (see module docstring)."""
   t = num_windows
   spec = {
-      # Raw bytes: a float list's protobuf serialisation took ~60 ms a RAVDESS record.
+      # Raw bytes: a float list's protobuf serialisation is slow (docs/benchmark_history.md).
       "audio": tfds.features.Tensor(shape=(t, samples_per_window), dtype=np.float32,
                                     encoding=tfds.features.Encoding.BYTES),
       "label": tfds.features.ClassLabel(names=list(class_names)),

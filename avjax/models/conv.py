@@ -33,23 +33,19 @@ import flax.linen as nn
 import jax
 from jax import lax
 import jax.numpy as jnp
-import numpy as np
 
 from avjax.choices import CONV_IMPLS as IMPLS
 
 # backend -> network -> (the form of every layer not listed, the layers in the other
-# form). Measured per layer, forward + backward, at the RAVDESS shape
-# (scripts/benchmark.py --sections=layers; the tables in BENCHMARKS.md, "Per-layer
-# convolution forms"). Backends not listed (GPU, TPU: unmeasured) use 'xla'.
+# form): each layer in the form measured faster, forward + backward, at the RAVDESS
+# shape (scripts/benchmark.py --sections=layers; the figures are in
+# docs/benchmark_history.md, "Convolution forms"). Backends not listed (GPU, TPU:
+# unmeasured) use 'xla'.
 AUTO: dict[str, dict[str, tuple[str, frozenset[str]]]] = {
     "cpu": {
-        # conv6 / conv7 (2-3 output steps, 256-1024 channels): 17x / 46x faster as
-        # matmuls; conv1 4.7x faster on XLA, conv2-conv5 within about 25 % either way
-        # (XLA in most runs).
+        # SoundNet's short, wide conv6 / conv7 as matmuls, the other layers on XLA.
         "soundnet": ("xla", frozenset({"conv6", "conv7"})),
-        # The stem 3.1x and Conv3d_2c 1.6x faster as matmuls, the 1x1x1 and narrow
-        # 3x3x3 units up to 3x; XLA was faster on Mixed_3c's widest 3x3x3 unit in every
-        # run (505 vs 597 ms); the other wide 3x3x3 units are within 15 % either way.
+        # I3D as matmuls but for Mixed_3c's widest 3x3x3 unit.
         "i3d": ("matmul", frozenset({"Mixed_3c/Branch_1/Conv3d_0b_3x3"})),
     },
 }

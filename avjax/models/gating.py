@@ -296,9 +296,9 @@ def init_variables(model: AVModel, rng: jax.Array, video: Any = None, audio: Any
     raise ValueError(f"init_variables: modalities {model.modalities!r} needs a video shape")
   if model.uses_audio and audio is None:
     raise ValueError(f"init_variables: modalities {model.modalities!r} needs an audio shape")
-  # Non-partitionable threefry compiles the many initialisers about 2.5x faster on
-  # CPU (7 s instead of 17 s for the demo model); it only changes which random
-  # numbers the initial weights get.
+  # Non-partitionable threefry compiles the many initialisers faster on CPU
+  # (docs/benchmark_history.md); it only changes which random numbers the initial
+  # weights get.
   with jax.threefry_partitionable(False):
     variables = _jitted_init(model)(rng, video, audio)
   variables = jax.tree_util.tree_map(lambda x: x, dict(variables))  # plain nested dicts
