@@ -15,6 +15,7 @@ import copy
 
 import ml_collections
 
+from avjax import __version__
 from avjax import choices
 from avjax import trunks
 from avjax.data import folds as folds_lib
@@ -127,20 +128,19 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Windows wholly past a clip's end (window_valid == 0) take no part in the loss or
   # the miner, the LSTMs pass them unchanged (training, evaluation, predict) and the
   # training noise is not added to the audio padding. False: every window counts as
-  # real data and the noise covers the padding (avjax 0.1.0; for ablation).
+  # real data and the noise covers the padding (avjax before 2026-12-01; for ablation).
   c.loss.mask_padded_windows = True
   # The triplets' distance: 'squared' Euclidean (the paper's reading) or 'euclidean'
   # (non-squared, as Hermans et al. 2017), in the miner's score and the hinges.
   c.loss.distance = "squared"
   # Warm-up: for the first E epochs each modality's triplet term is batch-all (the mean
-  # hinge over every valid triplet, `losses.batch_all_hinges`), then MWTSM. E is
-  # `batch_all_epochs` when set, else `batch_all_fraction` x train.num_epochs rounded
-  # down to whole epochs (`warmup_epochs`): the default, half of training, follows the
-  # epochs. 0 (either field): MWTSM from the first step (the paper's reading,
-  # `paper_literal`). Not in the paper: it keeps hardest-triplet mining from
-  # collapsing the embeddings on real audio (docs/experiments.md).
+  # hinge over every valid triplet, `losses.batch_all_hinges`), then MWTSM. E is this
+  # fraction of train.num_epochs rounded down to whole epochs (`warmup_epochs`): the
+  # default, half of training, follows the epochs. 0: MWTSM from the first step (the
+  # paper's reading, `paper_literal`); 1: batch-all throughout. Not in the paper: it
+  # keeps hardest-triplet mining from collapsing the embeddings on real audio
+  # (docs/experiments.md).
   c.loss.batch_all_fraction = 0.5
-  c.loss.batch_all_epochs = ml_collections.config_dict.placeholder(int)
   # Which triplets the miner may pick: 'hardest' (the paper's reading: the largest
   # d(i,p) - d(i,n)) or 'semihard' (the default, FaceNet [26] §3.2: only triplets
   # whose negative is farther from the anchor than the positive, d(i,p) < d(i,n); the
@@ -194,6 +194,18 @@ def get_base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# config.json records the avjax version that wrote it (`workdir.save_config`); a config
+# without one was written by 0.1.0 and is read with RECORDED_BEFORE.
+VERSION_FIELD = "avjax_version"
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(x) for x in str(version).split(".")[:3])
+  except ValueError:
+    raise ValueError(f"{VERSION_FIELD}: {version!r} is not a version like 0.2.0") from None
+
+
 def _merge(base: dict, over: dict) -> dict:
   out = dict(base)
   for key, value in over.items():
@@ -207,7 +219,7 @@ def _merge(base: dict, over: dict) -> dict:
 # Fields added after the first release whose default changed what a run does: a
 # recorded config.json that lacks one was trained with the value here.
 RECORDED_BEFORE = {("loss", "mask_padded_windows"): False, ("loss", "distance"): "squared",
-                   ("loss", "batch_all_epochs"): 0, ("loss", "batch_all_fraction"): 0.0,
+                   ("loss", "batch_all_fraction"): 0.0,
                    ("model", "trunk"): "finetune",
                    ("input", "cached_views"): 0, ("loss", "negatives"): "hardest",
                    ("model", "center_audio_head"): False, ("model", "center_video_head"): False,
@@ -221,15 +233,28 @@ def complete(config, recorded: bool = False) -> ml_collections.ConfigDict:
   The library reads fields directly (no `.get(field, default)`): run a partial
   config through here first. With `recorded` (a workdir's config.json) the fields
   of RECORDED_BEFORE that it lacks get their former behaviour's value instead."""
-  over = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-  if recorded:
-    over = copy.deepcopy(over)
+  over = copy.deepcopy(config.to_dict() if isinstance(config, ml_collections.ConfigDict)
+                       else dict(config))
+  version = over.pop(VERSION_FIELD, None)
+  if version is not None and _version_tuple(version) > _version_tuple(__version__):
+    raise ValueError(f"a config recorded by avjax {version}, newer than this avjax "
+                     f"{__version__}: upgrade avjax to read it")
+  base = get_base_config().to_dict()
+  # 0.1.0 set the warm-up by `batch_all_epochs` too: read as the fraction of its epochs.
+  epochs = over.get("loss", {}).pop("batch_all_epochs", None)
+  if epochs is not None:
+    num_epochs = int(over.get("train", {}).get("num_epochs", base["train"]["num_epochs"]))
+    over["loss"]["batch_all_fraction"] = min(1.0, int(epochs) / max(num_epochs, 1))
+  if recorded and version is None:   # written by avjax 0.1.0, which did not say its version
     for (group, field), value in RECORDED_BEFORE.items():
       over.setdefault(group, {}).setdefault(field, value)
-  merged = _merge(get_base_config().to_dict(), over)
+  merged = _merge(base, over)
   if merged["optim"].get("trunk_lr_scale") is None:
     merged["optim"]["trunk_lr_scale"] = trunks._default_trunk_lr_scale(merged["model"]["trunk"],
                                                                 merged["model"]["pretrained"])
+  # The audio-video MSE term exists in the gating model only (`losses.compute_loss`).
+  if merged["model"]["variant"] != "gating":
+    merged["loss"]["mse_weight"] = 0.0
   # `dataset.num_folds` (configs of earlier versions) is gone: the builders fix 10 folds.
   old = merged.get("dataset", {}).pop("num_folds", folds_lib.NUM_FOLDS)
   if old != folds_lib.NUM_FOLDS:
@@ -240,11 +265,8 @@ def complete(config, recorded: bool = False) -> ml_collections.ConfigDict:
 
 
 def warmup_epochs(config) -> int:
-  """The batch-all warm-up's length in epochs: `loss.batch_all_epochs` when set,
-  else `loss.batch_all_fraction` x `train.num_epochs`, rounded down (a 1-epoch
-  `runlocal` run has no warm-up)."""
-  if config.loss.batch_all_epochs is not None:
-    return int(config.loss.batch_all_epochs)
+  """The batch-all warm-up's length in epochs: `loss.batch_all_fraction` x
+  `train.num_epochs`, rounded down (a 1-epoch `runlocal` run has no warm-up)."""
   return int(float(config.loss.batch_all_fraction) * int(config.train.num_epochs) + 1e-9)
 
 
@@ -260,7 +282,7 @@ RANGES = {
     "model.embed_dim": ">= 1", "model.lstm_hidden": ">= 1", "model.video_width": "> 0",
     "model.audio_width": "> 0", "model.bn_momentum": "[0, 1)",
     "loss.margin": ">= 0", "loss.mse_weight": ">= 0", "loss.triplet_weight": ">= 0",
-    "loss.batch_all_epochs": ">= 0", "loss.batch_all_fraction": "[0, 1]",
+    "loss.batch_all_fraction": "[0, 1]",
     "optim.learning_rate": "> 0", "optim.weight_decay": ">= 0", "optim.b1": "[0, 1)",
     "optim.b2": "[0, 1)", "optim.eps": "> 0", "optim.trunk_lr_scale": ">= 0",
     "train.num_epochs": ">= 1", "train.max_steps": ">= 0", "train.log_every_steps": ">= 1",
@@ -285,8 +307,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field, spec in RANGES.items():
     group, name = field.split(".")
     value = config[group][name]
-    if value is None and field in ("model.bn_momentum", "loss.batch_all_epochs",
-                                   "optim.trunk_lr_scale"):
+    if value is None and field in ("model.bn_momentum", "optim.trunk_lr_scale"):
       continue
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       fail(field, f"{value!r} is not a number")

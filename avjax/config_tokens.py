@@ -42,31 +42,38 @@ from __future__ import annotations
 import ml_collections
 
 from avjax import choices
+from avjax import config_lib
 from avjax.data import registry
 from avjax.data import windows
 
 
-# The paper's recipe read literally (`paper_literal` config token): squared Euclidean
-# distances, MWTSM's hardest triplets from the first step, the paper's heads, and the
-# weight decay added to Adam's gradient (torch.optim.Adam).
-PAPER_LITERAL = {"loss.distance": "squared", "loss.batch_all_epochs": 0,
-                 "loss.batch_all_fraction": 0.0, "loss.negatives": "hardest",
+# The fields a recipe token sets, all of them (the last token wins).
+RECIPE_FIELDS = ("loss.distance", "loss.batch_all_fraction", "loss.negatives",
+                 "model.center_audio_head", "model.center_video_head", "optim.name")
+
+
+def _base_recipe() -> dict:
+  base = config_lib.get_base_config()
+  return {field: base[field.split(".")[0]][field.split(".")[1]] for field in RECIPE_FIELDS}
+
+
+# The default recipe is the base config's (`warmup_semihard`): semi-hard MWTSM after a
+# batch-all warm-up over the first half of training, the centred audio head, AdamW.
+DEFAULT_RECIPE = _base_recipe()
+# The paper's recipe read literally (`paper_literal` config token): MWTSM's hardest
+# triplets from the first step, the paper's audio head, and the weight decay added to
+# Adam's gradient (torch.optim.Adam).
+PAPER_LITERAL = {**DEFAULT_RECIPE, "loss.batch_all_fraction": 0.0, "loss.negatives": "hardest",
                  "model.center_audio_head": False, "model.center_video_head": False,
                  "optim.name": "adam"}
-
-
-# The tokens that choose the training recipe, each setting all of its fields (the last
-# one wins): the paper's reading plus, cumulatively, semi-hard triplets, the centred
-# audio head, and the warm-up over the first half of training with decoupled weight
-# decay (= the defaults).
+# The recipe tokens: the paper's reading plus, cumulatively, semi-hard triplets, the
+# centred audio head, and the warm-up with decoupled weight decay (= the default).
 RECIPES = {
     "paper_literal": PAPER_LITERAL,
     "semihard": {**PAPER_LITERAL, "loss.negatives": "semihard"},
     "centered_semihard": {**PAPER_LITERAL, "loss.negatives": "semihard",
                           "model.center_audio_head": True},
-    "warmup_semihard": {**PAPER_LITERAL, "loss.negatives": "semihard",
-                        "model.center_audio_head": True, "loss.batch_all_epochs": None,
-                        "loss.batch_all_fraction": 0.5, "optim.name": "adamw"},
+    "warmup_semihard": DEFAULT_RECIPE,
 }
 
 
@@ -118,8 +125,6 @@ def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collect
     elif windowing not in registry.DATASETS[config.dataset.name]["global_windowings"]:
       raise ValueError(f"Config argument {windowing!r}: the 'global' variant takes one window, "
                        f"one of {registry.DATASETS[config.dataset.name]['global_windowings']}")
-  if config.model.variant != "gating":
-    config.loss.mse_weight = 0.0
   return config
 
 

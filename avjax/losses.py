@@ -63,8 +63,8 @@ a collapsed embedding (every clip at one point).
 
 Options beside the paper's reading (`config.loss`): `distance` 'euclidean'
 (non-squared distances in the miner's score and the hinges, as Hermans et al.
-2017) instead of 'squared'; a warm-up of E > 0 epochs (`batch_all_epochs`, or
-`batch_all_fraction` of the epochs: `config_lib.warmup_epochs`): for the first E
+2017) instead of 'squared'; a warm-up of E > 0 epochs (`batch_all_fraction` of the
+epochs: `config_lib.warmup_epochs`): for the first E
 epochs the triplet term of each modality is batch-all, the mean hinge over every
 valid triplet of every window (`batch_all_hinges`), then MWTSM (or batch-hard) as
 above; `negatives` 'semihard': the miner picks among the triplets whose negative is

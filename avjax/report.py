@@ -115,7 +115,7 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
   warm = doc.get("batch_all_epochs", results.LATER_DEFAULTS["batch_all_epochs"])
   if warm:
     mining = (f"batch-all triplets for the first {warm} epoch{'s' * (warm != 1)} "
-              f"(the warm-up: loss.batch_all_fraction or batch_all_epochs; not the paper's), then {mining}")
+              f"(the warm-up: loss.batch_all_fraction; not the paper's), then {mining}")
   lines = [
       f"# Results: {paper.DATASET_TITLES.get(ds, ds)}, `{doc['config']}`, variant `{doc['variant']}`",
       "",

@@ -30,6 +30,7 @@ import re
 import ml_collections
 import numpy as np
 
+from avjax import __version__
 from avjax import config_lib
 from avjax import errors
 from avjax import protocol
@@ -123,13 +124,16 @@ def read_json(path: str, repair: str):
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str, name: str = CONFIG) -> str:
-  """Writes `config`, completed from the base config, as `workdir/<name>`."""
+  """Writes `config`, completed from the base config, as `workdir/<name>`, with the
+  avjax version that wrote it (`avjax_version`)."""
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise (errors.as_storage_error(e, workdir, "create") or e) from e
   path = os.path.join(workdir, name)
-  write_text(path, config_lib.complete(config).to_json_best_effort(indent=2, sort_keys=True))
+  doc = json.loads(config_lib.complete(config).to_json_best_effort())
+  doc[config_lib.VERSION_FIELD] = __version__     # what wrote it: read back by complete()
+  write_json(path, doc, indent=2, sort_keys=True)
   return path
 
 

@@ -64,7 +64,8 @@ class ConfigsTest(parameterized.TestCase):
     c.dataset.config = "w4_l1_ov"                  # the same by override
     with self.assertRaisesRegex(ValueError, "config.dataset.config: the 'global' variant"):
       config_lib.validate(c)
-    self.assertEqual(c.loss.mse_weight, 0.0)
+    self.assertEqual(c.loss.mse_weight, 1.0)                  # the base config's
+    self.assertEqual(config_lib.complete(c).loss.mse_weight, 0.0)   # no MSE term outside gating
     c = mod.get_config("w4_l1_no,audio_lstm")
     config_lib.validate(c)
     self.assertEqual((c.model.modalities, c.model.variant, c.dataset.config), ("audio", "lstm", "w4_l1_no"))
@@ -104,9 +105,13 @@ class ConfigsTest(parameterized.TestCase):
       c.train.num_epochs = 7
       self.assertEqual(config_lib.warmup_epochs(c), 3)
     self.assertEqual(config_lib.warmup_epochs(mod.get_config("runlocal")), 0)   # 1 epoch
-    fixed = mod.get_config()
-    fixed.loss.batch_all_epochs = 10            # an explicit length overrides the fraction
-    self.assertEqual(config_lib.warmup_epochs(fixed), 10)
+    # 0.1.0's batch_all_epochs is read as the fraction of the recorded epochs.
+    old = mod.get_config().to_dict()
+    old["loss"].pop("batch_all_fraction")
+    old["loss"]["batch_all_epochs"], old["train"]["num_epochs"] = 30, 80
+    recorded = config_lib.complete(old, recorded=True)
+    self.assertEqual(config_lib.warmup_epochs(recorded), 30)
+    self.assertNotIn("batch_all_epochs", recorded.loss)
     # The trunks' learning-rate factor follows model.trunk unless set.
     for trunk, scale in (("finetune", 0.01), ("frozen", 1.0), ("finetune_from:conv4", 0.01)):
       c = mod.get_config("audio_lstm")
@@ -124,7 +129,7 @@ class ConfigsTest(parameterized.TestCase):
                        (1.0, 1.0))
     self.assertEqual(config_lib.complete(load_config_module("demo").get_config()).optim.trunk_lr_scale,
                      1.0)
-    for field, value in (("batch_all_fraction", 1.5), ("batch_all_epochs", -1)):
+    for field, value in (("batch_all_fraction", 1.5), ("batch_all_fraction", -0.1)):
       bad = mod.get_config()
       bad.loss[field] = value
       with self.assertRaisesRegex(ValueError, f"config.loss.{field}"):
@@ -205,8 +210,7 @@ class RangesTest(absltest.TestCase):
 
   def test_every_numeric_field_has_a_range_that_validate_checks(self):
     base = config_lib.get_base_config()
-    placeholders = {"model.bn_momentum": float, "loss.batch_all_epochs": int,   # None by default
-                    "optim.trunk_lr_scale": float}
+    placeholders = {"model.bn_momentum": float, "optim.trunk_lr_scale": float}   # None by default
     numeric = [f"{g}.{k}" for g, sub in base.items() if isinstance(sub, ml_collections.ConfigDict)
                for k, v in sub.items()
                if (isinstance(v, (int, float)) and not isinstance(v, bool))
@@ -295,8 +299,8 @@ class CompleteTest(absltest.TestCase):
     recorded = json.load(open(path))
     self.assertIn("reference_bank", recorded["eval"])
     self.assertIn("cache_on_device", recorded["input"])
-    # An older config.json without the fields is read back complete.
-    del recorded["eval"]["reference_bank"]
+    # An older config.json (avjax 0.1.0: no version) without the fields is read back complete.
+    del recorded["eval"]["reference_bank"], recorded["avjax_version"]
     json.dump(recorded, open(path, "w"))
     loaded = workdir.load_config(root)
     self.assertTrue(loaded.eval.reference_bank)

@@ -222,7 +222,7 @@ class WriteResultsTest(absltest.TestCase):
       self.assertIn("- optimiser: AdamW (decoupled weight decay, torch.optim.AdamW), "
                     "learning rate 0.001, weight decay 0.0005\n", md)
       self.assertIn("triplet mining: batch-all triplets for the first 3 epochs "
-                    "(the warm-up: loss.batch_all_fraction or batch_all_epochs; not the paper's), then MWTSM\n", md)
+                    "(the warm-up: loss.batch_all_fraction; not the paper's), then MWTSM\n", md)
       self.assertIn("- loss: euclidean distances (loss.distance, not the paper's squared ones), "
                     "margin 0.2; audio-video MSE weight 0.1 (not the paper's 1)\n", md)
     # The trunks' learning-rate factor is said when it is not 1 and the trunk trained.

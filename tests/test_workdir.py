@@ -54,8 +54,8 @@ class RecordConfigTest(absltest.TestCase):
     self.assertEqual(open(kept).read(), before)
 
   def test_a_workdir_of_the_paper_literal_defaults_resumes_only_under_paper_literal(self):
-    # config.json as avjax wrote it before the defaults became `warmup_semihard`:
-    # the paper's reading (Adam with L2), and no loss.batch_all_fraction field.
+    # config.json as avjax 0.1.0 wrote it before the defaults became `warmup_semihard`:
+    # the paper's reading (Adam with L2), the warm-up as batch_all_epochs, no version.
     root = tempfile.mkdtemp()
     old = config_lib.get_base_config().to_dict()
     old["loss"].update(batch_all_epochs=0, negatives="hardest")
@@ -68,11 +68,36 @@ class RecordConfigTest(absltest.TestCase):
     self.assertEqual(config_lib.warmup_epochs(recorded), 0)
     with self.assertRaises(workdir.ConfigMismatchError) as cm:
       workdir.record_config(config_lib.get_base_config(), root)
-    for field in ("loss.negatives", "model.center_audio_head", "loss.batch_all_epochs",
+    for field in ("loss.negatives", "model.center_audio_head", "loss.batch_all_fraction",
                   "optim.name"):
       self.assertIn(field, str(cm.exception))
     literal = config_tokens.apply_args(config_lib.get_base_config(), "paper_literal")
     workdir.record_config(literal, root)          # no difference: resumes
+
+  def test_config_json_records_its_version(self):
+    """config.json says which avjax wrote it; reading it back drops the field (not part of
+    the protocol); a newer version than this one is refused; a config without one
+    (avjax 0.1.0) gets RECORDED_BEFORE for the fields it lacks, a current one does not."""
+    from avjax import __version__
+    root = tempfile.mkdtemp()
+    path = workdir.record_config(config_lib.get_base_config(), root)
+    with open(path) as f:
+      doc = json.load(f)
+    self.assertEqual(doc["avjax_version"], __version__)
+    self.assertNotIn("avjax_version", workdir.load_config(root))
+    workdir.record_config(config_lib.get_base_config(), root)      # no difference
+    del doc["loss"]["negatives"]
+    for version, negatives in ((__version__, "semihard"), (None, "hardest")):
+      if version is None:
+        del doc["avjax_version"]
+      with open(path, "w") as f:
+        json.dump(doc, f)
+      self.assertEqual(workdir.load_config(root).loss.negatives, negatives)
+    doc["avjax_version"] = "99.0.0"
+    with open(path, "w") as f:
+      json.dump(doc, f)
+    with self.assertRaisesRegex(ValueError, "recorded by avjax 99.0.0, newer than this avjax"):
+      workdir.load_config(root)
 
   def test_a_fold_is_read_with_the_config_it_was_trained_with(self):
     root = tempfile.mkdtemp()
