@@ -95,10 +95,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # measured fastest; on CPU im2col + matmul for I3D and SoundNet's conv6/conv7),
   # 'xla' or 'matmul'. Same parameters and results: checkpoints work under any.
   c.model.conv_impl = "auto"
-  # BatchNorm running-average momentum (flax's: the fraction kept per step) of both
-  # encoders when they train with batch statistics (freeze_bn=False). None: each
-  # network's own (I3D 0.999 as its Sonnet checkpoint, SoundNet 0.9 as Torch's 0.1).
-  c.model.bn_momentum = ml_collections.config_dict.placeholder(float)
+  # BatchNorm running-average momentum (flax's: the fraction kept per step) of each
+  # encoder's BatchNorm and head centring when they train with batch statistics
+  # (freeze_bn=False): each network's own, I3D's 0.999 as its Sonnet checkpoint,
+  # SoundNet's 0.9 as Torch's 0.1 (avjax.models.i3d / soundnet BN_MOMENTUM).
+  c.model.video_bn_momentum = 0.999
+  c.model.audio_bn_momentum = 0.9
   # What of the pretrained encoders trains. 'finetune' (the paper's recipe: every
   # layer, end to end, from the raw media). 'frozen': the trunks (SoundNet conv1-conv7,
   # I3D up to Mixed_5c) are fixed; their pooled outputs are computed once per clip and
@@ -245,6 +247,10 @@ def complete(config, recorded: bool = False) -> ml_collections.ConfigDict:
   if epochs is not None:
     num_epochs = int(over.get("train", {}).get("num_epochs", base["train"]["num_epochs"]))
     over["loss"]["batch_all_fraction"] = min(1.0, int(epochs) / max(num_epochs, 1))
+  # 0.1.0's one `model.bn_momentum` (None: each encoder's own) set both encoders'.
+  momentum = over.get("model", {}).pop("bn_momentum", None)
+  if momentum is not None:
+    over["model"]["video_bn_momentum"] = over["model"]["audio_bn_momentum"] = float(momentum)
   if recorded and version is None:   # written by avjax 0.1.0, which did not say its version
     for (group, field), value in RECORDED_BEFORE.items():
       over.setdefault(group, {}).setdefault(field, value)
@@ -280,7 +286,8 @@ RANGES = {
     "input.eval_batch_size": ">= 1", "input.num_workers": ">= 0", "input.prefetch": ">= 1",
     "input.cached_views": ">= 0",
     "model.embed_dim": ">= 1", "model.lstm_hidden": ">= 1", "model.video_width": "> 0",
-    "model.audio_width": "> 0", "model.bn_momentum": "[0, 1)",
+    "model.audio_width": "> 0", "model.video_bn_momentum": "[0, 1)",
+    "model.audio_bn_momentum": "[0, 1)",
     "loss.margin": ">= 0", "loss.mse_weight": ">= 0", "loss.triplet_weight": ">= 0",
     "loss.batch_all_fraction": "[0, 1]",
     "optim.learning_rate": "> 0", "optim.weight_decay": ">= 0", "optim.b1": "[0, 1)",
@@ -307,7 +314,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field, spec in RANGES.items():
     group, name = field.split(".")
     value = config[group][name]
-    if value is None and field in ("model.bn_momentum", "optim.trunk_lr_scale"):
+    if value is None and field == "optim.trunk_lr_scale":   # complete() resolves it
       continue
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       fail(field, f"{value!r} is not a number")

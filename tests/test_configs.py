@@ -177,7 +177,8 @@ class ConfigsTest(parameterized.TestCase):
        lambda c: setattr(c.train, "validation_fold", "first")),
       ("validation_fold_is_tested", "train.validation_fold",
        lambda c: setattr(c.train, "validation_fold", "3")),
-      ("bn_momentum_one", "model.bn_momentum", lambda c: setattr(c.model, "bn_momentum", 1.0)),
+      ("bn_momentum_one", "model.audio_bn_momentum",
+       lambda c: setattr(c.model, "audio_bn_momentum", 1.0)),
       ("windowing_not_built", "dataset.config",
        lambda c: setattr(c.dataset, "config", "w3_l1_ov")),   # valid name, no builder config
   )
@@ -210,7 +211,7 @@ class RangesTest(absltest.TestCase):
 
   def test_every_numeric_field_has_a_range_that_validate_checks(self):
     base = config_lib.get_base_config()
-    placeholders = {"model.bn_momentum": float, "optim.trunk_lr_scale": float}   # None by default
+    placeholders = {"optim.trunk_lr_scale": float}   # None by default: complete() resolves it
     numeric = [f"{g}.{k}" for g, sub in base.items() if isinstance(sub, ml_collections.ConfigDict)
                for k, v in sub.items()
                if (isinstance(v, (int, float)) and not isinstance(v, bool))
@@ -271,6 +272,32 @@ class FoldsTest(absltest.TestCase):
 
 
 class CompleteTest(absltest.TestCase):
+
+  def test_a_completed_shipped_config_holds_no_placeholder(self):
+    """complete() resolves every placeholder of every shipped config file and token but
+    `input.cache_on_device` (None: 'auto', decided at run time by the features' size)."""
+    from avjax import protocol
+    for name in ("demo", "ravdess", "crema_d"):
+      mod = load_config_module(name)
+      for arg in ("", "lstm", "global", "audio_lstm", "audio_global", "video_lstm",
+                  "video_global", "cpu", "paper_literal", "runlocal", "no_mwtsm",
+                  "audio_global,cpu", "semihard"):
+        flat = protocol._flatten(config_lib.complete(mod.get_config(arg or None)).to_dict())
+        nones = sorted(k for k, v in flat.items() if v is None)
+        self.assertEqual(nones, ["input.cache_on_device"], f"{name}:{arg}")
+
+  def test_encoder_momenta_match_the_models_and_read_0_1_0s_one_field(self):
+    from avjax.models import i3d, soundnet
+    base = config_lib.get_base_config()
+    self.assertEqual((base.model.video_bn_momentum, base.model.audio_bn_momentum),
+                     (i3d.BN_MOMENTUM, soundnet.BN_MOMENTUM))
+    for old, expected in ((None, (0.999, 0.9)), (0.5, (0.5, 0.5))):
+      recorded = base.to_dict()
+      del recorded["model"]["video_bn_momentum"], recorded["model"]["audio_bn_momentum"]
+      recorded["model"]["bn_momentum"] = old
+      m = config_lib.complete(recorded, recorded=True).model
+      self.assertEqual((m.video_bn_momentum, m.audio_bn_momentum), expected)
+      self.assertNotIn("bn_momentum", m)
 
   def test_fills_missing_fields_and_keeps_the_given_ones(self):
     partial = {"model": {"variant": "lstm", "embed_dim": 16}, "train": {"max_steps": 3},

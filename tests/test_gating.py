@@ -221,10 +221,12 @@ class GatingModelTest(absltest.TestCase):
         self.variables, self.video, self.audio)
     leaves_before = jax.tree_util.tree_leaves(self.variables["batch_stats"])
     after = {}
-    # model.bn_momentum reaches every BatchNorm and centring layer of both encoders:
-    # momentum 0 stores the batch's statistics, 0.5 half of them on the old values.
+    # model.{video,audio}_bn_momentum reach every BatchNorm and centring layer of their
+    # encoder: momentum 0 stores the batch's statistics, 0.5 half of them on the old values.
     for freeze, momentum in ((True, None), (False, 0.0), (False, 0.5)):
-      model = (paper_heads if freeze else self.model).clone(freeze_bn=freeze, bn_momentum=momentum)
+      rates = {} if momentum is None else dict(video_bn_momentum=momentum,
+                                               audio_bn_momentum=momentum)
+      model = (paper_heads if freeze else self.model).clone(freeze_bn=freeze, **rates)
       out, state = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))(
           self.variables, self.video, self.audio)
       after[momentum] = jax.tree_util.tree_leaves(state["batch_stats"])

@@ -123,7 +123,8 @@ class AVModel(nn.Module):
   remat: bool = False
   video_last_block: str = "Mixed_5c"   # I3D's last layer before its head (tests: earlier)
   conv_impl: str = "auto"              # avjax.models.conv: 'auto', 'xla' or 'matmul'
-  bn_momentum: float | None = None     # BatchNorm momentum of both encoders (None: each one's own)
+  video_bn_momentum: float = i3d.BN_MOMENTUM       # BatchNorm momentum of each encoder
+  audio_bn_momentum: float = soundnet.BN_MOMENTUM
   center_audio_head: bool = False      # model.center_audio_head (conv.Centering)
   center_video_head: bool = False      # model.center_video_head
   # Where each encoder starts (trunks.trunk_inputs): None (raw media), 'pooled'
@@ -163,7 +164,7 @@ class AVModel(nn.Module):
       emb, _ = i3d.I3D(embed_dim=self.embed_dim, width=self.video_width, freeze_bn=self.freeze_bn,
                        dtype=self.dtype, remat=self.remat, last_block=self.video_last_block,
                        conv_impl=self.conv_impl, name="video_encoder",
-                       bn_momentum=_or(self.bn_momentum, i3d.BN_MOMENTUM),
+                       bn_momentum=self.video_bn_momentum,
                        input_endpoint=self.video_input, center_head=self.center_video_head)(
                            frames, train=train, sample_mask=sample_mask)
       outputs["video_enc"] = emb.astype(jnp.float32).reshape(bt + (self.embed_dim,))  # [B, T, D]
@@ -180,7 +181,7 @@ class AVModel(nn.Module):
       emb, _ = soundnet.SoundNet8(embed_dim=self.embed_dim, width=self.audio_width,
                                   freeze_bn=self.freeze_bn, dtype=self.dtype,
                                   conv_impl=self.conv_impl, name="audio_encoder",
-                                  bn_momentum=_or(self.bn_momentum, soundnet.BN_MOMENTUM),
+                                  bn_momentum=self.audio_bn_momentum,
                                   input_endpoint=self.audio_input,
                                   center_head=self.center_audio_head,
                                   )(wave, train=train, sample_mask=sample_mask)
@@ -194,10 +195,6 @@ class AVModel(nn.Module):
       else:
         outputs[f"{m}_gate"] = TemporalLSTM(self.lstm_hidden, name=f"{m}_lstm")(enc, valid)  # [B, T, G]
     return outputs
-
-
-def _or(value, default):
-  return default if value is None else value
 
 
 _VIDEO_INPUT_RANK = {None: 6, i3d.POOLED: 3}     # any other input endpoint: a feature map, 6
@@ -225,7 +222,7 @@ def create_model(model_config: Any) -> AVModel:
       audio_width=float(m.audio_width), freeze_bn=bool(m.freeze_bn), dtype=_DTYPES[m.dtype],
       remat=bool(m.remat), video_last_block=str(m.video_last_block),
       conv_impl=str(m.conv_impl),
-      bn_momentum=None if m.bn_momentum is None else float(m.bn_momentum),
+      video_bn_momentum=float(m.video_bn_momentum), audio_bn_momentum=float(m.audio_bn_momentum),
       video_input=inputs.get("video"), audio_input=inputs.get("audio"),
       center_audio_head=bool(m.center_audio_head), center_video_head=bool(m.center_video_head))
 
