@@ -256,7 +256,7 @@ def complete(config, recorded: bool = False) -> ml_collections.ConfigDict:
       over.setdefault(group, {}).setdefault(field, value)
   merged = _merge(base, over)
   if merged["optim"].get("trunk_lr_scale") is None:
-    merged["optim"]["trunk_lr_scale"] = trunks._default_trunk_lr_scale(merged["model"]["trunk"],
+    merged["optim"]["trunk_lr_scale"] = trunks.default_trunk_lr_scale(merged["model"]["trunk"],
                                                                 merged["model"]["pretrained"])
   # The audio-video MSE term exists in the gating model only (`losses.compute_loss`).
   if merged["model"]["variant"] != "gating":

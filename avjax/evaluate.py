@@ -48,7 +48,6 @@ from avjax import report
 from avjax import results
 from avjax import steps
 from avjax import train_state as train_state_lib
-from avjax import trunks
 from avjax import workdir as workdir_lib
 from avjax.data import folds as folds_lib
 from avjax.data import tfds_access
@@ -168,7 +167,7 @@ def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh,
       "checkpoint_step": int(jax.device_get(state.step)), "selected_by": selected_by,
       "mask_padded_windows": bool(config.loss.mask_padded_windows),
       "trunk": str(config.model.trunk), "cached_views": int(config.input.cached_views),
-      "trunk_lr_scale": trunks.trunk_lr_scale(config),
+      "trunk_lr_scale": float(config_lib.complete(config).optim.trunk_lr_scale),
       "config_hash": protocol.config_hash(config),
       "allow_missing_folds": bool(config.dataset.allow_missing_folds),
   }

@@ -30,8 +30,8 @@ from absl import logging
 from flax.training import train_state
 from jax.sharding import NamedSharding
 
+from avjax import config_lib
 from avjax import errors
-from avjax import trunks
 from avjax import workdir as workdir_lib
 from avjax.models import gating
 
@@ -63,11 +63,9 @@ def make_optimizer(optim: ml_collections.ConfigDict, params: Any) -> optax.Gradi
 
 
 def optimizer_for(config: ml_collections.ConfigDict, params: Any) -> optax.GradientTransformation:
-  """`make_optimizer` for `config.optim`, its `trunk_lr_scale` resolved for
-  `config.model.trunk` when None (`trunks.trunk_lr_scale`)."""
-  optim = ml_collections.ConfigDict(config.optim.to_dict())
-  optim.trunk_lr_scale = trunks.trunk_lr_scale(config)
-  return make_optimizer(optim, params)
+  """`make_optimizer` for `config.optim` of the completed `config` (its `trunk_lr_scale`
+  resolved for `config.model.trunk` when None)."""
+  return make_optimizer(config_lib.complete(config).optim, params)
 
 
 @functools.lru_cache(maxsize=32)

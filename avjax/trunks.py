@@ -13,18 +13,12 @@ from avjax import choices
 TRUNK_LR_SCALE = 0.01
 
 
-def _default_trunk_lr_scale(trunk: str, pretrained: bool = True) -> float:
+def default_trunk_lr_scale(trunk: str, pretrained: bool = True) -> float:
+  """`optim.trunk_lr_scale` when the config leaves it None (`config_lib.complete` resolves
+  it): 0.01 when pretrained trunk layers train ('finetune', 'finetune_from:<endpoint>'
+  with `model.pretrained`), else 1.0 (randomly initialised encoders, as the demo's, train
+  at the full rate; unused when 'frozen')."""
   return TRUNK_LR_SCALE if pretrained and str(trunk) != "frozen" else 1.0
-
-
-def trunk_lr_scale(config) -> float:
-  """`optim.trunk_lr_scale`, or when None its default: 0.01 when pretrained trunk layers
-  train ('finetune', 'finetune_from:<endpoint>' with `model.pretrained`), else 1.0
-  (randomly initialised encoders, as the demo's, train at the full rate; unused when
-  'frozen')."""
-  if config.optim.trunk_lr_scale is not None:
-    return float(config.optim.trunk_lr_scale)
-  return _default_trunk_lr_scale(config.model.trunk, config.model.pretrained)
 
 
 TRUNKS = ("finetune", "frozen", "finetune_from:<endpoint>")

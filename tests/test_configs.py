@@ -9,7 +9,6 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from avjax import config_lib
-from avjax import trunks
 from avjax.data import registry
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -117,16 +116,13 @@ class ConfigsTest(parameterized.TestCase):
       c = mod.get_config("audio_lstm")
       c.model.trunk = trunk
       self.assertIsNone(c.optim.trunk_lr_scale)
-      self.assertEqual(trunks.trunk_lr_scale(c), scale)
       self.assertEqual(config_lib.complete(c).optim.trunk_lr_scale, scale)
       c.optim.trunk_lr_scale = 0.1
-      self.assertEqual((trunks.trunk_lr_scale(c), config_lib.complete(c).optim.trunk_lr_scale),
-                       (0.1, 0.1))
+      self.assertEqual(config_lib.complete(c).optim.trunk_lr_scale, 0.1)
       # Randomly initialised encoders (the demo's) train at the full rate.
       c.optim.trunk_lr_scale = None
       c.model.pretrained = False
-      self.assertEqual((trunks.trunk_lr_scale(c), config_lib.complete(c).optim.trunk_lr_scale),
-                       (1.0, 1.0))
+      self.assertEqual(config_lib.complete(c).optim.trunk_lr_scale, 1.0)
     self.assertEqual(config_lib.complete(load_config_module("demo").get_config()).optim.trunk_lr_scale,
                      1.0)
     for field, value in (("batch_all_fraction", 1.5), ("batch_all_fraction", -0.1)):
