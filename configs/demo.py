@@ -28,7 +28,7 @@ def get_config(arg=None):
   # running averages evaluation uses those of the trained network (after the 56
   # steps per fold, 0.9**56 < 0.3 % of the initial statistics remain; with I3D's 0.999,
   # 95 %).
-  config.model.bn_momentum = 0.9
+  config.model.video_bn_momentum = config.model.audio_bn_momentum = 0.9
   config.model.video_width = 0.125
   config.model.audio_width = 0.25
   config.model.embed_dim = 64
