@@ -47,6 +47,7 @@ import numpy as np
 import sklearn.metrics as skm
 from absl import logging
 
+from avjax import config_lib
 from avjax import errors
 from avjax import paper
 from avjax import workdir as workdir_lib
@@ -187,11 +188,16 @@ _SHARED_FIELDS = ("dataset", "config", "variant", "modalities", "class_names", "
                   "center_video_head", "distance", "batch_all_epochs", "margin", "mse_weight",
                   "optimizer", "learning_rate", "weight_decay")
 # Shared fields added after the first release: what a fold_info.json without one was run with
-# (None: not recorded; older folds did not say their MSE weight).
-LATER_DEFAULTS = {"negatives": "hardest", "center_audio_head": False, "center_video_head": False,
-                   "distance": "squared", "batch_all_epochs": 0, "margin": 1.0,
-                   "mse_weight": None, "optimizer": "adam", "learning_rate": None,
-                   "weight_decay": None}
+# (None: not recorded; older folds did not say their MSE weight). The recipe's fields are
+# those a recorded config without them had (config_lib.RECORDED_BEFORE).
+_BEFORE = config_lib.RECORDED_BEFORE
+LATER_DEFAULTS = {"negatives": _BEFORE[("loss", "negatives")],
+                  "center_audio_head": _BEFORE[("model", "center_audio_head")],
+                  "center_video_head": _BEFORE[("model", "center_video_head")],
+                  "distance": _BEFORE[("loss", "distance")],
+                  "batch_all_epochs": int(_BEFORE[("loss", "batch_all_fraction")]),   # 0
+                  "margin": 1.0, "mse_weight": None, "optimizer": "adam",
+                  "learning_rate": None, "weight_decay": None}
 
 
 def evaluate_command(fold_dir: str) -> str:
