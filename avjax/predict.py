@@ -25,26 +25,17 @@ Details, JSON keys and exit codes: docs/predict.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from typing import Any, Sequence
 
+from absl import flags
 
 from avjax import errors
 from avjax import predictor as predictor_lib
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-# --------------------------------------------------------------------------- bank
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-# --------------------------------------------------------------------------- model
 
 
 # --------------------------------------------------------------------------- output
@@ -91,41 +82,60 @@ def _error_line(path: str, reason: str) -> str:
 # --------------------------------------------------------------------------- command line
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-      prog="python -m avjax.predict",
-      description="Per-gate emotion predictions (AO, VO, AV) of a trained avjax model on video "
-                  "files. Exit status: 0 all files ok, 1 some failed, 2 usage error.")
-  p.add_argument("videos", nargs="*", metavar="VIDEO", help="video (or audio) files")
-  p.add_argument("--workdir", required=True, help="a workdir written by avjax.main")
-  p.add_argument("--json", action="store_true", help="one JSON object per line per file")
-  p.add_argument("--fold", type=int, default=None,
-                 help="whose model and bank (default: the first of config.folds with a bank)")
-  p.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
-                 help="which checkpoint (its step must equal the bank's)")
-  p.add_argument("--face_crop", "--face-crop", action="store_true",
-                 help="crop the largest face before resizing (needs opencv-python-headless<5)")
-  return p
+DESCRIPTION = ("Per-gate emotion predictions (AO, VO, AV) of a trained avjax model on video "
+               "files. Exit status: 0 all files ok, 1 some failed, 2 usage error.")
+USAGE = "python -m avjax.predict --workdir=DIR [--json] [--fold=K] [--checkpoint=latest|best] " \
+        "[--face_crop] VIDEO [VIDEO ...]"
+
+
+def flag_values() -> flags.FlagValues:
+  """The command line's absl flags, on their own FlagValues (the entry points' convention,
+  without touching the process's global FLAGS: `main` runs any number of times)."""
+  fv = flags.FlagValues()
+  flags.DEFINE_string("workdir", None, "A workdir written by avjax.main.", flag_values=fv)
+  flags.DEFINE_bool("json", False, "One JSON object per line per file.", flag_values=fv)
+  flags.DEFINE_integer("fold", None, "Whose model and bank (default: the first of "
+                       "config.folds with a bank).", flag_values=fv)
+  flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
+                    "Which checkpoint (its step must equal the bank's).", flag_values=fv)
+  flags.DEFINE_bool("face_crop", False, "Crop the largest face before resizing (needs "
+                    "opencv-python-headless<5).", flag_values=fv)
+  flags.mark_flag_as_required("workdir", flag_values=fv)
+  fv.set_gnu_getopt(True)          # flags before or after the files
+  return fv
+
+
+def _parse(argv: Sequence[str]) -> tuple[flags.FlagValues, list[str]]:
+  """(flags, the VIDEO files) of `argv` (without the program name); flags.Error when bad."""
+  argv = ["--face_crop" if a == "--face-crop" else a for a in argv]   # the documented alias
+  fv = flag_values()
+  videos = fv(["avjax.predict", *argv])[1:]
+  return fv, videos
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the command line; returns the exit status (see docs/predict.md)."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if any(a in ("-h", "--help", "--helpfull") for a in argv):
+    print(f"usage: {USAGE}\n\n{DESCRIPTION}\n\n{flag_values().main_module_help()}")
+    return EXIT_OK
   try:
-    args = _parser().parse_args(argv)
-  except SystemExit as e:  # argparse: usage errors exit 2, --help exits 0
-    return int(e.code or 0)
-  if not args.videos:
+    args, videos = _parse(argv)
+  except flags.Error as e:
+    print(f"avjax.predict: error: {e}\nusage: {USAGE}", file=sys.stderr)
+    return EXIT_USAGE
+  if not videos:
     print("avjax.predict: error: no VIDEO files given", file=sys.stderr)
     return EXIT_USAGE
   try:
     predictor = predictor_lib.Predictor(args.workdir, fold=args.fold, checkpoint=args.checkpoint,
-                          face_crop=args.face_crop)
+                                        face_crop=args.face_crop)
   except errors.UsageError as e:
     print(f"avjax.predict: error: {e}", file=sys.stderr)
     return EXIT_USAGE
   from avjax.data import media
   failed = 0
-  for path in args.videos:
+  for path in videos:
     try:
       if not os.path.isfile(path):
         raise media.MediaError(path, "file not found" if not os.path.exists(path) else "not a file")
