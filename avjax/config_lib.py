@@ -29,6 +29,17 @@ def fig5_groups(config) -> dict[str, tuple[str, ...]]:
           "negative": tuple(config.eval.negative_classes)}
 
 
+CACHE_ON_DEVICE = (True, False, "auto")
+
+
+def _cache_on_device(value) -> ml_collections.FieldReference:
+  """`input.cache_on_device`'s field: a bool or 'auto' (a field of one type would refuse
+  the other; a string from the command line, 'true' / 'false' / 'auto', is read as such)."""
+  if isinstance(value, str) and value.strip().lower() in ("true", "false", "auto"):
+    value = {"true": True, "false": False, "auto": "auto"}[value.strip().lower()]
+  return ml_collections.FieldReference("auto" if value is None else value, field_type=object)
+
+
 def get_base_config() -> ml_collections.ConfigDict:
   """The default settings: the paper's network, data, protocol and optimiser values, with
   the default recipe `warmup_semihard`, which departs from the paper in four named ways
@@ -67,9 +78,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.input.num_workers = 0           # grain worker processes (0: in the main process)
   c.input.prefetch = 2              # batches prepared ahead of the device
   # Keep the whole training set in accelerator memory (`avjax.device_data`): True,
-  # False, or None ('auto': a cached trunk's features when they take at most 2 GiB,
-  # media never).
-  c.input.cache_on_device = ml_collections.config_dict.placeholder(bool)
+  # False, or 'auto' (a cached trunk's features when they take at most 2 GiB, media
+  # never: decided at run time). Any of the three, from a config file or the command line.
+  c.input.cache_on_device = _cache_on_device("auto")
   # model.trunk other than 'finetune': augmented views per clip computed into the
   # feature store besides the clean one (centre crop, no audio augmentation); each
   # view has one crop / flip / speed / pitch / noise draw for all clips, and
@@ -258,6 +269,8 @@ def complete(config, recorded: bool = False) -> ml_collections.ConfigDict:
   if merged["optim"].get("trunk_lr_scale") is None:
     merged["optim"]["trunk_lr_scale"] = trunks.default_trunk_lr_scale(merged["model"]["trunk"],
                                                                 merged["model"]["pretrained"])
+  # 0.1.0 wrote 'auto' as None; either way one field that takes a bool or 'auto'.
+  merged["input"]["cache_on_device"] = _cache_on_device(merged["input"]["cache_on_device"])
   # The audio-video MSE term exists in the gating model only (`losses.compute_loss`).
   if merged["model"]["variant"] != "gating":
     merged["loss"]["mse_weight"] = 0.0
@@ -320,6 +333,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       fail(field, f"{value!r} is not a number")
     if not _in_range(value, spec):
       fail(field, f"{value} must be {spec}")
+  if config.input.cache_on_device not in CACHE_ON_DEVICE or isinstance(
+      config.input.cache_on_device, (int, float)) and not isinstance(
+      config.input.cache_on_device, bool):
+    fail("input.cache_on_device", f"{config.input.cache_on_device!r} is not True, False or 'auto'")
   if config.dataset.name not in registry.DATASETS:
     fail("dataset.name", f"{config.dataset.name!r} is not one of {tuple(registry.DATASETS)}")
   try:

@@ -1,7 +1,7 @@
 """Device-resident training data (`config.input.cache_on_device`): the training
 folds in accelerator memory, gathered, cropped and augmented in-graph.
 
-`input.cache_on_device`: True, False, or None ('auto', the default: on for a cached
+`input.cache_on_device`: True, False, or 'auto' (the default: on for a cached
 trunk whose features take at most AUTO_FEATURE_BYTES, off for media). With a cached
 trunk (`model.trunk` 'frozen' or 'finetune_from:...') the arrays are the feature
 store's, every view: {modality: [N, V, T, ...] float32, label [N], window_valid
@@ -62,7 +62,7 @@ from avjax.data import sampler
 from avjax.data import tfds_access
 
 _READ_CHUNK = 64            # clips read from the records at a time
-# `input.cache_on_device=None` ('auto') keeps a cached trunk's features on the device up
+# `input.cache_on_device='auto'` keeps a cached trunk's features on the device up
 # to this size (RAVDESS AV frozen: 94 MB; CREMA-D: 366 MB).
 AUTO_FEATURE_BYTES = 2 * 2**30
 
@@ -114,10 +114,10 @@ def feature_reader(config, folds: Sequence[int]):
 
 def use_device(config, folds: Sequence[int]) -> bool:
   """Whether training keeps `folds` on the device: `config.input.cache_on_device`, or
-  when it is None ('auto'), a cached trunk whose features take at most
-  AUTO_FEATURE_BYTES (media stay on the host unless asked)."""
+  when it is 'auto', a cached trunk whose features take at most AUTO_FEATURE_BYTES
+  (media stay on the host unless asked)."""
   choice = config.input.cache_on_device
-  if choice is not None:
+  if choice != "auto":
     return bool(choice)
   if not trunks.cached(config):
     return False

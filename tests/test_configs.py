@@ -270,8 +270,7 @@ class FoldsTest(absltest.TestCase):
 class CompleteTest(absltest.TestCase):
 
   def test_a_completed_shipped_config_holds_no_placeholder(self):
-    """complete() resolves every placeholder of every shipped config file and token but
-    `input.cache_on_device` (None: 'auto', decided at run time by the features' size)."""
+    """complete() resolves every placeholder of every shipped config file and token."""
     from avjax import protocol
     for name in ("demo", "ravdess", "crema_d"):
       mod = load_config_module(name)
@@ -280,7 +279,25 @@ class CompleteTest(absltest.TestCase):
                   "audio_global,cpu", "semihard"):
         flat = protocol._flatten(config_lib.complete(mod.get_config(arg or None)).to_dict())
         nones = sorted(k for k, v in flat.items() if v is None)
-        self.assertEqual(nones, ["input.cache_on_device"], f"{name}:{arg}")
+        self.assertEqual(nones, [], f"{name}:{arg}")
+
+  def test_cache_on_device_takes_a_bool_or_auto_from_anywhere(self):
+    """True, False or 'auto' by assignment or from the command line's strings; 0.1.0's
+    None ('auto') reads as 'auto'; anything else stops validation."""
+    c = config_lib.get_base_config()
+    c.dataset.data_dir = "/tmp"
+    self.assertEqual(c.input.cache_on_device, "auto")
+    for value, expected in ((True, True), (False, False), ("auto", "auto"), ("True", True),
+                            ("false", False), (None, "auto")):
+      c.input.cache_on_device = value
+      done = config_lib.complete(c)
+      self.assertEqual(done.input.cache_on_device, expected, value)
+      config_lib.validate(done)
+      done.input.cache_on_device = not bool(expected)   # still assignable after complete()
+    for bad in ("yes", 1):
+      c.input.cache_on_device = bad
+      with self.assertRaisesRegex(ValueError, "config.input.cache_on_device"):
+        config_lib.validate(config_lib.complete(c))
 
   def test_encoder_momenta_match_the_models_and_read_0_1_0s_one_field(self):
     from avjax.models import i3d, soundnet

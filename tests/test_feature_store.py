@@ -406,8 +406,8 @@ class StoreTest(absltest.TestCase):
     c.input.cached_views = 1
     feature_store.ensure(c)
     folds = [1, 2, 3]
-    # 'auto' (None) keeps a cached trunk's small features on the device, never media.
-    self.assertIsNone(c.input.cache_on_device)
+    # 'auto' keeps a cached trunk's small features on the device, never media.
+    self.assertEqual(c.input.cache_on_device, "auto")
     self.assertTrue(device_data.use_device(c, folds))
     media = copy.deepcopy(c)
     media.model.trunk, media.input.cached_views = "finetune", 0
