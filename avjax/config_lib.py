@@ -29,9 +29,6 @@ def fig5_groups(config) -> dict[str, tuple[str, ...]]:
           "negative": tuple(config.eval.negative_classes)}
 
 
-CACHE_ON_DEVICE = (True, False, "auto")
-
-
 def _cache_on_device(value) -> ml_collections.FieldReference:
   """`input.cache_on_device`'s field: a bool or 'auto' (a field of one type would refuse
   the other; a string from the command line, 'true' / 'false' / 'auto', is read as such)."""
@@ -333,10 +330,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       fail(field, f"{value!r} is not a number")
     if not _in_range(value, spec):
       fail(field, f"{value} must be {spec}")
-  if config.input.cache_on_device not in CACHE_ON_DEVICE or isinstance(
-      config.input.cache_on_device, (int, float)) and not isinstance(
-      config.input.cache_on_device, bool):
-    fail("input.cache_on_device", f"{config.input.cache_on_device!r} is not True, False or 'auto'")
+  cache = config.input.cache_on_device
+  if not (isinstance(cache, bool) or cache == "auto"):
+    fail("input.cache_on_device", f"{cache!r} is not True, False or 'auto'")
   if config.dataset.name not in registry.DATASETS:
     fail("dataset.name", f"{config.dataset.name!r} is not one of {tuple(registry.DATASETS)}")
   try:

@@ -195,7 +195,7 @@ LATER_DEFAULTS = {"negatives": _BEFORE[("loss", "negatives")],
                   "center_audio_head": _BEFORE[("model", "center_audio_head")],
                   "center_video_head": _BEFORE[("model", "center_video_head")],
                   "distance": _BEFORE[("loss", "distance")],
-                  "batch_all_epochs": int(_BEFORE[("loss", "batch_all_fraction")]),   # 0
+                  "batch_all_epochs": 0,              # a warm-up fraction of 0
                   "margin": 1.0, "mse_weight": None, "optimizer": "adam",
                   "learning_rate": None, "weight_decay": None}
 
