@@ -46,8 +46,3 @@ def check_model_choice(variant: str, modalities: str, where: str = "config.model
   if variant == "gating" and modalities != "av":
     raise ValueError(f"{where}.modalities: the 'gating' variant needs both modalities ('av'), "
                      f"got {modalities!r}; use 'lstm' or 'global' for one modality")
-
-
-def gate_modalities(config) -> tuple[str, ...]:
-  """AO / VO / AV: the embeddings evaluation reports for this model."""
-  return GATE_MODALITIES[config.model.modalities]

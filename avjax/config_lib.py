@@ -17,6 +17,7 @@ import ml_collections
 
 from avjax import __version__
 from avjax import choices
+from avjax import run_spec
 from avjax import trunks
 from avjax.data import folds as folds_lib
 from avjax.data import registry
@@ -145,7 +146,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.loss.distance = "squared"
   # Warm-up: for the first E epochs each modality's triplet term is batch-all (the mean
   # hinge over every valid triplet, `losses.batch_all_hinges`), then MWTSM. E is this
-  # fraction of train.num_epochs rounded down to whole epochs (`warmup_epochs`): the
+  # fraction of train.num_epochs rounded down to whole epochs (`run_spec.warmup_epochs`): the
   # default, half of training, follows the epochs. 0: MWTSM from the first step (the
   # paper's reading, `paper_literal`); 1: batch-all throughout. Not in the paper: it
   # keeps hardest-triplet mining from collapsing the embeddings on real audio
@@ -280,12 +281,6 @@ def complete(config, recorded: bool = False) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(merged)
 
 
-def warmup_epochs(config) -> int:
-  """The batch-all warm-up's length in epochs: `loss.batch_all_fraction` x
-  `train.num_epochs`, rounded down (a 1-epoch `runlocal` run has no warm-up)."""
-  return int(float(config.loss.batch_all_fraction) * int(config.train.num_epochs) + 1e-9)
-
-
 # The allowed range of every numeric field ('seed' takes any integer; clips_per_class >= 2
 # so that every anchor has a positive): "> 0", ">= 1",
 # or an interval "[0, 1)". `validate` checks them all; tests/test_configs.py checks
@@ -347,12 +342,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{config.model.modalities!r} (use 'audio', or dataset.records='av')")
   if records == "audio" and not registry.DATASETS.get(config.dataset.name, {}).get("audio_records", False):
     fail("dataset.records", f"{config.dataset.name} has no audio-only builder configs")
-  if registry.builder_config_name(config) not in registry.builder_config_names(config.dataset.name):
+  choices.check_model_choice(config.model.variant, config.model.modalities)
+  try:
+    derived = run_spec.of(config)
+  except ValueError as e:   # the trunk mini-language's errors name model.trunk
+    fail("model.trunk", str(e).split(": ", 1)[1])
+  if derived.builder_config not in registry.builder_config_names(config.dataset.name):
     windowings = [n for n in registry.builder_config_names(config.dataset.name)
                   if not n.startswith(registry.AUDIO_CONFIG_PREFIX)]
     fail("dataset.config", f"{config.dataset.name} has no builder config "
-         f"{registry.builder_config_name(config)!r}; its windowings are {windowings}")
-  choices.check_model_choice(config.model.variant, config.model.modalities)
+         f"{derived.builder_config!r}; its windowings are {windowings}")
   if config.model.variant == "global" and spec.num_windows != 1:
     fail("dataset.config", f"the 'global' variant takes one window, one of "
          f"{registry.DATASETS[config.dataset.name]['global_windowings']}; got {config.dataset.config!r}")
@@ -364,11 +363,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("model.pretrained", "pretrained weights need video_width = audio_width = 1.0")
   if config.model.pretrained and config.model.video_last_block != "Mixed_5c":
     fail("model.pretrained", "pretrained weights need model.video_last_block = 'Mixed_5c'")
-  try:
-    trunks.trunk_inputs(config.model)
-  except ValueError as e:
-    fail("model.trunk", str(e).split(": ", 1)[1])
-  if not trunks.cached(config) and config.input.cached_views:
+  if not derived.cached and config.input.cached_views:
     fail("input.cached_views", "is for the cached-feature trunks (model.trunk 'frozen' or "
          "'finetune_from:...'); with 'finetune' the media are augmented at every step")
   if config.loss.distance not in choices.DISTANCES:
@@ -393,16 +388,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 
-# Names that config files written for earlier builds call here, and where they are now.
-_MOVED = {"apply_args": "avjax.config_tokens", "set_dataset": "avjax.config_tokens",
-          "RECIPES": "avjax.config_tokens", "PAPER_LITERAL": "avjax.config_tokens",
-          "DATASETS": "avjax.data.registry", "builder_config_name": "avjax.data.registry",
-          "VARIANTS": "avjax.choices", "MODALITIES": "avjax.choices",
-          "trunk_inputs": "avjax.trunks", "config_hash": "avjax.protocol"}
+# Names that config files written for earlier builds call here, and what replaced them.
+_MOVED = {"apply_args": "avjax.config_tokens.apply_args",
+          "set_dataset": "avjax.config_tokens.set_dataset",
+          "RECIPES": "avjax.config_tokens.RECIPES", "PAPER_LITERAL": "avjax.config_tokens.PAPER_LITERAL",
+          "DATASETS": "avjax.data.registry.DATASETS",
+          "builder_config_name": "avjax.run_spec.of(config).builder_config",
+          "warmup_epochs": "avjax.run_spec.of(config).warmup_epochs",
+          "VARIANTS": "avjax.choices.VARIANTS", "MODALITIES": "avjax.choices.MODALITIES",
+          "trunk_inputs": "avjax.trunks.trunk_inputs", "config_hash": "avjax.protocol.config_hash"}
 
 
 def __getattr__(name: str):
   if name in _MOVED:
-    raise AttributeError(f"avjax.config_lib.{name} moved to {_MOVED[name]}.{name} "
-                         "(CHANGELOG.md, 2026-12-06): import it from there")
+    raise AttributeError(f"avjax.config_lib.{name} is gone: use {_MOVED[name]} "
+                         "(CHANGELOG.md, 0.2.0)")
   raise AttributeError(f"module 'avjax.config_lib' has no attribute {name!r}")

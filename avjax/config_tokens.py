@@ -13,7 +13,7 @@ to `apply_args()`. Tokens, comma-separated:
   Audio-only models (``audio_lstm``, ``audio_global``) read the dataset's
   audio-only records (builder config ``audio_<windowing>``, built from the
   audio archives alone) unless ``dataset.records`` says otherwise
-  (`registry.builder_config_name`);
+  (`run_spec.RunSpec.builder_config`);
 * ``runlocal``: tiny batches and few epochs, for a smoke run on a laptop;
 * ``cpu``: the recipe for a 2-core CPU (`CPU`: frozen trunks with four cached
   augmented views of each clip), instead of the paper's end-to-end fine-tuning;

@@ -57,7 +57,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from avjax import augment
 from avjax import input_pipeline as ip
-from avjax import trunks
+from avjax import run_spec
 from avjax.data import sampler
 from avjax.data import tfds_access
 
@@ -119,7 +119,7 @@ def use_device(config, folds: Sequence[int]) -> bool:
   choice = config.input.cache_on_device
   if choice != "auto":
     return bool(choice)
-  if not trunks.cached(config):
+  if not run_spec.of(config).cached:
     return False
   return feature_reader(config, folds).nbytes() <= AUTO_FEATURE_BYTES
 
@@ -130,7 +130,7 @@ def load(config, folds: Sequence[int], mesh: Mesh, reader=None) -> DeviceDataset
   replicates them on every device of `mesh`."""
   info = tfds_access.dataset_info(config)
   features: tuple[str, ...] = ()
-  if trunks.cached(config):
+  if run_spec.of(config).cached:
     reader = reader if reader is not None else feature_reader(config, folds)
     host = reader.read_all()
     features = tuple(reader.stores)

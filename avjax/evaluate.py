@@ -46,12 +46,12 @@ from avjax import parallel
 from avjax import protocol
 from avjax import report
 from avjax import results
+from avjax import run_spec
 from avjax import steps
 from avjax import train_state as train_state_lib
 from avjax import workdir as workdir_lib
 from avjax.data import folds as folds_lib
 from avjax.data import tfds_access
-from avjax.data import windows
 from avjax.models import gating
 
 
@@ -105,7 +105,7 @@ def predict_per_gate(config, references: dict, queries: dict) -> dict[str, np.nd
   """{'pred_M': [T, Q] int32, 'emb_M': [Q, D]} for each modality of the model."""
   num_classes = len(config.dataset.class_names)
   out = {}
-  for m in choices.gate_modalities(config):
+  for m in run_spec.of(config).gate_modalities:
     ref, qry = modality_embedding(references, m), modality_embedding(queries, m)
     preds = [np.asarray(knn.knn_predict(ref[:, t], references["label"], qry[:, t], k=config.eval.k,
                                         num_classes=num_classes, chunk_size=config.eval.chunk_size))
@@ -128,7 +128,7 @@ def validation_accuracy(config, state, validation_fold: int, train_folds: list[i
   refs = embed(config, state, train_folds, mesh)
   qrys = embed(config, state, [validation_fold], mesh)
   preds = predict_per_gate(config, refs, qrys)
-  mods = choices.gate_modalities(config)
+  mods = run_spec.of(config).gate_modalities
   metrics = {f"validation_accuracy_{m}": float(np.mean(preds[f"pred_{m}"][-1] == qrys["label"]))
              for m in mods}
   metrics["validation_accuracy"] = metrics[f"validation_accuracy_{mods[-1]}"]
@@ -155,10 +155,10 @@ def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh,
       "dataset": config.dataset.name, "config": config.dataset.config,
       "variant": config.model.variant, "modalities": config.model.modalities,
       "fold": int(test_fold), "class_names": list(config.dataset.class_names),
-      "num_windows": int(arrays[f"pred_{choices.gate_modalities(config)[0]}"].shape[0]),
+      "num_windows": int(arrays[f"pred_{run_spec.of(config).gate_modalities[0]}"].shape[0]),
       "k": int(config.eval.k), "num_train_clips": int(len(refs["label"])),
       "exclude_used": bool(config.loss.exclude_used), "negatives": str(config.loss.negatives),
-      "distance": str(config.loss.distance), "batch_all_epochs": config_lib.warmup_epochs(config),
+      "distance": str(config.loss.distance), "batch_all_epochs": run_spec.of(config).warmup_epochs,
       "margin": float(config.loss.margin), "mse_weight": float(config.loss.mse_weight),
       "optimizer": str(config.optim.name), "learning_rate": float(config.optim.learning_rate),
       "weight_decay": float(config.optim.weight_decay),
@@ -181,7 +181,7 @@ def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh,
       workdir_lib.write_npz(os.path.join(fold_dir, workdir_lib.REFERENCE_BANK), bank)
     # Written last: its presence marks the fold done (workdir.fold_is_done).
     workdir_lib.write_json(os.path.join(fold_dir, workdir_lib.FOLD_INFO), info, indent=2)
-    for m in choices.gate_modalities(config):
+    for m in run_spec.of(config).gate_modalities:
       acc = np.mean(arrays[f"pred_{m}"] == arrays["labels"][None], axis=1)
       logging.info("Fold %d %s accuracy per gate: %s", test_fold, m, np.round(acc, 4).tolist())
       print(f"fold {test_fold} {m} accuracy per gate: " + " ".join(f"{a:.3f}" for a in acc), flush=True)
@@ -198,7 +198,7 @@ def reference_bank_arrays(config, state, refs: dict, train_folds: list[int],
   everything `avjax.predict` needs to preprocess a new clip without the dataset."""
   info = tfds_access.dataset_info(config)
   builder_meta = dict(tfds_access.get_builder(config).info.metadata or {})
-  spec = windows.parse_name(config.dataset.config)
+  spec = run_spec.of(config).window
   step = int(jax.device_get(state.step))
   video = None
   if "video_gate" in refs:
@@ -214,7 +214,7 @@ def reference_bank_arrays(config, state, refs: dict, train_folds: list[int],
   meta = {
       "schema_version": BANK_SCHEMA_VERSION, "dataset": config.dataset.name,
       "config": config.dataset.config, "variant": config.model.variant,
-      "modalities": config.model.modalities, "gate_modalities": list(choices.gate_modalities(config)),
+      "modalities": config.model.modalities, "gate_modalities": list(run_spec.of(config).gate_modalities),
       "fold": int(test_fold), "train_folds": [int(f) for f in train_folds],
       "class_names": list(config.dataset.class_names), "k": int(config.eval.k),
       "step": step,

@@ -10,7 +10,7 @@ same parameter names, so its variables are a subset of the whole network's.
 
 Legend: n clips of a fold, V views, T windows, C channels.
 
-What is cached, per modality (`trunks.trunk_inputs`):
+What is cached, per modality (`run_spec.RunSpec.trunk_inputs`):
 * 'pooled' (`model.trunk='frozen'`): SoundNet-8 conv7 averaged over time, I3D's
   last block (Mixed_5c) averaged over time and space: [C] = [1024] per window;
 * a layer name ('finetune_from:conv4', 'finetune_from:Mixed_4f'): that layer's
@@ -71,7 +71,7 @@ from avjax import errors
 from avjax import file_lock
 from avjax import fixed_trunk
 from avjax import parallel
-from avjax import trunks
+from avjax import run_spec
 from avjax.data import feature_cache
 
 # Windows per jitted extraction call (rounded to whole clips and to the device count).
@@ -317,7 +317,7 @@ def ensure(config, mesh=None) -> dict[str, str]:
   every fold with clips that the store lacks (resuming an interrupted one) or whose
   files do not read back (extracted again, with a notice)."""
   out = {}
-  inputs = {m: c for m, c in trunks.trunk_inputs(config.model).items() if c is not None}
+  inputs = run_spec.of(config).cuts
   if not inputs:
     return out
   from avjax.data import tfds_access

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from avjax import config_lib
+from avjax import run_spec
 from avjax import trunks
 from avjax.data import feature_cache
 from avjax.models import gating
@@ -97,7 +98,7 @@ def model_input_shapes(config, media_batch: Mapping[str, Any]) -> dict[str, Any]
   """`media_batch` (arrays or ShapeDtypeStructs, video [B, T, F, X, X, 3] / audio
   [B, T, S]) as the model of `config` takes it: unchanged for 'finetune', the
   cached modalities replaced by ShapeDtypeStructs of their features [B, T, ...]."""
-  inputs = trunks.trunk_inputs(config.model)
+  inputs = run_spec.of(config).trunk_inputs
   out = dict(media_batch)
   for modality, cut in inputs.items():
     if cut is None or modality not in media_batch:
@@ -121,7 +122,7 @@ def inference_model(config, state, media_batch: Mapping[str, Any]) -> tuple[Any,
   `avjax.predict`, which runs the trunk on a new clip). `media_batch` gives the
   media shapes (video [B, T, F, X, X, 3], audio [B, T, S]); no dataset is read."""
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  inputs = trunks.trunk_inputs(config.model)
+  inputs = run_spec.of(config).trunk_inputs
   if all(cut is None for cut in inputs.values()):
     return state.apply_fn, variables
   full = config_lib.complete(config)

@@ -80,9 +80,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from avjax import augment
-from avjax import trunks
+from avjax import run_spec
 from avjax.data import feature_cache
-from avjax.data import registry
 from avjax.data import sampler
 from avjax.data import tfds_access
 
@@ -156,14 +155,14 @@ def make_reader(config, builder, folds: Sequence[int], read_video: bool):
   the encoders' lower layers, the feature store (`feature_cache.FeatureReader`; the
   store is extracted beforehand by `avjax.feature_store.ensure`, which training and
   `avjax.evaluate` call first). Both have `read(indices, crop)`."""
-  if not trunks.cached(config):
+  if not run_spec.of(config).cached:
     return Reader(builder, folds, read_video)
   reader = feature_cache.FeatureReader(feature_cache.store_paths(config, builder), folds)
   expected = tfds_access._metadata(builder, folds)["label"]
   if not np.array_equal(reader.labels, expected):
     raise feature_cache.FeatureStoreError(
         f"the feature stores {list(reader.stores.values())} hold other labels than "
-        f"{config.dataset.name}/{registry.builder_config_name(config)} for folds {list(folds)}; "
+        f"{config.dataset.name}/{run_spec.of(config).builder_config} for folds {list(folds)}; "
         "delete them to extract again")
   return reader
 

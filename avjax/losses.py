@@ -64,7 +64,7 @@ a collapsed embedding (every clip at one point).
 Options beside the paper's reading (`config.loss`): `distance` 'euclidean'
 (non-squared distances in the miner's score and the hinges, as Hermans et al.
 2017) instead of 'squared'; a warm-up of E > 0 epochs (`batch_all_fraction` of the
-epochs: `config_lib.warmup_epochs`): for the first E
+epochs: `run_spec.RunSpec.warmup_epochs`): for the first E
 epochs the triplet term of each modality is batch-all, the mean hinge over every
 valid triplet of every window (`batch_all_hinges`), then MWTSM (or batch-hard) as
 above; `negatives` 'semihard': the miner picks among the triplets whose negative is
@@ -164,7 +164,7 @@ def compute_loss(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_confi
     window_valid: optional [N, T] float, the fraction of each window inside its
       clip; windows where it is 0 are left out (see the module docstring).
     batch_all: optional bool scalar (may be traced): True takes the batch-all
-      triplet term instead of the mined one (the warm-up, `config_lib.warmup_epochs`).
+      triplet term instead of the mined one (the warm-up, `run_spec.RunSpec.warmup_epochs`).
 
   Returns:
     (loss scalar, metrics dict of scalars; see the module docstring).

@@ -54,7 +54,7 @@ def train_step(state: TrainState, batch: dict, aug: dict | None = None, *,
   Reads `config.model.modalities`, `config.model.variant`, `config.loss` (with
   `loss.mask_padded_windows` the batch's 'window_valid' masks the noise, the
   LSTMs and the loss) and `config.input.pitch_shift_semitones` only (`_step_key`: the jitted step is shared
-  by configs that agree on them). Steps before `batch_all_steps` (`config_lib.warmup_epochs`
+  by configs that agree on them). Steps before `batch_all_steps` (`run_spec.RunSpec.warmup_epochs`
   times the steps per epoch) take the batch-all triplet term."""
   TRACES["train_step"] += 1
   window_valid = gating.window_valid(batch, config.loss.mask_padded_windows)  # [B, T] or None

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import json
 import os
 import sys
 import time
@@ -51,11 +50,13 @@ from avjax import device_data
 from avjax import errors
 from avjax import evaluate
 from avjax import feature_store
+from avjax import health
 from avjax import fold_lock
 from avjax import input_pipeline
 from avjax import parallel
 from avjax import report
 from avjax import results
+from avjax import run_spec
 from avjax import steps
 from avjax import train_state as train_state_lib
 from avjax import workdir as workdir_lib
@@ -65,9 +66,6 @@ from avjax.data import tfds_access
 from avjax.models import gating
 from avjax.train_state import TrainState
 
-# The collapse warning: a modality's mean pairwise gate-embedding distance below this
-# fraction of its value at the first log line of the fold.
-COLLAPSE_FRACTION = 0.01
 _DEVICE_PREFETCH = 2       # host batches transferred ahead of the step using them
 _MAX_IN_FLIGHT = 2         # steps dispatched but not finished before the loop waits
 
@@ -80,24 +78,6 @@ def _format_eta(seconds: float) -> str:
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
   return f"{h}:{m:02d}:{s:02d}"
-
-
-class NonFiniteLossError(FloatingPointError):
-  pass
-
-
-def _check_finite(summary: dict, test_fold: int, step: int, fold_dir: str, last_good: dict) -> None:
-  """Raises when any step averaged into `summary` had a non-finite loss or gradient."""
-  if summary["nonfinite"] > 0 or not np.isfinite(summary["loss"]):
-    if last_good["step"]:
-      kept = (f"The last good checkpoint (step {last_good['step']}) is kept in "
-              f"{workdir_lib.checkpoint_dir(fold_dir)}")
-    else:
-      kept = "No checkpoint was written before it (a rerun starts the fold from scratch)"
-    raise NonFiniteLossError(
-        f"Fold {test_fold}: the training loss or its gradients became non-finite by step {step} "
-        f"(mean loss {summary['loss']}, gradient norm {summary['grad_norm']}); stopping. "
-        f"{kept}; try a lower config.optim.learning_rate.")
 
 
 def _device_prefetch(iterator, put: Callable, size: int):
@@ -115,75 +95,17 @@ def _summarise(pending: list[dict]) -> dict[str, float]:
   return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
-def _initial_distances(fold_dir: str) -> dict[str, float]:
-  """The `distance_<m>` (and `param_norm`) metrics of the fold's first log line in
-  metrics.jsonl (a resumed fold compares with the start of its training, not of the
-  resumed part)."""
-  path = os.path.join(fold_dir, workdir_lib.METRICS)
-  if not os.path.isfile(path):
-    return {}
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except ValueError:
-        continue
-      found = {k: float(v) for k, v in record.items() if k.startswith("distance_")}
-      if found:
-        if "param_norm" in record:
-          found["param_norm"] = float(record["param_norm"])
-        return found
-  return {}
-
-
-def _watch_collapse(summary: dict, initial: dict, warned: set, test_fold: int, step: int) -> None:
-  """Adds `collapsed` (1.0 when a modality's gate embeddings collapsed) to `summary` and
-  warns, once per modality, when one's mean distance falls below COLLAPSE_FRACTION of its
-  initial value. The warning says how the trainable weights' norm (`param_norm`) moved:
-  weights decayed towards 0 point at the weight decay (added to the gradient under Adam)
-  outweighing a weak loss gradient, weights that kept their norm at saturated units."""
-  collapsed = 0.0
-  if "param_norm" in summary:
-    initial.setdefault("param_norm", summary["param_norm"])
-  norm0 = initial.get("param_norm")
-  for key, value in summary.items():
-    if not key.startswith("distance_"):
-      continue
-    first = initial.setdefault(key, value)
-    if first > 0 and value < COLLAPSE_FRACTION * first:
-      collapsed = 1.0
-      modality = key[len("distance_"):]
-      if modality not in warned:
-        warned.add(modality)
-        message = (f"fold {test_fold} step {step}: the {modality} gate embeddings have "
-                   f"COLLAPSED: their mean pairwise distance is {value:.3g}, "
-                   f"{value / first:.2%} of its initial {first:.3g} (every clip near one point; "
-                   f"the triplet loss sits at the margin).")
-        norm = summary.get("param_norm")
-        if norm is not None and norm0:
-          message += (f" The trainable weights' norm is {norm:.3g}, {norm / norm0:.1%} of its "
-                      f"initial {norm0:.3g}" + (
-                          ": the weights are decaying with them (the weight decay, added to "
-                          "the gradient under Adam, outweighs the loss)." if norm < 0.5 * norm0
-                          else "."))
-        message += " See docs/experiments.md, 'Why A-LSTM collapses'."
-        logging.warning(message)
-        if jax.process_index() == 0:
-          print("WARNING: " + message, flush=True)
-  summary["collapsed"] = collapsed
-
-
 def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
                ) -> tuple[TrainState, gating.AVModel]:
   """Trains on every fold but `test_fold`; resumes from `fold_dir` when possible.
   Returns (the final state, the model)."""
   config = config_lib.complete(config)
+  spec = run_spec.of(config)
   mesh = mesh or parallel.make_mesh()
   repl, data_sharding = parallel.shardings(mesh)
   train_on, val_fold = tfds_access.split_folds(config, test_fold)
   feature_store.ensure(config, mesh)   # a cached trunk's features (nothing for 'finetune')
-  num_classes = len(config.dataset.class_names)
-  batch_size = config.input.clips_per_class * num_classes
+  batch_size = spec.batch_size
   on_device = device_data.use_device(config, train_on)
   parallel.check_padding(config.model.freeze_bn, batch_size)
   steps_per_epoch = tfds_access.steps_per_epoch(config, train_on)
@@ -224,7 +146,7 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
   writer = writers.create_writer(fold_dir, just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams(config.to_dict())
-  batch_all_steps = config_lib.warmup_epochs(config) * steps_per_epoch
+  batch_all_steps = spec.warmup_epochs * steps_per_epoch
   if on_device:
     step_fn = steps.make_device_train_step(config, mesh, train_iter.dataset, batch_all_steps)
     put = functools.partial(parallel.to_global_step_input, data_sharding=data_sharding,
@@ -245,7 +167,7 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
                "the best checkpoint by it is the result")
 
   metric_keys = steps.metric_keys(config.model.modalities)
-  initial = _initial_distances(fold_dir)   # the collapse watch's reference distances
+  initial = health.initial_distances(fold_dir)   # the collapse watch's reference distances
   warned: set = set()
   pending: list[dict] = []      # this log period's metrics, still on the device
   last_good = {"step": start_step}
@@ -262,13 +184,13 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
       if step % config.train.log_every_steps == 0 or is_last:
         summary = _summarise(pending)
         pending = []
-        _check_finite(summary, test_fold, step, fold_dir, last_good)
+        health.check_finite(summary, test_fold, step, fold_dir, last_good)
         del summary["nonfinite"]
         elapsed = time.time() - t_start
         rate = steps_done / max(elapsed, 1e-9)
         summary["steps_per_sec"] = rate
         summary["epoch"] = step / steps_per_epoch
-        _watch_collapse(summary, initial, warned, test_fold, step)
+        health.watch_collapse(summary, initial, warned, test_fold, step)
         writer.write_scalars(step, summary)
         if jax.process_index() == 0:
           dist = " ".join(f"{k[len('distance_'):][0]}={v:.3g}" for k, v in summary.items()
@@ -285,7 +207,7 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
                 f"{val_metrics['validation_accuracy']:.3f}", flush=True)
       if step % config.train.checkpoint_every_steps == 0 or is_last or val_metrics:
         if pending:  # the steps since the last log line must be finite too
-          _check_finite(_summarise(pending), test_fold, step, fold_dir, last_good)
+          health.check_finite(_summarise(pending), test_fold, step, fold_dir, last_good)
         # The iterator runs ahead (prefetch): the state is that of `step` batches consumed.
         train_state_lib.save_checkpoint(manager, step, state, dict(train_iter.get_state(), step=step), val_metrics)
         last_good["step"] = step
@@ -357,6 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   allow = config_mismatch == "ok"
   config = config_lib.complete(config)
   config_lib.validate(config)
+  spec = run_spec.of(config)   # the derived facts, resolved once (avjax.run_spec)
   workdir = os.path.abspath(workdir)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise NotADirectoryError(f"--workdir {workdir} is a file, not a directory")
@@ -369,6 +292,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if tfds_access.reads_video(config, builder):
     input_pipeline.check_crop(config, tfds_access.dataset_info(config)["frame_size"])
   check_at_start(config)
+  logging.info("Run: %s", spec.describe())
+  if write:
+    print(f"Run: {spec.describe()}", flush=True)
   # Only now, with every check passed, is anything written to the workdir.
   workdir_lib.record_config(config, workdir, allow, write=write)
   mesh = parallel.make_mesh()

@@ -71,8 +71,3 @@ def trunk_inputs(model) -> dict[str, str | None]:
                      f"(model.modalities={model.modalities!r}); e.g. 'finetune_from:conv4' "
                      "(SoundNet-8) or 'finetune_from:Mixed_4f' (I3D), joined by '+'")
   return {m: out[m] for m in mods}
-
-
-def cached(config) -> bool:
-  """Whether the encoders' lower layers are cached (model.trunk is not 'finetune')."""
-  return str(config.model.trunk) != "finetune"

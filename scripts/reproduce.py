@@ -51,6 +51,7 @@ sys.path.insert(0, REPO)
 
 from avjax import config_lib  # noqa: E402
 from avjax import paper  # noqa: E402
+from avjax import run_spec  # noqa: E402
 from avjax import report  # noqa: E402
 from avjax import results  # noqa: E402
 from avjax.data import registry  # noqa: E402
@@ -256,7 +257,7 @@ def main(argv):
     if FLAGS.collect_only:
       print(f"# not run (--collect_only): {shlex.join(cmd)}", flush=True)
       continue
-    print(f"# reads {config.dataset.name}/{registry.builder_config_name(config)}", flush=True)
+    print(f"# reads {config.dataset.name}/{run_spec.of(config).builder_config}", flush=True)
     print(shlex.join(cmd), flush=True)
     if FLAGS.dry_run:
       continue

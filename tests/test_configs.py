@@ -1,5 +1,6 @@
 """Every config file loads, validates, and rejects what it should."""
 
+import dataclasses
 import importlib
 import importlib.util
 import pathlib
@@ -9,6 +10,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from avjax import config_lib
+from avjax import run_spec
 from avjax.data import registry
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -82,34 +84,34 @@ class ConfigsTest(parameterized.TestCase):
     self.assertEqual(tuple(mod.get_config("runlocal").folds), (0,))
     literal = mod.get_config("audio_lstm,centered_semihard,paper_literal")
     config_lib.validate(literal)
-    self.assertEqual((literal.loss.distance, config_lib.warmup_epochs(literal),
+    self.assertEqual((literal.loss.distance, run_spec.of(literal).warmup_epochs,
                       literal.loss.negatives, literal.model.center_audio_head,
                       literal.optim.name), ("squared", 0, "hardest", False, "adam"))
     # The recipe tokens set all of their fields: the last one wins, whatever came before.
     learns = mod.get_config("audio_lstm,paper_literal,centered_semihard")
     config_lib.validate(learns)
     self.assertEqual((learns.loss.negatives, learns.model.center_audio_head,
-                      config_lib.warmup_epochs(learns)), ("semihard", True, 0))
+                      run_spec.of(learns).warmup_epochs), ("semihard", True, 0))
     semihard = mod.get_config("warmup_semihard,semihard")
     self.assertEqual((semihard.loss.negatives, semihard.model.center_audio_head,
-                      config_lib.warmup_epochs(semihard)), ("semihard", False, 0))
+                      run_spec.of(semihard).warmup_epochs), ("semihard", False, 0))
     # The defaults are `warmup_semihard`: semi-hard MWTSM, the centred audio head and a
     # batch-all warm-up over half of the epochs, which follows the epochs set later.
     default, warm = mod.get_config("audio_lstm"), mod.get_config("audio_lstm,warmup_semihard")
     for c in (default, warm):
       config_lib.validate(c)
       self.assertEqual((c.loss.negatives, c.model.center_audio_head, c.loss.distance,
-                        config_lib.warmup_epochs(c), c.optim.name, c.optim.weight_decay),
+                        run_spec.of(c).warmup_epochs, c.optim.name, c.optim.weight_decay),
                        ("semihard", True, "squared", 50, "adamw", 5e-4))
       c.train.num_epochs = 7
-      self.assertEqual(config_lib.warmup_epochs(c), 3)
-    self.assertEqual(config_lib.warmup_epochs(mod.get_config("runlocal")), 0)   # 1 epoch
+      self.assertEqual(run_spec.of(c).warmup_epochs, 3)
+    self.assertEqual(run_spec.of(mod.get_config("runlocal")).warmup_epochs, 0)   # 1 epoch
     # 0.1.0's batch_all_epochs is read as the fraction of the recorded epochs.
     old = mod.get_config().to_dict()
     old["loss"].pop("batch_all_fraction")
     old["loss"]["batch_all_epochs"], old["train"]["num_epochs"] = 30, 80
     recorded = config_lib.complete(old, recorded=True)
-    self.assertEqual(config_lib.warmup_epochs(recorded), 30)
+    self.assertEqual(run_spec.of(recorded).warmup_epochs, 30)
     self.assertNotIn("batch_all_epochs", recorded.loss)
     # The trunks' learning-rate factor follows model.trunk unless set.
     for trunk, scale in (("finetune", 0.01), ("frozen", 1.0), ("finetune_from:conv4", 0.01)):
@@ -147,7 +149,7 @@ class ConfigsTest(parameterized.TestCase):
     c = load_config_module(name).get_config(arg)
     c.dataset.records = records
     config_lib.validate(c)
-    self.assertEqual(registry.builder_config_name(c), expected)
+    self.assertEqual(run_spec.of(c).builder_config, expected)
 
   def test_unknown_argument_fails_naming_it(self):
     with self.assertRaisesRegex(ValueError, "'bogus'"):
@@ -192,12 +194,19 @@ class MovedNamesTest(absltest.TestCase):
     """A config file written for an earlier build (config_lib.apply_args) is told where
     the name went; an unknown name is a plain AttributeError."""
     from avjax import config_tokens
-    with self.assertRaisesRegex(AttributeError, r"config_lib\.apply_args moved to "
+    with self.assertRaisesRegex(AttributeError, r"config_lib\.apply_args is gone: use "
                                 r"avjax\.config_tokens\.apply_args"):
       config_lib.apply_args  # noqa: B018
-    for name, module in config_lib._MOVED.items():
-      target = importlib.import_module(module)
-      self.assertTrue(hasattr(target, name), f"{module}.{name}")
+    fields = {f.name for f in dataclasses.fields(run_spec.RunSpec)}
+    for name, where in config_lib._MOVED.items():
+      if "(config)." in where:   # a fact of the RunSpec
+        call, field = where.split("(config).")
+        module, fn = call.rsplit(".", 1)
+        self.assertTrue(callable(getattr(importlib.import_module(module), fn)), where)
+        self.assertIn(field, fields, where)
+      else:
+        module, attr = where.rsplit(".", 1)
+        self.assertTrue(hasattr(importlib.import_module(module), attr), where)
     self.assertTrue(callable(config_tokens.apply_args))
     with self.assertRaisesRegex(AttributeError, "has no attribute 'no_such_name'"):
       config_lib.no_such_name  # noqa: B018

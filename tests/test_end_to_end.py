@@ -21,6 +21,7 @@ from absl.testing import absltest
 
 from avjax import config_lib
 from avjax import errors
+from avjax import health
 from avjax import fold_lock
 from avjax import input_pipeline
 from avjax import parallel
@@ -140,11 +141,11 @@ class ResumeAndNanTest(absltest.TestCase):
     config = tiny_synthetic_config(max_steps=6, checkpoint_every_steps=1)
     try:
       input_pipeline.create_train_iterator = lambda *a, **k: PoisonAfter(original(*a, **k), 2)
-      with self.assertRaisesRegex(train.NonFiniteLossError, r"last good checkpoint \(step 2\)"):
+      with self.assertRaisesRegex(health.NonFiniteLossError, r"last good checkpoint \(step 2\)"):
         train.train_fold(config, workdir, test_fold=0)
       # Non-finite from the first step: there is no checkpoint to speak of.
       input_pipeline.create_train_iterator = lambda *a, **k: PoisonAfter(original(*a, **k), 0)
-      with self.assertRaisesRegex(train.NonFiniteLossError, "No checkpoint was written"):
+      with self.assertRaisesRegex(health.NonFiniteLossError, "No checkpoint was written"):
         train.train_fold(config, tempfile.mkdtemp(), test_fold=0)
     finally:
       input_pipeline.create_train_iterator = original

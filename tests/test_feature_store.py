@@ -30,7 +30,6 @@ import numpy as np
 from absl.testing import absltest
 
 from avjax import augment
-from avjax import choices
 from avjax import config_lib
 from avjax import device_data
 from avjax import evaluate
@@ -39,6 +38,7 @@ from avjax import fixed_trunk
 from avjax import input_pipeline
 from avjax import losses
 from avjax import parallel
+from avjax import run_spec
 from avjax import predictor as predictor_lib
 from avjax import steps
 from avjax import trunks
@@ -178,7 +178,7 @@ class EquivalenceTest(absltest.TestCase):
                        {**{k: v[:n_q] for k, v in e.items()}, "label": feats["label"][:n_q]})
     p_got = evaluate.predict_per_gate(config, *split(got))
     p_want = evaluate.predict_per_gate(config, *split(want))
-    for m in choices.gate_modalities(config):
+    for m in run_spec.of(config).gate_modalities:
       np.testing.assert_array_equal(p_got[f"pred_{m}"], p_want[f"pred_{m}"], err_msg=m)
 
   def test_frozen_trunk_equals_the_whole_network_with_its_trunks_held(self):

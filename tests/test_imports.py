@@ -141,6 +141,18 @@ class LayoutTest(absltest.TestCase):
       if path.name != "__init__.py" and "tfds_builders" not in path.parts:
         self.assertIn(path.name, text, str(path))
 
+  def test_derived_facts_are_resolved_in_run_spec(self):
+    """The resolvers behind a RunSpec's facts are called by avjax/run_spec.py alone, plus
+    the model, which reads its own `model` block (gating.create_model): every other
+    module asks `run_spec.of(config)`."""
+    resolvers = {"reads_audio_records", "trunk_inputs", "warmup_epochs"}
+    allowed = {"avjax.run_spec": resolvers, "avjax.models.gating": {"trunk_inputs"}}
+    for path in sorted(PACKAGE.rglob("*.py")):
+      called = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
+                for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)}
+      extra = (called & resolvers) - allowed.get(module_name(path), set())
+      self.assertEmpty(extra, f"{path.name} resolves {sorted(extra)} itself")
+
   def test_no_test_module_imports_another(self):
     tests = PACKAGE.parent / "tests"
     for path in sorted(tests.glob("*.py")):

@@ -21,6 +21,7 @@ import numpy as np
 from absl.testing import absltest
 
 from avjax import config_tokens
+from avjax import health
 from avjax import parallel
 from avjax import steps
 from avjax import train_state
@@ -131,43 +132,41 @@ def _free_port():
 class CollapseWatchTest(absltest.TestCase):
 
   def test_warns_once_when_a_modality_falls_below_one_percent(self):
-    from avjax import train
     initial, warned = {}, set()
     first = {"loss": 1.3, "distance_audio": 50.0, "distance_video": 40.0}
-    train._watch_collapse(first, initial, warned, 0, 10)
+    health.watch_collapse(first, initial, warned, 0, 10)
     self.assertEqual((first["collapsed"], initial), (0.0, {"distance_audio": 50.0,
                                                             "distance_video": 40.0}))
     with self.assertLogs(level="WARNING") as logs:
       later = {"distance_audio": 0.4, "distance_video": 30.0}
-      train._watch_collapse(later, initial, warned, 0, 20)
+      health.watch_collapse(later, initial, warned, 0, 20)
     self.assertEqual(later["collapsed"], 1.0)
     self.assertIn("audio gate embeddings have COLLAPSED", logs.output[0])
     self.assertNotIn("weights' norm", logs.output[0])      # not logged: not said
     # With the weights' norm logged, the warning says how it moved.
     initial, warned = {}, set()
-    train._watch_collapse({"distance_audio": 50.0, "param_norm": 60.0}, initial, warned, 0, 10)
+    health.watch_collapse({"distance_audio": 50.0, "param_norm": 60.0}, initial, warned, 0, 10)
     with self.assertLogs(level="WARNING") as logs:
-      train._watch_collapse({"distance_audio": 0.1, "param_norm": 0.6}, initial, warned, 0, 20)
+      health.watch_collapse({"distance_audio": 0.1, "param_norm": 0.6}, initial, warned, 0, 20)
     self.assertIn("norm is 0.6, 1.0% of its initial 60: the weights are decaying", logs.output[0])
     initial, warned = {"distance_audio": 50.0, "param_norm": 60.0}, set()
     with self.assertLogs(level="WARNING") as logs:
-      train._watch_collapse({"distance_audio": 0.1, "param_norm": 61.0}, initial, warned, 0, 20)
+      health.watch_collapse({"distance_audio": 0.1, "param_norm": 61.0}, initial, warned, 0, 20)
     self.assertIn("norm is 61, 101.7% of its initial 60.", logs.output[0])
     self.assertEqual(warned, {"audio"})
     again = {"distance_audio": 0.3, "distance_video": 30.0}
-    train._watch_collapse(again, initial, warned, 0, 30)   # flagged again, warned once
+    health.watch_collapse(again, initial, warned, 0, 30)   # flagged again, warned once
     self.assertEqual((again["collapsed"], warned), (1.0, {"audio"}))
 
   def test_a_resumed_fold_compares_with_its_first_log_line(self):
-    from avjax import train
     with tempfile.TemporaryDirectory() as d:
       with open(os.path.join(d, "metrics.jsonl"), "w") as f:
         f.write(json.dumps({"step": 0, "learning_rate": 0.1}) + "\n")
         f.write(json.dumps({"step": 10, "loss": 2.0, "distance_audio": 8.0,
                             "param_norm": 5.0}) + "\n")
         f.write(json.dumps({"step": 20, "loss": 1.0, "distance_audio": 4.0}) + "\n")
-      self.assertEqual(train._initial_distances(d), {"distance_audio": 8.0, "param_norm": 5.0})
-      self.assertEqual(train._initial_distances(os.path.join(d, "none")), {})
+      self.assertEqual(health.initial_distances(d), {"distance_audio": 8.0, "param_norm": 5.0})
+      self.assertEqual(health.initial_distances(os.path.join(d, "none")), {})
 
 
 class MultiProcessTest(absltest.TestCase):

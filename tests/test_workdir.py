@@ -15,6 +15,7 @@ from avjax import config_lib
 from avjax import config_tokens
 from avjax import fold_lock
 from avjax import protocol
+from avjax import run_spec
 from avjax import workdir
 
 
@@ -65,7 +66,7 @@ class RecordConfigTest(absltest.TestCase):
     with open(os.path.join(root, "config.json"), "w") as f:
       json.dump(old, f)
     recorded = workdir.load_config(root)
-    self.assertEqual(config_lib.warmup_epochs(recorded), 0)
+    self.assertEqual(run_spec.of(recorded).warmup_epochs, 0)
     with self.assertRaises(workdir.ConfigMismatchError) as cm:
       workdir.record_config(config_lib.get_base_config(), root)
     for field in ("loss.negatives", "model.center_audio_head", "loss.batch_all_fraction",

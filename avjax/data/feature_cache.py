@@ -17,8 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from avjax import errors
-from avjax import trunks
-from avjax.data import registry
+from avjax import run_spec
 from avjax.models import weights
 
 STORE_VERSION = 1
@@ -32,7 +31,7 @@ class FeatureStoreError(errors.Failure, RuntimeError):
 
 def endpoint(config, modality: str) -> str:
   """The cut of `modality`'s encoder: 'pooled' or a layer name."""
-  cut = trunks.trunk_inputs(config.model)[modality]
+  cut = run_spec.of(config).trunk_inputs[modality]
   if cut is None:
     raise ValueError(f"model.trunk={config.model.trunk!r} caches no {modality} features")
   return cut
@@ -67,7 +66,7 @@ def store_key(config, builder, modality: str) -> dict[str, Any]:
   m = config.model
   key = {
       "version": STORE_VERSION, "dataset": config.dataset.name,
-      "builder_config": registry.builder_config_name(config),
+      "builder_config": run_spec.of(config).builder_config,
       "builder_version": str(builder.version), "splits": splits,
       "modality": modality, "endpoint": endpoint(config, modality),
       "weights": weights_id(config, modality), "dtype": str(m.dtype),
@@ -99,8 +98,7 @@ def store_path(config, builder, modality: str) -> str:
 
 def store_paths(config, builder) -> dict[str, str]:
   """{modality: store directory} for the modalities `config.model.trunk` caches."""
-  return {m: store_path(config, builder, m)
-          for m, cut in trunks.trunk_inputs(config.model).items() if cut is not None}
+  return {m: store_path(config, builder, m) for m in run_spec.of(config).cuts}
 
 
 def fold_path(store: str, fold: int) -> str:

@@ -1,14 +1,12 @@
 """The datasets avjax knows, their builder configs, and the fold policy of a run.
 
 `DATASETS` holds each dataset's facts (class names, the paper's Table I windowings, the
-one-window readings of `global`, whether audio-only records exist); `builder_config_name`
-says which TFDS builder config a config reads; `validation_fold` and `training_folds` say
+one-window readings of `global`, whether audio-only records exist); `reads_audio_records` says whether a config reads the
+audio-only builder configs (`avjax.run_spec` prefixes the windowing); `validation_fold` and `training_folds` say
 which folds train and which one selects the checkpoint when a fold is tested.
 """
 
 from __future__ import annotations
-
-import ml_collections
 
 from avjax.data import folds as folds_lib
 
@@ -104,12 +102,12 @@ RECORDS = ("auto", "av", "audio")
 AUDIO_CONFIG_PREFIX = "audio_"
 
 
-def reads_audio_records(config: ml_collections.ConfigDict) -> bool:
-  """Whether `config` reads the audio-only builder configs (see `dataset.records`)."""
-  records = config.dataset.records
+def reads_audio_records(dataset: str, records: str, modalities: str) -> bool:
+  """Whether a config of `dataset` with `dataset.records` = `records` and
+  `model.modalities` = `modalities` reads the audio-only builder configs ('auto': an
+  audio-only model of a dataset that has them). `avjax.run_spec` asks it."""
   if records == "auto":
-    return (config.model.modalities == "audio"
-            and DATASETS.get(config.dataset.name, {}).get("audio_records", False))
+    return modalities == "audio" and DATASETS.get(dataset, {}).get("audio_records", False)
   return records == "audio"
 
 
@@ -124,9 +122,3 @@ def builder_config_names(dataset: str) -> list[str]:
   if DATASETS[dataset].get("audio_records", False):
     names += [AUDIO_CONFIG_PREFIX + n for n in names]
   return names
-
-
-def builder_config_name(config: ml_collections.ConfigDict) -> str:
-  """The TFDS builder config to read: the windowing, prefixed `audio_` for audio-only records."""
-  prefix = AUDIO_CONFIG_PREFIX if reads_audio_records(config) else ""
-  return prefix + config.dataset.config

@@ -13,10 +13,10 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
+from avjax import run_spec
 from avjax.data import builder_lib
 from avjax.data import folds as folds_lib
 from avjax.data import registry
-from avjax.data import windows
 
 
 def _builder_class(name: str):
@@ -40,7 +40,7 @@ def get_builder(config) -> tfds.core.DatasetBuilder:
   be shared, or built beforehand on every host).
   """
   ds = config.dataset
-  name = registry.builder_config_name(config)   # the windowing, `audio_`-prefixed for audio-only records
+  name = run_spec.of(config).builder_config   # the windowing, `audio_`-prefixed for audio-only records
   key = (ds.name, name, ds.data_dir or os.environ.get("TFDS_DATA_DIR", ""))
   with _BUILD_LOCK:
     if key in _BUILDERS:
@@ -114,7 +114,7 @@ def dataset_info(config) -> dict[str, Any]:
   class_names, num_clips_per_fold {fold: n}, num_clips."""
   builder = get_builder(config)
   feats = builder.info.features
-  spec = windows.parse_name(config.dataset.config)
+  spec = run_spec.of(config).window
   t, s = feats["audio"].shape
   meta = dict(builder.info.metadata or {})
   out = dict(num_windows=int(t), samples_per_window=int(s),
@@ -162,7 +162,7 @@ def split_folds(config, test_fold: int) -> tuple[list[int], int | None]:
   if test_fold not in nonempty:
     raise ValueError(
         f"test fold {test_fold} has no clips in {config.dataset.name}/"
-        f"{registry.builder_config_name(config)} (built from the actors present, "
+        f"{run_spec.of(config).builder_config} (built from the actors present, "
         f"allow_missing_folds); the folds with clips are {sorted(nonempty)}: set config.folds "
         "to some of them")
   return (registry.training_folds(config, test_fold, nonempty),
