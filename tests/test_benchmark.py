@@ -1,9 +1,9 @@
-"""scripts/benchmark.py at tiny shapes: the models section, MWTSM against the per-anchor
-reference of tests/test_mining.py, peaks, growth and markdown. (The train-step report's
-fields and its FLOPs against the batch are checked by tests/test_device_check.py, whose dry
-run measures the tiny train step through `measure_train_step`.)"""
+"""benchmarks/benchmark.py (scripts/benchmark.py) at tiny shapes: the models section, MWTSM
+against the per-anchor reference of tests/test_mining.py, peaks, growth and markdown; the
+harness's BENCHMARKS.md block and worker subprocess. (The train-step report's fields and
+its FLOPs against the batch are checked by tests/test_device_check.py, whose dry run
+measures the tiny train step through `measure_train_step`.)"""
 
-import importlib.util
 import json
 import pathlib
 import tempfile
@@ -14,12 +14,9 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 from avjax import mining
+from benchmarks import benchmark
+from benchmarks import harness
 from tests.helpers import brute_force
-
-_PATH = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
-_spec = importlib.util.spec_from_file_location("avjax_benchmark", _PATH)
-benchmark = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(benchmark)
 
 
 class MwtsmReferenceTest(parameterized.TestCase):
@@ -77,7 +74,7 @@ class ModelsTest(absltest.TestCase):
     self.assertGreater(r["forward"]["xla_peak_estimate_mib"], 0)
     self.assertNotIn("forward_backward", r)
     json.dumps(r)  # serialisable
-    text = benchmark.render_markdown(dict(machine=benchmark.machine_info(), sections={"models": r}))
+    text = benchmark.render_markdown(dict(machine=harness.machine_info(), sections={"models": r}))
     self.assertIn("| tiny B=2 T=2 F=4 16x16 S=5000, gating float32", text)
 
   def test_unknown_section_is_refused(self):
@@ -99,7 +96,7 @@ class HelpersTest(absltest.TestCase):
     self.assertIsNone(benchmark.cost_model_flops(40, 8, 25, 96, (0.125, 1.0)))
 
   def test_md_table(self):
-    self.assertEqual(benchmark.md_table(["a", "b"], [[1, ""], ["x", 2.5]]),
+    self.assertEqual(harness.md_table(["a", "b"], [[1, ""], ["x", 2.5]]),
                      "| a | b |\n|---|---|\n| 1 | |\n| x | 2.5 |")
 
   def test_growth(self):
@@ -143,6 +140,40 @@ class HelpersTest(absltest.TestCase):
     self.assertIn("#### soundnet, tiny shape", text)
     self.assertIn("| conv7 |", text)
     self.assertIn("`auto`", text)
+
+
+class HarnessTest(absltest.TestCase):
+
+  def test_update_markdown_rewrites_only_its_own_block(self):
+    # cpu_quick's block comes first and its name starts with "cpu": rewriting cpu's block
+    # (then appending tiny's) keeps every other byte, the other block included.
+    with tempfile.TemporaryDirectory() as d:
+      md = pathlib.Path(d, "B.md")
+      quick = ("<!-- benchmark.py:cpu_quick begin -->\nquick\n"
+               "<!-- benchmark.py:cpu_quick end -->")
+      text = (f"# B\n\nhand-written  \n\n{quick}\n\nbetween\n"
+              "<!-- benchmark.py:cpu begin -->\nold\nrows\n<!-- benchmark.py:cpu end -->\ntail")
+      md.write_text(text)
+      harness.update_markdown(md, "cpu", "new\n")
+      self.assertEqual(md.read_text(), text.replace("\nold\nrows\n", "\nnew\n"))
+      harness.update_markdown(md, "tiny", "tiny\n")
+      self.assertEqual(md.read_text(), text.replace("\nold\nrows\n", "\nnew\n")
+                       + "\n\n## Generated: preset `tiny`\n\n<!-- benchmark.py:tiny begin -->"
+                       "\ntiny\n<!-- benchmark.py:tiny end -->\n")
+
+  def test_worker_subprocess(self):
+    # The worker's JSON comes back, with the host-platform device count replaced (one flag,
+    # not the caller's 4 and the worker's 2); a failing worker gives its error line, a
+    # slow one a timeout.
+    code = ("import json, os, sys; json.dump({'flags': os.environ['XLA_FLAGS']}, "
+            "open(sys.argv[sys.argv.index('--worker_out') + 1], 'w'))")
+    r = harness.run_worker_subprocess(["-c", code], devices=2, timeout=60)
+    self.assertEqual(r["flags"].count("--xla_force_host_platform_device_count"), 1, r)
+    self.assertIn("--xla_force_host_platform_device_count=2", r["flags"])
+    r = harness.run_worker_subprocess(["-c", "raise ValueError('no such case')"], timeout=60)
+    self.assertEqual(r["error"], "exit 1: ValueError: no such case")
+    r = harness.run_worker_subprocess(["-c", "import time; time.sleep(30)"], timeout=1)
+    self.assertEqual(r["error"], "timed out after 1 s")
 
 
 if __name__ == "__main__":

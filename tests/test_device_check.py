@@ -1,13 +1,12 @@
-"""scripts/device_check.py: its dry run (the GPU check's code paths at the tests' tiny shape,
-in subprocesses, with the data stack blocked), the report's fields and targets, and the
-wheels it names for the device.
+"""scripts/device_check.py (benchmarks/device_check.py): its dry run (the GPU check's code
+paths at the tests' tiny shape, in subprocesses, with the data stack blocked), the report's
+fields and targets, and the wheels it names for the device.
 
 The dry run also carries the checks of `benchmark.measure_train_step`'s report (its train
 sections run it): fields, FLOPs against the batch, no cost model for a narrow model.
 """
 
 import importlib.metadata
-import importlib.util
 import json
 import math
 import os
@@ -21,10 +20,10 @@ import textwrap
 import jax
 from absl.testing import absltest
 
+from benchmarks import device_check
+
+# The command the docs give: the dry run runs it as they do.
 _PATH = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "device_check.py"
-_spec = importlib.util.spec_from_file_location("avjax_device_check", _PATH)
-device_check = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(device_check)
 
 # Every process of the dry run loads this (PYTHONPATH): importing one of the modules the
 # device's image lacks fails, and each process leaves its pid in the folder.

@@ -12,7 +12,9 @@ dropped), and checks, without running anything:
   with `ast`, so that no entry module is imported: absl's FLAGS is global), absl's own
   (`--verbosity`, `--v`, `--logtostderr`, ...) and the `--no<flag>` form of a boolean one;
   for argparse entry points (some scripts) the options of their parser,
-  rebuilt from the `add_argument` calls (no abbreviations). Its value must parse (an
+  rebuilt from the `add_argument` calls (no abbreviations); for a script that defines none
+  and imports a module of the checkout (scripts/benchmark.py: benchmarks/benchmark.py),
+  that module's. Its value must parse (an
   integer for an integer flag, one of an enum's values, no value for a switch);
 * `--config=FILE[:TOKENS]` loads (the config file's `get_config(TOKENS)`) and, with the
   command's `--config.<field>=<value>` overrides applied by ml_collections' own
@@ -489,6 +491,14 @@ def entry_spec(entry: str) -> EntrySpec:
       visit(child, loops)
 
   visit(tree, {})
+  if not absl_flags and not add_arguments:
+    # A thin entry point: the flags of the checkout's module it runs.
+    for node in tree.body:
+      if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        for alias in node.names:
+          target = pathlib.Path(*node.module.split("."), alias.name + ".py")
+          if (REPO / target).is_file():
+            return entry_spec(target.as_posix())
   if absl_flags:
     return EntrySpec("absl", absl_flags)
   if not add_arguments:
