@@ -91,8 +91,9 @@ def main(argv):
   config.eval.figures = False
 
   cls = tfds_access._builder_class(config.dataset.name)
+  from avjax import run_spec
   from avjax.data import registry
-  name = registry.builder_config_name(config)
+  name = run_spec.of(config).builder_config
   builder = cls(config=name, data_dir=str(data_dir), num_workers=FLAGS.num_workers)
   build_s = None
   if not builder.is_prepared():
