@@ -2,7 +2,7 @@
 
 Every file under `configs/` builds on `get_base_config()`, sets its dataset and applies
 its `arg` tokens (`avjax.config_tokens`). `complete()` fills every derived default of a
-config (also one recorded by an earlier build, `RECORDED_BEFORE`); `validate()` refuses
+config (also one recorded by an earlier build, `compat.RECORDED_BEFORE`); `validate()` refuses
 unknown values and impossible combinations at start-up, naming the field. The model's
 vocabulary is in `avjax.choices`, the trunk mini-language in `avjax.trunks`, the
 datasets and the fold policy in `avjax.data.registry`, the recorded protocol's diff and
@@ -17,6 +17,7 @@ import ml_collections
 
 from avjax import __version__
 from avjax import choices
+from avjax import compat
 from avjax import run_spec
 from avjax import trunks
 from avjax.data import folds as folds_lib
@@ -206,7 +207,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
 
 # config.json records the avjax version that wrote it (`workdir.save_config`); a config
-# without one was written by 0.1.0 and is read with RECORDED_BEFORE.
+# without one was written by 0.1.0 and is read with compat.RECORDED_BEFORE.
 VERSION_FIELD = "avjax_version"
 
 
@@ -227,23 +228,13 @@ def _merge(base: dict, over: dict) -> dict:
   return out
 
 
-# Fields added after the first release whose default changed what a run does: a
-# recorded config.json that lacks one was trained with the value here.
-RECORDED_BEFORE = {("loss", "mask_padded_windows"): False, ("loss", "distance"): "squared",
-                   ("loss", "batch_all_fraction"): 0.0,
-                   ("model", "trunk"): "finetune",
-                   ("input", "cached_views"): 0, ("loss", "negatives"): "hardest",
-                   ("model", "center_audio_head"): False, ("model", "center_video_head"): False,
-                   ("optim", "trunk_lr_scale"): 1.0}
-
-
 def complete(config, recorded: bool = False) -> ml_collections.ConfigDict:
   """`config` (a ConfigDict or dict, possibly partial: a test's, or a config.json
   written by an older avjax) with every field it lacks taken from
   `get_base_config()`. Its own values, and fields the base does not know, are kept.
   The library reads fields directly (no `.get(field, default)`): run a partial
   config through here first. With `recorded` (a workdir's config.json) the fields
-  of RECORDED_BEFORE that it lacks get their former behaviour's value instead."""
+  of compat.RECORDED_BEFORE that it lacks get their former behaviour's value instead."""
   over = copy.deepcopy(config.to_dict() if isinstance(config, ml_collections.ConfigDict)
                        else dict(config))
   version = over.pop(VERSION_FIELD, None)
@@ -261,7 +252,7 @@ def complete(config, recorded: bool = False) -> ml_collections.ConfigDict:
   if momentum is not None:
     over["model"]["video_bn_momentum"] = over["model"]["audio_bn_momentum"] = float(momentum)
   if recorded and version is None:   # written by avjax 0.1.0, which did not say its version
-    for (group, field), value in RECORDED_BEFORE.items():
+    for (group, field), value in compat.RECORDED_BEFORE.items():
       over.setdefault(group, {}).setdefault(field, value)
   merged = _merge(base, over)
   if merged["optim"].get("trunk_lr_scale") is None:
@@ -396,7 +387,8 @@ _MOVED = {"apply_args": "avjax.config_tokens.apply_args",
           "builder_config_name": "avjax.run_spec.of(config).builder_config",
           "warmup_epochs": "avjax.run_spec.of(config).warmup_epochs",
           "VARIANTS": "avjax.choices.VARIANTS", "MODALITIES": "avjax.choices.MODALITIES",
-          "trunk_inputs": "avjax.trunks.trunk_inputs", "config_hash": "avjax.protocol.config_hash"}
+          "trunk_inputs": "avjax.trunks.trunk_inputs", "config_hash": "avjax.protocol.config_hash",
+          "RECORDED_BEFORE": "avjax.compat.RECORDED_BEFORE"}
 
 
 def __getattr__(name: str):

@@ -136,6 +136,24 @@ def validation_accuracy(config, state, validation_fold: int, train_folds: list[i
   return metrics
 
 
+def recipe_info(config) -> dict[str, Any]:
+  """The fold_info.json fields that `config` alone decides: the training recipe and the
+  trunk (an old fold_info.json that lacks one is read with `compat.FOLD_INFO_BEFORE`)."""
+  config = config_lib.complete(config)
+  return {
+      "exclude_used": bool(config.loss.exclude_used), "negatives": str(config.loss.negatives),
+      "distance": str(config.loss.distance), "batch_all_epochs": run_spec.of(config).warmup_epochs,
+      "margin": float(config.loss.margin), "mse_weight": float(config.loss.mse_weight),
+      "optimizer": str(config.optim.name), "learning_rate": float(config.optim.learning_rate),
+      "weight_decay": float(config.optim.weight_decay),
+      "center_audio_head": bool(config.model.center_audio_head),
+      "center_video_head": bool(config.model.center_video_head),
+      "mask_padded_windows": bool(config.loss.mask_padded_windows),
+      "trunk": str(config.model.trunk), "cached_views": int(config.input.cached_views),
+      "trunk_lr_scale": float(config.optim.trunk_lr_scale),
+  }
+
+
 def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh,
                   selected_by: str = "last") -> dict[str, Any]:
   """Writes predictions.npz and fold_info.json for `test_fold`; returns the arrays.
@@ -157,17 +175,8 @@ def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh,
       "fold": int(test_fold), "class_names": list(config.dataset.class_names),
       "num_windows": int(arrays[f"pred_{run_spec.of(config).gate_modalities[0]}"].shape[0]),
       "k": int(config.eval.k), "num_train_clips": int(len(refs["label"])),
-      "exclude_used": bool(config.loss.exclude_used), "negatives": str(config.loss.negatives),
-      "distance": str(config.loss.distance), "batch_all_epochs": run_spec.of(config).warmup_epochs,
-      "margin": float(config.loss.margin), "mse_weight": float(config.loss.mse_weight),
-      "optimizer": str(config.optim.name), "learning_rate": float(config.optim.learning_rate),
-      "weight_decay": float(config.optim.weight_decay),
-      "center_audio_head": bool(config.model.center_audio_head),
-      "center_video_head": bool(config.model.center_video_head), "avjax_version": __version__,
+      **recipe_info(config), "avjax_version": __version__,
       "checkpoint_step": int(jax.device_get(state.step)), "selected_by": selected_by,
-      "mask_padded_windows": bool(config.loss.mask_padded_windows),
-      "trunk": str(config.model.trunk), "cached_views": int(config.input.cached_views),
-      "trunk_lr_scale": float(config_lib.complete(config).optim.trunk_lr_scale),
       "config_hash": protocol.config_hash(config),
       "allow_missing_folds": bool(config.dataset.allow_missing_folds),
   }

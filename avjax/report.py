@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from avjax import compat
 from avjax import errors
 from avjax import paper
 from avjax import results
@@ -82,10 +83,10 @@ def _trunk_lr_text(folds: list[Mapping[str, Any]]) -> str:
 
 def describe_loss(doc: Mapping[str, Any]) -> str:
   """The triplet distance, margin and MSE weight of a results document, in words."""
-  distance = doc.get("distance", results.LATER_DEFAULTS["distance"])
+  distance = doc.get("distance", compat.FOLD_INFO_BEFORE["distance"])
   text = ("squared Euclidean distances" if distance == "squared" else
           f"{distance} distances (loss.distance, not the paper's squared ones)")
-  text += f", margin {doc.get('margin', results.LATER_DEFAULTS['margin']):g}"
+  text += f", margin {doc.get('margin', compat.FOLD_INFO_BEFORE['margin']):g}"
   weight = doc.get("mse_weight")
   if doc.get("variant") == "gating":
     text += ("; audio-video MSE weight not recorded" if weight is None else
@@ -95,7 +96,7 @@ def describe_loss(doc: Mapping[str, Any]) -> str:
 
 def describe_optimizer(doc: Mapping[str, Any]) -> str:
   """The optimiser of a results document, in words."""
-  name = doc.get("optimizer", results.LATER_DEFAULTS["optimizer"])
+  name = doc.get("optimizer", compat.FOLD_INFO_BEFORE["optimizer"])
   lr, wd = doc.get("learning_rate"), doc.get("weight_decay")
   text = ("AdamW (decoupled weight decay, torch.optim.AdamW)" if name == "adamw" else
           "Adam with the weight decay added to the gradient (torch.optim.Adam, `paper_literal`)")
@@ -110,9 +111,9 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
   folds = [f["fold"] for f in doc["folds"]]
   n_total = sum(f["n"] for f in doc["folds"])
   mining = {True: "MWTSM", False: "batch-hard (MWTSM off)"}.get(doc.get("exclude_used"), "unknown")
-  if doc.get("negatives", results.LATER_DEFAULTS["negatives"]) == "semihard":
+  if doc.get("negatives", compat.FOLD_INFO_BEFORE["negatives"]) == "semihard":
     mining += ", semi-hard triplets only (loss.negatives='semihard', not the paper's hardest)"
-  warm = doc.get("batch_all_epochs", results.LATER_DEFAULTS["batch_all_epochs"])
+  warm = doc.get("batch_all_epochs", compat.FOLD_INFO_BEFORE["batch_all_epochs"])
   if warm:
     mining = (f"batch-all triplets for the first {warm} epoch{'s' * (warm != 1)} "
               f"(the warm-up: loss.batch_all_fraction; not the paper's), then {mining}")

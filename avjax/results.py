@@ -47,7 +47,7 @@ import numpy as np
 import sklearn.metrics as skm
 from absl import logging
 
-from avjax import config_lib
+from avjax import compat
 from avjax import errors
 from avjax import paper
 from avjax import workdir as workdir_lib
@@ -187,19 +187,6 @@ _SHARED_FIELDS = ("dataset", "config", "variant", "modalities", "class_names", "
                   "exclude_used", "negatives", "center_audio_head",
                   "center_video_head", "distance", "batch_all_epochs", "margin", "mse_weight",
                   "optimizer", "learning_rate", "weight_decay")
-# Shared fields added after the first release: what a fold_info.json without one was run with
-# (None: not recorded; older folds did not say their MSE weight). The recipe's fields are
-# those a recorded config without them had (config_lib.RECORDED_BEFORE).
-_BEFORE = config_lib.RECORDED_BEFORE
-LATER_DEFAULTS = {"negatives": _BEFORE[("loss", "negatives")],
-                  "center_audio_head": _BEFORE[("model", "center_audio_head")],
-                  "center_video_head": _BEFORE[("model", "center_video_head")],
-                  "distance": _BEFORE[("loss", "distance")],
-                  "batch_all_epochs": 0,              # a warm-up fraction of 0
-                  "margin": 1.0, "mse_weight": None, "optimizer": "adam",
-                  "learning_rate": None, "weight_decay": None}
-
-
 def evaluate_command(fold_dir: str) -> str:
   """The command that writes `fold_dir`'s evaluation files again from its checkpoint."""
   fold_dir = os.path.abspath(fold_dir)
@@ -249,7 +236,7 @@ def load_fold(fold_dir: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   missing = [k for k in _INFO_FIELDS if k not in info]
   if missing:
     raise ValueError(f"{info_path}: missing fields {missing}")
-  for key, value in LATER_DEFAULTS.items():
+  for key, value in compat.FOLD_INFO_BEFORE.items():
     info.setdefault(key, value)
   preds = read_npz(npz_path, repair)
   for key in ("labels", "clip_id"):
@@ -359,7 +346,7 @@ def build_results(folds: list[tuple[dict[str, np.ndarray], dict[str, Any]]]) -> 
       "modalities": first["modalities"], "class_names": list(first["class_names"]),
       "num_windows": int(first["num_windows"]), "k": int(first["k"]),
       "exclude_used": first.get("exclude_used"),
-      **{key: first.get(key, value) for key, value in LATER_DEFAULTS.items()},
+      **{key: first.get(key, value) for key, value in compat.FOLD_INFO_BEFORE.items()},
       "conventions": {
           "metrics": "accuracy and uar are fractions in [0, 1]; paper numbers are percent",
           "accuracy": "correct / n over exactly the fold's held-out clips",

@@ -189,7 +189,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The recorded config of `workdir`, completed from the base config (a config.json
   written by an older avjax lacks the fields added since; they get their defaults,
   or for those that changed behaviour the value that run had,
-  `config_lib.RECORDED_BEFORE`)."""
+  `compat.RECORDED_BEFORE`)."""
   path = os.path.join(workdir, CONFIG)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} not found: is {workdir} an avjax workdir (written by avjax.main)?")

@@ -20,6 +20,9 @@ from absl.testing import absltest
 from absl.testing import parameterized
 from sklearn import metrics as skm
 
+from avjax import compat
+from avjax import config_lib
+from avjax import evaluate
 from avjax import paper
 from avjax import report
 from avjax import results
@@ -135,6 +138,41 @@ class AggregateTest(absltest.TestCase):
     rows = results.fold_rows(preds, info)
     with self.assertRaisesRegex(ValueError, "repeated"):
       results.aggregate(rows + rows)
+
+
+class FormerValuesTest(absltest.TestCase):
+
+  def test_config_and_fold_info_columns_agree(self):
+    """A config recorded by 0.1.0 (no avjax_version) that lacks every field of
+    compat.FORMER is completed with the table's values, and writes the fold_info.json
+    values that an old fold_info.json lacking those keys is read with."""
+    old = config_lib.get_base_config().to_dict()
+    for row in compat.FORMER:
+      if row.field:
+        group, name = row.field.split(".")
+        del old[group][name]
+    completed = config_lib.complete(old, recorded=True)
+    info = evaluate.recipe_info(completed)
+    for row in compat.FORMER:
+      if row.field:
+        group, name = row.field.split(".")
+        self.assertEqual(completed[group][name], row.value, row.field)
+      if row.field and row.info_key:
+        self.assertEqual(info[row.info_key], row.info, row.field)
+    self.assertLessEqual(set(compat.FOLD_INFO_BEFORE), set(info))
+    # A current config keeps today's defaults.
+    self.assertEqual(config_lib.complete(config_lib.get_base_config().to_dict(),
+                                         recorded=True).loss.negatives, "semihard")
+
+  def test_an_old_fold_info_is_read_with_the_former_values(self):
+    """fold_info.json keys a fold does not have read as compat.FOLD_INFO_BEFORE; those it
+    has are kept."""
+    with tempfile.TemporaryDirectory() as d:
+      fold_dir = write_fake_fold(d, 0, [0, 1, 2, 3], {"AO": [2]}, negatives="semihard")
+      _, read = results.load_fold(fold_dir)
+    for key, value in compat.FOLD_INFO_BEFORE.items():
+      self.assertEqual(read[key], "semihard" if key == "negatives" else value, key)
+    self.assertEqual(compat.FOLD_INFO_BEFORE["negatives"], "hardest")
 
 
 class WriteResultsTest(absltest.TestCase):
