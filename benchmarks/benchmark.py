@@ -79,6 +79,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import harness
+from benchmarks.harness import md_table, mib
 
 # Dense peak FLOP/s by device kind (substring of jax's device_kind) and compute
 # dtype. H100 SXM: 989 TFLOP/s bf16 dense on tensor cores, 67 TFLOP/s fp32 on
@@ -569,9 +570,9 @@ def section_models(preset: dict, repeats: int, overrides: dict | None = None) ->
   harness.log(f"models {spec}")
   out = run_case_subprocess({"models": spec}, repeats)
   harness.log("  -> " + (out["error"][:200] if "error" in out else
-                  f"forward {out['forward']['median_s']:.3f} s" + (
-                      f", forward + backward {out['forward_backward']['median_s']:.3f} s"
-                      if "forward_backward" in out else "")))
+                         f"forward {out['forward']['median_s']:.3f} s" + (
+                             f", forward + backward {out['forward_backward']['median_s']:.3f} s"
+                             if "forward_backward" in out else "")))
   return out
 
 
@@ -787,7 +788,7 @@ def _step_cells(r: dict) -> list[str]:
   if c["compile_only"]:
     util = "(not run)"
   return [what, _f(r.get("step_s"), "{:.3f} s"), _f(r.get("clips_per_s"), "{:.2f}"),
-          f"{r['compile_s']:.1f} s", harness.mib(r.get("peak_memory_mib")),
+          f"{r['compile_s']:.1f} s", mib(r.get("peak_memory_mib")),
           _f(r.get("xla_flops_per_step") and r["xla_flops_per_step"] / 1e12, "{:.4g}"),
           f"{_f(r.get('achieved_flops_per_s') and r['achieved_flops_per_s'] / 1e9, '{:.1f}')} / {util}",
           _f(r.get("xla_over_cost_model"), "{:.2f}")]
@@ -801,7 +802,7 @@ def _models_cell(r: dict | None) -> str:
   """One pass of the models section: median time, peak memory, RSS, compile time."""
   if r is None:
     return "–"
-  return (f"{r['median_s']:.3f} s, {harness.mib(r.get('device_peak_mib') or r.get('xla_peak_estimate_mib'))}, "
+  return (f"{r['median_s']:.3f} s, {mib(r.get('device_peak_mib') or r.get('xla_peak_estimate_mib'))}, "
           f"RSS {r['process_max_rss_mib'] / 1024:.1f} GiB, compile {r['compile_s']:.1f} s")
 
 
@@ -825,7 +826,7 @@ def render_markdown(report: dict) -> str:
                  else "XLA's compiled-memory estimate (arguments + outputs + temporaries; "
                       "the CPU reports no device peak).")
               + " Utilisation against the device's dense peak (n/a: no peak known for this device).",
-              "", harness.md_table(_STEP_HEADER, [_step_cells(r) for r in s["train_step"]])]
+              "", md_table(_STEP_HEADER, [_step_cells(r) for r in s["train_step"]])]
     for r in s["train_step"]:
       c = r["case"]
       if c["shape"] == "ravdess" and c["batch"] == 40 and "step_s" in r:
@@ -842,10 +843,10 @@ def render_markdown(report: dict) -> str:
         rows.append([r["case"]["label"], _one_line(r["error"]), "", "", ""])
         continue
       rows.append([r["case"]["label"], _f(r.get("step_s"), "{:.3f} s"),
-                   _f(row.get("speedup_vs_base"), "{:.2f}x"), harness.mib(r.get("peak_memory_mib")),
+                   _f(row.get("speedup_vs_base"), "{:.2f}x"), mib(r.get("peak_memory_mib")),
                    _f(row.get("memory_vs_base"), "{:.2f}")])
     lines += ["### Options (each against its baseline, same shape)", "",
-              harness.md_table(["case", "step", "speed-up", "peak memory", "memory ratio"], rows), ""]
+              md_table(["case", "step", "speed-up", "peak memory", "memory ratio"], rows), ""]
   if "scaling" in s:
     rows = []
     for name, res in s["scaling"].items():
@@ -854,7 +855,7 @@ def render_markdown(report: dict) -> str:
                    _f(res.get("time_ratio"), "{:.2f}"), _f(res.get("size_ratio"), "{:.0f}"),
                    _f(res.get("flops_ratio"), "{:.2f}"), res.get("at_most_linear", "–")])
     lines += ["### Scaling", "",
-              harness.md_table(["against", "values", "step times", "time ratio", "size ratio", "FLOP ratio",
+              md_table(["against", "values", "step times", "time ratio", "size ratio", "FLOP ratio",
                         "at most linear"], rows), ""]
   if "data_parallel" in s:
     dp = s["data_parallel"]
@@ -865,7 +866,7 @@ def render_markdown(report: dict) -> str:
     lines += ["### Data parallel (same global batch)", "",
               ("Host-platform CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=N, "
                "one process each); they share the cores." if dp["host_platform_devices"] else ""),
-              "", harness.md_table(["devices", "step", "clips/s", "speed-up", "efficiency",
+              "", md_table(["devices", "step", "clips/s", "speed-up", "efficiency",
                             "XLA TFLOP/step"], rows), ""]
   if "models" in s:
     r = s["models"]
@@ -876,7 +877,7 @@ def render_markdown(report: dict) -> str:
               "peak_bytes_in_use, else XLA's compiled-memory estimate), the process's peak RSS, "
               "compile time.", ""]
     if "error" in r:
-      lines.append(harness.md_table(["setting", "error"], [[json.dumps(r["case"]["models"]),
+      lines.append(md_table(["setting", "error"], [[json.dumps(r["case"]["models"]),
                                                     _one_line(r["error"])]]))
     else:
       sh, mc = r["shape"], r["model"]
@@ -884,7 +885,7 @@ def render_markdown(report: dict) -> str:
                  f"S={sh['S']}, {mc['variant']} {mc['dtype']}, widths {mc['video_width']:g} / "
                  f"{mc['audio_width']:g}" + (", frozen BN" if mc["freeze_bn"] else "")
                  + (", remat" if mc["remat"] else ""))
-      lines.append(harness.md_table(["setting", "params", "forward", "forward + backward"],
+      lines.append(md_table(["setting", "params", "forward", "forward + backward"],
                             [[setting, f"{r['num_params']:,}", _models_cell(r["forward"]),
                               _models_cell(r.get("forward_backward"))]]))
     lines.append("")
@@ -896,12 +897,12 @@ def render_markdown(report: dict) -> str:
             + [f"{r['compile_s']:.1f} s"] for r in s["mwtsm"]]
     lines += ["### MWTSM miner (jitted)" + (" against a per-anchor NumPy reference" if with_ref else
                                              " (no reference miner given)"), "",
-              harness.md_table(["N", "T", "D", "mwtsm", "batch-hard", "reference", "speed-up", "picks agree",
+              md_table(["N", "T", "D", "mwtsm", "batch-hard", "reference", "speed-up", "picks agree",
                         "compile"], rows), ""]
   if "input" in s:
     inp = s["input"]
     lines += ["### Input pipeline (synthetic set, demo config, training iterator)", "",
-              harness.md_table(["setting", "clips/s", "ms per batch"],
+              md_table(["setting", "clips/s", "ms per batch"],
                        [[f"{r['overrides']} (batch {r['batch']})", f"{r['clips_per_s']:.0f}",
                          f"{r['ms_per_batch']:.0f}"] for r in inp["rows"]])]
     if "train_step_clips_per_s" in inp:
@@ -935,7 +936,7 @@ def render_markdown(report: dict) -> str:
     lines += benchmark_layers.markdown_lines(s["layers"])
   if "build" in s:
     lines += ["### Dataset build (RAVDESS worker task: decode, resample, window, zlib)", "",
-              harness.md_table(["workers", "clips", "clips/s", "per core"],
+              md_table(["workers", "clips", "clips/s", "per core"],
                        [[r["workers"], r["clips"], f"{r['clips_per_s']:.2f}",
                          f"{r['clips_per_s_per_core']:.2f}"] for r in s["build"]]), ""]
   return "\n".join(lines).rstrip() + "\n"

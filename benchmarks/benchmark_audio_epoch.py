@@ -29,11 +29,16 @@ from absl import flags
 from benchmarks import harness
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Scratch directory (WAVs, dataset, training run).")
-flags.DEFINE_integer("steps", 0, "Train steps to time (0: one epoch of the training folds).")
-flags.DEFINE_enum("variant", "lstm", ["lstm", "global"], "audio_lstm or audio_global.")
-flags.DEFINE_integer("num_workers", None, "Build worker processes (default: os.cpu_count()).")
-flags.mark_flag_as_required("workdir")
+
+
+def define_flags() -> None:
+  """Defines the command line's flags on absl's FLAGS (the entry point calls it: the
+  benchmarks' flags would collide if importing a module defined them)."""
+  flags.DEFINE_string("workdir", None, "Scratch directory (WAVs, dataset, training run).")
+  flags.DEFINE_integer("steps", 0, "Train steps to time (0: one epoch of the training folds).")
+  flags.DEFINE_enum("variant", "lstm", ["lstm", "global"], "audio_lstm or audio_global.")
+  flags.DEFINE_integer("num_workers", None, "Build worker processes (default: os.cpu_count()).")
+  flags.mark_flag_as_required("workdir")
 
 RATE = 48000
 SECONDS = 3.8

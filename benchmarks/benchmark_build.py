@@ -38,14 +38,20 @@ from benchmarks import harness
 from tests import dummy_media  # the tests' clip writer
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("num_clips", 24, "Clips to generate and build (>= 10 so that every fold has one).")
-flags.DEFINE_float("seconds", 3.5, "Clip length (RAVDESS: 3.8 +- 0.3 s).")
-flags.DEFINE_list("workers", ["1", "2"], "Worker counts to time.")
-flags.DEFINE_string("config", "w8_l1_ov", "ravdess builder config.")
-flags.DEFINE_string("clips_dir", os.path.join(tempfile.gettempdir(), "avjax_bench_ravdess"),
-                    "Where the generated MP4s are kept (reused).")
-flags.DEFINE_bool("skip_build", False, "Time decoding only.")
-flags.DEFINE_string("json_out", "", "Also write the numbers to this JSON file.")
+
+
+def define_flags() -> None:
+  """Defines the command line's flags on absl's FLAGS (the entry point calls it: the
+  benchmarks' flags would collide if importing a module defined them)."""
+  flags.DEFINE_integer("num_clips", 24,
+                       "Clips to generate and build (>= 10 so that every fold has one).")
+  flags.DEFINE_float("seconds", 3.5, "Clip length (RAVDESS: 3.8 +- 0.3 s).")
+  flags.DEFINE_list("workers", ["1", "2"], "Worker counts to time.")
+  flags.DEFINE_string("config", "w8_l1_ov", "ravdess builder config.")
+  flags.DEFINE_string("clips_dir", os.path.join(tempfile.gettempdir(), "avjax_bench_ravdess"),
+                      "Where the generated MP4s are kept (reused).")
+  flags.DEFINE_bool("skip_build", False, "Time decoding only.")
+  flags.DEFINE_string("json_out", "", "Also write the numbers to this JSON file.")
 
 WIDTH, HEIGHT = 1280, 720
 FPS = fractions.Fraction(30000, 1001)
@@ -155,7 +161,8 @@ def main(argv):
   cells = [[r["workers"], f"{r['decode_clips_per_s']:.2f}", f"{r['decode_clips_per_s_per_worker']:.2f}"]
            + ([f"{r['build_clips_per_s']:.2f}", f"{r['build_clips_per_s_per_worker']:.2f}"]
               if "build_s" in r else ["-", "-"]) for r in rows]
-  print(harness.md_table(["workers", "decode clips/s", "per worker", "build clips/s", "per worker"], cells))
+  print(harness.md_table(["workers", "decode clips/s", "per worker", "build clips/s", "per worker"],
+                         cells))
   if FLAGS.json_out:
     harness.write_json(FLAGS.json_out, rows)
 

@@ -33,19 +33,25 @@ from absl import flags
 from benchmarks import harness
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Scratch directory (data, features, runs).")
-flags.DEFINE_string("samples", str(harness.ROOT.parent / "shared" / "samples" / "ravdess_dev"),
-                    "The ravdess_dev folder (FLAC + to_wav.py).")
-flags.DEFINE_string("variant", "audio_lstm", "configs/ravdess.py variant: audio_lstm or audio_global.")
-flags.DEFINE_integer("epochs", 100, "Epochs per fold.")
-flags.DEFINE_string("folds", "0,1,2,3,4,5,6,7,8,9", "Test folds.")
-flags.DEFINE_multi_string("override", [], "Extra config overrides, field=value (e.g. "
-                          "loss.margin=0.2); parsed as Python literals where possible.")
-flags.DEFINE_bool("video_extraction", False, "Only time the I3D feature extraction (pretrained "
-                  "Kinetics weights, frozen trunk) of RAVDESS-shaped clips (8 windows x 25 frames "
-                  "x 96^2) on this machine, with XLA's FLOP count; no dataset needed.")
-flags.DEFINE_integer("clips", 4, "Clips per timed call of --video_extraction.")
-flags.mark_flag_as_required("workdir")
+
+
+def define_flags() -> None:
+  """Defines the command line's flags on absl's FLAGS (the entry point calls it: the
+  benchmarks' flags would collide if importing a module defined them)."""
+  flags.DEFINE_string("workdir", None, "Scratch directory (data, features, runs).")
+  flags.DEFINE_string("samples", str(harness.ROOT.parent / "shared" / "samples" / "ravdess_dev"),
+                      "The ravdess_dev folder (FLAC + to_wav.py).")
+  flags.DEFINE_string("variant", "audio_lstm",
+                      "configs/ravdess.py variant: audio_lstm or audio_global.")
+  flags.DEFINE_integer("epochs", 100, "Epochs per fold.")
+  flags.DEFINE_string("folds", "0,1,2,3,4,5,6,7,8,9", "Test folds.")
+  flags.DEFINE_multi_string("override", [], "Extra config overrides, field=value (e.g. "
+                            "loss.margin=0.2); parsed as Python literals where possible.")
+  flags.DEFINE_bool("video_extraction", False, "Only time the I3D feature extraction (pretrained "
+                    "Kinetics weights, frozen trunk) of RAVDESS-shaped clips (8 windows x 25 frames "
+                    "x 96^2) on this machine, with XLA's FLOP count; no dataset needed.")
+  flags.DEFINE_integer("clips", 4, "Clips per timed call of --video_extraction.")
+  flags.mark_flag_as_required("workdir")
 
 
 def video_extraction(work: str) -> dict:

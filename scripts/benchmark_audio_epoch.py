@@ -12,7 +12,8 @@ from benchmarks import benchmark_audio_epoch  # noqa: E402
 
 # absl's --help prints the main module's docstring and key flags: the benchmark's.
 __doc__ = benchmark_audio_epoch.__doc__
-flags.adopt_module_key_flags(benchmark_audio_epoch)
 
 if __name__ == "__main__":
+  benchmark_audio_epoch.define_flags()
+  flags.adopt_module_key_flags(benchmark_audio_epoch)
   app.run(benchmark_audio_epoch.main)

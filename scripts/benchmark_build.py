@@ -12,7 +12,8 @@ from benchmarks import benchmark_build  # noqa: E402
 
 # absl's --help prints the main module's docstring and key flags: the benchmark's.
 __doc__ = benchmark_build.__doc__
-flags.adopt_module_key_flags(benchmark_build)
 
 if __name__ == "__main__":
+  benchmark_build.define_flags()
+  flags.adopt_module_key_flags(benchmark_build)
   app.run(benchmark_build.main)

@@ -12,7 +12,8 @@ from benchmarks import benchmark_frozen  # noqa: E402
 
 # absl's --help prints the main module's docstring and key flags: the benchmark's.
 __doc__ = benchmark_frozen.__doc__
-flags.adopt_module_key_flags(benchmark_frozen)
 
 if __name__ == "__main__":
+  benchmark_frozen.define_flags()
+  flags.adopt_module_key_flags(benchmark_frozen)
   app.run(benchmark_frozen.main)
