@@ -41,26 +41,22 @@ from typing import Callable
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
 from avjax import config_lib
-from avjax import device_data
 from avjax import errors
 from avjax import evaluate
 from avjax import feature_store
-from avjax import health
 from avjax import fold_lock
+from avjax import fold_run
 from avjax import input_pipeline
 from avjax import parallel
 from avjax import report
 from avjax import results
 from avjax import run_spec
 from avjax import steps
-from avjax import train_state as train_state_lib
 from avjax import workdir as workdir_lib
-from avjax import writers
 from avjax.data import folds as folds_lib
 from avjax.data import tfds_access
 from avjax.models import gating
@@ -73,13 +69,6 @@ _MAX_IN_FLIGHT = 2         # steps dispatched but not finished before the loop w
 # --------------------------------------------------------------------------- fold loop
 
 
-def _format_eta(seconds: float) -> str:
-  seconds = int(max(0, seconds))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}:{m:02d}:{s:02d}"
-
-
 def _device_prefetch(iterator, put: Callable, size: int):
   """Yields put(next(iterator)), transferring `size` batches ahead."""
   queue: collections.deque = collections.deque()
@@ -89,137 +78,62 @@ def _device_prefetch(iterator, put: Callable, size: int):
     yield queue.popleft()
 
 
-def _summarise(pending: list[dict]) -> dict[str, float]:
-  """Means over steps of the per-step metrics (device arrays: this waits for them)."""
-  host = jax.device_get(pending)
-  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-
-
 def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
                ) -> tuple[TrainState, gating.AVModel]:
   """Trains on every fold but `test_fold`; resumes from `fold_dir` when possible.
   Returns (the final state, the model)."""
   config = config_lib.complete(config)
-  spec = run_spec.of(config)
   mesh = mesh or parallel.make_mesh()
   repl, data_sharding = parallel.shardings(mesh)
-  train_on, val_fold = tfds_access.split_folds(config, test_fold)
   feature_store.ensure(config, mesh)   # a cached trunk's features (nothing for 'finetune')
-  batch_size = spec.batch_size
-  on_device = device_data.use_device(config, train_on)
-  parallel.check_padding(config.model.freeze_bn, batch_size)
-  steps_per_epoch = tfds_access.steps_per_epoch(config, train_on)
-  total_steps = config.train.num_epochs * steps_per_epoch
-  if config.train.max_steps:
-    total_steps = min(total_steps, config.train.max_steps)
-
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, data_seed = jax.random.split(jax.random.fold_in(rng, test_fold))
-  del rng
-  data_seed = int(jax.random.randint(data_seed, (), 0, 2**31 - 1))
-
-  if on_device:
-    train_iter = device_data.create_device_iterator(config, train_on, seed=data_seed, mesh=mesh)
-    initial_data_state = train_iter.get_state()
-    first = train_iter.sample_batch()  # shapes for initialisation
-  else:
-    train_iter = input_pipeline.create_train_iterator(config, train_on, seed=data_seed)
-    initial_data_state = train_iter.get_state()
-    first = next(train_iter)  # shapes for initialisation
-  model = gating.create_model(config.model)
-  state = train_state_lib.create_train_state(config, model, first, init_rng, repl)
-  if jax.process_index() == 0:
-    gating.log_parameter_overview({"params": state.params})
-
-  # Holding the fold's lock: a save that a killed process left half-written is removed.
-  manager = train_state_lib.checkpoint_manager(fold_dir, config, cleanup_tmp=True)
-  start_step = 0
-  restored = train_state_lib.restore_latest(manager, state, fold_dir)
-  if restored is not None:
-    state, data_state, _ = restored
-    train_iter.set_state(data_state)
-    start_step = int(jax.device_get(state.step))
-    logging.info("Fold %d: resumed from step %d", test_fold, start_step)
-  else:
-    train_iter.set_state(initial_data_state)
-
-  writer = writers.create_writer(fold_dir, just_logging=jax.process_index() > 0)
-  if start_step == 0:
-    writer.write_hparams(config.to_dict())
-  batch_all_steps = spec.warmup_epochs * steps_per_epoch
-  if on_device:
-    step_fn = steps.make_device_train_step(config, mesh, train_iter.dataset, batch_all_steps)
+  run = fold_run.prepare(config, fold_dir, test_fold, mesh)
+  state, train_iter = run.state, run.train_iter
+  if run.on_device:
+    step_fn = steps.make_device_train_step(config, mesh, train_iter.dataset, run.batch_all_steps)
     put = functools.partial(parallel.to_global_step_input, data_sharding=data_sharding,
                             replicated=repl)
   else:
-    step_fn = steps.make_train_step(config, mesh, batch_all_steps)
+    step_fn = steps.make_train_step(config, mesh, run.batch_all_steps)
     local_devices = jax.local_device_count()
     put = lambda b: parallel.to_global(parallel.pad_batch(b, local_devices), data_sharding)  # noqa: E731
   batches = _device_prefetch(train_iter, put, _DEVICE_PREFETCH)
-  # The test fold is never scored here: only a validation fold, if there is one.
-  eval_every = config.train.eval_every_epochs * steps_per_epoch if val_fold is not None else 0
-  logging.info("Fold %d: training folds %s, %d steps (%d per epoch), batch %d%s; %s",
-               test_fold, train_on, total_steps, steps_per_epoch, batch_size,
-               ", dataset on the device" if on_device else "",
-               "no model selection (train.validation_fold='none'): the last checkpoint is the "
-               "result" if val_fold is None else
-               f"validation fold {val_fold} scored every {eval_every} steps and at the end, "
-               "the best checkpoint by it is the result")
 
   metric_keys = steps.metric_keys(config.model.modalities)
-  initial = health.initial_distances(fold_dir)   # the collapse watch's reference distances
-  warned: set = set()
   pending: list[dict] = []      # this log period's metrics, still on the device
-  last_good = {"step": start_step}
-  t_start, steps_done = time.time(), 0
-  step = start_step
+  step = run.start_step
   try:
-    for step in range(start_step + 1, total_steps + 1):
+    for step in range(run.start_step + 1, run.total_steps + 1):
       state, metrics = step_fn(state, next(batches))
       pending.append({k: metrics[k] for k in metric_keys})
       if len(pending) > _MAX_IN_FLIGHT:  # bounds how far the host runs ahead
         jax.block_until_ready(pending[-1 - _MAX_IN_FLIGHT])
-      steps_done += 1
-      is_last = step == total_steps
-      if step % config.train.log_every_steps == 0 or is_last:
-        summary = _summarise(pending)
+      run.steps_done += 1
+      if run.log_due(step):
+        run.log(step, fold_run.summarise(pending))
         pending = []
-        health.check_finite(summary, test_fold, step, fold_dir, last_good)
-        del summary["nonfinite"]
-        elapsed = time.time() - t_start
-        rate = steps_done / max(elapsed, 1e-9)
-        summary["steps_per_sec"] = rate
-        summary["epoch"] = step / steps_per_epoch
-        health.watch_collapse(summary, initial, warned, test_fold, step)
-        writer.write_scalars(step, summary)
-        if jax.process_index() == 0:
-          dist = " ".join(f"{k[len('distance_'):][0]}={v:.3g}" for k, v in summary.items()
-                          if k.startswith("distance_"))
-          print(f"fold {test_fold} step {step}/{total_steps} loss {summary['loss']:.4f} "
-                f"active {summary['active_triplets']:.3f} distance {dist} {rate:.2f} steps/s "
-                f"ETA {_format_eta((total_steps - step) / max(rate, 1e-9))}", flush=True)
-      val_metrics = None
-      if val_fold is not None and (is_last or (eval_every and step % eval_every == 0)):
-        val_metrics = evaluate.validation_accuracy(config, state, val_fold, train_on, mesh)
-        writer.write_scalars(step, val_metrics)
-        if jax.process_index() == 0:
-          print(f"fold {test_fold} step {step}: validation fold {val_fold} accuracy "
-                f"{val_metrics['validation_accuracy']:.3f}", flush=True)
-      if step % config.train.checkpoint_every_steps == 0 or is_last or val_metrics:
+      val_metrics = run.validate(state, step, mesh) if run.validation_due(step) else None
+      if run.checkpoint_due(step, val_metrics):
         if pending:  # the steps since the last log line must be finite too
-          health.check_finite(_summarise(pending), test_fold, step, fold_dir, last_good)
-        # The iterator runs ahead (prefetch): the state is that of `step` batches consumed.
-        train_state_lib.save_checkpoint(manager, step, state, dict(train_iter.get_state(), step=step), val_metrics)
-        last_good["step"] = step
+          run.check_finite(fold_run.summarise(pending), step)
+        run.save(step, state, val_metrics)
   except KeyboardInterrupt:
-    resume = (f"from its checkpoint of step {last_good['step']}" if last_good["step"]
-              else "from the fold's start: no checkpoint was written yet")
-    raise errors.Interrupted(f"interrupted at step {step} of fold {test_fold}; rerun the same "
-                             f"command to resume ({resume})") from None
+    raise errors.Interrupted(_interrupted(step, [run])) from None
   finally:   # after an error or Ctrl-C too; their own errors do not hide the first one
-    _close_quietly(batches.close, getattr(train_iter, "close", None), writer.flush,
-                   writer.close, manager.close)
-  return state, model
+    _close_quietly(batches.close, *run.closers())
+  return state, run.model
+
+
+def _interrupted(step: int, runs) -> str:
+  """The message of a Ctrl-C during training at (group) step `step`."""
+  def resume(run):
+    return (f"from its checkpoint of step {run.last_good}" if run.last_good
+            else "from the fold's start: no checkpoint was written yet")
+  if len(runs) == 1:
+    return (f"interrupted at step {step} of fold {runs[0].test_fold}; rerun the same "
+            f"command to resume ({resume(runs[0])})")
+  return ("interrupted while training folds " + ", ".join(str(r.test_fold) for r in runs) +
+          "; rerun the same command to resume (" +
+          "; ".join(f"fold {r.test_fold} {resume(r)}" for r in runs) + ")")
 
 
 def _close_quietly(*closers) -> None:
