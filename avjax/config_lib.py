@@ -39,6 +39,14 @@ def _cache_on_device(value) -> ml_collections.FieldReference:
   return ml_collections.FieldReference("auto" if value is None else value, field_type=object)
 
 
+def _parallel_folds(value) -> ml_collections.FieldReference:
+  """`train.parallel_folds`' field: a number of folds or 'all' (from the command line, a
+  string of digits is read as the number)."""
+  if isinstance(value, str) and value.strip().isdigit():
+    value = int(value.strip())
+  return ml_collections.FieldReference(value, field_type=object)
+
+
 def get_base_config() -> ml_collections.ConfigDict:
   """The default settings: the paper's network, data, protocol and optimiser values, with
   the default recipe `warmup_semihard`, which departs from the paper in four named ways
@@ -193,6 +201,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # (the same validation fold for every test fold; it cannot be one of `folds`).
   c.train.validation_fold = "none"
   c.train.eval_every_epochs = 10    # with a validation fold: score it every n epochs and at the end
+  # Test folds trained side by side as one program (a number, or 'all'): each group's
+  # train states stacked and one vmapped step for all (avjax.fold_group). Needs a cached
+  # trunk ('frozen', 'finetune_from:...') with its features on the device; every fold's
+  # result is that of the fold trained alone, up to float reassociation. 1: one at a time.
+  c.train.parallel_folds = _parallel_folds(1)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.k = 15                     # KNN neighbours
@@ -260,6 +273,7 @@ def complete(config, recorded: bool = False) -> ml_collections.ConfigDict:
                                                                 merged["model"]["pretrained"])
   # 0.1.0 wrote 'auto' as None; either way one field that takes a bool or 'auto'.
   merged["input"]["cache_on_device"] = _cache_on_device(merged["input"]["cache_on_device"])
+  merged["train"]["parallel_folds"] = _parallel_folds(merged["train"]["parallel_folds"])
   # The audio-video MSE term exists in the gating model only (`losses.compute_loss`).
   if merged["model"]["variant"] != "gating":
     merged["loss"]["mse_weight"] = 0.0
@@ -319,6 +333,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   cache = config.input.cache_on_device
   if not (isinstance(cache, bool) or cache == "auto"):
     fail("input.cache_on_device", f"{cache!r} is not True, False or 'auto'")
+  group = config.train.parallel_folds
+  if group != "all" and (isinstance(group, bool) or not isinstance(group, int) or group < 1):
+    fail("train.parallel_folds", f"{group!r} is not a number of folds (>= 1) or 'all'")
   if config.dataset.name not in registry.DATASETS:
     fail("dataset.name", f"{config.dataset.name!r} is not one of {tuple(registry.DATASETS)}")
   try:
@@ -354,6 +371,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("model.pretrained", "pretrained weights need video_width = audio_width = 1.0")
   if config.model.pretrained and config.model.video_last_block != "Mixed_5c":
     fail("model.pretrained", "pretrained weights need model.video_last_block = 'Mixed_5c'")
+  if group != 1 and not derived.cached:
+    fail("train.parallel_folds", "trains folds side by side on a cached trunk's features "
+         "(model.trunk 'frozen' or 'finetune_from:...'); with 'finetune' train them one at a time (1)")
+  if group != 1 and config.input.cache_on_device is False:
+    fail("train.parallel_folds", "needs the features on the device (input.cache_on_device "
+         "True or 'auto')")
   if not derived.cached and config.input.cached_views:
     fail("input.cached_views", "is for the cached-feature trunks (model.trunk 'frozen' or "
          "'finetune_from:...'); with 'finetune' the media are augmented at every step")

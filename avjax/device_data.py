@@ -172,6 +172,11 @@ class DeviceTrainIterator:
   def steps_per_epoch(self) -> int:
     return self._batches.steps_per_epoch
 
+  @property
+  def reader(self):
+    """The host reader of the training folds (the clips the indices point at)."""
+    return self._batches.reader
+
   def global_indices(self, step: int) -> np.ndarray:
     return self._batches.global_indices(step)
 

@@ -154,11 +154,23 @@ def recipe_info(config) -> dict[str, Any]:
   }
 
 
+def _trained_beside(fold_dir: str) -> int:
+  """The `parallel_folds` of the fold's fold_info.json (a re-evaluation keeps it), else 1."""
+  try:
+    with open(os.path.join(fold_dir, workdir_lib.FOLD_INFO)) as f:
+      return int(json.load(f).get("parallel_folds", 1))
+  except (OSError, ValueError, AttributeError, TypeError):
+    return 1
+
+
 def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh,
-                  selected_by: str = "last") -> dict[str, Any]:
+                  selected_by: str = "last", parallel_folds: int | None = None
+                  ) -> dict[str, Any]:
   """Writes predictions.npz and fold_info.json for `test_fold`; returns the arrays.
   `selected_by` says how `state`'s checkpoint was chosen ('last' or
-  'validation_fold:N'); fold_info.json records it with the checkpoint's step."""
+  'validation_fold:N'); fold_info.json records it with the checkpoint's step, and
+  `parallel_folds`, the number of folds trained side by side with it, itself included
+  (None: as the fold's fold_info.json said, else 1)."""
   del model
   train_folds = tfds_access.split_folds(config, test_fold)[0]
   refs = embed(config, state, train_folds, mesh)
@@ -179,6 +191,7 @@ def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh,
       "checkpoint_step": int(jax.device_get(state.step)), "selected_by": selected_by,
       "config_hash": protocol.config_hash(config),
       "allow_missing_folds": bool(config.dataset.allow_missing_folds),
+      "parallel_folds": _trained_beside(fold_dir) if parallel_folds is None else int(parallel_folds),
   }
   bank = None
   if config.eval.reference_bank:

@@ -13,6 +13,7 @@ by side, so that a fold's files are the same whichever way it was trained.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from typing import Any
 
@@ -119,6 +120,32 @@ class FoldRun:
   def closers(self) -> tuple:
     return (getattr(self.train_iter, "close", None), self.writer.flush, self.writer.close,
             self.manager.close)
+
+
+def interrupted_message(step: int, runs) -> str:
+  """The message of a Ctrl-C during training at (group) step `step`."""
+  def resume(run):
+    return (f"from its checkpoint of step {run.last_good}" if run.last_good
+            else "from the fold's start: no checkpoint was written yet")
+  if len(runs) == 1:
+    return (f"interrupted at step {step} of fold {runs[0].test_fold}; rerun the same "
+            f"command to resume ({resume(runs[0])})")
+  return ("interrupted while training folds " + ", ".join(str(r.test_fold) for r in runs) +
+          "; rerun the same command to resume (" +
+          "; ".join(f"fold {r.test_fold} {resume(r)}" for r in runs) + ")")
+
+
+def close_quietly(*closers) -> None:
+  """Calls each closer; while an exception is propagating their errors are dropped."""
+  failing = sys.exc_info()[0] is not None
+  for close in closers:
+    if close is None:
+      continue
+    try:
+      close()
+    except Exception:  # noqa: BLE001
+      if not failing:
+        raise
 
 
 def prepare(config, fold_dir: str, test_fold: int, mesh, *,

@@ -17,6 +17,7 @@ from avjax import config_lib
 RUN_ONLY_FIELDS = (
     "folds", "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
     "input.num_workers", "input.prefetch", "input.eval_batch_size", "input.cache_on_device",
+    "train.parallel_folds",
     "model.conv_impl", "model.remat", "eval.figures", "eval.reference_bank", "eval.chunk_size",
     "dataset.data_dir", "dataset.manual_dir", "dataset.build",
 )

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from avjax import augment
 from avjax import choices
@@ -46,7 +46,7 @@ TRACES: collections.Counter = collections.Counter()
 
 
 def train_step(state: TrainState, batch: dict, aug: dict | None = None, *,
-               config: ml_collections.ConfigDict, batch_all_steps: int = 0):
+               config: ml_collections.ConfigDict, batch_all_steps: int | jax.Array = 0):
   """One optimisation step on a global batch. Returns (state, metric outputs).
 
   `aug` (the batch's audio draws: speed [], semitones [], noise [T, S]) augments
@@ -65,7 +65,10 @@ def train_step(state: TrainState, batch: dict, aug: dict | None = None, *,
   video, audio = gating.model_inputs(batch, config.model.modalities)
 
   mask = batch.get("mask")                                # [B] bool, False on padding
-  batch_all = state.step < batch_all_steps if batch_all_steps else None
+  if isinstance(batch_all_steps, int):
+    batch_all = state.step < batch_all_steps if batch_all_steps else None
+  else:   # traced: each fold of a group its own (`make_group_train_step`)
+    batch_all = state.step < batch_all_steps
   # The model's batch statistics (BatchNorm with freeze_bn=False, the centred heads'
   # batch means) leave out the padding copies as well as the padded windows.
   model_valid = window_valid
@@ -180,3 +183,48 @@ def make_device_train_step(config, mesh: Mesh, dataset, batch_all_steps: int = 0
     return jitted("mask" in inputs)(state, dataset.arrays, inputs)
 
   return run
+
+
+def make_group_train_step(config, mesh: Mesh, dataset) -> Callable:
+  """(stacked state, arrays, inputs, batch_all_steps [G], total_steps [G]) -> (state,
+  metrics [G]) for `train.parallel_folds`: G folds' states stacked on a leading axis and
+  one `train_step` vmapped over them, each fold gathering its own batch from the shared
+  cached features (`inputs`: 'index' [G, B] sharded on `data` along B, 'view' [G],
+  'mask' [G, B] when padded). A fold whose state has reached its `total_steps` keeps it
+  (folds of unequal epoch lengths, or resumed at different steps, share the loop; its
+  metrics at those steps are meaningless). Built once per (step fields, mesh, padded
+  or not, cached modalities); the state is donated."""
+  features = tuple(dataset.features)
+  if not features:
+    raise ValueError("training folds side by side needs a cached trunk's features on the "
+                     "device (model.trunk 'frozen' or 'finetune_from:...')")
+  repl, _ = parallel.shardings(mesh)
+  fold_data = NamedSharding(mesh, P(None, "data"))
+
+  def one(state, arrays, inputs, batch_all_steps, total_steps):
+    batch = augment.gather_features(arrays, inputs, features)
+    new_state, metrics = train_step(state, batch, config=config,
+                                    batch_all_steps=batch_all_steps)
+    active = state.step < total_steps
+    new_state = jax.tree.map(lambda new, old: jnp.where(active, new, old), new_state, state)
+    return new_state, metrics
+
+  def step(state, arrays, inputs, batch_all_steps, total_steps):
+    TRACES["group_train_step"] += 1
+    return jax.vmap(one, in_axes=(0, None, 0, 0, 0))(state, arrays, inputs, batch_all_steps,
+                                                      total_steps)
+
+  def jitted(has_mask: bool):
+    key = ("group", _step_key(config), mesh, has_mask, features)
+    if key not in _STEPS:
+      shard = {"index": fold_data, "view": repl, **({"mask": fold_data} if has_mask else {})}
+      _STEPS[key] = jax.jit(step, donate_argnums=(0,),
+                            in_shardings=(repl, repl, shard, repl, repl),
+                            out_shardings=(repl, repl))
+    return _STEPS[key]
+
+  def run(state, inputs, batch_all_steps, total_steps):
+    return jitted("mask" in inputs)(state, dataset.arrays, inputs, batch_all_steps, total_steps)
+
+  return run
+

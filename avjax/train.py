@@ -35,7 +35,6 @@ from __future__ import annotations
 import collections
 import functools
 import os
-import sys
 import time
 from typing import Callable
 
@@ -48,6 +47,7 @@ from avjax import config_lib
 from avjax import errors
 from avjax import evaluate
 from avjax import feature_store
+from avjax import fold_group
 from avjax import fold_lock
 from avjax import fold_run
 from avjax import input_pipeline
@@ -117,36 +117,10 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
           run.check_finite(fold_run.summarise(pending), step)
         run.save(step, state, val_metrics)
   except KeyboardInterrupt:
-    raise errors.Interrupted(_interrupted(step, [run])) from None
+    raise errors.Interrupted(fold_run.interrupted_message(step, [run])) from None
   finally:   # after an error or Ctrl-C too; their own errors do not hide the first one
-    _close_quietly(batches.close, *run.closers())
+    fold_run.close_quietly(batches.close, *run.closers())
   return state, run.model
-
-
-def _interrupted(step: int, runs) -> str:
-  """The message of a Ctrl-C during training at (group) step `step`."""
-  def resume(run):
-    return (f"from its checkpoint of step {run.last_good}" if run.last_good
-            else "from the fold's start: no checkpoint was written yet")
-  if len(runs) == 1:
-    return (f"interrupted at step {step} of fold {runs[0].test_fold}; rerun the same "
-            f"command to resume ({resume(runs[0])})")
-  return ("interrupted while training folds " + ", ".join(str(r.test_fold) for r in runs) +
-          "; rerun the same command to resume (" +
-          "; ".join(f"fold {r.test_fold} {resume(r)}" for r in runs) + ")")
-
-
-def _close_quietly(*closers) -> None:
-  """Calls each closer; while an exception is propagating their errors are dropped."""
-  failing = sys.exc_info()[0] is not None
-  for close in closers:
-    if close is None:
-      continue
-    try:
-      close()
-    except Exception:  # noqa: BLE001
-      if not failing:
-        raise
 
 
 def check_at_start(config) -> None:
@@ -215,6 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   feature_store.ensure(config, mesh)   # frozen / finetune_from: the encoders' fixed part, once
   held: list[tuple[int, fold_lock.FoldLocked]] = []
   worked = 0
+  todo = []
   for fold in config.folds:
     fold_dir = workdir_lib.fold_dir(workdir, fold)
     if workdir_lib.fold_is_done(fold_dir):
@@ -225,34 +200,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if write:
         print(f"fold {fold}: {problem}: evaluating the fold again from its checkpoint",
               flush=True)
-    # One process per fold on a shared workdir: a fold another live process holds is
-    # skipped. (Multi-host runs train every fold together and take no lock.)
-    lock = fold_lock.FoldLock(fold_dir, take_over_foreign=take_over_locks)
-    if jax.process_count() == 1:
-      try:
-        lock.acquire()
-      except fold_lock.FoldLocked as e:
-        print(f"fold {fold}: skipped, {e}", flush=True)
-        held.append((fold, e))
-        continue
-      fold_lock.clean_temp(fold_dir)   # a killed process's .tmp files
+    todo.append(fold)
+  # train.parallel_folds: groups of folds trained side by side (avjax.fold_group).
+  size = len(todo) if config.train.parallel_folds == "all" else int(config.train.parallel_folds)
+  size = max(size, 1)
+  for first in range(0, len(todo), size):
+    members = _lock_folds(todo[first:first + size], workdir, take_over_locks, held)
     try:
-      if workdir_lib.fold_is_done(fold_dir) and _unreadable_outputs(fold_dir) is None:
-        continue   # finished while we waited for the lock
       t0 = time.time()
-      workdir_lib.record_config(config, workdir, allow, write=write,
-                                path=os.path.join(fold_dir, workdir_lib.CONFIG))
-      state, model = train_fold(config, fold_dir, fold, mesh)
-      # With a validation fold its best checkpoint is the result, else the last state.
-      which = "latest" if tfds_access.split_folds(config, fold)[1] is None else "best"
-      if which == "best":
-        state, model = evaluate.restore_for_eval(config, fold_dir, fold, mesh, "best")
-      evaluate.evaluate_fold(config, state, model, fold, fold_dir, mesh,
-                             selected_by=evaluate.checkpoint_selection(config, fold, which))
-      worked += 1
-      logging.info("Fold %d done in %.1f s", fold, time.time() - t0)
+      for fold, fold_dir, _ in members:
+        workdir_lib.record_config(config, workdir, allow, write=write,
+                                  path=os.path.join(fold_dir, workdir_lib.CONFIG))
+      if len(members) > 1:
+        trained = fold_group.train_group(config, {f: d for f, d, _ in members}, mesh)
+      else:
+        trained = {f: train_fold(config, d, f, mesh) for f, d, _ in members}
+      for fold, fold_dir, _ in members:
+        state, model = trained.pop(fold)
+        # With a validation fold its best checkpoint is the result, else the last state.
+        which = "latest" if tfds_access.split_folds(config, fold)[1] is None else "best"
+        if which == "best":
+          state, model = evaluate.restore_for_eval(config, fold_dir, fold, mesh, "best")
+        evaluate.evaluate_fold(config, state, model, fold, fold_dir, mesh,
+                               selected_by=evaluate.checkpoint_selection(config, fold, which),
+                               parallel_folds=len(members))
+        worked += 1
+      if members:
+        logging.info("Fold(s) %s done in %.1f s", [f for f, _, _ in members], time.time() - t0)
     finally:
-      lock.release()
+      for _, _, lock in members:
+        lock.release()
   if held and not worked:
     raise errors.FoldsHeld(_describe_held(held, take_over_locks))
   if jax.process_index() != 0:
@@ -274,6 +251,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if held:
     print(f"Not included yet: {_describe_held(held, take_over_locks)}", flush=True)
   return outputs
+
+
+def _lock_folds(folds, workdir: str, take_over_locks: bool, held: list) -> list[tuple]:
+  """[(fold, its directory, its lock)] for the folds of `folds` this process now holds and
+  that are still to do; a fold another live process holds is skipped (and added to
+  `held`). One process per fold on a shared workdir; multi-host runs train every fold
+  together and take no lock."""
+  members = []
+  for fold in folds:
+    fold_dir = workdir_lib.fold_dir(workdir, fold)
+    lock = fold_lock.FoldLock(fold_dir, take_over_foreign=take_over_locks)
+    if jax.process_count() == 1:
+      try:
+        lock.acquire()
+      except fold_lock.FoldLocked as e:
+        print(f"fold {fold}: skipped, {e}", flush=True)
+        held.append((fold, e))
+        continue
+      fold_lock.clean_temp(fold_dir)   # a killed process's .tmp files
+    if workdir_lib.fold_is_done(fold_dir) and _unreadable_outputs(fold_dir) is None:
+      lock.release()   # finished while we waited for the lock
+      continue
+    members.append((fold, fold_dir, lock))
+  return members
 
 
 def _describe_held(held: list[tuple[int, "fold_lock.FoldLocked"]], take_over_locks: bool) -> str:

@@ -1,0 +1,153 @@
+"""Several test folds trained side by side as one program (`train.parallel_folds`).
+
+The paper's protocol is ten small trainings, one per test fold. With a cached trunk
+(`model.trunk` 'frozen' or 'finetune_from:...') the features of every fold are put on
+the device once, the folds' train states are stacked on a leading axis, and one train
+step vmapped over that axis (`steps.make_group_train_step`) advances every fold of the
+group: each gathers its own batch from the shared features, with its own parameters,
+optimiser state, sampler, view draws and seed-derived initialisation. Each fold keeps
+its own `fold_run.FoldRun` (its iterator, checkpoints, metrics.jsonl, log lines,
+non-finite guard, collapse watch, validation fold), so its files are those of the same
+fold trained alone, up to float reassociation in the batched products
+(tests/test_fold_group.py states the tolerance).
+
+Folds of unequal size have unequal epoch lengths, and folds resumed after a kill may
+start at different steps: the loop runs until every fold has reached its own step
+count, and a fold that has finished keeps its state (the step masks its update) and
+draws no batch. One process only for now (several devices of one host shard each
+fold's batch on `data`, as a fold trained alone).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from avjax import device_data
+from avjax import errors
+from avjax import fold_run
+from avjax import steps
+from avjax.data import tfds_access
+
+_MAX_IN_FLIGHT = 2         # group steps dispatched but not finished before the loop waits
+
+
+def _stack(states):
+  """The states' arrays stacked on a new leading axis; the static fields (model,
+  optimiser) are the first state's: every fold's are built alike."""
+  leaves = [jax.tree.leaves(s) for s in states]
+  treedef = jax.tree.structure(states[0])
+  return treedef.unflatten([jnp.stack(xs) for xs in zip(*leaves)])
+
+
+def _unstack(stacked, i: int):
+  return jax.tree.map(lambda x: x[i], stacked)
+
+
+def _union_positions(config, train_on, counts: dict[int, int], order: list[int]) -> np.ndarray:
+  """The positions, in the features of the folds `order` concatenated (`device_data.load`),
+  of the clips of the folds `train_on` in their own concatenation (the fold's iterator's
+  indices)."""
+  offsets = dict(zip(order, np.cumsum([0] + [counts[f] for f in order[:-1]])))
+  return np.concatenate([np.arange(offsets[f], offsets[f] + counts[f]) for f in train_on]
+                        ).astype(np.int32)
+
+
+def load_all_folds(config, mesh):
+  """(the features of every fold with clips on the device, those folds, their sizes)."""
+  info = tfds_access.dataset_info(config)
+  counts = {int(f): int(n) for f, n in info["num_clips_per_fold"].items() if n > 0}
+  order = sorted(counts)
+  return device_data.load(config, order, mesh), order, counts
+
+
+def train_group(config, fold_dirs: dict[int, str], mesh) -> dict[int, tuple]:
+  """Trains the test folds of `fold_dirs` ({fold: its directory}) side by side; each
+  resumes from its own latest checkpoint. Returns {fold: (final state, model)}."""
+  if jax.process_count() > 1:
+    raise errors.UsageError("config.train.parallel_folds > 1 runs in one process (it may "
+                            "use every device of its host); run one fold per process on "
+                            "several hosts")
+  dataset, order, counts = load_all_folds(config, mesh)
+  labels = np.asarray(jax.device_get(dataset.arrays["label"]))
+  runs, positions = [], []
+  for fold, fold_dir in fold_dirs.items():
+    run = fold_run.prepare(config, fold_dir, fold, mesh, dataset=dataset)
+    where = _union_positions(config, run.train_on, counts, order)
+    own = run.train_iter.reader.labels
+    if not np.array_equal(labels[where], own):
+      raise RuntimeError(f"fold {fold}: the shared features' labels do not match the fold's "
+                         "own training clips (the feature store's folds are out of order)")
+    runs.append(run)
+    positions.append(where)
+  state = _stack([r.state for r in runs])
+  step_fn = steps.make_group_train_step(config, mesh, dataset)
+  batch_all = jnp.asarray([r.batch_all_steps for r in runs], jnp.int32)
+  totals = jnp.asarray([r.total_steps for r in runs], jnp.int32)
+  fold_data = NamedSharding(mesh, P(None, "data"))
+  repl = NamedSharding(mesh, P())
+  local = jax.local_device_count()
+  metric_keys = steps.metric_keys(config.model.modalities)
+
+  done = [r.start_step for r in runs]           # steps each fold has taken
+  pending: list[list] = [[] for _ in runs]      # per fold: (group metrics, fold index)
+  in_flight: list = []
+  last = [None] * len(runs)                     # each fold's last inputs (a finished fold's filler)
+  step = 0
+  try:
+    while any(d < r.total_steps for d, r in zip(done, runs)):
+      step += 1
+      active = [d < r.total_steps for d, r in zip(done, runs)]
+      index, view = [], []
+      for i, run in enumerate(runs):
+        if active[i] or last[i] is None:
+          inputs = next(run.train_iter) if active[i] else run.train_iter.inputs(0)
+          last[i] = (positions[i][np.asarray(inputs["index"])], int(inputs["view"]))
+        index.append(last[i][0])
+        view.append(last[i][1])
+      index = np.stack(index)
+      group_inputs = {"view": jax.device_put(np.asarray(view, np.int32), repl)}
+      pad = -index.shape[1] % local
+      if pad:
+        mask = np.concatenate([np.ones(index.shape, bool),
+                               np.zeros((len(runs), pad), bool)], axis=1)
+        index = np.concatenate([index, np.repeat(index[:, :1], pad, axis=1)], axis=1)
+        group_inputs["mask"] = jax.device_put(mask, fold_data)
+      group_inputs["index"] = jax.device_put(index.astype(np.int32), fold_data)
+      state, metrics = step_fn(state, group_inputs, batch_all, totals)
+      metrics = {k: metrics[k] for k in metric_keys}
+      in_flight.append(metrics)
+      if len(in_flight) > _MAX_IN_FLIGHT:   # bounds how far the host runs ahead
+        jax.block_until_ready(in_flight.pop(0))
+      fold_states = None
+      for i, run in enumerate(runs):
+        if not active[i]:
+          continue
+        done[i] += 1
+        run.steps_done += 1
+        pending[i].append(metrics)
+        s = done[i]
+        if run.log_due(s):
+          run.log(s, _fold_summary(pending[i], i))
+          pending[i] = []
+        due_val = run.validation_due(s)
+        if due_val or run.checkpoint_due(s, None):
+          fold_states = fold_states if fold_states is not None else {}
+          fold_states[i] = _unstack(state, i)
+          val_metrics = run.validate(fold_states[i], s, mesh) if due_val else None
+          if pending[i]:   # the steps since the last log line must be finite too
+            run.check_finite(_fold_summary(pending[i], i), s)
+          run.save(s, fold_states[i], val_metrics)
+  except KeyboardInterrupt:
+    raise errors.Interrupted(fold_run.interrupted_message(step, runs)) from None
+  finally:   # after an error or Ctrl-C too; their own errors do not hide the first one
+    fold_run.close_quietly(*(c for r in runs for c in r.closers()))
+  return {r.test_fold: (_unstack(state, i), r.model) for i, r in enumerate(runs)}
+
+
+def _fold_summary(pending: list[dict], i: int) -> dict[str, float]:
+  """Fold `i`'s means over the group steps of `pending` (device arrays [G]: this waits)."""
+  host = jax.device_get(pending)
+  return {k: float(np.mean([m[k][i] for m in host])) for k in host[0]}

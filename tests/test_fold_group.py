@@ -1,0 +1,160 @@
+"""Folds trained side by side (`train.parallel_folds`, avjax.fold_group) against the same
+folds trained one at a time: the same losses at every step, the same predictions and
+KNN accuracy, per-fold files as before; a group whose folds start at different steps
+(one resumed after a kill) ends where the one-at-a-time run ends.
+
+Tolerance: the group's step is the single fold's step vmapped over the folds, so XLA
+may block and order the batched products differently: the losses agree to 1e-5
+(relative) at every step, the evaluation's embeddings to 1e-4 (relative; 1e-5 absolute,
+after the differences of five steps add up) and the KNN predictions exactly (4 CPU
+devices, the tests' tiny shapes)."""
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+from absl.testing import absltest
+
+from avjax import config_lib
+from avjax import fold_group
+from avjax import parallel
+from avjax import steps
+from avjax import train
+from avjax import workdir as workdir_lib
+from tests import helpers
+
+FOLDS = (0, 1, 2)
+MAX_STEPS = 5
+
+
+def group_config(parallel_folds=1):
+  c = helpers.tiny_synthetic_config(max_steps=MAX_STEPS)
+  c.model.trunk = "frozen"
+  c.model.modalities = "audio"
+  c.model.variant = "lstm"
+  c.input.cache_on_device = True
+  c.eval.figures = False
+  c.eval.reference_bank = False
+  c.folds = FOLDS
+  c.train.parallel_folds = parallel_folds
+  return c
+
+
+def losses(workdir, fold):
+  path = os.path.join(workdir_lib.fold_dir(workdir, fold), workdir_lib.METRICS)
+  return {r["step"]: r["loss"] for r in map(json.loads, open(path)) if "loss" in r}
+
+
+def predictions(workdir, fold):
+  with np.load(os.path.join(workdir_lib.fold_dir(workdir, fold), workdir_lib.PREDICTIONS)) as z:
+    return {k: z[k] for k in z.files}
+
+
+def fold_info(workdir, fold):
+  with open(os.path.join(workdir_lib.fold_dir(workdir, fold), workdir_lib.FOLD_INFO)) as f:
+    return json.load(f)
+
+
+class FoldGroupTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = tempfile.mkdtemp(prefix="avjax_group_")
+    cls.alone = os.path.join(cls.tmp, "alone")
+    cls.side = os.path.join(cls.tmp, "side")
+    cls.resumed = os.path.join(cls.tmp, "resumed")
+    with contextlib.redirect_stdout(io.StringIO()):
+      train.train_and_evaluate(group_config(1), cls.alone)
+      cls.traces = steps.TRACES["group_train_step"]
+      out = io.StringIO()
+      with contextlib.redirect_stdout(out):
+        train.train_and_evaluate(group_config("all"), cls.side)
+      cls.side_log = out.getvalue()
+      # A kill after fold 1's checkpoint of step 2: fold 1 resumes at step 2 beside folds
+      # 0 and 2 starting from 0, finishes two group steps early and waits, masked.
+      config = config_lib.complete(group_config(3))
+      config.train.max_steps = 2
+      train.train_fold(config, workdir_lib.fold_dir(cls.resumed, 1), 1, parallel.make_mesh())
+      train.train_and_evaluate(group_config(3), cls.resumed)
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.tmp, ignore_errors=True)
+    super().tearDownClass()
+
+  def test_same_losses_at_every_step(self):
+    for fold in FOLDS:
+      alone, side = losses(self.alone, fold), losses(self.side, fold)
+      self.assertEqual(sorted(side), list(range(1, MAX_STEPS + 1)), fold)
+      self.assertEqual(sorted(alone), sorted(side))
+      np.testing.assert_allclose([side[s] for s in sorted(side)],
+                                 [alone[s] for s in sorted(alone)], rtol=1e-5, err_msg=str(fold))
+
+  def test_same_predictions_and_embeddings(self):
+    for fold in FOLDS:
+      a, b = predictions(self.alone, fold), predictions(self.side, fold)
+      self.assertEqual(sorted(a), sorted(b))
+      np.testing.assert_array_equal(a["pred_AO"], b["pred_AO"])
+      np.testing.assert_array_equal(a["clip_id"], b["clip_id"])
+      np.testing.assert_allclose(b["emb_AO"], a["emb_AO"], rtol=1e-4, atol=1e-5)
+
+  def test_fold_files_say_how_the_fold_was_trained(self):
+    for fold in FOLDS:
+      a, b = fold_info(self.alone, fold), fold_info(self.side, fold)
+      self.assertEqual((a["parallel_folds"], b["parallel_folds"]), (1, 3))
+      self.assertEqual(a["checkpoint_step"], b["checkpoint_step"])
+      self.assertEqual(a["config_hash"], b["config_hash"])   # a run-only field
+      ckpts = workdir_lib.checkpoint_dir(workdir_lib.fold_dir(self.side, fold))
+      self.assertIn(str(MAX_STEPS), os.listdir(ckpts))
+    self.assertIn("fold 2 step 5/5", self.side_log)
+    self.assertEqual(steps.TRACES["group_train_step"] - self.traces, 1)   # one compilation
+    with open(os.path.join(self.side, "results.json")) as f:
+      side = json.load(f)
+    with open(os.path.join(self.alone, "results.json")) as f:
+      alone = json.load(f)
+    self.assertEqual([r["accuracy"] for r in side["rows"]], [r["accuracy"] for r in alone["rows"]])
+
+  def test_folds_resumed_at_different_steps_end_as_alone(self):
+    steps_logged = sorted(losses(self.resumed, 1))
+    self.assertEqual(steps_logged, list(range(1, MAX_STEPS + 1)))   # 1-2 alone, 3-5 in the group
+    for fold in FOLDS:
+      a, r = predictions(self.alone, fold), predictions(self.resumed, fold)
+      np.testing.assert_array_equal(a["pred_AO"], r["pred_AO"])
+      np.testing.assert_allclose(r["emb_AO"], a["emb_AO"], rtol=1e-4, atol=1e-5)
+      self.assertEqual(fold_info(self.resumed, fold)["checkpoint_step"], MAX_STEPS)
+    np.testing.assert_allclose([losses(self.resumed, 1)[s] for s in (3, 4, 5)],
+                               [losses(self.alone, 1)[s] for s in (3, 4, 5)], rtol=1e-5)
+
+  def test_positions_of_a_folds_clips_in_every_folds_features(self):
+    counts = {0: 3, 1: 2, 2: 4, 5: 1}
+    got = fold_group._union_positions(None, [1, 5], counts, [0, 1, 2, 5])
+    np.testing.assert_array_equal(got, [3, 4, 9])
+
+
+class ParallelFoldsConfigTest(absltest.TestCase):
+
+  def test_values_and_what_it_needs(self):
+    for value, expected in (("3", 3), ("all", "all"), (2, 2)):
+      c = config_lib.complete(group_config(value))
+      config_lib.validate(c)
+      self.assertEqual(c.train.parallel_folds, expected)
+    for value in (0, "two", True):
+      with self.assertRaisesRegex(ValueError, "train.parallel_folds"):
+        config_lib.validate(config_lib.complete(group_config(value)))
+    c = group_config(2)
+    c.model.trunk = "finetune"
+    with self.assertRaisesRegex(ValueError, "train.parallel_folds.*cached trunk"):
+      config_lib.validate(config_lib.complete(c))
+    c = group_config(2)
+    c.input.cache_on_device = False
+    with self.assertRaisesRegex(ValueError, "on the device"):
+      config_lib.validate(config_lib.complete(c))
+
+
+if __name__ == "__main__":
+  absltest.main()
