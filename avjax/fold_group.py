@@ -23,27 +23,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from avjax import device_data
 from avjax import errors
 from avjax import fold_run
+from avjax import parallel
 from avjax import steps
+from avjax import train_state as train_state_lib
 from avjax.data import tfds_access
 
 _MAX_IN_FLIGHT = 2         # group steps dispatched but not finished before the loop waits
-
-
-def _stack(states):
-  """The states' arrays stacked on a new leading axis; the static fields (model,
-  optimiser) are the first state's: every fold's are built alike."""
-  leaves = [jax.tree.leaves(s) for s in states]
-  treedef = jax.tree.structure(states[0])
-  return treedef.unflatten([jnp.stack(xs) for xs in zip(*leaves)])
-
-
-def _unstack(stacked, i: int):
-  return jax.tree.map(lambda x: x[i], stacked)
 
 
 def _union_positions(config, train_on, counts: dict[int, int], order: list[int]) -> np.ndarray:
@@ -82,12 +71,12 @@ def train_group(config, fold_dirs: dict[int, str], mesh) -> dict[int, tuple]:
                          "own training clips (the feature store's folds are out of order)")
     runs.append(run)
     positions.append(where)
-  state = _stack([r.state for r in runs])
+  state = train_state_lib.stack_states([r.state for r in runs])
   step_fn = steps.make_group_train_step(config, mesh, dataset)
   batch_all = jnp.asarray([r.batch_all_steps for r in runs], jnp.int32)
   totals = jnp.asarray([r.total_steps for r in runs], jnp.int32)
-  fold_data = NamedSharding(mesh, P(None, "data"))
-  repl = NamedSharding(mesh, P())
+  fold_data = parallel.fold_batch_sharding(mesh)
+  repl, _ = parallel.shardings(mesh)
   local = jax.local_device_count()
   metric_keys = steps.metric_keys(config.model.modalities)
 
@@ -135,7 +124,7 @@ def train_group(config, fold_dirs: dict[int, str], mesh) -> dict[int, tuple]:
         due_val = run.validation_due(s)
         if due_val or run.checkpoint_due(s, None):
           fold_states = fold_states if fold_states is not None else {}
-          fold_states[i] = _unstack(state, i)
+          fold_states[i] = train_state_lib.unstack_state(state, i)
           val_metrics = run.validate(fold_states[i], s, mesh) if due_val else None
           if pending[i]:   # the steps since the last log line must be finite too
             run.check_finite(_fold_summary(pending[i], i), s)
@@ -144,7 +133,7 @@ def train_group(config, fold_dirs: dict[int, str], mesh) -> dict[int, tuple]:
     raise errors.Interrupted(fold_run.interrupted_message(step, runs)) from None
   finally:   # after an error or Ctrl-C too; their own errors do not hide the first one
     fold_run.close_quietly(*(c for r in runs for c in r.closers()))
-  return {r.test_fold: (_unstack(state, i), r.model) for i, r in enumerate(runs)}
+  return {r.test_fold: (train_state_lib.unstack_state(state, i), r.model) for i, r in enumerate(runs)}
 
 
 def _fold_summary(pending: list[dict], i: int) -> dict[str, float]:

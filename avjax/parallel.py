@@ -36,6 +36,12 @@ def shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
   return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
 
+def fold_batch_sharding(mesh: Mesh) -> NamedSharding:
+  """A group of folds' batches [G, B, ...] (`train.parallel_folds`): each fold's batch
+  sharded on `data` along B, the folds' axis whole on every device."""
+  return NamedSharding(mesh, P(None, "data"))
+
+
 def to_global(batch: dict, data_sharding: NamedSharding) -> dict:
   """Host-local numpy batch -> global jax arrays sharded on `data` (multi-host safe).
   Only `DEVICE_KEYS` are transferred, plus `batch['aug']` (the same on every host)

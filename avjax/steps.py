@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from avjax import augment
 from avjax import choices
@@ -199,7 +199,7 @@ def make_group_train_step(config, mesh: Mesh, dataset) -> Callable:
     raise ValueError("training folds side by side needs a cached trunk's features on the "
                      "device (model.trunk 'frozen' or 'finetune_from:...')")
   repl, _ = parallel.shardings(mesh)
-  fold_data = NamedSharding(mesh, P(None, "data"))
+  fold_data = parallel.fold_batch_sharding(mesh)
 
   def one(state, arrays, inputs, batch_all_steps, total_steps):
     batch = augment.gather_features(arrays, inputs, features)

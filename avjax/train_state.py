@@ -22,6 +22,7 @@ from typing import Any
 
 import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -324,3 +325,17 @@ def restore_for_inference(config, fold_dir: str, sample_batch: dict, replicated:
   finally:
     manager.close()
   return restored["state"], model, int(step)
+
+
+def stack_states(states):
+  """The states' arrays stacked on a new leading axis (folds side by side,
+  `avjax.fold_group`); the static fields (model, optimiser) are the first state's: every
+  fold's are built alike."""
+  leaves = [jax.tree.leaves(s) for s in states]
+  return jax.tree.structure(states[0]).unflatten([jnp.stack(xs) for xs in zip(*leaves)])
+
+
+def unstack_state(stacked, i: int):
+  """The `i`th state of `stack_states`' result."""
+  return jax.tree.map(lambda x: x[i], stacked)
+

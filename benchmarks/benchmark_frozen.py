@@ -4,10 +4,10 @@ r"""Times a whole frozen-trunk cross-validation on RAVDESS-shaped audio: build, 
   python scripts/benchmark_frozen.py --workdir=/tmp/bench_frozen --variant=audio_global --epochs=10
   python scripts/benchmark_frozen.py --workdir=/tmp/bench_frozen --video_extraction
 
-The clips: the 360 real speech WAVs of ../shared/samples/ravdess_dev (six actors,
-folds 4-6), each actor's files copied under three more actor numbers of the same
-gender, so that 24 actors and 1440 clips fill the ten folds as in the real
-dataset. The copies make the held-out folds hold the training clips' audio: the
+The clips: the real speech WAVs of a development set (`--samples`: twelve actors, folds
+4-9, 720 clips), each actor's files copied under the actor numbers of its gender in
+turn (twice each for twelve actors), so that 24 actors and 1440 clips fill the ten
+folds as in the real dataset. The copies make the held-out folds hold the training clips' audio: the
 accuracy of this run means nothing, only its time does (the real shape: 8 windows
 of 1 s at 22.05 kHz per clip, the real durations).
 
@@ -87,8 +87,8 @@ def video_extraction(work: str) -> dict:
 
 
 def replicated_manual_dir(samples: str, dest: str) -> int:
-  """24 actors from the six of `samples`: each real actor under itself and three more
-  numbers of its gender (odd male, even female). Returns the number of WAVs."""
+  """24 actors from those of `samples`: the actor numbers of each gender (odd male, even
+  female) taken by its real actors in turn. Returns the number of WAVs."""
   real = os.path.join(dest, "real")
   if not os.path.isdir(real):
     subprocess.run([sys.executable, os.path.join(samples, "to_wav.py"), real], check=True)

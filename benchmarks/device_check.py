@@ -26,11 +26,17 @@ and one that the time left cannot hold (`SECTIONS`' minimum) is skipped with a n
    `augment.draw_augmentation` and sends them). Its steady seconds per step against the
    bare step (the same compiled program, its inputs placed beforehand): the input must
    not be the bottleneck.
-3. `max_batch`: the largest class-balanced batch (a multiple of C) that trains in bf16.
+3. `folds`: the frozen A-LSTM step of one fold against one vmapped step of ten folds
+   side by side (`train.parallel_folds`, benchmarks/benchmark_folds.py): steps per second
+   per fold, the speed-up in fold steps per second, and the achieved FLOP/s against the
+   device's matrix-product rate at the LSTM's shapes. On a 2-core CPU ten folds side by
+   side run at 0.73 x the folds' steps per second (BENCHMARKS.md); a GPU, where one
+   fold's small step leaves the device idle, is where it should pay.
+4. `max_batch`: the largest class-balanced batch (a multiple of C) that trains in bf16.
    XLA's memory estimate of train_bf16's program, split into the train state's fixed part
    and a part per clip, predicts the largest B under the device's memory limit; that B is
    run, and stepped down by 10 % when it does not fit, while time remains.
-4. `extraction`: the frozen-trunk feature extraction's clips/s (`feature_store.extractor`,
+5. `extraction`: the frozen-trunk feature extraction's clips/s (`feature_store.extractor`,
    the jitted function `model.trunk='frozen'` runs on every clip): I3D on 8 x 25 x 96 x 96
    in fp32 and bf16, SoundNet-8 on 8 x 1 s.
 
@@ -80,6 +86,7 @@ SECTIONS = (
     ("train_bf16", 60, 150),
     ("train_bf16_remat", 60, 150),
     ("loop", 60, 120),
+    ("folds", 45, 90),
     ("max_batch", 75, 150),
     ("extraction", 45, 100),
 )
@@ -278,7 +285,12 @@ def measure_extraction(shape: str, calls: int) -> dict:
   return dict(shape=shape, rows=rows, device_peak_mib=harness.device_peak_mib())
 
 
-WORKERS = {"loop": measure_loop, "extraction": measure_extraction}
+def measure_folds(**params) -> dict:
+  from benchmarks import benchmark_folds
+  return benchmark_folds.measure_folds(**params)
+
+
+WORKERS = {"loop": measure_loop, "folds": measure_folds, "extraction": measure_extraction}
 
 
 # --------------------------------------------------------------------------- driver
@@ -405,6 +417,9 @@ def run(dry_run: bool, budget_s: float, repeats: int, memory_limit_mib: float | 
       bare = done.get("train_bf16" if not dry_run else "train_fp32", {})
       if "steady_step_s" in r and "step_s" in bare:
         r["steady_over_host_path_step"] = r["steady_step_s"] / bare["step_s"]
+    elif name == "folds":
+      r = _worker("folds", dict(shape=shape, groups=[1, 3] if dry_run else [1, 10],
+                                repeats=repeats), cap)
     elif name == "max_batch":
       sub = Clock(cap, dry_run)
       r = section_max_batch(shape, done, sub, classes, memory_limit_mib)
@@ -437,6 +452,12 @@ def brief(name: str, r: dict) -> str:
             f"({100 * r['input_overhead']:+.1f} %)")
   if name == "max_batch":
     return f"predicted {r.get('predicted')}, largest run {r.get('largest_ok')}"
+  if name == "folds":
+    one, many = r["rows"][0], r["rows"][-1]
+    return (f"1 fold {one['step_s'] * 1e3:.1f} ms/step ({one['ratio_to_matmul_peak']:.2f} of "
+            f"matmul peak); {many['group']} side by side {many['step_s'] * 1e3:.1f} ms/step, "
+            f"{many['speedup_over_first']:.2f} x the fold steps/s "
+            f"({many['ratio_to_matmul_peak']:.2f} of peak)")
   return ", ".join(f"{x['modality']} {x['dtype']} {x['clips_per_s']:.1f} clips/s" for x in r["rows"])
 
 
@@ -461,7 +482,7 @@ def summary(report: dict) -> list[list[str]]:
                     else "bf16 peak: n/a") +
                    (f"; RAVDESS 10x100 {hours:.2f} h (< {TARGET_RUN_HOURS:.0f} h: "
                     f"{'met' if hours < TARGET_RUN_HOURS else 'not met'})" if hours else "")])
-  for name in ("loop", "max_batch", "extraction"):
+  for name in ("loop", "folds", "max_batch", "extraction"):
     r = s.get(name)
     if r is None:
       rows.append([name, "skipped: " + report["skipped"].get(name, ""), ""])

@@ -144,6 +144,19 @@ class DryRunTest(absltest.TestCase):
     for row in rows.values():
       self.assertGreater(row["clips_per_s"], 0)
 
+  def test_folds_side_by_side(self):
+    """The `folds` section: one fold's step and three vmapped, their rates and ratios."""
+    r = self.report["sections"]["folds"]
+    one, three = r["rows"]
+    self.assertEqual((one["group"], three["group"]), (1, 3))
+    self.assertGreater(r["flops_per_fold_step"], 0)
+    for x in r["rows"]:
+      self.assertAlmostEqual(x["achieved_flops_per_s"],
+                             x["group"] * r["flops_per_fold_step"] / x["step_s"])
+      self.assertAlmostEqual(x["ratio_to_matmul_peak"],
+                             x["achieved_flops_per_s"] / x["matmul_peak_flops_per_s"])
+    self.assertAlmostEqual(three["speedup_over_first"], 3 * one["step_s"] / three["step_s"])
+
   def test_summary_table_and_benchmarks_block(self):
     text = self.proc.stdout
     self.assertIn("device check (dry run)", text)
