@@ -14,14 +14,15 @@ fold trained alone, up to float reassociation in the batched products
 Folds of unequal size have unequal epoch lengths, and folds resumed after a kill may
 start at different steps: the loop runs until every fold has reached its own step
 count, and a fold that has finished keeps its state (the step masks its update) and
-draws no batch. One process only for now (several devices of one host shard each
-fold's batch on `data`, as a fold trained alone).
+draws no batch. On several devices the fold axis is sharded (`parallel.fold_mesh`): the
+group is padded with masked copies of its first fold to a multiple of the devices, and
+each device trains its folds' whole batches (ten folds on eight devices: sixteen slots,
+two per device). One process only for now: several hosts train one fold per process.
 """
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from avjax import device_data
@@ -35,7 +36,7 @@ from avjax.data import tfds_access
 _MAX_IN_FLIGHT = 2         # group steps dispatched but not finished before the loop waits
 
 
-def _union_positions(config, train_on, counts: dict[int, int], order: list[int]) -> np.ndarray:
+def _union_positions(train_on, counts: dict[int, int], order: list[int]) -> np.ndarray:
   """The positions, in the features of the folds `order` concatenated (`device_data.load`),
   of the clips of the folds `train_on` in their own concatenation (the fold's iterator's
   indices)."""
@@ -64,53 +65,52 @@ def train_group(config, fold_dirs: dict[int, str], mesh) -> dict[int, tuple]:
   runs, positions = [], []
   for fold, fold_dir in fold_dirs.items():
     run = fold_run.prepare(config, fold_dir, fold, mesh, dataset=dataset)
-    where = _union_positions(config, run.train_on, counts, order)
+    where = _union_positions(run.train_on, counts, order)
     own = run.train_iter.reader.labels
     if not np.array_equal(labels[where], own):
       raise RuntimeError(f"fold {fold}: the shared features' labels do not match the fold's "
                          "own training clips (the feature store's folds are out of order)")
     runs.append(run)
     positions.append(where)
-  state = train_state_lib.stack_states([r.state for r in runs])
+  # The group's slots: the folds, then masked copies of the first up to a multiple of the
+  # devices (the fold axis is sharded over them; one device per slot's share).
+  g = len(runs)
+  slots = parallel.fold_slots(g, mesh)
+  _, per_fold, fold_batch = parallel.fold_shardings(mesh)
+  main_repl, _ = parallel.shardings(mesh)
+  state = jax.device_put(train_state_lib.stack_states(
+      [r.state for r in runs] + [runs[0].state] * (slots - g)), per_fold)
   step_fn = steps.make_group_train_step(config, mesh, dataset)
-  batch_all = jnp.asarray([r.batch_all_steps for r in runs], jnp.int32)
-  totals = jnp.asarray([r.total_steps for r in runs], jnp.int32)
-  fold_data = parallel.fold_batch_sharding(mesh)
-  repl, _ = parallel.shardings(mesh)
-  local = jax.local_device_count()
+  pad = [0] * (slots - g)
+  batch_all = jax.device_put(np.asarray([r.batch_all_steps for r in runs] + pad, np.int32), per_fold)
+  totals = jax.device_put(np.asarray([r.total_steps for r in runs] + pad, np.int32), per_fold)
   metric_keys = steps.metric_keys(config.model.modalities)
 
+  def fold_state(i):   # fold i's state, replicated as a fold trained alone has it
+    return jax.device_put(train_state_lib.unstack_state(state, i), main_repl)
+
   done = [r.start_step for r in runs]           # steps each fold has taken
-  pending: list[list] = [[] for _ in runs]      # per fold: (group metrics, fold index)
+  pending: list[list] = [[] for _ in runs]      # per fold: its log period's group metrics
   in_flight: list = []
-  last = [None] * len(runs)                     # each fold's last inputs (a finished fold's filler)
+  last = [None] * g                             # each fold's last inputs (a finished fold's filler)
   step = 0
   try:
     while any(d < r.total_steps for d, r in zip(done, runs)):
       step += 1
       active = [d < r.total_steps for d, r in zip(done, runs)]
-      index, view = [], []
       for i, run in enumerate(runs):
         if active[i] or last[i] is None:
           inputs = next(run.train_iter) if active[i] else run.train_iter.inputs(0)
           last[i] = (positions[i][np.asarray(inputs["index"])], int(inputs["view"]))
-        index.append(last[i][0])
-        view.append(last[i][1])
-      index = np.stack(index)
-      group_inputs = {"view": jax.device_put(np.asarray(view, np.int32), repl)}
-      pad = -index.shape[1] % local
-      if pad:
-        mask = np.concatenate([np.ones(index.shape, bool),
-                               np.zeros((len(runs), pad), bool)], axis=1)
-        index = np.concatenate([index, np.repeat(index[:, :1], pad, axis=1)], axis=1)
-        group_inputs["mask"] = jax.device_put(mask, fold_data)
-      group_inputs["index"] = jax.device_put(index.astype(np.int32), fold_data)
+      index = np.stack([x[0] for x in last] + [last[0][0]] * (slots - g)).astype(np.int32)
+      view = np.asarray([x[1] for x in last] + [0] * (slots - g), np.int32)
+      group_inputs = {"index": jax.device_put(index, fold_batch),
+                      "view": jax.device_put(view, per_fold)}
       state, metrics = step_fn(state, group_inputs, batch_all, totals)
       metrics = {k: metrics[k] for k in metric_keys}
       in_flight.append(metrics)
       if len(in_flight) > _MAX_IN_FLIGHT:   # bounds how far the host runs ahead
         jax.block_until_ready(in_flight.pop(0))
-      fold_states = None
       for i, run in enumerate(runs):
         if not active[i]:
           continue
@@ -123,17 +123,16 @@ def train_group(config, fold_dirs: dict[int, str], mesh) -> dict[int, tuple]:
           pending[i] = []
         due_val = run.validation_due(s)
         if due_val or run.checkpoint_due(s, None):
-          fold_states = fold_states if fold_states is not None else {}
-          fold_states[i] = train_state_lib.unstack_state(state, i)
-          val_metrics = run.validate(fold_states[i], s, mesh) if due_val else None
+          mine = fold_state(i)
+          val_metrics = run.validate(mine, s, mesh) if due_val else None
           if pending[i]:   # the steps since the last log line must be finite too
             run.check_finite(_fold_summary(pending[i], i), s)
-          run.save(s, fold_states[i], val_metrics)
+          run.save(s, mine, val_metrics)
   except KeyboardInterrupt:
     raise errors.Interrupted(fold_run.interrupted_message(step, runs)) from None
   finally:   # after an error or Ctrl-C too; their own errors do not hide the first one
     fold_run.close_quietly(*(c for r in runs for c in r.closers()))
-  return {r.test_fold: (train_state_lib.unstack_state(state, i), r.model) for i, r in enumerate(runs)}
+  return {r.test_fold: (fold_state(i), r.model) for i, r in enumerate(runs)}
 
 
 def _fold_summary(pending: list[dict], i: int) -> dict[str, float]:

@@ -36,10 +36,25 @@ def shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
   return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 
 
-def fold_batch_sharding(mesh: Mesh) -> NamedSharding:
-  """A group of folds' batches [G, B, ...] (`train.parallel_folds`): each fold's batch
-  sharded on `data` along B, the folds' axis whole on every device."""
-  return NamedSharding(mesh, P(None, "data"))
+def fold_mesh(mesh: Mesh) -> Mesh:
+  """The mesh of test folds trained side by side (`train.parallel_folds`): a `fold` axis
+  over the devices of `mesh`, each device training its share of the group's folds whole,
+  beside a `data` axis of 1."""
+  return Mesh(np.asarray(mesh.devices).reshape(-1, 1), ("fold", "data"))
+
+
+def fold_shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding, NamedSharding]:
+  """(replicated, stacked per fold [G, ...] sharded on `fold`, the folds' batches
+  [G, B, ...] sharded on `fold` then `data`) on `fold_mesh(mesh)`."""
+  fm = fold_mesh(mesh)
+  return NamedSharding(fm, P()), NamedSharding(fm, P("fold")), NamedSharding(fm, P("fold", "data"))
+
+
+def fold_slots(folds: int, mesh: Mesh) -> int:
+  """`folds` rounded up to a multiple of the devices: the group's slots, the extra ones
+  masked copies."""
+  n = int(np.asarray(mesh.devices).size)
+  return -(-int(folds) // n) * n
 
 
 def to_global(batch: dict, data_sharding: NamedSharding) -> dict:

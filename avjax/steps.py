@@ -186,20 +186,21 @@ def make_device_train_step(config, mesh: Mesh, dataset, batch_all_steps: int = 0
 
 
 def make_group_train_step(config, mesh: Mesh, dataset) -> Callable:
-  """(stacked state, arrays, inputs, batch_all_steps [G], total_steps [G]) -> (state,
-  metrics [G]) for `train.parallel_folds`: G folds' states stacked on a leading axis and
-  one `train_step` vmapped over them, each fold gathering its own batch from the shared
-  cached features (`inputs`: 'index' [G, B] sharded on `data` along B, 'view' [G],
-  'mask' [G, B] when padded). A fold whose state has reached its `total_steps` keeps it
-  (folds of unequal epoch lengths, or resumed at different steps, share the loop; its
-  metrics at those steps are meaningless). Built once per (step fields, mesh, padded
-  or not, cached modalities); the state is donated."""
+  """(stacked state, inputs, batch_all_steps [G], total_steps [G]) -> (state, metrics [G])
+  for `train.parallel_folds`: G folds' states stacked on a leading axis and one
+  `train_step` vmapped over them, each fold gathering its own batch from the shared cached
+  features (`inputs`: 'index' [G, B], 'view' [G]). The fold axis is sharded over the
+  devices (`parallel.fold_mesh`: G a multiple of the device count, `parallel.fold_slots`),
+  each device training its folds' whole batches; on one device the step is only vmapped.
+  A fold whose state has reached its `total_steps` keeps it (folds of unequal epoch
+  lengths, resumed at different steps, or padding slots share the loop; its metrics at
+  those steps are meaningless). Built once per (step fields, mesh, cached modalities);
+  the state is donated."""
   features = tuple(dataset.features)
   if not features:
     raise ValueError("training folds side by side needs a cached trunk's features on the "
                      "device (model.trunk 'frozen' or 'finetune_from:...')")
-  repl, _ = parallel.shardings(mesh)
-  fold_data = parallel.fold_batch_sharding(mesh)
+  repl, per_fold, fold_batch = parallel.fold_shardings(mesh)
 
   def one(state, arrays, inputs, batch_all_steps, total_steps):
     batch = augment.gather_features(arrays, inputs, features)
@@ -214,17 +215,15 @@ def make_group_train_step(config, mesh: Mesh, dataset) -> Callable:
     return jax.vmap(one, in_axes=(0, None, 0, 0, 0))(state, arrays, inputs, batch_all_steps,
                                                       total_steps)
 
-  def jitted(has_mask: bool):
-    key = ("group", _step_key(config), mesh, has_mask, features)
-    if key not in _STEPS:
-      shard = {"index": fold_data, "view": repl, **({"mask": fold_data} if has_mask else {})}
-      _STEPS[key] = jax.jit(step, donate_argnums=(0,),
-                            in_shardings=(repl, repl, shard, repl, repl),
-                            out_shardings=(repl, repl))
-    return _STEPS[key]
+  key = ("group", _step_key(config), mesh, features)
+  if key not in _STEPS:
+    _STEPS[key] = jax.jit(step, donate_argnums=(0,),
+                          in_shardings=(per_fold, repl, {"index": fold_batch, "view": per_fold},
+                                        per_fold, per_fold),
+                          out_shardings=(per_fold, per_fold))
+  jitted = _STEPS[key]
 
   def run(state, inputs, batch_all_steps, total_steps):
-    return jitted("mask" in inputs)(state, dataset.arrays, inputs, batch_all_steps, total_steps)
+    return jitted(state, dataset.arrays, inputs, batch_all_steps, total_steps)
 
   return run
-

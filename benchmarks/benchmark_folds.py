@@ -114,13 +114,15 @@ def measure_folds(shape: str = "ravdess", groups=(1, 10), repeats: int = 10) -> 
       state = jax.tree.map(jnp.copy, state0)
       inputs = {"index": jax.device_put(indices(1)[0], data), "view": jax.device_put(0, repl)}
       call = lambda s: step(s, inputs)   # noqa: E731
-    else:
+    else:   # on several devices, g is rounded up to a multiple of them
+      g = parallel.fold_slots(g, mesh)
+      _, per_fold, fold_batch = parallel.fold_shardings(mesh)
       step = steps.make_group_train_step(config, mesh, dataset)
-      state = train_state.stack_states([state0] * g)
-      inputs = {"index": jax.device_put(indices(g), parallel.fold_batch_sharding(mesh)),
-                "view": jax.device_put(np.zeros(g, np.int32), repl)}
-      warm = jnp.zeros(g, jnp.int32)
-      total = jnp.full(g, 2**30, jnp.int32)
+      state = jax.device_put(train_state.stack_states([state0] * g), per_fold)
+      inputs = {"index": jax.device_put(indices(g), fold_batch),
+                "view": jax.device_put(np.zeros(g, np.int32), per_fold)}
+      warm = jax.device_put(np.zeros(g, np.int32), per_fold)
+      total = jax.device_put(np.full(g, 2**30, np.int32), per_fold)
       call = lambda s: step(s, inputs, warm, total)   # noqa: E731
     t0 = time.perf_counter()
     state, m = call(state)
