@@ -56,10 +56,8 @@ def load_all_folds(config, mesh):
 def train_group(config, fold_dirs: dict[int, str], mesh) -> dict[int, tuple]:
   """Trains the test folds of `fold_dirs` ({fold: its directory}) side by side; each
   resumes from its own latest checkpoint. Returns {fold: (final state, model)}."""
-  if jax.process_count() > 1:
-    raise errors.UsageError("config.train.parallel_folds > 1 runs in one process (it may "
-                            "use every device of its host); run one fold per process on "
-                            "several hosts")
+  if jax.process_count() > 1:   # train.check_at_start says it first, naming the field
+    raise errors.UsageError("folds side by side run in one process")
   dataset, order, counts = load_all_folds(config, mesh)
   labels = np.asarray(jax.device_get(dataset.arrays["label"]))
   runs, positions = [], []

@@ -126,7 +126,13 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
 def check_at_start(config) -> None:
   """The checks that need the dataset's sizes, run before anything is written: every
   test fold has clips and training folds holding at least one batch, and `eval.k` is at
-  most the number of KNN references (the training clips of every test fold)."""
+  most the number of KNN references (the training clips of every test fold); folds side
+  by side run in one process."""
+  if config.train.parallel_folds != 1 and jax.process_count() > 1:
+    raise errors.UsageError(
+        f"config.train.parallel_folds={config.train.parallel_folds!r} trains folds side by side "
+        f"in one process, and this run has {jax.process_count()}: set it to 1, or run one "
+        "process per host with every device of the host (a fold axis over them)")
   smallest = None
   for fold in config.folds:
     train_on, _ = tfds_access.split_folds(config, fold)

@@ -135,7 +135,7 @@ def measure_folds(shape: str = "ravdess", groups=(1, 10), repeats: int = 10) -> 
       jax.block_until_ready(m)
       times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
-    peak = matmul_peak(b * t, lstm, 4 * lstm, g, max(3, repeats // 2))
+    peak = matmul_peak(b * t, lstm, 4 * lstm, g, max(20, 2 * repeats))
     achieved = g * flops / step_s
     rows.append(dict(group=g, first_step_s=first, step_s=step_s,
                      steps_per_s_per_fold=1.0 / step_s, fold_steps_per_s=g / step_s,

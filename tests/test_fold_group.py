@@ -155,6 +155,43 @@ class FoldGroupTest(absltest.TestCase):
     np.testing.assert_array_equal(got, [3, 4, 9])
 
 
+class ValidationFoldTest(absltest.TestCase):
+  """Each fold of a group scores its own validation fold (the next one) and its result
+  is the best checkpoint by it, as when trained alone."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = tempfile.mkdtemp(prefix="avjax_group_val_")
+    for name, value in (("alone", 1), ("side", 2)):
+      c = group_config(value)
+      c.folds = (0, 1)
+      c.train.max_steps = 4
+      c.train.validation_fold = "next"
+      c.train.eval_every_epochs = 0     # scored at the end
+      with contextlib.redirect_stdout(io.StringIO()):
+        train.train_and_evaluate(c, os.path.join(cls.tmp, name))
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.tmp, ignore_errors=True)
+    super().tearDownClass()
+
+  def test_each_fold_selected_by_its_validation_fold(self):
+    for fold in (0, 1):
+      infos = [fold_info(os.path.join(self.tmp, n), fold) for n in ("alone", "side")]
+      self.assertEqual([i["selected_by"] for i in infos], [f"validation_fold:{fold + 1}"] * 2)
+      self.assertEqual([i["checkpoint_step"] for i in infos], [4, 4])
+      scores = []
+      for name in ("alone", "side"):
+        path = os.path.join(workdir_lib.fold_dir(os.path.join(self.tmp, name), fold),
+                            workdir_lib.METRICS)
+        scores.append([r["validation_accuracy"] for r in map(json.loads, open(path))
+                       if "validation_accuracy" in r])
+      self.assertLen(scores[0], 1)
+      self.assertEqual(scores[0], scores[1])
+
+
 class ParallelFoldsConfigTest(absltest.TestCase):
 
   def test_values_and_what_it_needs(self):
