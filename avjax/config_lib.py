@@ -202,9 +202,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.validation_fold = "none"
   c.train.eval_every_epochs = 10    # with a validation fold: score it every n epochs and at the end
   # Test folds trained side by side as one program (a number, or 'all'): each group's
-  # train states stacked and one vmapped step for all (avjax.fold_group). Needs a cached
-  # trunk ('frozen', 'finetune_from:...') with its features on the device; every fold's
-  # result is that of the fold trained alone, up to float reassociation. 1: one at a time.
+  # train states stacked and one vmapped step for all (avjax.fold_group), on the data of
+  # every fold held on the device (a cached trunk's features; with 'finetune' the media,
+  # input.cache_on_device=True). Every fold's batches are those of the fold trained
+  # alone, its result up to float reassociation. 1: one at a time.
   c.train.parallel_folds = _parallel_folds(1)
 
   c.eval = ml_collections.ConfigDict()
@@ -371,12 +372,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("model.pretrained", "pretrained weights need video_width = audio_width = 1.0")
   if config.model.pretrained and config.model.video_last_block != "Mixed_5c":
     fail("model.pretrained", "pretrained weights need model.video_last_block = 'Mixed_5c'")
-  if group != 1 and not derived.cached:
-    fail("train.parallel_folds", "trains folds side by side on a cached trunk's features "
-         "(model.trunk 'frozen' or 'finetune_from:...'); with 'finetune' train them one at a time (1)")
   if group != 1 and config.input.cache_on_device is False:
-    fail("train.parallel_folds", "needs the features on the device (input.cache_on_device "
-         "True or 'auto')")
+    fail("train.parallel_folds", "trains folds side by side on data held on the device: "
+         "input.cache_on_device must be True (or 'auto' for a cached trunk)")
+  if group != 1 and not derived.cached and config.input.cache_on_device is not True:
+    fail("train.parallel_folds", "with model.trunk='finetune' the media of every fold are "
+         "held on the device: set input.cache_on_device=True (RAVDESS video: about 12 GB)")
   if not derived.cached and config.input.cached_views:
     fail("input.cached_views", "is for the cached-feature trunks (model.trunk 'frozen' or "
          "'finetune_from:...'); with 'finetune' the media are augmented at every step")

@@ -173,9 +173,9 @@ class DeviceTrainIterator:
     return self._batches.steps_per_epoch
 
   @property
-  def reader(self):
-    """The host reader of the training folds (the clips the indices point at)."""
-    return self._batches.reader
+  def labels(self) -> np.ndarray:
+    """The training clips' labels, in the order of the indices the iterator draws."""
+    return self._batches.labels
 
   def global_indices(self, step: int) -> np.ndarray:
     return self._batches.global_indices(step)

@@ -1,15 +1,15 @@
 """Several test folds trained side by side as one program (`train.parallel_folds`).
 
-The paper's protocol is ten small trainings, one per test fold. With a cached trunk
-(`model.trunk` 'frozen' or 'finetune_from:...') the features of every fold are put on
-the device once, the folds' train states are stacked on a leading axis, and one train
-step vmapped over that axis (`steps.make_group_train_step`) advances every fold of the
-group: each gathers its own batch from the shared features, with its own parameters,
-optimiser state, sampler, view draws and seed-derived initialisation. Each fold keeps
-its own `fold_run.FoldRun` (its iterator, checkpoints, metrics.jsonl, log lines,
-non-finite guard, collapse watch, validation fold), so its files are those of the same
-fold trained alone, up to float reassociation in the batched products
-(tests/test_fold_group.py states the tolerance).
+The paper's protocol is ten small trainings, one per test fold. Here the data of every
+fold goes to the device once (a cached trunk's features, or with 'finetune' the media,
+`avjax.device_data`), the folds' train states are stacked on a leading axis, and one
+train step vmapped over that axis (`steps.make_group_train_step`) advances every fold of
+the group: each gathers its own batch, with its own parameters, optimiser state,
+sampler, augmentation or view draws and seed-derived initialisation. Each fold keeps its
+own `fold_run.FoldRun` (its iterator, checkpoints, metrics.jsonl, log lines, non-finite
+guard, collapse watch, validation fold), so its files are those of the same fold trained
+alone, up to float reassociation in the batched products (tests/test_fold_group.py
+states the tolerance).
 
 Folds of unequal size have unequal epoch lengths, and folds resumed after a kill may
 start at different steps: the loop runs until every fold has reached its own step
@@ -37,7 +37,7 @@ _MAX_IN_FLIGHT = 2         # group steps dispatched but not finished before the 
 
 
 def _union_positions(train_on, counts: dict[int, int], order: list[int]) -> np.ndarray:
-  """The positions, in the features of the folds `order` concatenated (`device_data.load`),
+  """The positions, in the data of the folds `order` concatenated (`device_data.load`),
   of the clips of the folds `train_on` in their own concatenation (the fold's iterator's
   indices)."""
   offsets = dict(zip(order, np.cumsum([0] + [counts[f] for f in order[:-1]])))
@@ -46,7 +46,7 @@ def _union_positions(train_on, counts: dict[int, int], order: list[int]) -> np.n
 
 
 def load_all_folds(config, mesh):
-  """(the features of every fold with clips on the device, those folds, their sizes)."""
+  """(the data of every fold with clips on the device, those folds, their sizes)."""
   info = tfds_access.dataset_info(config)
   counts = {int(f): int(n) for f, n in info["num_clips_per_fold"].items() if n > 0}
   order = sorted(counts)
@@ -64,10 +64,10 @@ def train_group(config, fold_dirs: dict[int, str], mesh) -> dict[int, tuple]:
   for fold, fold_dir in fold_dirs.items():
     run = fold_run.prepare(config, fold_dir, fold, mesh, dataset=dataset)
     where = _union_positions(run.train_on, counts, order)
-    own = run.train_iter.reader.labels
+    own = run.train_iter.labels
     if not np.array_equal(labels[where], own):
-      raise RuntimeError(f"fold {fold}: the shared features' labels do not match the fold's "
-                         "own training clips (the feature store's folds are out of order)")
+      raise RuntimeError(f"fold {fold}: the labels of every fold's data on the device do not "
+                         "match the fold's own training clips (folds out of order)")
     runs.append(run)
     positions.append(where)
   # The group's slots: the folds, then masked copies of the first up to a multiple of the
@@ -98,12 +98,13 @@ def train_group(config, fold_dirs: dict[int, str], mesh) -> dict[int, tuple]:
       active = [d < r.total_steps for d, r in zip(done, runs)]
       for i, run in enumerate(runs):
         if active[i] or last[i] is None:
-          inputs = next(run.train_iter) if active[i] else run.train_iter.inputs(0)
-          last[i] = (positions[i][np.asarray(inputs["index"])], int(inputs["view"]))
-      index = np.stack([x[0] for x in last] + [last[0][0]] * (slots - g)).astype(np.int32)
-      view = np.asarray([x[1] for x in last] + [0] * (slots - g), np.int32)
-      group_inputs = {"index": jax.device_put(index, fold_batch),
-                      "view": jax.device_put(view, per_fold)}
+          inputs = dict(next(run.train_iter) if active[i] else run.train_iter.inputs(0))
+          inputs["index"] = positions[i][np.asarray(inputs["index"])]   # into every fold's data
+          last[i] = inputs
+      rows = last + [last[0]] * (slots - g)
+      group_inputs = {k: jax.device_put(np.stack([np.asarray(r[k]) for r in rows]),
+                                        fold_batch if k == "index" else per_fold)
+                      for k in last[0]}
       state, metrics = step_fn(state, group_inputs, batch_all, totals)
       metrics = {k: metrics[k] for k in metric_keys}
       in_flight.append(metrics)

@@ -188,22 +188,28 @@ def make_device_train_step(config, mesh: Mesh, dataset, batch_all_steps: int = 0
 def make_group_train_step(config, mesh: Mesh, dataset) -> Callable:
   """(stacked state, inputs, batch_all_steps [G], total_steps [G]) -> (state, metrics [G])
   for `train.parallel_folds`: G folds' states stacked on a leading axis and one
-  `train_step` vmapped over them, each fold gathering its own batch from the shared cached
-  features (`inputs`: 'index' [G, B], 'view' [G]). The fold axis is sharded over the
-  devices (`parallel.fold_mesh`: G a multiple of the device count, `parallel.fold_slots`),
-  each device training its folds' whole batches; on one device the step is only vmapped.
-  A fold whose state has reached its `total_steps` keeps it (folds of unequal epoch
-  lengths, resumed at different steps, or padding slots share the loop; its metrics at
-  those steps are meaningless). Built once per (step fields, mesh, cached modalities);
-  the state is donated."""
+  `train_step` vmapped over them, each fold gathering its own batch from the data of
+  every fold held on the device (`dataset`, `avjax.device_data`): its cached features
+  (`inputs`: 'index' [G, B], 'view' [G]) or its media, cropped and augmented in-graph
+  with its own draws ('index' [G, B] and the `augment.step_inputs` of each fold stacked).
+  The fold axis is sharded over the devices (`parallel.fold_mesh`: G a multiple of the
+  device count, `parallel.fold_slots`), each device training its folds' whole batches;
+  on one device the step is only vmapped. A fold whose state has reached its
+  `total_steps` keeps it (folds of unequal epoch lengths, resumed at different steps, or
+  padding slots share the loop; its metrics at those steps are meaningless). Built once
+  per (step fields, mesh, cached modalities); the state is donated."""
   features = tuple(dataset.features)
-  if not features:
-    raise ValueError("training folds side by side needs a cached trunk's features on the "
-                     "device (model.trunk 'frozen' or 'finetune_from:...')")
+  crop_size, max_semitones = dataset.crop_size, dataset.max_semitones
+  mask_padded = bool(config.loss.mask_padded_windows)
   repl, per_fold, fold_batch = parallel.fold_shardings(mesh)
 
   def one(state, arrays, inputs, batch_all_steps, total_steps):
-    batch = augment.gather_features(arrays, inputs, features)
+    if features:
+      batch = augment.gather_features(arrays, inputs, features)
+    else:
+      batch = augment.augment_in_graph(arrays, inputs, crop_size=crop_size,
+                                       max_semitones=max_semitones,
+                                       mask_padded_windows=mask_padded)
     new_state, metrics = train_step(state, batch, config=config,
                                     batch_all_steps=batch_all_steps)
     active = state.step < total_steps
@@ -215,11 +221,13 @@ def make_group_train_step(config, mesh: Mesh, dataset) -> Callable:
     return jax.vmap(one, in_axes=(0, None, 0, 0, 0))(state, arrays, inputs, batch_all_steps,
                                                       total_steps)
 
+  keys = ("index", "view") if features else ("index", "crop", "flip", "speed", "semitones",
+                                              "noise")
   key = ("group", _step_key(config), mesh, features)
   if key not in _STEPS:
+    shard = {k: fold_batch if k == "index" else per_fold for k in keys}
     _STEPS[key] = jax.jit(step, donate_argnums=(0,),
-                          in_shardings=(per_fold, repl, {"index": fold_batch, "view": per_fold},
-                                        per_fold, per_fold),
+                          in_shardings=(per_fold, repl, shard, per_fold, per_fold),
                           out_shardings=(per_fold, per_fold))
   jitted = _STEPS[key]
 

@@ -192,6 +192,29 @@ class ValidationFoldTest(absltest.TestCase):
       self.assertEqual(scores[0], scores[1])
 
 
+class MediaGroupTest(absltest.TestCase):
+  """model.trunk='finetune': the folds' media on the device, each fold cropping and
+  augmenting its own batches in-graph with its own draws (speed, pitch and noise on)."""
+
+  def test_same_losses_as_alone(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      for name, value in (("alone", 1), ("side", "all")):
+        c = group_config(value)
+        c.model.trunk = "finetune"
+        c.folds = (0, 1)
+        c.train.max_steps = 3
+        c.input.speed_range = 0.1
+        c.input.pitch_shift_semitones = 1.0
+        with contextlib.redirect_stdout(io.StringIO()):
+          train.train_and_evaluate(c, os.path.join(tmp, name))
+      for fold in (0, 1):
+        alone, side = (losses(os.path.join(tmp, n), fold) for n in ("alone", "side"))
+        self.assertEqual(sorted(side), [1, 2, 3])
+        np.testing.assert_allclose([side[s] for s in (1, 2, 3)], [alone[s] for s in (1, 2, 3)],
+                                   rtol=1e-5, err_msg=str(fold))
+        self.assertEqual(fold_info(os.path.join(tmp, "side"), fold)["parallel_folds"], 2)
+
+
 class ParallelFoldsConfigTest(absltest.TestCase):
 
   def test_values_and_what_it_needs(self):
@@ -204,8 +227,11 @@ class ParallelFoldsConfigTest(absltest.TestCase):
         config_lib.validate(config_lib.complete(group_config(value)))
     c = group_config(2)
     c.model.trunk = "finetune"
-    with self.assertRaisesRegex(ValueError, "train.parallel_folds.*cached trunk"):
+    c.input.cache_on_device = "auto"   # media stay on the host unless asked
+    with self.assertRaisesRegex(ValueError, "train.parallel_folds.*cache_on_device=True"):
       config_lib.validate(config_lib.complete(c))
+    c.input.cache_on_device = True
+    config_lib.validate(config_lib.complete(c))
     c = group_config(2)
     c.input.cache_on_device = False
     with self.assertRaisesRegex(ValueError, "on the device"):
