@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from unittest import mock
 
 import jax
 import numpy as np
@@ -25,6 +26,8 @@ from absl.testing import absltest
 
 from avjax import config_lib
 from avjax import fold_group
+from avjax import fold_run
+from avjax import health
 from avjax import parallel
 from avjax import steps
 from avjax import train
@@ -148,6 +151,24 @@ class FoldGroupTest(absltest.TestCase):
       self.assertEqual(sorted(one), sorted(alone))
       np.testing.assert_allclose([one[s] for s in sorted(one)],
                                  [alone[s] for s in sorted(alone)], rtol=1e-5, err_msg=str(fold))
+
+  def test_a_non_finite_fold_is_named(self):
+    """Fold 1 of a group starts from NaN weights: the guard stops the group naming it."""
+    original = fold_run.prepare
+
+    def poisoned(config, fold_dir, test_fold, mesh, **kwargs):
+      run = original(config, fold_dir, test_fold, mesh, **kwargs)
+      if test_fold == 1:
+        run.state = run.state.replace(params=jax.tree.map(lambda x: x * np.nan, run.state.params))
+      return run
+
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(fold_run, "prepare", poisoned):
+      with contextlib.redirect_stdout(io.StringIO()):
+        with self.assertRaisesRegex(health.NonFiniteLossError,
+                                    r"^Fold 1: .*No checkpoint was written"):
+          train.train_and_evaluate(group_config(2), tmp)
+      self.assertFalse(os.path.exists(workdir_lib.checkpoint_dir(workdir_lib.fold_dir(tmp, 1))
+                                      + "/1"))
 
   def test_positions_of_a_folds_clips_in_every_folds_features(self):
     counts = {0: 3, 1: 2, 2: 4, 5: 1}
