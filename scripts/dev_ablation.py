@@ -15,7 +15,7 @@ the set was folds 4, 5 and 6 alone: docs/experiments.md.)
 For each setting (a named set of config overrides, SETTINGS) and variant
 (`audio_global`, `audio_lstm`) it trains `configs/ravdess.py:<variant>` with the
 given `model.trunk` (pretrained SoundNet-8) for `--epochs` epochs, and reports the
-last-gate AO accuracy, mean ± sample std over the 3 test folds, the last logged
+last-gate AO accuracy, mean ± sample std over the test folds, the last logged
 loss, and whether the embeddings collapsed (`collapsed` in metrics.jsonl). The
 row `untrained` evaluates the initial network (pretrained trunk, fresh head and
 LSTM) on the same folds without a step of training. Writes
@@ -71,7 +71,12 @@ SETTINGS = {
         ("_batch_all", {"loss.batch_all_fraction": 1.0}),
         ("_lr3e-4", {"optim.learning_rate": 3e-4}),
         ("_margin0.2", {"loss.margin": 0.2}),
-        ("_euclidean", {"loss.distance": "euclidean"}))},
+        ("_euclidean", {"loss.distance": "euclidean"}),
+        ("_wd0", {"optim.weight_decay": 0.0}),
+        ("_wd5e-3", {"optim.weight_decay": 5e-3}),
+        ("_lr3e-3", {"optim.learning_rate": 3e-3}),
+        ("_batch10", {"input.clips_per_class": 10}),
+        ("_embed128", {"model.embed_dim": 128}))},
     "paper_literal": _PAPER,
     "semihard": {**_PAPER, "loss.negatives": "semihard"},
     "adamw": {**_PAPER, "optim.name": "adamw"},
@@ -254,7 +259,7 @@ def main(argv):
     base = key.split("/seed")[0]
     pooled.setdefault(base, []).append(r)
   if any(len(v) > 1 for v in pooled.values()):
-    print("\nPooled over seeds (folds x seeds; std over the seeds' 3-fold means):")
+    print("\nPooled over seeds (folds x seeds; std over the seeds' means over the test folds):")
     print("| run | seeds | AO last gate %, mean | std of seed means | collapsed |")
     print("|---|---:|---:|---:|---|")
     for base, runs in pooled.items():
