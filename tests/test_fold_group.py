@@ -236,6 +236,25 @@ class MediaGroupTest(absltest.TestCase):
         self.assertEqual(fold_info(os.path.join(tmp, "side"), fold)["parallel_folds"], 2)
 
 
+class CachedViewsGroupTest(absltest.TestCase):
+  """Two cached augmented views: each fold of a group draws its own view every step."""
+
+  def test_same_losses_as_alone(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      for name, value in (("alone", 1), ("side", "all")):
+        c = group_config(value)
+        c.input.cached_views = 2
+        c.folds = (0, 1)
+        c.train.max_steps = 4
+        with contextlib.redirect_stdout(io.StringIO()):
+          train.train_and_evaluate(c, os.path.join(tmp, name))
+      for fold in (0, 1):
+        alone, side = (losses(os.path.join(tmp, n), fold) for n in ("alone", "side"))
+        self.assertEqual(sorted(side), [1, 2, 3, 4])
+        np.testing.assert_allclose([side[s] for s in sorted(side)],
+                                   [alone[s] for s in sorted(alone)], rtol=1e-5, err_msg=str(fold))
+
+
 class ParallelFoldsConfigTest(absltest.TestCase):
 
   def test_values_and_what_it_needs(self):
