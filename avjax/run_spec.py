@@ -9,10 +9,10 @@ scored, the batch and the batch-all warm-up in epochs.
 
 `of(config)` resolves them into a frozen `RunSpec`: the data layer, the feature store,
 the training loop and the evaluation ask it rather than re-deriving a fact from the
-fields (tests/test_imports.py checks that the resolvers below are called from here
-and from `config_lib.validate` only). It is keyed on the fields it reads, so asking
+fields (tests/test_imports.py checks that the resolvers it calls are called nowhere
+else, but by the model on its own `model` block). It is keyed on the fields it reads, so asking
 again costs a dictionary lookup, and a config changed in one of them gets its own
-spec. `main` logs the spec once at the start of a job (`describe`).
+spec. `train.train_and_evaluate` prints it once at the start of a job (`describe`).
 """
 
 from __future__ import annotations
