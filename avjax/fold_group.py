@@ -118,23 +118,17 @@ def train_group(config, fold_dirs: dict[int, str], mesh) -> dict[int, tuple]:
         pending[i].append(metrics)
         s = done[i]
         if run.log_due(s):
-          run.log(s, _fold_summary(pending[i], i))
+          run.log(s, fold_run.summarise(pending[i], i))
           pending[i] = []
         due_val = run.validation_due(s)
         if due_val or run.checkpoint_due(s, None):
           mine = fold_state(i)
           val_metrics = run.validate(mine, s, mesh) if due_val else None
           if pending[i]:   # the steps since the last log line must be finite too
-            run.check_finite(_fold_summary(pending[i], i), s)
+            run.check_finite(fold_run.summarise(pending[i], i), s)
           run.save(s, mine, val_metrics)
   except KeyboardInterrupt:
     raise errors.Interrupted(fold_run.interrupted_message(step, runs)) from None
   finally:   # after an error or Ctrl-C too; their own errors do not hide the first one
     fold_run.close_quietly(*(c for r in runs for c in r.closers()))
   return {r.test_fold: (fold_state(i), r.model) for i, r in enumerate(runs)}
-
-
-def _fold_summary(pending: list[dict], i: int) -> dict[str, float]:
-  """Fold `i`'s means over the group steps of `pending` (device arrays [G]: this waits)."""
-  host = jax.device_get(pending)
-  return {k: float(np.mean([m[k][i] for m in host])) for k in host[0]}

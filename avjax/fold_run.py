@@ -40,10 +40,12 @@ def format_eta(seconds: float) -> str:
   return f"{h}:{m:02d}:{s:02d}"
 
 
-def summarise(pending: list[dict]) -> dict[str, float]:
-  """Means over steps of the per-step metrics (device arrays: this waits for them)."""
+def summarise(pending: list[dict], fold: int | None = None) -> dict[str, float]:
+  """Means over steps of the per-step metrics (device arrays: this waits for them);
+  `fold`: the index of a fold in metrics of a group of folds ([G] each)."""
   host = jax.device_get(pending)
-  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+  pick = (lambda v: v) if fold is None else (lambda v: v[fold])
+  return {k: float(np.mean([pick(m[k]) for m in host])) for k in host[0]}
 
 
 @dataclasses.dataclass
