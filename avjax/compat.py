@@ -52,6 +52,7 @@ FORMER = (
     Former(False, "loss.mask_padded_windows"),
     Former("finetune", "model.trunk"),
     Former(0, "input.cached_views"),
+    Former(False, "input.speaker_centering", "speaker_centering"),
     Former(1.0, "optim.trunk_lr_scale"),
 )
 

@@ -93,6 +93,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # view has one crop / flip / speed / pitch / noise draw for all clips, and
   # training draws one of the 1 + K views per batch for the whole batch.
   c.input.cached_views = 0
+  # model.trunk other than 'finetune': subtract from every clip's cached features the
+  # mean feature of its actor over all of that actor's clips (speaker normalisation;
+  # no label is read). A clip's features then depend on the other clips of its actor,
+  # the test actor's included: NOT the paper's protocol, labelled wherever its numbers
+  # appear, and inference needs several clips of the speaker (avjax.predict).
+  c.input.speaker_centering = False
 
   c.model = ml_collections.ConfigDict()
   c.model.variant = "gating"        # 'gating' (paper), 'lstm' (per-modality LSTMs), 'global' (one window)
@@ -381,6 +387,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not derived.cached and config.input.cached_views:
     fail("input.cached_views", "is for the cached-feature trunks (model.trunk 'frozen' or "
          "'finetune_from:...'); with 'finetune' the media are augmented at every step")
+  if not derived.cached and config.input.speaker_centering:
+    fail("input.speaker_centering", "centres cached features (model.trunk 'frozen' or "
+         "'finetune_from:...'); with 'finetune' no feature is cached")
   if config.loss.distance not in choices.DISTANCES:
     fail("loss.distance", f"{config.loss.distance!r} is not one of {choices.DISTANCES}")
   if config.loss.negatives not in choices.NEGATIVES:

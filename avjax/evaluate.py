@@ -150,6 +150,7 @@ def recipe_info(config) -> dict[str, Any]:
       "center_video_head": bool(config.model.center_video_head),
       "mask_padded_windows": bool(config.loss.mask_padded_windows),
       "trunk": str(config.model.trunk), "cached_views": int(config.input.cached_views),
+      "speaker_centering": bool(config.input.speaker_centering),
       "trunk_lr_scale": float(config.optim.trunk_lr_scale),
   }
 

@@ -157,7 +157,8 @@ def make_reader(config, builder, folds: Sequence[int], read_video: bool):
   `avjax.evaluate` call first). Both have `read(indices, crop)`."""
   if not run_spec.of(config).cached:
     return Reader(builder, folds, read_video)
-  reader = feature_cache.FeatureReader(feature_cache.store_paths(config, builder), folds)
+  reader = feature_cache.FeatureReader(feature_cache.store_paths(config, builder), folds,
+                                       center_actors=bool(config.input.speaker_centering))
   expected = tfds_access._metadata(builder, folds)["label"]
   if not np.array_equal(reader.labels, expected):
     raise feature_cache.FeatureStoreError(

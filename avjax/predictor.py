@@ -140,6 +140,11 @@ class Predictor:
       self.config = workdir_lib.load_fold_config(self.workdir, self.fold)  # as trained
     except (FileNotFoundError, errors.CorruptFileError) as e:
       raise errors.UsageError(str(e)) from None
+    if self.config.input.get("speaker_centering", False):
+      raise errors.UsageError(
+          f"{self.workdir} was trained with input.speaker_centering=True: its features are "
+          "centred by each speaker's mean over many clips, which one file does not give; "
+          "avjax.predict cannot classify clips for such a model")
     self.fold_dir = workdir_lib.fold_dir(self.workdir, self.fold)
     self.bank = load_bank(os.path.join(self.fold_dir, workdir_lib.REFERENCE_BANK))
     self.meta = self.bank.meta

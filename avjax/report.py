@@ -68,7 +68,18 @@ def describe_trunk(folds: list[Mapping[str, Any]]) -> str:
   else:
     text = f"**mixed**: {text}"
   text += f"; cached augmented views: {', '.join(map(str, views))}"
-  return text + _trunk_lr_text(folds)
+  return text + _trunk_lr_text(folds) + _speaker_text(folds)
+
+
+def _speaker_text(folds: list[Mapping[str, Any]]) -> str:
+  """'' unless some fold centred its features per actor (`input.speaker_centering`)."""
+  centred = [bool(f.get("speaker_centering", False)) for f in folds]
+  if not any(centred):
+    return ""
+  which = "every fold" if all(centred) else f"{sum(centred)} of {len(centred)} folds"
+  return ("; **features centred per actor** (input.speaker_centering, " + which + "): each "
+          "clip's cached features minus its actor's mean over all of that actor's clips, the "
+          "test actors' unlabelled clips included; NOT the paper's protocol")
 
 
 def _trunk_lr_text(folds: list[Mapping[str, Any]]) -> str:

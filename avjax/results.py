@@ -326,6 +326,7 @@ def build_results(folds: list[tuple[dict[str, np.ndarray], dict[str, Any]]]) -> 
         "checkpoint_step": info.get("checkpoint_step"), "selected_by": info.get("selected_by"),
         "allow_missing_folds": bool(info.get("allow_missing_folds", False)),
         "trunk": info.get("trunk", "finetune"), "cached_views": int(info.get("cached_views", 0)),
+        "speaker_centering": bool(info.get("speaker_centering", False)),
         "trunk_lr_scale": float(info.get("trunk_lr_scale", 1.0)),
     })
     for m in MODALITIES:

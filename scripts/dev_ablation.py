@@ -58,6 +58,9 @@ SETTINGS = {
     # The batch-all warm-up over 70 % / all of training (default 50 %).
     "warmup70": {"loss.batch_all_fraction": 0.7},
     "batch_all": {"loss.batch_all_fraction": 1.0},
+    # Speaker normalisation (`input.speaker_centering`), alone and with the views.
+    "speaker": {"input.speaker_centering": True},
+    "views4_speaker": {"input.cached_views": 4, "input.speaker_centering": True},
     # The `global` variant's window: one centred window of L seconds (builder config
     # w1_l{L}_no_fit), under the defaults.
     **{f"global_l{n}": {"dataset.config": f"w1_l{n}_no_fit"} for n in ("1", "2", "3", "4")},
@@ -67,6 +70,8 @@ SETTINGS = {
         ("_trunk0.1", {"optim.trunk_lr_scale": 0.1}),
         ("_trunk0.01", {"optim.trunk_lr_scale": 0.01}),
         ("_views4", {"input.cached_views": 4}),
+        ("_speaker", {"input.speaker_centering": True}),
+        ("_views4_speaker", {"input.cached_views": 4, "input.speaker_centering": True}),
         ("_trunk0.1_views4", {"optim.trunk_lr_scale": 0.1, "input.cached_views": 4}),
         ("_batch_all", {"loss.batch_all_fraction": 1.0}),
         ("_lr3e-4", {"optim.learning_rate": 3e-4}),
@@ -89,6 +94,8 @@ SETTINGS = {
         ("_trunk0.01", {"optim.trunk_lr_scale": 0.01}),
         ("_trunk0.01_views4", {"optim.trunk_lr_scale": 0.01, "input.cached_views": 4}),
         ("_views4", {"input.cached_views": 4}),
+        ("_speaker", {"input.speaker_centering": True}),
+        ("_views4_speaker", {"input.cached_views": 4, "input.speaker_centering": True}),
         # Batch-all for the first E % of the epochs (E of the default 100), then semi-hard
         # MWTSM.
         ("_warmup30", {"loss.batch_all_fraction": 0.3}),

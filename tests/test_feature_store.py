@@ -32,6 +32,7 @@ from absl.testing import absltest
 from avjax import augment
 from avjax import config_lib
 from avjax import device_data
+from avjax import errors
 from avjax import evaluate
 from avjax import feature_store
 from avjax import fixed_trunk
@@ -385,6 +386,41 @@ class StoreTest(absltest.TestCase):
     self.assertEqual(set(drawn), {0, 1})
     self.assertEqual({clean.draw_view(5, s) for s in range(10)}, {0})
 
+  def test_speaker_centring_subtracts_each_actors_clean_mean(self):
+    c = copy.deepcopy(self.config)
+    c.input.pitch_shift_semitones = 0.0       # the views store of the tests above
+    c.input.cached_views = 1
+    feature_store.ensure(c)
+    builder = tfds_access.get_builder(c)
+    raw = input_pipeline.make_reader(c, builder, [1, 2], False)
+    c.input.speaker_centering = True
+    centred = input_pipeline.make_reader(c, builder, [1, 2], False)
+    n = len(raw.labels)
+    clean = raw.read(range(n), view=0)
+    # The reference: each actor's window_valid-weighted mean of its clean features.
+    w = clean["window_valid"][..., None]                            # [n, T, 1]
+    means = {a: (w[clean["actor"] == a] * clean["audio"][clean["actor"] == a]).sum((0, 1))
+             / w[clean["actor"] == a].sum() for a in np.unique(clean["actor"])}
+    self.assertGreater(len(means), 1)
+    want_shift = np.stack([means[a] for a in clean["actor"]])[:, None]   # [n, 1, C]
+    for view in (0, 1):
+      np.testing.assert_allclose(centred.read(range(n), view=view)["audio"],
+                                 raw.read(range(n), view=view)["audio"] - want_shift,
+                                 rtol=1e-5, atol=1e-5)
+    # read_all (the device path) centres every view alike.
+    everything = centred.read_all()["audio"]                         # [n, V, T, C]
+    np.testing.assert_allclose(everything[:, 1], raw.read(range(n), view=1)["audio"] - want_shift,
+                               rtol=1e-5, atol=1e-5)
+    # An actor's centring uses its own clips only: fold 1 read alone is centred alike.
+    alone = input_pipeline.make_reader(c, builder, [1], False)
+    k = len(alone.labels)
+    np.testing.assert_allclose(alone.read(range(k))["audio"], centred.read(range(k))["audio"],
+                               rtol=1e-5, atol=1e-5)
+    c.model.trunk = "finetune"
+    c.input.cached_views = 0
+    with self.assertRaisesRegex(ValueError, "input.speaker_centering"):
+      config_lib.validate(c)
+
   def test_the_sampler_is_the_media_pipelines(self):
     c = self.config
     media = copy.deepcopy(c)
@@ -499,6 +535,13 @@ class FrozenWorkdirTest(absltest.TestCase):
     predictor = predictor_lib.Predictor(self.workdir)
     self.assertEqual(set(predictor.state.params["audio_encoder"]), {"Embedding"})
     self.assertEqual(set(predictor.state.params["video_encoder"]), {"Logits"})
+
+  def test_predict_refuses_a_model_with_speaker_centring(self):
+    config = workdir_lib.load_fold_config(self.workdir, 0)
+    config.input.speaker_centering = True
+    with mock.patch.object(workdir_lib, "load_fold_config", return_value=config):
+      with self.assertRaisesRegex(errors.UsageError, "input.speaker_centering=True"):
+        predictor_lib.Predictor(self.workdir)
 
   def test_predict_runs_the_trunk_on_a_new_clip(self):
     from tests import dummy_media

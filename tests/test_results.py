@@ -272,6 +272,16 @@ class WriteResultsTest(absltest.TestCase):
         md = open(report.write_results(d)[1]).read()
         line = f"trunk layers trained at {scale:g} x the learning rate (optim.trunk_lr_scale)"
         self.assertEqual(line in md, said, (trunk, scale))
+    # Speaker centring is said (and that it is not the paper's protocol) when it was used.
+    for centred in (False, True):
+      with tempfile.TemporaryDirectory() as d:
+        two_fold_workdir(d, trunk="frozen", speaker_centering=centred)
+        md_path = report.write_results(d)[1]
+        md = open(md_path).read()
+        self.assertEqual("**features centred per actor** (input.speaker_centering, every fold)"
+                         in md, centred)
+        doc = json.load(open(md_path[:-2] + "json"))
+        self.assertEqual([f["speaker_centering"] for f in doc["folds"]], [centred] * 2)
     with tempfile.TemporaryDirectory() as d:
       two_fold_workdir(d, mse_weight=1.0)
       self.assertIn("margin 1; audio-video MSE weight 1\n", open(report.write_results(d)[1]).read())

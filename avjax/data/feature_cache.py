@@ -125,16 +125,45 @@ def check_key(store: str, key: Mapping[str, Any]) -> dict:
 # --------------------------------------------------------------------------- reading
 
 
+def actor_means(features: Sequence[np.ndarray], actors: np.ndarray,
+                window_valid: np.ndarray) -> dict[int, np.ndarray]:
+  """{actor: [C] float64} each actor's mean feature over the clean view (view 0) of all
+  of its clips, every window weighted by its valid fraction and every position of a
+  feature map alike: the speaker normalisation of speech emotion recognition (no label
+  is read). `features`: per fold [n, V, T, ..., C] (memory-mapped); `actors` [N] and
+  `window_valid` [N, T] of the folds concatenated in the same order."""
+  sums: dict[int, np.ndarray] = {}
+  weights: dict[int, float] = {}
+  start = 0
+  for part in features:
+    for i in range(len(part)):
+      a, w = int(actors[start + i]), window_valid[start + i].astype(np.float64)   # [T]
+      clean = np.asarray(part[i, 0], np.float64)                                  # [T, ..., C]
+      per_window = clean.reshape(clean.shape[0], -1, clean.shape[-1]).mean(axis=1)  # [T, C]
+      sums[a] = sums.get(a, 0.0) + w @ per_window
+      weights[a] = weights.get(a, 0.0) + float(w.sum())
+    start += len(part)
+  for a, total in weights.items():
+    if total <= 0:
+      raise FeatureStoreError(f"actor {a} has no valid window to take a mean over")
+  return {a: sums[a] / weights[a] for a in sums}
+
+
 class FeatureReader:
   """Reads batches of cached features of `folds` (concatenated in that order, as the
   data source 'fold_a+fold_b' orders them); `read` has `input_pipeline.Reader`'s form.
   `stores`: {modality: store directory}. A fold the store lacks is an error naming it.
-  Picklable: the arrays are memory-mapped on first use."""
+  Picklable: the arrays are memory-mapped on first use.
+
+  `center_actors` (`input.speaker_centering`): every clip's features minus its actor's
+  mean feature (`actor_means`), in every batch read and in `read_all`."""
   is_features = True
 
-  def __init__(self, stores: Mapping[str, str], folds: Sequence[int]):
+  def __init__(self, stores: Mapping[str, str], folds: Sequence[int],
+               center_actors: bool = False):
     self.stores = dict(stores)
     self.folds = [int(f) for f in folds]
+    self.center_actors = bool(center_actors)
     for modality, store in self.stores.items():
       for fold in self.folds:
         if not os.path.isdir(fold_path(store, fold)):
@@ -147,7 +176,7 @@ class FeatureReader:
 
   def __getstate__(self):
     return {"stores": self.stores, "folds": self.folds, "num_views": self.num_views,
-            "_arrays": None}
+            "center_actors": self.center_actors, "_arrays": None}
 
   def _load(self) -> dict:
     if self._arrays is None:
@@ -168,7 +197,16 @@ class FeatureReader:
                                   f"the clips of folds {self.folds}")
       self._offsets = np.concatenate([[0], np.cumsum(sizes)])
       self._arrays = {k: (v if k in self.stores else np.concatenate(v)) for k, v in arrays.items()}
+      if self.center_actors:
+        self._means = {m: actor_means(arrays[m], self._arrays["actor"],
+                                      self._arrays["window_valid"])
+                       for m in self.stores}
     return self._arrays
+
+  def _centring(self, modality: str, actors: np.ndarray) -> np.ndarray:
+    """[b, C] means of `actors` to subtract from their clips' features."""
+    means = self._means[modality]
+    return np.stack([means[int(a)] for a in actors])
 
   @property
   def labels(self) -> np.ndarray:
@@ -181,6 +219,10 @@ class FeatureReader:
     arrays = self._load()
     out = {m: np.concatenate([np.asarray(a, np.float32) for a in arrays[m]])
            for m in self.stores}
+    if self.center_actors:
+      for m in self.stores:
+        shift = self._centring(m, arrays["actor"])                  # [n, C]
+        out[m] -= shift.reshape(shift.shape[:1] + (1,) * (out[m].ndim - 2) + shift.shape[1:])
     out["label"] = arrays["label"].astype(np.int32)
     out["window_valid"] = arrays["window_valid"].astype(np.float32)
     return out
@@ -210,6 +252,10 @@ class FeatureReader:
       parts = arrays[modality]
       rows = [parts[w][i - self._offsets[w], view] for w, i in zip(where, idx)]
       batch[modality] = np.stack(rows).astype(np.float32)
+      if self.center_actors:
+        shift = self._centring(modality, batch["actor"])          # [b, C]
+        batch[modality] -= shift.reshape(
+            shift.shape[:1] + (1,) * (batch[modality].ndim - 2) + shift.shape[1:])
     batch["label"] = batch["label"].astype(np.int32)
     batch["actor"] = batch["actor"].astype(np.int32)
     batch["window_valid"] = batch["window_valid"].astype(np.float32)
