@@ -25,6 +25,10 @@ DISTANCES = ("squared", "euclidean")   # loss.distance
 
 NEGATIVES = ("hardest", "semihard")    # loss.negatives (avjax.mining checks it too)
 
+# model.audio_head_stats: how SoundNet's head pools its layer over time (the mean, or the
+# mean and the standard deviation; avjax.models.soundnet.pool_time).
+AUDIO_HEAD_STATS = ("mean", "mean_std")
+
 
 # What evaluation reports per `model.modalities`, and the gate embeddings of each.
 GATE_MODALITIES = {"av": ("AO", "VO", "AV"), "audio": ("AO",), "video": ("VO",)}

@@ -135,6 +135,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # conv1-conv7, an I3D endpoint before Mixed_5c) are fixed and cached, the layers
   # above it train from their pretrained weights.
   c.model.trunk = "finetune"
+  # SoundNet's fresh head: the layer it pools over time ('conv7', the paper's network,
+  # or an earlier one, whose layers above it are then not built) and how: 'mean', or
+  # 'mean_std' (the mean and the standard deviation over time, concatenated). Not the
+  # paper's with another layer or 'mean_std' (docs/experiments.md).
+  c.model.audio_head_layer = "conv7"
+  c.model.audio_head_stats = "mean"
   # SoundNet's fresh head: subtract the mean of its input (pooled conv7; the batch mean
   # in training, a running mean in evaluation) before the Embedding layer. Not in the
   # paper. Post-ReLU features are almost all positive, which makes Adam move the head's
@@ -387,6 +393,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not derived.cached and config.input.cached_views:
     fail("input.cached_views", "is for the cached-feature trunks (model.trunk 'frozen' or "
          "'finetune_from:...'); with 'finetune' the media are augmented at every step")
+  layers = trunks.SOUNDNET_CUTS
+  if config.model.audio_head_layer not in layers:
+    fail("model.audio_head_layer", f"{config.model.audio_head_layer!r} is not one of {layers}")
+  if config.model.audio_head_stats not in choices.AUDIO_HEAD_STATS:
+    fail("model.audio_head_stats", f"{config.model.audio_head_stats!r} is not one of "
+         f"{choices.AUDIO_HEAD_STATS}")
+  cut = derived.trunk_inputs.get("audio")
+  if cut in layers and layers.index(cut) > layers.index(config.model.audio_head_layer):
+    fail("model.audio_head_layer", f"{config.model.audio_head_layer!r} is below the cut of "
+         f"model.trunk={config.model.trunk!r}: the layers trained would not reach the head")
   if not derived.cached and config.input.speaker_centering:
     fail("input.speaker_centering", "centres cached features (model.trunk 'frozen' or "
          "'finetune_from:...'); with 'finetune' no feature is cached")

@@ -35,9 +35,10 @@ def encoder(config, modality: str):
     last = str(m.video_last_block) if cut == trunks.POOLED else cut
     return i3d.I3D(final_endpoint=last, last_block=str(m.video_last_block),
                    width=float(m.video_width), dtype=dtype, conv_impl=str(m.conv_impl))
-  last = "conv7" if cut == trunks.POOLED else cut
+  last = str(m.audio_head_layer) if cut == trunks.POOLED else cut
   return soundnet.SoundNet8(final_endpoint=last, width=float(m.audio_width), dtype=dtype,
-                            conv_impl=str(m.conv_impl))
+                            conv_impl=str(m.conv_impl), head_layer=str(m.audio_head_layer),
+                            head_stats=str(m.audio_head_stats))
 
 
 def _window(config, modality: str, info: Mapping[str, Any]) -> jax.ShapeDtypeStruct:
@@ -76,11 +77,14 @@ def trunk_variables(config, modality: str, window: jax.ShapeDtypeStruct) -> dict
 
 
 def _features(enc, cut: str, variables, x):
-  """[N, ...] media -> [N, ...] float32 features at the cut (pooled when 'pooled')."""
+  """[N, ...] media -> [N, ...] float32 features at the cut (pooled when 'pooled': as the
+  model's head pools, SoundNet's by its `head_stats`)."""
   out, _ = enc.apply(variables, x, train=False)
   out = out.astype(jnp.float32)
   if cut == trunks.POOLED:
-    out = jnp.mean(out, axis=tuple(range(1, out.ndim - 1)))     # over time (and space)
+    if isinstance(enc, soundnet.SoundNet8):
+      return soundnet.pool_time(out, enc.head_stats)
+    out = jnp.mean(out, axis=tuple(range(1, out.ndim - 1)))     # over time and space
   return out
 
 

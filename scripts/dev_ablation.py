@@ -61,6 +61,9 @@ SETTINGS = {
     # Speaker normalisation (`input.speaker_centering`), alone and with the views.
     "speaker": {"input.speaker_centering": True},
     "views4_speaker": {"input.cached_views": 4, "input.speaker_centering": True},
+    "conv4ms": {"model.audio_head_layer": "conv4", "model.audio_head_stats": "mean_std"},
+    "conv4ms_speaker": {"model.audio_head_layer": "conv4", "model.audio_head_stats": "mean_std",
+                        "input.speaker_centering": True},
     # The `global` variant's window: one centred window of L seconds (builder config
     # w1_l{L}_no_fit), under the defaults.
     **{f"global_l{n}": {"dataset.config": f"w1_l{n}_no_fit"} for n in ("1", "2", "3", "4")},
@@ -71,6 +74,12 @@ SETTINGS = {
         ("_trunk0.01", {"optim.trunk_lr_scale": 0.01}),
         ("_views4", {"input.cached_views": 4}),
         ("_speaker", {"input.speaker_centering": True}),
+        ("_conv4ms", {"model.audio_head_layer": "conv4", "model.audio_head_stats": "mean_std"}),
+        ("_conv4ms_speaker", {"model.audio_head_layer": "conv4", "model.audio_head_stats": "mean_std",
+                              "input.speaker_centering": True}),
+        ("_conv4ms_views4_speaker", {"model.audio_head_layer": "conv4",
+                                     "model.audio_head_stats": "mean_std",
+                                     "input.cached_views": 4, "input.speaker_centering": True}),
         ("_views4_speaker", {"input.cached_views": 4, "input.speaker_centering": True}),
         ("_trunk0.1_views4", {"optim.trunk_lr_scale": 0.1, "input.cached_views": 4}),
         ("_batch_all", {"loss.batch_all_fraction": 1.0}),
@@ -95,6 +104,12 @@ SETTINGS = {
         ("_trunk0.01_views4", {"optim.trunk_lr_scale": 0.01, "input.cached_views": 4}),
         ("_views4", {"input.cached_views": 4}),
         ("_speaker", {"input.speaker_centering": True}),
+        ("_conv4ms", {"model.audio_head_layer": "conv4", "model.audio_head_stats": "mean_std"}),
+        ("_conv4ms_speaker", {"model.audio_head_layer": "conv4", "model.audio_head_stats": "mean_std",
+                              "input.speaker_centering": True}),
+        ("_conv4ms_views4_speaker", {"model.audio_head_layer": "conv4",
+                                     "model.audio_head_stats": "mean_std",
+                                     "input.cached_views": 4, "input.speaker_centering": True}),
         ("_views4_speaker", {"input.cached_views": 4, "input.speaker_centering": True}),
         # Batch-all for the first E % of the epochs (E of the default 100), then semi-hard
         # MWTSM.

@@ -14,6 +14,7 @@ On the shared synthetic set with the tiny random-weight model:
 """
 
 import copy
+import functools
 import dataclasses
 import io
 import json
@@ -184,6 +185,24 @@ class EquivalenceTest(absltest.TestCase):
 
   def test_frozen_trunk_equals_the_whole_network_with_its_trunks_held(self):
     self.check(frozen_config())
+
+  def test_a_head_on_conv4_statistics_equals_the_whole_network(self):
+    """`model.audio_head_layer='conv4'`, `audio_head_stats='mean_std'`: the store pools
+    conv4 as the whole network's head does, and nothing above conv4 is built."""
+    config = frozen_config(modalities="audio")
+    config.model.audio_head_layer, config.model.audio_head_stats = "conv4", "mean_std"
+    self.check(config)
+    model = gating.create_model(config.model)
+    audio = jax.ShapeDtypeStruct((2, 1, 2 * int(config.model.audio_width * 128)), jnp.float32)
+    params = jax.eval_shape(functools.partial(model.init, train=False),
+                            jax.random.PRNGKey(0), None, audio)["params"]
+    self.assertEqual(params["audio_encoder"]["Embedding"]["kernel"].shape[0], audio.shape[-1])
+    config.model.trunk = "finetune"
+    full = gating.create_model(config.model)
+    wave = jax.ShapeDtypeStruct((2, 1, 22050), jnp.float32)
+    names = set(jax.eval_shape(functools.partial(full.init, train=False), jax.random.PRNGKey(0),
+                               None, wave)["params"]["audio_encoder"])
+    self.assertEqual(names, {"conv1", "conv2", "conv3", "conv4", "Embedding"})
 
   def test_finetune_from_a_cut_equals_the_whole_network_above_it(self):
     """SoundNet-8 cached up to conv5 (the store's maps): conv6, conv7 and the head give the

@@ -112,6 +112,25 @@ class SoundNetTest(parameterized.TestCase):
     expected = np.asarray(endpoints["conv7"]).mean(axis=1) @ head["kernel"] + head["bias"]
     np.testing.assert_allclose(emb, expected, rtol=1e-5, atol=1e-5)
 
+  def test_a_head_on_conv4_statistics(self):
+    """head_layer='conv4', head_stats='mean_std': the Dense head of conv4's mean and
+    standard deviation over time (numpy's, with STD_EPSILON under the root), conv5-conv7
+    not built, and a finite gradient where a channel is constant over the window."""
+    model = soundnet.SoundNet8(embed_dim=8, width=0.25, head_layer="conv4", head_stats="mean_std")
+    variables = random_variables(jax.eval_shape(model.init, jax.random.PRNGKey(0), self.wave))
+    self.assertEqual(set(variables["params"]), {"conv1", "conv2", "conv3", "conv4", "Embedding"})
+    emb, endpoints = jax.jit(model.apply)(variables, self.wave)
+    self.assertNotIn("conv5", endpoints)
+    c4 = np.asarray(endpoints["conv4"], np.float64)
+    stats = np.concatenate([c4.mean(1), np.sqrt(c4.var(1) + soundnet.STD_EPSILON)], -1)
+    head = variables["params"]["Embedding"]
+    np.testing.assert_allclose(emb, stats @ head["kernel"] + head["bias"], rtol=1e-4, atol=1e-4)
+    x = jnp.ones((2, 5, 3)).at[:, :, 0].set(jnp.arange(5.0))    # channels 1, 2 constant
+    grad = jax.grad(lambda x: jnp.sum(soundnet.pool_time(x, "mean_std")))(x)
+    self.assertTrue(bool(jnp.all(jnp.isfinite(grad))))
+    with self.assertRaisesRegex(ValueError, "head_stats"):
+      soundnet.pool_time(x, "max")
+
   def test_pretrained_loading(self):
     model = soundnet.SoundNet8(embed_dim=8)
     fresh = random_variables(jax.eval_shape(model.init, jax.random.PRNGKey(0), self.wave))

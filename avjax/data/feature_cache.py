@@ -73,6 +73,10 @@ def store_key(config, builder, modality: str) -> dict[str, Any]:
       "width": float(m.video_width if modality == "video" else m.audio_width),
       "views": int(config.input.cached_views),
   }
+  if modality == "audio" and key["endpoint"] == "pooled" and (
+      m.audio_head_layer, m.audio_head_stats) != ("conv7", "mean"):
+    # Only when not the default, so that the stores written before it stay valid.
+    key["pooled"] = f"{m.audio_head_layer}:{m.audio_head_stats}"
   if modality == "video":
     key["last_block"] = str(m.video_last_block)
     key["crop_size"] = int(config.input.crop_size)

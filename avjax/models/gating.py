@@ -126,6 +126,8 @@ class AVModel(nn.Module):
   video_bn_momentum: float = i3d.BN_MOMENTUM       # BatchNorm momentum of each encoder
   audio_bn_momentum: float = soundnet.BN_MOMENTUM
   center_audio_head: bool = False      # model.center_audio_head (conv.Centering)
+  audio_head_layer: str = "conv7"      # model.audio_head_layer (SoundNet8.head_layer)
+  audio_head_stats: str = "mean"       # model.audio_head_stats (SoundNet8.head_stats)
   center_video_head: bool = False      # model.center_video_head
   # Where each encoder starts (trunks.trunk_inputs): None (raw media), 'pooled'
   # (the frozen trunk's cached pooled output: only the head is built) or a layer
@@ -184,6 +186,8 @@ class AVModel(nn.Module):
                                   bn_momentum=self.audio_bn_momentum,
                                   input_endpoint=self.audio_input,
                                   center_head=self.center_audio_head,
+                                  head_layer=self.audio_head_layer,
+                                  head_stats=self.audio_head_stats,
                                   )(wave, train=train, sample_mask=sample_mask)
       outputs["audio_enc"] = emb.astype(jnp.float32).reshape(tuple(abt) + (self.embed_dim,))
     for m in ("video", "audio"):
@@ -224,7 +228,8 @@ def create_model(model_config: Any) -> AVModel:
       conv_impl=str(m.conv_impl),
       video_bn_momentum=float(m.video_bn_momentum), audio_bn_momentum=float(m.audio_bn_momentum),
       video_input=inputs.get("video"), audio_input=inputs.get("audio"),
-      center_audio_head=bool(m.center_audio_head), center_video_head=bool(m.center_video_head))
+      center_audio_head=bool(m.center_audio_head), center_video_head=bool(m.center_video_head),
+      audio_head_layer=str(m.audio_head_layer), audio_head_stats=str(m.audio_head_stats))
 
 
 def model_inputs(batch: Mapping[str, Any], modalities: str) -> tuple[Any, Any]:

@@ -25,7 +25,9 @@ Our head (not in SoundNet): conv7 -> mean over time -> Dense 1024 -> D
 scenes with an 8-tap kernel that a 1 s window is too short for). Mean rather than
 max pooling: it matches I3D's global average pool, and every conv7 position gets a
 gradient. A 1 s window (22050 samples) gives 2 conv7 steps; the shortest input is
-4574 samples (about 0.21 s).
+4574 samples (about 0.21 s). `head_layer` / `head_stats` let the head pool another
+layer, or the mean and standard deviation over time (`pool_time`), e.g. conv4 -> mean
+and std -> Dense 256 -> D; the layers above that layer are then not built.
 
 Shapes: N clips (B*T windows in the gating model), S audio samples at 22050 Hz,
 L time steps, Ch channels, D embedding size. Input [N, S] float in [-1, 1], scaled
@@ -43,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from avjax import choices
 from avjax.models import conv
 from avjax.models import i3d
 from avjax.models import weights
@@ -65,8 +68,15 @@ LAYERS = (
     ("conv7", 1024, 4, 2, 2, None),
 )
 ENDPOINTS = tuple(layer[0] for layer in LAYERS) + ("Embedding",)
-# `input_endpoint` of a model that starts from cached features: conv7 pooled over time.
+# `input_endpoint` of a model that starts from cached features: the head's layer
+# (conv7 by default) pooled over time.
 POOLED = "pooled"
+# How the head pools its layer over time (`model.audio_head_stats`): the mean, or the
+# mean and the standard deviation concatenated (statistics pooling).
+HEAD_STATS = choices.AUDIO_HEAD_STATS
+# Added to the variance under the square root: the standard deviation of a constant
+# channel (a ReLU silent over the window) then has a finite gradient.
+STD_EPSILON = 1e-5
 INPUT_ENDPOINTS = tuple(layer[0] for layer in LAYERS) + (POOLED,)
 
 
@@ -80,6 +90,19 @@ def output_length(num_samples: int, final_endpoint: str = "conv7") -> int:
     if name == final_endpoint or length <= 0:
       break
   return length
+
+
+def pool_time(x: jax.Array, stats: str = "mean") -> jax.Array:
+  """[N, L, Ch] -> [N, Ch] (mean over time) or [N, 2 Ch] ('mean_std': the mean, then
+  sqrt(variance + STD_EPSILON)), in float32."""
+  x = x.astype(jnp.float32)
+  mean = jnp.mean(x, axis=1)
+  if stats == "mean":
+    return mean
+  if stats != "mean_std":
+    raise ValueError(f"SoundNet8.head_stats: {stats!r} is not one of {HEAD_STATS}")
+  var = jnp.mean(jnp.square(x - mean[:, None]), axis=1)
+  return jnp.concatenate([mean, jnp.sqrt(var + STD_EPSILON)], axis=-1)
 
 
 def min_samples() -> int:
@@ -159,8 +182,8 @@ class SoundNet8(nn.Module):
       fraction per training step); BN_MOMENTUM (Torch's 0.1) by default.
     input_endpoint: None (the input is raw audio [N, S]), a layer name 'conv1' ...
       'conv7' (the input is that layer's output [N, L, Ch]; only the layers after it
-      are built), or 'pooled' (conv7 pooled over time [N, Ch]; only the head is
-      built). Parameter names do not change, so the variables of the layers built
+      are built), or 'pooled' (the head's layer pooled over time, `pool_time`,
+      [N, Ch] or [N, 2 Ch]; only the head is built). Parameter names do not change, so the variables of the layers built
       are a subset of the whole network's (the frozen-trunk modes, avjax.feature_store).
   """
   embed_dim: int = 400
@@ -174,6 +197,11 @@ class SoundNet8(nn.Module):
   # `model.center_audio_head`: the head's input minus its mean (`HeadCentering`) before
   # the Embedding layer. Not in the paper (docs/experiments.md).
   center_head: bool = False
+  # `model.audio_head_layer` / `audio_head_stats`: the layer the head pools over time
+  # (the paper's network: conv7) and how (`pool_time`). With an earlier layer the
+  # layers above it are not built.
+  head_layer: str = "conv7"
+  head_stats: str = "mean"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False, sample_mask: jax.Array | None = None
@@ -183,6 +211,7 @@ class SoundNet8(nn.Module):
     if self.final_endpoint not in ENDPOINTS:
       raise ValueError(f"SoundNet8.final_endpoint: {self.final_endpoint!r} is not one of {ENDPOINTS}")
     start = _check_input(self.input_endpoint, self.final_endpoint, x)
+    _check_head(self.head_layer, self.head_stats, self.input_endpoint)
     conv.check_impl(self.conv_impl)
     use_running_average = self.freeze_bn or not train
     endpoints: dict[str, jax.Array] = {}
@@ -196,14 +225,17 @@ class SoundNet8(nn.Module):
     mask = None
     if sample_mask is not None and not use_running_average:
       mask = jnp.asarray(sample_mask, bool).reshape((-1, 1, 1))
-    for name, channels, kernel, stride, pad, pool in LAYERS[start:]:
+    stop = len(LAYERS)
+    if self.final_endpoint == "Embedding":   # the head's layer is the last one built
+      stop = [layer[0] for layer in LAYERS].index(self.head_layer) + 1
+    for name, channels, kernel, stride, pad, pool in LAYERS[start:stop]:
       net = ConvBlock(i3d.scaled_channels(channels, self.width), kernel, stride, pad, pool,
                       use_running_average=use_running_average, dtype=self.dtype,
                       conv_impl=self.conv_impl, bn_momentum=self.bn_momentum, name=name)(net, mask)
       endpoints[name] = net  # [N, L, Ch]
       if name == self.final_endpoint:
         return net, endpoints
-    return head(jnp.mean(net.astype(jnp.float32), axis=1), endpoints)  # [N, Ch] pooled
+    return head(pool_time(net, self.head_stats), endpoints)  # [N, Ch] or [N, 2 Ch] pooled
 
   def _head(self, pooled: jax.Array, endpoints: dict, *, train: bool,
             sample_mask: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -214,6 +246,17 @@ class SoundNet8(nn.Module):
                    name="Embedding")(pooled.astype(self.dtype))  # [N, D]
     endpoints["Embedding"] = emb
     return emb, endpoints
+
+
+def _check_head(head_layer: str, head_stats: str, input_endpoint: str | None) -> None:
+  names = tuple(layer[0] for layer in LAYERS)
+  if head_layer not in names:
+    raise ValueError(f"SoundNet8.head_layer: {head_layer!r} is not one of {names}")
+  if head_stats not in HEAD_STATS:
+    raise ValueError(f"SoundNet8.head_stats: {head_stats!r} is not one of {HEAD_STATS}")
+  if input_endpoint in names and names.index(input_endpoint) > names.index(head_layer):
+    raise ValueError(f"SoundNet8: the input {input_endpoint!r} comes after the head's layer "
+                     f"{head_layer!r}")
 
 
 def _check_input(input_endpoint: str | None, final_endpoint: str, x: jax.Array) -> int:
