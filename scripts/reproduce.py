@@ -24,11 +24,13 @@ Rows and runs:
   both tables share it in one workdir), VO-Global (`video_global`), VO-LSTM
   (`video_lstm`), AV-Global (`global`), A-LSTM+V-LSTM (`lstm`), each at its last gate.
 
-`--config_args=cpu` runs every row with the CPU recipe (frozen trunks, cached augmented
-views); `--trunk=frozen` (or `finetune_from:<endpoint>`) passes `--config.model.trunk` to
+`--config_args=cpu` runs every row with the CPU recipe (frozen trunks, SoundNet's head on
+conv4's mean and std, features centred per speaker: not the paper's protocol, and the
+table says so); `--trunk=frozen` (or `finetune_from:<endpoint>`) passes `--config.model.trunk` to
 every run. Tables of a trunk other than the paper's `finetune` say so in their title and
 beside every number, since the paper fine-tunes the encoders. Keep one workdir per
-trunk: a run on disk with another trunk is refused.
+setting: a run on disk with another trunk, cached views, speaker centring or audio head is
+refused.
 
 Output: `<workdir>/table{1,2}.md` (ours beside the paper, with the conventions) and
 `<workdir>/table{1,2}.json` (the same rows, machine-readable).
@@ -126,7 +128,47 @@ def command(dataset: str, arg: str, run_dir: str, folds: str, extra: list[str],
   return cmd
 
 
-def reusable(run_dir: str, config, folds: tuple[int, ...], trunk: str = "finetune") -> bool:
+# The fields of a fold's results.json record that decide what a run computed beside its
+# config file and tokens (the tokens `cpu` and --trunk / --override set them), with the
+# value a record without the field had.
+SETTING_FIELDS = {"trunk": ("model.trunk", "finetune"),
+                  "cached_views": ("input.cached_views", 0),
+                  "speaker_centering": ("input.speaker_centering", False),
+                  "audio_head_layer": ("model.audio_head_layer", "conv7"),
+                  "audio_head_stats": ("model.audio_head_stats", "mean")}
+
+
+def apply_overrides(config, overrides: list[str]):
+  """`config` with --override's 'field=value' strings set (as `command` passes them to
+  the run), each value parsed as its field's type."""
+  import ast
+  for o in overrides:
+    o = o[2:] if o.startswith("--") else o
+    o = o[len("config."):] if o.startswith("config.") else o
+    field, sep, text = o.partition("=")
+    if not sep:
+      raise app.UsageError(f"--override={o!r}: expected field=value")
+    *groups, name = field.split(".")
+    node = config
+    for g in groups:
+      node = node[g]
+    current = node[name]
+    if isinstance(current, bool):
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise app.UsageError(f"--override={o!r}: {field} takes true or false")
+      value = text.lower() in ("true", "1")
+    elif isinstance(current, str):
+      value = text
+    else:
+      try:
+        value = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        value = text
+    node[name] = value
+  return config
+
+
+def reusable(run_dir: str, config, folds: tuple[int, ...]) -> bool:
   """True when run_dir/results.json covers `folds` of this configuration; raises on a mismatch."""
   path = os.path.join(run_dir, "results.json")
   if not os.path.isfile(path):
@@ -136,9 +178,11 @@ def reusable(run_dir: str, config, folds: tuple[int, ...], trunk: str = "finetun
               "variant": config.model.variant, "modalities": config.model.modalities,
               "exclude_used": config.loss.exclude_used}
   wrong = {k: (doc.get(k), v) for k, v in expected.items() if doc.get(k) != v}
-  on_disk = sorted({f.get("trunk", "finetune") for f in doc["folds"]})
-  if on_disk != [trunk]:
-    wrong["trunk"] = (",".join(on_disk), trunk)
+  for key, (field, before) in SETTING_FIELDS.items():
+    group, name = field.split(".")
+    on_disk = sorted({str(f.get(key, before)) for f in doc["folds"]})
+    if on_disk != [str(config[group][name])]:
+      wrong[key] = (",".join(on_disk), str(config[group][name]))
   if wrong:
     raise ValueError(f"{path} belongs to another configuration: " +
                      ", ".join(f"{k} is {a!r}, this row needs {b!r}" for k, (a, b) in wrong.items()) +
@@ -170,17 +214,25 @@ def _pm(mean, std) -> str:
   return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
 
 
-def format_table(dataset: str, table: int, rows: list[dict], trunk: str = "finetune") -> str:
+def format_table(dataset: str, table: int, rows: list[dict], trunk: str = "finetune",
+                 speaker_centering: bool = False) -> str:
   title = {"ravdess": "RAVDESS", "crema_d": "CREMA-D"}[dataset]
   label = report.trunk_label(trunk)
+  if speaker_centering:
+    label = f"{label}, speaker-centred" if label else "speaker-centred"
   ours = f"Ours ({label})" if label else "Ours"
   lines = [f"# Table {'I' * table}, {title}: ours{f' ({label})' if label else ''} beside the paper",
            ""]
-  if label:
-    lines += [f"**{label.capitalize()}** (`model.trunk={trunk}`): the pretrained encoders' "
-              "layers below the cut were not trained, only those above it, the heads and the "
-              "LSTMs. The paper fine-tunes the whole encoders end to end: these rows are NOT "
-              "its recipe.", ""]
+  if report.trunk_label(trunk):
+    lines += [f"**{report.trunk_label(trunk).capitalize()}** (`model.trunk={trunk}`): the "
+              "pretrained encoders' layers below the cut were not trained, only those above "
+              "it, the heads and the LSTMs. The paper fine-tunes the whole encoders end to "
+              "end: these rows are NOT its recipe.", ""]
+  if speaker_centering:
+    lines += ["**Speaker-centred** (`input.speaker_centering=True`): every clip's features "
+              "minus its speaker's mean feature over all of that speaker's clips, the test "
+              "speakers' included (no label is read). A clip's result depends on the other "
+              "clips of its speaker: NOT the paper's protocol.", ""]
   lines += [f"{ours}: accuracy % at the last gate, mean ± sample std (ddof = 1) over the folds "
             "run; UAR likewise. Paper: accuracy % over 10 subject-independent folds, "
             "fine-tuned encoders. A run with fewer than 10 folds is not yet comparable.", ""]
@@ -233,9 +285,12 @@ def main(argv):
   runs = {}
   for r in rows:
     runs.setdefault(r["run"], r["arg"])
-  # The configs' trunk (after the tokens: `cpu` freezes it), unless --trunk names one.
-  configured = str(load_config(FLAGS.dataset, config_arg(next(iter(runs.values())),
-                                                         FLAGS.config_args)).model.trunk)
+  # The configs' trunk (after the tokens and overrides: `cpu` freezes it), unless --trunk
+  # names one.
+  first = apply_overrides(load_config(FLAGS.dataset, config_arg(next(iter(runs.values())),
+                                                                FLAGS.config_args)),
+                          list(FLAGS.override))
+  configured = str(first.model.trunk)
   trunk = (FLAGS.trunk or "").strip() or configured
   overrides = list(FLAGS.override)
   if trunk != configured:
@@ -244,14 +299,14 @@ def main(argv):
   for run, arg in runs.items():
     run_dir = os.path.join(workdir, run)
     cmd = command(FLAGS.dataset, arg, run_dir, folds_flag, FLAGS.config_args, overrides)
-    config = load_config(FLAGS.dataset, config_arg(arg, FLAGS.config_args))
-    config.model.trunk = trunk
+    config = apply_overrides(load_config(FLAGS.dataset, config_arg(arg, FLAGS.config_args)),
+                             overrides)
     try:
       config_lib.validate(config)
     except ValueError as e:
       raise app.UsageError(f"--trunk={trunk}, run {run}: {e}") from None
     folds = requested if folds_flag else tuple(config.folds)
-    if reusable(run_dir, config, folds, trunk):
+    if reusable(run_dir, config, folds):
       print(f"# reuse {os.path.join(run_dir, 'results.json')} (folds {list(folds)} done)", flush=True)
       continue
     if FLAGS.collect_only:
@@ -271,9 +326,12 @@ def main(argv):
   os.makedirs(workdir, exist_ok=True)
   md_path = os.path.join(workdir, f"table{table}.md")
   with open(md_path, "w") as f:
-    f.write(format_table(FLAGS.dataset, table, done, trunk))
+    f.write(format_table(FLAGS.dataset, table, done, trunk,
+                         bool(first.input.speaker_centering)))
   with open(os.path.join(workdir, f"table{table}.json"), "w") as f:
-    json.dump({"dataset": FLAGS.dataset, "table": table, "trunk": trunk, "rows": done}, f, indent=1)
+    json.dump({"dataset": FLAGS.dataset, "table": table, "trunk": trunk,
+               "speaker_centering": bool(first.input.speaker_centering), "rows": done},
+              f, indent=1)
   print(f"# table: {md_path}")
   if failed:
     raise SystemExit(f"runs failed: {', '.join(failed)}")

@@ -73,14 +73,20 @@ class ConfigsTest(parameterized.TestCase):
     c = mod.get_config("video_global")
     self.assertEqual((c.model.modalities, c.model.variant), ("video", "global"))
     self.assertFalse(mod.get_config("no_mwtsm").loss.exclude_used)
-    # `cpu`: frozen trunks and four cached views, for every dataset and variant.
+    # `cpu`: frozen trunks, the conv4 mean-and-std head, speaker centring, no cached
+    # views, for every dataset and variant; the paper's defaults without it.
+    cpu_fields = lambda c: (c.model.trunk, c.model.audio_head_layer, c.model.audio_head_stats,
+                            c.input.speaker_centering, c.input.cached_views)
     for name in ("ravdess", "crema_d"):
       for arg in ("audio_global,cpu", "cpu,audio_lstm", "cpu"):
         c = load_config_module(name).get_config(arg)
         config_lib.validate(c)
-        self.assertEqual((c.model.trunk, c.input.cached_views), ("frozen", 4), (name, arg))
-    self.assertEqual((mod.get_config().model.trunk, mod.get_config().input.cached_views),
-                     ("finetune", 0))
+        self.assertEqual(cpu_fields(c), ("frozen", "conv4", "mean_std", True, 0), (name, arg))
+    self.assertEqual(cpu_fields(mod.get_config()), ("finetune", "conv7", "mean", False, 0))
+    # The centring turned off after the token: a config that validates.
+    c = mod.get_config("audio_global,cpu")
+    c.input.speaker_centering = False
+    config_lib.validate(c)
     self.assertEqual(tuple(mod.get_config("runlocal").folds), (0,))
     literal = mod.get_config("audio_lstm,centered_semihard,paper_literal")
     config_lib.validate(literal)

@@ -469,6 +469,42 @@ class ReproduceTest(parameterized.TestCase):
                            "--rows=AO-Global", "--config_args=cpu", "--trunk=finetune_from:conv4")
       self.assertEqual(proc.returncode, 0, proc.stderr)
       self.assertIn("--config.model.trunk=finetune_from:conv4", proc.stdout)
+      # A frozen run on disk without the token's head and centring is not a `cpu` run.
+      from configs import ravdess
+      c = ravdess.get_config("audio_global")
+      run_dir = os.path.join(d, "audio_global")
+      fake = dict(dataset=c.dataset.name, config=c.dataset.config, variant=c.model.variant,
+                  modalities="audio", class_names=RAVDESS_CLASSES, trunk="frozen")
+      write_fake_fold(run_dir, 0, np.repeat(np.arange(8), 2), {"AO": [12]}, **fake)
+      report.write_results(run_dir)
+      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0",
+                           "--rows=AO-Global", "--config_args=cpu", "--dry_run")
+      self.assertNotEqual(proc.returncode, 0)
+      self.assertIn("speaker_centering is 'False', this row needs 'True'", proc.stderr)
+      self.assertIn("audio_head_layer is 'conv7', this row needs 'conv4'", proc.stderr)
+      # ... it is one with the centring turned off and the token's head.
+      write_fake_fold(run_dir, 0, np.repeat(np.arange(8), 2), {"AO": [12]},
+                      audio_head_layer="conv4", audio_head_stats="mean_std", **fake)
+      report.write_results(run_dir)
+      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0",
+                           "--rows=AO-Global", "--config_args=cpu",
+                           "--override=input.speaker_centering=false")
+      self.assertEqual(proc.returncode, 0, proc.stderr)
+      self.assertIn("# reuse", proc.stdout)
+      self.assertNotIn("speaker-centred", open(os.path.join(d, "table2.md")).read())
+      # With the centring on disk, the table says what it is.
+      write_fake_fold(run_dir, 0, np.repeat(np.arange(8), 2), {"AO": [12]},
+                      audio_head_layer="conv4", audio_head_stats="mean_std",
+                      speaker_centering=True, **fake)
+      report.write_results(run_dir)
+      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0",
+                           "--rows=AO-Global", "--config_args=cpu")
+      self.assertEqual(proc.returncode, 0, proc.stderr)
+      md = open(os.path.join(d, "table2.md")).read()
+      self.assertIn("# Table II, RAVDESS: ours (frozen trunks, speaker-centred) beside the paper",
+                    md)
+      self.assertIn("NOT the paper's protocol", md)
+      self.assertTrue(json.load(open(os.path.join(d, "table2.json")))["speaker_centering"])
 
   def test_reuses_finished_runs_and_writes_table(self):
     from avjax.data import windows
