@@ -5,7 +5,7 @@ size, S audio samples per window, N reference clips, G gate-embedding size,
 C classes.
 
   python -m avjax.predict --workdir=runs/ravdess clip.mp4 other.flv [--json]
-      [--fold=K] [--checkpoint=latest|best] [--face_crop]
+      [--fold=K] [--checkpoint=latest|best] [--face_crop] [--same_speaker]
 
 For each file: decode it with PyAV (any container and codecs FFmpeg reads, any
 frame rate, size, sample rate and channel count), preprocess it exactly as the
@@ -19,6 +19,11 @@ among the training embeddings of `fold_k/reference_bank.npz`, written by
 `avjax.evaluate` (see docs/results_schema.md). Scores are the fractions of the
 k neighbours voting for each class; the prediction is their first maximum
 (`avjax.knn`, as in evaluation).
+
+A model trained with `input.speaker_centering` (the `cpu` token's) centres every
+clip's features by its speaker's mean: give it several clips of one speaker with
+`--same_speaker`, and each is classified after subtracting the mean features of all
+of them that could be read.
 
 Details, JSON keys and exit codes: docs/predict.md.
 """
@@ -85,7 +90,7 @@ def _error_line(path: str, reason: str) -> str:
 DESCRIPTION = ("Per-gate emotion predictions (AO, VO, AV) of a trained avjax model on video "
                "files. Exit status: 0 all files ok, 1 some failed, 2 usage error.")
 USAGE = "python -m avjax.predict --workdir=DIR [--json] [--fold=K] [--checkpoint=latest|best] " \
-        "[--face_crop] VIDEO [VIDEO ...]"
+        "[--face_crop] [--same_speaker] VIDEO [VIDEO ...]"
 
 
 def flag_values() -> flags.FlagValues:
@@ -98,6 +103,10 @@ def flag_values() -> flags.FlagValues:
                        "config.folds with a bank).", flag_values=fv)
   flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
                     "Which checkpoint (its step must equal the bank's).", flag_values=fv)
+  flags.DEFINE_bool("same_speaker", False, "The files are clips of one speaker, centred "
+                    "together by their mean features (needed by, and only by, a model "
+                    "trained with input.speaker_centering, e.g. the `cpu` token's).",
+                    flag_values=fv)
   flags.DEFINE_bool("face_crop", False, "Crop the largest face before resizing (needs "
                     "opencv-python-headless<5).", flag_values=fv)
   flags.mark_flag_as_required("workdir", flag_values=fv)
@@ -111,6 +120,19 @@ def _parse(argv: Sequence[str]) -> tuple[flags.FlagValues, list[str]]:
   fv = flag_values()
   videos = fv(["avjax.predict", *argv])[1:]
   return fv, videos
+
+
+def _predict_one(predictor, path: str) -> tuple[str, dict | None, str | None]:
+  """(path, result, None), or (path, None, why it failed)."""
+  from avjax.data import media
+  try:
+    if not os.path.isfile(path):
+      raise media.MediaError(path, "file not found" if not os.path.exists(path) else "not a file")
+    return path, predictor.predict(path), None
+  except media.MediaError as e:
+    return path, None, e.reason
+  except Exception as e:  # noqa: BLE001  (one bad file must not stop the others)
+    return path, None, f"unexpected error: {type(e).__name__}: {e}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,22 +151,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_USAGE
   try:
     predictor = predictor_lib.Predictor(args.workdir, fold=args.fold, checkpoint=args.checkpoint,
-                                        face_crop=args.face_crop)
+                                        face_crop=args.face_crop,
+                                        same_speaker=args.same_speaker)
   except errors.UsageError as e:
     print(f"avjax.predict: error: {e}", file=sys.stderr)
     return EXIT_USAGE
-  from avjax.data import media
   failed = 0
-  for path in videos:
-    try:
-      if not os.path.isfile(path):
-        raise media.MediaError(path, "file not found" if not os.path.exists(path) else "not a file")
-      result = predictor.predict(path)
-    except media.MediaError as e:
-      reason = e.reason
-    except Exception as e:  # noqa: BLE001  (one bad file must not stop the others)
-      reason = f"unexpected error: {type(e).__name__}: {e}"
-    else:
+  outcomes = (predictor.predict_speaker(videos) if args.same_speaker
+              else (_predict_one(predictor, path) for path in videos))
+  for path, result, reason in outcomes:
+    if result is not None:
       print(json.dumps(result) if args.json else format_table(result) + "\n", flush=True)
       continue
     failed += 1

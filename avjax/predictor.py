@@ -126,11 +126,17 @@ def _streams(path: str) -> tuple[bool, bool]:
     container.close()
 
 
+# The fewest readable clips of one speaker `Predictor.predict_speaker` centres by.
+MIN_SPEAKER_CLIPS = 2
+
+
 class Predictor:
-  """A fold's restored model and reference bank; `predict(path)` runs one file."""
+  """A fold's restored model and reference bank; `predict(path)` runs one file,
+  `predict_speaker(paths)` several of one speaker (a model trained with
+  `input.speaker_centering`, `same_speaker=True`)."""
 
   def __init__(self, workdir: str, fold: int | None = None, checkpoint: str = "latest",
-               face_crop: bool = False):
+               face_crop: bool = False, same_speaker: bool = False):
     self.workdir = os.path.abspath(workdir)
     if not os.path.isdir(self.workdir):
       raise errors.UsageError(f"--workdir {workdir}: no such directory")
@@ -140,11 +146,16 @@ class Predictor:
       self.config = workdir_lib.load_fold_config(self.workdir, self.fold)  # as trained
     except (FileNotFoundError, errors.CorruptFileError) as e:
       raise errors.UsageError(str(e)) from None
-    if self.config.input.get("speaker_centering", False):
+    self.speaker_centred = bool(self.config.input.get("speaker_centering", False))
+    if self.speaker_centred and not same_speaker:
       raise errors.UsageError(
           f"{self.workdir} was trained with input.speaker_centering=True: its features are "
-          "centred by each speaker's mean over many clips, which one file does not give; "
-          "avjax.predict cannot classify clips for such a model")
+          "centred by each speaker's mean over the speaker's clips, which one file does not "
+          "give; pass several clips of one speaker with --same_speaker")
+    if same_speaker and not self.speaker_centred:
+      raise errors.UsageError(
+          f"--same_speaker: {self.workdir} was not trained with input.speaker_centering, "
+          "so each file is classified on its own; drop the flag")
     self.fold_dir = workdir_lib.fold_dir(self.workdir, self.fold)
     self.bank = load_bank(os.path.join(self.fold_dir, workdir_lib.REFERENCE_BANK))
     self.meta = self.bank.meta
@@ -156,6 +167,7 @@ class Predictor:
     self.checkpoint = checkpoint
     self.state, self.step = self._restore(checkpoint)
     self._forward = None
+    self._trunks: dict[str, Any] = {}
 
   # ---- model
   def _sample_batch(self) -> dict[str, np.ndarray]:
@@ -202,11 +214,58 @@ class Predictor:
                        f"{int(jax.device_get(state.step))}")
     return state, int(step)
 
-  def embed(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Gate embeddings of one clip: {'audio_gate'/'video_gate': [T, G] float32}."""
+  def trunk_features(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The fixed layers' features of one clip's windows, {modality: [T, ...] float32},
+    for each modality whose layers below the cut are cached in training, as the
+    feature store extracts the clean view."""
+    import jax
+    from avjax import fixed_trunk
+    from avjax import run_spec
+    from avjax.data import feature_cache
+    out = {}
+    for modality, cut in run_spec.of(self.config).trunk_inputs.items():
+      if cut is None or inputs.get(modality) is None:
+        continue
+      x = np.asarray(inputs[modality])
+      if modality not in self._trunks:
+        enc = fixed_trunk.encoder(self.config, modality)
+        window = jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype)
+        self._trunks[modality] = (
+            jax.jit(functools.partial(fixed_trunk._features, enc,
+                                      feature_cache.endpoint(self.config, modality))),
+            fixed_trunk.trunk_variables(self.config, modality, window))
+      fn, variables = self._trunks[modality]
+      out[modality] = np.asarray(jax.device_get(fn(variables, x)), np.float32)
+    return out
+
+  def speaker_means(self, clips: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """{modality: [C]} the mean feature of one speaker's clips (`clips`: preprocessed
+    inputs with their `trunk_features` under 'features'), weighted as training
+    weights an actor's (`feature_cache.actor_means`), over the clips that have the
+    modality."""
+    from avjax.data import feature_cache
+    means = {}
+    for modality in clips[0]["features"]:
+      have = [c for c in clips if c[f"has_{modality}"]]
+      if not have:
+        continue
+      features = np.stack([c["features"][modality] for c in have])[:, None]   # [n, 1, T, ...]
+      valid = np.stack([c["window_valid"] for c in have])                      # [n, T]
+      means[modality] = feature_cache.actor_means(
+          [features], np.zeros(len(have), np.int64), valid)[0].astype(np.float32)
+    return means
+
+  def embed(self, inputs: dict[str, np.ndarray],
+            shift: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Gate embeddings of one clip: {'audio_gate'/'video_gate': [T, G] float32}. A
+    speaker-centred model takes `shift`, the speaker's `speaker_means`."""
     import jax
     from avjax import fixed_trunk
     from avjax.models import gating
+    if self.speaker_centred:
+      if shift is None:
+        raise ValueError("a speaker-centred model needs the speaker's means (shift)")
+      return self._embed_centred(inputs, shift)
     if self._forward is None:
       # The whole network on raw media (a frozen trunk's fixed layers merged back in).
       apply_fn, self._variables = fixed_trunk.inference_model(self.config, self.state,
@@ -216,6 +275,30 @@ class Predictor:
           mask_padded_windows=bool(self.config.loss.mask_padded_windows)))
     batch = {k: inputs[k][None] for k in ("video", "audio", "window_valid")
              if inputs.get(k) is not None}
+    out = self._forward(self._variables, batch)
+    return {k: np.asarray(v[0], np.float32) for k, v in jax.device_get(out).items()}
+
+  def _embed_centred(self, inputs: dict[str, Any], shift: dict[str, np.ndarray]):
+    """The state's own model (above the cut) on the clip's trunk features minus the
+    speaker's means, as training reads the centred feature store."""
+    import jax
+    from avjax.models import gating
+    if self._forward is None:
+      self._variables = {"params": self.state.params, "batch_stats": self.state.batch_stats}
+      self._forward = jax.jit(functools.partial(
+          gating.gate_embeddings, self.state.apply_fn, modalities=self.config.model.modalities,
+          mask_padded_windows=bool(self.config.loss.mask_padded_windows)))
+    features = inputs.get("features") or self.trunk_features(inputs)
+    batch = {"window_valid": inputs["window_valid"][None]}
+    for modality in ("video", "audio"):
+      if inputs.get(modality) is None:
+        continue
+      if modality in features:
+        f = features[modality]
+        mean = shift.get(modality, np.zeros(f.shape[-1], np.float32))
+        batch[modality] = (f - mean)[None]
+      else:
+        batch[modality] = inputs[modality][None]
     out = self._forward(self._variables, batch)
     return {k: np.asarray(v[0], np.float32) for k, v in jax.device_get(out).items()}
 
@@ -349,8 +432,51 @@ class Predictor:
 
   def predict(self, path: str) -> dict[str, Any]:
     """The result object of one file (docs/predict.md); raises media.MediaError."""
+    if self.speaker_centred:
+      raise errors.UsageError("a speaker-centred model classifies several clips of one "
+                              "speaker together: use predict_speaker")
     inputs = self.preprocess(path)
-    gates = self.embed(inputs)
+    return self._result(path, inputs, self.embed(inputs))
+
+  def predict_speaker(self, paths: Sequence[str]) -> list[tuple[str, dict | None, str | None]]:
+    """(path, result, None) or (path, None, reason) per file, in order: the files are
+    clips of one speaker, each centred by their mean trunk features (a model trained
+    with `input.speaker_centering`). Files that cannot be read take no part in the
+    mean; fewer than MIN_SPEAKER_CLIPS readable ones fail every file."""
+    media = _media()
+    clips: dict[str, dict] = {}
+    failed: dict[str, str] = {}
+    for path in paths:
+      try:
+        if not os.path.isfile(path):
+          raise media.MediaError(path, "file not found" if not os.path.exists(path)
+                                 else "not a file")
+        inputs = self.preprocess(path)
+        inputs["features"] = self.trunk_features(inputs)
+        clips[path] = inputs
+      except media.MediaError as e:
+        failed[path] = e.reason
+      except Exception as e:  # noqa: BLE001  (one bad file must not stop the others)
+        failed[path] = f"unexpected error: {type(e).__name__}: {e}"
+    if len(clips) < MIN_SPEAKER_CLIPS:
+      reason = (f"--same_speaker: {len(clips)} readable clip(s) of the speaker; the model "
+                f"centres by their mean and needs at least {MIN_SPEAKER_CLIPS}")
+      return [(p, None, failed.get(p, reason)) for p in paths]
+    shift = self.speaker_means(list(clips.values()))
+    out = []
+    for path in paths:
+      if path in failed:
+        out.append((path, None, failed[path]))
+        continue
+      inputs = clips[path]
+      inputs["notes"].append(f"centred by the speaker's mean over {len(clips)} clips")
+      result = self._result(path, inputs, self.embed(inputs, shift))
+      result["speaker_clips"] = len(clips)
+      out.append((path, result, None))
+    return out
+
+  def _result(self, path: str, inputs: dict[str, Any], gates: dict[str, np.ndarray]
+              ) -> dict[str, Any]:
     modalities = self.modalities(inputs["has_audio"], inputs["has_video"])
     scores = self.classify(gates, modalities)
     names = self.bank.class_names

@@ -555,30 +555,90 @@ class FrozenWorkdirTest(absltest.TestCase):
     self.assertEqual(set(predictor.state.params["audio_encoder"]), {"Embedding"})
     self.assertEqual(set(predictor.state.params["video_encoder"]), {"Logits"})
 
-  def test_predict_refuses_a_model_with_speaker_centring(self):
-    config = workdir_lib.load_fold_config(self.workdir, 0)
-    config.input.speaker_centering = True
-    with mock.patch.object(workdir_lib, "load_fold_config", return_value=config):
-      with self.assertRaisesRegex(errors.UsageError, "input.speaker_centering=True"):
-        predictor_lib.Predictor(self.workdir)
+  def _saved(self) -> dict[str, np.ndarray]:
+    with np.load(os.path.join(workdir_lib.fold_dir(self.workdir, 0), "predictions.npz")) as z:
+      return {k: z[k] for k in z.files}
 
-  def test_predict_runs_the_trunk_on_a_new_clip(self):
+  def _render(self, clip_id: str) -> str:
+    """The synthetic clip `clip_id` written as a lossless file, as the builder made it."""
     from tests import dummy_media
-    predictor = predictor_lib.Predictor(self.workdir)
-    fold_dir = workdir_lib.fold_dir(self.workdir, 0)
-    with np.load(os.path.join(fold_dir, "predictions.npz")) as z:
-      saved = {k: z[k] for k in z.files}
-    q = 3
-    actor, label, rep = map(int, re.match(r"synth-a(\d+)-c(\d)-r(\d+)",
-                                          saved["clip_id"][q]).groups())
+    actor, label, rep = map(int, re.match(r"synth-a(\d+)-c(\d)-r(\d+)", clip_id).groups())
     params = synthetic.actor_params(actor, 0)
     rng = np.random.default_rng([0, actor, label, rep])
     duration = float(np.float32(synthetic.DURATION_S + rng.uniform(
         -synthetic.DURATION_JITTER_S, synthetic.DURATION_JITTER_S)))
-    path = os.path.join(self.tmp, "clip.mkv")
+    path = os.path.join(self.tmp, f"{clip_id}.mkv")
     dummy_media.write_lossless(path, synthetic.render_video(label, params, duration, rng),
                                 synthetic.FPS, synthetic.render_audio(label, params, duration, rng),
                                 synthetic.AUDIO_RATE)
+    return path
+
+  def test_predict_centres_one_speakers_clips_as_training_does(self):
+    """A speaker-centred model (`input.speaker_centering`) needs --same_speaker; given
+    every clip of one test actor, predict's embeddings are evaluation's, which reads the
+    feature store centred by that actor's mean."""
+    from avjax import predict
+    config = workdir_lib.load_fold_config(self.workdir, 0)
+    config.input.speaker_centering = True
+    with mock.patch.object(workdir_lib, "load_fold_config", return_value=config):
+      with self.assertRaisesRegex(errors.UsageError, "input.speaker_centering=True.*--same_speaker"):
+        predictor_lib.Predictor(self.workdir)
+      predictor = predictor_lib.Predictor(self.workdir, same_speaker=True)
+    with self.assertRaisesRegex(errors.UsageError, "--same_speaker: .* not trained with"):
+      predictor_lib.Predictor(self.workdir, same_speaker=True)
+    with mock.patch("sys.stderr", new_callable=io.StringIO) as err:
+      self.assertEqual(predict.main([f"--workdir={self.workdir}", "--same_speaker", "x.wav"]),
+                       predict.EXIT_USAGE)
+    self.assertIn("not trained with input.speaker_centering", err.getvalue())
+    # The same weights; evaluation of the test fold with the centring on.
+    want = evaluate.embed(config, predictor.state, [0], parallel.make_mesh())
+    saved = self._saved()
+    actor = want["actor"][0]
+    rows = np.flatnonzero(want["actor"] == actor)
+    self.assertGreaterEqual(len(rows), 2)
+    paths = [self._render(str(saved["clip_id"][q])) for q in rows]
+    clips = []
+    for path in paths:
+      inputs = predictor.preprocess(path)
+      inputs["features"] = predictor.trunk_features(inputs)
+      clips.append(inputs)
+    # The last window's valid fraction: the builder's comes from the clip's exact length,
+    # predict's from the decoded video stream's (whole frames), e.g. 0.731 against 0.75;
+    # the mean weights windows by it, so give predict the builder's for exact parity.
+    stored_valid = np.load(os.path.join(feature_cache.fold_path(store_path(config, "audio"), 0),
+                                        "window_valid.npy"))
+    for q, inputs in zip(rows, clips):
+      np.testing.assert_allclose(inputs["window_valid"], stored_valid[q], atol=0.03)
+      inputs["window_valid"] = stored_valid[q]
+    shift = predictor.speaker_means(clips)
+    self.assertEqual(set(shift), {"audio", "video"})
+    for q, inputs in zip(rows, clips):
+      got = predictor.embed(inputs, shift)
+      for key in ("audio_gate", "video_gate"):
+        np.testing.assert_allclose(got[key], want[key][q], rtol=1e-4, atol=1e-5, err_msg=key)
+    # The command's path: a missing file fails alone and takes no part in the mean.
+    missing = os.path.join(self.tmp, "missing.mkv")
+    outcomes = predictor.predict_speaker([paths[0], missing] + paths[1:])
+    self.assertEqual([o[0] for o in outcomes], [paths[0], missing] + paths[1:])
+    self.assertEqual((outcomes[1][1], outcomes[1][2]), (None, "file not found"))
+    first = outcomes[0][1]
+    self.assertEqual(first["speaker_clips"], len(rows))
+    self.assertIn(f"centred by the speaker's mean over {len(rows)} clips", first["notes"])
+    names = predictor.bank.class_names
+    want_pred = predictor.classify(predictor.embed(clips[0], shift), ["AV"])["AV"][-1]
+    self.assertEqual(first["prediction"]["AV"]["emotion"], names[int(np.argmax(want_pred))])
+    # One readable clip gives no speaker mean: every file fails, none is classified.
+    alone = predictor.predict_speaker([paths[0], missing])
+    self.assertEqual([r for _, r, _ in alone], [None, None])
+    self.assertIn("needs at least 2", alone[0][2])
+    with self.assertRaisesRegex(errors.UsageError, "predict_speaker"):
+      predictor.predict(paths[0])
+
+  def test_predict_runs_the_trunk_on_a_new_clip(self):
+    predictor = predictor_lib.Predictor(self.workdir)
+    saved = self._saved()
+    q = 3
+    path = self._render(str(saved["clip_id"][q]))
     inputs = predictor.preprocess(path)
     embedded = predictor.embed(inputs)
     np.testing.assert_allclose(
@@ -589,7 +649,6 @@ class FrozenWorkdirTest(absltest.TestCase):
     for m in ("AO", "VO", "AV"):
       got = [names.index(g[m]["emotion"]) for g in result["gates"]]
       self.assertEqual(got, saved[f"pred_{m}"][:, q].tolist(), m)
-
 
 if __name__ == "__main__":
   absltest.main()
