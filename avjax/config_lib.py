@@ -141,7 +141,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # paper's with another layer or 'mean_std' (docs/experiments.md).
   c.model.audio_head_layer = "conv7"
   c.model.audio_head_stats = "mean"
-  # SoundNet's fresh head: subtract the mean of its input (pooled conv7; the batch mean
+  # SoundNet's fresh head: subtract the mean of its input (the pooled layer; the batch mean
   # in training, a running mean in evaluation) before the Embedding layer. Not in the
   # paper. Post-ReLU features are almost all positive, which makes Adam move the head's
   # output along one direction shared by every clip until the LSTM saturates (docs/experiments.md). Part of the default recipe that learns on real audio;

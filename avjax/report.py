@@ -68,7 +68,20 @@ def describe_trunk(folds: list[Mapping[str, Any]]) -> str:
   else:
     text = f"**mixed**: {text}"
   text += f"; cached augmented views: {', '.join(map(str, views))}"
-  return text + _trunk_lr_text(folds) + _speaker_text(folds)
+  return text + _trunk_lr_text(folds) + _audio_head_text(folds) + _speaker_text(folds)
+
+
+def _audio_head_text(folds: list[Mapping[str, Any]]) -> str:
+  """'' unless SoundNet's head pooled another layer or statistic than the paper's (conv7's
+  mean over time: `model.audio_head_layer`, `model.audio_head_stats`)."""
+  heads = sorted({(str(f.get("audio_head_layer", "conv7")), str(f.get("audio_head_stats", "mean")))
+                  for f in folds})
+  if heads == [("conv7", "mean")]:
+    return ""
+  said = ", ".join(f"{layer}'s {'mean and std' if stats == 'mean_std' else 'mean'} over time"
+                   for layer, stats in heads)
+  return (f"; SoundNet's head on {said} (model.audio_head_layer, model.audio_head_stats; "
+          "the paper's is conv7's mean)")
 
 
 def _speaker_text(folds: list[Mapping[str, Any]]) -> str:

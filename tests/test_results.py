@@ -282,6 +282,20 @@ class WriteResultsTest(absltest.TestCase):
                          in md, centred)
         doc = json.load(open(md_path[:-2] + "json"))
         self.assertEqual([f["speaker_centering"] for f in doc["folds"]], [centred] * 2)
+    # So is a SoundNet head on another layer or statistic than the paper's conv7 mean.
+    for head, said in ((("conv7", "mean"), None),
+                       (("conv4", "mean_std"), "SoundNet's head on conv4's mean and std over time"),
+                       (("conv7", "mean_std"), "SoundNet's head on conv7's mean and std over time")):
+      with tempfile.TemporaryDirectory() as d:
+        two_fold_workdir(d, trunk="frozen", audio_head_layer=head[0], audio_head_stats=head[1])
+        md_path = report.write_results(d)[1]
+        md = open(md_path).read()
+        self.assertEqual("SoundNet's head on" in md, said is not None, head)
+        if said:
+          self.assertIn(said + " (model.audio_head_layer", md)
+        doc = json.load(open(md_path[:-2] + "json"))
+        self.assertEqual({(f["audio_head_layer"], f["audio_head_stats"]) for f in doc["folds"]},
+                         {head})
     with tempfile.TemporaryDirectory() as d:
       two_fold_workdir(d, mse_weight=1.0)
       self.assertIn("margin 1; audio-video MSE weight 1\n", open(report.write_results(d)[1]).read())
