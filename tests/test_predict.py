@@ -29,6 +29,7 @@ from avjax import face_crop
 from avjax import knn
 from avjax import predict
 from avjax import predictor as predictor_lib
+from avjax import reference_bank
 from avjax.data import registry
 from avjax.data import tfds_access
 from tests import helpers
@@ -102,7 +103,7 @@ class PredictTest(absltest.TestCase):
   # ------------------------------------------------------------------ the bank
 
   def test_reference_bank_is_what_evaluation_used(self):
-    bank = predictor_lib.load_bank(os.path.join(self.fold_dir, workdir_lib.REFERENCE_BANK))
+    bank = reference_bank.load_bank(os.path.join(self.fold_dir, workdir_lib.REFERENCE_BANK))
     train_folds = registry.training_folds(self.config, 0)
     with np.load(os.path.join(self.fold_dir, workdir_lib.REFERENCE_BANK), allow_pickle=False) as z:
       self.assertEqual(list(z["clip_id"]), tfds_access.clip_ids(self.config, train_folds))
