@@ -64,6 +64,15 @@ SETTINGS = {
     "conv4ms": {"model.audio_head_layer": "conv4", "model.audio_head_stats": "mean_std"},
     "conv4ms_speaker": {"model.audio_head_layer": "conv4", "model.audio_head_stats": "mean_std",
                         "input.speaker_centering": True},
+    # Around the `cpu` recipe (frozen, conv4 mean-std head, speaker centring), for A-LSTM.
+    **{f"conv4ms_speaker{suffix}": {"model.audio_head_layer": "conv4",
+                                    "model.audio_head_stats": "mean_std",
+                                    "input.speaker_centering": True, **extra}
+       for suffix, extra in (("_batch_all", {"loss.batch_all_fraction": 1.0}),
+                             ("_warmup30", {"loss.batch_all_fraction": 0.3}),
+                             ("_margin0.2", {"loss.margin": 0.2}),
+                             ("_lr3e-4", {"optim.learning_rate": 3e-4}),
+                             ("_euclidean", {"loss.distance": "euclidean"}))},
     **{f"global_l{n}_conv4ms_speaker": {"dataset.config": f"w1_l{n}_no_fit",
                                         "model.audio_head_layer": "conv4",
                                         "model.audio_head_stats": "mean_std",
