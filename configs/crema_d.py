@@ -13,15 +13,9 @@ Tokens, comma-separated after a colon, as in configs/ravdess.py:
   recipe      warmup_semihard (default; not the paper's), paper_literal (the paper's
               recipe read literally), semihard, centered_semihard.
   no_mwtsm, runlocal.
-  cpu         the recipe for a 2-core CPU, instead of the paper's end-to-end fine-tuning
-              (the default trunk): frozen trunks, SoundNet's head on conv4's mean and
-              std over time, and every clip's cached features minus its speaker's mean
-              (model.trunk='frozen', model.audio_head_layer='conv4',
-              model.audio_head_stats='mean_std', input.speaker_centering=True). The
-              speaker centring is NOT the paper's protocol (a clip's features depend on
-              its speaker's other clips, the test speakers' included); results say so,
-              and --config.input.speaker_centering=False after the token turns it off.
-              The audio rows:
+  cpu         the recipe for a 2-core CPU (frozen trunks, SoundNet's head on conv4's
+              mean and std, features centred per speaker: NOT the paper's protocol;
+              described in configs/ravdess.py). The audio rows:
                 --config=configs/crema_d.py:audio_global,cpu
                 --config=configs/crema_d.py:audio_lstm,cpu
 Any field can be overridden: --config.train.num_epochs=50.

@@ -50,6 +50,23 @@ DEV_FOLDS = (4, 5, 6, 7, 8, 9)
 # ablation.json are keyed by these names.
 _PAPER = {**config_tokens.PAPER_LITERAL, "optim.trunk_lr_scale": 1.0}
 _CENTERED_SEMIHARD = {**_PAPER, "model.center_audio_head": True, "loss.negatives": "semihard"}
+# The `cpu` token's parts, alone and together: SoundNet's head on conv<k>'s mean and std
+# (model.audio_head_layer / audio_head_stats) and speaker centring (input.speaker_centering).
+_SPEAKER = {"input.speaker_centering": True}
+
+
+def _conv_ms(k: int) -> dict:
+  return {"model.audio_head_layer": f"conv{k}", "model.audio_head_stats": "mean_std"}
+
+
+_HEAD_SPEAKER = (
+    ("_speaker", _SPEAKER),
+    ("_conv4ms", _conv_ms(4)),
+    *((f"_conv{k}ms_speaker", {**_conv_ms(k), **_SPEAKER}) for k in (3, 4, 5)),
+    ("_conv4m_speaker", {"model.audio_head_layer": "conv4", **_SPEAKER}),
+    ("_conv4ms_views4_speaker", {**_conv_ms(4), **_SPEAKER, "input.cached_views": 4}),
+    ("_views4_speaker", {"input.cached_views": 4, **_SPEAKER}),
+)
 # name -> config overrides (field -> value) on top of configs/ravdess.py.
 SETTINGS = {
     "defaults": {},
@@ -58,25 +75,17 @@ SETTINGS = {
     # The batch-all warm-up over 70 % / all of training (default 50 %).
     "warmup70": {"loss.batch_all_fraction": 0.7},
     "batch_all": {"loss.batch_all_fraction": 1.0},
-    # Speaker normalisation (`input.speaker_centering`), alone and with the views.
-    "speaker": {"input.speaker_centering": True},
-    "views4_speaker": {"input.cached_views": 4, "input.speaker_centering": True},
-    "conv4ms": {"model.audio_head_layer": "conv4", "model.audio_head_stats": "mean_std"},
-    "conv4ms_speaker": {"model.audio_head_layer": "conv4", "model.audio_head_stats": "mean_std",
-                        "input.speaker_centering": True},
-    # Around the `cpu` recipe (frozen, conv4 mean-std head, speaker centring), for A-LSTM.
-    **{f"conv4ms_speaker{suffix}": {"model.audio_head_layer": "conv4",
-                                    "model.audio_head_stats": "mean_std",
-                                    "input.speaker_centering": True, **extra}
+    # Speaker normalisation (`input.speaker_centering`) and the conv4 head, alone, together
+    # and around them (A-LSTM).
+    **{suffix[1:]: extra for suffix, extra in _HEAD_SPEAKER},
+    **{f"conv4ms_speaker{suffix}": {**_conv_ms(4), **_SPEAKER, **extra}
        for suffix, extra in (("_batch_all", {"loss.batch_all_fraction": 1.0}),
                              ("_warmup30", {"loss.batch_all_fraction": 0.3}),
                              ("_margin0.2", {"loss.margin": 0.2}),
                              ("_lr3e-4", {"optim.learning_rate": 3e-4}),
                              ("_euclidean", {"loss.distance": "euclidean"}))},
-    **{f"global_l{n}_conv4ms_speaker": {"dataset.config": f"w1_l{n}_no_fit",
-                                        "model.audio_head_layer": "conv4",
-                                        "model.audio_head_stats": "mean_std",
-                                        "input.speaker_centering": True} for n in ("2", "4")},
+    **{f"global_l{n}_conv4ms_speaker": {"dataset.config": f"w1_l{n}_no_fit", **_conv_ms(4),
+                                        **_SPEAKER} for n in ("2", "4")},
     # The `global` variant's window: one centred window of L seconds (builder config
     # w1_l{L}_no_fit), under the defaults.
     **{f"global_l{n}": {"dataset.config": f"w1_l{n}_no_fit"} for n in ("1", "2", "3", "4")},
@@ -86,16 +95,8 @@ SETTINGS = {
         ("_trunk0.1", {"optim.trunk_lr_scale": 0.1}),
         ("_trunk0.01", {"optim.trunk_lr_scale": 0.01}),
         ("_views4", {"input.cached_views": 4}),
-        ("_speaker", {"input.speaker_centering": True}),
-        ("_conv4ms", {"model.audio_head_layer": "conv4", "model.audio_head_stats": "mean_std"}),
-        *((f"_conv{k}ms_speaker", {"model.audio_head_layer": f"conv{k}",
-                                   "model.audio_head_stats": "mean_std",
-                                   "input.speaker_centering": True}) for k in (3, 4, 5)),
-        ("_conv4m_speaker", {"model.audio_head_layer": "conv4", "input.speaker_centering": True}),
-        ("_conv4ms_views4_speaker", {"model.audio_head_layer": "conv4",
-                                     "model.audio_head_stats": "mean_std",
-                                     "input.cached_views": 4, "input.speaker_centering": True}),
-        ("_views4_speaker", {"input.cached_views": 4, "input.speaker_centering": True}),
+        *_HEAD_SPEAKER,
+        ("_conv4ms_speaker_warmup30", {**_conv_ms(4), **_SPEAKER, "loss.batch_all_fraction": 0.3}),
         ("_trunk0.1_views4", {"optim.trunk_lr_scale": 0.1, "input.cached_views": 4}),
         ("_batch_all", {"loss.batch_all_fraction": 1.0}),
         ("_lr3e-4", {"optim.learning_rate": 3e-4}),
@@ -118,16 +119,7 @@ SETTINGS = {
         ("_trunk0.01", {"optim.trunk_lr_scale": 0.01}),
         ("_trunk0.01_views4", {"optim.trunk_lr_scale": 0.01, "input.cached_views": 4}),
         ("_views4", {"input.cached_views": 4}),
-        ("_speaker", {"input.speaker_centering": True}),
-        ("_conv4ms", {"model.audio_head_layer": "conv4", "model.audio_head_stats": "mean_std"}),
-        *((f"_conv{k}ms_speaker", {"model.audio_head_layer": f"conv{k}",
-                                   "model.audio_head_stats": "mean_std",
-                                   "input.speaker_centering": True}) for k in (3, 4, 5)),
-        ("_conv4m_speaker", {"model.audio_head_layer": "conv4", "input.speaker_centering": True}),
-        ("_conv4ms_views4_speaker", {"model.audio_head_layer": "conv4",
-                                     "model.audio_head_stats": "mean_std",
-                                     "input.cached_views": 4, "input.speaker_centering": True}),
-        ("_views4_speaker", {"input.cached_views": 4, "input.speaker_centering": True}),
+        *_HEAD_SPEAKER,
         # Batch-all for the first E % of the epochs (E of the default 100), then semi-hard
         # MWTSM.
         ("_warmup30", {"loss.batch_all_fraction": 0.3}),
