@@ -53,6 +53,7 @@ FORMER = (
     Former("finetune", "model.trunk"),
     Former(0, "input.cached_views"),
     Former(False, "input.speaker_centering", "speaker_centering"),
+    Former(False, "input.speaker_scaling", "speaker_scaling"),
     Former("conv7", "model.audio_head_layer", "audio_head_layer"),
     Former("mean", "model.audio_head_stats", "audio_head_stats"),
     Former(1.0, "optim.trunk_lr_scale"),

@@ -94,11 +94,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   # training draws one of the 1 + K views per batch for the whole batch.
   c.input.cached_views = 0
   # model.trunk other than 'finetune': subtract from every clip's cached features the
-  # mean feature of its actor over all of that actor's clips (speaker normalisation;
-  # no label is read). A clip's features then depend on the other clips of its actor,
+  # mean feature of its actor over all of that actor's clips (no label is read), and
+  # with speaker_scaling divide them by the actor's std too (per-speaker
+  # z-normalisation). A clip's features then depend on the other clips of its actor,
   # the test actor's included: NOT the paper's protocol, labelled wherever its numbers
-  # appear, and inference needs several clips of the speaker (avjax.predict).
+  # appear; inference needs several clips of the speaker (avjax.predict).
   c.input.speaker_centering = False
+  c.input.speaker_scaling = False
 
   c.model = ml_collections.ConfigDict()
   c.model.variant = "gating"        # 'gating' (paper), 'lstm' (per-modality LSTMs), 'global' (one window)
@@ -135,10 +137,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # conv1-conv7, an I3D endpoint before Mixed_5c) are fixed and cached, the layers
   # above it train from their pretrained weights.
   c.model.trunk = "finetune"
-  # SoundNet's fresh head: the layer it pools over time ('conv7', the paper's network,
-  # or an earlier one, whose layers above it are then not built) and how: 'mean', or
-  # 'mean_std' (the mean and the standard deviation over time, concatenated). Not the
-  # paper's with another layer or 'mean_std' (docs/experiments.md).
+  # SoundNet's fresh head: the layer it pools over time ('conv7', the paper's; above an
+  # earlier one nothing is built) and how: 'mean', or 'mean_std' (the mean and the std
+  # over time, concatenated; not the paper's).
   c.model.audio_head_layer = "conv7"
   c.model.audio_head_stats = "mean"
   # SoundNet's fresh head: subtract the mean of its input (the pooled layer; the batch mean
@@ -376,10 +377,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.variant == "global" and spec.num_windows != 1:
     fail("dataset.config", f"the 'global' variant takes one window, one of "
          f"{registry.DATASETS[config.dataset.name]['global_windowings']}; got {config.dataset.config!r}")
-  if config.model.dtype not in choices.DTYPES:
-    fail("model.dtype", f"{config.model.dtype!r} is not one of {choices.DTYPES}")
-  if config.model.conv_impl not in choices.CONV_IMPLS:
-    fail("model.conv_impl", f"{config.model.conv_impl!r} is not one of {choices.CONV_IMPLS}")
+  for field, allowed in (("model.dtype", choices.DTYPES), ("model.conv_impl", choices.CONV_IMPLS),
+                         ("model.audio_head_layer", trunks.SOUNDNET_CUTS),
+                         ("model.audio_head_stats", choices.AUDIO_HEAD_STATS),
+                         ("loss.distance", choices.DISTANCES), ("loss.negatives", choices.NEGATIVES)):
+    value = config[field.split(".")[0]][field.split(".")[1]]
+    if value not in allowed:
+      fail(field, f"{value!r} is not one of {allowed}")
   if config.model.pretrained and (config.model.video_width != 1.0 or config.model.audio_width != 1.0):
     fail("model.pretrained", "pretrained weights need video_width = audio_width = 1.0")
   if config.model.pretrained and config.model.video_last_block != "Mixed_5c":
@@ -394,11 +398,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     fail("input.cached_views", "is for the cached-feature trunks (model.trunk 'frozen' or "
          "'finetune_from:...'); with 'finetune' the media are augmented at every step")
   layers = trunks.SOUNDNET_CUTS
-  if config.model.audio_head_layer not in layers:
-    fail("model.audio_head_layer", f"{config.model.audio_head_layer!r} is not one of {layers}")
-  if config.model.audio_head_stats not in choices.AUDIO_HEAD_STATS:
-    fail("model.audio_head_stats", f"{config.model.audio_head_stats!r} is not one of "
-         f"{choices.AUDIO_HEAD_STATS}")
   cut = derived.trunk_inputs.get("audio")
   if cut in layers and layers.index(cut) > layers.index(config.model.audio_head_layer):
     fail("model.audio_head_layer", f"{config.model.audio_head_layer!r} is below the cut of "
@@ -406,10 +405,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not derived.cached and config.input.speaker_centering:
     fail("input.speaker_centering", "centres cached features (model.trunk 'frozen' or "
          "'finetune_from:...'); with 'finetune' no feature is cached")
-  if config.loss.distance not in choices.DISTANCES:
-    fail("loss.distance", f"{config.loss.distance!r} is not one of {choices.DISTANCES}")
-  if config.loss.negatives not in choices.NEGATIVES:
-    fail("loss.negatives", f"{config.loss.negatives!r} is not one of {choices.NEGATIVES}")
+  if config.input.speaker_scaling and not config.input.speaker_centering:
+    fail("input.speaker_scaling", "divides the speaker-centred features: it needs "
+         "input.speaker_centering=True (or set input.speaker_scaling=False too)")
   if config.optim.name not in ("adam", "adamw"):
     fail("optim.name", f"{config.optim.name!r} is not 'adam' or 'adamw'")
   folds = tuple(config.folds)

@@ -151,6 +151,7 @@ def recipe_info(config) -> dict[str, Any]:
       "mask_padded_windows": bool(config.loss.mask_padded_windows),
       "trunk": str(config.model.trunk), "cached_views": int(config.input.cached_views),
       "speaker_centering": bool(config.input.speaker_centering),
+      "speaker_scaling": bool(config.input.speaker_scaling),
       "audio_head_layer": str(config.model.audio_head_layer),
       "audio_head_stats": str(config.model.audio_head_stats),
       "trunk_lr_scale": float(config.optim.trunk_lr_scale),

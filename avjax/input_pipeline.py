@@ -158,7 +158,8 @@ def make_reader(config, builder, folds: Sequence[int], read_video: bool):
   if not run_spec.of(config).cached:
     return Reader(builder, folds, read_video)
   reader = feature_cache.FeatureReader(feature_cache.store_paths(config, builder), folds,
-                                       center_actors=bool(config.input.speaker_centering))
+                                       center_actors=bool(config.input.speaker_centering),
+                                       scale_actors=bool(config.input.speaker_scaling))
   expected = tfds_access._metadata(builder, folds)["label"]
   if not np.array_equal(reader.labels, expected):
     raise feature_cache.FeatureStoreError(

@@ -158,34 +158,40 @@ class Predictor:
       out[modality] = np.asarray(jax.device_get(fn(variables, x)), np.float32)
     return out
 
-  def speaker_means(self, clips: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """{modality: [C]} the mean feature of one speaker's clips (`clips`: preprocessed
-    inputs with their `trunk_features` under 'features'), weighted as training
-    weights an actor's (`feature_cache.actor_means`), over the clips that have the
-    modality."""
+  def speaker_stats(self, clips: Sequence[dict[str, Any]]
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """{modality: (mean [C], std [C] or None)}: the mean feature of one speaker's clips
+    (`clips`: preprocessed inputs with their `trunk_features` under 'features'), and
+    for a model trained with `input.speaker_scaling` the std it divides by, weighted
+    as training weights an actor's (`feature_cache.actor_means`, `actor_scales`), over
+    the clips that have the modality."""
     from avjax.data import feature_cache
-    means = {}
+    stats = {}
     for modality in clips[0]["features"]:
       have = [c for c in clips if c[f"has_{modality}"]]
       if not have:
         continue
-      features = np.stack([c["features"][modality] for c in have])[:, None]   # [n, 1, T, ...]
+      features = [np.stack([c["features"][modality] for c in have])[:, None]]  # [n, 1, T, ...]
+      actors = np.zeros(len(have), np.int64)
       valid = np.stack([c["window_valid"] for c in have])                      # [n, T]
-      means[modality] = feature_cache.actor_means(
-          [features], np.zeros(len(have), np.int64), valid)[0].astype(np.float32)
-    return means
+      means = feature_cache.actor_means(features, actors, valid)
+      scale = None
+      if self.config.input.get("speaker_scaling", False):
+        scale = feature_cache.actor_scales(features, actors, valid, means)[0].astype(np.float32)
+      stats[modality] = (means[0].astype(np.float32), scale)
+    return stats
 
   def embed(self, inputs: dict[str, np.ndarray],
-            shift: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+            speaker: dict[str, tuple] | None = None) -> dict[str, np.ndarray]:
     """Gate embeddings of one clip: {'audio_gate'/'video_gate': [T, G] float32}. A
-    speaker-centred model takes `shift`, the speaker's `speaker_means`."""
+    speaker-centred model takes `speaker`, the speaker's `speaker_stats`."""
     import jax
     from avjax import fixed_trunk
     from avjax.models import gating
     if self.speaker_centred:
-      if shift is None:
-        raise ValueError("a speaker-centred model needs the speaker's means (shift)")
-      return self._embed_centred(inputs, shift)
+      if speaker is None:
+        raise ValueError("a speaker-centred model needs the speaker's statistics (speaker)")
+      return self._embed_centred(inputs, speaker)
     if self._forward is None:
       # The whole network on raw media (a frozen trunk's fixed layers merged back in).
       apply_fn, self._variables = fixed_trunk.inference_model(self.config, self.state,
@@ -198,9 +204,9 @@ class Predictor:
     out = self._forward(self._variables, batch)
     return {k: np.asarray(v[0], np.float32) for k, v in jax.device_get(out).items()}
 
-  def _embed_centred(self, inputs: dict[str, Any], shift: dict[str, np.ndarray]):
+  def _embed_centred(self, inputs: dict[str, Any], speaker: dict[str, tuple]):
     """The state's own model (above the cut) on the clip's trunk features minus the
-    speaker's means, as training reads the centred feature store."""
+    speaker's means (and divided by its stds), as training reads the feature store."""
     import jax
     from avjax.models import gating
     if self._forward is None:
@@ -215,8 +221,9 @@ class Predictor:
         continue
       if modality in features:
         f = features[modality]
-        mean = shift.get(modality, np.zeros(f.shape[-1], np.float32))
-        batch[modality] = (f - mean)[None]
+        mean, scale = speaker.get(modality, (np.zeros(f.shape[-1], np.float32), None))
+        f = f - mean
+        batch[modality] = (f if scale is None else f / scale)[None]
       else:
         batch[modality] = inputs[modality][None]
     out = self._forward(self._variables, batch)
@@ -382,15 +389,17 @@ class Predictor:
       reason = (f"--same_speaker: {len(clips)} readable clip(s) of the speaker; the model "
                 f"centres by their mean and needs at least {MIN_SPEAKER_CLIPS}")
       return [(p, None, failed.get(p, reason)) for p in paths]
-    shift = self.speaker_means(list(clips.values()))
+    speaker = self.speaker_stats(list(clips.values()))
+    how = ("centred and scaled by the speaker's mean and std"
+           if self.config.input.get("speaker_scaling", False) else "centred by the speaker's mean")
     out = []
     for path in paths:
       if path in failed:
         out.append((path, None, failed[path]))
         continue
       inputs = clips[path]
-      inputs["notes"].append(f"centred by the speaker's mean over {len(clips)} clips")
-      result = self._result(path, inputs, self.embed(inputs, shift))
+      inputs["notes"].append(f"{how} over {len(clips)} clips")
+      result = self._result(path, inputs, self.embed(inputs, speaker))
       result["speaker_clips"] = len(clips)
       out.append((path, result, None))
     return out

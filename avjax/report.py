@@ -90,9 +90,14 @@ def _speaker_text(folds: list[Mapping[str, Any]]) -> str:
   if not any(centred):
     return ""
   which = "every fold" if all(centred) else f"{sum(centred)} of {len(centred)} folds"
+  scaled = [bool(f.get("speaker_scaling", False)) for f in folds]
+  scaling = ""
+  if any(scaled):
+    scaling = (", then divided by that actor's standard deviation (input.speaker_scaling, "
+               + ("every fold" if all(scaled) else f"{sum(scaled)} of {len(scaled)} folds") + ")")
   return ("; **features centred per actor** (input.speaker_centering, " + which + "): each "
           "clip's cached features minus its actor's mean over all of that actor's clips, the "
-          "test actors' unlabelled clips included; NOT the paper's protocol")
+          "test actors' unlabelled clips included" + scaling + "; NOT the paper's protocol")
 
 
 def _trunk_lr_text(folds: list[Mapping[str, Any]]) -> str:

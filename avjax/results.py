@@ -327,6 +327,7 @@ def build_results(folds: list[tuple[dict[str, np.ndarray], dict[str, Any]]]) -> 
         "allow_missing_folds": bool(info.get("allow_missing_folds", False)),
         "trunk": info.get("trunk", "finetune"), "cached_views": int(info.get("cached_views", 0)),
         "speaker_centering": bool(info.get("speaker_centering", False)),
+        "speaker_scaling": bool(info.get("speaker_scaling", False)),
         "audio_head_layer": str(info.get("audio_head_layer", "conv7")),
         "audio_head_stats": str(info.get("audio_head_stats", "mean")),
         "trunk_lr_scale": float(info.get("trunk_lr_scale", 1.0)),

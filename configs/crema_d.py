@@ -14,7 +14,7 @@ Tokens, comma-separated after a colon, as in configs/ravdess.py:
               recipe read literally), semihard, centered_semihard.
   no_mwtsm, runlocal.
   cpu         the recipe for a 2-core CPU (frozen trunks, SoundNet's head on conv4's
-              mean and std, features centred per speaker: NOT the paper's protocol;
+              mean and std, features normalised per speaker: NOT the paper's protocol;
               described in configs/ravdess.py). The audio rows:
                 --config=configs/crema_d.py:audio_global,cpu
                 --config=configs/crema_d.py:audio_lstm,cpu

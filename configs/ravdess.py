@@ -22,12 +22,15 @@ Tokens, comma-separated after a colon (`--config=configs/ravdess.py:audio_lstm,w
   runlocal    a 5-step smoke run on fold 0.
   cpu         the recipe for a 2-core CPU, instead of the paper's end-to-end fine-tuning
               (the default trunk): frozen trunks, SoundNet's head on conv4's mean and
-              std over time, and every clip's cached features minus its speaker's mean
+              std over time, and every clip's cached features minus its speaker's mean,
+              for the models with an LSTM also divided by its speaker's std
               (model.trunk='frozen', model.audio_head_layer='conv4',
-              model.audio_head_stats='mean_std', input.speaker_centering=True). The
-              speaker centring is NOT the paper's protocol (a clip's features depend on
-              its speaker's other clips, the test speakers' included); results say so,
-              and --config.input.speaker_centering=False after the token turns it off.
+              model.audio_head_stats='mean_std', input.speaker_centering=True,
+              input.speaker_scaling=True unless `global`). The speaker normalisation
+              is NOT the paper's protocol (a clip's features depend on its speaker's
+              other clips, the test speakers' included); results say so, and
+              --config.input.speaker_centering=False --config.input.speaker_scaling=False
+              after the token turns it off.
               The audio rows:
                 --config=configs/ravdess.py:audio_global,cpu
                 --config=configs/ravdess.py:audio_lstm,cpu

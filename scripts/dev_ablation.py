@@ -66,6 +66,8 @@ _HEAD_SPEAKER = (
     ("_conv4m_speaker", {"model.audio_head_layer": "conv4", **_SPEAKER}),
     ("_conv4ms_views4_speaker", {**_conv_ms(4), **_SPEAKER, "input.cached_views": 4}),
     ("_views4_speaker", {"input.cached_views": 4, **_SPEAKER}),
+    # Divided by the speaker's std too (input.speaker_scaling).
+    ("_conv4ms_speaker_scaled", {**_conv_ms(4), **_SPEAKER, "input.speaker_scaling": True}),
 )
 # name -> config overrides (field -> value) on top of configs/ravdess.py.
 SETTINGS = {

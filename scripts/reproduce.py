@@ -29,8 +29,8 @@ conv4's mean and std, features centred per speaker: not the paper's protocol, an
 table says so); `--trunk=frozen` (or `finetune_from:<endpoint>`) passes `--config.model.trunk` to
 every run. Tables of a trunk other than the paper's `finetune` say so in their title and
 beside every number, since the paper fine-tunes the encoders. Keep one workdir per
-setting: a run on disk with another trunk, cached views, speaker centring or audio head is
-refused.
+setting: a run on disk with another trunk, cached views, speaker centring or scaling, or
+audio head is refused.
 
 Output: `<workdir>/table{1,2}.md` (ours beside the paper, with the conventions) and
 `<workdir>/table{1,2}.json` (the same rows, machine-readable).
@@ -134,6 +134,7 @@ def command(dataset: str, arg: str, run_dir: str, folds: str, extra: list[str],
 SETTING_FIELDS = {"trunk": ("model.trunk", "finetune"),
                   "cached_views": ("input.cached_views", 0),
                   "speaker_centering": ("input.speaker_centering", False),
+                  "speaker_scaling": ("input.speaker_scaling", False),
                   "audio_head_layer": ("model.audio_head_layer", "conv7"),
                   "audio_head_stats": ("model.audio_head_stats", "mean")}
 
@@ -215,7 +216,9 @@ def _pm(mean, std) -> str:
 
 
 def format_table(dataset: str, table: int, rows: list[dict], trunk: str = "finetune",
-                 speaker_centering: bool = False) -> str:
+                 speaker_centering: bool = False, scaled_runs: tuple[str, ...] = ()) -> str:
+  """The table's Markdown; `scaled_runs`: the runs that also divided the centred
+  features by the speaker's std (`input.speaker_scaling`)."""
   title = {"ravdess": "RAVDESS", "crema_d": "CREMA-D"}[dataset]
   label = report.trunk_label(trunk)
   if speaker_centering:
@@ -232,7 +235,10 @@ def format_table(dataset: str, table: int, rows: list[dict], trunk: str = "finet
     lines += ["**Speaker-centred** (`input.speaker_centering=True`): every clip's features "
               "minus its speaker's mean feature over all of that speaker's clips, the test "
               "speakers' included (no label is read). A clip's result depends on the other "
-              "clips of its speaker: NOT the paper's protocol.", ""]
+              "clips of its speaker: NOT the paper's protocol."
+              + (" The runs " + ", ".join(f"`{r}`" for r in scaled_runs) + " also divided "
+                 "them by the speaker's standard deviation (`input.speaker_scaling=True`)."
+                 if scaled_runs else ""), ""]
   lines += [f"{ours}: accuracy % at the last gate, mean ± sample std (ddof = 1) over the folds "
             "run; UAR likewise. Paper: accuracy % over 10 subject-independent folds, "
             "fine-tuned encoders. A run with fewer than 10 folds is not yet comparable.", ""]
@@ -296,6 +302,7 @@ def main(argv):
   if trunk != configured:
     overrides.append(f"model.trunk={trunk}")
   failed = []
+  scaled_runs = []
   for run, arg in runs.items():
     run_dir = os.path.join(workdir, run)
     cmd = command(FLAGS.dataset, arg, run_dir, folds_flag, FLAGS.config_args, overrides)
@@ -306,6 +313,8 @@ def main(argv):
     except ValueError as e:
       raise app.UsageError(f"--trunk={trunk}, run {run}: {e}") from None
     folds = requested if folds_flag else tuple(config.folds)
+    if config.input.speaker_scaling:
+      scaled_runs.append(run)
     if reusable(run_dir, config, folds):
       print(f"# reuse {os.path.join(run_dir, 'results.json')} (folds {list(folds)} done)", flush=True)
       continue
@@ -327,10 +336,11 @@ def main(argv):
   md_path = os.path.join(workdir, f"table{table}.md")
   with open(md_path, "w") as f:
     f.write(format_table(FLAGS.dataset, table, done, trunk,
-                         bool(first.input.speaker_centering)))
+                         bool(first.input.speaker_centering), tuple(scaled_runs)))
   with open(os.path.join(workdir, f"table{table}.json"), "w") as f:
     json.dump({"dataset": FLAGS.dataset, "table": table, "trunk": trunk,
-               "speaker_centering": bool(first.input.speaker_centering), "rows": done},
+               "speaker_centering": bool(first.input.speaker_centering),
+               "speaker_scaling_runs": scaled_runs, "rows": done},
               f, indent=1)
   print(f"# table: {md_path}")
   if failed:

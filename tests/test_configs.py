@@ -74,18 +74,26 @@ class ConfigsTest(parameterized.TestCase):
     self.assertEqual((c.model.modalities, c.model.variant), ("video", "global"))
     self.assertFalse(mod.get_config("no_mwtsm").loss.exclude_used)
     # `cpu`: frozen trunks, the conv4 mean-and-std head, speaker centring, no cached
-    # views, for every dataset and variant; the paper's defaults without it.
+    # views, for every dataset and variant, and speaker scaling for the variants with an
+    # LSTM, whatever the tokens' order; the paper's defaults without it.
     cpu_fields = lambda c: (c.model.trunk, c.model.audio_head_layer, c.model.audio_head_stats,
                             c.input.speaker_centering, c.input.cached_views)
     for name in ("ravdess", "crema_d"):
-      for arg in ("audio_global,cpu", "cpu,audio_lstm", "cpu"):
+      for arg, scaling in (("audio_global,cpu", False), ("cpu,audio_lstm", True),
+                           ("audio_lstm,cpu", True), ("cpu", True), ("cpu,global", False)):
         c = load_config_module(name).get_config(arg)
         config_lib.validate(c)
         self.assertEqual(cpu_fields(c), ("frozen", "conv4", "mean_std", True, 0), (name, arg))
+        self.assertEqual(c.input.speaker_scaling, scaling, (name, arg))
     self.assertEqual(cpu_fields(mod.get_config()), ("finetune", "conv7", "mean", False, 0))
-    # The centring turned off after the token: a config that validates.
-    c = mod.get_config("audio_global,cpu")
+    self.assertFalse(mod.get_config("audio_lstm").input.speaker_scaling)
+    # The normalisation turned off after the token: a config that validates; the scaling
+    # alone left on names the field to turn off too.
+    c = mod.get_config("audio_lstm,cpu")
     c.input.speaker_centering = False
+    with self.assertRaisesRegex(ValueError, "input.speaker_scaling=False"):
+      config_lib.validate(c)
+    c.input.speaker_scaling = False
     config_lib.validate(c)
     self.assertEqual(tuple(mod.get_config("runlocal").folds), (0,))
     literal = mod.get_config("audio_lstm,centered_semihard,paper_literal")

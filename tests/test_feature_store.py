@@ -435,6 +435,25 @@ class StoreTest(absltest.TestCase):
     k = len(alone.labels)
     np.testing.assert_allclose(alone.read(range(k))["audio"], centred.read(range(k))["audio"],
                                rtol=1e-5, atol=1e-5)
+    # input.speaker_scaling: the centred features divided by the actor's weighted std
+    # (computed here about the mean, not as E[x^2] - mean^2) plus the floor.
+    c.input.speaker_scaling = True
+    scaled = input_pipeline.make_reader(c, builder, [1, 2], False)
+    stds = {a: np.sqrt((w[clean["actor"] == a]
+                        * (clean["audio"][clean["actor"] == a] - means[a]) ** 2).sum((0, 1))
+                       / w[clean["actor"] == a].sum()) for a in means}
+    want_scale = np.stack([stds[a] for a in clean["actor"]])[:, None] + feature_cache.SCALE_FLOOR
+    self.assertGreater(np.abs(want_scale - 1).max(), 0.1)     # the division changes something
+    for view in (0, 1):
+      np.testing.assert_allclose(scaled.read(range(n), view=view)["audio"],
+                                 (raw.read(range(n), view=view)["audio"] - want_shift) / want_scale,
+                                 rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scaled.read_all()["audio"][:, 0],
+                               (clean["audio"] - want_shift) / want_scale, rtol=1e-4, atol=1e-4)
+    c.input.speaker_centering = False
+    with self.assertRaisesRegex(ValueError, "input.speaker_scaling.*needs input.speaker_centering"):
+      config_lib.validate(c)
+    c.input.speaker_centering, c.input.speaker_scaling = True, False
     c.model.trunk = "finetune"
     c.input.cached_views = 0
     with self.assertRaisesRegex(ValueError, "input.speaker_centering"):
@@ -610,12 +629,27 @@ class FrozenWorkdirTest(absltest.TestCase):
     for q, inputs in zip(rows, clips):
       np.testing.assert_allclose(inputs["window_valid"], stored_valid[q], atol=0.03)
       inputs["window_valid"] = stored_valid[q]
-    shift = predictor.speaker_means(clips)
-    self.assertEqual(set(shift), {"audio", "video"})
+    speaker = predictor.speaker_stats(clips)
+    self.assertEqual(set(speaker), {"audio", "video"})
+    self.assertIsNone(speaker["audio"][1])
     for q, inputs in zip(rows, clips):
-      got = predictor.embed(inputs, shift)
+      got = predictor.embed(inputs, speaker)
       for key in ("audio_gate", "video_gate"):
         np.testing.assert_allclose(got[key], want[key][q], rtol=1e-4, atol=1e-5, err_msg=key)
+    # With input.speaker_scaling the features are divided by the speaker's std as well.
+    scaled = copy.deepcopy(config)
+    scaled.input.speaker_scaling = True
+    want_scaled = evaluate.embed(scaled, predictor.state, [0], parallel.make_mesh())
+    self.assertGreater(np.abs(want_scaled["audio_gate"][rows] - want["audio_gate"][rows]).max(), 1e-3)
+    with mock.patch.object(predictor, "config", scaled):
+      speaker_z = predictor.speaker_stats(clips)
+      for q, inputs in zip(rows, clips):
+        got = predictor.embed(inputs, speaker_z)
+        for key in ("audio_gate", "video_gate"):
+          np.testing.assert_allclose(got[key], want_scaled[key][q], rtol=1e-4, atol=1e-5,
+                                     err_msg=key)
+      self.assertIn(f"centred and scaled by the speaker's mean and std over {len(rows)} clips",
+                    predictor.predict_speaker(paths)[0][1]["notes"])
     # The command's path: a missing file fails alone and takes no part in the mean.
     missing = os.path.join(self.tmp, "missing.mkv")
     outcomes = predictor.predict_speaker([paths[0], missing] + paths[1:])
@@ -625,7 +659,7 @@ class FrozenWorkdirTest(absltest.TestCase):
     self.assertEqual(first["speaker_clips"], len(rows))
     self.assertIn(f"centred by the speaker's mean over {len(rows)} clips", first["notes"])
     names = predictor.bank.class_names
-    want_pred = predictor.classify(predictor.embed(clips[0], shift), ["AV"])["AV"][-1]
+    want_pred = predictor.classify(predictor.embed(clips[0], speaker), ["AV"])["AV"][-1]
     self.assertEqual(first["prediction"]["AV"]["emotion"], names[int(np.argmax(want_pred))])
     # One readable clip gives no speaker mean: every file fails, none is classified.
     alone = predictor.predict_speaker([paths[0], missing])

@@ -518,7 +518,33 @@ class ReproduceTest(parameterized.TestCase):
       self.assertIn("# Table II, RAVDESS: ours (frozen trunks, speaker-centred) beside the paper",
                     md)
       self.assertIn("NOT the paper's protocol", md)
+      self.assertNotIn("input.speaker_scaling", md)      # AO-Global: centred, not scaled
       self.assertTrue(json.load(open(os.path.join(d, "table2.json")))["speaker_centering"])
+      # A-LSTM under `cpu` also scales: a run on disk without the scaling is refused, and
+      # the table names the runs that scaled.
+      c = ravdess.get_config("audio_lstm")
+      lstm_dir = os.path.join(d, "audio_lstm")
+      lstm = dict(fake, config=c.dataset.config, variant=c.model.variant,
+                  audio_head_layer="conv4", audio_head_stats="mean_std", speaker_centering=True)
+      write_fake_fold(lstm_dir, 0, np.repeat(np.arange(8), 2), {"AO": [12] * 8}, **lstm)
+      report.write_results(lstm_dir)
+      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0",
+                           "--rows=AO-Global,A-LSTM", "--config_args=cpu", "--dry_run")
+      self.assertNotEqual(proc.returncode, 0)
+      self.assertIn("speaker_scaling is 'False', this row needs 'True'", proc.stderr)
+      write_fake_fold(lstm_dir, 0, np.repeat(np.arange(8), 2), {"AO": [12] * 8},
+                      speaker_scaling=True, **lstm)
+      report.write_results(lstm_dir)
+      self.assertIn("then divided by that actor's standard deviation (input.speaker_scaling, "
+                    "every fold)", open(os.path.join(lstm_dir, "results.md")).read())
+      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0",
+                           "--rows=AO-Global,A-LSTM", "--config_args=cpu")
+      self.assertEqual(proc.returncode, 0, proc.stderr)
+      md = open(os.path.join(d, "table2.md")).read()
+      self.assertIn("The runs `audio_lstm` also divided them by the speaker's standard deviation",
+                    md)
+      self.assertEqual(json.load(open(os.path.join(d, "table2.json")))["speaker_scaling_runs"],
+                       ["audio_lstm"])
 
   def test_reuses_finished_runs_and_writes_table(self):
     from avjax.data import windows

@@ -129,13 +129,16 @@ def check_key(store: str, key: Mapping[str, Any]) -> dict:
 # --------------------------------------------------------------------------- reading
 
 
-def actor_means(features: Sequence[np.ndarray], actors: np.ndarray,
-                window_valid: np.ndarray) -> dict[int, np.ndarray]:
-  """{actor: [C] float64} each actor's mean feature over the clean view (view 0) of all
-  of its clips, every window weighted by its valid fraction and every position of a
-  feature map alike: the speaker normalisation of speech emotion recognition (no label
-  is read). `features`: per fold [n, V, T, ..., C] (memory-mapped); `actors` [N] and
-  `window_valid` [N, T] of the folds concatenated in the same order."""
+# Added to each actor's std before dividing by it (`input.speaker_scaling`): a channel
+# that never varies for an actor (a dead ReLU) stays at 0 after centring.
+SCALE_FLOOR = 1e-3
+
+
+def _actor_average(features: Sequence[np.ndarray], actors: np.ndarray, window_valid: np.ndarray,
+                   fn=None) -> dict[int, np.ndarray]:
+  """{actor: [C] float64} the mean of `fn(features)` (identity when None) over the clean
+  view (view 0) of each actor's clips, every window weighted by its valid fraction and
+  every position of a feature map alike."""
   sums: dict[int, np.ndarray] = {}
   weights: dict[int, float] = {}
   start = 0
@@ -143,6 +146,8 @@ def actor_means(features: Sequence[np.ndarray], actors: np.ndarray,
     for i in range(len(part)):
       a, w = int(actors[start + i]), window_valid[start + i].astype(np.float64)   # [T]
       clean = np.asarray(part[i, 0], np.float64)                                  # [T, ..., C]
+      if fn is not None:
+        clean = fn(clean)
       per_window = clean.reshape(clean.shape[0], -1, clean.shape[-1]).mean(axis=1)  # [T, C]
       sums[a] = sums.get(a, 0.0) + w @ per_window
       weights[a] = weights.get(a, 0.0) + float(w.sum())
@@ -153,6 +158,24 @@ def actor_means(features: Sequence[np.ndarray], actors: np.ndarray,
   return {a: sums[a] / weights[a] for a in sums}
 
 
+def actor_means(features: Sequence[np.ndarray], actors: np.ndarray,
+                window_valid: np.ndarray) -> dict[int, np.ndarray]:
+  """{actor: [C] float64} each actor's mean feature over the clean view (view 0) of all
+  of its clips, every window weighted by its valid fraction and every position of a
+  feature map alike: the speaker normalisation of speech emotion recognition (no label
+  is read). `features`: per fold [n, V, T, ..., C] (memory-mapped); `actors` [N] and
+  `window_valid` [N, T] of the folds concatenated in the same order."""
+  return _actor_average(features, actors, window_valid)
+
+
+def actor_scales(features: Sequence[np.ndarray], actors: np.ndarray, window_valid: np.ndarray,
+                 means: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+  """{actor: [C] float64} each actor's standard deviation about `means` (`actor_means`),
+  weighted alike, plus `SCALE_FLOOR`: what `input.speaker_scaling` divides by."""
+  squares = _actor_average(features, actors, window_valid, np.square)
+  return {a: np.sqrt(np.maximum(squares[a] - means[a] ** 2, 0.0)) + SCALE_FLOOR for a in squares}
+
+
 class FeatureReader:
   """Reads batches of cached features of `folds` (concatenated in that order, as the
   data source 'fold_a+fold_b' orders them); `read` has `input_pipeline.Reader`'s form.
@@ -160,14 +183,19 @@ class FeatureReader:
   Picklable: the arrays are memory-mapped on first use.
 
   `center_actors` (`input.speaker_centering`): every clip's features minus its actor's
-  mean feature (`actor_means`), in every batch read and in `read_all`."""
+  mean feature (`actor_means`), in every batch read and in `read_all`; `scale_actors`
+  (`input.speaker_scaling`, with `center_actors`) then divides them by the actor's
+  standard deviation (`actor_scales`)."""
   is_features = True
 
   def __init__(self, stores: Mapping[str, str], folds: Sequence[int],
-               center_actors: bool = False):
+               center_actors: bool = False, scale_actors: bool = False):
+    if scale_actors and not center_actors:
+      raise ValueError("scale_actors divides centred features: it needs center_actors")
     self.stores = dict(stores)
     self.folds = [int(f) for f in folds]
     self.center_actors = bool(center_actors)
+    self.scale_actors = bool(scale_actors)
     for modality, store in self.stores.items():
       for fold in self.folds:
         if not os.path.isdir(fold_path(store, fold)):
@@ -180,7 +208,8 @@ class FeatureReader:
 
   def __getstate__(self):
     return {"stores": self.stores, "folds": self.folds, "num_views": self.num_views,
-            "center_actors": self.center_actors, "_arrays": None}
+            "center_actors": self.center_actors, "scale_actors": self.scale_actors,
+            "_arrays": None}
 
   def _load(self) -> dict:
     if self._arrays is None:
@@ -202,15 +231,21 @@ class FeatureReader:
       self._offsets = np.concatenate([[0], np.cumsum(sizes)])
       self._arrays = {k: (v if k in self.stores else np.concatenate(v)) for k, v in arrays.items()}
       if self.center_actors:
-        self._means = {m: actor_means(arrays[m], self._arrays["actor"],
-                                      self._arrays["window_valid"])
-                       for m in self.stores}
+        actor, valid = self._arrays["actor"], self._arrays["window_valid"]
+        self._means = {m: actor_means(arrays[m], actor, valid) for m in self.stores}
+        if self.scale_actors:
+          self._scales = {m: actor_scales(arrays[m], actor, valid, self._means[m])
+                          for m in self.stores}
     return self._arrays
 
-  def _centring(self, modality: str, actors: np.ndarray) -> np.ndarray:
-    """[b, C] means of `actors` to subtract from their clips' features."""
-    means = self._means[modality]
-    return np.stack([means[int(a)] for a in actors])
+  def _normalise(self, modality: str, x: np.ndarray, actors: np.ndarray) -> None:
+    """Centres (and scales) `x` [b, ..., C] in place by its clips' `actors` [b]."""
+    def per_clip(stats):
+      values = np.stack([stats[int(a)] for a in actors])                   # [b, C]
+      return values.reshape(values.shape[:1] + (1,) * (x.ndim - 2) + values.shape[1:])
+    x -= per_clip(self._means[modality])
+    if self.scale_actors:
+      x /= per_clip(self._scales[modality])
 
   @property
   def labels(self) -> np.ndarray:
@@ -225,8 +260,7 @@ class FeatureReader:
            for m in self.stores}
     if self.center_actors:
       for m in self.stores:
-        shift = self._centring(m, arrays["actor"])                  # [n, C]
-        out[m] -= shift.reshape(shift.shape[:1] + (1,) * (out[m].ndim - 2) + shift.shape[1:])
+        self._normalise(m, out[m], arrays["actor"])
     out["label"] = arrays["label"].astype(np.int32)
     out["window_valid"] = arrays["window_valid"].astype(np.float32)
     return out
@@ -257,9 +291,7 @@ class FeatureReader:
       rows = [parts[w][i - self._offsets[w], view] for w, i in zip(where, idx)]
       batch[modality] = np.stack(rows).astype(np.float32)
       if self.center_actors:
-        shift = self._centring(modality, batch["actor"])          # [b, C]
-        batch[modality] -= shift.reshape(
-            shift.shape[:1] + (1,) * (batch[modality].ndim - 2) + shift.shape[1:])
+        self._normalise(modality, batch[modality], batch["actor"])
     batch["label"] = batch["label"].astype(np.int32)
     batch["actor"] = batch["actor"].astype(np.int32)
     batch["window_valid"] = batch["window_valid"].astype(np.float32)
