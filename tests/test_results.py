@@ -485,36 +485,41 @@ class ReproduceTest(parameterized.TestCase):
       self.assertIn("--config.model.trunk=finetune_from:conv4", proc.stdout)
       # A frozen run on disk without the token's head and centring is not a `cpu` run.
       from configs import ravdess
-      c = ravdess.get_config("audio_global")
-      run_dir = os.path.join(d, "audio_global")
-      fake = dict(dataset=c.dataset.name, config=c.dataset.config, variant=c.model.variant,
-                  modalities="audio", class_names=RAVDESS_CLASSES, trunk="frozen")
-      write_fake_fold(run_dir, 0, np.repeat(np.arange(8), 2), {"AO": [12]}, **fake)
-      report.write_results(run_dir)
-      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0",
-                           "--rows=AO-Global", "--config_args=cpu", "--dry_run")
+      labels = np.repeat(np.arange(8), 2)
+
+      def on_disk(variant, per_gate, **info):
+        """A one-fold run of `variant` on disk with fold_info `info`; its directory."""
+        c = ravdess.get_config(variant)
+        run_dir = os.path.join(d, variant)
+        write_fake_fold(run_dir, 0, labels, {"AO": per_gate}, dataset=c.dataset.name,
+                        config=c.dataset.config, variant=c.model.variant, modalities="audio",
+                        class_names=RAVDESS_CLASSES, trunk="frozen", **info)
+        report.write_results(run_dir)
+        return run_dir
+
+      def table(rows, *flags):
+        """reproduce.py's Table II of `rows` under `cpu` from what is on disk."""
+        proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0",
+                             f"--rows={rows}", "--config_args=cpu", *flags)
+        md = os.path.join(d, "table2.md")
+        return proc, (open(md).read() if os.path.exists(md) else "")
+
+      head = dict(audio_head_layer="conv4", audio_head_stats="mean_std")
+      on_disk("audio_global", [12])
+      proc, _ = table("AO-Global", "--dry_run")
       self.assertNotEqual(proc.returncode, 0)
       self.assertIn("speaker_centering is 'False', this row needs 'True'", proc.stderr)
       self.assertIn("audio_head_layer is 'conv7', this row needs 'conv4'", proc.stderr)
       # ... it is one with the centring turned off and the token's head.
-      write_fake_fold(run_dir, 0, np.repeat(np.arange(8), 2), {"AO": [12]},
-                      audio_head_layer="conv4", audio_head_stats="mean_std", **fake)
-      report.write_results(run_dir)
-      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0",
-                           "--rows=AO-Global", "--config_args=cpu",
-                           "--override=input.speaker_centering=false")
+      on_disk("audio_global", [12], **head)
+      proc, md = table("AO-Global", "--override=input.speaker_centering=false")
       self.assertEqual(proc.returncode, 0, proc.stderr)
       self.assertIn("# reuse", proc.stdout)
-      self.assertNotIn("speaker-centred", open(os.path.join(d, "table2.md")).read())
+      self.assertNotIn("speaker-centred", md)
       # With the centring on disk, the table says what it is.
-      write_fake_fold(run_dir, 0, np.repeat(np.arange(8), 2), {"AO": [12]},
-                      audio_head_layer="conv4", audio_head_stats="mean_std",
-                      speaker_centering=True, **fake)
-      report.write_results(run_dir)
-      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0",
-                           "--rows=AO-Global", "--config_args=cpu")
+      on_disk("audio_global", [12], speaker_centering=True, **head)
+      proc, md = table("AO-Global")
       self.assertEqual(proc.returncode, 0, proc.stderr)
-      md = open(os.path.join(d, "table2.md")).read()
       self.assertIn("# Table II, RAVDESS: ours (frozen trunks, speaker-centred) beside the paper",
                     md)
       self.assertIn("NOT the paper's protocol", md)
@@ -522,25 +527,16 @@ class ReproduceTest(parameterized.TestCase):
       self.assertTrue(json.load(open(os.path.join(d, "table2.json")))["speaker_centering"])
       # A-LSTM under `cpu` also scales: a run on disk without the scaling is refused, and
       # the table names the runs that scaled.
-      c = ravdess.get_config("audio_lstm")
-      lstm_dir = os.path.join(d, "audio_lstm")
-      lstm = dict(fake, config=c.dataset.config, variant=c.model.variant,
-                  audio_head_layer="conv4", audio_head_stats="mean_std", speaker_centering=True)
-      write_fake_fold(lstm_dir, 0, np.repeat(np.arange(8), 2), {"AO": [12] * 8}, **lstm)
-      report.write_results(lstm_dir)
-      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0",
-                           "--rows=AO-Global,A-LSTM", "--config_args=cpu", "--dry_run")
+      on_disk("audio_lstm", [12] * 8, speaker_centering=True, **head)
+      proc, _ = table("AO-Global,A-LSTM", "--dry_run")
       self.assertNotEqual(proc.returncode, 0)
       self.assertIn("speaker_scaling is 'False', this row needs 'True'", proc.stderr)
-      write_fake_fold(lstm_dir, 0, np.repeat(np.arange(8), 2), {"AO": [12] * 8},
-                      speaker_scaling=True, **lstm)
-      report.write_results(lstm_dir)
+      lstm_dir = on_disk("audio_lstm", [12] * 8, speaker_centering=True, speaker_scaling=True,
+                         **head)
       self.assertIn("then divided by that actor's standard deviation (input.speaker_scaling, "
                     "every fold)", open(os.path.join(lstm_dir, "results.md")).read())
-      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0",
-                           "--rows=AO-Global,A-LSTM", "--config_args=cpu")
+      proc, md = table("AO-Global,A-LSTM")
       self.assertEqual(proc.returncode, 0, proc.stderr)
-      md = open(os.path.join(d, "table2.md")).read()
       self.assertIn("The runs `audio_lstm` also divided them by the speaker's standard deviation",
                     md)
       self.assertEqual(json.load(open(os.path.join(d, "table2.json")))["speaker_scaling_runs"],
