@@ -31,7 +31,6 @@ Details, JSON keys and exit codes: docs/predict.md.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any, Sequence
 
@@ -124,15 +123,7 @@ def _parse(argv: Sequence[str]) -> tuple[flags.FlagValues, list[str]]:
 
 def _predict_one(predictor, path: str) -> tuple[str, dict | None, str | None]:
   """(path, result, None), or (path, None, why it failed)."""
-  from avjax.data import media
-  try:
-    if not os.path.isfile(path):
-      raise media.MediaError(path, "file not found" if not os.path.exists(path) else "not a file")
-    return path, predictor.predict(path), None
-  except media.MediaError as e:
-    return path, None, e.reason
-  except Exception as e:  # noqa: BLE001  (one bad file must not stop the others)
-    return path, None, f"unexpected error: {type(e).__name__}: {e}"
+  return (path, *predictor_lib.attempt(path, predictor.predict))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

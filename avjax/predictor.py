@@ -28,10 +28,8 @@ def _media():
 
 def decode_video(path: str, options, box: tuple[int, int, int, int] | None = None
                  ) -> tuple[np.ndarray, float]:
-  """Video only, as `media.decode` decodes it: ([N, H, H, 3] uint8, duration in s).
-
-  `box` (x, y, w, h in source pixels) is cropped before resizing (--face_crop).
-  """
+  """Video only, as `media.decode` decodes it: ([N, H, H, 3] uint8, duration in s);
+  `box` (x, y, w, h in source pixels) is cropped before resizing (--face_crop)."""
   clip = _media().decode(path, options=options, with_audio=False, box=box)
   return clip.video, clip.duration
 
@@ -46,8 +44,21 @@ def _streams(path: str) -> tuple[bool, bool]:
     container.close()
 
 
-# The fewest readable clips of one speaker `Predictor.predict_speaker` centres by.
-MIN_SPEAKER_CLIPS = 2
+def attempt(path: str, fn) -> tuple[Any, str | None]:
+  """(fn(path), None), or (None, why it failed: missing, undecodable or anything else;
+  one bad file must not stop the others)."""
+  media = _media()
+  try:
+    if not os.path.isfile(path):
+      raise media.MediaError(path, "file not found" if not os.path.exists(path) else "not a file")
+    return fn(path), None
+  except media.MediaError as e:
+    return None, e.reason
+  except Exception as e:  # noqa: BLE001
+    return None, f"unexpected error: {type(e).__name__}: {e}"
+
+
+MIN_SPEAKER_CLIPS = 2   # the fewest readable clips `Predictor.predict_speaker` centres by
 
 
 class Predictor:
@@ -67,11 +78,11 @@ class Predictor:
     except (FileNotFoundError, errors.CorruptFileError) as e:
       raise errors.UsageError(str(e)) from None
     self.speaker_centred = bool(self.config.input.get("speaker_centering", False))
+    self.speaker_scaled = bool(self.config.input.get("speaker_scaling", False))
     if self.speaker_centred and not same_speaker:
       raise errors.UsageError(
-          f"{self.workdir} was trained with input.speaker_centering=True: its features are "
-          "centred by each speaker's mean over the speaker's clips, which one file does not "
-          "give; pass several clips of one speaker with --same_speaker")
+          f"{self.workdir} was trained with input.speaker_centering=True: one file does not "
+          "give its speaker's mean; pass several clips of one speaker with --same_speaker")
     if same_speaker and not self.speaker_centred:
       raise errors.UsageError(
           f"--same_speaker: {self.workdir} was not trained with input.speaker_centering, "
@@ -176,7 +187,7 @@ class Predictor:
       valid = np.stack([c["window_valid"] for c in have])                      # [n, T]
       means = feature_cache.actor_means(features, actors, valid)
       scale = None
-      if self.config.input.get("speaker_scaling", False):
+      if self.speaker_scaled:
         scale = feature_cache.actor_scales(features, actors, valid, means)[0].astype(np.float32)
       stats[modality] = (means[0].astype(np.float32), scale)
     return stats
@@ -185,35 +196,40 @@ class Predictor:
             speaker: dict[str, tuple] | None = None) -> dict[str, np.ndarray]:
     """Gate embeddings of one clip: {'audio_gate'/'video_gate': [T, G] float32}. A
     speaker-centred model takes `speaker`, the speaker's `speaker_stats`."""
-    import jax
     from avjax import fixed_trunk
-    from avjax.models import gating
     if self.speaker_centred:
       if speaker is None:
         raise ValueError("a speaker-centred model needs the speaker's statistics (speaker)")
       return self._embed_centred(inputs, speaker)
     if self._forward is None:
       # The whole network on raw media (a frozen trunk's fixed layers merged back in).
-      apply_fn, self._variables = fixed_trunk.inference_model(self.config, self.state,
-                                                                 self._sample_batch())
-      self._forward = jax.jit(functools.partial(
-          gating.gate_embeddings, apply_fn, modalities=self.config.model.modalities,
-          mask_padded_windows=bool(self.config.loss.mask_padded_windows)))
-    batch = {k: inputs[k][None] for k in ("video", "audio", "window_valid")
-             if inputs.get(k) is not None}
+      apply_fn, variables = fixed_trunk.inference_model(self.config, self.state,
+                                                        self._sample_batch())
+      self._jit_gates(apply_fn, variables)
+    return self._gates({k: inputs[k][None] for k in ("video", "audio", "window_valid")
+                        if inputs.get(k) is not None})
+
+  def _jit_gates(self, apply_fn, variables) -> None:
+    """The jitted gate embeddings of `apply_fn` with `variables`, once per Predictor."""
+    import jax
+    from avjax.models import gating
+    self._variables = variables
+    self._forward = jax.jit(functools.partial(
+        gating.gate_embeddings, apply_fn, modalities=self.config.model.modalities,
+        mask_padded_windows=bool(self.config.loss.mask_padded_windows)))
+
+  def _gates(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{'audio_gate'/'video_gate': [T, G] float32} of a batch of one clip."""
+    import jax
     out = self._forward(self._variables, batch)
     return {k: np.asarray(v[0], np.float32) for k, v in jax.device_get(out).items()}
 
   def _embed_centred(self, inputs: dict[str, Any], speaker: dict[str, tuple]):
     """The state's own model (above the cut) on the clip's trunk features minus the
     speaker's means (and divided by its stds), as training reads the feature store."""
-    import jax
-    from avjax.models import gating
     if self._forward is None:
-      self._variables = {"params": self.state.params, "batch_stats": self.state.batch_stats}
-      self._forward = jax.jit(functools.partial(
-          gating.gate_embeddings, self.state.apply_fn, modalities=self.config.model.modalities,
-          mask_padded_windows=bool(self.config.loss.mask_padded_windows)))
+      self._jit_gates(self.state.apply_fn,
+                      {"params": self.state.params, "batch_stats": self.state.batch_stats})
     features = inputs.get("features") or self.trunk_features(inputs)
     batch = {"window_valid": inputs["window_valid"][None]}
     for modality in ("video", "audio"):
@@ -226,8 +242,7 @@ class Predictor:
         batch[modality] = (f if scale is None else f / scale)[None]
       else:
         batch[modality] = inputs[modality][None]
-    out = self._forward(self._variables, batch)
-    return {k: np.asarray(v[0], np.float32) for k, v in jax.device_get(out).items()}
+    return self._gates(batch)
 
   # ---- preprocessing
   def decode_options(self):
@@ -370,28 +385,25 @@ class Predictor:
     clips of one speaker, each centred by their mean trunk features (a model trained
     with `input.speaker_centering`). Files that cannot be read take no part in the
     mean; fewer than MIN_SPEAKER_CLIPS readable ones fail every file."""
-    media = _media()
+    def read(path: str) -> dict[str, Any]:
+      inputs = self.preprocess(path)
+      return dict(inputs, features=self.trunk_features(inputs))
+
     clips: dict[str, dict] = {}
     failed: dict[str, str] = {}
     for path in paths:
-      try:
-        if not os.path.isfile(path):
-          raise media.MediaError(path, "file not found" if not os.path.exists(path)
-                                 else "not a file")
-        inputs = self.preprocess(path)
-        inputs["features"] = self.trunk_features(inputs)
+      inputs, reason = attempt(path, read)
+      if reason is None:
         clips[path] = inputs
-      except media.MediaError as e:
-        failed[path] = e.reason
-      except Exception as e:  # noqa: BLE001  (one bad file must not stop the others)
-        failed[path] = f"unexpected error: {type(e).__name__}: {e}"
+      else:
+        failed[path] = reason
     if len(clips) < MIN_SPEAKER_CLIPS:
       reason = (f"--same_speaker: {len(clips)} readable clip(s) of the speaker; the model "
                 f"centres by their mean and needs at least {MIN_SPEAKER_CLIPS}")
       return [(p, None, failed.get(p, reason)) for p in paths]
     speaker = self.speaker_stats(list(clips.values()))
-    how = ("centred and scaled by the speaker's mean and std"
-           if self.config.input.get("speaker_scaling", False) else "centred by the speaker's mean")
+    how = ("centred and scaled by the speaker's mean and std" if self.speaker_scaled
+           else "centred by the speaker's mean")
     out = []
     for path in paths:
       if path in failed:
