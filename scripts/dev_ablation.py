@@ -86,6 +86,14 @@ SETTINGS = {
                              ("_margin0.2", {"loss.margin": 0.2}),
                              ("_lr3e-4", {"optim.learning_rate": 3e-4}),
                              ("_euclidean", {"loss.distance": "euclidean"}))},
+    # Regularising the A-LSTM `cpu` recipe (conv4 head, centred and scaled per speaker).
+    **{f"conv4ms_speaker_scaled{suffix}": {**_conv_ms(4), **_SPEAKER,
+                                          "input.speaker_scaling": True, **extra}
+       for suffix, extra in (("_wd5e-2", {"optim.weight_decay": 5e-2}),
+                             ("_wd5e-1", {"optim.weight_decay": 5e-1}),
+                             ("_hidden128", {"model.lstm_hidden": 128}),
+                             ("_hidden800", {"model.lstm_hidden": 800}),
+                             ("_embed128", {"model.embed_dim": 128}))},
     **{f"global_l{n}_conv4ms_speaker": {"dataset.config": f"w1_l{n}_no_fit", **_conv_ms(4),
                                         **_SPEAKER} for n in ("2", "4")},
     # The `global` variant's window: one centred window of L seconds (builder config

@@ -380,5 +380,49 @@ class CompleteTest(absltest.TestCase):
       workdir.load_config(tempfile.mkdtemp())
 
 
+# Run in a child process: scripts/dev_ablation.py defines absl flags (--workdir, ...) that
+# other test modules' imports define too.
+_CHECK_SETTINGS = """
+import importlib.util, json, sys
+sys.path.insert(0, ".")
+from avjax import config_lib
+from configs import ravdess
+spec = importlib.util.spec_from_file_location("dev_ablation", "scripts/dev_ablation.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+problems = []
+for name, overrides in module.SETTINGS.items():
+  for variant in ("audio_global", "audio_lstm"):
+    config = ravdess.get_config(variant)
+    config.model.trunk = "frozen"        # the script's default --trunk
+    for field, value in overrides.items():
+      group, key = field.split(".")
+      if key not in config[group]:
+        problems.append([name, field, "no such field"])
+        continue
+      config[group][key] = value
+    try:
+      config_lib.validate(config_lib.complete(config))
+    except ValueError as e:
+      problems.append([name, variant, str(e)])
+print(json.dumps({"settings": len(module.SETTINGS), "problems": problems}))
+"""
+
+
+class DevAblationSettingsTest(absltest.TestCase):
+
+  def test_every_setting_names_real_fields_and_validates(self):
+    # A misspelt field would otherwise add a new key that nothing reads, and the row
+    # would silently repeat the defaults.
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _CHECK_SETTINGS], cwd=CONFIG_DIR.parent,
+                         capture_output=True, text=True, check=True).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    self.assertGreater(report["settings"], 50)
+    self.assertEqual(report["problems"], [])
+
+
 if __name__ == "__main__":
   absltest.main()
