@@ -93,6 +93,8 @@ SETTINGS = {
                              ("_wd5e-1", {"optim.weight_decay": 5e-1}),
                              ("_hidden128", {"model.lstm_hidden": 128}),
                              ("_hidden800", {"model.lstm_hidden": 800}),
+                             # The 8 windows spread over the whole clip (`fit`).
+                             ("_fit", {"dataset.config": "w8_l1_ov_fit"}),
                              ("_embed128", {"model.embed_dim": 128}))},
     **{f"global_l{n}_conv4ms_speaker": {"dataset.config": f"w1_l{n}_no_fit", **_conv_ms(4),
                                         **_SPEAKER} for n in ("2", "4")},

@@ -393,6 +393,8 @@ spec.loader.exec_module(module)
 problems = []
 for name, overrides in module.SETTINGS.items():
   for variant in ("audio_global", "audio_lstm"):
+    if variant == "audio_global" and not overrides.get("dataset.config", "w1_").startswith("w1_"):
+      continue                           # an LSTM windowing: an audio_lstm setting
     config = ravdess.get_config(variant)
     config.model.trunk = "frozen"        # the script's default --trunk
     for field, value in overrides.items():
