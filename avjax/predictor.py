@@ -409,8 +409,8 @@ class Predictor:
       if path in failed:
         out.append((path, None, failed[path]))
         continue
-      inputs = clips[path]
-      inputs["notes"].append(f"{how} over {len(clips)} clips")
+      # A new notes list: a path given twice must not collect the note twice.
+      inputs = dict(clips[path], notes=clips[path]["notes"] + [f"{how} over {len(clips)} clips"])
       result = self._result(path, inputs, self.embed(inputs, speaker))
       result["speaker_clips"] = len(clips)
       out.append((path, result, None))
