@@ -96,6 +96,10 @@ SETTINGS = {
                              # The 8 windows spread over the whole clip (`fit`).
                              ("_fit", {"dataset.config": "w8_l1_ov_fit"}),
                              ("_embed128", {"model.embed_dim": 128}))},
+    # The paper's Table I windowings (besides the default w8_l1_ov) under A-LSTM's `cpu`.
+    **{f"conv4ms_speaker_scaled_{w}": {**_conv_ms(4), **_SPEAKER, "input.speaker_scaling": True,
+                                       "dataset.config": w}
+       for w in ("w2_l1_ov", "w2_l2_ov", "w4_l1_ov", "w6_l1_ov", "w2_l1_no", "w4_l1_no")},
     **{f"global_l{n}_conv4ms_speaker": {"dataset.config": f"w1_l{n}_no_fit", **_conv_ms(4),
                                         **_SPEAKER} for n in ("2", "4")},
     # The `global` variant's window: one centred window of L seconds (builder config
