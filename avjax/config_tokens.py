@@ -25,7 +25,8 @@ to `apply_args()`. Tokens, comma-separated:
 * ``no_mwtsm``: ``loss.exclude_used=False``, the miner may pick a triplet already
   used at an earlier window. With ``paper_literal`` it is the paper's batch-hard
   ablation; under the default recipe it gives semi-hard mining after the batch-all
-  warm-up;
+  warm-up. Only the gating model mines across windows: ``lstm`` mines its last gate
+  and ``global`` its one window, where the token changes nothing (the run says so);
 * the training recipe, each token setting all of its fields (`RECIPES`):
   ``paper_literal``: the paper's recipe read literally (`PAPER_LITERAL`: squared
   distances, MWTSM's hardest triplets from the first step, the paper's audio head,

@@ -86,6 +86,23 @@ from avjax import mining
 _BRANCHES = choices.BRANCHES
 
 
+def mined_windows(variant: str, num_windows: int) -> int:
+  """The windows the triplet term mines across: 'lstm' mines its last gate alone."""
+  return 1 if variant == "lstm" else int(num_windows)
+
+
+def mwtsm_notice(variant: str, num_windows: int, exclude_used: bool) -> str | None:
+  """A line for the log when `loss.exclude_used=False` cannot change the run: with one
+  mined window MWTSM has no earlier window to exclude triplets from."""
+  if exclude_used or mined_windows(variant, num_windows) > 1:
+    return None
+  where = ("the 'lstm' variant mines its last gate alone" if variant == "lstm"
+           else "the run has one window")
+  return (f"notice: loss.exclude_used=False (no_mwtsm) changes nothing here: {where}, where "
+          "MWTSM has no earlier window to exclude triplets from; only the gating model "
+          "mines across windows")
+
+
 def _distance(sq: jax.Array, distance: str) -> jax.Array:
   """Squared Euclidean distances -> `loss.distance` ('squared' or 'euclidean')."""
   return sq if distance == "squared" else jnp.sqrt(sq + 1e-12)
@@ -198,8 +215,8 @@ def compute_loss(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_confi
     if gate.ndim != 3 or gate.shape[0] != n:
       raise ValueError(f"losses.compute_loss: outputs['{m}_gate'] must be [N={n}, T, G], "
                        f"got {gate.shape}")
-    if variant == "lstm":
-      gate = gate[:, -1:]                                          # last gate only
+    keep = mined_windows(variant, gate.shape[1])                   # 'lstm': its last gate
+    gate = gate[:, gate.shape[1] - keep:]
     emb = jnp.swapaxes(gate, 0, 1)                                 # [T, N, G]
     windows = emb.shape[0]
     if real is None or variant == "lstm":

@@ -51,6 +51,7 @@ from avjax import fold_group
 from avjax import fold_lock
 from avjax import fold_run
 from avjax import input_pipeline
+from avjax import losses
 from avjax import parallel
 from avjax import report
 from avjax import results
@@ -187,8 +188,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     input_pipeline.check_crop(config, tfds_access.dataset_info(config)["frame_size"])
   check_at_start(config)
   logging.info("Run: %s", spec.describe())
+  notice = losses.mwtsm_notice(config.model.variant, spec.window.num_windows,
+                               config.loss.exclude_used)
   if write:
     print(f"Run: {spec.describe()}", flush=True)
+    if notice:
+      print(notice, flush=True)
   # Only now, with every check passed, is anything written to the workdir.
   workdir_lib.record_config(config, workdir, allow, write=write)
   mesh = parallel.make_mesh()

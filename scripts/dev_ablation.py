@@ -95,7 +95,11 @@ SETTINGS = {
                              ("_hidden800", {"model.lstm_hidden": 800}),
                              # The 8 windows spread over the whole clip (`fit`).
                              ("_fit", {"dataset.config": "w8_l1_ov_fit"}),
-                             ("_embed128", {"model.embed_dim": 128}))},
+                             ("_embed128", {"model.embed_dim": 128}),
+                             # Semi-hard mining from the first step; the hardest negatives.
+                             # (No `exclude_used` row: A-LSTM mines its last gate alone.)
+                             ("_warmup0", {"loss.batch_all_fraction": 0.0}),
+                             ("_hardest", {"loss.negatives": "hardest"}))},
     # The paper's Table I windowings (besides the default w8_l1_ov) under A-LSTM's `cpu`.
     **{f"conv4ms_speaker_scaled_{w}": {**_conv_ms(4), **_SPEAKER, "input.speaker_scaling": True,
                                        "dataset.config": w}

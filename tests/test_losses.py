@@ -168,6 +168,32 @@ class LossTest(absltest.TestCase):
     loss, _ = losses.compute_loss(first, LABELS, loss_config(), "global", "video")
     self.assertAlmostEqual(float(loss), 2.0, places=5)
 
+  def test_exclude_used_matters_only_where_windows_are_mined_together(self):
+    # The gating model mines across its 2 windows: MWTSM's audio term 28 against
+    # batch-hard's 29 (above). 'lstm' mines its last gate alone and 'global' its one
+    # window, so `exclude_used` cannot change them, and the run says so.
+    out = hand_outputs()
+    first = {k: v[:, :1] for k, v in out.items()}
+    for variant, outputs, windows in (("gating", out, 2), ("lstm", out, 2), ("global", first, 1)):
+      for negatives in ("hardest", "semihard"):
+        with self.subTest(variant=variant, negatives=negatives):
+          _, used = losses.compute_loss(outputs, LABELS, loss_config(negatives=negatives),
+                                        variant, "av")
+          _, free = losses.compute_loss(
+              outputs, LABELS, loss_config(negatives=negatives, exclude_used=False),
+              variant, "av")
+          used, free = float(used["triplet_audio"]), float(free["triplet_audio"])
+          notice = losses.mwtsm_notice(variant, windows, exclude_used=False)
+          if variant == "gating":
+            self.assertIsNone(notice)
+            if negatives == "hardest":
+              self.assertAlmostEqual(used, 28 / 8, places=5)
+              self.assertAlmostEqual(free, 29 / 8, places=5)
+          else:
+            self.assertEqual(used, free)
+            self.assertIn(f"'{variant}' variant" if variant == "lstm" else "one window", notice)
+          self.assertIsNone(losses.mwtsm_notice(variant, windows, exclude_used=True))
+
   def test_mse_is_mean_over_gates_and_clips(self):
     out = random_outputs(0)
     _, m = losses.compute_loss(out, LABELS.tolist() + [2, 2], loss_config(), "gating", "av")
