@@ -117,6 +117,8 @@ SETTINGS = {
         ("_views4", {"input.cached_views": 4}),
         *_HEAD_SPEAKER,
         ("_conv4ms_speaker_warmup30", {**_conv_ms(4), **_SPEAKER, "loss.batch_all_fraction": 0.3}),
+        ("_conv4ms_speaker_warmup0", {**_conv_ms(4), **_SPEAKER, "loss.batch_all_fraction": 0.0}),
+        ("_conv4ms_speaker_hardest", {**_conv_ms(4), **_SPEAKER, "loss.negatives": "hardest"}),
         ("_trunk0.1_views4", {"optim.trunk_lr_scale": 0.1, "input.cached_views": 4}),
         ("_batch_all", {"loss.batch_all_fraction": 1.0}),
         ("_lr3e-4", {"optim.learning_rate": 3e-4}),
