@@ -401,5 +401,32 @@ class PredictTest(absltest.TestCase):
     self.assertIn("prediction (gate 4", proc.stdout)
 
 
+_GROUPS = """
+import importlib.util, json
+import numpy as np
+spec = importlib.util.spec_from_file_location("speaker_clips", "scripts/speaker_clips.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+out = []
+for n, k in ((60, 2), (60, 7), (60, 60), (5, 10), (61, 20)):
+  cut = module.groups(list(range(n)), k, np.random.default_rng(0))
+  out.append([sorted(len(g) for g in cut), sorted(i for g in cut for i in g) == list(range(n))])
+print(json.dumps(out))
+"""
+
+
+class SpeakerClipsScriptTest(absltest.TestCase):
+
+  def test_groups_cover_every_clip_once(self):
+    # scripts/speaker_clips.py predicts each group of K clips of a speaker as one
+    # --same_speaker call: every clip must be scored once, a remainder joining the last
+    # group. In a child process: the script defines absl flags.
+    out = subprocess.run([sys.executable, "-c", _GROUPS], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    self.assertEqual(got, [[[2] * 30, True], [[7] * 7 + [11], True], [[60], True], [[5], True],
+                           [[20, 20, 21], True]])
+
+
 if __name__ == "__main__":
   absltest.main()
