@@ -86,7 +86,7 @@ SETTINGS = {
                              ("_margin0.2", {"loss.margin": 0.2}),
                              ("_lr3e-4", {"optim.learning_rate": 3e-4}),
                              ("_euclidean", {"loss.distance": "euclidean"}))},
-    # Regularising the A-LSTM `cpu` recipe (conv4 head, centred and scaled per speaker).
+    # Around the A-LSTM `cpu` recipe (conv4 head, centred and scaled per speaker).
     **{f"conv4ms_speaker_scaled{suffix}": {**_conv_ms(4), **_SPEAKER,
                                           "input.speaker_scaling": True, **extra}
        for suffix, extra in (("_wd5e-2", {"optim.weight_decay": 5e-2}),
@@ -99,11 +99,11 @@ SETTINGS = {
                              # Semi-hard mining from the first step; the hardest negatives.
                              # (No `exclude_used` row: A-LSTM mines its last gate alone.)
                              ("_warmup0", {"loss.batch_all_fraction": 0.0}),
-                             ("_hardest", {"loss.negatives": "hardest"}))},
-    # The paper's Table I windowings (besides the default w8_l1_ov) under A-LSTM's `cpu`.
-    **{f"conv4ms_speaker_scaled_{w}": {**_conv_ms(4), **_SPEAKER, "input.speaker_scaling": True,
-                                       "dataset.config": w}
-       for w in ("w2_l1_ov", "w2_l2_ov", "w4_l1_ov", "w6_l1_ov", "w2_l1_no", "w4_l1_no")},
+                             ("_hardest", {"loss.negatives": "hardest"}),
+                             # The paper's Table I windowings besides the default w8_l1_ov.
+                             *((f"_{w}", {"dataset.config": w}) for w in (
+                                 "w2_l1_ov", "w2_l2_ov", "w4_l1_ov", "w6_l1_ov", "w2_l1_no",
+                                 "w4_l1_no")))},
     **{f"global_l{n}_conv4ms_speaker": {"dataset.config": f"w1_l{n}_no_fit", **_conv_ms(4),
                                         **_SPEAKER} for n in ("2", "4")},
     # The `global` variant's window: one centred window of L seconds (builder config

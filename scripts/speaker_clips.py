@@ -50,16 +50,14 @@ def groups(items: list, size: int, rng: np.random.Generator) -> list[list]:
   return cut or [order]
 
 
-def test_clips(fold_dir: str, wavs: dict[str, str]) -> dict[int, list[tuple[str, int]]]:
+def test_clips(saved: dict[str, np.ndarray], wavs: dict[str, str], fold: int
+               ) -> dict[int, list[tuple[str, int]]]:
   """{actor: [(wav path, label)]} of a fold's test clips, from its predictions.npz."""
-  with np.load(os.path.join(fold_dir, "predictions.npz"), allow_pickle=False) as d:
-    clip_ids, labels, actors = d["clip_id"], d["labels"], d["actor"]
   out: dict[int, list[tuple[str, int]]] = {}
-  for clip_id, label, actor in zip(clip_ids, labels, actors):
+  for clip_id, label, actor in zip(saved["clip_id"], saved["labels"], saved["actor"]):
     clip_id = clip_id.decode() if isinstance(clip_id, bytes) else str(clip_id)
     if clip_id not in wavs:
-      raise FileNotFoundError(f"{FLAGS.manual_dir}: no {clip_id}.wav (a test clip of "
-                              f"{os.path.basename(fold_dir)})")
+      raise FileNotFoundError(f"{FLAGS.manual_dir}: no {clip_id}.wav (a test clip of fold {fold})")
     out.setdefault(int(actor), []).append((wavs[clip_id], int(label)))
   return out
 
@@ -84,13 +82,14 @@ def fold_accuracy(predictor, clips: dict[int, list[tuple[str, int]]], size: int,
 def main(argv):
   del argv
   from avjax import predictor as predictor_lib
+  from avjax import workdir as workdir_lib
   work = os.path.abspath(FLAGS.workdir)
   wavs = {os.path.splitext(os.path.basename(p))[0]: p
           for p in glob.glob(os.path.join(FLAGS.manual_dir, "**", "*.wav"), recursive=True)}
-  fold_dirs = {int(os.path.basename(os.path.dirname(p))[5:]): os.path.dirname(p)
-               for p in glob.glob(os.path.join(work, "fold_*", "reference_bank.npz"))}
-  folds = [int(f) for f in FLAGS.folds] or sorted(fold_dirs)
-  missing = [f for f in folds if f not in fold_dirs]
+  banked = [f for f in workdir_lib.load_config(work).folds if os.path.isfile(
+      os.path.join(workdir_lib.fold_dir(work, f), workdir_lib.REFERENCE_BANK))]
+  folds = [int(f) for f in FLAGS.folds] or banked
+  missing = [f for f in folds if f not in banked]
   if missing or not folds:
     raise SystemExit(f"error: {work}: no fold_k/reference_bank.npz for test fold(s) "
                      f"{missing or 'any'}: evaluation writes them when config.eval.reference_bank "
@@ -99,9 +98,11 @@ def main(argv):
   table: dict[str, dict[int, float]] = {str(k): {} for k in sizes}
   table["evaluation"] = {}
   for fold in folds:
-    with np.load(os.path.join(fold_dirs[fold], "predictions.npz"), allow_pickle=False) as d:
-      table["evaluation"][fold] = float(np.mean(d["pred_AO"][-1] == d["labels"]))
-    clips = test_clips(fold_dirs[fold], wavs)
+    path = os.path.join(workdir_lib.fold_dir(work, fold), workdir_lib.PREDICTIONS)
+    with np.load(path, allow_pickle=False) as d:
+      saved = {k: d[k] for k in ("clip_id", "labels", "actor", "pred_AO")}
+    table["evaluation"][fold] = float(np.mean(saved["pred_AO"][-1] == saved["labels"]))
+    clips = test_clips(saved, wavs, fold)
     predictor = predictor_lib.Predictor(work, fold=fold, same_speaker=True)
     for size in sizes:
       draws = 1 if all(size >= len(c) for c in clips.values()) else FLAGS.draws
