@@ -1,18 +1,25 @@
-r"""Folds side by side (`train.parallel_folds`): the frozen A-LSTM step of one fold against
-one vmapped step of G folds, and both against the device's matrix-product rate at the
+r"""Folds side by side (`train.parallel_folds`): the A-LSTM step of one fold against one
+vmapped step of G folds, and both against the device's matrix-product rate at the
 step's own shapes.
 
   python scripts/benchmark_folds.py --groups=1,10 --out=/tmp/folds.json   # this machine
-  (scripts/device_check.py runs it as its `folds` section on a GPU)
+  python scripts/benchmark_folds.py --groups=1,10 --trunk=finetune_from:conv4
+  (scripts/device_check.py runs the frozen case as its `folds` section on a GPU)
 
 Random cached features stand in for the feature store (the step's cost does not depend
-on their values): RAVDESS shape, 1296 training clips of 8 pooled SoundNet-8 windows
-(1024 features), a batch of 40, `configs/ravdess.py:audio_lstm` with a frozen trunk and
-random weights. Per group size G it reports the median seconds of the bare jitted step
-(its inputs placed beforehand; `steps.make_device_train_step` for G = 1,
-`steps.make_group_train_step` otherwise), steps per second per fold, XLA's FLOPs of
-one fold's step (`step_flops`: the LSTMs' scan unrolled, or XLA would count one window), the achieved FLOP/s, and the ratio to the best FLOP/s of a jitted
-[B T, 4 H] x [4 H, ...] product at the LSTM's shapes batched G times (`matmul_peak`).
+on their values): RAVDESS shape, 1296 training clips of 8 SoundNet-8 windows, a batch of
+40, `configs/ravdess.py:audio_lstm` with random weights and the trunk of `--trunk`:
+`frozen` caches the pooled conv7 features (1024 per window) and trains the head and the
+LSTM; `finetune_from:conv4` caches conv4's maps and trains conv5-conv7 too. Per group
+size G it reports the median seconds of the bare jitted step (its inputs placed
+beforehand; `steps.make_device_train_step` for G = 1, `steps.make_group_train_step`
+otherwise), steps per second per fold, XLA's FLOPs of one fold's step (`step_flops`: the
+LSTMs' scan unrolled, or XLA would count one window; a convolution in XLA's native form
+counts only the taps inside its input, one in the matmul form its whole im2col product,
+`model.conv_impl`), the achieved FLOP/s, and the ratio
+to `matmul_peak`: the best FLOP/s of a jitted product at the step's own shapes batched G
+times, the best of the LSTM's [B T, H] x [H, 4 H] and, for a trained trunk, each trained
+convolution's im2col product [B T L_out, K C_in] x [K C_in, C_out] (`product_shapes`).
 """
 
 from __future__ import annotations
@@ -34,16 +41,41 @@ from benchmarks import harness
 SHAPES = {"ravdess": (5, 8, 1296, None), "tiny": (1, 2, 32, None)}
 
 
-def _config(shape: str):
+TRUNKS = ("frozen", "finetune_from:conv4")
+
+
+def _config(shape: str, trunk: str = "frozen"):
   from avjax import config_lib
   from configs import ravdess
   config = ravdess.get_config("audio_lstm")
-  config.model.trunk = "frozen"
+  config.model.trunk = trunk
   config.model.pretrained = False
   config.input.cache_on_device = True
   config.input.clips_per_class = SHAPES[shape][0]
   config.dataset.config = f"w{SHAPES[shape][1]}_l1_ov"
   return config_lib.complete(config)
+
+
+def product_shapes(config, batch: int, windows: int, samples: int = 22050) -> list[tuple]:
+  """(rows, inner, cols) of the step's large matrix products: the LSTM's input product
+  and, when SoundNet-8 layers train (`finetune_from:<layer>`), each trained
+  convolution's im2col product for a `samples`-long window."""
+  from avjax.data import feature_cache
+  from avjax.models import soundnet
+  h = int(config.model.lstm_hidden)
+  shapes = [(batch * windows, h, 4 * h)]
+  start = feature_cache.endpoint(config, "audio")
+  if start not in [layer[0] for layer in soundnet.LAYERS]:
+    return shapes
+  length, c_in, trained = samples, 1, False
+  for name, c_out, kernel, stride, pad, pool in soundnet.LAYERS:
+    length = (length + 2 * pad - kernel) // stride + 1   # the convolution's output
+    if trained:
+      shapes.append((batch * windows * length, kernel * c_in, c_out))
+    if pool is not None:
+      length = (length - pool[0]) // pool[1] + 1
+    c_in, trained = c_out, trained or name == start
+  return shapes
 
 
 def matmul_peak(rows: int, inner: int, cols: int, group: int, repeats: int) -> float:
@@ -73,14 +105,15 @@ def step_flops(config, state, batch: dict, windows: int) -> float:
   return float(harness.cost_analysis(compiled).get("flops", float("nan")))
 
 
-def measure_folds(shape: str = "ravdess", groups=(1, 10), repeats: int = 10) -> dict:
+def measure_folds(shape: str = "ravdess", groups=(1, 10), repeats: int = 10,
+                  trunk: str = "frozen") -> dict:
   """See the module docstring."""
   from avjax import fixed_trunk
   from avjax import parallel
   from avjax import steps
   from avjax import train_state
   from avjax.models import gating
-  config = _config(shape)
+  config = _config(shape, trunk)
   per_class, t, n, _ = SHAPES[shape]
   c = len(config.dataset.class_names)
   b = per_class * c
@@ -107,6 +140,7 @@ def measure_folds(shape: str = "ravdess", groups=(1, 10), repeats: int = 10) -> 
   batch = {k: jnp.asarray(v[:b, 0] if k == "audio" else v[:b]) for k, v in host.items()}
   flops = step_flops(config, state0, batch, t)
   lstm = int(config.model.lstm_hidden)
+  products = product_shapes(config, b, t)
   rows = []
   for g in groups:
     if g == 1:
@@ -135,7 +169,7 @@ def measure_folds(shape: str = "ravdess", groups=(1, 10), repeats: int = 10) -> 
       jax.block_until_ready(m)
       times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
-    peak = matmul_peak(b * t, lstm, 4 * lstm, g, max(20, 2 * repeats))
+    peak = max(matmul_peak(*p, g, max(20, 2 * repeats)) for p in products)
     achieved = g * flops / step_s
     rows.append(dict(group=g, first_step_s=first, step_s=step_s,
                      steps_per_s_per_fold=1.0 / step_s, fold_steps_per_s=g / step_s,
@@ -144,7 +178,8 @@ def measure_folds(shape: str = "ravdess", groups=(1, 10), repeats: int = 10) -> 
   base = rows[0]["fold_steps_per_s"]
   for r in rows:
     r["speedup_over_first"] = r["fold_steps_per_s"] / base
-  return dict(shape=dict(B=b, T=t, N=n, features=list(d), lstm_hidden=lstm), flops_per_fold_step=flops,
+  return dict(shape=dict(B=b, T=t, N=n, features=list(d), lstm_hidden=lstm), trunk=trunk,
+              products=[list(p) for p in products], flops_per_fold_step=flops,
               rows=rows, device_kind=jax.devices()[0].device_kind,
               device_count=jax.device_count(), device_peak_mib=harness.device_peak_mib())
 
@@ -153,10 +188,13 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--shape", default="ravdess", choices=sorted(SHAPES))
   parser.add_argument("--groups", default="1,10", help="group sizes G, comma-separated")
+  parser.add_argument("--trunk", default="frozen", choices=TRUNKS,
+                      help="the cached trunk: pooled conv7 features or conv4's maps")
   parser.add_argument("--repeats", type=int, default=10, help="timed steps per group size")
   parser.add_argument("--out", default=None, help="write the JSON report here")
   args = parser.parse_args(argv)
-  doc = measure_folds(args.shape, tuple(int(g) for g in args.groups.split(",")), args.repeats)
+  doc = measure_folds(args.shape, tuple(int(g) for g in args.groups.split(",")), args.repeats,
+                      args.trunk)
   doc.update(harness.machine_info())
   if args.out:
     harness.write_json(args.out, doc)

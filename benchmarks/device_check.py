@@ -39,6 +39,9 @@ and one that the time left cannot hold (`SECTIONS`' minimum) is skipped with a n
 5. `extraction`: the frozen-trunk feature extraction's clips/s (`feature_store.extractor`,
    the jitted function `model.trunk='frozen'` runs on every clip): I3D on 8 x 25 x 96 x 96
    in fp32 and bf16, SoundNet-8 on 8 x 1 s.
+6. `folds_conv4`: `folds` again with `model.trunk='finetune_from:conv4'` (conv4's maps
+   cached, conv5-conv7 trained), its matmul rate the best of the LSTM's and the trained
+   convolutions' im2col shapes; last, so that it is what a short budget skips.
 
 It writes `device_check.json` to `--out` and prints a summary table. `--dry_run` runs the
 same code paths at the tests' tiny shape on a CPU (tests/test_device_check.py runs it).
@@ -89,7 +92,10 @@ SECTIONS = (
     ("folds", 45, 90),
     ("max_batch", 75, 150),
     ("extraction", 45, 100),
+    ("folds_conv4", 45, 90),
 )
+# The `folds` sections' cached trunk (benchmark_folds.TRUNKS).
+FOLDS_TRUNK = {"folds": "frozen", "folds_conv4": "finetune_from:conv4"}
 DRY_RUN_MIN_S, DRY_RUN_CAP_S = 2.0, 300.0
 # The shapes: RAVDESS (configs/ravdess.py's batch, w8_l1_ov, 112 x 112 stored frames) and
 # the tests' tiny one (benchmark.SHAPES['tiny'], 20 x 20 stored frames).
@@ -417,9 +423,9 @@ def run(dry_run: bool, budget_s: float, repeats: int, memory_limit_mib: float | 
       bare = done.get("train_bf16" if not dry_run else "train_fp32", {})
       if "steady_step_s" in r and "step_s" in bare:
         r["steady_over_host_path_step"] = r["steady_step_s"] / bare["step_s"]
-    elif name == "folds":
+    elif name in FOLDS_TRUNK:
       r = _worker("folds", dict(shape=shape, groups=[1, 3] if dry_run else [1, 10],
-                                repeats=repeats), cap)
+                                repeats=repeats, trunk=FOLDS_TRUNK[name]), cap)
     elif name == "max_batch":
       sub = Clock(cap, dry_run)
       r = section_max_batch(shape, done, sub, classes, memory_limit_mib)
@@ -452,7 +458,7 @@ def brief(name: str, r: dict) -> str:
             f"({100 * r['input_overhead']:+.1f} %)")
   if name == "max_batch":
     return f"predicted {r.get('predicted')}, largest run {r.get('largest_ok')}"
-  if name == "folds":
+  if name in FOLDS_TRUNK:
     one, many = r["rows"][0], r["rows"][-1]
     return (f"1 fold {one['step_s'] * 1e3:.1f} ms/step ({one['ratio_to_matmul_peak']:.2f} of "
             f"matmul peak); {many['group']} side by side {many['step_s'] * 1e3:.1f} ms/step, "
@@ -482,7 +488,7 @@ def summary(report: dict) -> list[list[str]]:
                     else "bf16 peak: n/a") +
                    (f"; RAVDESS 10x100 {hours:.2f} h (< {TARGET_RUN_HOURS:.0f} h: "
                     f"{'met' if hours < TARGET_RUN_HOURS else 'not met'})" if hours else "")])
-  for name in ("loop", "folds", "max_batch", "extraction"):
+  for name in ("loop", "folds", "max_batch", "extraction", "folds_conv4"):
     r = s.get(name)
     if r is None:
       rows.append([name, "skipped: " + report["skipped"].get(name, ""), ""])

@@ -142,6 +142,35 @@ class HelpersTest(absltest.TestCase):
     self.assertIn("`auto`", text)
 
 
+class FoldsProductsTest(absltest.TestCase):
+
+  def test_conv_products_match_xlas_flops(self):
+    """`benchmark_folds.product_shapes` of `finetune_from:conv4`: conv5-conv7's im2col
+    products are what the matmul form of those layers computes (XLA's FLOPs of their
+    forward pass from conv4's 23 x 128 map of a 1 s window; the native convolution counts
+    only the taps inside the padding, about 0.63 of them here), and the frozen trunk has
+    the LSTM's product alone."""
+    import jax.numpy as jnp
+
+    from avjax.models import soundnet
+    from benchmarks import benchmark_folds
+    config = benchmark_folds._config("tiny", "finetune_from:conv4")
+    h = int(config.model.lstm_hidden)
+    shapes = benchmark_folds.product_shapes(config, batch=2, windows=1)
+    self.assertEqual(shapes[0], (2, h, 4 * h))
+    self.assertEqual(shapes[1:], [(2 * 12, 4 * 128, 256), (2 * 2, 4 * 256, 512),
+                                  (2 * 2, 4 * 512, 1024)])
+    net = soundnet.SoundNet8(final_endpoint="conv7", input_endpoint="conv4", conv_impl="matmul")
+    x = jnp.zeros((2, 23, 128), jnp.float32)
+    variables = net.init(jax.random.PRNGKey(0), x)
+    compiled = jax.jit(lambda v, y: net.apply(v, y)[0]).lower(variables, x).compile()
+    xla = harness.cost_analysis(compiled)["flops"]
+    products = sum(2 * r * i * c for r, i, c in shapes[1:])
+    self.assertAlmostEqual(xla / products, 1.0, delta=0.02)
+    frozen = benchmark_folds._config("tiny", "frozen")
+    self.assertEqual(benchmark_folds.product_shapes(frozen, batch=2, windows=1), [(2, h, 4 * h)])
+
+
 class HarnessTest(absltest.TestCase):
 
   def test_update_markdown_rewrites_only_its_own_block(self):

@@ -145,17 +145,26 @@ class DryRunTest(absltest.TestCase):
       self.assertGreater(row["clips_per_s"], 0)
 
   def test_folds_side_by_side(self):
-    """The `folds` section: one fold's step and three vmapped, their rates and ratios."""
-    r = self.report["sections"]["folds"]
-    one, three = r["rows"]
-    self.assertEqual((one["group"], three["group"]), (1, 3))
-    self.assertGreater(r["flops_per_fold_step"], 0)
-    for x in r["rows"]:
-      self.assertAlmostEqual(x["achieved_flops_per_s"],
-                             x["group"] * r["flops_per_fold_step"] / x["step_s"])
-      self.assertAlmostEqual(x["ratio_to_matmul_peak"],
-                             x["achieved_flops_per_s"] / x["matmul_peak_flops_per_s"])
-    self.assertAlmostEqual(three["speedup_over_first"], 3 * one["step_s"] / three["step_s"])
+    """The `folds` sections: one fold's step and three vmapped, their rates and ratios,
+    with the frozen trunk and with conv5-conv7 trained from cached conv4 maps."""
+    sections = self.report["sections"]
+    for name, trunk in device_check.FOLDS_TRUNK.items():
+      r = sections[name]
+      self.assertEqual(r["trunk"], trunk)
+      one, three = r["rows"]
+      self.assertEqual((one["group"], three["group"]), (1, 3))
+      self.assertGreater(r["flops_per_fold_step"], 0)
+      for x in r["rows"]:
+        self.assertAlmostEqual(x["achieved_flops_per_s"],
+                               x["group"] * r["flops_per_fold_step"] / x["step_s"])
+        self.assertAlmostEqual(x["ratio_to_matmul_peak"],
+                               x["achieved_flops_per_s"] / x["matmul_peak_flops_per_s"])
+      self.assertAlmostEqual(three["speedup_over_first"], 3 * one["step_s"] / three["step_s"])
+    # Training conv5-conv7 adds their products (three im2col shapes) and their work.
+    frozen, conv4 = sections["folds"], sections["folds_conv4"]
+    self.assertEqual((len(frozen["products"]), len(conv4["products"])), (1, 4))
+    self.assertEqual(frozen["products"][0], conv4["products"][0])
+    self.assertGreater(conv4["flops_per_fold_step"], 2 * frozen["flops_per_fold_step"])
 
   def test_summary_table_and_benchmarks_block(self):
     text = self.proc.stdout
