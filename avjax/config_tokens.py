@@ -145,7 +145,7 @@ def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collect
 # the other clips of its speaker, the test speaker's included, so NOT the paper's
 # protocol, and every result says so); for the models with an LSTM (not `global`) also
 # divided by the speaker's std (`apply_args` sets input.speaker_scaling). On the
-# development folds (three seeds) it gives AO-Global 57.8 % and A-LSTM 51.5 %, against
+# development folds (five seeds) it gives AO-Global 57.4 % and A-LSTM 51.3 %, against
 # 43.1 and 35.8 (one seed) for the frozen defaults; the conv4 head alone gains nothing,
 # the centring alone about half; the scaling adds 2.2 to A-LSTM and takes 2.1 from
 # AO-Global (docs/experiments.md). The former `cpu` (before 2026-12-06: frozen +
