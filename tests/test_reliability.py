@@ -163,6 +163,10 @@ class CheckpointStorageTest(absltest.TestCase):
     tmp = os.path.join(ckpt, "2.orbax-checkpoint-tmp")
 
     def full_disk_save(step, **kwargs):   # what orbax does on a full tmpfs
+      # Orbax's save first waits for the manager's start-up cleanup of half-written
+      # steps (`cleanup_tmp`), which runs in a thread; without the wait that thread
+      # could find this step's directory and race the failure handler to remove it.
+      getattr(manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
       os.makedirs(os.path.join(tmp, "state"))
       absl_logging.error("[thread=np_type_handler] _SignalingThread.run() raised an exception: "
                          "RESOURCE_EXHAUSTED: ...")
