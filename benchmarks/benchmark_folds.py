@@ -65,16 +65,14 @@ def product_shapes(config, batch: int, windows: int, samples: int = 22050) -> li
   h = int(config.model.lstm_hidden)
   shapes = [(batch * windows, h, 4 * h)]
   start = feature_cache.endpoint(config, "audio")
-  if start not in [layer[0] for layer in soundnet.LAYERS]:
+  names = [layer[0] for layer in soundnet.LAYERS]
+  if start not in names:
     return shapes
-  length, c_in, trained = samples, 1, False
-  for name, c_out, kernel, stride, pad, pool in soundnet.LAYERS:
-    length = (length + 2 * pad - kernel) // stride + 1   # the convolution's output
-    if trained:
-      shapes.append((batch * windows * length, kernel * c_in, c_out))
-    if pool is not None:
-      length = (length - pool[0]) // pool[1] + 1
-    c_in, trained = c_out, trained or name == start
+  first = names.index(start)
+  for prev, layer in zip(soundnet.LAYERS[first:], soundnet.LAYERS[first + 1:]):
+    _, c_out, kernel, stride, pad, _ = layer   # the convolution, before its pool
+    length = (soundnet.output_length(samples, prev[0]) + 2 * pad - kernel) // stride + 1
+    shapes.append((batch * windows * length, kernel * prev[1], c_out))
   return shapes
 
 
