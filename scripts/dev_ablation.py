@@ -114,6 +114,11 @@ SETTINGS = {
     **{f"global_l3{suffix}": {"dataset.config": "w1_l3_no_fit", **extra} for suffix, extra in (
         ("_trunk0.1", {"optim.trunk_lr_scale": 0.1}),
         ("_trunk0.01", {"optim.trunk_lr_scale": 0.01}),
+        # Under `finetune`: the trunk held at its pretrained weights (the media still
+        # augmented at every step), and the trunk trained without audio augmentation.
+        ("_trunk0", {"optim.trunk_lr_scale": 0.0}),
+        ("_noaug", {"input.audio_noise_std": 0.0, "input.pitch_shift_semitones": 0.0,
+                    "input.speed_range": 0.0}),
         ("_views4", {"input.cached_views": 4}),
         *_HEAD_SPEAKER,
         ("_conv4ms_speaker_warmup30", {**_conv_ms(4), **_SPEAKER, "loss.batch_all_fraction": 0.3}),
@@ -139,6 +144,11 @@ SETTINGS = {
     **{f"centered_semihard{suffix}": {**_CENTERED_SEMIHARD, **extra} for suffix, extra in (
         ("_trunk0.1", {"optim.trunk_lr_scale": 0.1}),
         ("_trunk0.01", {"optim.trunk_lr_scale": 0.01}),
+        # Under `finetune`: the trunk held at its pretrained weights (the media still
+        # augmented at every step), and the trunk trained without audio augmentation.
+        ("_trunk0", {"optim.trunk_lr_scale": 0.0}),
+        ("_noaug", {"input.audio_noise_std": 0.0, "input.pitch_shift_semitones": 0.0,
+                    "input.speed_range": 0.0}),
         ("_trunk0.01_views4", {"optim.trunk_lr_scale": 0.01, "input.cached_views": 4}),
         ("_views4", {"input.cached_views": 4}),
         *_HEAD_SPEAKER,
