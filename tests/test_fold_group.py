@@ -226,6 +226,7 @@ class MediaGroupTest(absltest.TestCase):
         c.train.max_steps = 3
         c.input.speed_range = 0.1
         c.input.pitch_shift_semitones = 1.0
+        c.input.audio_noise_std = 0.005      # set here: the check does not follow the default
         with contextlib.redirect_stdout(io.StringIO()):
           train.train_and_evaluate(c, os.path.join(tmp, name))
       for fold in (0, 1):
