@@ -916,6 +916,25 @@ python -m avjax.main --config=configs/ravdess.py:nonsense --workdir=w
 """
 
 
+def field_table_defaults(text: str) -> list[tuple[str, object]]:
+  """The README's `| field | default | meaning |` rows whose default is a Python literal,
+  as (field, value) pairs; `a` / `b` cells pair up, one default for several fields applies
+  to each. Rows with a default that is not a literal (`(0, …, 9)`) are left out."""
+  pairs = []
+  for m in re.finditer(r"^\| (`[a-z_.]+`(?: / `[a-z_.]+`)*) \| ([^|]+) \|", text, re.M):
+    names = [n.strip("` ") for n in m.group(1).split(" / ")]
+    cells = [c.strip().strip("`") for c in m.group(2).split(" / ")]
+    try:
+      values = [ast.literal_eval(c) for c in cells]
+    except (ValueError, SyntaxError):
+      continue
+    if len(values) == 1:
+      values *= len(names)
+    if len(values) == len(names):
+      pairs += zip(names, values)
+  return pairs
+
+
 class DocsTest(absltest.TestCase):
 
   def test_design_decisions_are_in_the_project(self):
@@ -1003,6 +1022,18 @@ class DocsTest(absltest.TestCase):
     self.assertEqual(set(entry_spec("avjax/evaluate.py").flags),
                      {"workdir", "folds", "checkpoint"})
     self.assertIn("models_samples", entry_spec("scripts/benchmark.py").flags)
+
+  def test_readme_field_defaults_are_the_configs(self):
+    pairs = field_table_defaults((REPO / "README.md").read_text())
+    self.assertIn(("input.audio_noise_std", 0.0005), pairs)   # the table was read
+    from avjax import config_lib
+    # What a run sees: `complete` resolves the fields left to the trunk (trunk_lr_scale).
+    config = config_lib.complete(_load_config(str(REPO / "configs/ravdess.py"), "config", []))
+    for field, documented in pairs:
+      value = config
+      for part in field.split("."):
+        value = value[part]
+      self.assertEqual(value, documented, f"README's field table: {field}")
 
   def test_no_words_of_the_development_process(self):
     offenders = []
