@@ -119,8 +119,9 @@ SETTINGS = {
         ("_trunk0", {"optim.trunk_lr_scale": 0.0}),
         ("_noaug", {"input.audio_noise_std": 0.0, "input.pitch_shift_semitones": 0.0,
                     "input.speed_range": 0.0}),
-        # The noise at a tenth of the default std (0.0005: about 28 dB SNR on the median
-        # RAVDESS clip's middle 3 s, against 8 dB at 0.005); pitch and speed kept.
+        # The noise at a tenth of the former default std, and the default since 2026-12-07
+        # (0.0005: about 28 dB SNR on the median RAVDESS clip's middle 3 s, against 8 dB at
+        # 0.005); pitch and speed kept. Named so that its rows keep their meaning.
         ("_noise0.0005", {"input.audio_noise_std": 0.0005}),
         ("_views4", {"input.cached_views": 4}),
         *_HEAD_SPEAKER,
