@@ -17,6 +17,7 @@ presence marks the fold done).
 
 Command line (re-evaluates the folds of a finished or interrupted run):
   python -m avjax.evaluate --workdir=runs/ravdess [--folds=0,3] [--checkpoint=latest|best]
+(default checkpoint: the one training reported, `train_state.result_checkpoint`)
 """
 
 from __future__ import annotations
@@ -295,18 +296,14 @@ def restore_for_eval(config, fold_dir: str, test_fold: int, mesh, which: str = "
   return state, model
 
 
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-  del argv
-  workdir = os.path.abspath(FLAGS.workdir)
+def reevaluate(workdir: str, folds=None, checkpoint: str | None = None) -> list[str]:
+  """Evaluates saved checkpoints of `workdir` again and rewrites its results; returns
+  the paths written (results.json, results.md, figures). `folds`: default the
+  config's. `checkpoint`: 'latest' or 'best'; None: each fold's
+  `train_state.result_checkpoint`, the one training reported."""
+  workdir = os.path.abspath(workdir)
   config = workdir_lib.load_config(workdir)
-  try:
-    folds = [int(f) for f in FLAGS.folds.split(",")] if FLAGS.folds else list(config.folds)
-  except ValueError:
-    raise app.UsageError(f"--folds={FLAGS.folds}: expected comma-separated fold numbers, "
-                         "e.g. --folds=0,3") from None
+  folds = list(config.folds) if folds is None else list(folds)
   done = [f for f in range(folds_lib.NUM_FOLDS) if os.path.isdir(
       workdir_lib.checkpoint_dir(workdir_lib.fold_dir(workdir, f)))]
   missing = [f for f in folds if f not in done]
@@ -317,6 +314,7 @@ def main(argv):
   for fold in folds:
     fold_dir = workdir_lib.fold_dir(workdir, fold)
     config = workdir_lib.load_fold_config(workdir, fold)   # the config it was trained with
+    which = checkpoint or train_state_lib.result_checkpoint(config, fold)
     if workdir_lib.fold_is_done(fold_dir) and jax.process_index() == 0:
       try:
         results.check_fold_outputs(fold_dir)
@@ -324,24 +322,42 @@ def main(argv):
         print(f"fold {fold}: {e.path} cannot be read ({e.reason}): writing it again",
               flush=True)
     feature_store.ensure(config, mesh)   # a cached trunk's features (nothing for 'finetune')
-    state, model = restore_for_eval(config, fold_dir, fold, mesh, FLAGS.checkpoint)
+    state, model = restore_for_eval(config, fold_dir, fold, mesh, which)
     evaluate_fold(config, state, model, fold, fold_dir, mesh,
-                  selected_by=checkpoint_selection(config, fold, FLAGS.checkpoint))
+                  selected_by=checkpoint_selection(config, fold, which))
+  written = []
   if jax.process_index() == 0:
-    json_path, md_path = report.write_results(workdir)
-    print(f"results: {json_path}\n         {md_path}")
+    written.extend(report.write_results(workdir))
     if config.eval.figures:
       from avjax import figures  # matplotlib only when figures are wanted
-      for path in figures.make_all(workdir, groups=config_lib.fig5_groups(config)):
-        print(f"figure:  {path}")
+      written.extend(figures.make_all(workdir, groups=config_lib.fig5_groups(config)))
+  return written
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  try:
+    folds = [int(f) for f in FLAGS.folds.split(",")] if FLAGS.folds else None
+  except ValueError:
+    raise app.UsageError(f"--folds={FLAGS.folds}: expected comma-separated fold numbers, "
+                         "e.g. --folds=0,3") from None
+  written = reevaluate(FLAGS.workdir, folds, FLAGS.checkpoint)
+  if written:
+    print(f"results: {written[0]}\n         {written[1]}")
+    for path in written[2:]:
+      print(f"figure:  {path}")
 
 
 if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "A workdir written by avjax.main.")
   flags.DEFINE_string("folds", "", "Comma-separated folds (default: the config's).")
-  flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
+  flags.DEFINE_enum("checkpoint", None, ["latest", "best"],
                     "Which checkpoint to evaluate: 'latest', or 'best' by the validation fold "
-                    "(only with config.train.validation_fold set).")
+                    "(only with config.train.validation_fold set). Default: the one training "
+                    "reported, 'best' for a run with a validation fold, else 'latest'.")
   flags.mark_flag_as_required("workdir")
   from avjax import cli
   cli.run(main)

@@ -29,9 +29,10 @@ def face_box(path: str, max_checked: int = 40, wanted: int = 12) -> tuple[int, i
   container = media._open(path)
   boxes, checked, width, height = [], 0, 0, 0
   try:
-    if not container.streams.video:
+    videos = media.video_streams(container)
+    if not videos:
       raise media.MediaError(path, "no video stream")
-    stream = container.streams.video[0]
+    stream = videos[0]
     rate = stream.average_rate or stream.guessed_rate
     stride = max(1, int(round(float(rate) / 2))) if rate else 5
     for i, frame in enumerate(container.decode(stream)):

@@ -100,8 +100,10 @@ def flag_values() -> flags.FlagValues:
   flags.DEFINE_bool("json", False, "One JSON object per line per file.", flag_values=fv)
   flags.DEFINE_integer("fold", None, "Whose model and bank (default: the first of "
                        "config.folds with a bank).", flag_values=fv)
-  flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
-                    "Which checkpoint (its step must equal the bank's).", flag_values=fv)
+  flags.DEFINE_enum("checkpoint", None, ["latest", "best"],
+                    "Which checkpoint (its step must equal the bank's). Default: the one "
+                    "training reported, 'best' for a run with a validation fold, else 'latest'.",
+                    flag_values=fv)
   flags.DEFINE_bool("same_speaker", False, "The files are clips of one speaker, centred "
                     "together by their mean features (needed by, and only by, a model "
                     "trained with input.speaker_centering, e.g. the `cpu` token's).",

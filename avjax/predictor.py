@@ -35,11 +35,12 @@ def decode_video(path: str, options, box: tuple[int, int, int, int] | None = Non
 
 
 def _streams(path: str) -> tuple[bool, bool]:
-  """(has a video stream, has an audio stream); MediaError when unreadable."""
+  """(has a video stream, has an audio stream); MediaError when unreadable. A cover
+  image (an attached picture) is not a video stream."""
   media = _media()
   container = media._open(path)
   try:
-    return bool(container.streams.video), bool(container.streams.audio)
+    return bool(media.video_streams(container)), bool(container.streams.audio)
   finally:
     container.close()
 
@@ -66,7 +67,7 @@ class Predictor:
   `predict_speaker(paths)` several of one speaker (a model trained with
   `input.speaker_centering`, `same_speaker=True`)."""
 
-  def __init__(self, workdir: str, fold: int | None = None, checkpoint: str = "latest",
+  def __init__(self, workdir: str, fold: int | None = None, checkpoint: str | None = None,
                face_crop: bool = False, same_speaker: bool = False):
     self.workdir = os.path.abspath(workdir)
     if not os.path.isdir(self.workdir):
@@ -95,8 +96,9 @@ class Predictor:
       face_crop_lib.require_cv2()
       if self.meta["video"] is None:
         raise errors.UsageError("--face_crop: this model uses audio only")
-    self.checkpoint = checkpoint
-    self.state, self.step = self._restore(checkpoint)
+    from avjax import train_state as train_state_lib    # default: the one training reported
+    self.checkpoint = checkpoint or train_state_lib.result_checkpoint(self.config, self.fold)
+    self.state, self.step = self._restore(self.checkpoint)
     self._forward = None
     self._trunks: dict[str, Any] = {}
 
@@ -119,11 +121,7 @@ class Predictor:
     mesh = parallel.make_mesh(jax.devices()[:1])
     repl, _ = parallel.shardings(mesh)
     try:
-      manager = train_state_lib.checkpoint_manager(self.fold_dir, self.config)
-      try:
-        step = train_state_lib.select_step(manager, self.fold_dir, which)
-      finally:
-        manager.close()
+      step = train_state_lib.saved_step(self.fold_dir, self.config, which)
     except train_state_lib.CheckpointNotFound as e:
       raise errors.UsageError(str(e)) from None
     if step != self.bank.step:
@@ -317,6 +315,8 @@ class Predictor:
         audio = clip.audio
         if duration is None:
           duration = clip.duration
+    if spec.mode == "apex" and not has_audio:
+      notes.append("no audio stream: the centred window, not the loudest")
     if spec.mode == "apex" and audio is None and has_audio:
       # The builders place an apex window by the audio's energy, for every model.
       try:

@@ -57,6 +57,7 @@ from avjax import report
 from avjax import results
 from avjax import run_spec
 from avjax import steps
+from avjax import train_state as train_state_lib
 from avjax import workdir as workdir_lib
 from avjax.data import folds as folds_lib
 from avjax.data import tfds_access
@@ -229,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       for fold, fold_dir, _ in members:
         state, model = trained.pop(fold)
         # With a validation fold its best checkpoint is the result, else the last state.
-        which = "latest" if tfds_access.split_folds(config, fold)[1] is None else "best"
+        which = train_state_lib.result_checkpoint(config, fold)
         if which == "best":
           state, model = evaluate.restore_for_eval(config, fold_dir, fold, mesh, "best")
         evaluate.evaluate_fold(config, state, model, fold, fold_dir, mesh,

@@ -34,6 +34,7 @@ from jax.sharding import NamedSharding
 from avjax import config_lib
 from avjax import errors
 from avjax import workdir as workdir_lib
+from avjax.data import registry
 from avjax.models import gating
 
 
@@ -137,17 +138,19 @@ def abstract_train_state(config, model, sample_batch: dict,
 # --------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_manager(fold_dir: str, config, cleanup_tmp: bool = False) -> ocp.CheckpointManager:
+def checkpoint_manager(fold_dir: str, config, cleanup_tmp: bool = False,
+                       create: bool = True) -> ocp.CheckpointManager:
   """Latest `keep_checkpoints` plus the best by validation accuracy. `cleanup_tmp`
   (only for the process holding the fold's lock: another may be saving) removes the
-  half-written steps (`<step>.orbax-checkpoint-tmp*`) of a killed process."""
+  half-written steps (`<step>.orbax-checkpoint-tmp*`) of a killed process. Readers
+  pass `create=False` (after `require_checkpoints`): they leave the workdir as it is."""
   policy = ocp.checkpoint_managers.AnyPreservationPolicy([
       ocp.checkpoint_managers.LatestN(n=config.train.keep_checkpoints),
       ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m["validation_accuracy"], n=1,
                                     keep_checkpoints_without_metrics=False),
   ])
   # best_fn makes `manager.best_step()` the best, not the latest.
-  options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+  options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=create,
                                          best_fn=lambda m: m["validation_accuracy"], best_mode="max",
                                          enable_async_checkpointing=False,
                                          cleanup_tmp_directories=cleanup_tmp)
@@ -289,6 +292,32 @@ class CheckpointNotFound(FileNotFoundError):
   pass
 
 
+def result_checkpoint(config, test_fold: int) -> str:
+  """The checkpoint training reports as the fold's result: 'best' (by the validation
+  fold) when the run has one, else 'latest'. The default of re-evaluation and of
+  avjax.predict, so that neither changes a run's selection rule."""
+  return "latest" if registry.validation_fold(config, test_fold) is None else "best"
+
+
+def require_checkpoints(fold_dir: str) -> None:
+  """CheckpointNotFound unless the fold has a checkpoint folder (which readers must not
+  create: an empty one would make an untrained fold look trained)."""
+  if not os.path.isdir(workdir_lib.checkpoint_dir(fold_dir)):
+    raise CheckpointNotFound(f"no checkpoints in {workdir_lib.checkpoint_dir(fold_dir)}: "
+                             "that fold has not been trained (python -m avjax.main trains it)")
+
+
+def saved_step(fold_dir: str, config, which: str) -> int:
+  """The step of the fold's `latest` or `best` checkpoint, read without writing anything;
+  CheckpointNotFound when there is none."""
+  require_checkpoints(fold_dir)
+  manager = checkpoint_manager(fold_dir, config, create=False)
+  try:
+    return select_step(manager, fold_dir, which)
+  finally:
+    manager.close()
+
+
 def select_step(manager, fold_dir: str, which: str) -> int:
   """The step of the `latest` or `best` checkpoint; CheckpointNotFound when there is none."""
   ckpt = workdir_lib.checkpoint_dir(fold_dir)
@@ -311,12 +340,10 @@ def restore_for_inference(config, fold_dir: str, sample_batch: dict, replicated:
   """(state, model, step): the fold's `latest` or `best` checkpoint (or `step`) restored
   onto an abstract state built from `sample_batch`'s shapes; neither the dataset
   nor the pretrained weights are needed. Raises CheckpointNotFound when absent."""
-  if not os.path.isdir(workdir_lib.checkpoint_dir(fold_dir)):   # do not create it
-    raise CheckpointNotFound(f"no checkpoints in {workdir_lib.checkpoint_dir(fold_dir)}: "
-                             "that fold has not been trained (python -m avjax.main trains it)")
+  require_checkpoints(fold_dir)
   model = gating.create_model(config.model)
   abstract = abstract_train_state(config, model, sample_batch, replicated)
-  manager = checkpoint_manager(fold_dir, config)
+  manager = checkpoint_manager(fold_dir, config, create=False)
   try:
     if step is None:
       step = select_step(manager, fold_dir, which)

@@ -229,6 +229,19 @@ class ModelSelectionTest(absltest.TestCase):
     self.assertEqual(info["num_train_clips"], 8 * len(training))
     results_md = open(os.path.join(workdir, workdir_lib.RESULTS_MD)).read()
     self.assertIn("best by validation fold 1", results_md)
+    # Re-evaluation and inference default to the checkpoint the run reported, so neither
+    # turns a validation-selected result into the last checkpoint's.
+    self.assertEqual(train_state.result_checkpoint(config, 0), "best")
+    with contextlib.redirect_stdout(io.StringIO()):
+      evaluate.reevaluate(workdir)
+    again = json.load(open(os.path.join(fold_dir, workdir_lib.FOLD_INFO)))
+    self.assertEqual((again["selected_by"], again["checkpoint_step"]),
+                     (info["selected_by"], info["checkpoint_step"]))
+    from avjax import predictor as predictor_lib
+    predictor = predictor_lib.Predictor(workdir)
+    self.assertEqual((predictor.checkpoint, predictor.step), ("best", info["checkpoint_step"]))
+    config.train.validation_fold = "none"
+    self.assertEqual(train_state.result_checkpoint(config, 0), "latest")
 
 
 class FoldLockTest(absltest.TestCase):

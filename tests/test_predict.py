@@ -232,6 +232,54 @@ class PredictTest(absltest.TestCase):
     with_audio = self.predictor.predict(self.clip("loud.mp4", with_audio=True))
     self.assertEqual([g["VO"] for g in result["gates"]], [g["VO"] for g in with_audio["gates"]])
 
+  def test_audio_file_with_cover_art_gives_ao_only(self):
+    # An MP3's attached picture is a video stream to FFmpeg, one still frame: it must not
+    # be read as the clip's video (VO / AV from a still, gates 2..T without audio).
+    path = self.media_dir / "cover.mp3"
+    with av.open(str(path), "w") as out:
+      audio = out.add_stream("mp3", rate=16000)
+      audio.layout = "mono"
+      cover = out.add_stream("mjpeg")
+      cover.width = cover.height = 64
+      cover.pix_fmt = "yuvj420p"
+      cover.disposition = av.stream.Disposition.attached_pic
+      image = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 128, np.uint8), format="rgb24")
+      for packet in [*cover.encode(image.reformat(format="yuvj420p")), *cover.encode()]:
+        out.mux(packet)
+      t = np.arange(3 * 16000) / 16000
+      frame = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None],
+                                         format="fltp", layout="mono")
+      frame.sample_rate = 16000
+      for packet in [*audio.encode(frame), *audio.encode()]:
+        out.mux(packet)
+    with av.open(str(path)) as container:    # FFmpeg does see a video stream
+      self.assertLen(container.streams.video, 1)
+      self.assertEqual(media.video_streams(container), [])
+    with self.assertRaisesRegex(media.MediaError, "no video stream \\(only a still cover image\\)"):
+      media.decode(path)
+    result = self.predictor.predict(str(path))
+    self.assertEqual(result["modalities"], ["AO"])
+    self.assertFalse(result["has_video"])
+    self.assertIn("no video stream: AO results only", result["notes"])
+    self.assertAlmostEqual(result["duration"], 3.0, delta=0.1)
+    expected_valid = int(np.sum(self.predictor.window_spec().valid_fraction(result["duration"]) > 0))
+    self.assertEqual(result["num_valid_gates"], expected_valid)
+    self.assertGreater(expected_valid, 1)
+
+  def test_apex_window_without_audio_is_centred_and_says_so(self):
+    # A one-window `_apex` model places its window at the loudest L s, found in the audio;
+    # a file without audio gets the centred window, and a note.
+    apex = predictor_lib.Predictor.__new__(predictor_lib.Predictor)
+    apex.__dict__.update(self.predictor.__dict__)
+    apex.meta = json.loads(json.dumps(self.predictor.meta))
+    apex.meta["window"].update(num_windows=1, length=1.0, overlap=0.0, mode="apex")
+    note = "no audio stream: the centred window, not the loudest"
+    silent = apex.preprocess(self.clip("apex_silent.mp4", seconds=3.0, with_audio=False))
+    self.assertIn(note, silent["notes"])
+    self.assertAlmostEqual(float(silent["starts"][0]), 1.0, delta=0.05)   # (3 - 1) / 2
+    loud = apex.preprocess(self.clip("apex_loud.mp4", seconds=3.0))
+    self.assertNotIn(note, loud["notes"])
+
   def test_clip_shorter_than_the_windows(self):
     path = self.clip("short.webm", seconds=0.6, container_format="webm", video_codec="libvpx",
                      audio_codec="libopus", audio_rate=48000, fps=F(24))
@@ -364,6 +412,15 @@ class PredictTest(absltest.TestCase):
     self.assertEqual(code, predict.EXIT_USAGE)
     self.assertIn("step 1", err)
     self.assertIn("python -m avjax.evaluate", err)
+    # A fold with a bank but no checkpoints: refused, and no empty checkpoints/ is left
+    # behind (it would make the fold look trained to avjax.evaluate).
+    checkpoints = workdir_lib.checkpoint_dir(workdir_lib.fold_dir(workdir, 0))
+    shutil.move(checkpoints, checkpoints + ".away")
+    code, out, err = run_main(["--workdir", workdir, self.clip("stale.mp4")])
+    self.assertEqual(code, predict.EXIT_USAGE, err)
+    self.assertIn("has not been trained", err)
+    self.assertFalse(os.path.exists(checkpoints))
+    shutil.move(checkpoints + ".away", checkpoints)
     # A truncated bank (a BadZipFile inside numpy) is a one-line usage error too.
     data = pathlib.Path(bank_path).read_bytes()
     pathlib.Path(bank_path).write_bytes(data[: len(data) // 3])

@@ -272,6 +272,13 @@ def _to_float_mono(frame: av.AudioFrame, resampler: av.AudioResampler) -> np.nda
   return np.concatenate(chunks, axis=1).mean(axis=0, dtype=np.float32)
 
 
+def video_streams(container: av.container.InputContainer) -> list:
+  """The container's moving-picture streams. A cover image (the attached picture of an
+  MP3 or M4A, for instance) is a video stream to FFmpeg, but not a video."""
+  return [s for s in container.streams.video
+          if not s.disposition & av.stream.Disposition.attached_pic]
+
+
 def decode(src: Source, *, audio_path: str | os.PathLike | None = None,
            options: DecodeOptions = DecodeOptions(), with_video: bool = True,
            with_audio: bool = True, box: tuple[int, int, int, int] | None = None) -> Clip:
@@ -297,9 +304,11 @@ def decode(src: Source, *, audio_path: str | os.PathLike | None = None,
   try:
     vstream = None
     if with_video:
-      if not container.streams.video:
-        raise MediaError(src, "no video stream")
-      vstream = container.streams.video[0]
+      videos = video_streams(container)
+      if not videos:
+        raise MediaError(src, "no video stream" + (" (only a still cover image)"
+                                                   if container.streams.video else ""))
+      vstream = videos[0]
       vstream.thread_type = "AUTO" if options.decoder_threads != 1 else "SLICE"
       vstream.codec_context.thread_count = options.decoder_threads
     astream = None
