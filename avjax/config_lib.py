@@ -379,6 +379,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.variant == "global" and spec.num_windows != 1:
     fail("dataset.config", f"the 'global' variant takes one window, one of "
          f"{registry.DATASETS[config.dataset.name]['global_windowings']}; got {config.dataset.config!r}")
+  if config.model.variant != "global" and spec.num_windows == 1:
+    fail("dataset.config", f"{config.dataset.config!r} is one window (a `global` windowing); "
+         f"'{config.model.variant}' needs several: add the `global` token, or another windowing")
   for field, allowed in (("model.dtype", choices.DTYPES), ("model.conv_impl", choices.CONV_IMPLS),
                          ("model.audio_head_layer", trunks.SOUNDNET_CUTS),
                          ("model.audio_head_stats", choices.AUDIO_HEAD_STATS),

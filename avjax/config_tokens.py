@@ -83,6 +83,10 @@ RECIPES = {
 }
 
 
+# The one-modality models' tokens (Table II's A-/AO-/VO- rows).
+MODALITY_MODELS = ("audio_lstm", "audio_global", "video_lstm", "video_global")
+
+
 def set_dataset(config: ml_collections.ConfigDict, name: str) -> None:
   info = registry.DATASETS[name]
   config.dataset.name = name
@@ -96,13 +100,16 @@ def apply_args(config: ml_collections.ConfigDict, arg: str | None) -> ml_collect
   tokens = [t.strip() for t in (arg or "").split(",") if t.strip()]
   windowing = None
   cpu = False
+  models = sorted({t for t in tokens if t in choices.VARIANTS or t in MODALITY_MODELS})
+  if len(models) > 1:   # `audio_lstm,global` would be AO-Global, `global,audio_lstm` A-LSTM
+    raise ValueError(f"Config arguments {', '.join(models)} each choose the model; give one")
   for tok in tokens:
     if tok.startswith("w") and tok[1:2].isdigit():
       windows.parse_name(tok)  # raises with the expected form
       config.dataset.config = windowing = tok
     elif tok in choices.VARIANTS:
       config.model.variant = tok
-    elif "_" in tok and tok.split("_", 1)[0] in ("audio", "video") and tok.split("_", 1)[1] in ("lstm", "global"):
+    elif tok in MODALITY_MODELS:
       modality, variant = tok.split("_", 1)
       config.model.modalities, config.model.variant = modality, variant
     elif tok == "runlocal":

@@ -22,6 +22,7 @@ Command line (re-evaluates the folds of a finished or interrupted run):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -203,6 +204,10 @@ def evaluate_fold(config, state, model, test_fold: int, fold_dir: str, mesh,
     bank = reference_bank_arrays(config, state, refs, train_folds, test_fold)
   if jax.process_index() == 0:
     os.makedirs(fold_dir, exist_ok=True)
+    # A re-evaluation interrupted below must not leave new predictions under the former
+    # fold_info.json (its checkpoint and selection): the fold is undone until it is written.
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(os.path.join(fold_dir, workdir_lib.FOLD_INFO))
     workdir_lib.write_npz(os.path.join(fold_dir, workdir_lib.PREDICTIONS), arrays)
     if bank is not None:
       workdir_lib.write_npz(os.path.join(fold_dir, workdir_lib.REFERENCE_BANK), bank)

@@ -56,7 +56,7 @@ def describe_trunk(folds: list[Mapping[str, Any]]) -> str:
   trunks = sorted({f.get("trunk", "finetune") for f in folds})
   if trunks == ["finetune"]:
     return ("finetune (the paper's recipe: the pretrained encoders fine-tuned end to end)"
-            + _trunk_lr_text(folds))
+            + _trunk_lr_text(folds) + _audio_head_text(folds))
   views = sorted({f.get("cached_views", 0) for f in folds})
   text = ", ".join(trunks)
   if trunks == ["frozen"]:
@@ -168,6 +168,11 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
   ]
   if len(folds) < paper.PAPER_NUM_FOLDS:
     lines.append(f"- **partial**: the paper averages 10 folds; these numbers average {len(folds)}.")
+  hashes = sorted({f["config_hash"] for f in doc["folds"] if f.get("config_hash")})
+  if len(hashes) > 1:
+    lines.append(f"- **folds trained with {len(hashes)} configurations** (config_hash "
+                 f"{', '.join(hashes)}; `--config_mismatch=ok`): compare the folds' "
+                 "`fold_k/config.json` before reading these numbers as one protocol.")
   refs_by_modality: dict[str, list[Mapping[str, Any]]] = {}
   for ref in doc["paper"]:
     refs_by_modality.setdefault(ref["modality"], []).append(ref)

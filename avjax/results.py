@@ -309,6 +309,12 @@ def summary_row(summary: list[Mapping[str, Any]], modality: str, gate: int | Non
   return next((r for r in rows if r["gate"] == gate), None)
 
 
+def _common(infos: list[Mapping[str, Any]], key: str, before: Any) -> Any:
+  """The folds' `key` (`before` where a fold did not record it); None when they differ."""
+  values = [info.get(key, before) for info in infos]
+  return values[0] if all(v == values[0] for v in values) else None
+
+
 def build_results(folds: list[tuple[dict[str, np.ndarray], dict[str, Any]]]) -> dict[str, Any]:
   """The results.json document (docs/results_schema.md) from loaded folds."""
   first = folds[0][1]
@@ -331,6 +337,7 @@ def build_results(folds: list[tuple[dict[str, np.ndarray], dict[str, Any]]]) -> 
         "audio_head_layer": str(info.get("audio_head_layer", "conv7")),
         "audio_head_stats": str(info.get("audio_head_stats", "mean")),
         "trunk_lr_scale": float(info.get("trunk_lr_scale", 1.0)),
+        "config_hash": info.get("config_hash"),
     })
     for m in MODALITIES:
       if f"pred_{m}" in preds:
@@ -350,7 +357,8 @@ def build_results(folds: list[tuple[dict[str, np.ndarray], dict[str, Any]]]) -> 
       "modalities": first["modalities"], "class_names": list(first["class_names"]),
       "num_windows": int(first["num_windows"]), "k": int(first["k"]),
       "exclude_used": first.get("exclude_used"),
-      **{key: first.get(key, value) for key, value in compat.FOLD_INFO_BEFORE.items()},
+      **{key: _common([info for _, info in folds], key, value)
+         for key, value in compat.FOLD_INFO_BEFORE.items()},
       "conventions": {
           "metrics": "accuracy and uar are fractions in [0, 1]; paper numbers are percent",
           "accuracy": "correct / n over exactly the fold's held-out clips",

@@ -5,14 +5,16 @@ Run (all 10 folds into runs/ravdess/fold_k, then results.md and figures/):
 
 Tokens, comma-separated after a colon (`--config=configs/ravdess.py:audio_lstm,w4_l1_ov`):
   windowing   w8_l1_ov (default), w2_l1_ov, w2_l2_ov, w4_l1_ov, w6_l1_ov, w2_l1_no,
-              w4_l1_no (Table I's rows, 0.5 s hop), each with a `_fit` twin (windows
-              spread over the clip). The `global` variants take one window:
+              w4_l1_no (Table I's rows: windows of L s, `ov` overlapping by 0.5 s, `no`
+              end to end), each with a `_fit` twin (windows spread over the clip). The
+              `global` variants take one window, and only they do:
               w1_l3_no_fit (default, the middle 3 s), w1_l1_no_fit, w1_l2_no_fit,
               w1_l4_no_fit, w1_l1_no_apex, w1_l3_no_apex (the loudest 1 or 3 s).
   model       gating (default, the paper's method), lstm (A-LSTM + V-LSTM, no MSE),
               global (AV-Global: one window, no LSTM), audio_lstm,
               audio_global, video_lstm, video_global (Table II's single-modality rows;
               the audio ones read the `audio_<windowing>` records of the audio archive).
+              One model token per run.
   recipe      warmup_semihard (default; not the paper's: batch-all warm-up over half of
               training, semi-hard MWTSM, centred audio head, AdamW), paper_literal (the
               paper's recipe read literally), semihard, centered_semihard (steps between

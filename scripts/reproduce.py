@@ -53,9 +53,11 @@ sys.path.insert(0, REPO)
 
 from avjax import config_lib  # noqa: E402
 from avjax import paper  # noqa: E402
+from avjax import protocol  # noqa: E402
 from avjax import run_spec  # noqa: E402
 from avjax import report  # noqa: E402
 from avjax import results  # noqa: E402
+from avjax import workdir as workdir_lib  # noqa: E402
 from avjax.data import registry  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -184,6 +186,13 @@ def reusable(run_dir: str, config, folds: tuple[int, ...]) -> bool:
     on_disk = sorted({str(f.get(key, before)) for f in doc["folds"]})
     if on_disk != [str(config[group][name])]:
       wrong[key] = (",".join(on_disk), str(config[group][name]))
+  # A run written by avjax.main records the config of each fold: every protocol field must
+  # be this row's (the recipe's too), not only those results.json carries.
+  if os.path.isfile(os.path.join(run_dir, workdir_lib.CONFIG)):
+    for fold in sorted({f["fold"] for f in doc["folds"]}):
+      recorded = workdir_lib.load_fold_config(run_dir, fold)
+      for field, before, now in protocol.config_diff(recorded, config):
+        wrong.setdefault(field, (before, now))
   if wrong:
     raise ValueError(f"{path} belongs to another configuration: " +
                      ", ".join(f"{k} is {a!r}, this row needs {b!r}" for k, (a, b) in wrong.items()) +

@@ -170,6 +170,12 @@ class ConfigsTest(parameterized.TestCase):
       load_config_module("ravdess").get_config("bogus")
     with self.assertRaisesRegex(ValueError, "w8_l1_x"):
       load_config_module("ravdess").get_config("w8_l1_x")
+    # Two tokens that each choose the model: the result would depend on their order.
+    for arg in ("audio_lstm,global", "lstm,audio_global", "audio_lstm,video_lstm"):
+      with self.assertRaisesRegex(ValueError, "each choose the model; give one"):
+        load_config_module("ravdess").get_config(arg)
+    self.assertEqual(load_config_module("ravdess").get_config("audio_lstm,audio_lstm").model.variant,
+                     "lstm")
 
   @parameterized.named_parameters(
       ("gating_audio", "model.modalities", lambda c: setattr(c.model, "modalities", "audio")),
@@ -185,6 +191,9 @@ class ConfigsTest(parameterized.TestCase):
        lambda c: setattr(c.dataset, "records", "audio")),
       ("global_many_windows", "dataset.config",
        lambda c: (setattr(c.model, "variant", "global"), setattr(c.dataset, "config", "w8_l1_ov"))),
+      ("lstm_one_window", "dataset.config",
+       lambda c: (setattr(c.model, "variant", "lstm"), setattr(c.dataset, "config", "w1_l3_no_fit"))),
+      ("gating_one_window", "dataset.config", lambda c: setattr(c.dataset, "config", "w1_l1_no_apex")),
       ("bad_validation_fold", "train.validation_fold",
        lambda c: setattr(c.train, "validation_fold", "first")),
       ("validation_fold_is_tested", "train.validation_fold",
@@ -393,8 +402,9 @@ spec.loader.exec_module(module)
 problems = []
 for name, overrides in module.SETTINGS.items():
   for variant in ("audio_global", "audio_lstm"):
-    if variant == "audio_global" and not overrides.get("dataset.config", "w1_").startswith("w1_"):
-      continue                           # an LSTM windowing: an audio_lstm setting
+    one_window = overrides.get("dataset.config", "w1_" if variant == "audio_global" else "w8_")
+    if (variant == "audio_global") != one_window.startswith("w1_"):
+      continue        # an LSTM windowing: an audio_lstm setting; one window: audio_global's
     config = ravdess.get_config(variant)
     config.model.trunk = "frozen"        # the script's default --trunk
     for field, value in overrides.items():

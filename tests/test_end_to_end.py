@@ -232,7 +232,13 @@ class ModelSelectionTest(absltest.TestCase):
     # Re-evaluation and inference default to the checkpoint the run reported, so neither
     # turns a validation-selected result into the last checkpoint's.
     self.assertEqual(train_state.result_checkpoint(config, 0), "best")
-    with contextlib.redirect_stdout(io.StringIO()):
+    write_npz, info_path = workdir_lib.write_npz, os.path.join(fold_dir, workdir_lib.FOLD_INFO)
+
+    def write_while_undone(path, arrays):    # the former fold_info.json is gone meanwhile
+      self.assertFalse(os.path.exists(info_path), path)
+      write_npz(path, arrays)
+    with contextlib.redirect_stdout(io.StringIO()), \
+         mock.patch.object(workdir_lib, "write_npz", write_while_undone):
       evaluate.reevaluate(workdir)
     again = json.load(open(os.path.join(fold_dir, workdir_lib.FOLD_INFO)))
     self.assertEqual((again["selected_by"], again["checkpoint_step"]),

@@ -26,6 +26,7 @@ from avjax import evaluate
 from avjax import paper
 from avjax import report
 from avjax import results
+from avjax import workdir as workdir_lib
 from tests.helpers import RAVDESS_CLASSES, write_fake_fold
 
 # Two folds, 3 gates, 4 classes. Fold 0: 8 clips (2 per class); fold 1: 4 clips, class 3
@@ -272,6 +273,23 @@ class WriteResultsTest(absltest.TestCase):
         md = open(report.write_results(d)[1]).read()
         line = f"trunk layers trained at {scale:g} x the learning rate (optim.trunk_lr_scale)"
         self.assertEqual(line in md, said, (trunk, scale))
+    # Folds trained with different configurations (`--config_mismatch=ok`) are said, and a
+    # top-level field the folds disagree on is null, not fold 0's value.
+    with tempfile.TemporaryDirectory() as d:
+      write_fake_fold(d, 0, LABELS0, CORRECT0, trunk="frozen", config_hash="aaaa",
+                      speaker_centering=False)
+      write_fake_fold(d, 1, LABELS1, CORRECT1, trunk="frozen", config_hash="bbbb",
+                      speaker_centering=True)
+      json_path, md_path = report.write_results(d)
+      doc = json.load(open(json_path))
+      self.assertIsNone(doc["speaker_centering"])
+      self.assertEqual(doc["speaker_scaling"], False)          # shared: kept
+      self.assertEqual([f["config_hash"] for f in doc["folds"]], ["aaaa", "bbbb"])
+      self.assertIn("**folds trained with 2 configurations** (config_hash aaaa, bbbb;",
+                    open(md_path).read())
+    with tempfile.TemporaryDirectory() as d:
+      two_fold_workdir(d, config_hash="aaaa")
+      self.assertNotIn("configurations** (config_hash", open(report.write_results(d)[1]).read())
     # Speaker centring is said (and that it is not the paper's protocol) when it was used.
     for centred in (False, True):
       with tempfile.TemporaryDirectory() as d:
@@ -283,11 +301,14 @@ class WriteResultsTest(absltest.TestCase):
         doc = json.load(open(md_path[:-2] + "json"))
         self.assertEqual([f["speaker_centering"] for f in doc["folds"]], [centred] * 2)
     # So is a SoundNet head on another layer or statistic than the paper's conv7 mean.
-    for head, said in ((("conv7", "mean"), None),
-                       (("conv4", "mean_std"), "SoundNet's head on conv4's mean and std over time"),
-                       (("conv7", "mean_std"), "SoundNet's head on conv7's mean and std over time")):
+    # (under every trunk: `finetune` accepts any head too).
+    for trunk, head, said in (
+        ("frozen", ("conv7", "mean"), None), ("finetune", ("conv7", "mean"), None),
+        ("frozen", ("conv4", "mean_std"), "SoundNet's head on conv4's mean and std over time"),
+        ("frozen", ("conv7", "mean_std"), "SoundNet's head on conv7's mean and std over time"),
+        ("finetune", ("conv4", "mean"), "SoundNet's head on conv4's mean over time")):
       with tempfile.TemporaryDirectory() as d:
-        two_fold_workdir(d, trunk="frozen", audio_head_layer=head[0], audio_head_stats=head[1])
+        two_fold_workdir(d, trunk=trunk, audio_head_layer=head[0], audio_head_stats=head[1])
         md_path = report.write_results(d)[1]
         md = open(md_path).read()
         self.assertEqual("SoundNet's head on" in md, said is not None, head)
@@ -568,6 +589,19 @@ class ReproduceTest(parameterized.TestCase):
       # A 3rd fold requested: the runs do not cover it, so they would be started.
       proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0,1,2", "--dry_run")
       self.assertLen(commands_of(proc.stdout), 7)
+      # A run that recorded its config (as avjax.main does) is reused only when every
+      # protocol field is the row's, the recipe's included, not only those results.json has.
+      lstm_dir = os.path.join(d, "audio_lstm")
+      workdir_lib.save_config(ravdess.get_config("audio_lstm"), lstm_dir)
+      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0,1",
+                           "--rows=A-LSTM", "--dry_run")
+      self.assertEqual(proc.returncode, 0, proc.stderr)
+      self.assertEqual(commands_of(proc.stdout), [])
+      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0,1",
+                           "--rows=A-LSTM", "--override=loss.margin=0.3", "--dry_run")
+      self.assertNotEqual(proc.returncode, 0)
+      self.assertIn("loss.margin is 1.0, this row needs 0.3", proc.stderr)
+      os.remove(os.path.join(lstm_dir, workdir_lib.CONFIG))
       # no_mwtsm asks for another configuration than the one on disk: refused.
       proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0,1",
                            "--config_args=no_mwtsm", "--dry_run")
