@@ -42,6 +42,7 @@ from avjax import config_lib
 from avjax import errors
 from avjax import feature_store
 from avjax import fixed_trunk
+from avjax import fold_lock
 from avjax import input_pipeline
 from avjax import knn
 from avjax import parallel
@@ -301,6 +302,18 @@ def restore_for_eval(config, fold_dir: str, test_fold: int, mesh, which: str = "
   return state, model
 
 
+def _check_finished(config, fold: int, fold_dir: str) -> None:
+  """UsageError unless the fold's training reached its last step: evaluating a fold marks
+  it done, and avjax.main would then never finish its training."""
+  total = tfds_access.total_steps(config, tfds_access.split_folds(config, fold)[0])
+  latest = train_state_lib.saved_step(fold_dir, config, "latest")
+  if latest < total:
+    raise errors.UsageError(
+        f"fold {fold}: its training stopped at step {latest} of {total} "
+        f"({workdir_lib.checkpoint_dir(fold_dir)}); rerun the training command "
+        "(python -m avjax.main with the same config and --workdir) to finish it first")
+
+
 def reevaluate(workdir: str, folds=None, checkpoint: str | None = None) -> list[str]:
   """Evaluates saved checkpoints of `workdir` again and rewrites its results; returns
   the paths written (results.json, results.md, figures). `folds`: default the
@@ -327,9 +340,19 @@ def reevaluate(workdir: str, folds=None, checkpoint: str | None = None) -> list[
         print(f"fold {fold}: {e.path} cannot be read ({e.reason}): writing it again",
               flush=True)
     feature_store.ensure(config, mesh)   # a cached trunk's features (nothing for 'finetune')
-    state, model = restore_for_eval(config, fold_dir, fold, mesh, which)
-    evaluate_fold(config, state, model, fold, fold_dir, mesh,
-                  selected_by=checkpoint_selection(config, fold, which))
+    lock = fold_lock.FoldLock(fold_dir)
+    try:
+      if jax.process_count() == 1:   # as training: multi-host runs take no lock
+        lock.acquire()
+    except fold_lock.FoldLocked as e:
+      raise errors.Failure(f"fold {fold} is in use by another process: {e}") from None
+    try:          # holding the fold's lock: not while another process trains it
+      _check_finished(config, fold, fold_dir)
+      state, model = restore_for_eval(config, fold_dir, fold, mesh, which)
+      evaluate_fold(config, state, model, fold, fold_dir, mesh,
+                    selected_by=checkpoint_selection(config, fold, which))
+    finally:
+      lock.release()
   written = []
   if jax.process_index() == 0:
     written.extend(report.write_results(workdir))

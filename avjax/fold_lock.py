@@ -4,6 +4,7 @@ unreadable file) are taken over with a notice."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -141,6 +142,9 @@ class FoldLock:
   # An unreadable lock younger than this may be one being written (file systems without
   # hard links): read again before taking it over.
   GRACE_S = 2.0
+  # A takeover holds its mutex for milliseconds; one older than this was left by a
+  # process killed meanwhile.
+  TAKEOVER_STALE_S = 30.0
 
   def __init__(self, fold_dir_: str, take_over_foreign: bool = False):
     self.path = os.path.join(fold_dir_, workdir_lib.LOCK)
@@ -210,23 +214,30 @@ class FoldLock:
       return 0.0
 
   def _take_away(self, raw: bytes) -> None:
-    """Removes the stale lock whose bytes are `raw`; a lock that another process put in
-    its place meanwhile is put back."""
-    aside = f"{self.path}.stale-{os.getpid()}"
+    """Removes the stale lock whose bytes are `raw`, holding `lock.json.takeover`
+    (created exclusively) meanwhile: one process at a time takes a stale lock over and
+    removes it only while it still holds `raw`, so a fresh lock that another process
+    put in its place is never displaced (two holders of one fold)."""
+    mutex = f"{self.path}.takeover"
     try:
-      os.replace(self.path, aside)
-    except FileNotFoundError:
+      os.close(os.open(mutex, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:   # another process is taking it over: read the lock again
+      with contextlib.suppress(OSError):
+        if time.time() - os.path.getmtime(mutex) > self.TAKEOVER_STALE_S:
+          errors.remove_quietly(mutex)    # left by a process killed while taking over
+      time.sleep(0.05)
       return
+    except OSError as e:
+      raise (errors.as_storage_error(e, mutex) or e) from e
     try:
-      with open(aside, "rb") as f:
-        moved = f.read()
-      if moved != raw:   # not the one judged stale: another process's fresh lock
-        try:
-          os.link(aside, self.path)
-        except OSError:
-          pass
+      with open(self.path, "rb") as f:
+        current = f.read()
+      if current == raw:
+        os.remove(self.path)
+    except FileNotFoundError:
+      pass
     finally:
-      errors.remove_quietly(aside)
+      errors.remove_quietly(mutex)
 
   def acquire(self) -> "FoldLock":
     try:

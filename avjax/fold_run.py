@@ -161,9 +161,7 @@ def prepare(config, fold_dir: str, test_fold: int, mesh, *,
   on_device = dataset is not None or device_data.use_device(config, train_on)
   parallel.check_padding(config.model.freeze_bn, spec.batch_size)
   steps_per_epoch = tfds_access.steps_per_epoch(config, train_on)
-  total_steps = config.train.num_epochs * steps_per_epoch
-  if config.train.max_steps:
-    total_steps = min(total_steps, config.train.max_steps)
+  total_steps = tfds_access.total_steps(config, train_on)
 
   rng = jax.random.PRNGKey(config.seed)
   init_rng, data_seed = jax.random.split(jax.random.fold_in(rng, test_fold))

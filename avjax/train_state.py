@@ -243,33 +243,39 @@ def _short(e: Exception, limit: int = 400) -> str:
 def restore_latest(manager, state: TrainState, fold_dir: str):
   """(state, data_state, step) of the newest checkpoint that restores, or None when the
   fold has none. A step that fails to restore (a truncated tensor file, an empty
-  metadata file, an empty step folder ...) is reported with its folder and the
-  error, moved aside to `fold_dir/checkpoints.bad/<step>` (kept for inspection, out of
-  orbax's way) and the previous step is tried; when none restores this raises
-  CheckpointRestoreError (never a silent start from scratch)."""
+  metadata file, an empty step folder ...) is reported with its folder and the error,
+  and the previous step is tried; once an older step restores, the newer ones that did
+  not are moved aside to `fold_dir/checkpoints.bad/<step>` (kept for inspection, out of
+  orbax's way). When no step restores, nothing is moved (every step failing alike is
+  as likely an out-of-memory, a file-system error or changed shapes as corruption, and
+  a rerun must find them) and this raises CheckpointRestoreError: never a silent start
+  from scratch."""
   ckpt = workdir_lib.checkpoint_dir(fold_dir)
   failed = []
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       restored, data_state = restore_checkpoint(manager, state, step)
     except Exception as e:  # noqa: BLE001  (orbax, tensorstore and JSON raise many types)
-      moved = workdir_lib.move_aside(os.path.join(ckpt, str(step)),
-                                     os.path.join(fold_dir, workdir_lib.BAD_CHECKPOINTS))
-      failed.append(step)
+      failed.append((step, _short(e)))
       print(f"warning: checkpoint step {step} ({os.path.join(ckpt, str(step))}) cannot be "
-            f"restored: {_short(e)}; moved to {moved}; trying the previous step", flush=True)
+            f"restored: {_short(e)}; trying the previous step", flush=True)
       logging.warning("checkpoint step %d of %s cannot be restored: %s", step, ckpt, _short(e))
-      manager.reload()
       continue
     if failed:
-      print(f"resuming from step {step} of {ckpt} (steps {failed} could not be restored)",
-            flush=True)
+      for bad, _ in failed:
+        moved = workdir_lib.move_aside(os.path.join(ckpt, str(bad)),
+                                       os.path.join(fold_dir, workdir_lib.BAD_CHECKPOINTS))
+        print(f"checkpoint step {bad} moved to {moved}", flush=True)
+      manager.reload()
+      print(f"resuming from step {step} of {ckpt} (steps {[b for b, _ in failed]} could not "
+            "be restored)", flush=True)
     return restored, data_state, int(step)
   if failed:
     raise CheckpointRestoreError(
-        f"no checkpoint of {ckpt} restores (steps {failed}, moved to "
-        f"{os.path.join(fold_dir, workdir_lib.BAD_CHECKPOINTS)}); remove {fold_dir} to train "
-        "this fold from scratch")
+        f"no checkpoint of {ckpt} restores (steps {[b for b, _ in failed]}; the newest: "
+        f"{failed[0][1]}). Nothing was moved or deleted. If the cause is passing (memory, the "
+        f"file system), rerun; if the steps are corrupt, remove {fold_dir} to train this fold "
+        "from scratch")
   return None
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 
 import ml_collections
 import numpy as np
@@ -82,8 +83,9 @@ def move_aside(path: str, folder: str) -> str:
 
 def write_atomic(path: str, write) -> None:
   """write(tmp) then os.replace(tmp, path); a refused write removes the temporary file
-  and raises errors.StorageError naming `path`."""
-  tmp = path + ".tmp"
+  and raises errors.StorageError naming `path`. The temporary name is the writer's own
+  (`<path>.<pid>.<random>.tmp`): processes sharing a workdir may write one file at once."""
+  tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
   try:
     write(tmp)
     os.replace(tmp, path)

@@ -119,6 +119,13 @@ class ResumeAndNanTest(absltest.TestCase):
     with contextlib.redirect_stdout(io.StringIO()), \
          self.assertRaisesRegex(train_state.CheckpointRestoreError, r"steps \[4, 2\]"):
       train.train_fold(config, fold_dir, test_fold=0)
+    # ... and nothing moved: a failure common to every step (here, as from changed shapes
+    # or memory) must not leave the next run an empty folder to start from scratch in.
+    self.assertEqual(sorted(os.listdir(os.path.join(fold_dir, "checkpoints"))), ["2", "4"])
+    self.assertFalse(os.path.exists(os.path.join(fold_dir, "checkpoints.bad")))
+    with contextlib.redirect_stdout(io.StringIO()), \
+         self.assertRaises(train_state.CheckpointRestoreError):
+      train.train_fold(config, fold_dir, test_fold=0)
 
   def test_nan_loss_stops_and_keeps_last_good_checkpoint(self):
     workdir = tempfile.mkdtemp()
@@ -246,6 +253,17 @@ class ModelSelectionTest(absltest.TestCase):
     from avjax import predictor as predictor_lib
     predictor = predictor_lib.Predictor(workdir)
     self.assertEqual((predictor.checkpoint, predictor.step), ("best", info["checkpoint_step"]))
+    # Not while another process holds the fold; not a fold whose training has not ended
+    # (evaluating marks it done, and avjax.main would never finish it).
+    from avjax import errors
+    from avjax import fold_lock
+    with fold_lock.FoldLock(fold_dir), \
+         self.assertRaisesRegex(errors.Failure, "fold 0 is in use by another process"):
+      evaluate.reevaluate(workdir)
+    shutil.rmtree(os.path.join(workdir_lib.checkpoint_dir(fold_dir), "3"))
+    with self.assertRaisesRegex(errors.UsageError, r"fold 0: its training stopped at step 2 of 3"):
+      evaluate.reevaluate(workdir)
+    self.assertEqual(json.load(open(info_path)), again)        # nothing rewritten
     config.train.validation_fold = "none"
     self.assertEqual(train_state.result_checkpoint(config, 0), "latest")
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 
@@ -110,6 +111,23 @@ class RecordConfigTest(absltest.TestCase):
     self.assertEqual(workdir.load_fold_config(root, 2).model.variant, "gating")
 
 
+class AtomicWriteTest(absltest.TestCase):
+
+  def test_two_writers_of_one_file_do_not_collide(self):
+    # Processes sharing a workdir each write results.json when their folds end: one
+    # writing while the other is mid-write must leave a whole file, and neither fails.
+    path = os.path.join(tempfile.mkdtemp(), "results.json")
+
+    def slow_writer(tmp):
+      with open(tmp, "w") as f:
+        f.write('{"writer": ')
+        workdir.write_json(path, {"writer": "B"})       # the other process, meanwhile
+        f.write('"A"}')
+    workdir.write_atomic(path, slow_writer)
+    self.assertEqual(json.load(open(path)), {"writer": "A"})
+    self.assertEqual(os.listdir(os.path.dirname(path)), ["results.json"])   # no .tmp left
+
+
 class FoldLockTest(absltest.TestCase):
 
   def test_one_process_per_fold(self):
@@ -130,6 +148,31 @@ class FoldLockTest(absltest.TestCase):
     self.assertIn("no longer running", out.getvalue())
     self.assertEqual(json.load(open(lock.path))["pid"], os.getpid())
     taken.release()
+    # Three processes judge one stale lock stale: A takes it over; B, acting on what it
+    # read before, must not displace A's fresh lock, even if C tries to create its own the
+    # moment the lock file is moved or removed (two holders of one fold otherwise).
+    json.dump(stale, open(lock.path, "w"))
+    raw = open(lock.path, "rb").read()
+    with contextlib.redirect_stdout(io.StringIO()):
+      a = fold_lock.FoldLock(fold).acquire()
+    b, c = fold_lock.FoldLock(fold), fold_lock.FoldLock(fold)
+    c_created = []
+    real_replace, real_remove = os.replace, os.remove
+
+    def then_c_creates(real):
+      def call(src, *args):
+        real(src, *args)
+        if os.fspath(src) == lock.path:
+          c_created.append(c._create())
+      return call
+    with mock.patch("os.replace", then_c_creates(real_replace)), \
+         mock.patch("os.remove", then_c_creates(real_remove)):
+      b._take_away(raw)
+    self.assertNotIn(True, c_created)
+    self.assertEqual(json.load(open(lock.path))["pid"], os.getpid())
+    self.assertEqual(open(lock.path, "rb").read(), a._read()[1])
+    self.assertFalse(os.path.exists(lock.path + ".takeover"))
+    a.release()
     # Another host's lock cannot be checked from here: it is respected.
     json.dump(dict(stale, host="elsewhere"), open(lock.path, "w"))
     with self.assertRaisesRegex(fold_lock.FoldLocked, "on host elsewhere"):

@@ -169,6 +169,12 @@ def split_folds(config, test_fold: int) -> tuple[list[int], int | None]:
           registry.validation_fold(config, test_fold, nonempty))
 
 
+def total_steps(config, train_folds: Sequence[int]) -> int:
+  """A fold's training steps: num_epochs x steps_per_epoch, at most train.max_steps."""
+  total = config.train.num_epochs * steps_per_epoch(config, train_folds)
+  return min(total, config.train.max_steps) if config.train.max_steps else total
+
+
 def steps_per_epoch(config, train_folds: Sequence[int]) -> int:
   """floor(N_train / B) with B = clips_per_class x num_classes."""
   batch = config.input.clips_per_class * num_classes(config)
