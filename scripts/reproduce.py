@@ -341,6 +341,10 @@ def main(argv):
   if FLAGS.dry_run:
     return
   done = [row_result(r, os.path.join(workdir, r["run"])) for r in rows]
+  for r in done:     # what is on disk is not this invocation's result
+    if r["run"] in failed:
+      r["status"] = (f"{r['num_folds']}, of an earlier run: this one failed" if r["num_folds"]
+                     else "run failed")
   os.makedirs(workdir, exist_ok=True)
   md_path = os.path.join(workdir, f"table{table}.md")
   with open(md_path, "w") as f:

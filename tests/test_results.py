@@ -602,6 +602,15 @@ class ReproduceTest(parameterized.TestCase):
       self.assertNotEqual(proc.returncode, 0)
       self.assertIn("loss.margin is 1.0, this row needs 0.3", proc.stderr)
       os.remove(os.path.join(lstm_dir, workdir_lib.CONFIG))
+      # A run that fails here: its row does not pass an earlier run's numbers as this one's
+      # (the dataset is not in the empty data_dir, so the run stops at once).
+      empty = tempfile.mkdtemp()
+      proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0,1,2",
+                           "--rows=A-LSTM", f"--override=dataset.data_dir={empty}")
+      self.assertNotEqual(proc.returncode, 0)
+      self.assertIn("runs failed: audio_lstm", proc.stderr)
+      self.assertIn("| 2, of an earlier run: this one failed | `audio_lstm` |",
+                    open(os.path.join(d, "table2.md")).read())
       # no_mwtsm asks for another configuration than the one on disk: refused.
       proc = run_reproduce("--dataset=ravdess", "--table=2", f"--workdir={d}", "--folds=0,1",
                            "--config_args=no_mwtsm", "--dry_run")
