@@ -164,7 +164,12 @@ class RavdessBuilderTest(builder_base.BuilderTestCase):
     bad_zip = root / "bad_zip"
     bad_zip.mkdir()
     (bad_zip / "Video_Speech_Actor_01.zip").write_bytes(b"PK not really")
+    (root / "Video_Speech_Actor_01.zip").write_bytes(b"PK")       # the zip, not its folder
+    misnamed = root / "misnamed" / "Actor_01"
+    dummy_media.write_mp4(misnamed / "clip_one.mp4", seconds=0.5, size=SIZE)
     cases = [(root / "missing", "does not exist"), (root / "empty", "No ravdess clips"),
+             (root / "Video_Speech_Actor_01.zip", "is a file: give the folder that holds it"),
+             (root / "misnamed", "Files rejected (1), e.g.:\n  clip_one.mp4: "),
              (root / "audio_only", "no audio-visual speech MP4s"),
              (root / "few", "has no clips for fold1: actors [3, 20, 23]"),
              (bad_zip, "not a readable zip archive")]

@@ -10,6 +10,7 @@ official one, so that every fold has clips.
 import pathlib
 import shutil
 import tempfile
+import zipfile
 
 import numpy as np
 import soundfile
@@ -173,6 +174,15 @@ class RavdessAudioOnlyTest(builder_base.BuilderTestCase):
     builder = lib.Builder(config="w2_l1_ov", data_dir=self.root / "data_av", num_workers=1)
     with self.assertRaisesRegex(builder_lib.ManualDirError, "audio_w2_l1_ov config reads the WAVs"):
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
+
+  def test_zip_with_windows_separators(self):
+    # Older Windows zip tools store `Actor_01\x.wav`: the clip's name is still x.
+    manual = self.root / "backslashes"
+    manual.mkdir()
+    with zipfile.ZipFile(manual / "Audio_Speech_Actors_01-24.zip", "w") as z:
+      z.writestr("Actor_01\\03-01-05-01-02-01-01.wav", b"RIFF")
+    self.assertEqual([stem for stem, _ in lib._candidates(manual, ".wav")],
+                     ["03-01-05-01-02-01-01"])
 
   def test_audio_config_without_wavs_says_what_it_needs(self):
     manual = self.root / "only_mp4"

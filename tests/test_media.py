@@ -1,8 +1,11 @@
 """avjax.data.media: real RAVDESS / CREMA-D samples, generated files, window arithmetic."""
 
+import functools
 import math
+import os
 import pathlib
 import pickle
+import shutil
 import tempfile
 import wave
 import zipfile
@@ -306,6 +309,36 @@ class GeneratedFilesTest(parameterized.TestCase):
     # MediaError crosses process boundaries intact (the builders' worker pool).
     e = pickle.loads(pickle.dumps(media.MediaError("a.flv", "no video frames")))
     self.assertEqual((e.path, e.reason), ("a.flv", "no video frames"))
+
+  def test_damaged_tiny_and_oddly_named_audio(self):
+    d = self.dir / "odd"
+    d.mkdir()
+    wav = dummy_media.write_wav(d / "tone.wav", seconds=1.0)
+    # A zip member whose compressed data is damaged at its start (zlib, not CRC, fails).
+    archive = d / "damaged.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+      z.write(wav, "Actor_01/tone.wav")
+    with zipfile.ZipFile(archive) as z:
+      start = z.getinfo("Actor_01/tone.wav").header_offset + 30 + len("Actor_01/tone.wav")
+    data = bytearray(archive.read_bytes())
+    data[start:start + 4] = bytes(b ^ 0xFF for b in data[start:start + 4])
+    archive.write_bytes(bytes(data))
+    member = media.ZipMember(str(archive), "Actor_01/tone.wav")
+    for decode in (media.decode_audio, functools.partial(media.decode, with_video=False)):
+      with self.assertRaisesRegex(media.MediaError, "cannot (read audio|open)"):
+        decode(member)
+    # One sample at 48 kHz resamples to none: too short, named, not an IndexError later.
+    soundfile.write(str(d / "one.wav"), np.array([1000], np.int16), 48000, subtype="PCM_16")
+    with self.assertRaisesRegex(media.MediaError, r"too short \(0.02 ms"):
+      media.decode_audio(d / "one.wav")
+    with self.assertRaisesRegex(media.MediaError, r"one.wav.*too short"):
+      media.decode(self.mp4, audio_path=d / "one.wav")
+    # A file name that is not UTF-8 (surrogate-escaped by Python) reads like any other.
+    odd_dir = os.path.join(os.fsencode(d), b"n\xe9")
+    os.makedirs(odd_dir)
+    shutil.copy(wav, os.path.join(odd_dir, b"tone.wav"))
+    odd = os.path.join(os.fsdecode(odd_dir), "tone.wav")
+    np.testing.assert_array_equal(media.decode_audio(odd).audio, media.decode_audio(wav).audio)
 
   def test_worker_compression_equals_tfds_encoding(self):
     spec = windows.parse_name("w2_l1_ov")

@@ -280,8 +280,9 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Lists and checks the clips of manual_dir (fails at once when unusable)."""
     manual_dir = pathlib.Path(manual_dir)
     if not manual_dir.is_dir():
-      raise ManualDirError(
-          f"manual_dir {manual_dir} does not exist.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+      what = ("is a file: give the folder that holds it" if manual_dir.exists()
+              else "does not exist")
+      raise ManualDirError(f"manual_dir {manual_dir} {what}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     clips, rejected = self.find_clips(manual_dir)
     genders = self.genders()
     known = []
@@ -291,9 +292,12 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       else:
         known.append(c)
     if not known:
+      why = "".join(f"\n  {r['file']}: {r['reason']}" for r in rejected[:5])
       raise ManualDirError(
           f"No {self.DATASET} clips found in manual_dir {manual_dir} (it holds: "
-          f"{listing(manual_dir)}).\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+          f"{listing(manual_dir)})." + (f" Files rejected ({len(rejected)}), e.g.:{why}"
+                                         if rejected else "")
+          + f"\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     folds = self.actor_folds
     present = {c.actor for c in known}
     empty = [f for f in range(folds_lib.NUM_FOLDS) if not any(folds[a] == f for a in present)]

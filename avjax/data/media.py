@@ -45,6 +45,7 @@ import io
 import math
 import os
 import zipfile
+import zlib
 from typing import Any, NamedTuple, Union
 
 import av
@@ -150,7 +151,7 @@ def _open(src: Source) -> av.container.InputContainer:
     raise MediaError(src, "file not found") from None
   except KeyError as e:  # a name missing from the zip
     raise MediaError(src, f"not in the archive ({e})") from None
-  except (zipfile.BadZipFile, OSError, av.FFmpegError) as e:
+  except (zipfile.BadZipFile, zlib.error, OSError, UnicodeError, av.FFmpegError) as e:
     raise MediaError(src, f"cannot open: {e}") from None
 
 
@@ -366,11 +367,11 @@ def decode(src: Source, *, audio_path: str | os.PathLike | None = None,
     if not np.any(audio):
       raise MediaError(audio_path or src, f"no audio (all {audio.size} samples are 0)")
     audio_duration = float(audio.size / native_rate)
+    _check_duration(audio_path or src, audio_duration)
     audio = resample(audio, native_rate, options.audio_rate)
 
   duration = video_duration if with_video else audio_duration
-  if duration <= 0:
-    raise MediaError(src, "zero duration")
+  _check_duration(src, duration)
   if (with_video and with_audio and options.max_av_mismatch is not None
       and abs(video_duration - audio_duration) > options.max_av_mismatch):
     raise MediaError(src, f"video lasts {video_duration:.2f} s but audio {audio_duration:.2f} s "
@@ -392,13 +393,15 @@ def read_wav(path: Source) -> tuple[np.ndarray, int]:
   try:
     if isinstance(path, ZipMember):
       data, rate = soundfile.read(io.BytesIO(path.read()), dtype="float32", always_2d=True)
-    else:
-      data, rate = soundfile.read(os.fspath(path), dtype="float32", always_2d=True)  # [M, Ch]
+    else:   # opened here: libsndfile cannot encode every file name Python can open
+      with open(os.fspath(path), "rb") as f:
+        data, rate = soundfile.read(f, dtype="float32", always_2d=True)  # [M, Ch]
   except FileNotFoundError:
     raise MediaError(path, "file not found") from None
   except KeyError as e:  # a name missing from the zip
     raise MediaError(path, f"not in the archive ({e})") from None
-  except (soundfile.LibsndfileError, RuntimeError, OSError, zipfile.BadZipFile) as e:
+  except (soundfile.LibsndfileError, RuntimeError, OSError, zipfile.BadZipFile, zlib.error,
+          UnicodeError) as e:
     if not isinstance(path, ZipMember) and not os.path.exists(path):
       raise MediaError(path, "file not found") from None
     raise MediaError(path, f"cannot read audio: {e}") from None
@@ -424,8 +427,16 @@ def decode_audio(src: Source, *, options: DecodeOptions = DecodeOptions()) -> Cl
   if not np.any(audio):
     raise MediaError(src, f"no audio (all {audio.size} samples are 0)")
   duration = audio.size / native_rate
+  _check_duration(src, duration)
   return Clip(video=None, audio=resample(audio, native_rate, options.audio_rate),
               duration=float(duration), video_duration=None, audio_duration=float(duration))
+
+
+def _check_duration(src: Source, duration: float) -> None:
+  """MediaError for a clip of no length, or too short to resample and window (10 ms)."""
+  if duration < 0.01:
+    raise MediaError(src, "zero duration" if duration <= 0 else
+                     f"too short ({duration * 1000:.2f} ms; a clip needs 10 ms or more)")
 
 
 def resample(audio: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
@@ -433,11 +444,3 @@ def resample(audio: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
   if rate == new_rate:
     return audio.astype(np.float32, copy=False)
   return soxr.resample(audio, rate, new_rate, quality="HQ").astype(np.float32, copy=False)
-
-
-# ----------------------------------------------------------------------------- windows
-
-
-# ----------------------------------------------------------------------------- parallel jobs
-
-

@@ -91,7 +91,8 @@ def _candidates(manual_dir: pathlib.Path, ext: str = ".mp4"):
           f"{archive} is not a readable zip archive ({e}): download it again.\n"
           f"{MANUAL_DOWNLOAD_INSTRUCTIONS}") from None
     for name in sorted(names):
-      yield pathlib.PurePosixPath(name).stem, media.ZipMember(str(archive), name)
+      # Older Windows zip tools write `Actor_01\x.wav`: the stem is after either separator.
+      yield pathlib.PurePosixPath(name.replace("\\", "/")).stem, media.ZipMember(str(archive), name)
 
 
 class Builder(builder_lib.AVBuilder):
