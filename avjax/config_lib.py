@@ -159,7 +159,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.loss.margin = 1.0               # triplet margin on squared Euclidean distances
   c.loss.mse_weight = 1.0           # weight of the audio-video MSE term (gating only)
   c.loss.triplet_weight = 1.0       # weight of the triplet term
-  c.loss.exclude_used = True        # MWTSM; False = plain batch-hard mining (ablation)
+  c.loss.exclude_used = True        # MWTSM; False: no exclusion (batch-hard with 'hardest')
   # Windows wholly past a clip's end (window_valid == 0) take no part in the loss or
   # the miner, the LSTMs pass them unchanged (training, evaluation, predict) and the
   # training noise is not added to the audio padding. False: every window counts as

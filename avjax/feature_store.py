@@ -14,7 +14,7 @@ What is cached, per modality (`run_spec.RunSpec.trunk_inputs`):
 * 'pooled' (`model.trunk='frozen'`): SoundNet-8 conv7 averaged over time, I3D's
   last block (Mixed_5c) averaged over time and space: [C] = [1024] per window;
 * a layer name ('finetune_from:conv4', 'finetune_from:Mixed_4f'): that layer's
-  output map, e.g. [22, 128] for SoundNet conv4 on a 1 s window.
+  output map, e.g. [23, 128] for SoundNet conv4 on a 1 s window.
 BatchNorm in inference mode (stored statistics), centre crop, no augmentation for
 view 0; with `input.cached_views = K`, views 1..K each have one augmentation draw
 (`augment.draw_augmentation(seed, VIEW_STEP + view)`: crop offset, flip,

@@ -89,7 +89,7 @@ def _features(enc, cut: str, variables, x):
 
 
 def feature_shape(config, modality: str, info: Mapping[str, Any]) -> tuple[int, ...]:
-  """The features of one window: (C,) pooled or a layer's map, e.g. (22, 128)."""
+  """The features of one window: (C,) pooled or a layer's map, e.g. (23, 128)."""
   enc, window = encoder(config, modality), _window(config, modality, info)
   variables = jax.eval_shape(functools.partial(enc.init, train=False), jax.random.PRNGKey(0),
                              window)
