@@ -294,7 +294,7 @@ class TrainIterator:
       self._start()
     batch = next(self._box[0])
     if self._num_workers > 0:  # plain arrays, releasing grain's shared-memory buffers now
-      batch = {k: np.array(v) for k, v in batch.items()}
+      batch = jax.tree.map(np.array, batch)   # `aug` is a dict of arrays itself
     self._step += 1
     return batch
 

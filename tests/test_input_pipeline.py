@@ -1,10 +1,12 @@
 """Input pipeline: builders, class-balanced sampler, batch-consistent augmentation,
 evaluation order and padding, resumable iterator state, multi-host slices."""
 
+import copy
 import json
 import tempfile
 
 import grain.python as grain
+import jax
 import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -281,6 +283,27 @@ class InputPipelineTest(parameterized.TestCase):
     self.assertEqual(restored.get_state()["step"], 11)
     with self.assertRaisesRegex(ValueError, "seed"):
       ip.create_train_iterator(self.config, _TRAIN_FOLDS, seed=12).set_state(state)
+
+  def test_worker_processes_give_the_same_batches(self):
+    # input.num_workers > 0: grain's worker processes, whose shared-memory batches are
+    # copied out, the batch's augmentation draws (a dict) included.
+    from absl import flags
+    if not flags.FLAGS.is_parsed():   # grain's workers read its absl flags (main parses them)
+      flags.FLAGS.mark_as_parsed()
+    config = copy.deepcopy(self.config)
+    config.input.num_workers = 1
+    inline = ip.create_train_iterator(self.config, _TRAIN_FOLDS, seed=4)
+    workers = ip.create_train_iterator(config, _TRAIN_FOLDS, seed=4)
+    try:
+      for _ in range(2):
+        want, got = next(inline), next(workers)
+        self.assertEqual(jax.tree.structure(got), jax.tree.structure(want))
+        for path, value in jax.tree_util.tree_leaves_with_path(got):
+          self.assertIsInstance(value, np.ndarray, path)
+          self.assertNotEqual(value.dtype, object, path)
+        jax.tree.map(np.testing.assert_array_equal, got, want)
+    finally:
+      workers.close()
 
   def test_host_slices_concatenate_to_the_global_batch(self):
     single = ip.create_train_iterator(self.config, _TRAIN_FOLDS, seed=5,
