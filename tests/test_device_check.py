@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from unittest import mock
 
 import jax
 from absl.testing import absltest
@@ -70,6 +71,9 @@ class DryRunTest(absltest.TestCase):
     for name, r in self.report["sections"].items():
       self.assertNotIn("error", r, name)
     self.assertTrue(self.report["dry_run"])
+    self.assertTrue(self.report["complete"])
+    self.assertEqual(self.report["xla_mem_fraction"],
+                     os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92"))
     self.assertLess(self.report["total_s"], self.report["budget_s"])
 
   def test_the_data_stack_is_blocked_and_not_needed(self):
@@ -207,6 +211,27 @@ class WheelsTest(absltest.TestCase):
     self.assertAlmostEqual(r["utilisation_of_bf16_peak"], 400 / 989)
     # 10 folds x 100 epochs x 32 steps of 0.1 s.
     self.assertAlmostEqual(r["ravdess_run_hours"], 32_200 * 0.1 / 3600)
+
+  def test_the_report_is_written_after_every_section(self):
+    # A run killed at the device's time limit keeps the sections it measured.
+    snapshots = []
+    fake = {"wall_s": 1.0}
+    with tempfile.TemporaryDirectory() as out, \
+         mock.patch.object(device_check, "_worker", lambda *a, **k: dict(fake)), \
+         mock.patch.object(device_check.benchmark, "run_case_subprocess",
+                           lambda *a, **k: dict(fake)), \
+         mock.patch.object(device_check, "section_max_batch", lambda *a, **k: dict(fake)), \
+         mock.patch.object(device_check, "summary", lambda report: []), \
+         mock.patch.object(device_check, "brief", lambda name, r: ""), \
+         mock.patch.object(device_check.harness, "write_json",
+                           lambda path, report: snapshots.append(
+                               (str(path), list(report["sections"]), report["complete"]))):
+      report = device_check.run(False, 1e5, 2, None, out=out)
+      names = [name for name, _, _ in device_check.SECTIONS]
+      self.assertEqual([s[1] for s in snapshots], [names[:i + 1] for i in range(len(names))])
+      self.assertEqual({s[0] for s in snapshots}, {os.path.join(out, "device_check.json")})
+      self.assertFalse(any(s[2] for s in snapshots))
+      self.assertTrue(report["complete"])
 
   def test_sections_are_skipped_when_time_runs_out(self):
     clock = device_check.Clock(100.0, dry_run=False)
