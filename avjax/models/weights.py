@@ -7,9 +7,10 @@
   'var'}, ...}``).
 
 Both are pickles. They are never opened with plain ``pickle`` nor
-``np.load(allow_pickle=True)``: `restricted_load` admits only the three globals
-numpy needs to rebuild arrays, so a pickle that names anything else (``os.system``,
-``builtins.eval``, ...) is refused before it can run. The source file's sha256 is
+``np.load(allow_pickle=True)``: `restricted_load` admits only the globals numpy needs
+to rebuild arrays (and `_codecs.encode` with latin-1 alone), so a pickle that names
+anything else (``os.system``, ``builtins.eval``, ...) is refused before it can run;
+`flatten` then admits plain numeric arrays only, at most `MAX_WEIGHT_BYTES` in all. The source file's sha256 is
 checked first; the arrays are then written once to ``.npz`` in the cache
 (``$AVJAX_CACHE``, default ``~/.cache/avjax``) next to a ``.sha256`` of that file,
 which is verified on every later load. The packages are located through their
@@ -57,7 +58,8 @@ SOUNDNET8 = WeightSource(
     sha256="7bef691761d00a23b027751bb8e7bdadc603a03f3bbec5574e7cd54c98a850c5",
     npy_wrapped=True)
 
-# The only globals a pickle of plain numpy arrays needs; all are side-effect free.
+# The only globals a pickle of plain numpy arrays needs; all are side-effect free
+# (`_codecs.encode` only with latin-1, `_latin1_encode`).
 _ALLOWED_GLOBALS = frozenset({
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
@@ -72,12 +74,26 @@ class UnsafePickleError(pickle.UnpicklingError):
   """The pickle names a global outside the numpy-array allow-list."""
 
 
+# The weight files hold plain numeric arrays; nothing near this size.
+MAX_WEIGHT_BYTES = 1 << 30
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+  """`_codecs.encode` as protocol-2 pickles use it (array bytes as latin-1 text), and only
+  so: another codec (e.g. 'hex_codec', which doubles its input) is refused."""
+  if encoding.lower().replace("-", "").replace("_", "") != "latin1":
+    raise UnsafePickleError(f"refusing _codecs.encode with codec {encoding!r}: only latin-1")
+  return text.encode("latin-1")
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
 
   def find_class(self, module: str, name: str) -> Any:
     if (module, name) not in _ALLOWED_GLOBALS:
       raise UnsafePickleError(
           f"refusing to load global {module}.{name}: only numpy array reconstruction is allowed")
+    if (module, name) == ("_codecs", "encode"):
+      return _latin1_encode
     return super().find_class(module, name)
 
 
@@ -104,9 +120,17 @@ def load_npy_object(fileobj: BinaryIO) -> Any:
 def flatten(tree: dict) -> dict[str, np.ndarray]:
   """{'a': {'b': x}} -> {'a/b': x}; leaves must be arrays."""
   flat = traverse_util.flatten_dict(tree, sep="/")
+  total = 0
   for path, value in flat.items():
     if not isinstance(value, np.ndarray):
       raise TypeError(f"{path}: expected a numpy array, got {type(value).__name__}")
+    # Checked before any element is read: a crafted dtype (fields at odd offsets) or an
+    # enormous shape must not be touched.
+    if value.dtype.fields is not None or value.dtype.kind not in "biuf":
+      raise TypeError(f"{path}: expected a plain numeric array, got dtype {value.dtype}")
+    total += value.nbytes
+    if total > MAX_WEIGHT_BYTES:
+      raise ValueError(f"{path}: the arrays exceed {MAX_WEIGHT_BYTES} bytes; not a weight file")
   return flat
 
 
@@ -173,9 +197,15 @@ def load(source: WeightSource) -> dict[str, np.ndarray]:
   # Write to a temporary file first so an interrupted conversion never leaves a
   # half-written cache entry that looks complete.
   with tempfile.NamedTemporaryFile(dir=directory, suffix=".npz.tmp", delete=False) as tmp:
-    np.savez(tmp, **flat)
-  tmp_path = pathlib.Path(tmp.name)
+    tmp_path = pathlib.Path(tmp.name)
+    try:
+      np.savez(tmp, **flat)
+    except BaseException:
+      tmp.close()
+      tmp_path.unlink(missing_ok=True)
+      raise
   digest = _sha256(tmp_path)
+  os.chmod(tmp_path, 0o644)    # readable by the other users of a shared cache
   os.replace(tmp_path, npz)
   digest_file.write_text(digest + "\n")
   return flat
