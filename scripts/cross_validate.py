@@ -29,6 +29,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory (one fold_k/ per fold).")
 flags.DEFINE_string("folds", "", "Comma-separated test folds to run (default: config.folds).")
+flags.DEFINE_enum("config_mismatch", "error", ["error", "ok"],
+                  "A workdir trained with another config: 'error' stops before touching "
+                  "anything; 'ok' trains the remaining folds with the new config (as avjax.main).")
 flags.DEFINE_bool("take_over_locks", False,
                   "Also take over the folds whose lock.json names a process of another host "
                   "(for a job requeued elsewhere after its first host died).")
@@ -45,7 +48,8 @@ def main(argv):
       raise app.UsageError(f"--folds must be comma-separated integers, got {FLAGS.folds!r}") from None
     with config.unlocked():
       config.folds = folds
-  train.train_and_evaluate(config, FLAGS.workdir, take_over_locks=FLAGS.take_over_locks)
+  train.train_and_evaluate(config, FLAGS.workdir, config_mismatch=FLAGS.config_mismatch,
+                           take_over_locks=FLAGS.take_over_locks)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,15 @@ class MainTest(absltest.TestCase):
     # absl exits 1 after printing help.
     self.assertIn("--config", out.stdout, out.stderr)
     self.assertIn("--workdir", out.stdout)
+    # scripts/cross_validate.py takes the flags that the errors of both tell users to pass
+    # (--config_mismatch=ok after a config change, --take_over_locks for another host's).
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "cross_validate.py")
+    cv = subprocess.run([sys.executable, script, "--helpfull"], capture_output=True, text=True,
+                        timeout=120)
+    for flag in ("--config_mismatch: <error|ok>", "--[no]take_over_locks", "--folds"):
+      self.assertIn(flag, cv.stdout, cv.stderr)
+      if flag != "--folds":
+        self.assertIn(flag, out.stdout)
 
   def test_missing_flags_fail(self):
     out = subprocess.run([sys.executable, "-m", "avjax.main"], capture_output=True, text=True, timeout=120)
