@@ -284,8 +284,11 @@ def main(argv):
   work = os.path.abspath(FLAGS.workdir)
   os.makedirs(work, exist_ok=True)
   manual = os.path.join(work, "manual")
-  if not os.path.isdir(manual):
-    subprocess.run([sys.executable, os.path.join(FLAGS.samples, "to_wav.py"), manual], check=True)
+  if not os.path.isdir(manual):   # converted aside, then renamed: never half a folder
+    shutil.rmtree(manual + ".partial", ignore_errors=True)
+    subprocess.run([sys.executable, os.path.join(FLAGS.samples, "to_wav.py"),
+                    manual + ".partial"], check=True)
+    os.replace(manual + ".partial", manual)
   out_path = os.path.join(work, "ablation.json")
   rows = json.load(open(out_path)) if os.path.isfile(out_path) else {}
   trunk_tag = FLAGS.trunk.replace(":", "_").replace("+", "_")
