@@ -398,7 +398,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "input.cache_on_device must be True (or 'auto' for a cached trunk)")
   if group != 1 and not derived.cached and config.input.cache_on_device is not True:
     fail("train.parallel_folds", "with model.trunk='finetune' the media of every fold are "
-         "held on the device: set input.cache_on_device=True (RAVDESS video: about 12 GB)")
+         "held on the device: set input.cache_on_device=True (RAVDESS with video: about 12 GB)")
   if not derived.cached and config.input.cached_views:
     fail("input.cached_views", "is for the cached-feature trunks (model.trunk 'frozen' or "
          "'finetune_from:...'); with 'finetune' the media are augmented at every step")
