@@ -42,7 +42,9 @@ by the next one; a write the file system refuses raises `errors.StorageError`.
 `<root>` is `$AVJAX_CACHE/features` when AVJAX_CACHE is set, else
 `<TFDS data_dir>/avjax_features`. The key holds everything the features depend
 on: the dataset, builder config and version, each fold split's clip count, bytes
-and shard lengths (a rebuilt dataset gets a new store), the modality and the cut,
+and shard lengths, and the records' sha256 that the real-data builders record
+(`info.metadata['content']`; a rebuild from other files gets a new store even
+when every size is the same), the modality and the cut,
 the pretrained weights' sha256 (or the seed of random weights), the encoder's
 width, last block and dtype, the crop size, and the views with their
 augmentation fields. A change of any of them makes another directory, so a stale

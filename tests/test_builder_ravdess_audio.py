@@ -7,6 +7,8 @@ extra chunks, some inside an `Audio_Speech_Actors_01-24.zip` laid out like the
 official one, so that every fold has clips.
 """
 
+import contextlib
+import io
 import pathlib
 import shutil
 import tempfile
@@ -191,6 +193,63 @@ class RavdessAudioOnlyTest(builder_base.BuilderTestCase):
     builder = lib.Builder(config="audio_w2_l1_ov", data_dir=self.root / "data_none", num_workers=1)
     with self.assertRaisesRegex(builder_lib.ManualDirError, "Audio_Speech_Actors_01-24.zip"):
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
+
+
+class ContentDigestTest(absltest.TestCase):
+
+  def test_record_digest_sees_values_dtypes_and_shapes(self):
+    x = np.arange(6, dtype=np.float32)
+    base = {"audio": x, "label": 3, "clip_id": "a", "video": clip_records.ZlibVideo(b"zz")}
+    digest = builder_lib.record_digest(base)
+    self.assertEqual(builder_lib.record_digest(dict(reversed(list(base.items())))), digest)
+    changed = x.copy()
+    changed[2] += 1
+    for what, other in [("one sample", {**base, "audio": changed}),
+                        ("shape", {**base, "audio": x.reshape(2, 3)}),
+                        ("dtype, same bytes", {**base, "audio": x.view(np.int32)}),
+                        ("label", {**base, "label": 4}), ("text", {**base, "clip_id": "b"}),
+                        ("compressed video", {**base, "video": clip_records.ZlibVideo(b"zy")}),
+                        ("field name", {("audio2" if k == "audio" else k): v
+                                        for k, v in base.items()})]:
+      self.assertNotEqual(builder_lib.record_digest(other), digest, what)
+    digests = {"a": "1", "b": "2"}
+    self.assertEqual(builder_lib.content_digest(digests),
+                     builder_lib.content_digest(dict(reversed(list(digests.items())))))
+    self.assertNotEqual(builder_lib.content_digest(digests),
+                        builder_lib.content_digest({"a": "2", "b": "1"}))
+
+  def test_same_size_rebuild_from_other_files_gets_another_feature_store(self):
+    # One WAV replaced by another of the same length and format: every split's size,
+    # bytes and shard lengths stay, so only the records' digest tells the builds apart.
+    from avjax import config_lib
+    from avjax import config_tokens
+    from avjax.data import feature_cache
+    root = pathlib.Path(tempfile.mkdtemp())
+    self.addCleanup(shutil.rmtree, root, ignore_errors=True)
+    wav = root / "manual" / "Actor_01" / _wav_name(3, 1)
+    config = config_tokens.apply_args(config_lib.get_base_config(), "audio_global")
+    config_tokens.set_dataset(config, "ravdess")
+    config.dataset.config, config.model.trunk = "w2_l1_ov", "frozen"
+    download = tfds.download.DownloadConfig(
+        manual_dir=root / "manual", download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS)
+    splits, contents, keys, paths = [], [], [], []
+    for emotion in (3, 4):
+      dummy_media.write_riff_wav(wav, _generated(1, emotion), RATE)
+      with contextlib.redirect_stdout(io.StringIO()):
+        builder_lib.prepare(lib.Builder(config="audio_w2_l1_ov", data_dir=root / "data",
+                                        num_workers=1, allow_missing_folds=True),
+                            download, overwrite=True)
+      builder = lib.Builder(config="audio_w2_l1_ov", data_dir=root / "data")   # as read back
+      splits.append({k: (v.num_examples, v.num_bytes, list(v.shard_lengths))
+                     for k, v in builder.info.splits.items()})
+      contents.append(builder.info.metadata["content"])
+      keys.append(feature_cache.store_key(config, builder, "audio"))
+      paths.append(feature_cache.store_path(config, builder, "audio"))
+    self.assertEqual(splits[0], splits[1])
+    self.assertRegex(contents[0], "^[0-9a-f]{64}$")
+    self.assertNotEqual(contents[0], contents[1])
+    self.assertEqual(keys[0]["content"], contents[0])
+    self.assertNotEqual(paths[0], paths[1])
 
 
 class MediaAudioOnlyTest(absltest.TestCase):

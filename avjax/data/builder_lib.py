@@ -22,6 +22,9 @@ which lists the clips and the files it had to reject. Everything else is here:
   cannot be used is skipped, never silently: its file and reason go into the
   dataset's metadata (`info.metadata['skipped']`, a list of {file, reason})
   and a summary is printed at the end.
+* `info.metadata['content']` is a sha256 of every record written (`content_digest`),
+  so that what is cached from the records (avjax.feature_store) can tell a rebuild
+  from other sources apart even when every size is the same.
 * Splits `fold0` ... `fold9`, array_record files, no TensorFlow. TFDS writes
   into an `incomplete.*` directory and renames it only when everything is
   written, so an interrupted build never looks prepared. `prepare` (used by
@@ -33,12 +36,14 @@ which lists the clips and the files it had to reject. Everything else is here:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import pathlib
 import shutil
 import sys
 from typing import Any, Iterator, Mapping, Sequence
 
+import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 from etils import epath
@@ -143,6 +148,32 @@ def builder_configs(dataset: str) -> list[tfds.core.BuilderConfig]:
           for n in registry.builder_config_names(dataset)]
 
 
+def record_digest(record: Mapping[str, Any]) -> str:
+  """sha256 of a record's fields: their names, dtypes, shapes and bytes (a video
+  compressed in the worker, `clip_records.ZlibVideo`, by its compressed bytes)."""
+  h = hashlib.sha256()
+  for name in sorted(record):
+    value = record[name]
+    if isinstance(value, str):
+      value = value.encode()
+    if isinstance(value, bytes):
+      head, data = "bytes", value
+    else:
+      a = np.ascontiguousarray(value)
+      head, data = f"{a.dtype.str}{a.shape}", a.tobytes()
+    h.update(f"{name}\0{head}\0{len(data)}\0".encode())
+    h.update(data)
+  return h.hexdigest()
+
+
+def content_digest(digests: Mapping[str, str]) -> str:
+  """One sha256 of {record key: record_digest}, whatever order the records came in."""
+  h = hashlib.sha256()
+  for key in sorted(digests):
+    h.update(f"{key}\0{digests[key]}\n".encode())
+  return h.hexdigest()
+
+
 @dataclasses.dataclass(frozen=True)
 class ClipEntry:
   """One clip found in the manual_dir."""
@@ -216,6 +247,7 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._options = decode_options or media.DecodeOptions()
     self._clips: list[ClipEntry] | None = None
     self._skipped: list[dict[str, str]] = []
+    self._digests: dict[str, str] = {}
     self._missing_actors: list[int] = []
     self._progress = None
     self._jobs: dict[int, list[clip_records.ClipJob]] = {}
@@ -265,7 +297,7 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             window_length=spec.length, window_overlap=spec.overlap,
             center_crop=o.center_crop, interpolation=o.interpolation,
             max_av_mismatch=o.max_av_mismatch, audio_only=self.audio_only,
-            skipped=[], missing_actors=[], missing_folds=[]),
+            skipped=[], missing_actors=[], missing_folds=[], content=""),
     )
 
   def _manual_dir(self, download_dir, download_config) -> pathlib.Path:
@@ -331,6 +363,7 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     print(self.summary(), flush=True)
 
   def _download_and_prepare(self, dl_manager, download_config):
+    self._digests = {}
     try:
       super()._download_and_prepare(dl_manager, download_config)
     finally:
@@ -344,6 +377,7 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     meta["skipped"] = sorted(self._skipped, key=lambda s: (s["file"], s["reason"]))
     meta["missing_actors"] = list(self._missing_actors)
     meta["missing_folds"] = list(self._missing_folds)
+    meta["content"] = content_digest(self._digests)
 
   def check_manual_dir(self, download_config=None) -> None:
     """Scans the manual_dir now (ManualDirError when unusable); the build uses the scan."""
@@ -428,6 +462,7 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         tqdm.tqdm.write(f"skipped {files[key]}: {reason}")
         continue
       written += 1
+      self._digests[key] = record_digest(record)
       yield key, record
     if not written:
       raise RuntimeError(

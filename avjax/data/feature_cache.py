@@ -73,6 +73,9 @@ def store_key(config, builder, modality: str) -> dict[str, Any]:
       "width": float(m.video_width if modality == "video" else m.audio_width),
       "views": int(config.input.cached_views),
   }
+  content = (getattr(builder.info, "metadata", None) or {}).get("content")
+  if content:   # the records' sha256 (builder_lib); builds before it have none
+    key["content"] = str(content)
   if modality == "audio" and key["endpoint"] == "pooled" and (
       m.audio_head_layer, m.audio_head_stats) != ("conv7", "mean"):
     # Only when not the default, so that the stores written before it stay valid.
