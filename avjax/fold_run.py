@@ -159,7 +159,6 @@ def prepare(config, fold_dir: str, test_fold: int, mesh, *,
   repl, _ = parallel.shardings(mesh)
   train_on, val_fold = tfds_access.split_folds(config, test_fold)
   on_device = dataset is not None or device_data.use_device(config, train_on)
-  parallel.check_padding(config.model.freeze_bn, spec.batch_size)
   steps_per_epoch = tfds_access.steps_per_epoch(config, train_on)
   total_steps = tfds_access.total_steps(config, train_on)
 

@@ -6,9 +6,9 @@ One `Mesh` with a `data` axis over all devices (all hosts). Batches are global
 arrays sharded on `data`; train state and model variables are replicated. A
 batch that does not divide the device count (CREMA-D's 30 clips on 4 devices)
 is padded with masked copies of its first clip (`pad_batch`); the loss, its
-gradients, the metrics and evaluation ignore them (BatchNorm batch statistics
-would see them: padding a training batch needs model.freeze_bn=True,
-`check_padding`).
+gradients, the metrics, evaluation and the model's batch statistics (BatchNorm with
+freeze_bn=False, the centred heads) ignore them (`steps.train_step` passes the mask
+to the model).
 
 Needs only jax and numpy: the train step and the models run without the data
 stack (tensorflow-datasets, grain, PyAV, soxr).
@@ -90,17 +90,6 @@ def pad_batch(batch: dict, multiple: int) -> dict:
   mask = np.asarray(batch.get("mask", np.ones(b, bool)), bool)
   out["mask"] = np.concatenate([mask, np.zeros(pad, bool)])
   return out
-
-
-def check_padding(freeze_bn: bool, batch_size: int) -> None:
-  """Padding a training batch of `batch_size` for this host's devices needs frozen BatchNorm."""
-  local = batch_size // jax.process_count()
-  if local % jax.local_device_count() and not freeze_bn:
-    raise ValueError(
-        f"the training batch ({batch_size} = clips_per_class x classes, {local} per host) is padded "
-        f"to a multiple of the {jax.local_device_count()} local devices, but "
-        "config.model.freeze_bn=False: BatchNorm batch statistics would include the padding. "
-        "Set model.freeze_bn=True, or change clips_per_class or the device count.")
 
 
 def to_global_step_input(inputs: dict, *, data_sharding: NamedSharding,

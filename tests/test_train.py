@@ -33,6 +33,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def run_steps(config, mesh, batches):
   """(initial params, final params, per-step metrics) of `batches` from PRNGKey(0)."""
+  before, state, metrics = run_steps_state(config, mesh, batches)
+  return before, jax.device_get(state.params), metrics
+
+
+def run_steps_state(config, mesh, batches):
+  """(initial params, final train state, per-step metrics) of `batches` from PRNGKey(0)."""
   repl, data = parallel.shardings(mesh)
   model = gating.create_model(config.model)
   state = train_state.create_train_state(config, model, batches[0], jax.random.PRNGKey(0), repl)
@@ -42,7 +48,7 @@ def run_steps(config, mesh, batches):
   for b in batches:
     state, m = step(state, parallel.to_global(b, data))
     metrics.append({k: float(v) for k, v in m.items()})
-  return before, jax.device_get(state.params), metrics
+  return before, state, metrics
 
 
 def mesh_of(devices: int):
@@ -95,20 +101,30 @@ class TrainStepTest(absltest.TestCase):
     self.assertTrue(np.isfinite(m4[1]["loss"]))
 
   def test_padded_batch_matches_unpadded(self):
-    """A batch of 6 on 4 devices (padded to 8, masked) trains like 6 on 1 device."""
+    """A batch of 6 on 4 devices (padded to 8, masked) trains like 6 on 1 device, with
+    BatchNorm on batch statistics (freeze_bn=False): its running statistics too."""
     config = audio_config(num_classes=3, clips_per_class=2)
-    config.model.freeze_bn = True
-    # The default centred audio head takes the batch mean in training: the padding
-    # copies must not enter it (they did before the step masked the model's statistics).
+    config.model.freeze_bn = False
+    # The default centred audio head takes the batch mean in training, and every
+    # BatchNorm of SoundNet its batch's moments: the padding copies must enter neither
+    # (they did before the step masked the model's statistics).
     self.assertTrue(config.model.center_audio_head)
     batches = [tiny_batch(config, seed) for seed in range(2)]
     padded = [parallel.pad_batch(b, 4) for b in batches]
     self.assertEqual(padded[0]["video"].shape[0], 8)
     np.testing.assert_array_equal(padded[0]["mask"], [True] * 6 + [False] * 2)
     self.assertNotIn("mask", parallel.pad_batch(batches[0], 3))
-    _, _, m4 = run_steps(config, mesh_of(4), padded)
-    _, _, m1 = run_steps(config, mesh_of(1), batches)
+    _, s4, m4 = run_steps_state(config, mesh_of(4), padded)
+    _, s1, m1 = run_steps_state(config, mesh_of(1), batches)
     assert_same_training(self, history(m4), history(m1))
+    stats4, stats1 = jax.device_get(s4.batch_stats), jax.device_get(s1.batch_stats)
+    self.assertGreater(len(jax.tree.leaves(stats1)), 2)   # SoundNet's BatchNorms and the head's
+    init = jax.device_get(train_state.create_train_state(
+        config, gating.create_model(config.model), batches[0], jax.random.PRNGKey(0),
+        parallel.shardings(mesh_of(1))[0]).batch_stats)
+    jax.tree.map(lambda a, b, c: (self.assertFalse(np.allclose(b, c)),
+                                  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)),
+                 stats4, stats1, init)
     # Without the mask the copies would count: the loss differs. (An all-True mask is
     # the same as no mask, and keeps the batch's structure, so the step is not
     # compiled again.)

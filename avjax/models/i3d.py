@@ -235,7 +235,7 @@ class I3D(nn.Module):
     mode are computed over the clips where it is True only (padded windows)."""
     if self.center_head and self.logits_pool != "global":
       raise ValueError("I3D.center_head needs logits_pool='global'")
-    center = lambda v: conv.Centering(momentum=self.bn_momentum, name="HeadCentering")(
+    center = lambda v: conv.Centering(name="HeadCentering")(
         v, use_running_average=not train, mask=sample_mask) if self.center_head else v
     if self.final_endpoint not in ENDPOINTS:
       raise ValueError(f"I3D.final_endpoint: {self.final_endpoint!r} is not one of {ENDPOINTS}")

@@ -240,7 +240,7 @@ class SoundNet8(nn.Module):
   def _head(self, pooled: jax.Array, endpoints: dict, *, train: bool,
             sample_mask: jax.Array | None) -> tuple[jax.Array, dict[str, jax.Array]]:
     if self.center_head:
-      pooled = conv.Centering(momentum=self.bn_momentum, name="HeadCentering")(
+      pooled = conv.Centering(name="HeadCentering")(
           pooled, use_running_average=not train, mask=sample_mask)
     emb = nn.Dense(self.embed_dim, dtype=self.dtype, param_dtype=jnp.float32,
                    name="Embedding")(pooled.astype(self.dtype))  # [N, D]
