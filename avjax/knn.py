@@ -85,6 +85,12 @@ def knn_votes(train_emb, train_labels, query_emb, k: int = 15, num_classes: int 
                      f"{train_labels.shape}")
   if not np.issubdtype(train_labels.dtype, np.integer):
     raise ValueError(f"knn: train_labels must be integers, got dtype {train_labels.dtype}")
+  for what, emb in (("reference", train_emb), ("query", query_emb)):
+    bad = ~np.isfinite(emb).all(axis=1)
+    if bad.any():   # top_k would rank a NaN distance nearest
+      raise ValueError(f"knn: {int(bad.sum())} of {len(emb)} {what} embeddings are not finite "
+                       f"(NaN or inf; first at row {int(np.argmax(bad))}): the model diverged "
+                       "or a checkpoint is damaged")
   num_refs = len(train_emb)
   if not 1 <= k <= num_refs:
     raise ValueError(f"knn: k = {k} needs 1 <= k <= number of references ({num_refs})")

@@ -264,7 +264,7 @@ def load_fold(fold_dir: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 def fold_dirs(workdir: str) -> list[str]:
   """`workdir/fold_{k}` directories with a finished evaluation, sorted by k."""
   found = []
-  for path in glob.glob(os.path.join(workdir, "fold_*")):
+  for path in glob.glob(os.path.join(glob.escape(workdir), "fold_*")):   # `[` in a name
     fold = workdir_lib.fold_of_dir(path)
     if fold is None or not os.path.isdir(path):
       continue

@@ -251,7 +251,7 @@ def run_summary(run_dir: str) -> dict:
   per_fold = [r["accuracy"] for r in doc["rows"] if r["modality"] == "AO"
               and r["gate"] == doc["num_windows"]]
   last, first, curves = {}, {}, []
-  for path in sorted(glob.glob(os.path.join(run_dir, "fold_*", "metrics.jsonl"))):
+  for path in sorted(glob.glob(os.path.join(glob.escape(run_dir), "fold_*", "metrics.jsonl"))):
     records = [json.loads(l) for l in open(path)]
     lines = [r for r in records if "loss" in r]
     curves.append([[r["step"], round(r["validation_accuracy"], 4)] for r in records

@@ -85,7 +85,7 @@ def main(argv):
   from avjax import workdir as workdir_lib
   work = os.path.abspath(FLAGS.workdir)
   wavs = {os.path.splitext(os.path.basename(p))[0]: p
-          for p in glob.glob(os.path.join(FLAGS.manual_dir, "**", "*.wav"), recursive=True)}
+          for p in glob.glob(os.path.join(glob.escape(FLAGS.manual_dir), "**", "*.wav"), recursive=True)}
   banked = [f for f in workdir_lib.load_config(work).folds if os.path.isfile(
       os.path.join(workdir_lib.fold_dir(work, f), workdir_lib.REFERENCE_BANK))]
   folds = [int(f) for f in FLAGS.folds] or banked

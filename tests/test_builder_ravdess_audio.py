@@ -200,8 +200,8 @@ class ContentDigestTest(absltest.TestCase):
   def test_record_digest_sees_values_dtypes_and_shapes(self):
     x = np.arange(6, dtype=np.float32)
     base = {"audio": x, "label": 3, "clip_id": "a", "video": clip_records.ZlibVideo(b"zz")}
-    digest = builder_lib.record_digest(base)
-    self.assertEqual(builder_lib.record_digest(dict(reversed(list(base.items())))), digest)
+    digest = clip_records.record_digest(base)
+    self.assertEqual(clip_records.record_digest(dict(reversed(list(base.items())))), digest)
     changed = x.copy()
     changed[2] += 1
     for what, other in [("one sample", {**base, "audio": changed}),
@@ -211,12 +211,12 @@ class ContentDigestTest(absltest.TestCase):
                         ("compressed video", {**base, "video": clip_records.ZlibVideo(b"zy")}),
                         ("field name", {("audio2" if k == "audio" else k): v
                                         for k, v in base.items()})]:
-      self.assertNotEqual(builder_lib.record_digest(other), digest, what)
+      self.assertNotEqual(clip_records.record_digest(other), digest, what)
     digests = {"a": "1", "b": "2"}
-    self.assertEqual(builder_lib.content_digest(digests),
-                     builder_lib.content_digest(dict(reversed(list(digests.items())))))
-    self.assertNotEqual(builder_lib.content_digest(digests),
-                        builder_lib.content_digest({"a": "2", "b": "1"}))
+    self.assertEqual(clip_records.content_digest(digests),
+                     clip_records.content_digest(dict(reversed(list(digests.items())))))
+    self.assertNotEqual(clip_records.content_digest(digests),
+                        clip_records.content_digest({"a": "2", "b": "1"}))
 
   def test_same_size_rebuild_from_other_files_gets_another_feature_store(self):
     # One WAV replaced by another of the same length and format: every split's size,

@@ -290,6 +290,9 @@ class GeneratedFilesTest(parameterized.TestCase):
     dummy_media.write_wav(d / "empty.wav", seconds=0)
     soundfile.write(str(d / "silent.wav"), np.zeros(8000, np.int16), 16000, subtype="PCM_16")
     dummy_media.write_wav(d / "long.wav", seconds=3.0)
+    nan = np.full(8000, 0.1, np.float32)
+    nan[[5, 700]] = np.nan, np.inf
+    soundfile.write(str(d / "nan.wav"), nan, 16000, subtype="FLOAT")
     cases = [
         (d / "missing.mp4", {}, "file not found"),
         (d / "garbage.mp4", {}, "cannot open"),
@@ -299,6 +302,7 @@ class GeneratedFilesTest(parameterized.TestCase):
         (self.mp4, {"audio_path": d / "empty.wav"}, "no audio samples"),
         (self.mp4, {"audio_path": d / "silent.wav"}, "all 8000 samples are 0"),
         (self.mp4, {"audio_path": d / "nowhere.wav"}, "file not found"),
+        (self.mp4, {"audio_path": d / "nan.wav"}, "2 of 8000 audio samples are NaN or inf"),
         (d / "noaudio.mp4", {"audio_path": d / "long.wav"}, "video lasts 0.50 s but audio 3.00 s"),
     ]
     for path, kwargs, reason in cases:
@@ -306,6 +310,8 @@ class GeneratedFilesTest(parameterized.TestCase):
         media.decode(path, **kwargs)
       self.assertIn(reason, cm.exception.reason)
       self.assertIn(pathlib.Path(cm.exception.path).name, str(cm.exception))
+    with self.assertRaisesRegex(media.MediaError, "nan.wav.*2 of 8000 audio samples"):
+      media.decode_audio(d / "nan.wav")   # the audio-only records' path
     # MediaError crosses process boundaries intact (the builders' worker pool).
     e = pickle.loads(pickle.dumps(media.MediaError("a.flv", "no video frames")))
     self.assertEqual((e.path, e.reason), ("a.flv", "no video frames"))

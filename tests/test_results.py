@@ -343,6 +343,17 @@ class WriteResultsTest(absltest.TestCase):
       with self.assertRaisesRegex(ValueError, "batch_all_epochs"):
         report.write_results(d)
 
+  def test_workdir_name_with_glob_characters(self):
+    # `ao[1]` as a pattern matches `ao1`: the folds must come from the workdir itself.
+    with tempfile.TemporaryDirectory() as root:
+      workdir, sibling = os.path.join(root, "ao[1]"), os.path.join(root, "ao1")
+      two_fold_workdir(workdir)
+      write_fake_fold(sibling, 3, LABELS0, CORRECT0)
+      self.assertEqual(results.fold_dirs(workdir),
+                       [os.path.join(workdir, "fold_0"), os.path.join(workdir, "fold_1")])
+      doc = results.load_results(report.write_results(workdir)[0])
+    self.assertEqual([f["fold"] for f in doc["folds"]], [0, 1])
+
   def test_no_folds_raises(self):
     with tempfile.TemporaryDirectory() as d:
       with self.assertRaises(FileNotFoundError):

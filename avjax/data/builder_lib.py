@@ -22,7 +22,7 @@ which lists the clips and the files it had to reject. Everything else is here:
   cannot be used is skipped, never silently: its file and reason go into the
   dataset's metadata (`info.metadata['skipped']`, a list of {file, reason})
   and a summary is printed at the end.
-* `info.metadata['content']` is a sha256 of every record written (`content_digest`),
+* `info.metadata['content']` is a sha256 of every record written (`clip_records.content_digest`),
   so that what is cached from the records (avjax.feature_store) can tell a rebuild
   from other sources apart even when every size is the same.
 * Splits `fold0` ... `fold9`, array_record files, no TensorFlow. TFDS writes
@@ -36,14 +36,12 @@ which lists the clips and the files it had to reject. Everything else is here:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import pathlib
 import shutil
 import sys
 from typing import Any, Iterator, Mapping, Sequence
 
-import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 from etils import epath
@@ -146,32 +144,6 @@ def describe(name: str, options: media.DecodeOptions = media.DecodeOptions()) ->
 def builder_configs(dataset: str) -> list[tfds.core.BuilderConfig]:
   return [tfds.core.BuilderConfig(name=n, description=describe(n))
           for n in registry.builder_config_names(dataset)]
-
-
-def record_digest(record: Mapping[str, Any]) -> str:
-  """sha256 of a record's fields: their names, dtypes, shapes and bytes (a video
-  compressed in the worker, `clip_records.ZlibVideo`, by its compressed bytes)."""
-  h = hashlib.sha256()
-  for name in sorted(record):
-    value = record[name]
-    if isinstance(value, str):
-      value = value.encode()
-    if isinstance(value, bytes):
-      head, data = "bytes", value
-    else:
-      a = np.ascontiguousarray(value)
-      head, data = f"{a.dtype.str}{a.shape}", a.tobytes()
-    h.update(f"{name}\0{head}\0{len(data)}\0".encode())
-    h.update(data)
-  return h.hexdigest()
-
-
-def content_digest(digests: Mapping[str, str]) -> str:
-  """One sha256 of {record key: record_digest}, whatever order the records came in."""
-  h = hashlib.sha256()
-  for key in sorted(digests):
-    h.update(f"{key}\0{digests[key]}\n".encode())
-  return h.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,7 +349,7 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     meta["skipped"] = sorted(self._skipped, key=lambda s: (s["file"], s["reason"]))
     meta["missing_actors"] = list(self._missing_actors)
     meta["missing_folds"] = list(self._missing_folds)
-    meta["content"] = content_digest(self._digests)
+    meta["content"] = clip_records.content_digest(self._digests)
 
   def check_manual_dir(self, download_config=None) -> None:
     """Scans the manual_dir now (ManualDirError when unusable); the build uses the scan."""
@@ -462,7 +434,7 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         tqdm.tqdm.write(f"skipped {files[key]}: {reason}")
         continue
       written += 1
-      self._digests[key] = record_digest(record)
+      self._digests[key] = clip_records.record_digest(record)
       yield key, record
     if not written:
       raise RuntimeError(

@@ -1,11 +1,13 @@
 """A clip's record: its decoded windows cut (`cut_windows`, `make_record`), and the jobs
-that make records in worker processes (`ClipJob`, `run_job`, `Scheduler`)."""
+that make records in worker processes (`ClipJob`, `run_job`, `Scheduler`), and the
+records' sha256 (`record_digest`, `content_digest`)."""
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
 import dataclasses
+import hashlib
 import multiprocessing
 import os
 import zlib
@@ -52,6 +54,32 @@ class ZlibVideo(bytes):
   @classmethod
   def encode(cls, video: np.ndarray) -> "ZlibVideo":
     return cls(zlib.compress(np.ascontiguousarray(video, dtype=np.uint8).tobytes()))
+
+
+def record_digest(record: Mapping[str, Any]) -> str:
+  """sha256 of a record's fields: their names, dtypes, shapes and bytes (a video
+  compressed in the worker, `clip_records.ZlibVideo`, by its compressed bytes)."""
+  h = hashlib.sha256()
+  for name in sorted(record):
+    value = record[name]
+    if isinstance(value, str):
+      value = value.encode()
+    if isinstance(value, bytes):
+      head, data = "bytes", value
+    else:
+      a = np.ascontiguousarray(value)
+      head, data = f"{a.dtype.str}{a.shape}", a.tobytes()
+    h.update(f"{name}\0{head}\0{len(data)}\0".encode())
+    h.update(data)
+  return h.hexdigest()
+
+
+def content_digest(digests: Mapping[str, str]) -> str:
+  """One sha256 of {record key: record_digest}, whatever order the records came in."""
+  h = hashlib.sha256()
+  for key in sorted(digests):
+    h.update(f"{key}\0{digests[key]}\n".encode())
+  return h.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)

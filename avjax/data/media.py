@@ -131,7 +131,6 @@ class Clip:
 
 # ----------------------------------------------------------------------------- opening
 
-
 # FFmpeg demuxers of still images (and image sequences): such a file is not a clip.
 _IMAGE_DEMUXERS = ("image2", "image2pipe", "apng", "gif", "webp")
 
@@ -162,7 +161,6 @@ def _stream_time(frame, stream) -> float | None:
 
 
 # ----------------------------------------------------------------------------- video
-
 
 class _Resizer:
   """Source frame -> [H, W, 3] uint8 at the output size, done by FFmpeg.
@@ -364,8 +362,7 @@ def decode(src: Source, *, audio_path: str | os.PathLike | None = None,
       audio = np.concatenate(audio_chunks)
     if audio.size == 0:
       raise MediaError(audio_path or src, "no audio samples")
-    if not np.any(audio):
-      raise MediaError(audio_path or src, f"no audio (all {audio.size} samples are 0)")
+    _check_samples(audio_path or src, audio)
     audio_duration = float(audio.size / native_rate)
     _check_duration(audio_path or src, audio_duration)
     audio = resample(audio, native_rate, options.audio_rate)
@@ -381,7 +378,6 @@ def decode(src: Source, *, audio_path: str | os.PathLike | None = None,
 
 
 # ----------------------------------------------------------------------------- audio
-
 
 def read_wav(path: Source) -> tuple[np.ndarray, int]:
   """Reads a WAV (any extra RIFF chunks skipped) as mono float32 [M] and its rate.
@@ -424,12 +420,19 @@ def decode_audio(src: Source, *, options: DecodeOptions = DecodeOptions()) -> Cl
   if not _is_wav(src):
     return decode(src, options=options, with_video=False)
   audio, native_rate = read_wav(src)
-  if not np.any(audio):
-    raise MediaError(src, f"no audio (all {audio.size} samples are 0)")
+  _check_samples(src, audio)
   duration = audio.size / native_rate
   _check_duration(src, duration)
   return Clip(video=None, audio=resample(audio, native_rate, options.audio_rate),
               duration=float(duration), video_duration=None, audio_duration=float(duration))
+
+
+def _check_samples(src: Source, audio: np.ndarray) -> None:
+  """MediaError for audio that is all zeros, or holds NaN or inf (a float WAV can)."""
+  bad = int(np.sum(~np.isfinite(audio)))
+  if bad or not np.any(audio):
+    raise MediaError(src, f"{bad} of {audio.size} audio samples are NaN or inf" if bad
+                     else f"no audio (all {audio.size} samples are 0)")
 
 
 def _check_duration(src: Source, duration: float) -> None:
