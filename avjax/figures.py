@@ -15,8 +15,10 @@ Read from `<workdir>/fold_k/{predictions.npz, fold_info.json}` (see avjax/result
   against negative emotions (a clip counts as right when its exact class is
   predicted), mean ± std over folds, for one modality (AV by default). Groups
   default to RAVDESS's (calm, happy / sad, angry, fearful, Sec. V-E); datasets
-  lacking those class names are skipped with a log line unless groups are given
-  (e.g. `POSITIVE_NEGATIVE_CREMA_D`).
+  lacking those class names are skipped with a log line unless groups are given.
+  Training passes the config's (`eval.positive_classes`, `eval.negative_classes`):
+  CREMA-D's, `POSITIVE_NEGATIVE_CREMA_D`, are not in the paper, which plots RAVDESS
+  only; the legend names each group's classes.
 * Fig. 6 `fig6_confusion.png`: confusion matrices at the last gate, counts summed
   over folds then row-normalised (rows true class), one panel per modality.
 
