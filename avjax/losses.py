@@ -21,10 +21,12 @@ loss.triplet_weight, margin = loss.margin, MWTSM on/off = loss.exclude_used.
 Variants (config.model.variant):
 * 'lstm': each modality's LSTM trained on its own: the triplet term at the LAST
   gate only, no MSE. With a single window MWTSM has no earlier window to
-  exclude triplets from, so it reduces to batch-hard mining.
-* 'global': one window at the clip's middle, no LSTM: the triplet term on the
-  gate embedding (= the encoder embedding), no MSE. If given several windows
-  they are averaged as above (MWTSM across them); with one it is batch-hard.
+  exclude triplets from, so it reduces to batch-hard mining (with
+  `negatives='semihard'`: the hardest semi-hard triplet of each anchor).
+* 'global': one window (the dataset's global windowing), no LSTM: the triplet term on
+  the gate embedding (= the encoder embedding), no MSE. If given several windows
+  they are averaged as above (MWTSM across them); with one it is batch-hard (or
+  semi-hard, as for 'lstm').
 * Single modality ('audio' or 'video', only with 'lstm' / 'global'): only that
   modality's hinges, divided by N instead of 2N (generally by M N).
 
@@ -58,8 +60,12 @@ real clips, that had no valid triplet). To watch for collapse, per modality m:
 'distance_m' (the mean distance between the distinct real clips of a window, in
 the loss's distance, over the windows the loss sees) and 'zero_hinge_m' (the
 fraction of its mined triplets whose hinge is 0, i.e. already satisfy the margin).
-A loss pinned at the margin with every triplet active and 'distance_m' near 0 is
-a collapsed embedding (every clip at one point).
+During a batch-all warm-up 'active_triplets', 'zero_hinge_m' and
+'no_triplet_anchors' describe the triplets the loss takes then, every valid one.
+'distance_m' near 0 is a collapsed embedding (every clip at one point); the loss
+then sits at the margin with every triplet active under 'hardest' negatives and
+during the warm-up, while semi-hard mining finds no triplet at all
+('no_triplet_anchors' near 1, the triplet term near 0).
 
 Options beside the paper's reading (`config.loss`): `distance` 'euclidean'
 (non-squared distances in the miner's score and the hinges, as Hermans et al.
@@ -153,6 +159,17 @@ def batch_all_hinges(embeddings: jax.Array, labels: jax.Array, anchors: jax.Arra
   return jnp.sum(hinge), jnp.sum((hinge > 0) & ok), jnp.sum(ok)
 
 
+def _anchors_without_triplet(labels: jax.Array, anchors: jax.Array) -> jax.Array:
+  """The real anchor slots ([T, N] float `anchors`) with no valid triplet at all: no other
+  real clip of their class, or none of another class, at that window."""
+  real = anchors > 0
+  same = labels[:, None] == labels[None, :]
+  other = ~jnp.eye(labels.shape[0], dtype=bool)
+  has_pos = jnp.any(real[:, None, :] & (same & other)[None], axis=-1)   # [T, N]
+  has_neg = jnp.any(real[:, None, :] & ~same[None], axis=-1)
+  return jnp.sum(real & ~(has_pos & has_neg))
+
+
 def mean_pair_distance(embeddings: jax.Array, anchors: jax.Array, distance: str) -> jax.Array:
   """The mean distance between the distinct real clips of each window ([T, N, G], [T, N]):
   how spread the embeddings the loss sees are (0 when they have collapsed)."""
@@ -234,16 +251,21 @@ def compute_loss(outputs: Mapping[str, jax.Array], labels: jax.Array, loss_confi
     hinge = triplet_hinges(emb, p, q, valid, margin, distance)     # [T, N]
     term = jnp.sum(hinge) / num_slots                              # (1/T)(1/N) sum when unmasked
     slot_mask = jnp.broadcast_to(anchors, (windows, n))            # [T, N] real anchor slots
-    if batch_all is not None:
-      total, _, count = batch_all_hinges(emb, labels, slot_mask, margin, distance)
+    n_valid, n_active = jnp.sum(valid), jnp.sum((hinge > 0) & valid)
+    n_empty = jnp.sum(~valid * anchors)
+    if batch_all is not None:   # the warm-up's metrics describe the batch-all triplets
+      total, positive, count = batch_all_hinges(emb, labels, slot_mask, margin, distance)
       term = jnp.where(batch_all, total / jnp.maximum(count, 1), term)
+      n_valid, n_active = jnp.where(batch_all, count, n_valid), jnp.where(batch_all, positive,
+                                                                          n_active)
+      n_empty = jnp.where(batch_all, _anchors_without_triplet(labels, slot_mask), n_empty)
     metrics[f"triplet_{m}"] = term
     metrics[f"distance_{m}"] = mean_pair_distance(emb, slot_mask, distance)
-    metrics[f"zero_hinge_{m}"] = jnp.sum((hinge == 0) & valid) / jnp.maximum(jnp.sum(valid), 1)
+    metrics[f"zero_hinge_{m}"] = (n_valid - n_active) / jnp.maximum(n_valid, 1)
     per_modality.append(term)
-    mined = mined + jnp.sum(valid)
-    active = active + jnp.sum((hinge > 0) & valid)
-    empty = empty + jnp.sum(~valid * anchors)
+    mined = mined + n_valid
+    active = active + n_active
+    empty = empty + n_empty
     slots = slots + num_slots
   triplet = sum(per_modality) / len(mods)                          # (1/(M N)) sum_m
   metrics["triplet"] = triplet

@@ -252,6 +252,63 @@ class LossTest(absltest.TestCase):
       want["loss"] = want["mse"] + want["triplet"]
       self.assertMetrics(m, **{k: float(x) for k, x in want.items()})
 
+  def test_batch_all_warm_up_against_loops(self):
+    # Every valid (i, p, n) at every window, with padded windows, a masked clip and a
+    # class whose one real clip has no positive at the last window; both distances.
+    out = random_outputs(11, n=8, t=3)
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 3])
+    valid = np.ones((8, 3), np.float32)
+    valid[1, 1:] = 0.0          # clip 1 ends after its first window
+    valid[4, 2] = 0.0
+    mask = np.array([True] * 6 + [False, True])   # clip 6 is padding; clip 7 alone in class 3
+    real = (valid > 0) & mask[:, None]
+    for distance in ("squared", "euclidean"):
+      _, m = losses.compute_loss(out, labels, loss_config(distance=distance,
+                                                          negatives="semihard"),
+                                 "gating", "av", mask=mask, window_valid=valid,
+                                 batch_all=jnp.asarray(True))
+      count = positive = 0
+      empty = slots = 0
+      for mod in ("audio", "video"):
+        emb = np.asarray(out[f"{mod}_gate"], np.float64)              # [N, T, G]
+        hinges = []
+        for t in range(3):
+          for i in range(8):
+            if not real[i, t]:
+              continue
+            slots += 1
+            mine = []
+            for pos in range(8):
+              for neg in range(8):
+                if (pos != i and real[pos, t] and real[neg, t] and labels[pos] == labels[i]
+                    and labels[neg] != labels[i]):
+                  d = [((emb[i, t] - emb[j, t]) ** 2).sum() for j in (pos, neg)]
+                  if distance == "euclidean":
+                    d = np.sqrt(d)
+                  mine.append(max(d[0] - d[1] + 1.0, 0.0))
+            empty += not mine
+            hinges += mine
+        self.assertAlmostEqual(float(m[f"triplet_{mod}"]), np.mean(hinges), places=4)
+        self.assertAlmostEqual(float(m[f"zero_hinge_{mod}"]),
+                               np.mean(np.asarray(hinges) == 0), places=5)
+        count += len(hinges)
+        positive += int(np.sum(np.asarray(hinges) > 0))
+      self.assertGreater(empty, 0)
+      self.assertMetrics(m, active_triplets=positive / count, no_triplet_anchors=empty / slots)
+
+  def test_collapse_signature_per_negatives(self):
+    # Collapsed embeddings: the loss at the margin with every triplet active under
+    # 'hardest' and during the warm-up; semi-hard mining finds no triplet at all.
+    out = {k: jnp.zeros((6, 3, 4)) for k in random_outputs(0)}
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    for negatives, warm, want in (("hardest", False, (1.0, 1.0, 0.0)),
+                                  ("semihard", True, (1.0, 1.0, 0.0)),
+                                  ("semihard", False, (0.0, 0.0, 1.0))):
+      _, m = losses.compute_loss(out, labels, loss_config(negatives=negatives, mse_weight=0.0),
+                                 "gating", "av", batch_all=jnp.asarray(warm))
+      self.assertMetrics(m, triplet=want[0], active_triplets=want[1],
+                         no_triplet_anchors=want[2], distance_audio=0.0)
+
   def test_padded_windows_change_neither_loss_nor_gradients(self):
     out = random_outputs(8, n=6, t=3)
     labels = jnp.array([0, 0, 1, 1, 2, 2])

@@ -17,11 +17,14 @@ import sys
 import tempfile
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 from absl.testing import absltest
 
 from avjax import config_tokens
 from avjax import health
+from avjax import losses
 from avjax import parallel
 from avjax import steps
 from avjax import train_state
@@ -131,6 +134,36 @@ class TrainStepTest(absltest.TestCase):
     unmasked = dict(padded[0], mask=np.ones(8, bool))
     _, _, m = run_steps(config, mesh_of(4), [unmasked])
     self.assertGreater(abs(m[0]["loss"] - m1[0]["loss"]), 1e-4)
+
+  def test_warm_up_takes_batch_all_then_mined_triplets(self):
+    # The step's switch (state.step < batch_all_steps), with the count static (one fold)
+    # and traced (a fold group's own count), on a stand-in model: gate = w * fixed.
+    config = audio_config("audio_global")
+    self.assertEqual(config.loss.negatives, "semihard")
+    emb = np.random.default_rng(3).normal(size=(6, 1, 4)).astype(np.float32)
+    labels = np.array([0, 0, 1, 1, 2, 2], np.int32)
+    batch = {"audio": np.zeros((6, 1, 8), np.float32), "label": labels,
+             "window_valid": np.ones((6, 1), np.float32)}
+
+    def apply_fn(variables, video, audio, **kwargs):
+      return {"audio_gate": variables["params"]["w"] * emb}, {"batch_stats": {}}
+
+    def want(w, batch_all):
+      return float(losses.compute_loss({"audio_gate": w * emb}, labels, config.loss, "global",
+                                        "audio", batch_all=jnp.asarray(batch_all))[1]["triplet"])
+
+    forms = {"static": jax.jit(functools.partial(steps.train_step, config=config,
+                                                 batch_all_steps=2)),
+             "traced": lambda st, b: jax.jit(functools.partial(
+                 steps.train_step, config=config))(st, b, batch_all_steps=jnp.asarray(2))}
+    for form, step in forms.items():
+      state = train_state.TrainState.create(apply_fn=apply_fn, params={"w": jnp.ones(())},
+                                            tx=optax.sgd(0.05), batch_stats={})
+      for i in range(4):
+        w = float(state.params["w"])
+        self.assertNotAlmostEqual(want(w, True), want(w, False), places=3)
+        state, m = step(state, batch)
+        self.assertAlmostEqual(float(m["triplet"]), want(w, i < 2), places=5, msg=f"{form} {i}")
 
   def test_step_changes_every_trainable_collection(self):
     before, after, _ = parity_run(4)
