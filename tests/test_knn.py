@@ -136,5 +136,34 @@ class KnnTest(parameterized.TestCase):
       knn.knn_predict(np.zeros((3, 2)), np.zeros(3, int), np.array([[np.inf, 0], [0, 0]]), k=1)
 
 
+class PerGateTest(absltest.TestCase):
+
+  def test_every_gate_and_modality_matches_sklearn(self):
+    # evaluate.predict_per_gate: gate t of AO, VO and AV (audio and video gate embeddings
+    # side by side) against scikit-learn's KNN on the same columns.
+    from avjax import config_lib
+    from avjax import evaluate
+    config = config_lib.get_base_config()
+    config.dataset.class_names = ("a", "b", "c", "d")
+    config.eval.k = 5
+    rng = np.random.default_rng(4)
+    t = 3
+    def emb(n):
+      return {"audio_gate": rng.normal(size=(n, t, 4)), "video_gate": rng.normal(size=(n, t, 6)),
+              "label": rng.integers(0, 4, n)}
+    refs, qrys = emb(40), emb(12)
+    got = evaluate.predict_per_gate(config, refs, qrys)
+    columns = {"AO": ("audio_gate",), "VO": ("video_gate",), "AV": ("audio_gate", "video_gate")}
+    self.assertEqual(sorted(k for k in got if k.startswith("pred_")),
+                     ["pred_AO", "pred_AV", "pred_VO"])
+    for m, keys in columns.items():
+      ref = np.concatenate([refs[k] for k in keys], axis=-1)
+      qry = np.concatenate([qrys[k] for k in keys], axis=-1)
+      want = [KNeighborsClassifier(5).fit(ref[:, g], refs["label"]).predict(qry[:, g])
+              for g in range(t)]
+      np.testing.assert_array_equal(got[f"pred_{m}"], np.stack(want), err_msg=m)
+      np.testing.assert_allclose(got[f"emb_{m}"], qry[:, -1], rtol=1e-6, err_msg=m)
+
+
 if __name__ == "__main__":
   absltest.main()
