@@ -1,5 +1,6 @@
 """The optimiser equals torch.optim.Adam(weight_decay=...) / AdamW, written out by hand."""
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,6 +61,38 @@ class OptimizerTest(absltest.TestCase):
     a, _ = self._run("adam")
     b, _ = self._run("adamw")
     self.assertGreater(np.abs(a - b).max(), 1e-4)
+
+  def test_trunk_layers_move_at_the_trunk_scale_on_the_model_tree(self):
+    # The gating model's real parameter tree: the encoders' layers move at 0.01 x the
+    # update the scale-1 optimiser gives them (weight decay included), the heads (SoundNet's
+    # Embedding, I3D's Logits) and the LSTMs at 1 x.
+    from avjax.models import gating
+    from tests.helpers import tiny_batch, tiny_config
+    config = tiny_config()
+    batch = tiny_batch(config)
+    model = gating.create_model(config.model)
+    video, audio = gating.model_inputs(batch, config.model.modalities)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), video, audio, train=False))["params"]
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), shapes)
+    grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), shapes)
+    updates = {}
+    for scale in (1.0, 0.01):
+      optim = config_lib.get_base_config().optim
+      optim.trunk_lr_scale = scale
+      tx = train_state.make_optimizer(optim, params)
+      updates[scale], _ = tx.update(grads, tx.init(params), params)
+    full, scaled = (flax.traverse_util.flatten_dict(updates[s], sep="/") for s in (1.0, 0.01))
+    flat = {k: (np.asarray(v), np.asarray(scaled[k])) for k, v in full.items()}
+    trunk = {k for k in flat if train_state.is_trunk(tuple(k.split("/")))}
+    self.assertTrue(any(k.startswith("audio_encoder/conv1/") for k in trunk))
+    self.assertTrue(any(k.startswith("video_encoder/Conv3d_1a_7x7/") for k in trunk))
+    for head in ("audio_encoder/Embedding/", "video_encoder/Logits/", "audio_lstm/"):
+      self.assertTrue(any(k.startswith(head) for k in flat) and
+                      not any(k.startswith(head) for k in trunk), head)
+    for k, (full, scaled) in flat.items():
+      np.testing.assert_allclose(scaled, (0.01 if k in trunk else 1.0) * np.asarray(full),
+                                 rtol=1e-5, atol=1e-12, err_msg=k)
 
 
 if __name__ == "__main__":
