@@ -32,7 +32,8 @@ Store layout, one directory per (modality, key):
       label.npy actor.npy [n] int32
       clip_id.npy         [n] unicode (no pickle)
     fold_<k>.partial/     an unfinished fold: part_<first clip>.npz, each written
-                          atomically; an interrupted extraction resumes from them
+                          atomically; an interrupted extraction resumes from them,
+                          on any device count (`_missing_pieces`)
 A fold whose files do not read back as they should (a truncated array, a missing
 file, the wrong shape) is extracted again, with a notice; the temporary files of a
 killed or failed extraction (`fold_<k>.tmp-<pid>/`, `*.tmp-<pid>.npz`) are removed
@@ -171,13 +172,11 @@ def _extract_fold(config, modality: str, store: str, fold: int, mesh) -> None:
   if write:
     os.makedirs(partial, exist_ok=True)
   bar = _progress(n, f"{modality} features, fold {fold}")
+  pieces = _missing_pieces(partial, n, clips, remove=write)
+  bar.update(n - sum(len(p) for p in pieces))
   t0, done_now = time.time(), 0
-  for start in range(0, n, clips):
-    part = os.path.join(partial, f"part_{start:06d}.npz")
-    index = np.arange(start, min(start + clips, n))
-    if os.path.isfile(part):
-      bar.update(len(index))
-      continue
+  for index in pieces:
+    part = os.path.join(partial, f"part_{int(index[0]):06d}.npz")
     per_view = []
     meta = None
     for aug in views:
@@ -223,7 +222,40 @@ def _extract_fold(config, modality: str, store: str, fold: int, mesh) -> None:
     rate = done_now / max(time.time() - t0, 1e-9)
     logging.info("%s features of fold %d: %d clips at %.1f clips/s", modality, fold, done_now, rate)
   if write:
-    _assemble(partial, feature_cache.fold_path(store, fold), n)
+    _assemble(partial, feature_cache.fold_path(store, fold), n,
+              list(tfds_access.clip_ids(config, [fold])))
+
+
+def _missing_pieces(partial: str, n: int, clips: int, remove: bool) -> list[np.ndarray]:
+  """The clip indices of a fold of `n` clips that no part in `partial` holds yet, in
+  pieces of at most `clips` consecutive clips. Parts from a run with another call size
+  (another device count) are kept; one that does not read back or overlaps a kept one is
+  left out (and removed when `remove`, the writing process)."""
+  covered = np.zeros(n, bool)
+  for name in _listdir(partial):
+    if not (name.startswith("part_") and name.endswith(".npz") and ".tmp-" not in name):
+      continue
+    path = os.path.join(partial, name)
+    try:
+      start = int(name[len("part_"):-len(".npz")])
+      with np.load(path, allow_pickle=False) as data:
+        stop = start + len(data["label"])
+      problem = None if 0 <= start < stop <= n and not covered[start:stop].any() else (
+          f"clips {start}-{stop - 1} overlap another part or lie past the fold's {n}")
+    except Exception as e:  # noqa: BLE001  (a damaged zip raises many kinds)
+      if errors.storage_errno(e) == errno.EIO:
+        raise errors.StorageError(path, errno.EIO, "read") from e
+      problem = f"{type(e).__name__}: {e}"
+    if problem:
+      logging.warning("feature store: %s left out (%s); its clips are extracted again",
+                      path, problem)
+      if remove:
+        errors.remove_quietly(path)
+      continue
+    covered[start:stop] = True
+  todo = np.flatnonzero(~covered)
+  runs = np.split(todo, np.flatnonzero(np.diff(todo) != 1) + 1) if todo.size else []
+  return [run[i:i + clips] for run in runs for i in range(0, len(run), clips)]
 
 
 def _write_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
@@ -236,8 +268,9 @@ def _write_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
     raise (errors.as_storage_error(e, path) or e) from e
 
 
-def _assemble(partial: str, final: str, n: int) -> None:
-  """Concatenates the parts of `partial` into `final` (written beside, renamed into place)."""
+def _assemble(partial: str, final: str, n: int, ids: list[str] | None = None) -> None:
+  """Concatenates the parts of `partial` into `final` (written beside, renamed into place),
+  checked to hold the fold's `n` clips (its clip `ids` in order, when given)."""
   parts = sorted(p for p in os.listdir(partial) if p.startswith("part_") and p.endswith(".npz")
                  and ".tmp-" not in p)
   loaded: dict[str, list] = {k: [] for k in feature_cache.ARRAYS}
@@ -246,9 +279,9 @@ def _assemble(partial: str, final: str, n: int) -> None:
       for k in feature_cache.ARRAYS:
         loaded[k].append(data[k])
   arrays = {k: np.concatenate(v) for k, v in loaded.items()}
-  if len(arrays["label"]) != n:
-    raise FeatureStoreError(f"{partial}: {len(arrays['label'])} clips in its parts, the fold "
-                            f"has {n}; delete the directory to extract it again")
+  if ids is not None and list(arrays["clip_id"]) != list(ids) or len(arrays["label"]) != n:
+    raise FeatureStoreError(f"{partial}: its parts hold {len(arrays['label'])} clips, not the "
+                            f"fold's {n} in order; delete the directory to extract it again")
   tmp = f"{final}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   try:

@@ -324,7 +324,8 @@ class StoreTest(absltest.TestCase):
     env.start()
     self.addCleanup(env.stop)
 
-    # Two parts per fold (4 clips of 4 windows), killed after the first part of fold 0.
+    # Parts of 8 windows (2 clips of 4 windows, rounded up to the device count; 8 clips
+    # a fold), killed after the first part of fold 0.
     real_write = feature_store._write_npz
     calls = []
 
@@ -343,8 +344,28 @@ class StoreTest(absltest.TestCase):
     self.assertLen(os.listdir(feature_cache.fold_path(store, 0) + ".partial"), 1)
     with self.assertRaisesRegex(feature_cache.FeatureStoreError, "no split fold0"):
       feature_cache.FeatureReader({"audio": store}, [0])
-    with mock.patch.dict(feature_store.WINDOWS_PER_CALL, {"audio": 8}):
+    # Resumed with another call size (8 clips, as on another device count): the first
+    # part is kept and the fold's other clips extracted as one part.
+    partial = feature_cache.fold_path(store, 0) + ".partial"
+    kept = os.path.join(partial, "part_000000.npz")
+    self.assertEqual(os.listdir(partial), ["part_000000.npz"])
+    with np.load(kept) as data:
+      first = len(data["label"])
+    self.assertLess(first, 8)
+    self.assertEqual([list(p) for p in feature_store._missing_pieces(partial, 8, 8, False)],
+                     [list(range(first, 8))])
+    stamp = os.stat(kept).st_mtime_ns
+    real_assemble, assembled = feature_store._assemble, []
+
+    def assemble(folder, final, n, ids=None):
+      if folder == partial:
+        assembled.append((sorted(os.listdir(folder)), os.stat(kept).st_mtime_ns))
+      return real_assemble(folder, final, n, ids)
+
+    with mock.patch.dict(feature_store.WINDOWS_PER_CALL, {"audio": 32}), \
+         mock.patch.object(feature_store, "_assemble", assemble):
       feature_store.ensure(self.config)       # resumes: the first part is kept
+    self.assertEqual(assembled, [(["part_000000.npz", f"part_{first:06d}.npz"], stamp)])
     self.assertFalse(os.path.exists(feature_cache.fold_path(store, 0) + ".partial"))
     # Fold 0 resumed after its first part, fold 3 extracted afresh: the values of the
     # class's store, which was extracted in larger calls. A differently shaped call may
@@ -361,6 +382,21 @@ class StoreTest(absltest.TestCase):
     shutil.rmtree(feature_cache.fold_path(store, 3))
     with self.assertRaisesRegex(feature_cache.FeatureStoreError, "no split fold3"):
       feature_cache.FeatureReader({"audio": store}, [3])
+
+  def test_parts_that_overlap_or_do_not_read_back_are_extracted_again(self):
+    partial = tempfile.mkdtemp(prefix="avjax_parts_", dir=self.tmp)
+    part = lambda start, k: np.savez(os.path.join(partial, f"part_{start:06d}.npz"),
+                                     label=np.zeros(k, np.int32))
+    part(0, 4)
+    part(2, 4)                                   # overlaps the first: left out, removed
+    part(9, 1)                                   # past the fold's 8 clips
+    open(os.path.join(partial, "part_000006.npz"), "wb").write(b"PK not a zip")
+    part(7, 1)
+    with self.assertLogs(level="WARNING") as logs:
+      pieces = feature_store._missing_pieces(partial, 8, 3, remove=True)
+    self.assertEqual([list(p) for p in pieces], [[4, 5, 6]])
+    self.assertEqual(sorted(os.listdir(partial)), ["part_000000.npz", "part_000007.npz"])
+    self.assertLen(logs.records, 3)
 
   def test_unreadable_files_are_extracted_again_and_leftovers_removed(self):
     tmp = tempfile.mkdtemp(prefix="avjax_fs_", dir=self.tmp)
