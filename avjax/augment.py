@@ -295,8 +295,10 @@ def draw_augmentation(seed: int, step: int, *, frame_size: int | None, crop_size
                       input_config, num_windows: int, samples_per_window: int) -> Augmentation:
   """The augmentation of batch `step`: a pure function of (seed, step, config).
 
-  Every draw is made whether or not its augmentation is enabled, so enabling
-  one does not change the others."""
+  The flip, speed, pitch and noise are drawn whether or not they are enabled, so
+  enabling one does not change the others. The crop draws only when the frames are
+  larger than the crop, so an audio-only run (no frames) or a crop of the whole frame
+  gets other audio draws than an audio-visual run of the same seed."""
   rng = np.random.default_rng([int(seed), int(step), 2])
   margin = (frame_size - crop_size) if frame_size else 0
   crop_y, crop_x = (int(v) for v in rng.integers(0, margin + 1, size=2))

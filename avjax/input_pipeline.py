@@ -21,7 +21,8 @@ Training (`create_train_iterator`): a batch holds exactly
 folds; `steps_per_epoch = floor(N_train / B)`. Each epoch every class's clips are
 dealt from fresh random permutations (seed, epoch) until the class has its
 `steps_per_epoch * clips_per_class` draws: a class with at least that many clips
-uses each at most once (the rest wait for the next epoch), a smaller class is
+uses each at most once (the rest are not drawn that epoch; the next epoch's
+permutation is drawn afresh), a smaller class is
 sampled with replacement as evenly as possible (each clip ceil or floor of
 need / count times) and never twice in one batch while it has at least
 `clips_per_class` clips. The clips of a batch are then shuffled.

@@ -11,7 +11,7 @@ def class_balanced_epoch(labels: np.ndarray, clips_per_class: int, num_classes: 
                          seed: int, epoch: int) -> np.ndarray:
   """Global batches of one epoch: [steps, clips_per_class * num_classes] indices
   into `labels`, each row holding exactly `clips_per_class` of every class
-  (see the module docstring for classes with too few clips)."""
+  (`avjax.input_pipeline`'s docstring says how classes with too few clips are dealt)."""
   labels = np.asarray(labels)
   k, c = int(clips_per_class), int(num_classes)
   batch = k * c
