@@ -92,10 +92,14 @@ def describe_windowing(config: str) -> str:
     spec = windows.parse_name(config)
   except ValueError:
     return config
-  ov = f"{spec.overlap:g} s overlap" if spec.overlap > 0 else "no overlap"
-  mode = {"fixed": "fixed hop", "fit": "fit to clip", "apex": "the loudest part of the clip"}[spec.mode]
   plural = "s" if spec.num_windows != 1 else ""
-  return f"{spec.num_windows} window{plural} x {spec.length:g} s, {ov} ({mode})"
+  head = f"{spec.num_windows} window{plural} x {spec.length:g} s"
+  if spec.mode == "apex":
+    return f"{head} (the loudest part of the clip)"
+  if spec.mode == "fit":   # the overlap token plays no part: the hop follows the clip
+    return f"{head} ({'centred' if spec.num_windows == 1 else 'spread over the clip'})"
+  ov = f"{spec.overlap:g} s overlap" if spec.overlap > 0 else "no overlap"
+  return f"{head}, {ov} (fixed hop)"
 
 
 def paper_references(dataset: str, config: str, variant: str, modalities: str) -> list[dict[str, Any]]:

@@ -18,7 +18,8 @@ start the printed commands yourself on a shared workdir, then collect the table 
 Rows and runs:
 * Table I: every windowing of `avjax.data.registry.DATASETS[<name>]['table1']` with the
   gating model (run `<windowing>`), and its `_fit` twin (windows spread over the clip,
-  docs/design.md), AV accuracy at the last gate.
+  docs/design.md; one per T and L: `w2_l1_ov_fit` and `w2_l1_no_fit` cut the same
+  windows, so the second is not run), AV accuracy at the last gate.
 * Table II: AO-Global (`audio_global`), A-LSTM (`audio_lstm`), AO-/VO-/AV-Gating (the
   gating run of the dataset's default windowing, the same run as its Table I row, so
   both tables share it in one workdir), VO-Global (`video_global`), VO-LSTM
@@ -59,6 +60,7 @@ from avjax import report  # noqa: E402
 from avjax import results  # noqa: E402
 from avjax import workdir as workdir_lib  # noqa: E402
 from avjax.data import registry  # noqa: E402
+from avjax.data import windows  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", None, ["ravdess", "crema_d"], "Dataset (config file configs/<dataset>.py).")
@@ -92,8 +94,12 @@ def table_rows(dataset: str, table: int) -> list[dict]:
     windowings = list(registry.DATASETS[builder]["table1"])
     # In the paper's order where it has the row, the others after.
     windowings.sort(key=lambda w: list(published).index(w) if w in published else len(published))
+    fitted = set()   # a `_fit` twin spreads T windows of L s whatever the overlap token
     for w in windowings:
-      for run in (w, f"{w}_fit"):
+      spec = windows.parse_name(w)
+      twin = [] if (spec.num_windows, spec.length) in fitted else [f"{w}_fit"]
+      fitted.add((spec.num_windows, spec.length))
+      for run in [w] + twin:
         rows.append({"name": run, "run": run, "arg": run, "modality": "AV", "paper": published.get(w),
                      "describe": paper.describe_windowing(run)})
   elif table == 2:
@@ -260,7 +266,6 @@ def format_table(dataset: str, table: int, rows: list[dict], trunk: str = "finet
     lines += [f"| Embeddings | Paper row | Modality | {col} % | Paper % | Ours − paper | UAR % "
               "| Folds | Run |",
               "|---|---|---|---:|---:|---:|---:|---:|---|"]
-  from avjax.data import windows
   for r in rows:
     paper_cell = "–" if r["paper"] is None else f"{r['paper']:.1f}"
     diff = ("–" if r["paper"] is None or r["accuracy_mean"] is None
@@ -268,8 +273,9 @@ def format_table(dataset: str, table: int, rows: list[dict], trunk: str = "finet
     folds = str(r["num_folds"]) if r["status"] == "ok" else r["status"]
     if table == 1:
       spec = windows.parse_name(r["run"])
-      lines.append(f"| {spec.num_windows} | {spec.length:g} | "
-                   f"{f'{spec.overlap:g} s' if spec.overlap else 'no'} | {spec.mode} | "
+      overlap = ("–" if spec.mode != "fixed" else f"{spec.overlap:g} s" if spec.overlap
+                 else "no")
+      lines.append(f"| {spec.num_windows} | {spec.length:g} | {overlap} | {spec.mode} | "
                    f"{_pm(r['accuracy_mean'], r['accuracy_std'])} | {paper_cell} | {diff} | "
                    f"{_pm(r['uar_mean'], r['uar_std'])} | {folds} | `{r['run']}` |")
     else:

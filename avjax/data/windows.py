@@ -18,7 +18,8 @@ A clip is cut into `T` windows of `L` seconds. Two modes:
 
 Builder-config names encode a windowing: ``w{T}_l{L}_{ov|no}[_fit|_apex]``, e.g.
 ``w8_l1_ov`` is 8 windows of 1 s with 0.5 s overlap, fixed hop; ``w1_l3_no_fit`` the
-centred 3 s; ``w1_l1_no_apex`` the loudest second.
+centred 3 s; ``w1_l1_no_apex`` the loudest second. The overlap token counts only with
+the fixed hop: ``w2_l1_ov_fit`` and ``w2_l1_no_fit`` cut the same windows.
 """
 
 from __future__ import annotations
