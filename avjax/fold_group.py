@@ -76,8 +76,10 @@ def train_group(config, fold_dirs: dict[int, str], mesh) -> dict[int, tuple]:
   slots = parallel.fold_slots(g, mesh)
   _, per_fold, fold_batch = parallel.fold_shardings(mesh)
   main_repl, _ = parallel.shardings(mesh)
-  state = jax.device_put(train_state_lib.stack_states(
-      [r.state for r in runs] + [runs[0].state] * (slots - g)), per_fold)
+  state = train_state_lib.stack_states(
+      [r.state for r in runs] + [runs[0].state] * (slots - g), sharding=per_fold)
+  for r in runs:   # the group's stacked copy replaces them (alone, the donating step frees it)
+    r.state = None
   step_fn = steps.make_group_train_step(config, mesh, dataset)
   pad = [0] * (slots - g)
   batch_all = jax.device_put(np.asarray([r.batch_all_steps for r in runs] + pad, np.int32), per_fold)

@@ -80,6 +80,15 @@ def _device_prefetch(iterator, put: Callable, size: int):
     yield queue.popleft()
 
 
+def _steps_left(config, fold_dir: str, test_fold: int) -> bool:
+  """Whether the fold has steps to train (False: its last checkpoint is its last step)."""
+  try:
+    step = train_state_lib.saved_step(fold_dir, config, "latest")
+  except train_state_lib.CheckpointNotFound:
+    return True
+  return step < tfds_access.total_steps(config, tfds_access.split_folds(config, test_fold)[0])
+
+
 def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
                ) -> tuple[TrainState, gating.AVModel]:
   """Trains on every fold but `test_fold`; resumes from `fold_dir` when possible.
@@ -223,6 +232,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       for fold, fold_dir, _ in members:
         workdir_lib.record_config(config, workdir, allow, write=write,
                                   path=os.path.join(fold_dir, workdir_lib.CONFIG))
+      # Folds re-evaluated without a step to train keep their recorded `parallel_folds`.
+      training = [f for f, d, _ in members if _steps_left(config, d, f)]
       if len(members) > 1:
         trained = fold_group.train_group(config, {f: d for f, d, _ in members}, mesh)
       else:
@@ -235,7 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           state, model = evaluate.restore_for_eval(config, fold_dir, fold, mesh, "best")
         evaluate.evaluate_fold(config, state, model, fold, fold_dir, mesh,
                                selected_by=evaluate.checkpoint_selection(config, fold, which),
-                               parallel_folds=len(members))
+                               parallel_folds=len(training) if fold in training else None)
         worked += 1
       if members:
         logging.info("Fold(s) %s done in %.1f s", [f for f, _, _ in members], time.time() - t0)

@@ -360,12 +360,14 @@ def restore_for_inference(config, fold_dir: str, sample_batch: dict, replicated:
   return restored["state"], model, int(step)
 
 
-def stack_states(states):
+def stack_states(states, sharding=None):
   """The states' arrays stacked on a new leading axis (folds side by side,
-  `avjax.fold_group`); the static fields (model, optimiser) are the first state's: every
-  fold's are built alike."""
+  `avjax.fold_group`), each placed with `sharding` as soon as it is stacked (so that no
+  whole stacked copy is held twice); the static fields (model, optimiser) are the first
+  state's: every fold's are built alike."""
   leaves = [jax.tree.leaves(s) for s in states]
-  return jax.tree.structure(states[0]).unflatten([jnp.stack(xs) for xs in zip(*leaves)])
+  place = (lambda x: x) if sharding is None else (lambda x: jax.device_put(x, sharding))
+  return jax.tree.structure(states[0]).unflatten([place(jnp.stack(xs)) for xs in zip(*leaves)])
 
 
 def unstack_state(stacked, i: int):

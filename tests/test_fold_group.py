@@ -213,6 +213,25 @@ class ValidationFoldTest(absltest.TestCase):
       self.assertEqual(scores[0], scores[1])
 
 
+class ReevaluatedGroupTest(absltest.TestCase):
+
+  def test_a_fold_evaluated_again_keeps_its_parallel_folds(self):
+    # Folds trained side by side whose predictions are lost are evaluated again from their
+    # last checkpoints, training nothing: they still say they were trained beside 3.
+    with tempfile.TemporaryDirectory() as tmp:
+      workdir = os.path.join(tmp, "side")
+      with contextlib.redirect_stdout(io.StringIO()):
+        train.train_and_evaluate(group_config("all"), workdir)
+      for fold in (0, 1):
+        path = os.path.join(workdir_lib.fold_dir(workdir, fold), workdir_lib.PREDICTIONS)
+        open(path, "wb").write(b"not an npz")
+      with contextlib.redirect_stdout(io.StringIO()) as out:
+        train.train_and_evaluate(group_config("all"), workdir)
+      self.assertIn("evaluating the fold again from its checkpoint", out.getvalue())
+      self.assertEqual([fold_info(workdir, f)["parallel_folds"] for f in FOLDS], [3, 3, 3])
+      self.assertEqual([fold_info(workdir, f)["checkpoint_step"] for f in FOLDS], [MAX_STEPS] * 3)
+
+
 class MediaGroupTest(absltest.TestCase):
   """model.trunk='finetune': the folds' media on the device, each fold cropping and
   augmenting its own batches in-graph with its own draws (speed, pitch and noise on)."""
