@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 import numpy as np
 from absl.testing import absltest
@@ -62,6 +63,52 @@ class FiguresTest(absltest.TestCase):
       assert_png(self, os.path.join(out, figures.FILENAMES["positive_negative"]))
       with self.assertRaisesRegex(ValueError, "calm"):
         figures.make_all(d, out_dir=out, groups=figures.POSITIVE_NEGATIVE_RAVDESS)
+
+  def test_plotted_values(self):
+    # Figs. 4-6 read back from their Axes against accuracies computed here from the folds'
+    # predictions (each modality with its own counts, so a swapped one shows).
+    saved = {}
+
+    def keep(fig, path):
+      saved[os.path.basename(path)] = fig
+      return path
+
+    with tempfile.TemporaryDirectory() as d, mock.patch.object(figures, "_save", keep):
+      ravdess_like(d)
+      folds = [np.load(os.path.join(d, f"fold_{f}", "predictions.npz")) for f in (0, 1)]
+      figures.make_all(d)
+    acc = {m: 100 * np.array([(z[f"pred_{m}"] == z["labels"]).mean(axis=1) for z in folds])
+           for m in ("AO", "VO", "AV")}                                      # [folds, gates]
+    # Fig. 4: mean and sample std over folds per gate; x ticks at the windows' ends.
+    ax = saved[figures.FILENAMES["accuracy"]].axes[0]
+    bars = {c.get_label(): c for c in ax.containers}
+    for m, a in acc.items():
+      line, _, (err,) = bars[m]
+      np.testing.assert_allclose(line.get_xdata(), [1, 2, 3, 4])
+      np.testing.assert_allclose(line.get_ydata(), a.mean(axis=0), err_msg=m)
+      half = [seg[1, 1] - seg[0, 1] for seg in err.get_segments()]
+      np.testing.assert_allclose(half, 2 * a.std(axis=0, ddof=1), err_msg=m)
+    self.assertEqual([t.get_text() for t in ax.get_xticklabels()],
+                     ["1\n1 s", "2\n1.5 s", "3\n2 s", "4\n2.5 s"])
+    # Fig. 5: the paper's groups, mean over folds of each fold's accuracy on the group's clips.
+    ax = saved[figures.FILENAMES["positive_negative"]].axes[0]
+    for c in ax.containers:
+      group = [RAVDESS_CLASSES.index(n) for n in c.get_label().split(": ")[1].split(" (")[0]
+               .split(", ")]
+      want = np.mean([100 * (z["pred_AV"] == z["labels"])[:, np.isin(z["labels"], group)].mean(1)
+                      for z in folds], axis=0)
+      np.testing.assert_allclose(c[0].get_ydata(), want, err_msg=c.get_label())
+    self.assertEqual(sorted(c.get_label().split(":")[0] for c in ax.containers),
+                     ["negative", "positive"])
+    # Fig. 6: last-gate confusion pooled over folds, rows (true classes) normalised.
+    fig6 = saved[figures.FILENAMES["confusion"]]
+    for ax, m in zip(fig6.axes, ("AO", "VO", "AV")):
+      cm = np.zeros((8, 8))
+      for z in folds:
+        np.add.at(cm, (z["labels"], z[f"pred_{m}"][-1]), 1)
+      np.testing.assert_allclose(ax.images[0].get_array(), 100 * cm / cm.sum(1, keepdims=True),
+                                 err_msg=m)
+      self.assertTrue(ax.get_title().startswith(f"{m}: accuracy"))
 
   def test_group_accuracy(self):
     labels = np.array([1, 2, 3, 4, 5, 1])
