@@ -406,6 +406,27 @@ class PaperReferencesTest(parameterized.TestCase):
     refs = paper.paper_references(dataset, config, variant, modalities)
     self.assertEqual({(r["table"], r["row"]) for r in refs}, expected)
 
+  def test_every_cell_as_the_paper_prints_it(self):
+    # Tables I and II of the paper's text (../shared/paper.md), parsed here, against paper.py.
+    from tests import helpers
+    text = (helpers.require_samples().parent / "paper.md").read_text()
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("|") and "---" not in line]
+    table1, dataset = {}, None
+    for cells in rows:
+      if len(cells) == 5 and cells[1].isdigit():
+        dataset = {"RAVDESS": "ravdess", "CREMAD": "crema_d_av"}.get(cells[0], dataset)
+        ov = "ov" if cells[3] == "1" else "no"
+        table1.setdefault(dataset, {})[f"w{cells[1]}_l{cells[2]}_{ov}"] = float(cells[4])
+    self.assertEqual(table1, paper.PAPER_TABLE1)
+    labels = {label: name for name, label, _, _ in paper.TABLE2_ROWS}
+    table2 = {"crema_d_av": {}, "ravdess": {}}
+    for cells in rows:
+      if len(cells) == 3 and cells[0] in labels:
+        table2["crema_d_av"][labels[cells[0]]] = float(cells[1])
+        table2["ravdess"][labels[cells[0]]] = float(cells[2])
+    self.assertEqual(table2, paper.PAPER_TABLE2)
+
   def test_tables_complete(self):
     self.assertEqual(len(paper.PAPER_TABLE1["ravdess"]) + len(paper.PAPER_TABLE1["crema_d_av"]), 10)
     for ds in ("ravdess", "crema_d_av"):
