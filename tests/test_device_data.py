@@ -121,12 +121,18 @@ class DeviceDataTest(absltest.TestCase):
   def test_train_step_loss_equals_host_path(self):
     # audio_lstm: the steps' wiring does not depend on the model, and without I3D both
     # compile several times faster (the video gather, crop and flip are checked against
-    # the host batches above).
-    config = self.config()
+    # the host batches above). Speed, pitch and noise on, over w4_l1_ov, whose last window
+    # passes the end of the synthetic clips under 2.5 s: the noise must follow each clip's
+    # `window_valid` in both paths.
+    config = self.config(speed_range=0.1, pitch_shift_semitones=1.0, audio_noise_std=0.05)
+    config.dataset.config = "w4_l1_ov"
+    config.dataset.data_dir = helpers.synthetic_data_dir("w4_l1_ov")
     config_tokens.apply_args(config, "audio_lstm")
     host = ip.create_train_iterator(config, _TRAIN_FOLDS, seed=5)
     dev = dd.create_device_iterator(config, _TRAIN_FOLDS, seed=5, mesh=self.mesh)
     batch = next(host)
+    self.assertGreater(np.sum((batch["window_valid"] > 0) & (batch["window_valid"] < 1)), 0)
+    self.assertTrue(config.loss.mask_padded_windows)
     model = gating.create_model(config.model)
     losses = []
     for path in ("host", "device"):
