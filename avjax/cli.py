@@ -75,6 +75,11 @@ def _root_message(e: BaseException) -> str:
     return " ".join(str(ours[0]).split())
   useful = [x for x in chain if not isinstance(x, (flags.Error, KeyError))] or chain
   e = useful[-1]
+  named = [x for x in chain if isinstance(x, flags.IllegalFlagValueError)
+           and not isinstance(e, AttributeError) and str(e).strip() in str(x)
+           and "Traceback (most recent call last)" not in str(x)]
+  if named:   # the flag's own line prefixes the bare value error: "flag --checkpoint=bset: ..."
+    return " ".join(str(named[0]).split())
   text = str(e).strip()
   if "Traceback (most recent call last)" in text:
     text = [line for line in text.splitlines() if line.strip()][-1]
@@ -85,6 +90,31 @@ def _root_message(e: BaseException) -> str:
     if m:
       text = f"unknown config field '{m.group(1)}'. {m.group(2)}".strip()
   return " ".join(text.split()) or type(e).__name__
+
+
+def define_workdir(help_text: str, flag_values=flags.FLAGS) -> None:
+  """The required `--workdir` flag; an empty one (`--workdir=$UNSET`) is refused, as it
+  would mean the current directory."""
+  flags.DEFINE_string("workdir", None, help_text, flag_values=flag_values)
+  flags.mark_flag_as_required("workdir", flag_values=flag_values)
+  flags.register_validator(
+      "workdir", lambda v: v is None or bool(v.strip()),
+      message="--workdir is empty (an unset shell variable?): give a directory",
+      flag_values=flag_values)
+
+
+def parse_folds(items, flag: str = "--folds") -> tuple[int, ...]:
+  """Test folds from a flag (comma-separated text or a list of strings), each of 0 to 9
+  once; app.UsageError naming the flag otherwise."""
+  text = items if isinstance(items, str) else ",".join(items)
+  try:
+    folds = tuple(int(f) for f in text.split(","))
+  except ValueError:
+    folds = ()
+  if not folds or len(set(folds)) != len(folds) or not all(0 <= f < 10 for f in folds):
+    raise app.UsageError(f"{flag}={text}: expected comma-separated test folds, each of 0 to 9 "
+                         "once, e.g. {flag}=0,3".replace("{flag}", flag))
+  return folds
 
 
 def _verbose() -> bool:

@@ -416,7 +416,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.optim.name not in ("adam", "adamw"):
     fail("optim.name", f"{config.optim.name!r} is not 'adam' or 'adamw'")
   folds = tuple(config.folds)
-  if not folds or any(not 0 <= f < folds_lib.NUM_FOLDS for f in folds):
+  if not folds or any(type(f) is not int or not 0 <= f < folds_lib.NUM_FOLDS for f in folds):
     fail("folds", f"{folds} must be a non-empty subset of 0..{folds_lib.NUM_FOLDS - 1} (the "
          f"builders' {folds_lib.NUM_FOLDS} subject-independent folds, splits fold0 ... fold9)")
   if len(set(folds)) != len(folds):

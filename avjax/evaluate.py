@@ -366,12 +366,10 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  del argv
-  try:
-    folds = [int(f) for f in FLAGS.folds.split(",")] if FLAGS.folds else None
-  except ValueError:
-    raise app.UsageError(f"--folds={FLAGS.folds}: expected comma-separated fold numbers, "
-                         "e.g. --folds=0,3") from None
+  from avjax import cli
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  folds = list(cli.parse_folds(FLAGS.folds)) if FLAGS.folds else None
   written = reevaluate(FLAGS.workdir, folds, FLAGS.checkpoint)
   if written:
     print(f"results: {written[0]}\n         {written[1]}")
@@ -380,12 +378,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.DEFINE_string("workdir", None, "A workdir written by avjax.main.")
+  from avjax import cli
+  cli.define_workdir("A workdir written by avjax.main.")
   flags.DEFINE_string("folds", "", "Comma-separated folds (default: the config's).")
   flags.DEFINE_enum("checkpoint", None, ["latest", "best"],
                     "Which checkpoint to evaluate: 'latest', or 'best' by the validation fold "
                     "(only with config.train.validation_fold set). Default: the one training "
                     "reported, 'best' for a run with a validation fold, else 'latest'.")
-  flags.mark_flag_as_required("workdir")
-  from avjax import cli
   cli.run(main)

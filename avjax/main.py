@@ -15,10 +15,12 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from avjax import cli
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Training configuration file (configs/*.py[:args]).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results and figures.")
+cli.define_workdir("Directory for checkpoints, metrics, results and figures.")
 flags.DEFINE_enum("config_mismatch", "error", ["error", "ok"],
                   "A workdir trained with another config (a field that changes the model, data or "
                   "protocol differs): 'error' stops before touching anything; 'ok' trains the "
@@ -27,7 +29,7 @@ flags.DEFINE_bool("take_over_locks", False,
                   "Also take over the folds whose lock.json names a process of another host "
                   "(which cannot be checked from here): for a job requeued elsewhere after its "
                   "first host died. Locks of live processes of this host are always respected.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
 
 # Environment variables that mean "one of several processes" under the
 # launchers jax.distributed.initialize() understands (SLURM, Open MPI, TPU pods,
@@ -100,7 +102,6 @@ def main(argv):
     config = FLAGS.config
     config.dataset  # noqa: B018  (the first access loads it)
   except OSError as e:   # config_flags defers a config file that failed to load
-    from avjax import cli
     raise app.UsageError(f"--config: {cli._root_message(e)}") from None
   config_lib.validate(config)
   line, warning = backend_report(jax)
@@ -121,5 +122,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from avjax import cli
   cli.run(main)

@@ -36,6 +36,7 @@ from typing import Any, Sequence
 
 from absl import flags
 
+from avjax import cli
 from avjax import errors
 from avjax import predictor as predictor_lib
 
@@ -96,7 +97,7 @@ def flag_values() -> flags.FlagValues:
   """The command line's absl flags, on their own FlagValues (the entry points' convention,
   without touching the process's global FLAGS: `main` runs any number of times)."""
   fv = flags.FlagValues()
-  flags.DEFINE_string("workdir", None, "A workdir written by avjax.main.", flag_values=fv)
+  cli.define_workdir("A workdir written by avjax.main.", flag_values=fv)
   flags.DEFINE_bool("json", False, "One JSON object per line per file.", flag_values=fv)
   flags.DEFINE_integer("fold", None, "Whose model and bank (default: the first of "
                        "config.folds with a bank).", flag_values=fv)
@@ -110,7 +111,6 @@ def flag_values() -> flags.FlagValues:
                     flag_values=fv)
   flags.DEFINE_bool("face_crop", False, "Crop the largest face before resizing (needs "
                     "opencv-python-headless<5).", flag_values=fv)
-  flags.mark_flag_as_required("workdir", flag_values=fv)
   fv.set_gnu_getopt(True)          # flags before or after the files
   return fv
 
@@ -164,4 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  try:
+    sys.exit(main())
+  except KeyboardInterrupt:   # nothing is written: the files printed so far are done
+    print("avjax.predict: interrupted", file=sys.stderr)
+    sys.exit(130)

@@ -23,11 +23,12 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from avjax import cli  # noqa: E402
 from avjax import train  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:args]).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Output directory (one fold_k/ per fold).")
+cli.define_workdir("Output directory (one fold_k/ per fold).")
 flags.DEFINE_string("folds", "", "Comma-separated test folds to run (default: config.folds).")
 flags.DEFINE_enum("config_mismatch", "error", ["error", "ok"],
                   "A workdir trained with another config: 'error' stops before touching "
@@ -35,17 +36,15 @@ flags.DEFINE_enum("config_mismatch", "error", ["error", "ok"],
 flags.DEFINE_bool("take_over_locks", False,
                   "Also take over the folds whose lock.json names a process of another host "
                   "(for a job requeued elsewhere after its first host died).")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = FLAGS.config
   if FLAGS.folds:
-    try:
-      folds = tuple(int(f) for f in FLAGS.folds.split(","))
-    except ValueError:
-      raise app.UsageError(f"--folds must be comma-separated integers, got {FLAGS.folds!r}") from None
+    folds = cli.parse_folds(FLAGS.folds)
     with config.unlocked():
       config.folds = folds
   train.train_and_evaluate(config, FLAGS.workdir, config_mismatch=FLAGS.config_mismatch,
@@ -53,5 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from avjax import cli   # one error: line, exit status 2 or 1 (avjax.cli)
-  cli.run(main)
+  cli.run(main)   # one error: line, exit status 2 or 1 (avjax.cli)

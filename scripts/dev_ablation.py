@@ -39,7 +39,9 @@ from absl import flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from avjax import cli  # noqa: E402
 from avjax import config_tokens  # noqa: E402
+from avjax import workdir as workdir_lib  # noqa: E402
 
 DEV_FOLDS = (4, 5, 6, 7, 8, 9)
 # Every setting is a set of overrides on top of the paper's literal reading
@@ -182,7 +184,7 @@ SETTINGS = {
 }
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Scratch directory (data, features, runs).")
+cli.define_workdir("Scratch directory (data, features, runs).")
 flags.DEFINE_string("samples", os.path.join(os.path.dirname(REPO), "shared", "samples", "ravdess_dev"),
                     "The ravdess_dev folder (FLAC + to_wav.py).")
 flags.DEFINE_list("settings", list(SETTINGS), "Settings to run (names in SETTINGS).")
@@ -196,7 +198,6 @@ flags.DEFINE_integer("eval_every_epochs", 10, "config.train.eval_every_epochs.")
 flags.DEFINE_list("folds", [str(f) for f in DEV_FOLDS], "Test folds (of the development set's).")
 flags.DEFINE_list("seeds", ["0"], "config.seed values: each setting (and the untrained row) "
                   "runs once per seed; the summary pools folds x seeds.")
-flags.mark_flag_as_required("workdir")
 
 
 def dev_config(variant: str, trunk: str, work: str, epochs: int, overrides: dict,
@@ -281,6 +282,14 @@ def _pm(values) -> str:
 def main(argv):
   del argv
   from avjax import train
+  unknown = sorted(set(FLAGS.settings) - set(SETTINGS))
+  if unknown:
+    raise app.UsageError(f"--settings: no setting {', '.join(unknown)} (the names are "
+                         "SETTINGS in scripts/dev_ablation.py, e.g. defaults)")
+  cli.parse_folds(FLAGS.folds)
+  if not os.path.isfile(os.path.join(FLAGS.samples, "to_wav.py")):
+    raise app.UsageError(f"--samples={FLAGS.samples}: no to_wav.py there (the development "
+                         "set's folder)")
   work = os.path.abspath(FLAGS.workdir)
   os.makedirs(work, exist_ok=True)
   manual = os.path.join(work, "manual")
@@ -304,7 +313,7 @@ def main(argv):
       if key not in rows:
         accs = untrained_accuracy(dev_config(variant, FLAGS.trunk, work, 1, {}, seed))
         rows[key] = {"accuracy": accs, "seconds": 0.0}
-        json.dump(rows, open(out_path, "w"), indent=1)
+        workdir_lib.write_text(out_path, json.dumps(rows, indent=1))
     for name in FLAGS.settings:
       key = f"{variant}/{trunk_tag}/{name}/e{FLAGS.epochs}{tag(seed)}"
       if key in rows:
@@ -316,7 +325,7 @@ def main(argv):
       train.train_and_evaluate(config, run_dir)
       rows[key] = dict(run_summary(run_dir), seconds=round(time.time() - t0, 1),
                        overrides=SETTINGS[name])
-      json.dump(rows, open(out_path, "w"), indent=1)
+      workdir_lib.write_text(out_path, json.dumps(rows, indent=1))
   print(f"\n| run | AO last gate % (test folds {', '.join(FLAGS.folds)}) | per fold | final loss "
         "| collapsed | s |")
   print("|---|---:|---|---|---|---:|")
@@ -341,4 +350,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

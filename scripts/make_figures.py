@@ -20,16 +20,16 @@ from absl import flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from avjax import cli  # noqa: E402
 from avjax import figures  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Cross-validation workdir (with fold_k/ directories).")
+cli.define_workdir("Cross-validation workdir (with fold_k/ directories).")
 flags.DEFINE_string("out_dir", "", "Where to write the PNGs (default: <workdir>/figures).")
 flags.DEFINE_integer("tsne_fold", None, "Fold whose held-out clips Fig. 3 shows (default: the lowest run).")
 flags.DEFINE_list("positive", [], "Fig. 5 positive class names (default: calm,happy).")
 flags.DEFINE_list("negative", [], "Fig. 5 negative class names (default: sad,angry,fearful).")
 flags.DEFINE_enum("fig5_modality", "AV", ["AO", "VO", "AV"], "Embedding whose accuracy Fig. 5 shows.")
-flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
@@ -47,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

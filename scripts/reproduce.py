@@ -52,6 +52,7 @@ from absl import flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from avjax import cli  # noqa: E402
 from avjax import config_lib  # noqa: E402
 from avjax import paper  # noqa: E402
 from avjax import protocol  # noqa: E402
@@ -65,7 +66,7 @@ from avjax.data import windows  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", None, ["ravdess", "crema_d"], "Dataset (config file configs/<dataset>.py).")
 flags.DEFINE_enum("table", None, ["1", "2"], "The paper's table to reproduce.")
-flags.DEFINE_string("workdir", None, "Root directory: one sub-directory per run.")
+cli.define_workdir("Root directory: one sub-directory per run.")
 flags.DEFINE_string("folds", "", "Comma-separated test folds for every run (default: the config's, all 10).")
 flags.DEFINE_list("config_args", [], "Extra config tokens appended to every run, e.g. no_mwtsm or runlocal.")
 flags.DEFINE_multi_string("override", [], "Config field override passed to every run, e.g. "
@@ -80,7 +81,7 @@ flags.DEFINE_string("trunk", None, "config.model.trunk of every run: 'finetune' 
 flags.DEFINE_bool("dry_run", False, "Print the commands, run nothing, write no table.")
 flags.DEFINE_bool("collect_only", False, "Start no run: write the table from the runs on disk "
                   "(rows without results.json are marked missing).")
-flags.mark_flags_as_required(["dataset", "table", "workdir"])
+flags.mark_flags_as_required(["dataset", "table"])
 
 _BUILDER = {"ravdess": "ravdess", "crema_d": "crema_d_av"}
 
@@ -159,9 +160,12 @@ def apply_overrides(config, overrides: list[str]):
       raise app.UsageError(f"--override={o!r}: expected field=value")
     *groups, name = field.split(".")
     node = config
-    for g in groups:
-      node = node[g]
-    current = node[name]
+    try:
+      for g in groups:
+        node = node[g]
+      current = node[name]
+    except (KeyError, AttributeError, TypeError):
+      raise app.UsageError(f"--override={o!r}: the config has no field {field!r}") from None
     if isinstance(current, bool):
       if text.lower() not in ("true", "false", "1", "0"):
         raise app.UsageError(f"--override={o!r}: {field} takes true or false")
@@ -173,7 +177,10 @@ def apply_overrides(config, overrides: list[str]):
         value = ast.literal_eval(text)
       except (ValueError, SyntaxError):
         value = text
-    node[name] = value
+    try:
+      node[name] = value
+    except (TypeError, ValueError) as e:
+      raise app.UsageError(f"--override={o!r}: {e}") from None
   return config
 
 
@@ -292,10 +299,7 @@ def main(argv):
   workdir = os.path.abspath(FLAGS.workdir)
   folds_flag = FLAGS.folds.strip()
   if folds_flag:
-    try:
-      requested = tuple(int(f) for f in folds_flag.split(","))
-    except ValueError:
-      raise app.UsageError(f"--folds must be comma-separated integers, got {folds_flag!r}") from None
+    requested = cli.parse_folds(folds_flag)
   rows = table_rows(FLAGS.dataset, table)
   if FLAGS.rows:
     unknown = sorted(set(FLAGS.rows) - {r["name"] for r in rows})
@@ -353,18 +357,17 @@ def main(argv):
                      else "run failed")
   os.makedirs(workdir, exist_ok=True)
   md_path = os.path.join(workdir, f"table{table}.md")
-  with open(md_path, "w") as f:
-    f.write(format_table(FLAGS.dataset, table, done, trunk,
-                         bool(first.input.speaker_centering), tuple(scaled_runs)))
-  with open(os.path.join(workdir, f"table{table}.json"), "w") as f:
-    json.dump({"dataset": FLAGS.dataset, "table": table, "trunk": trunk,
-               "speaker_centering": bool(first.input.speaker_centering),
-               "speaker_scaling_runs": scaled_runs, "rows": done},
-              f, indent=1)
+  workdir_lib.write_text(md_path, format_table(FLAGS.dataset, table, done, trunk,
+                                              bool(first.input.speaker_centering),
+                                              tuple(scaled_runs)))
+  workdir_lib.write_text(os.path.join(workdir, f"table{table}.json"), json.dumps(
+      {"dataset": FLAGS.dataset, "table": table, "trunk": trunk,
+       "speaker_centering": bool(first.input.speaker_centering),
+       "speaker_scaling_runs": scaled_runs, "rows": done}, indent=1))
   print(f"# table: {md_path}")
   if failed:
     raise SystemExit(f"runs failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -32,12 +32,14 @@ import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-flags.DEFINE_string("workdir", None, "A workdir trained with input.speaker_centering.")
+from avjax import cli  # noqa: E402
+
+cli.define_workdir("A workdir trained with input.speaker_centering.")
 flags.DEFINE_string("manual_dir", None, "Folder with the test actors' Actor_XX/*.wav files.")
 flags.DEFINE_list("clips", ["2", "5", "10", "20", "60"], "Group sizes K (clips per call).")
 flags.DEFINE_integer("draws", 3, "Random cuts into groups per K (K = all: one).")
 flags.DEFINE_list("folds", [], "Test folds (default: every fold of the run with a model).")
-flags.mark_flags_as_required(["workdir", "manual_dir"])
+flags.mark_flags_as_required(["manual_dir"])
 FLAGS = flags.FLAGS
 
 
@@ -88,7 +90,7 @@ def main(argv):
           for p in glob.glob(os.path.join(glob.escape(FLAGS.manual_dir), "**", "*.wav"), recursive=True)}
   banked = [f for f in workdir_lib.load_config(work).folds if os.path.isfile(
       os.path.join(workdir_lib.fold_dir(work, f), workdir_lib.REFERENCE_BANK))]
-  folds = [int(f) for f in FLAGS.folds] or banked
+  folds = list(cli.parse_folds(FLAGS.folds)) if FLAGS.folds else banked
   missing = [f for f in folds if f not in banked]
   if missing or not folds:
     raise SystemExit(f"error: {work}: no fold_k/reference_bank.npz for test fold(s) "
@@ -121,4 +123,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

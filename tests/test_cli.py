@@ -3,6 +3,7 @@
 import errno
 
 import ml_collections
+from absl import app
 from absl import flags
 from absl.testing import absltest
 
@@ -48,8 +49,39 @@ class ExitStatusTest(absltest.TestCase):
                           "last):\n  File \"configs/demo.py\", line 34\nValueError: Unknown "
                           "config argument 'bogus'.")
     self.assertEqual(cli._root_message(embedded), "Unknown config argument 'bogus'.")
+    try:   # as absl wraps it
+      raise flags.IllegalFlagValueError(f"flag --config=configs/demo.py:bogus: {embedded}") \
+          from embedded
+    except flags.Error as e:
+      self.assertEqual(cli._root_message(e), "Unknown config argument 'bogus'.")
     self.assertEqual(cli._root_message(OSError(errno.EROFS, "Read-only file system", "/d")),
                      "[Errno 30] Read-only file system: '/d'")
+    # A bad value: absl's line names the flag, the ValueError under it does not.
+    fv = flags.FlagValues()
+    flags.DEFINE_enum("checkpoint", None, ["latest", "best"], "", flag_values=fv)
+    flags.DEFINE_integer("epochs", 1, "", flag_values=fv)
+    for arg, want in (("--checkpoint=bset", "flag --checkpoint=bset: value should be one of "
+                                            "<latest|best>"),
+                      ("--epochs=abc", "flag --epochs=abc: invalid literal for int() with base "
+                                       "10: 'abc'")):
+      with self.assertRaises(flags.Error) as cm:
+        fv(["prog", arg])
+      self.assertEqual(cli._root_message(cm.exception), want)
+
+  def test_parse_folds(self):
+    self.assertEqual(cli.parse_folds("3,0"), (3, 0))
+    self.assertEqual(cli.parse_folds(["4", "9"], "--folds"), (4, 9))
+    for bad in ("a", "10", "-1", "1,1", "", "1,"):
+      with self.assertRaisesRegex(app.UsageError, f"--folds={bad}: expected"):
+        cli.parse_folds(bad)
+
+  def test_empty_workdir_is_refused(self):
+    fv = flags.FlagValues()
+    cli.define_workdir("", flag_values=fv)
+    with self.assertRaisesRegex(flags.IllegalFlagValueError, "--workdir is empty"):
+      fv(["prog", "--workdir= "])
+    fv(["prog", "--workdir=runs/x"])
+    self.assertEqual(fv.workdir, "runs/x")
 
 
 if __name__ == "__main__":

@@ -184,6 +184,8 @@ class ConfigsTest(parameterized.TestCase):
       ("narrow_pretrained", "model.pretrained", lambda c: setattr(c.model, "video_width", 0.5)),
       ("one_clip", "input.clips_per_class", lambda c: setattr(c.input, "clips_per_class", 1)),
       ("bad_fold", "folds", lambda c: setattr(c, "folds", (0, 10))),
+      ("bool_fold", "folds", lambda c: setattr(c, "folds", (True,))),     # `--config.folds=True`
+      ("text_fold", "folds", lambda c: setattr(c, "folds", ("a",))),
       ("bad_dataset", "dataset.name", lambda c: setattr(c.dataset, "name", "iemocap")),
       ("bad_windowing", "dataset.config", lambda c: setattr(c.dataset, "config", "eight")),
       ("bad_records", "dataset.records", lambda c: setattr(c.dataset, "records", "wav")),

@@ -457,6 +457,19 @@ def commands_of(stdout):
 
 class ReproduceTest(parameterized.TestCase):
 
+  def test_usage_errors_are_one_line(self):
+    with tempfile.TemporaryDirectory() as d:
+      for args, want in ((["--folds=10"], "--folds=10: expected comma-separated test folds"),
+                         (["--override=train.num_epoch=3"],
+                          "the config has no field 'train.num_epoch'"),
+                         (["--workdir="], "--workdir is empty")):
+        workdir = [] if any(a.startswith("--workdir") for a in args) else [f"--workdir={d}"]
+        proc = run_reproduce("--dataset=ravdess", "--table=2", "--dry_run", *workdir, *args)
+        self.assertEqual(proc.returncode, 2, proc.stderr)
+        self.assertIn(want, proc.stderr)
+        self.assertNotIn("Traceback", proc.stderr)
+      self.assertEqual(os.listdir(d), [])
+
   @parameterized.parameters(
       # The `_no` rows' `_fit` twins are the `_ov` rows' (the same windows): run once.
       ("ravdess", "1", "ravdess.py", [w + s for w in ("w2_l1_ov", "w2_l2_ov", "w4_l1_ov", "w6_l1_ov",

@@ -437,7 +437,7 @@ class AVBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       self._digests[key] = clip_records.record_digest(record)
       yield key, record
     if not written:
-      raise RuntimeError(
+      raise ManualDirError(
           f"fold{fold}: none of its {len(jobs)} clips could be used (" + "; ".join(
               f"{s['file']}: {s['reason']}" for s in self._skipped if s["file"] in files.values())
           + ")")
