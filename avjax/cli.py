@@ -84,6 +84,8 @@ def _root_message(e: BaseException) -> str:
   if "Traceback (most recent call last)" in text:
     text = [line for line in text.splitlines() if line.strip()][-1]
     text = re.sub(r"^\s*[A-Za-z_.]*(Error|Exception): ", "", text)
+  if isinstance(e, AttributeError) and "attribute 'get_config'" in text:
+    return "the --config file defines no get_config() (see configs/ravdess.py)"
   if isinstance(e, AttributeError):   # config_dict's: the key quoted, then "Did you mean"
     unescaped = text.replace("\\'", "'").replace("\\n", "\n")
     m = re.match(r"""^["']*([\w.]+)["']*\s*(.*?)["']*$""", unescaped, re.S)
@@ -101,6 +103,16 @@ def define_workdir(help_text: str, flag_values=flags.FLAGS) -> None:
       "workdir", lambda v: v is None or bool(v.strip()),
       message="--workdir is empty (an unset shell variable?): give a directory",
       flag_values=flag_values)
+
+
+def loaded_config(flag_values=flags.FLAGS):
+  """`--config`'s ConfigDict, loaded now: a file that does not load is a usage error."""
+  try:
+    config = flag_values.config
+    config.dataset  # noqa: B018  (the first access loads it)
+  except OSError as e:   # config_flags defers a config file that failed to load
+    raise app.UsageError(f"--config: {_root_message(e)}") from None
+  return config
 
 
 def parse_folds(items, flag: str = "--folds") -> tuple[int, ...]:

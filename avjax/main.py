@@ -98,11 +98,7 @@ def main(argv):
 
   if _is_multiprocess():
     jax.distributed.initialize()
-  try:
-    config = FLAGS.config
-    config.dataset  # noqa: B018  (the first access loads it)
-  except OSError as e:   # config_flags defers a config file that failed to load
-    raise app.UsageError(f"--config: {cli._root_message(e)}") from None
+  config = cli.loaded_config()
   config_lib.validate(config)
   line, warning = backend_report(jax)
   if jax.process_index() == 0:

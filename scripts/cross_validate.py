@@ -42,7 +42,7 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = FLAGS.config
+  config = cli.loaded_config()
   if FLAGS.folds:
     folds = cli.parse_folds(FLAGS.folds)
     with config.unlocked():

@@ -68,6 +68,11 @@ class ExitStatusTest(absltest.TestCase):
         fv(["prog", arg])
       self.assertEqual(cli._root_message(cm.exception), want)
 
+  def test_config_file_without_get_config(self):
+    e = AttributeError("module 'config_config' has no attribute 'get_config'")
+    self.assertEqual(cli._root_message(e),
+                     "the --config file defines no get_config() (see configs/ravdess.py)")
+
   def test_parse_folds(self):
     self.assertEqual(cli.parse_folds("3,0"), (3, 0))
     self.assertEqual(cli.parse_folds(["4", "9"], "--folds"), (4, 9))
