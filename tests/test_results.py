@@ -199,8 +199,9 @@ class WriteResultsTest(absltest.TestCase):
     self.assertEqual(np.trace(cm), 8 + 3)
     self.assertEqual(doc["paper"], [])  # synthetic data: nothing in the paper
     self.assertIn("## AV", md)
-    # mean .875, std .1768, 95 % interval .875 -+ 12.706 x .1768 / sqrt(2)
-    self.assertIn("| 3 (last) | 87.5 ± 17.7 | [-71.3, 246.3] |", md)
+    # mean .875, std .1768, 95 % interval .875 -+ 12.706 x .1768 / sqrt(2) = [-71.3, 246.3]:
+    # shown within 0-100, the JSON keeps the half-width.
+    self.assertIn("| 3 (last) | 87.5 ± 17.7 | [0.0, 100.0] |", md)
     # Per-class recall at the last gate over both folds' clips, as scikit-learn counts it.
     with tempfile.TemporaryDirectory() as d:
       folds = results.load_folds(two_fold_workdir(d))
