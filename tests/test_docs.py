@@ -485,6 +485,8 @@ def entry_spec(entry: str) -> EntrySpec:
             choices = tuple(choices) if isinstance(choices, (list, tuple)) else None
           short = _literal(next((k.value for k in node.keywords if k.arg == "short_name"), None))
           absl_flags[name] = FlagSpec(name, kind, choices, short)
+      elif attr == "define_workdir":   # avjax.cli's --workdir (a DEFINE_string)
+        absl_flags["workdir"] = FlagSpec("workdir", "string", None, None)
       elif attr == "add_argument":
         add_arguments.append((node, loops))
     for child in ast.iter_child_nodes(node):

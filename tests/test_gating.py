@@ -219,10 +219,13 @@ class GatingModelTest(absltest.TestCase):
     paper_heads = self.model.clone(center_audio_head=False, center_video_head=False)
     eval_out = jax.jit(functools.partial(paper_heads.apply, train=False))(
         self.variables, self.video, self.audio)
+    paths = [jax.tree_util.keystr(p) for p, _ in
+             jax.tree_util.tree_flatten_with_path(self.variables["batch_stats"])[0]]
     leaves_before = jax.tree_util.tree_leaves(self.variables["batch_stats"])
     after = {}
-    # model.{video,audio}_bn_momentum reach every BatchNorm and centring layer of their
-    # encoder: momentum 0 stores the batch's statistics, 0.5 half of them on the old values.
+    # model.{video,audio}_bn_momentum reach every BatchNorm of their encoder: momentum 0
+    # stores the batch's statistics, 0.5 half of them on the old values. The centred heads
+    # keep their own 0.9, whatever the encoder's (`conv.Centering`).
     for freeze, momentum in ((True, None), (False, 0.0), (False, 0.5)):
       rates = {} if momentum is None else dict(video_bn_momentum=momentum,
                                                audio_bn_momentum=momentum)
@@ -237,8 +240,13 @@ class GatingModelTest(absltest.TestCase):
           np.testing.assert_allclose(out[k], eval_out[k], rtol=1e-5, atol=1e-6)
       else:
         self.assertFalse(any(unchanged))
-    for old, batch, half in zip(leaves_before, after[0.0], after[0.5]):
-      np.testing.assert_allclose(half, 0.5 * old + 0.5 * batch, rtol=1e-5, atol=1e-6)
+    self.assertTrue(any("HeadCentering" in p for p in paths))
+    for path, old, batch, half in zip(paths, leaves_before, after[0.0], after[0.5]):
+      if "HeadCentering" in path:
+        np.testing.assert_allclose(half, batch, rtol=1e-5, atol=1e-6, err_msg=path)
+      else:
+        np.testing.assert_allclose(half, 0.5 * old + 0.5 * batch, rtol=1e-5, atol=1e-6,
+                                   err_msg=path)
 
   def test_forward_sharded_over_four_devices_matches_unsharded(self):
     devices = jax.devices()

@@ -371,7 +371,7 @@ class PredictTest(absltest.TestCase):
     # avjax.evaluate on the shared workdir: a fold without checkpoints and a malformed
     # fold list are one error line each, and nothing is created (the workdir is read-only).
     cases = {"--folds=5": (1, "fold(s) [5] have no checkpoints (trained folds: [0, 1])"),
-             "--folds=0,x": (2, "--folds=0,x: expected comma-separated fold numbers")}
+             "--folds=0,x": (2, "--folds=0,x: expected comma-separated test folds")}
     procs = {flag: subprocess.Popen([sys.executable, "-m", "avjax.evaluate",
                                      f"--workdir={self.workdir}", flag],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
