@@ -124,8 +124,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # 'xla' or 'matmul'. Same parameters and results: checkpoints work under any.
   c.model.conv_impl = "auto"
   # BatchNorm running-average momentum (flax's: the fraction kept per step) of each
-  # encoder's BatchNorm and head centring when they train with batch statistics
-  # (freeze_bn=False): each network's own, I3D's 0.999 as its Sonnet checkpoint,
+  # encoder's BatchNorm when it trains with batch statistics (freeze_bn=False; the centred
+  # heads keep 0.9): each network's own, I3D's 0.999 as its Sonnet checkpoint,
   # SoundNet's 0.9 as Torch's 0.1 (avjax.models.i3d / soundnet BN_MOMENTUM).
   c.model.video_bn_momentum = 0.999
   c.model.audio_bn_momentum = 0.9
