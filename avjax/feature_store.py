@@ -238,8 +238,11 @@ def _missing_pieces(partial: str, n: int, clips: int, remove: bool) -> list[np.n
     path = os.path.join(partial, name)
     try:
       start = int(name[len("part_"):-len(".npz")])
-      with np.load(path, allow_pickle=False) as data:
-        stop = start + len(data["label"])
+      with np.load(path, allow_pickle=False) as data:   # every array, as _assemble reads them
+        lengths = {len(data[k]) for k in feature_cache.ARRAYS}
+      stop = start + lengths.pop()
+      if lengths:
+        raise ValueError("its arrays hold different numbers of clips")
       problem = None if 0 <= start < stop <= n and not covered[start:stop].any() else (
           f"clips {start}-{stop - 1} overlap another part or lie past the fold's {n}")
     except Exception as e:  # noqa: BLE001  (a damaged zip raises many kinds)

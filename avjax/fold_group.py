@@ -124,10 +124,10 @@ def train_group(config, fold_dirs: dict[int, str], mesh) -> dict[int, tuple]:
           pending[i] = []
         due_val = run.validation_due(s)
         if due_val or run.checkpoint_due(s, None):
+          if pending[i]:   # the steps since the last log line must be finite first
+            run.check_finite(fold_run.summarise(pending[i], i), s)
           mine = fold_state(i)
           val_metrics = run.validate(mine, s, mesh) if due_val else None
-          if pending[i]:   # the steps since the last log line must be finite too
-            run.check_finite(fold_run.summarise(pending[i], i), s)
           run.save(s, mine, val_metrics)
   except KeyboardInterrupt:
     raise errors.Interrupted(fold_run.interrupted_message(step, runs)) from None

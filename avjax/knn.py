@@ -47,6 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from avjax import errors
+
 
 @functools.partial(jax.jit, static_argnames=("k", "num_classes"))
 def _chunk_votes(refs: jax.Array, ref_labels: jax.Array, queries: jax.Array, k: int,
@@ -58,6 +60,10 @@ def _chunk_votes(refs: jax.Array, ref_labels: jax.Array, queries: jax.Array, k: 
   d = jnp.sum(diff * diff, axis=-1)                                # [c, R]
   _, idx = jax.lax.top_k(-d, k)                                    # equal: lower index first
   return jnp.sum(jax.nn.one_hot(ref_labels[idx], num_classes, dtype=jnp.int32), axis=1)
+
+
+class NonFiniteEmbeddings(errors.Failure, ValueError):
+  """NaN or inf among the embeddings (a diverged model or a damaged checkpoint): exit 1."""
 
 
 def knn_votes(train_emb, train_labels, query_emb, k: int = 15, num_classes: int | None = None,
@@ -88,9 +94,9 @@ def knn_votes(train_emb, train_labels, query_emb, k: int = 15, num_classes: int 
   for what, emb in (("reference", train_emb), ("query", query_emb)):
     bad = ~np.isfinite(emb).all(axis=1)
     if bad.any():   # top_k would rank a NaN distance nearest
-      raise ValueError(f"knn: {int(bad.sum())} of {len(emb)} {what} embeddings are not finite "
-                       f"(NaN or inf; first at row {int(np.argmax(bad))}): the model diverged "
-                       "or a checkpoint is damaged")
+      raise NonFiniteEmbeddings(
+          f"knn: {int(bad.sum())} of {len(emb)} {what} embeddings are not finite (NaN or inf; "
+          f"first at row {int(np.argmax(bad))}): the model diverged or a checkpoint is damaged")
   num_refs = len(train_emb)
   if not 1 <= k <= num_refs:
     raise ValueError(f"knn: k = {k} needs 1 <= k <= number of references ({num_refs})")

@@ -89,6 +89,15 @@ def _steps_left(config, fold_dir: str, test_fold: int) -> bool:
   return step < tfds_access.total_steps(config, tfds_access.split_folds(config, test_fold)[0])
 
 
+def _parallel_folds_of(fold_dir: str, fold: int, training: list[int], group: int) -> int | None:
+  """fold_info's `parallel_folds` for a fold of a group of `group` of which `training`
+  trained now: their number, else None (the recorded value stays), or the group's size
+  when nothing is recorded (a kill between the group's training and this evaluation)."""
+  if fold in training:
+    return len(training)
+  return None if os.path.isfile(os.path.join(fold_dir, workdir_lib.FOLD_INFO)) else group
+
+
 def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
                ) -> tuple[TrainState, gating.AVModel]:
   """Trains on every fold but `test_fold`; resumes from `fold_dir` when possible.
@@ -122,10 +131,12 @@ def train_fold(config, fold_dir: str, test_fold: int, mesh: Mesh | None = None
       if run.log_due(step):
         run.log(step, fold_run.summarise(pending))
         pending = []
-      val_metrics = run.validate(state, step, mesh) if run.validation_due(step) else None
+      due_val = run.validation_due(step)
+      if pending and (due_val or run.checkpoint_due(step, None)):
+        # The steps since the last log line must be finite before scoring or saving.
+        run.check_finite(fold_run.summarise(pending), step)
+      val_metrics = run.validate(state, step, mesh) if due_val else None
       if run.checkpoint_due(step, val_metrics):
-        if pending:  # the steps since the last log line must be finite too
-          run.check_finite(fold_run.summarise(pending), step)
         run.save(step, state, val_metrics)
   except KeyboardInterrupt:
     raise errors.Interrupted(fold_run.interrupted_message(step, [run])) from None
@@ -246,7 +257,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           state, model = evaluate.restore_for_eval(config, fold_dir, fold, mesh, "best")
         evaluate.evaluate_fold(config, state, model, fold, fold_dir, mesh,
                                selected_by=evaluate.checkpoint_selection(config, fold, which),
-                               parallel_folds=len(training) if fold in training else None)
+                               parallel_folds=_parallel_folds_of(fold_dir, fold, training,
+                                                              len(members)))
         worked += 1
       if members:
         logging.info("Fold(s) %s done in %.1f s", [f for f, _, _ in members], time.time() - t0)

@@ -287,12 +287,12 @@ def main(argv):
     raise app.UsageError(f"--settings: no setting {', '.join(unknown)} (the names are "
                          "SETTINGS in scripts/dev_ablation.py, e.g. defaults)")
   cli.parse_folds(FLAGS.folds)
-  if not os.path.isfile(os.path.join(FLAGS.samples, "to_wav.py")):
+  work = os.path.abspath(FLAGS.workdir)
+  manual = os.path.join(work, "manual")
+  if not os.path.isdir(manual) and not os.path.isfile(os.path.join(FLAGS.samples, "to_wav.py")):
     raise app.UsageError(f"--samples={FLAGS.samples}: no to_wav.py there (the development "
                          "set's folder)")
-  work = os.path.abspath(FLAGS.workdir)
   os.makedirs(work, exist_ok=True)
-  manual = os.path.join(work, "manual")
   if not os.path.isdir(manual):   # converted aside, then renamed: never half a folder
     shutil.rmtree(manual + ".partial", ignore_errors=True)
     subprocess.run([sys.executable, os.path.join(FLAGS.samples, "to_wav.py"),

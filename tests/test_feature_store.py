@@ -386,17 +386,19 @@ class StoreTest(absltest.TestCase):
   def test_parts_that_overlap_or_do_not_read_back_are_extracted_again(self):
     partial = tempfile.mkdtemp(prefix="avjax_parts_", dir=self.tmp)
     part = lambda start, k: np.savez(os.path.join(partial, f"part_{start:06d}.npz"),
-                                     label=np.zeros(k, np.int32))
+                                     **{a: np.zeros(k, np.int32) for a in feature_cache.ARRAYS})
     part(0, 4)
     part(2, 4)                                   # overlaps the first: left out, removed
     part(9, 1)                                   # past the fold's 8 clips
     open(os.path.join(partial, "part_000006.npz"), "wb").write(b"PK not a zip")
     part(7, 1)
+    np.savez(os.path.join(partial, "part_000005.npz"),   # its features cut short
+             **{a: np.zeros(2 if a == "features" else 1, np.int32) for a in feature_cache.ARRAYS})
     with self.assertLogs(level="WARNING") as logs:
       pieces = feature_store._missing_pieces(partial, 8, 3, remove=True)
     self.assertEqual([list(p) for p in pieces], [[4, 5, 6]])
     self.assertEqual(sorted(os.listdir(partial)), ["part_000000.npz", "part_000007.npz"])
-    self.assertLen(logs.records, 3)
+    self.assertLen(logs.records, 4)
 
   def test_unreadable_files_are_extracted_again_and_leftovers_removed(self):
     tmp = tempfile.mkdtemp(prefix="avjax_fs_", dir=self.tmp)

@@ -225,6 +225,8 @@ class ReevaluatedGroupTest(absltest.TestCase):
       for fold in (0, 1):
         path = os.path.join(workdir_lib.fold_dir(workdir, fold), workdir_lib.PREDICTIONS)
         open(path, "wb").write(b"not an npz")
+      # Fold 2 as a kill between the group's training and its evaluation leaves it.
+      os.remove(os.path.join(workdir_lib.fold_dir(workdir, 2), workdir_lib.FOLD_INFO))
       with contextlib.redirect_stdout(io.StringIO()) as out:
         train.train_and_evaluate(group_config("all"), workdir)
       self.assertIn("evaluating the fold again from its checkpoint", out.getvalue())

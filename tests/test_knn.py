@@ -130,10 +130,13 @@ class KnnTest(parameterized.TestCase):
       knn.knn_predict(np.zeros((3, 2)), np.zeros(3, int), np.zeros((1, 3)), k=1)
     # A NaN reference would be every query's nearest neighbour (top_k ranks it first).
     refs = np.array([[0.0, 0.0], [1.0, np.nan], [5.0, 5.0]], np.float32)
-    with self.assertRaisesRegex(ValueError, "1 of 3 reference embeddings are not finite.*row 1"):
+    with self.assertRaisesRegex(knn.NonFiniteEmbeddings,
+                                "1 of 3 reference embeddings are not finite.*row 1"):
       knn.knn_predict(refs, np.array([0, 1, 2]), np.zeros((1, 2)), k=1)
     with self.assertRaisesRegex(ValueError, "1 of 2 query embeddings are not finite.*row 0"):
       knn.knn_predict(np.zeros((3, 2)), np.zeros(3, int), np.array([[np.inf, 0], [0, 0]]), k=1)
+    from avjax import cli   # a diverged model is a failure (exit 1), not a usage error
+    self.assertEqual(cli.exit_status(knn.NonFiniteEmbeddings("x")), cli.FAILURE)
 
 
 class PerGateTest(absltest.TestCase):
