@@ -29,7 +29,6 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from avjax import cli  # noqa: E402
