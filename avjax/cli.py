@@ -32,6 +32,7 @@ from absl import app
 from absl import flags
 
 from avjax import errors
+from avjax.data import folds as folds_lib
 
 USAGE = 2
 FAILURE = 1
@@ -123,9 +124,10 @@ def parse_folds(items, flag: str = "--folds") -> tuple[int, ...]:
     folds = tuple(int(f) for f in text.split(","))
   except ValueError:
     folds = ()
-  if not folds or len(set(folds)) != len(folds) or not all(0 <= f < 10 for f in folds):
-    raise app.UsageError(f"{flag}={text}: expected comma-separated test folds, each of 0 to 9 "
-                         "once, e.g. {flag}=0,3".replace("{flag}", flag))
+  last = folds_lib.NUM_FOLDS - 1
+  if not folds or len(set(folds)) != len(folds) or not all(0 <= f <= last for f in folds):
+    raise app.UsageError(f"{flag}={text}: expected comma-separated test folds, each of 0 to "
+                         f"{last} once, e.g. {flag}=0,3")
   return folds
 
 

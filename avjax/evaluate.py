@@ -38,6 +38,7 @@ from jax.sharding import Mesh
 
 from avjax import __version__
 from avjax import choices
+from avjax import cli
 from avjax import config_lib
 from avjax import errors
 from avjax import feature_store
@@ -366,7 +367,6 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  from avjax import cli
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   folds = list(cli.parse_folds(FLAGS.folds)) if FLAGS.folds else None
@@ -378,7 +378,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from avjax import cli
   cli.define_workdir("A workdir written by avjax.main.")
   flags.DEFINE_string("folds", "", "Comma-separated folds (default: the config's).")
   flags.DEFINE_enum("checkpoint", None, ["latest", "best"],
